@@ -1,0 +1,1 @@
+"""Customer accounts: domain rules, persistence, use cases and the gRPC servicer."""

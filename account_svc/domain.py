@@ -1,0 +1,308 @@
+"""Accounts as the business sees them: values, validation rules and the list filter. No I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from core import currencies
+from core.errors import InvalidArgument, Violations
+
+ID_PREFIX = "acct"
+MAX_DISPLAY_NAME = 200
+MAX_EMAIL = 254
+MAX_METADATA_ENTRIES = 50
+MAX_METADATA_KEY = 40
+MAX_METADATA_VALUE = 500
+MAX_ADDRESS_LINES = 5
+MAX_ADDRESS_FIELD = 200
+
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_REGION = re.compile(r"[A-Z]{2}")
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+
+
+UPDATABLE_FIELDS = (
+    "display_name",
+    "email",
+    "phone",
+    "billing_address",
+    "currency_code",
+    "status",
+    "metadata",
+)
+OUTPUT_ONLY_FIELDS = ("id", "create_time", "update_time", "delete_time", "etag")
+
+
+@dataclass(frozen=True)
+class PostalAddress:
+    region_code: str = ""
+    language_code: str = ""
+    postal_code: str = ""
+    sorting_code: str = ""
+    administrative_area: str = ""
+    locality: str = ""
+    sublocality: str = ""
+    address_lines: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+    organization: str = ""
+
+
+@dataclass(frozen=True)
+class AccountFields:
+    """What a caller may set on an account (create, or the masked part of an update)."""
+
+    display_name: str = ""
+    email: str = ""
+    phone: str = ""
+    billing_address: PostalAddress | None = None
+    currency_code: str = ""
+    status: AccountStatus | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def as_request(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    display_name: str
+    email: str
+    phone: str
+    billing_address: PostalAddress | None
+    currency_code: str
+    status: AccountStatus
+    metadata: Mapping[str, str]
+    create_time: datetime
+    update_time: datetime
+    delete_time: datetime | None
+    revision: int
+
+    @property
+    def etag(self) -> str:
+        return hashlib.sha256(f"{self.id}:{self.revision}".encode()).hexdigest()[:20]
+
+    @property
+    def email_key(self) -> str:
+        return email_key(self.email)
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.delete_time is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("create_time", "update_time", "delete_time"):
+            value = data[name]
+            data[name] = value.isoformat() if value is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Account:
+        address = data.get("billing_address")
+        return cls(
+            id=data["id"],
+            display_name=data["display_name"],
+            email=data["email"],
+            phone=data["phone"],
+            billing_address=address_from_dict(address) if address else None,
+            currency_code=data["currency_code"],
+            status=AccountStatus(data["status"]),
+            metadata=dict(data["metadata"]),
+            create_time=datetime.fromisoformat(data["create_time"]),
+            update_time=datetime.fromisoformat(data["update_time"]),
+            delete_time=datetime.fromisoformat(data["delete_time"]) if data["delete_time"] else None,
+            revision=int(data["revision"]),
+        )
+
+
+def address_from_dict(data: Mapping[str, Any]) -> PostalAddress:
+    return PostalAddress(
+        **{
+            **data,
+            "address_lines": tuple(data.get("address_lines", ())),
+            "recipients": tuple(data.get("recipients", ())),
+        }
+    )
+
+
+def address_to_dict(address: PostalAddress) -> dict[str, Any]:
+    data = asdict(address)
+    data["address_lines"] = list(address.address_lines)
+    data["recipients"] = list(address.recipients)
+    return data
+
+
+def email_key(email: str) -> str:
+    """The form in which emails are compared: case-insensitive, Unicode-normalised."""
+    return unicodedata.normalize("NFKC", email).casefold()
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def _check_text(violations: Violations, path: str, value: str, limit: int, *, required: bool) -> None:
+    if required and not value.strip():
+        violations.add(path, "is required")
+    elif len(value) > limit:
+        violations.add(path, f"must be at most {limit} characters, got {len(value)}")
+    elif _has_control_characters(value):
+        violations.add(path, "must not contain control characters")
+
+
+def _check_address(violations: Violations, path: str, address: PostalAddress) -> None:
+    if not _REGION.fullmatch(address.region_code):
+        violations.add(f"{path}.region_code", "must be a two-letter CLDR region code such as US or DE")
+    for name in (
+        "language_code",
+        "postal_code",
+        "sorting_code",
+        "administrative_area",
+        "locality",
+        "sublocality",
+        "organization",
+    ):
+        _check_text(violations, f"{path}.{name}", getattr(address, name), MAX_ADDRESS_FIELD, required=False)
+    for name in ("address_lines", "recipients"):
+        lines = getattr(address, name)
+        if len(lines) > MAX_ADDRESS_LINES:
+            violations.add(f"{path}.{name}", f"must have at most {MAX_ADDRESS_LINES} entries")
+        for index, line in enumerate(lines):
+            _check_text(violations, f"{path}.{name}[{index}]", line, MAX_ADDRESS_FIELD, required=False)
+
+
+def _check_metadata(violations: Violations, path: str, metadata: Mapping[str, str]) -> None:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        violations.add(path, f"must have at most {MAX_METADATA_ENTRIES} entries, got {len(metadata)}")
+        return
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= MAX_METADATA_KEY or _has_control_characters(key):
+            violations.add(f"{path}[{key!r}]", f"keys must be 1 to {MAX_METADATA_KEY} printable characters")
+        elif len(value) > MAX_METADATA_VALUE:
+            violations.add(f"{path}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
+
+
+def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "account") -> None:
+    """Validate the named fields, raising one InvalidArgument that lists every bad one."""
+    violations = Violations()
+    for name in names:
+        path = f"{prefix}.{name}"
+        value = getattr(fields, name)
+        if name == "display_name":
+            _check_text(violations, path, value, MAX_DISPLAY_NAME, required=True)
+        elif name == "email":
+            if not value:
+                violations.add(path, "is required")
+            elif len(value) > MAX_EMAIL:
+                violations.add(path, f"must be at most {MAX_EMAIL} characters")
+            elif not _EMAIL.fullmatch(value):
+                violations.add(path, f"{value!r} is not a valid email address")
+        elif name == "phone":
+            if value and not _E164.fullmatch(value):
+                violations.add(path, "must be an E.164 number such as +14155550123")
+        elif name == "currency_code":
+            if not value:
+                violations.add(path, "is required")
+            elif not currencies.is_known(value):
+                violations.add(path, f"{value!r} is not an ISO 4217 currency code Tally bills in (e.g. USD)")
+        elif name == "status":
+            if value is None:
+                violations.add(path, "must be STATUS_ACTIVE or STATUS_SUSPENDED")
+        elif name == "metadata":
+            _check_metadata(violations, path, value)
+        elif name == "billing_address" and value is not None:
+            _check_address(violations, path, value)
+    violations.raise_if_any()
+
+
+def check_update_mask(paths: Iterable[str]) -> tuple[str, ...]:
+    """Resolve an update mask to the field names it changes; `*` means every updatable field."""
+    violations = Violations()
+    resolved: list[str] = []
+    for path in paths:
+        if path == "*":
+            resolved.extend(UPDATABLE_FIELDS)
+        elif path in UPDATABLE_FIELDS:
+            resolved.append(path)
+        elif path in OUTPUT_ONLY_FIELDS:
+            violations.add("update_mask", f"{path!r} is output only and cannot be updated")
+        elif path.split(".", 1)[0] in ("billing_address", "metadata"):
+            violations.add("update_mask", f"{path!r}: {path.split('.', 1)[0]} is replaced as a whole")
+        else:
+            violations.add("update_mask", f"unknown field {path!r}; updatable: {', '.join(UPDATABLE_FIELDS)}")
+    violations.raise_if_any()
+    return tuple(dict.fromkeys(resolved))
+
+
+def apply_update(account: Account, fields: AccountFields, names: Iterable[str]) -> Account:
+    changes: dict[str, Any] = {}
+    for name in names:
+        value = getattr(fields, name)
+        changes[name] = dict(value) if name == "metadata" else value
+    return replace(account, **changes)
+
+
+@dataclass(frozen=True)
+class AccountFilter:
+    email: str | None = None
+    status: AccountStatus | None = None
+
+    def canonical(self) -> dict[str, str | None]:
+        return {"email": email_key(self.email) if self.email else None, "status": self.status}
+
+
+_FILTER_TOKEN = re.compile(
+    r'\s*(?:(?P<and>AND)\b|(?P<name>[a-z_]+)\s*=\s*(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]+)))'
+)
+
+
+def parse_filter(text: str) -> AccountFilter:
+    """Parse `email = "x@y.z" AND status = ACTIVE` (a small subset of AIP-160)."""
+    if len(text) > 1000:
+        raise InvalidArgument.field("filter", "must be at most 1000 characters")
+    values: dict[str, str] = {}
+    position, expect_term = 0, True
+    text = text.strip()
+    while position < len(text):
+        match = _FILTER_TOKEN.match(text, position)
+        if match is None or (match.group("and") is not None) == expect_term:
+            raise InvalidArgument.field(
+                "filter", f"cannot parse at character {position + 1}: expected {_expected(expect_term)}"
+            )
+        if match.group("name") is not None:
+            name = match.group("name")
+            if name not in ("email", "status"):
+                raise InvalidArgument.field("filter", f"unknown field {name!r}; filterable: email, status")
+            if name in values:
+                raise InvalidArgument.field("filter", f"{name!r} appears more than once")
+            quoted = match.group("quoted")
+            values[name] = quoted if quoted is not None else match.group("bare")
+        position, expect_term = match.end(), not expect_term
+        while position < len(text) and text[position].isspace():
+            position += 1
+    if text and expect_term:
+        raise InvalidArgument.field("filter", "ends with AND; expected a condition after it")
+    status = None
+    if "status" in values:
+        name = values["status"].removeprefix("STATUS_")
+        if name not in AccountStatus.__members__:
+            raise InvalidArgument.field("filter", f"unknown status {values['status']!r}")
+        status = AccountStatus(name)
+    return AccountFilter(email=values.get("email"), status=status)
+
+
+def _expected(expect_term: bool) -> str:
+    return 'a condition such as status = ACTIVE or email = "a@example.com"' if expect_term else "AND"

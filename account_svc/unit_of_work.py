@@ -1,0 +1,34 @@
+"""The account service's unit of work: one transaction with the repositories it needs."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, Self
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_svc.repository import AccountRepository, SqlAccountRepository
+from core.db import UnitOfWork
+from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
+
+
+class AccountsUnitOfWork(Protocol):
+    accounts: AccountRepository
+    idempotency: IdempotencyRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class SqlAccountsUnitOfWork(UnitOfWork):
+    accounts: AccountRepository
+    idempotency: IdempotencyRepository
+
+    def _bind(self, session: AsyncSession) -> None:
+        self.accounts = SqlAccountRepository(session)
+        self.idempotency = SqlIdempotencyRepository(session)

@@ -1,0 +1,1 @@
+"""Shared core of Tally: settings, database, errors, ids, money, clock and the composition root."""

@@ -1,0 +1,95 @@
+"""The one error hierarchy of Tally.
+
+Domain and use-case code raise these; interceptors.errors maps them to gRPC
+status codes with google.rpc details in exactly one place. Nothing here knows
+about gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: `field` is a dotted path into the request, as in google.rpc.BadRequest."""
+
+    field: str
+    description: str
+
+
+class TallyError(Exception):
+    """Base class. `reason` is an UPPER_SNAKE_CASE constant callers may branch on."""
+
+    reason: str = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(TallyError):
+    """The request itself is wrong, whatever the state of the system."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        violations: list[FieldViolation],
+        *,
+        message: str | None = None,
+        reason: str | None = None,
+    ):
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        if message is None:
+            message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(message, reason=reason)
+        self.violations = list(violations)
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason)
+
+
+class NotFound(TallyError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(TallyError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(TallyError):
+    """The request is well-formed but the system is not in a state that allows it."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class Aborted(TallyError):
+    """A concurrency conflict, such as an etag that no longer matches; re-read and retry."""
+
+    reason = "ABORTED"
+
+
+class Unavailable(TallyError):
+    """A dependency is down; the caller may retry with backoff."""
+
+    reason = "UNAVAILABLE"
+
+
+@dataclass
+class Violations:
+    """Collects field violations so that one error names every bad field at once."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

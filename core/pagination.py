@@ -1,0 +1,80 @@
+"""Opaque, signed cursor tokens for AIP-158 pagination.
+
+A token carries the sort key of the last row returned and a digest of the
+request's other parameters (filter, show_deleted, ...), signed with HMAC. A
+token that was altered, truncated, made by another deployment, or sent with
+different parameters is rejected as INVALID_ARGUMENT instead of silently
+returning the wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from core.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_SIGNATURE_BYTES = 16
+
+
+def page_size(requested: int) -> int:
+    """AIP-158: 0 means the default, negatives are an error, too large is lowered to the maximum."""
+    if requested < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class PageTokens:
+    def __init__(self, secret: bytes):
+        if len(secret) < 16:
+            raise ValueError("page token secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    @staticmethod
+    def _query_digest(query: Mapping[str, Any]) -> str:
+        canonical = json.dumps(query, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def encode(self, position: Mapping[str, Any], query: Mapping[str, Any]) -> str:
+        body = {"p": position, "q": self._query_digest(query)}
+        payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return _b64encode(payload + self._sign(payload))
+
+    def decode(self, token: str, query: Mapping[str, Any]) -> dict[str, Any]:
+        """The position stored in `token`; INVALID_ARGUMENT on any tampering or mismatch."""
+        try:
+            raw = _b64decode(token)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument.field("page_token", "is not a page token from this API") from None
+        payload, signature = raw[:-_SIGNATURE_BYTES], raw[-_SIGNATURE_BYTES:]
+        if len(raw) <= _SIGNATURE_BYTES or not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidArgument.field("page_token", "is not a page token from this API")
+        body = json.loads(payload)
+        if body.get("q") != self._query_digest(query):
+            raise InvalidArgument.field(
+                "page_token", "was issued for a request with different parameters (filter, show_deleted)"
+            )
+        position = body.get("p")
+        if not isinstance(position, dict):
+            raise InvalidArgument.field("page_token", "is not a page token from this API")
+        return position

@@ -1,0 +1,132 @@
+"""One typed settings object, read from TALLY_* environment variables and CLI flags.
+
+Validated when the process starts: a bad value stops `tally` with a message
+naming the setting, before anything is opened or bound.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` (or `[v6]:port`); raise ValueError with a readable reason."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+class SettingsError(Exception):
+    """Settings failed validation; the message lists every bad setting by its variable name."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TALLY_", extra="forbid", frozen=True)
+
+    grpc_addr: str = Field("127.0.0.1:50051", description="Address the gRPC server listens on (HOST:PORT).")
+    data_dir: Path = Field(Path(".tally"), description="Directory for the embedded database and local keys.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; unset means SQLite in the data directory. "
+        "postgresql+asyncpg://USER@HOST:PORT/DB for PostgreSQL.",
+    )
+    migrate_on_start: bool | None = Field(
+        None, description="Apply migrations when serving; default: yes for SQLite, no for PostgreSQL."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that signs page tokens; must be the same on every replica. "
+        "Unset: generated once into the data directory.",
+    )
+    db_pool_size: int = Field(10, ge=1, le=200, description="PostgreSQL connections per process.")
+    shutdown_grace_seconds: float = Field(
+        15.0, ge=0, le=300, description="How long in-flight RPCs may run on after SIGTERM/SIGINT."
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted or sent."
+    )
+    max_concurrent_streams: int = Field(256, ge=1, le=10_000, description="HTTP/2 streams per connection.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json, text, or auto: text on a terminal, JSON otherwise."
+    )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="Event loop: uvloop when installed (auto), or force one."
+    )
+
+    @field_validator("grpc_addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        driver = _DRIVERS.get(url.drivername)
+        if driver is None:
+            raise ValueError(
+                f"unsupported database {url.drivername!r}; use postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+            )
+        return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tally.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        return self.is_sqlite if self.migrate_on_start is None else self.migrate_on_start
+
+    def describe_database(self) -> str:
+        """The database for log lines, with any password masked."""
+        url = make_url(self.effective_database_url)
+        if self.is_sqlite:
+            return f"SQLite at {url.database}"
+        return f"PostgreSQL at {url.render_as_string(hide_password=True)}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides (CLI flags win)."""
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"  TALLY_{name.upper()}: {message}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

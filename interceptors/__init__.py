@@ -1,0 +1,1 @@
+"""gRPC server interceptors, one concern each; core.server composes them in order."""

@@ -1,0 +1,107 @@
+"""Regenerate generated/ from protos/ (run it as `make generate`).
+
+Stages the Google protos that ship in googleapis-common-protos under
+build/proto-deps (buf.yaml's second module, so `buf lint` resolves imports
+without a schema registry), then runs grpc_tools' protoc with the Python,
+gRPC and mypy-protobuf generators. `--check` generates into a scratch folder
+and fails if generated/ differs, which is how CI catches stale code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+GENERATED = ROOT / "generated"
+DEPS = ROOT / "build" / "proto-deps"
+GOOGLE_PACKAGES = ("api", "type", "rpc")
+
+
+def googleapis_root() -> Path:
+    from google.api import annotations_pb2
+
+    return Path(annotations_pb2.__file__).resolve().parent.parent.parent
+
+
+def stage_deps() -> None:
+    """Copy the .proto files of google/{api,type,rpc} into build/proto-deps."""
+    source = googleapis_root() / "google"
+    shutil.rmtree(DEPS, ignore_errors=True)
+    for package in GOOGLE_PACKAGES:
+        target = DEPS / "google" / package
+        target.mkdir(parents=True)
+        for proto in sorted((source / package).glob("*.proto")):
+            shutil.copy2(proto, target / proto.name)
+
+
+def plugin(name: str) -> str:
+    path = shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        sys.exit(f"gen_protos: {name} not found next to {sys.executable}; install the dev extras")
+    return path
+
+
+def generate(out: Path) -> list[Path]:
+    protos = sorted(PROTOS.rglob("*.proto"))
+    wkt = resources.files("grpc_tools") / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{DEPS}",
+        f"-I{wkt}",
+        f"--plugin=protoc-gen-mypy={plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin('protoc-gen-mypy_grpc')}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *(str(p.relative_to(PROTOS)) for p in protos),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-m", *args], cwd=PROTOS, check=False)
+    if result.returncode != 0:
+        sys.exit(f"gen_protos: protoc failed with exit code {result.returncode}")
+    return protos
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    diff = [f"only in {a.name}/: {p}" for p in sorted(files_a - files_b)]
+    diff += [f"only in a fresh generation: {p}" for p in sorted(files_b - files_a)]
+    diff += [
+        f"differs: {p}" for p in sorted(files_a & files_b) if not filecmp.cmp(a / p, b / p, shallow=False)
+    ]
+    return diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if generated/ is stale")
+    options = parser.parse_args()
+    stage_deps()
+    if options.check:
+        with tempfile.TemporaryDirectory() as scratch:
+            fresh = Path(scratch) / "generated"
+            generate(fresh)
+            stale = differences(GENERATED, fresh)
+        if stale:
+            print("generated/ is stale; run `make generate` and commit the result:", *stale, sep="\n  ")
+            sys.exit(1)
+        print("generated/ is up to date")
+        return
+    shutil.rmtree(GENERATED, ignore_errors=True)
+    protos = generate(GENERATED)
+    print(f"generated {len(protos)} proto file(s) into {GENERATED.relative_to(ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()
