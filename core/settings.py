@@ -6,7 +6,9 @@ naming the setting, before anything is opened or bound.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -118,15 +120,32 @@ class Settings(BaseSettings):
         return f"PostgreSQL at {url.render_as_string(hide_password=True)}"
 
 
+# Variables with these prefixes belong to the test suite and benchmarks, not to the server.
+_FOREIGN_PREFIXES = ("TALLY_TEST_", "TALLY_BENCH_")
+
+
+def _unknown_variables() -> list[str]:
+    known = {f"TALLY_{name.upper()}" for name in Settings.model_fields}
+    lines = []
+    for name in sorted(os.environ):
+        if name.startswith("TALLY_") and not name.startswith(_FOREIGN_PREFIXES) and name not in known:
+            guess = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {guess[0]}?)" if guess else ""
+            lines.append(f"  {name}: not a Tally setting{hint}")
+    return lines
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment plus explicit overrides (CLI flags win)."""
     clean = {key: value for key, value in overrides.items() if value is not None}
+    lines = _unknown_variables()
     try:
-        return Settings(**clean)  # type: ignore[arg-type]
+        settings = Settings(**clean)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
             message = str(error["msg"]).removeprefix("Value error, ")
             lines.append(f"  TALLY_{name.upper()}: {message}")
-        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    if lines:
+        raise SettingsError("invalid settings:\n" + "\n".join(lines))
+    return settings

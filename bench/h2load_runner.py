@@ -1,0 +1,114 @@
+"""Drive a gRPC unary method with h2load and read back its figures.
+
+h2load speaks plain HTTP/2: it POSTs the same gRPC-framed body file with
+`content-type: application/grpc` and `te: trailers`, and cannot see the
+grpc-status trailer. It does count the response DATA bytes, which the caller can
+turn into a count of full replies. Requests/s comes from h2load's summary; p50
+and p99 come from its per-request `--log-file`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+H2LOAD_MISSING = "h2load not found; install it with: apt-get install -y nghttp2-client"
+
+_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s")
+_REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed")
+_DATA = re.compile(r"traffic: .*\((\d+)\) data")
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def find_h2load() -> str | None:
+    return shutil.which("h2load") or (
+        str(Path("/usr/bin/h2load")) if Path("/usr/bin/h2load").exists() else None
+    )
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """gRPC length-prefixed message: flag byte 0 (uncompressed), 4-byte big-endian length, bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@dataclass(frozen=True)
+class H2loadResult:
+    requests: int
+    done: int
+    http_ok: int
+    data_bytes: int
+    seconds: float
+    rps: float
+    latencies_ms: list[float]
+
+
+class H2loadError(Exception):
+    pass
+
+
+def _match(pattern: re.Pattern[str], output: str) -> re.Match[str]:
+    found = pattern.search(output)
+    if found is None:
+        raise H2loadError(f"unexpected h2load output (no {pattern.pattern!r}):\n{output[-1500:]}")
+    return found
+
+
+def _log_latencies_ms(log_file: Path) -> list[float]:
+    """Latencies of answered streams from `--log-file`: start µs, HTTP status (-1: failed), duration µs."""
+    latencies = []
+    for line in log_file.read_text().splitlines():
+        columns = line.split("\t")
+        if len(columns) >= 3 and columns[1] != "-1":
+            latencies.append(int(columns[2]) / 1000)
+    return latencies
+
+
+def run(
+    h2load: str,
+    url: str,
+    body_file: Path,
+    *,
+    requests: int,
+    concurrency: int,
+    connections: int,
+    timeout: float,
+) -> H2loadResult:
+    """One bounded h2load run: `requests` calls, `concurrency` streams over `connections` connections."""
+    clients = max(1, min(connections, concurrency))
+    streams = math.ceil(concurrency / clients)
+    log_file = body_file.with_suffix(".h2load.log")
+    log_file.unlink(missing_ok=True)
+    command = [
+        h2load,
+        f"--requests={requests}",
+        f"--clients={clients}",
+        f"--max-concurrent-streams={streams}",
+        "--threads=1",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        f"--data={body_file}",
+        f"--log-file={log_file}",
+        url,
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise H2loadError(f"h2load did not finish {requests} requests within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        raise H2loadError(f"h2load failed ({result.returncode}):\n{result.stderr[-1500:]}")
+    output = result.stdout
+    finished = _match(_FINISHED, output)
+    counts = _match(_REQUESTS, output)
+    return H2loadResult(
+        requests=requests,
+        done=int(counts.group(3)),
+        http_ok=int(counts.group(4)),
+        data_bytes=int(_match(_DATA, output).group(1)),
+        seconds=float(finished.group(1)) * _UNIT_SECONDS[finished.group(2)],
+        rps=float(finished.group(3)),
+        latencies_ms=_log_latencies_ms(log_file),
+    )

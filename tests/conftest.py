@@ -1,0 +1,154 @@
+"""Shared fixtures: settings per backend (embedded SQLite and real PostgreSQL) and an in-process server.
+
+PostgreSQL comes from TALLY_TEST_POSTGRES_URL (default: the local server at
+127.0.0.1:5432 as role postgres). The suite creates its own database there and
+drops it at the end. Without a reachable server the PostgreSQL tests skip
+locally and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core import db, migrate
+from core.server import App, build
+from core.settings import Settings
+from tally.account.v1 import account_pb2_grpc
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TALLY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_SECRET = "test-page-token-secret-0123456789"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(message: str) -> None:
+    """A needed server is missing: fail under CI, skip on a developer's machine."""
+    if in_ci():
+        pytest.fail(f"{message} (CI=true, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(message)
+
+
+def asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read TALLY_* variables; keep the developer's own out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("TALLY_") and not name.startswith("TALLY_TEST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, migrated database for this test session on the PostgreSQL server."""
+    admin_dsn = asyncpg_dsn(POSTGRES_ADMIN_URL)
+    try:
+        admin = await asyncpg.connect(admin_dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}; set TALLY_TEST_POSTGRES_URL"
+        )
+        raise AssertionError("unreachable") from exc
+    name = f"tally_test_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = db.create_engine(Settings(database_url=url))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _truncate(url: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await connection.execute("TRUNCATE accounts, idempotency_keys")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None for the embedded SQLite default, else the suite's PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def settings(database_url: str | None, tmp_path: Path) -> Settings:
+    """Settings for a clean database, once for each backend."""
+    common = {"data_dir": tmp_path, "secret_key": TEST_SECRET, "grpc_addr": "127.0.0.1:0"}
+    if database_url is None:
+        return Settings(**common)  # type: ignore[arg-type]
+    await _truncate(database_url)
+    return Settings(database_url=database_url, migrate_on_start=True, **common)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
+    """Settings for the PostgreSQL backend only (tests of real concurrency)."""
+    return Settings(
+        database_url=postgres_url,
+        migrate_on_start=True,
+        data_dir=tmp_path,
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        grpc_addr="127.0.0.1:0",
+    )
+
+
+@pytest.fixture
+async def postgres_clean(postgres_url: str) -> None:
+    await _truncate(postgres_url)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(settings)
+    await migrate.upgrade(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[App]:
+    """The real server, built by the composition root, on a free loopback port."""
+    application = await build(settings)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop(grace=0)
+
+
+@pytest.fixture
+async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as chan:
+        yield chan
+
+
+@pytest.fixture
+def accounts(channel: grpc.aio.Channel) -> account_pb2_grpc.AccountServiceStub:
+    return account_pb2_grpc.AccountServiceStub(channel)

@@ -1,0 +1,432 @@
+"""End to end: `tally serve` as a real process, driven over the network by grpcurl.
+
+One server on the embedded default (SQLite in a temporary data directory)
+serves most tests in this module; shutdown, start-up errors and PostgreSQL get
+processes of their own. grpcurl prints responses with the proto field names
+(`display_name`, not `displayName`), so the assertions use those.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import POSTGRES_ADMIN_URL, asyncpg_dsn, unavailable
+from tests.e2e.harness import (
+    ACCOUNTS,
+    SERVING_MARKER,
+    RunningServer,
+    assert_status,
+    call,
+    call_error,
+    grpcurl,
+    grpcurl_path,
+    launched_server,
+    parse_log_line,
+    run_tally,
+    running_server,
+    server_env,
+    stop_gracefully,
+)
+
+pytestmark = pytest.mark.e2e
+
+CREATE = f"{ACCOUNTS}/CreateAccount"
+GET = f"{ACCOUNTS}/GetAccount"
+LIST = f"{ACCOUNTS}/ListAccounts"
+UPDATE = f"{ACCOUNTS}/UpdateAccount"
+DELETE = f"{ACCOUNTS}/DeleteAccount"
+UNDELETE = f"{ACCOUNTS}/UndeleteAccount"
+HEALTH = "grpc.health.v1.Health/Check"
+# grpcurl 1.8.6 reads google.protobuf.FieldMask as a plain message ({"paths": [...]}), not as the
+# canonical proto3 JSON string, and passes the paths through unchanged: so they are proto field names.
+DISPLAY_NAME_MASK = {"paths": ["display_name"]}
+
+
+def unique_email(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def new_account(label: str, **extra: Any) -> dict[str, Any]:
+    return {"display_name": f"{label} Ltd", "email": unique_email(label), "currency_code": "EUR", **extra}
+
+
+def timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One `tally serve` on SQLite for the module (the autouse env cleaner does not reach module scope,
+    so server_env() builds the environment without the caller's TALLY_* variables)."""
+    grpcurl_path()
+    data_dir = tmp_path_factory.mktemp("tally-data")
+    with running_server(server_env(data_dir), cwd=data_dir) as running:
+        yield running
+
+
+@pytest.fixture
+def addr(server: RunningServer) -> str:
+    assert server.proc.poll() is None, f"the shared server died:\n{server.stderr}"
+    return server.addr
+
+
+# --- start-up, reflection, health ----------------------------------------------------------------------
+
+
+def test_startup_logs_are_json_and_name_the_embedded_database(server: RunningServer) -> None:
+    entries = [parse_log_line(line) for line in server.lines]
+    assert entries, "no log lines"
+    assert all(entry is not None for entry in entries), f"non-JSON log lines:\n{server.stderr}"
+    serving = [e for e in entries if e and str(e["msg"]).startswith(SERVING_MARKER)]
+    assert len(serving) == 1
+    assert "SQLite" in serving[0]["msg"]
+    host, _, port = server.addr.rpartition(":")
+    assert host == "127.0.0.1"
+    assert int(port) > 0
+
+
+def test_reflection_lists_services(addr: str) -> None:
+    result = grpcurl(addr, "list")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert {ACCOUNTS, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+
+
+def test_reflection_describes_service_and_message(addr: str) -> None:
+    service = grpcurl(addr, "describe", ACCOUNTS)
+    assert service.returncode == 0, service.stderr
+    for rpc in (
+        "CreateAccount",
+        "GetAccount",
+        "ListAccounts",
+        "UpdateAccount",
+        "DeleteAccount",
+        "UndeleteAccount",
+    ):
+        assert f"rpc {rpc} (" in service.stdout, service.stdout
+
+    message = grpcurl(addr, "describe", "tally.account.v1.Account")
+    assert message.returncode == 0, message.stderr
+    assert "tally.account.v1.Account is a message" in message.stdout
+    for declaration in (
+        "string id = 1",
+        "string display_name = 2",
+        "string email = 3",
+        "string currency_code = 6",
+        ".tally.account.v1.Account.Status status = 7",
+        "map<string, string> metadata = 8",
+        ".google.protobuf.Timestamp delete_time = 11",
+        "string etag = 12",
+    ):
+        assert declaration in message.stdout, message.stdout
+
+
+def test_health_check_serving(addr: str) -> None:
+    assert call(addr, HEALTH) == {"status": "SERVING"}
+    assert call(addr, HEALTH, {"service": ACCOUNTS}) == {"status": "SERVING"}
+
+
+# --- the account lifecycle -----------------------------------------------------------------------------
+
+
+def test_account_lifecycle(addr: str) -> None:
+    draft = new_account("lifecycle", phone="+14155550123", metadata={"plan": "pro"})
+    created = call(addr, CREATE, {"account": draft})
+    account_id = created["id"]
+    assert account_id.startswith("acct_")
+    assert created["display_name"] == draft["display_name"]
+    assert created["email"] == draft["email"]
+    assert created["phone"] == "+14155550123"
+    assert created["currency_code"] == "EUR"
+    assert created["metadata"] == {"plan": "pro"}
+    assert created["status"] == "STATUS_ACTIVE"
+    assert created["create_time"] == created["update_time"]
+    assert "delete_time" not in created
+    assert created["etag"]
+
+    assert call(addr, GET, {"id": account_id}) == created
+
+    listed = call(addr, LIST, {"page_size": 1000})
+    assert created in listed["accounts"]
+    by_email = call(addr, LIST, {"filter": f'email = "{draft["email"].upper()}"'})
+    assert by_email["accounts"] == [created]
+
+    # Only the masked field changes: the email sent alongside it is ignored.
+    updated = call(
+        addr,
+        UPDATE,
+        {
+            "account": {
+                "id": account_id,
+                "display_name": "Renamed Ltd",
+                "email": unique_email("ignored"),
+                "etag": created["etag"],
+            },
+            "update_mask": DISPLAY_NAME_MASK,
+        },
+    )
+    assert updated["id"] == account_id
+    assert updated["display_name"] == "Renamed Ltd"
+    assert updated["email"] == draft["email"]
+    assert updated["metadata"] == {"plan": "pro"}
+    assert updated["create_time"] == created["create_time"]
+    assert timestamp(updated["update_time"]) > timestamp(created["update_time"])
+    assert updated["etag"] != created["etag"]
+    assert call(addr, GET, {"id": account_id}) == updated
+
+    deleted = call(addr, DELETE, {"id": account_id, "etag": updated["etag"]})
+    assert deleted["id"] == account_id
+    assert "delete_time" in deleted
+    assert timestamp(deleted["delete_time"]) >= timestamp(updated["update_time"])
+    assert_status(call_error(addr, GET, {"id": account_id}), "NotFound", "ACCOUNT_NOT_FOUND")
+    assert call(addr, GET, {"id": account_id, "show_deleted": True}) == deleted
+    assert by_email_ids(addr, draft["email"]) == []
+    assert by_email_ids(addr, draft["email"], show_deleted=True) == [account_id]
+
+    restored = call(addr, UNDELETE, {"id": account_id})
+    assert restored["id"] == account_id
+    assert "delete_time" not in restored
+    assert restored["display_name"] == "Renamed Ltd"
+    assert call(addr, GET, {"id": account_id}) == restored
+    assert by_email_ids(addr, draft["email"]) == [account_id]
+
+    again = call_error(addr, UNDELETE, {"id": account_id})
+    assert_status(again, "FailedPrecondition", "ACCOUNT_NOT_DELETED")
+
+
+def by_email_ids(addr: str, email: str, *, show_deleted: bool = False) -> list[str]:
+    page = call(addr, LIST, {"filter": f'email = "{email}"', "show_deleted": show_deleted})
+    return [account["id"] for account in page.get("accounts", [])]
+
+
+def test_update_with_stale_etag_is_aborted(addr: str) -> None:
+    created = call(addr, CREATE, {"account": new_account("etag")})
+    call(
+        addr,
+        UPDATE,
+        {"account": {"id": created["id"], "display_name": "First"}, "update_mask": DISPLAY_NAME_MASK},
+    )
+    stale = call_error(
+        addr,
+        UPDATE,
+        {
+            "account": {"id": created["id"], "display_name": "Second", "etag": created["etag"]},
+            "update_mask": DISPLAY_NAME_MASK,
+        },
+    )
+    assert_status(stale, "Aborted", "ETAG_MISMATCH")
+    assert call(addr, GET, {"id": created["id"]})["display_name"] == "First"
+
+
+def test_list_pages_cover_every_account_once(addr: str) -> None:
+    created = [call(addr, CREATE, {"account": new_account(f"page{i}")})["id"] for i in range(5)]
+    everything = [a["id"] for a in call(addr, LIST, {"page_size": 1000})["accounts"]]
+    assert set(created) <= set(everything)
+
+    walked: list[str] = []
+    token = ""
+    for _ in range(len(everything) + 1):
+        page = call(addr, LIST, {"page_size": 2, "page_token": token})
+        accounts = page.get("accounts", [])
+        assert len(accounts) <= 2
+        walked += [a["id"] for a in accounts]
+        token = page.get("next_page_token", "")
+        if not token:
+            break
+    assert walked == everything
+
+
+def test_tampered_page_token_is_invalid(addr: str) -> None:
+    for i in range(2):
+        call(addr, CREATE, {"account": new_account(f"token{i}")})
+    token = call(addr, LIST, {"page_size": 1})["next_page_token"]
+    middle = len(token) // 2  # a character in the middle carries all six of its bits
+    tampered = token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+    error = call_error(addr, LIST, {"page_size": 1, "page_token": tampered})
+    assert_status(error, "InvalidArgument", "INVALID_ARGUMENT")
+    assert [v["field"] for v in error.detail("google.rpc.BadRequest")["field_violations"]] == ["page_token"]
+
+    other_query = call_error(addr, LIST, {"page_size": 1, "page_token": token, "show_deleted": True})
+    assert_status(other_query, "InvalidArgument", "INVALID_ARGUMENT")
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+
+def test_invalid_create_names_every_bad_field(addr: str) -> None:
+    error = call_error(
+        addr, CREATE, {"account": {"display_name": "Bad", "email": "not-an-email", "currency_code": "XYZ"}}
+    )
+    assert_status(error, "InvalidArgument", "INVALID_ARGUMENT")
+    assert "Code: InvalidArgument" in error.stderr
+    violations = error.detail("google.rpc.BadRequest")["field_violations"]
+    assert {v["field"] for v in violations} == {"account.email", "account.currency_code"}
+    assert all(v["description"] for v in violations)
+    assert "account.email" in error.message
+    assert "account.currency_code" in error.message
+
+
+def test_get_unknown_account_is_not_found(addr: str) -> None:
+    error = call_error(addr, GET, {"id": "acct_doesnotexist"})
+    assert_status(error, "NotFound", "ACCOUNT_NOT_FOUND")
+    assert error.detail("google.rpc.ErrorInfo")["metadata"] == {"id": "acct_doesnotexist"}
+
+
+def test_duplicate_email_already_exists(addr: str) -> None:
+    first = new_account("dup")
+    first_id = call(addr, CREATE, {"account": first})["id"]
+    clash = {**new_account("dup-again"), "email": first["email"].upper()}
+    error = call_error(addr, CREATE, {"account": clash})
+    assert_status(error, "AlreadyExists", "EMAIL_TAKEN")
+    assert error.detail("google.rpc.ErrorInfo")["metadata"] == {"field": "account.email"}
+    assert by_email_ids(addr, first["email"]) == [first_id]
+
+
+def test_request_id_replays_the_first_response(addr: str) -> None:
+    request = {"account": new_account("replay"), "request_id": f"req-{uuid.uuid4().hex}"}
+    first = call(addr, CREATE, request)
+    second = call(addr, CREATE, request)
+    assert second == first
+    assert by_email_ids(addr, request["account"]["email"]) == [first["id"]]
+
+    changed = {**request, "account": {**request["account"], "display_name": "Something Else"}}
+    error = call_error(addr, CREATE, changed)
+    assert_status(error, "FailedPrecondition", "REQUEST_ID_REUSED")
+    assert by_email_ids(addr, request["account"]["email"]) == [first["id"]]
+
+
+# --- process behaviour: shutdown and settings errors ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_graceful_shutdown(tmp_path: Path, sig: signal.Signals) -> None:
+    grace = 5.0
+    env = server_env(tmp_path, TALLY_SHUTDOWN_GRACE_SECONDS=str(grace))
+    with running_server(env, cwd=tmp_path) as own:
+        assert call(own.addr, HEALTH) == {"status": "SERVING"}
+        code = stop_gracefully(own, sig, timeout=grace + 10)
+        messages = own.log_messages()
+        assert code == 0, own.stderr
+        assert any(m.startswith("shutting down") for m in messages), own.stderr
+        assert messages[-1] == "stopped", own.stderr
+        assert grpcurl(own.addr, "list").returncode != 0, "the port still answers after shutdown"
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("serve", "TALLY_GRPC_ADDR", "nonsense"),
+        ("serve", "TALLY_DATABASE_URL", "mysql://x/y"),
+        ("migrate", "TALLY_DATABASE_URL", "mysql://x/y"),
+    ],
+)
+def test_invalid_setting_exits_2_naming_it(tmp_path: Path, command: str, variable: str, value: str) -> None:
+    result = run_tally(command, server_env(tmp_path, **{variable: value}), cwd=tmp_path, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "tally.db").exists()
+
+
+def test_port_taken_by_another_program_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = run_tally("serve", server_env(tmp_path, TALLY_GRPC_ADDR=f"127.0.0.1:{port}"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "tally serving gRPC on" not in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: gRPC enables SO_REUSEPORT by default and server_options() does not turn it off, "
+    "so a second `tally serve` binds the port of a running one and the kernel splits clients between them",
+)
+def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    with running_server(server_env(first_dir), cwd=tmp_path) as first:
+        second_env = server_env(second_dir, TALLY_GRPC_ADDR=first.addr)
+        with launched_server(second_env, cwd=tmp_path) as second:
+            addr, _ = second.wait_for_start_or_exit()
+            assert addr is None, f"a second server is serving on {addr}, the port of the first"
+            assert second.wait_exit(timeout=10) == 1
+            assert f"cannot listen on {first.addr}" in second.stderr
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def empty_postgres_url() -> AsyncIterator[str]:
+    """A new database with no schema at all, dropped afterwards."""
+    try:
+        admin = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}; set TALLY_TEST_POSTGRES_URL"
+        )
+        raise AssertionError("unreachable") from exc
+    name = f"tally_e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.mark.postgres
+def test_postgres_needs_tally_migrate_then_serves(empty_postgres_url: str, tmp_path: Path) -> None:
+    env = server_env(tmp_path, TALLY_DATABASE_URL=empty_postgres_url)
+
+    refused = run_tally("serve", env, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert "tally migrate" in refused.stderr
+    assert "tally serving gRPC on" not in refused.stderr
+
+    migrated = run_tally("migrate", env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema migrated from empty to" in migrated.stderr
+
+    again = run_tally("migrate", env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "schema already at revision" in again.stderr
+
+    with running_server(env, cwd=tmp_path) as own:
+        serving = [m for m in own.log_messages() if m.startswith(SERVING_MARKER)]
+        assert len(serving) == 1
+        assert "(database: PostgreSQL at " in serving[0]
+        draft = new_account("pg")
+        created = call(own.addr, CREATE, {"account": draft})
+        assert created["email"] == draft["email"]
+        assert call(own.addr, GET, {"id": created["id"]}) == created
+        assert stop_gracefully(own, signal.SIGTERM, timeout=30) == 0, own.stderr
+
+
+@pytest.mark.postgres
+def test_postgres_migrated_database_serves_idempotent_creates(postgres_url: str, tmp_path: Path) -> None:
+    env = server_env(tmp_path, TALLY_DATABASE_URL=postgres_url)
+    with running_server(env, cwd=tmp_path) as own:
+        request = {"account": new_account("pg-replay"), "request_id": f"req-{uuid.uuid4().hex}"}
+        first = call(own.addr, CREATE, request)
+        assert call(own.addr, CREATE, request) == first
+        error = call_error(own.addr, CREATE, {**request, "account": new_account("pg-other")})
+        assert_status(error, "FailedPrecondition", "REQUEST_ID_REUSED")
+        duplicate = call_error(
+            own.addr, CREATE, {"account": {**new_account("x"), "email": request["account"]["email"]}}
+        )
+        assert_status(duplicate, "AlreadyExists", "EMAIL_TAKEN")

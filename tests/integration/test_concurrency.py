@@ -1,0 +1,167 @@
+"""Real concurrency against PostgreSQL: racing creates, duplicate request ids, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from account_svc import use_cases
+from account_svc.domain import AccountFields
+from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.use_cases import AccountDeps
+from core import db
+from core.clock import SystemClock
+from core.errors import AlreadyExists
+from core.pagination import PageTokens
+from core.server import build
+from core.settings import Settings
+from tally.account.v1 import account_pb2, account_pb2_grpc
+from tests.conftest import asyncpg_dsn
+
+pytestmark = pytest.mark.postgres
+RACERS = 12
+
+
+@pytest.fixture
+async def pg_engine(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(postgres_settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def deps(pg_engine: AsyncEngine) -> AccountDeps:
+    sessions = db.session_factory(pg_engine)
+    return AccountDeps(
+        new_uow=lambda: SqlAccountsUnitOfWork(sessions),
+        clock=SystemClock(),
+        page_tokens=PageTokens(b"0123456789abcdef"),
+    )
+
+
+async def live_accounts(url: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await connection.fetch("SELECT id, email FROM accounts WHERE delete_time IS NULL")
+    finally:
+        await connection.close()
+
+
+async def waits_on_lock(connection: asyncpg.Connection, url: str) -> bool:
+    """Poll (bounded) until some backend of this database waits on a lock."""
+    database = url.rsplit("/", 1)[-1]
+    for _ in range(500):
+        count = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1", database
+        )
+        if count:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_racing_creates_with_one_email_exactly_one_wins(deps: AccountDeps, postgres_url: str) -> None:
+    start = asyncio.Event()
+
+    async def racer(n: int) -> str:
+        await start.wait()
+        fields = AccountFields(display_name=f"Racer {n}", email="race@example.test", currency_code="EUR")
+        account = await use_cases.create_account(deps, fields)
+        return account.id
+
+    tasks = [asyncio.create_task(racer(n)) for n in range(RACERS)]
+    start.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    winners = [r for r in results if isinstance(r, str)]
+    losers = [r for r in results if isinstance(r, AlreadyExists)]
+    assert len(winners) == 1, results
+    assert len(losers) == RACERS - 1, results
+    assert [row["id"] for row in await live_accounts(postgres_url)] == winners
+
+
+async def test_concurrent_duplicates_of_one_request_execute_once(
+    deps: AccountDeps, postgres_url: str
+) -> None:
+    start = asyncio.Event()
+    fields = AccountFields(display_name="Once", email="once@example.test", currency_code="USD")
+
+    async def duplicate() -> str:
+        await start.wait()
+        return (await use_cases.create_account(deps, fields, request_id="retry-storm-1")).id
+
+    tasks = [asyncio.create_task(duplicate()) for _ in range(RACERS)]
+    start.set()
+    ids = await asyncio.gather(*tasks)
+
+    assert len(set(ids)) == 1
+    assert [row["id"] for row in await live_accounts(postgres_url)] == ids[:1]
+
+
+async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
+    postgres_settings: Settings, postgres_clean: None, postgres_url: str
+) -> None:
+    app = await build(postgres_settings)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = account_pb2_grpc.AccountServiceStub(channel)
+            created = await stub.CreateAccount(
+                account_pb2.CreateAccountRequest(
+                    account=account_pb2.Account(
+                        display_name="Before", email="inflight@example.test", currency_code="USD"
+                    )
+                )
+            )
+            # Hold the account's row lock so the update below is provably in flight when shutdown starts.
+            blocker = await asyncpg.connect(asyncpg_dsn(postgres_url))
+            try:
+                transaction = blocker.transaction()
+                await transaction.start()
+                await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", created.id)
+                update = asyncio.ensure_future(
+                    stub.UpdateAccount(
+                        account_pb2.UpdateAccountRequest(
+                            account=account_pb2.Account(id=created.id, display_name="After")
+                        ),
+                        timeout=20,
+                    )
+                )
+                assert await waits_on_lock(blocker, postgres_url), "the update never reached the row lock"
+
+                health = health_pb2_grpc.HealthStub(channel)
+                stopping = asyncio.create_task(app.stop(grace=20))
+                # Once shutdown has begun, health says NOT_SERVING and then new calls are refused,
+                # while the update is still in flight.
+                serving = health_pb2.HealthCheckResponse.SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    for _ in range(500):
+                        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        assert reply.status in (serving, health_pb2.HealthCheckResponse.NOT_SERVING)
+                        await asyncio.sleep(0.01)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert not update.done()
+                await transaction.rollback()
+                updated = await update
+                await stopping
+            finally:
+                await blocker.close()
+    finally:
+        await app.engine.dispose()
+
+    assert updated.display_name == "After"
+    rows = await live_accounts(postgres_url)
+    assert len(rows) == 1
+    connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        assert await connection.fetchval("SELECT display_name FROM accounts") == "After"
+    finally:
+        await connection.close()

@@ -1,0 +1,148 @@
+"""Repositories, the unit of work and idempotency keys against real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from account_svc.domain import Account, AccountFilter, AccountStatus, PostalAddress
+from account_svc.repository import AccountRow
+from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from core import db, ids, migrate
+from core.errors import AlreadyExists
+from core.idempotency import KeyClaimed
+
+T0 = datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def make_account(n: int = 0, *, email: str | None = None, created: datetime = T0) -> Account:
+    return Account(
+        id=ids.new_id("acct"),
+        display_name=f"Customer {n}",
+        email=email or f"c{n}@example.test",
+        phone="",
+        billing_address=PostalAddress(region_code="GB", address_lines=("1 High St", "Flat 2")),
+        currency_code="GBP",
+        status=AccountStatus.ACTIVE,
+        metadata={"n": str(n)},
+        create_time=created,
+        update_time=created,
+        delete_time=None,
+        revision=1,
+    )
+
+
+def uow(engine: AsyncEngine) -> SqlAccountsUnitOfWork:
+    return SqlAccountsUnitOfWork(db.session_factory(engine))
+
+
+async def count_accounts(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(select(func.count()).select_from(AccountRow))).scalar_one())
+
+
+async def test_round_trip_keeps_every_field(engine: AsyncEngine) -> None:
+    account = make_account(1)
+    async with uow(engine) as work:
+        await work.accounts.add(account)
+        await work.commit()
+
+    async with uow(engine) as work:
+        loaded = await work.accounts.get(account.id)
+    assert loaded == account
+    assert loaded is not None and loaded.create_time.tzinfo is not None
+
+
+async def test_without_commit_nothing_is_written(engine: AsyncEngine) -> None:
+    async with uow(engine) as work:
+        await work.accounts.add(make_account(1))
+        await work.idempotency.claim("CreateAccount", "k1", "f" * 64, T0)
+    assert await count_accounts(engine) == 0
+    async with uow(engine) as work:
+        assert await work.idempotency.find("CreateAccount", "k1", T0) is None
+
+
+async def test_error_inside_unit_of_work_rolls_back(engine: AsyncEngine) -> None:
+    with pytest.raises(RuntimeError):
+        async with uow(engine) as work:
+            await work.accounts.add(make_account(1))
+            raise RuntimeError("boom")
+    assert await count_accounts(engine) == 0
+
+
+async def test_live_email_unique_index_is_final_word(engine: AsyncEngine) -> None:
+    async with uow(engine) as work:
+        await work.accounts.add(make_account(1, email="Same@Example.test"))
+        await work.commit()
+
+    with pytest.raises(AlreadyExists):
+        async with uow(engine) as work:
+            await work.accounts.add(make_account(2, email="same@example.TEST"))
+    assert await count_accounts(engine) == 1
+
+
+async def test_deleted_accounts_free_their_email(engine: AsyncEngine) -> None:
+    first = make_account(1, email="reuse@example.test")
+    async with uow(engine) as work:
+        await work.accounts.add(first)
+        await work.commit()
+    second = make_account(2, email="reuse@example.test")
+    async with uow(engine) as work:
+        await work.accounts.save(Account(**{**first.__dict__, "delete_time": T0}))
+        assert not await work.accounts.email_in_use("reuse@example.test")
+        await work.accounts.add(second)
+        assert await work.accounts.email_in_use("REUSE@example.test")
+        assert not await work.accounts.email_in_use("reuse@example.test", excluding=second.id)
+        await work.commit()
+    assert await count_accounts(engine) == 2
+
+
+async def test_keyset_listing_is_stable_with_equal_timestamps(engine: AsyncEngine) -> None:
+    accounts = [make_account(n, created=T0 + timedelta(microseconds=n // 3)) for n in range(9)]
+    async with uow(engine) as work:
+        for account in accounts:
+            await work.accounts.add(account)
+        await work.commit()
+
+    expected = sorted(accounts, key=lambda a: (a.create_time, a.id))
+    seen: list[Account] = []
+    after = None
+    async with uow(engine) as work:
+        while True:
+            page = await work.accounts.list(AccountFilter(), show_deleted=False, after=after, limit=4)
+            seen.extend(page)
+            if len(page) < 4:
+                break
+            after = (page[-1].create_time, page[-1].id)
+    assert [a.id for a in seen] == [a.id for a in expected]
+
+
+async def test_idempotency_key_claim_conflict_and_expiry(engine: AsyncEngine) -> None:
+    async with uow(engine) as work:
+        await work.idempotency.claim("CreateAccount", "k1", "a" * 64, T0)
+        await work.idempotency.complete("CreateAccount", "k1", {"id": "acct_1"})
+        await work.commit()
+
+    with pytest.raises(KeyClaimed):
+        async with uow(engine) as work:
+            await work.idempotency.claim("CreateAccount", "k1", "b" * 64, T0)
+
+    async with uow(engine) as work:
+        stored = await work.idempotency.find("CreateAccount", "k1", T0)
+        assert stored is not None and stored.response == {"id": "acct_1"}
+        # The same key in another scope is a different key.
+        await work.idempotency.claim("DeleteAccount", "k1", "c" * 64, T0)
+        # After retention the key may be claimed again.
+        later = T0 + timedelta(hours=25)
+        assert await work.idempotency.find("CreateAccount", "k1", later) is None
+        await work.idempotency.claim("CreateAccount", "k1", "d" * 64, later)
+        await work.commit()
+
+
+async def test_schema_check_and_idempotent_upgrade(engine: AsyncEngine) -> None:
+    await migrate.check_current(engine)
+    before, after = await migrate.upgrade(engine)
+    assert before == after == migrate.head_revision()

@@ -1,0 +1,103 @@
+"""In-memory stand-ins for the repositories and unit of work, for use-case tests.
+
+The fake unit of work works on a copy of the store and publishes it only on
+commit, so a test can see that a failed use case left nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from account_svc.domain import Account, AccountFilter, email_key
+from account_svc.repository import email_taken
+from core.idempotency import RETENTION, KeyClaimed, StoredKey
+
+
+@dataclass
+class Store:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    keys: dict[tuple[str, str], tuple[str, Mapping[str, Any] | None, datetime]] = field(default_factory=dict)
+    commits: int = 0
+
+
+class FakeAccounts:
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def get(self, account_id: str, *, for_update: bool = False) -> Account | None:
+        return self._store.accounts.get(account_id)
+
+    async def email_in_use(self, email: str, *, excluding: str | None = None) -> bool:
+        return any(
+            a.email_key == email_key(email) and not a.is_deleted and a.id != excluding
+            for a in self._store.accounts.values()
+        )
+
+    async def add(self, account: Account) -> None:
+        if await self.email_in_use(account.email):
+            raise email_taken()
+        self._store.accounts[account.id] = account
+
+    async def save(self, account: Account) -> None:
+        self._store.accounts[account.id] = account
+
+    async def list(
+        self, query: AccountFilter, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Account]:
+        rows = sorted(self._store.accounts.values(), key=lambda a: (a.create_time, a.id))
+        rows = [
+            a
+            for a in rows
+            if (show_deleted or not a.is_deleted)
+            and (query.email is None or a.email_key == email_key(query.email))
+            and (query.status is None or a.status == query.status)
+            and (after is None or (a.create_time, a.id) > after)
+        ]
+        return rows[:limit]
+
+
+class FakeIdempotency:
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def find(self, scope: str, key: str, now: datetime) -> StoredKey | None:
+        entry = self._store.keys.get((scope, key))
+        if entry is None or entry[2] <= now:
+            return None
+        return StoredKey(entry[0], entry[1])
+
+    async def claim(self, scope: str, key: str, fingerprint: str, now: datetime) -> None:
+        entry = self._store.keys.get((scope, key))
+        if entry is not None and entry[2] > now:
+            raise KeyClaimed(key)
+        self._store.keys[(scope, key)] = (fingerprint, None, now + RETENTION)
+
+    async def complete(self, scope: str, key: str, response: Mapping[str, Any]) -> None:
+        fingerprint, _, expires = self._store.keys[(scope, key)]
+        self._store.keys[(scope, key)] = (fingerprint, copy.deepcopy(dict(response)), expires)
+
+
+class FakeUnitOfWork:
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def __aenter__(self) -> Self:
+        self._working = copy.deepcopy(self.store)
+        self.accounts = FakeAccounts(self._working)
+        self.idempotency = FakeIdempotency(self._working)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        del self._working
+
+    async def commit(self) -> None:
+        self.store.accounts = self._working.accounts
+        self.store.keys = self._working.keys
+        self.store.commits += 1
