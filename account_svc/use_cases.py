@@ -22,6 +22,7 @@ _MAX_ID_LENGTH = 64
 @dataclass(frozen=True)
 class AccountDeps:
     new_uow: Callable[[], AccountsUnitOfWork]
+    new_reader: Callable[[], AccountsUnitOfWork]  # read-only unit of work, for lookups and listings
     clock: Clock
     page_tokens: PageTokens
 
@@ -67,8 +68,8 @@ async def create_account(deps: AccountDeps, fields: AccountFields, *, request_id
     domain.check_fields(fields, domain.UPDATABLE_FIELDS)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
-        if await uow.accounts.email_in_use(fields.email):
-            raise email_taken()
+        # No look-up first: the live-email unique index rejects a duplicate (EMAIL_TAKEN), also
+        # when two creates race, and skipping the look-up saves a round trip.
         now = deps.clock.now()
         account = Account(
             id=ids.new_id(domain.ID_PREFIX),
@@ -101,7 +102,7 @@ async def create_account(deps: AccountDeps, fields: AccountFields, *, request_id
 
 async def get_account(deps: AccountDeps, account_id: str, *, show_deleted: bool = False) -> Account:
     _require_id(account_id)
-    async with deps.new_uow() as uow:
+    async with deps.new_reader() as uow:
         account = await uow.accounts.get(account_id) if len(account_id) <= _MAX_ID_LENGTH else None
     if account is None or (account.is_deleted and not show_deleted):
         raise _not_found(account_id)
@@ -126,7 +127,7 @@ async def list_accounts(
             after = (datetime.fromisoformat(position["t"]), str(position["i"]))
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument.field("page_token", "is not a page token from this API") from None
-    async with deps.new_uow() as uow:
+    async with deps.new_reader() as uow:
         rows = await uow.accounts.list(query, show_deleted=show_deleted, after=after, limit=limit + 1)
     next_token = ""
     if len(rows) > limit:

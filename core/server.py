@@ -97,8 +97,11 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> App:
     engine = db.create_engine(settings)
     try:
         await prepare_database(settings, engine)
+        writers = db.session_factory(engine)
+        readers = db.session_factory(db.read_only(engine))
         deps = AccountDeps(
-            new_uow=lambda: SqlAccountsUnitOfWork(db.session_factory(engine)),
+            new_uow=lambda: SqlAccountsUnitOfWork(writers),
+            new_reader=lambda: SqlAccountsUnitOfWork(readers),
             clock=clock or SystemClock(),
             page_tokens=PageTokens(page_token_secret(settings)),
         )

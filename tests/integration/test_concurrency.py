@@ -42,6 +42,7 @@ def deps(pg_engine: AsyncEngine) -> AccountDeps:
     sessions = db.session_factory(pg_engine)
     return AccountDeps(
         new_uow=lambda: SqlAccountsUnitOfWork(sessions),
+        new_reader=lambda: SqlAccountsUnitOfWork(sessions),
         clock=SystemClock(),
         page_tokens=PageTokens(b"0123456789abcdef"),
     )
@@ -147,7 +148,9 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
                         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
                         assert reply.status in (serving, health_pb2.HealthCheckResponse.NOT_SERVING)
                         await asyncio.sleep(0.01)
-                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                # grpc core refuses a call racing the shutdown with UNAVAILABLE (GOAWAY seen first)
+                # or CANCELLED (stream opened first); either way it never ran.
+                assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 assert not update.done()
                 await transaction.rollback()
                 updated = await update
@@ -165,3 +168,46 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
         assert await connection.fetchval("SELECT display_name FROM accounts") == "After"
     finally:
         await connection.close()
+
+
+async def test_lost_database_connections_give_unavailable_then_recover(
+    postgres_settings: Settings, postgres_clean: None, postgres_url: str
+) -> None:
+    app = await build(postgres_settings)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = account_pb2_grpc.AccountServiceStub(channel)
+            created = await stub.CreateAccount(
+                account_pb2.CreateAccountRequest(
+                    account=account_pb2.Account(
+                        display_name="Kept", email="kept@example.test", currency_code="USD"
+                    )
+                )
+            )
+            killer = await asyncpg.connect(asyncpg_dsn(postgres_url))
+            try:
+                killed = await killer.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    postgres_url.rsplit("/", 1)[-1],
+                )
+            finally:
+                await killer.close()
+            assert killed >= 1
+
+            codes = []
+            for _ in range(3):
+                try:
+                    reply = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id), timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as error:
+                    codes.append(error.code())
+            # Pooled connections were cut: calls fail as retryable UNAVAILABLE (never INTERNAL)
+            # until the pool has replaced them, then succeed again.
+            assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}, codes
+            assert codes[0] == grpc.StatusCode.UNAVAILABLE, codes
+            assert codes[-1] == grpc.StatusCode.OK, codes
+            assert reply.id == created.id
+    finally:
+        await app.stop(grace=0)

@@ -31,7 +31,10 @@ def clock() -> FrozenClock:
 @pytest.fixture
 def deps(store: Store, clock: FrozenClock) -> AccountDeps:
     return AccountDeps(
-        new_uow=lambda: FakeUnitOfWork(store), clock=clock, page_tokens=PageTokens(b"0123456789abcdef")
+        new_uow=lambda: FakeUnitOfWork(store),
+        new_reader=lambda: FakeUnitOfWork(store),
+        clock=clock,
+        page_tokens=PageTokens(b"0123456789abcdef"),
     )
 
 
