@@ -39,6 +39,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would start and
+        # silently take half the connections. Fail to bind instead.
+        ("grpc.so_reuseport", 0),
         # Ping idle clients every 2 minutes and drop them if they do not answer in 20 s.
         ("grpc.keepalive_time_ms", 120_000),
         ("grpc.keepalive_timeout_ms", 20_000),

@@ -349,12 +349,9 @@ def test_port_taken_by_another_program_exits_1(tmp_path: Path) -> None:
     assert "tally serving gRPC on" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: gRPC enables SO_REUSEPORT by default and server_options() does not turn it off, "
-    "so a second `tally serve` binds the port of a running one and the kernel splits clients between them",
-)
 def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    """gRPC sets SO_REUSEPORT by default: without ("grpc.so_reuseport", 0) a second `tally serve` would
+    bind the port of a running one and the kernel would split clients between the two."""
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     with running_server(server_env(first_dir), cwd=tmp_path) as first:
         second_env = server_env(second_dir, TALLY_GRPC_ADDR=first.addr)
