@@ -75,6 +75,39 @@ class Aborted(TallyError):
     reason = "ABORTED"
 
 
+class Unauthenticated(TallyError):
+    """No valid credentials. The message says what is wrong, never echoing the token."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TallyError):
+    """Authenticated, but not allowed to do this."""
+
+    reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(TallyError):
+    """A quota or rate limit was hit; `retry_after` seconds until it is worth trying again."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        subject: str = "",
+        limit_description: str = "",
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+        self.subject = subject
+        self.limit_description = limit_description
+
+
 class Unavailable(TallyError):
     """A dependency is down; the caller may retry with backoff."""
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,6 +36,21 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
     return host, int(port_text)
+
+
+class RateLimit(BaseModel):
+    """A token bucket: `rate` tokens a second refill it, up to `burst`; a call takes `cost` tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+DEFAULT_RATE_LIMITS = {
+    "default": RateLimit(rate=50, burst=100),
+    "auth": RateLimit(rate=1, burst=10),
+}
 
 
 class SettingsError(Exception):
@@ -75,8 +90,47 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="Event loop: uvloop when installed (auto), or force one."
     )
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses to start without configured JWT keys; development generates "
+        "a key into the data directory.",
+    )
+    http_addr: str = Field(
+        "127.0.0.1:8080", description="HTTP listen address (HOST:PORT) for /metrics, JWKS and REST."
+    )
+    redis_url: str | None = Field(
+        None, description="redis://HOST:PORT/DB for shared rate limits; unset: in-process buckets."
+    )
+    jwt_issuer: str = Field("tally", min_length=1, description="`iss` of issued tokens, required on verify.")
+    jwt_audience: str = Field(
+        "tally", min_length=1, description="`aud` of issued tokens, required on verify."
+    )
+    jwt_hs256_secret: SecretStr | None = Field(
+        None, description="Shared secret (32+ bytes) to sign and verify HS256 tokens."
+    )
+    jwt_keys_dir: Path | None = Field(
+        None,
+        description="Directory of PEM private keys (RSA for RS256, P-256 for ES256), one per file; "
+        "the file name without .pem is the key id (kid). All are published as JWKS and accepted.",
+    )
+    jwt_signing_kid: str | None = Field(
+        None, description="Key id that signs new tokens; default: the newest file in jwt_keys_dir."
+    )
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
+    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300, le=365 * 86_400)
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
+        description='JSON: method group -> {"rate": per second, "burst": size}; "default" covers '
+        "groups not listed.",
+    )
+    rate_limit_fail_closed: list[str] = Field(
+        default_factory=list,
+        description="JSON list of method groups refused (UNAVAILABLE) instead of served on local "
+        "buckets while Redis is unreachable.",
+    )
 
-    @field_validator("grpc_addr")
+    @field_validator("grpc_addr", "http_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
         parse_host_port(value)
@@ -97,6 +151,27 @@ class Settings(BaseSettings):
                 f"unsupported database {url.drivername!r}; use postgresql+asyncpg://... or sqlite+aiosqlite:///..."
             )
         return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("jwt_hs256_secret")
+    @classmethod
+    def _check_hs256_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        return {**DEFAULT_RATE_LIMITS, **value}
 
     @property
     def effective_database_url(self) -> str:

@@ -9,11 +9,12 @@ SQL or other internals reach the caller.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,6 +30,9 @@ _CODES: list[tuple[type[errors.TallyError], grpc.StatusCode]] = [
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Aborted, grpc.StatusCode.ABORTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -54,6 +58,15 @@ def to_status(error: errors.TallyError) -> grpc.Status:
                 )
             )
         )
+    if isinstance(error, errors.ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, math.ceil(error.retry_after * 1e9)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if error.subject:
+            violation = error_details_pb2.QuotaFailure.Violation(
+                subject=error.subject, description=error.limit_description
+            )
+            details.append(_pack(error_details_pb2.QuotaFailure(violations=[violation])))
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
