@@ -195,6 +195,15 @@ def _check_metadata(violations: Violations, path: str, metadata: Mapping[str, st
             violations.add(f"{path}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
 
 
+def check_email(violations: Violations, path: str, value: str) -> None:
+    if not value:
+        violations.add(path, "is required")
+    elif len(value) > MAX_EMAIL:
+        violations.add(path, f"must be at most {MAX_EMAIL} characters")
+    elif not _EMAIL.fullmatch(value):
+        violations.add(path, f"{value!r} is not a valid email address")
+
+
 def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "account") -> None:
     """Validate the named fields, raising one InvalidArgument that lists every bad one."""
     violations = Violations()
@@ -204,12 +213,7 @@ def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "
         if name == "display_name":
             _check_text(violations, path, value, MAX_DISPLAY_NAME, required=True)
         elif name == "email":
-            if not value:
-                violations.add(path, "is required")
-            elif len(value) > MAX_EMAIL:
-                violations.add(path, f"must be at most {MAX_EMAIL} characters")
-            elif not _EMAIL.fullmatch(value):
-                violations.add(path, f"{value!r} is not a valid email address")
+            check_email(violations, path, value)
         elif name == "phone":
             if value and not _E164.fullmatch(value):
                 violations.add(path, "must be an E.164 number such as +14155550123")
@@ -259,9 +263,14 @@ def apply_update(account: Account, fields: AccountFields, names: Iterable[str]) 
 class AccountFilter:
     email: str | None = None
     status: AccountStatus | None = None
+    only_id: str | None = None  # set for customers: they list their own account only
 
     def canonical(self) -> dict[str, str | None]:
-        return {"email": email_key(self.email) if self.email else None, "status": self.status}
+        return {
+            "email": email_key(self.email) if self.email else None,
+            "status": self.status,
+            "only_id": self.only_id,
+        }
 
 
 _FILTER_TOKEN = re.compile(

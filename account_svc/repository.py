@@ -158,6 +158,8 @@ class SqlAccountRepository:
             statement = statement.where(AccountRow.email_key == email_key(query.email))
         if query.status is not None:
             statement = statement.where(AccountRow.status == query.status.value)
+        if query.only_id is not None:
+            statement = statement.where(AccountRow.id == query.only_id)
         if after is not None:
             time, last_id = after
             statement = statement.where(

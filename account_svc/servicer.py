@@ -16,6 +16,7 @@ from account_svc import use_cases
 from account_svc.domain import UPDATABLE_FIELDS, Account, AccountFields, AccountStatus, PostalAddress
 from account_svc.use_cases import AccountDeps
 from core.errors import InvalidArgument
+from core.principal import Caller, caller_for
 from tally.account.v1 import account_pb2, account_pb2_grpc
 
 _STATUS_TO_PROTO = {
@@ -109,6 +110,13 @@ def account_to_proto(account: Account) -> account_pb2.Account:
     return message
 
 
+_SERVICE = account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
+
+
+def _caller(method: str, request_id: str = "") -> Caller:
+    return caller_for(f"/{_SERVICE}/{method}", request_id)
+
+
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     def __init__(self, deps: AccountDeps):
         self._deps = deps
@@ -117,13 +125,17 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: account_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.Account:
         fields = fields_from_proto(request.account)
-        account = await use_cases.create_account(self._deps, fields, request_id=request.request_id)
+        account = await use_cases.create_account(
+            self._deps, _caller("CreateAccount", request.request_id), fields
+        )
         return account_to_proto(account)
 
     async def GetAccount(
         self, request: account_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.Account:
-        account = await use_cases.get_account(self._deps, request.id, show_deleted=request.show_deleted)
+        account = await use_cases.get_account(
+            self._deps, _caller("GetAccount"), request.id, show_deleted=request.show_deleted
+        )
         return account_to_proto(account)
 
     async def ListAccounts(
@@ -131,6 +143,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> account_pb2.ListAccountsResponse:
         page = await use_cases.list_accounts(
             self._deps,
+            _caller("ListAccounts"),
             size=request.page_size,
             page_token=request.page_token,
             filter_text=request.filter,
@@ -149,11 +162,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             mask = populated_fields(request.account)
         account = await use_cases.update_account(
             self._deps,
+            _caller("UpdateAccount", request.request_id),
             request.account.id,
             fields_from_proto(request.account),
             mask,
             etag=request.account.etag,
-            request_id=request.request_id,
         )
         return account_to_proto(account)
 
@@ -161,12 +174,14 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: account_pb2.DeleteAccountRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.Account:
         account = await use_cases.delete_account(
-            self._deps, request.id, etag=request.etag, request_id=request.request_id
+            self._deps, _caller("DeleteAccount", request.request_id), request.id, etag=request.etag
         )
         return account_to_proto(account)
 
     async def UndeleteAccount(
         self, request: account_pb2.UndeleteAccountRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.Account:
-        account = await use_cases.undelete_account(self._deps, request.id, request_id=request.request_id)
+        account = await use_cases.undelete_account(
+            self._deps, _caller("UndeleteAccount", request.request_id), request.id
+        )
         return account_to_proto(account)

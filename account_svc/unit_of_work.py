@@ -7,14 +7,18 @@ from typing import Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from account_svc.identity.repository import IdentityRepository, SqlIdentityRepository
 from account_svc.repository import AccountRepository, SqlAccountRepository
+from core.audit import AuditLog, SqlAuditLog
 from core.db import UnitOfWork
 from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
 
 
 class AccountsUnitOfWork(Protocol):
     accounts: AccountRepository
+    identity: IdentityRepository
     idempotency: IdempotencyRepository
+    audit: AuditLog
 
     async def __aenter__(self) -> Self: ...
 
@@ -27,8 +31,12 @@ class AccountsUnitOfWork(Protocol):
 
 class SqlAccountsUnitOfWork(UnitOfWork):
     accounts: AccountRepository
+    identity: IdentityRepository
     idempotency: IdempotencyRepository
+    audit: AuditLog
 
     def _bind(self, session: AsyncSession) -> None:
         self.accounts = SqlAccountRepository(session)
+        self.identity = SqlIdentityRepository(session)
         self.idempotency = SqlIdempotencyRepository(session)
+        self.audit = SqlAuditLog(session)

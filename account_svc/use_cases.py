@@ -11,12 +11,26 @@ from account_svc.domain import Account, AccountFields, AccountStatus
 from account_svc.repository import email_taken
 from account_svc.unit_of_work import AccountsUnitOfWork
 from core import ids
+from core.audit import changes_between
 from core.clock import Clock
-from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from core.idempotency import run_once
 from core.pagination import PageTokens, page_size
+from core.principal import Caller
 
 _MAX_ID_LENGTH = 64
+# What a customer may change on its own account; billing terms (currency, status) are the biller's.
+CUSTOMER_WRITABLE = frozenset({"display_name", "email", "phone", "billing_address"})
+_AUDITED = (
+    "display_name",
+    "email",
+    "phone",
+    "billing_address",
+    "currency_code",
+    "status",
+    "metadata",
+    "delete_time",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,31 @@ async def _load(uow: AccountsUnitOfWork, account_id: str, *, deleted: bool | Non
     return account
 
 
+def _visible(caller: Caller, account_id: str) -> bool:
+    """Customers see only their own account; anything else is NOT_FOUND, never PERMISSION_DENIED."""
+    own = caller.customer_account
+    return own is None or own == account_id
+
+
+async def _audit(
+    uow: AccountsUnitOfWork, caller: Caller, action: str, before: Account | None, after: Account
+) -> None:
+    def view(account: Account | None) -> dict[str, object] | None:
+        if account is None:
+            return None
+        data = account.to_dict()
+        return {name: data[name] for name in _AUDITED}
+
+    await uow.audit.record(
+        caller,
+        time=after.update_time,
+        resource_type="account",
+        resource_id=after.id,
+        action=action,
+        changes=changes_between(view(before), view(after)),
+    )
+
+
 def _check_etag(account: Account, etag: str) -> None:
     if etag and etag != account.etag:
         raise Aborted(
@@ -63,7 +102,7 @@ def _check_etag(account: Account, etag: str) -> None:
         )
 
 
-async def create_account(deps: AccountDeps, fields: AccountFields, *, request_id: str = "") -> Account:
+async def create_account(deps: AccountDeps, caller: Caller, fields: AccountFields) -> Account:
     fields = replace(fields, status=fields.status or AccountStatus.ACTIVE)
     domain.check_fields(fields, domain.UPDATABLE_FIELDS)
 
@@ -86,13 +125,14 @@ async def create_account(deps: AccountDeps, fields: AccountFields, *, request_id
             revision=1,
         )
         await uow.accounts.add(account)
+        await _audit(uow, caller, "create", None, account)
         return account
 
     return await run_once(
         deps.new_uow,
         deps.clock,
-        scope="CreateAccount",
-        request_id=request_id,
+        scope=caller.idempotency_scope("CreateAccount"),
+        request_id=caller.request_id,
         request=fields.as_request(),
         action=action,
         dump=Account.to_dict,
@@ -100,8 +140,12 @@ async def create_account(deps: AccountDeps, fields: AccountFields, *, request_id
     )
 
 
-async def get_account(deps: AccountDeps, account_id: str, *, show_deleted: bool = False) -> Account:
+async def get_account(
+    deps: AccountDeps, caller: Caller, account_id: str, *, show_deleted: bool = False
+) -> Account:
     _require_id(account_id)
+    if not _visible(caller, account_id):
+        raise _not_found(account_id)
     async with deps.new_reader() as uow:
         account = await uow.accounts.get(account_id) if len(account_id) <= _MAX_ID_LENGTH else None
     if account is None or (account.is_deleted and not show_deleted):
@@ -111,6 +155,7 @@ async def get_account(deps: AccountDeps, account_id: str, *, show_deleted: bool 
 
 async def list_accounts(
     deps: AccountDeps,
+    caller: Caller,
     *,
     size: int = 0,
     page_token: str = "",
@@ -118,7 +163,7 @@ async def list_accounts(
     show_deleted: bool = False,
 ) -> AccountPage:
     limit = page_size(size)
-    query = domain.parse_filter(filter_text)
+    query = replace(domain.parse_filter(filter_text), only_id=caller.customer_account)
     token_scope = {"filter": query.canonical(), "show_deleted": show_deleted}
     after: tuple[datetime, str] | None = None
     if page_token:
@@ -139,17 +184,26 @@ async def list_accounts(
 
 async def update_account(
     deps: AccountDeps,
+    caller: Caller,
     account_id: str,
     fields: AccountFields,
     mask: Sequence[str],
     *,
     etag: str = "",
-    request_id: str = "",
 ) -> Account:
     _require_id(account_id, "account.id")
+    if not _visible(caller, account_id):
+        raise _not_found(account_id)
     names = domain.check_update_mask(mask)
     if not names:
         raise InvalidArgument.field("update_mask", "names no field to update")
+    if caller.customer_account is not None and not set(names) <= CUSTOMER_WRITABLE:
+        forbidden = ", ".join(sorted(set(names) - CUSTOMER_WRITABLE))
+        raise PermissionDenied(
+            f"customers cannot change {forbidden}",
+            reason="FIELD_NOT_WRITABLE",
+            metadata={"fields": forbidden},
+        )
     domain.check_fields(fields, names)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
@@ -164,14 +218,15 @@ async def update_account(
             return current
         updated = replace(updated, update_time=deps.clock.now(), revision=current.revision + 1)
         await uow.accounts.save(updated)
+        await _audit(uow, caller, "update", current, updated)
         return updated
 
     request = {"id": account_id, "fields": fields.as_request(), "mask": list(names), "etag": etag}
     return await run_once(
         deps.new_uow,
         deps.clock,
-        scope="UpdateAccount",
-        request_id=request_id,
+        scope=caller.idempotency_scope("UpdateAccount"),
+        request_id=caller.request_id,
         request=request,
         action=action,
         dump=Account.to_dict,
@@ -179,10 +234,10 @@ async def update_account(
     )
 
 
-async def delete_account(
-    deps: AccountDeps, account_id: str, *, etag: str = "", request_id: str = ""
-) -> Account:
+async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, etag: str = "") -> Account:
     _require_id(account_id)
+    if not _visible(caller, account_id):
+        raise _not_found(account_id)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
         current = await _load(uow, account_id)
@@ -190,13 +245,14 @@ async def delete_account(
         now = deps.clock.now()
         deleted = replace(current, delete_time=now, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(deleted)
+        await _audit(uow, caller, "delete", current, deleted)
         return deleted
 
     return await run_once(
         deps.new_uow,
         deps.clock,
-        scope="DeleteAccount",
-        request_id=request_id,
+        scope=caller.idempotency_scope("DeleteAccount"),
+        request_id=caller.request_id,
         request={"id": account_id, "etag": etag},
         action=action,
         dump=Account.to_dict,
@@ -204,8 +260,10 @@ async def delete_account(
     )
 
 
-async def undelete_account(deps: AccountDeps, account_id: str, *, request_id: str = "") -> Account:
+async def undelete_account(deps: AccountDeps, caller: Caller, account_id: str) -> Account:
     _require_id(account_id)
+    if not _visible(caller, account_id):
+        raise _not_found(account_id)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
         current = await _load(uow, account_id, deleted=None)
@@ -220,13 +278,14 @@ async def undelete_account(deps: AccountDeps, account_id: str, *, request_id: st
         now = deps.clock.now()
         restored = replace(current, delete_time=None, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(restored)
+        await _audit(uow, caller, "undelete", current, restored)
         return restored
 
     return await run_once(
         deps.new_uow,
         deps.clock,
-        scope="UndeleteAccount",
-        request_id=request_id,
+        scope=caller.idempotency_scope("UndeleteAccount"),
+        request_id=caller.request_id,
         request={"id": account_id},
         action=action,
         dump=Account.to_dict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
 from collections.abc import Coroutine
@@ -13,6 +14,12 @@ from core import logs
 from core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("tally")
+
+# Options of each command that are not settings.
+_COMMAND_ARGS = {
+    "user": ("user_command", "email", "role", "account", "password_stdin"),
+    "token": ("role", "account", "scope", "ttl", "subject"),
+}
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +39,39 @@ def parser() -> argparse.ArgumentParser:
     _common_flags(serve)
     migrate = commands.add_parser("migrate", help="apply database migrations, then exit")
     _common_flags(migrate)
+
+    user = commands.add_parser("user", help="manage users who log in")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser(
+        "create",
+        help="create a user (the first admin, for example)",
+        description="Create a user. The password is read from standard input with --password-stdin, "
+        "or asked for twice on a terminal.",
+    )
+    create.add_argument("--email", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "customer"])
+    create.add_argument("--account", default="", help="the customer's account id (customers only)")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _common_flags(create)
+
+    token = commands.add_parser(
+        "token",
+        help="print a signed access token, for scripts and operators",
+        description="Mint an access token with the server's keys (same TALLY_* settings as `tally serve`) "
+        "and print it to standard output.",
+    )
+    token.add_argument("--role", required=True, choices=["admin", "service", "customer"])
+    token.add_argument("--account", default="", help="account id (required with --role customer)")
+    token.add_argument(
+        "--scope", action="append", default=[], help="a scope (repeat); required with --role service"
+    )
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="lifetime in seconds (default 3600, at most 86400)"
+    )
+    token.add_argument(
+        "--subject", default="", help="who the token is for, recorded in audit logs as cli:<subject>"
+    )
+    _common_flags(token)
     return root
 
 
@@ -64,9 +104,78 @@ async def _migrate(settings: Settings) -> None:
         log.info("schema migrated from %s to %s", before or "empty", after)
 
 
+class UsageError(Exception):
+    """Bad command-line input; printed without a traceback, exit code 2."""
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to ask for the password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
+
+
+async def _create_user(settings: Settings, email: str, role: str, account: str, password: str) -> None:
+    from account_svc.identity import use_cases
+    from core.principal import Caller, Principal, Role
+    from core.server import build_components
+
+    components = await build_components(settings)
+    try:
+        operator = Principal(subject=f"cli:{getpass.getuser()}", role=Role.ADMIN, scopes=frozenset({"*"}))
+        user = await use_cases.create_user(
+            components.identity,
+            Caller(operator, "cli:user create"),
+            email=email,
+            role=Role(role),
+            account_id=account,
+            password=password,
+        )
+    finally:
+        await components.close()
+    print(user.id)
+    log.info("created %s user %s (%s)", role, user.email, user.id)
+
+
+def _mint_token(
+    settings: Settings, role: str, account: str, scopes: list[str], ttl: int, subject: str
+) -> str:
+    from core.clock import SystemClock
+    from core.keys import load_keyring
+    from core.principal import Principal, Role, scopes_for
+    from core.tokens import TokenIssuer
+
+    if not 1 <= ttl <= 86_400:
+        raise UsageError("--ttl must be between 1 and 86400 seconds")
+    kind = Role(role)
+    if kind is Role.CUSTOMER and not account:
+        raise UsageError("--role customer needs --account ACCOUNT_ID")
+    if kind is not Role.CUSTOMER and account:
+        raise UsageError("--account goes with --role customer only")
+    if kind is Role.SERVICE and not scopes:
+        raise UsageError("--role service needs at least one --scope")
+    if kind is not Role.SERVICE and scopes:
+        raise UsageError(
+            "--scope goes with --role service only (admins hold every scope, customers a fixed set)"
+        )
+    principal = Principal(
+        subject=f"cli:{subject or getpass.getuser()}",
+        role=kind,
+        scopes=scopes_for(kind, frozenset(scopes)),
+        account_id=account or None,
+    )
+    keyring = load_keyring(settings, log=log)
+    return TokenIssuer.from_settings(keyring, settings, SystemClock()).issue(principal, ttl).token
+
+
 def main(argv: list[str] | None = None) -> None:
     options = vars(parser().parse_args(argv))
     command = options.pop("command")
+    extra = {name: options.pop(name) for name in _COMMAND_ARGS.get(command, ()) if name in options}
     try:
         settings = load_settings(**options)
     except SettingsError as exc:
@@ -80,13 +189,30 @@ def main(argv: list[str] | None = None) -> None:
             _run(settings, serve(settings))
         elif command == "migrate":
             _run(settings, _migrate(settings))
+        elif command == "user":
+            password = _read_password(extra["password_stdin"])
+            _run(settings, _create_user(settings, extra["email"], extra["role"], extra["account"], password))
+        elif command == "token":
+            print(
+                _mint_token(
+                    settings, extra["role"], extra["account"], extra["scope"], extra["ttl"], extra["subject"]
+                )
+            )
     except KeyboardInterrupt:
         sys.exit(130)
+    except UsageError as exc:
+        print(f"tally {command}: {exc}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
+        from core.errors import TallyError
+        from core.keys import KeyConfigError
         from core.migrate import SchemaOutOfDate
 
-        if isinstance(exc, SchemaOutOfDate | SettingsError):
+        if isinstance(exc, SchemaOutOfDate | SettingsError | KeyConfigError):
             log.error("%s", exc)
+        elif isinstance(exc, TallyError):
+            log.error("%s", exc)
+            sys.exit(2 if exc.reason != "EMAIL_TAKEN" else 1)
         elif isinstance(exc, RuntimeError) and "bind" in str(exc).lower():
             log.error("cannot listen on %s: %s", settings.grpc_addr, exc)
         elif isinstance(exc, OSError | ConnectionError):

@@ -1,4 +1,9 @@
-"""Structured logging: one JSON object per line (or plain text on a terminal)."""
+"""Structured logging: one JSON object per line (or plain text on a terminal).
+
+Fields passed with `extra=` appear as keys of the JSON object (as key=value
+pairs in text). Records logged while an OpenTelemetry span is current get its
+`trace_id` and `span_id` unless they already carry them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_RESERVED = set(vars(logging.makeLogRecord({})))
+from opentelemetry import trace
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a record carries beyond the standard LogRecord attributes."""
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,20 +31,44 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
+        entry.update(extra_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...` for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        fields = extra_fields(record)
+        if fields:
+            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        return text
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds trace_id/span_id of the current span; install it on handlers that format synchronously."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                record.trace_id = trace.format_trace_id(span_context.trace_id)
+                record.span_id = trace.format_span_id(span_context.span_id)
+        return True
 
 
 def configure(level: str, fmt: str) -> None:
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -66,3 +66,35 @@ def set_principal(principal: Principal | None) -> object:
 
 def reset_principal(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and through which request: what a use case needs for checks and the audit log."""
+
+    principal: Principal | None = None
+    method: str = ""
+    request_id: str = ""
+
+    @property
+    def actor(self) -> str:
+        return self.principal.subject if self.principal else "anonymous"
+
+    @property
+    def customer_account(self) -> str | None:
+        """The account a customer is confined to; None for everyone else."""
+        if self.principal is not None and self.principal.is_customer:
+            return self.principal.account_id
+        return None
+
+    def idempotency_scope(self, operation: str) -> str:
+        """Request ids are per caller: two callers never collide on the same key."""
+        return f"{operation}:{self.actor}"
+
+
+def caller_for(method: str, request_id: str = "") -> Caller:
+    """The Caller of the RPC being served: the principal the auth interceptor set, and the method."""
+    return Caller(current_principal(), method, request_id)
+
+
+SYSTEM = Caller(Principal(subject="system", role=Role.ADMIN, scopes=frozenset({ALL_SCOPES})), method="system")

@@ -1,7 +1,9 @@
 """The composition root: builds every part from one Settings object and runs the server.
 
-Nothing is connected at import time; `build()` wires a server that tests can
-start on port 0, and `serve()` adds signal handling and graceful shutdown.
+Nothing is connected at import time. `build_components()` wires the shared
+parts (database, keys, use-case dependencies) that the server and the CLI
+both use; `build()` adds the gRPC server, its interceptor chain and the HTTP
+side; `serve()` adds signal handling and graceful shutdown.
 """
 
 from __future__ import annotations
@@ -14,23 +16,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import redis.asyncio as redis_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from account_svc.audit_servicer import AuditServicer
+from account_svc.identity.domain import Argon2Hasher, PasswordHasher
+from account_svc.identity.servicer import AuthServicer
+from account_svc.identity.sessions import SessionCache
+from account_svc.identity.use_cases import IdentityDeps
 from account_svc.servicer import AccountServicer
 from account_svc.unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
-from core import db, migrate
+from core import db, migrate, telemetry
 from core.clock import Clock, SystemClock
+from core.http import HttpServer
+from core.keys import KeyRing, load_keyring
+from core.metrics import Metrics
 from core.pagination import PageTokens
 from core.settings import Settings
+from core.tokens import TokenIssuer, TokenVerifier
+from interceptors.auth import AuthInterceptor
+from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorMappingInterceptor
-from tally.account.v1 import account_pb2, account_pb2_grpc
+from interceptors.observability import ObservabilityInterceptor
+from interceptors.policy import PolicyTable
+from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
+from interceptors.tracing import TracingInterceptor
+from tally.account.v1 import account_pb2, account_pb2_grpc, audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger("tally.server")
 
-SERVICE_NAMES = (account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,)
+SERVICES = (
+    account_pb2.DESCRIPTOR.services_by_name["AccountService"],
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+)
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -39,6 +63,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Headers up to 16 KiB, so an over-long token reaches the auth interceptor and gets a clear
+        # UNAUTHENTICATED instead of gRPC's random soft-limit rejections between 8 and 16 KiB.
+        ("grpc.max_metadata_size", 16 * 1024),
         # gRPC sets SO_REUSEPORT by default: a second server on a busy port would start and
         # silently take half the connections. Fail to bind instead.
         ("grpc.so_reuseport", 0),
@@ -67,23 +94,20 @@ def page_token_secret(settings: Settings) -> bytes:
 
 
 @dataclass
-class App:
+class Components:
+    """The parts shared by `tally serve` and the CLI commands."""
+
     settings: Settings
     engine: AsyncEngine
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
+    clock: Clock
+    keyring: KeyRing
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    accounts: AccountDeps
+    identity: IdentityDeps
+    sessions: SessionCache
 
-    async def start(self) -> None:
-        await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in SERVICE_NAMES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight RPCs finish within the grace period, then close the pool."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+    async def close(self) -> None:
         await self.engine.dispose()
 
 
@@ -96,38 +120,187 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
         await migrate.check_current(engine)
 
 
-async def build(settings: Settings, *, clock: Clock | None = None) -> App:
+async def build_components(
+    settings: Settings, *, clock: Clock | None = None, passwords: PasswordHasher | None = None
+) -> Components:
+    clock = clock or SystemClock()
     engine = db.create_engine(settings)
     try:
         await prepare_database(settings, engine)
-        writers = db.session_factory(engine)
-        readers = db.session_factory(db.read_only(engine))
-        deps = AccountDeps(
-            new_uow=lambda: SqlAccountsUnitOfWork(writers),
-            new_reader=lambda: SqlAccountsUnitOfWork(readers),
-            clock=clock or SystemClock(),
-            page_tokens=PageTokens(page_token_secret(settings)),
+        keyring = load_keyring(settings, log=log)
+    except BaseException:
+        await engine.dispose()
+        raise
+    writers = db.session_factory(engine)
+    readers = db.session_factory(db.read_only(engine))
+
+    def new_uow() -> SqlAccountsUnitOfWork:
+        return SqlAccountsUnitOfWork(writers)
+
+    def new_reader() -> SqlAccountsUnitOfWork:
+        return SqlAccountsUnitOfWork(readers)
+
+    page_tokens = PageTokens(page_token_secret(settings))
+    issuer = TokenIssuer.from_settings(keyring, settings, clock)
+    sessions = SessionCache(new_reader, clock)
+    identity = IdentityDeps(
+        new_uow=new_uow,
+        new_reader=new_reader,
+        clock=clock,
+        passwords=passwords or Argon2Hasher(),
+        issuer=issuer,
+        page_tokens=page_tokens,
+        access_ttl_seconds=settings.access_token_ttl_seconds,
+        refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+        on_session_revoked=sessions.forget,
+    )
+    return Components(
+        settings=settings,
+        engine=engine,
+        clock=clock,
+        keyring=keyring,
+        issuer=issuer,
+        verifier=TokenVerifier.from_settings(keyring, settings, clock),
+        accounts=AccountDeps(new_uow=new_uow, new_reader=new_reader, clock=clock, page_tokens=page_tokens),
+        identity=identity,
+        sessions=sessions,
+    )
+
+
+class Readiness:
+    """Whether this process takes traffic: true from start() until stop() begins."""
+
+    def __init__(self) -> None:
+        self.serving = False
+
+    async def check(self) -> bool:
+        return self.serving
+
+
+@dataclass
+class App:
+    settings: Settings
+    components: Components
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    http: HttpServer
+    metrics: Metrics
+    tracer_provider: TracerProvider
+    redis: redis_asyncio.Redis | None
+    port: int
+    policies: PolicyTable
+    readiness: Readiness
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.components.engine
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.http.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.readiness.serving = True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish within the grace period, then close everything."""
+        self.readiness.serving = False
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await self.http.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.tracer_provider.shutdown()
+        await self.components.close()
+
+
+def _rate_limiter(settings: Settings, metrics: Metrics, client: redis_asyncio.Redis | None) -> RateLimiter:
+    return RateLimiter(
+        settings.rate_limits,
+        client,
+        settings.rate_limit_fail_closed,
+        on_reject=lambda group, decision: metrics.rate_limited(group),
+        on_redis_down=metrics.redis_down,
+        on_redis_up=metrics.redis_up,
+    )
+
+
+async def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    passwords: PasswordHasher | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> App:
+    components = await build_components(settings, clock=clock, passwords=passwords)
+    try:
+        metrics = Metrics()
+        metrics.watch_pool(components.engine)
+        provider = tracer_provider or telemetry.setup_tracing("tally")
+        tracer = telemetry.get_tracer(provider)
+        telemetry.instrument_engine(components.engine, tracer)
+        client = redis_asyncio.from_url(settings.redis_url) if settings.redis_url else None
+        if client is None:
+            metrics.redis_down()
+        policies = PolicyTable.from_services(SERVICES)
+        # The chain, outermost first. Tracing sees everything; observability logs and counts every
+        # call with its final code; error mapping turns domain errors (including the auth and
+        # rate-limit refusals below it) into statuses; auth decides who is calling; the rate
+        # limit is charged to that principal; the deadline bounds the handler's I/O.
+        interceptors = [
+            TracingInterceptor(tracer),
+            ObservabilityInterceptor(metrics),
+            ErrorMappingInterceptor(),
+            AuthInterceptor(
+                policies,
+                components.verifier,
+                session_is_live=components.sessions.is_live,
+                on_failure=metrics.auth_failed,
+            ),
+            RateLimitInterceptor(_rate_limiter(settings, metrics, client), policies.rate),
+            DeadlineInterceptor(),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+        account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(components.accounts), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(components.identity), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(components.accounts.new_reader, components.accounts.page_tokens), server
         )
-        server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
-            options=server_options(settings),
-        )
-        account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(deps), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = server.add_insecure_port(settings.grpc_addr)
+        readiness = Readiness()
+        http = HttpServer(
+            settings.http_addr, metrics=metrics, jwks=components.keyring.jwks, health=readiness.check
+        )
     except BaseException:
-        await engine.dispose()
+        await components.close()
         raise
-    return App(settings, engine, server, health_servicer, port)
+    return App(
+        settings=settings,
+        components=components,
+        server=server,
+        health=health_servicer,
+        http=http,
+        metrics=metrics,
+        tracer_provider=provider,
+        redis=client,
+        port=port,
+        policies=policies,
+        readiness=readiness,
+    )
 
 
-def _listen_address(settings: Settings, port: int) -> str:
-    host = settings.grpc_addr.rpartition(":")[0]
-    return f"{host}:{port}"
+def _listen_address(address: str, port: int) -> str:
+    return f"{address.rpartition(':')[0]}:{port}"
 
 
 async def serve(settings: Settings) -> None:
@@ -137,11 +310,15 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    grpc_addr = _listen_address(settings.grpc_addr, app.port)
+    http_addr = _listen_address(settings.http_addr, app.http_port)
     log.info(
-        "tally serving gRPC on %s (database: %s)",
-        _listen_address(settings, app.port),
+        "tally serving gRPC on %s and HTTP on %s (database: %s; rate limits: %s)",
+        grpc_addr,
+        http_addr,
         settings.describe_database(),
-        extra={"grpc_addr": _listen_address(settings, app.port), "data_dir": str(Path(settings.data_dir))},
+        "Redis" if settings.redis_url else "in-process",
+        extra={"grpc_addr": grpc_addr, "http_addr": http_addr, "data_dir": str(Path(settings.data_dir))},
     )
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_seconds)

@@ -19,7 +19,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from account_svc.identity.domain import Argon2Hasher
 from core import db, migrate
+from core.principal import Principal, Role, scopes_for
 from core.server import App, build
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
@@ -28,6 +30,12 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TALLY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 TEST_SECRET = "test-page-token-secret-0123456789"
+JWT_SECRET = "test-jwt-hs256-secret-0123456789abcdef"
+
+
+def cheap_passwords() -> Argon2Hasher:
+    """argon2id at its cheapest: the tests check behaviour, not hashing cost."""
+    return Argon2Hasher(time_cost=1, memory_cost=1024)
 
 
 def in_ci() -> bool:
@@ -82,7 +90,10 @@ async def postgres_url() -> AsyncIterator[str]:
 async def _truncate(url: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await connection.execute("TRUNCATE accounts, idempotency_keys")
+        await connection.execute(
+            "TRUNCATE accounts, idempotency_keys, users, service_accounts, auth_sessions, refresh_tokens, "
+            "audit_events"
+        )
     finally:
         await connection.close()
 
@@ -98,7 +109,13 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 async def settings(database_url: str | None, tmp_path: Path) -> Settings:
     """Settings for a clean database, once for each backend."""
-    common = {"data_dir": tmp_path, "secret_key": TEST_SECRET, "grpc_addr": "127.0.0.1:0"}
+    common = {
+        "data_dir": tmp_path,
+        "secret_key": TEST_SECRET,
+        "grpc_addr": "127.0.0.1:0",
+        "http_addr": "127.0.0.1:0",
+        "jwt_hs256_secret": JWT_SECRET,
+    }
     if database_url is None:
         return Settings(**common)  # type: ignore[arg-type]
     await _truncate(database_url)
@@ -114,6 +131,8 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         secret_key=TEST_SECRET,  # type: ignore[arg-type]
         grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        jwt_hs256_secret=JWT_SECRET,  # type: ignore[arg-type]
     )
 
 
@@ -135,7 +154,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
     """The real server, built by the composition root, on a free loopback port."""
-    application = await build(settings)
+    application = await build(settings, passwords=cheap_passwords())
     await application.start()
     try:
         yield application
@@ -143,9 +162,41 @@ async def app(settings: Settings) -> AsyncIterator[App]:
         await application.stop(grace=0)
 
 
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+
+def mint(
+    app: App, role: Role = Role.ADMIN, *, account_id: str | None = None, scopes: frozenset[str] = frozenset()
+) -> str:
+    principal = Principal(
+        subject=f"test:{role.value}", role=role, scopes=scopes_for(role, scopes), account_id=account_id
+    )
+    return app.components.issuer.issue(principal, 600).token
+
+
+def channel_as(app: App, token: str | None) -> grpc.aio.Channel:
+    interceptors = [BearerToken(token)] if token else []
+    return grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", interceptors=interceptors)
+
+
 @pytest.fixture
 async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as chan:
+    """A channel whose calls carry an admin token."""
+    async with channel_as(app, mint(app)) as chan:
         yield chan
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-import account_svc.repository  # noqa: F401  (registers tables on Base.metadata for autogenerate)
+import account_svc.identity.repository
+import account_svc.repository  # noqa: F401
+import core.audit
 import core.idempotency  # noqa: F401
 from core.db import Base
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -9,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,7 @@ SERVING_MARKER = "tally serving gRPC on"
 START_DEADLINE_SECONDS = 20.0
 GRPCURL_TIMEOUT_SECONDS = 30.0
 SECRET_KEY = "e2e-page-token-secret-0123456789"  # 32 characters
+JWT_SECRET = "e2e-jwt-hs256-secret-0123456789abcdef"
 ACCOUNTS = "tally.account.v1.AccountService"
 
 # grpcurl exits with 64 + the gRPC status code when the call fails with a status.
@@ -60,6 +63,8 @@ def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("TALLY_")}
     env.update(
         TALLY_GRPC_ADDR="127.0.0.1:0",
+        TALLY_HTTP_ADDR="127.0.0.1:0",
+        TALLY_JWT_HS256_SECRET=JWT_SECRET,
         TALLY_DATA_DIR=str(data_dir),
         TALLY_LOG_FORMAT="json",
         TALLY_SECRET_KEY=SECRET_KEY,
@@ -191,11 +196,11 @@ def stop_gracefully(server: RunningServer, sig: signal.Signals, timeout: float) 
 
 
 def run_tally(
-    command: str, env: Mapping[str, str], cwd: Path, timeout: float = 60
+    command: str, env: Mapping[str, str], cwd: Path, timeout: float = 60, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run a `tally` command to completion (subprocess.run kills it if it overruns the timeout)."""
     return subprocess.run(
-        [*tally_command(), command],
+        [*tally_command(), command, *args],
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -209,8 +214,27 @@ def run_tally(
 # --- grpcurl -------------------------------------------------------------------------------------------
 
 
-def grpcurl(addr: str, *args: str, data: Any = None) -> subprocess.CompletedProcess[str]:
+@functools.cache
+def admin_token() -> str:
+    """An admin token minted by `tally token` with the e2e key settings (every e2e server shares them)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = run_tally(
+            "token", server_env(Path(scratch)), Path(scratch), args=("--role", "admin", "--subject", "e2e")
+        )
+    assert result.returncode == 0, f"tally token failed:\n{result.stderr}"
+    return result.stdout.strip()
+
+
+def grpcurl(
+    addr: str,
+    *args: str,
+    data: Any = None,
+    token: str | None = "admin",  # noqa: S107 (a selector)
+) -> subprocess.CompletedProcess[str]:
+    """Run grpcurl; `token` "admin" sends an admin bearer token, None sends none, else that token."""
     command = [str(grpcurl_path()), "-plaintext", "-max-time", str(GRPCURL_TIMEOUT_SECONDS - 5)]
+    if token is not None:
+        command += ["-H", f"authorization: Bearer {admin_token() if token == 'admin' else token}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     command += [addr, *args]

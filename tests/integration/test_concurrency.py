@@ -19,10 +19,11 @@ from core import db
 from core.clock import SystemClock
 from core.errors import AlreadyExists
 from core.pagination import PageTokens
+from core.principal import SYSTEM, Caller
 from core.server import build
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.conftest import asyncpg_dsn
+from tests.conftest import asyncpg_dsn, channel_as, cheap_passwords, mint
 
 pytestmark = pytest.mark.postgres
 RACERS = 12
@@ -75,7 +76,7 @@ async def test_racing_creates_with_one_email_exactly_one_wins(deps: AccountDeps,
     async def racer(n: int) -> str:
         await start.wait()
         fields = AccountFields(display_name=f"Racer {n}", email="race@example.test", currency_code="EUR")
-        account = await use_cases.create_account(deps, fields)
+        account = await use_cases.create_account(deps, SYSTEM, fields)
         return account.id
 
     tasks = [asyncio.create_task(racer(n)) for n in range(RACERS)]
@@ -97,7 +98,8 @@ async def test_concurrent_duplicates_of_one_request_execute_once(
 
     async def duplicate() -> str:
         await start.wait()
-        return (await use_cases.create_account(deps, fields, request_id="retry-storm-1")).id
+        caller = Caller(SYSTEM.principal, "test", "retry-storm-1")
+        return (await use_cases.create_account(deps, caller, fields)).id
 
     tasks = [asyncio.create_task(duplicate()) for _ in range(RACERS)]
     start.set()
@@ -110,10 +112,10 @@ async def test_concurrent_duplicates_of_one_request_execute_once(
 async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
     postgres_settings: Settings, postgres_clean: None, postgres_url: str
 ) -> None:
-    app = await build(postgres_settings)
+    app = await build(postgres_settings, passwords=cheap_passwords())
     await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with channel_as(app, mint(app)) as channel:
             stub = account_pb2_grpc.AccountServiceStub(channel)
             created = await stub.CreateAccount(
                 account_pb2.CreateAccountRequest(
@@ -173,10 +175,10 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
 async def test_lost_database_connections_give_unavailable_then_recover(
     postgres_settings: Settings, postgres_clean: None, postgres_url: str
 ) -> None:
-    app = await build(postgres_settings)
+    app = await build(postgres_settings, passwords=cheap_passwords())
     await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        async with channel_as(app, mint(app)) as channel:
             stub = account_pb2_grpc.AccountServiceStub(channel)
             created = await stub.CreateAccount(
                 account_pb2.CreateAccountRequest(

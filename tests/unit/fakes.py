@@ -16,12 +16,14 @@ from typing import Any, Self
 from account_svc.domain import Account, AccountFilter, email_key
 from account_svc.repository import email_taken
 from core.idempotency import RETENTION, KeyClaimed, StoredKey
+from core.principal import Caller
 
 
 @dataclass
 class Store:
     accounts: dict[str, Account] = field(default_factory=dict)
     keys: dict[tuple[str, str], tuple[str, Mapping[str, Any] | None, datetime]] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
     commits: int = 0
 
 
@@ -54,6 +56,7 @@ class FakeAccounts:
             a
             for a in rows
             if (show_deleted or not a.is_deleted)
+            and (query.only_id is None or a.id == query.only_id)
             and (query.email is None or a.email_key == email_key(query.email))
             and (query.status is None or a.status == query.status)
             and (after is None or (a.create_time, a.id) > after)
@@ -82,6 +85,17 @@ class FakeIdempotency:
         self._store.keys[(scope, key)] = (fingerprint, copy.deepcopy(dict(response)), expires)
 
 
+class FakeAuditLog:
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def record(self, caller: Caller, **event: Any) -> None:
+        self._store.audit.append({"actor": caller.actor, "method": caller.method, **event})
+
+    async def list(self, **query: Any) -> list[Any]:
+        raise NotImplementedError("audit listing is tested against real databases")
+
+
 class FakeUnitOfWork:
     def __init__(self, store: Store):
         self.store = store
@@ -90,6 +104,7 @@ class FakeUnitOfWork:
         self._working = copy.deepcopy(self.store)
         self.accounts = FakeAccounts(self._working)
         self.idempotency = FakeIdempotency(self._working)
+        self.audit = FakeAuditLog(self._working)
         return self
 
     async def __aexit__(
@@ -100,4 +115,5 @@ class FakeUnitOfWork:
     async def commit(self) -> None:
         self.store.accounts = self._working.accounts
         self.store.keys = self._working.keys
+        self.store.audit = self._working.audit
         self.store.commits += 1

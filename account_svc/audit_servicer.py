@@ -1,0 +1,65 @@
+"""gRPC face of AuditService: the audit log, newest first, for admins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from account_svc.unit_of_work import AccountsUnitOfWork
+from core.audit import AuditEvent
+from core.errors import InvalidArgument
+from core.pagination import PageTokens, page_size
+from tally.account.v1 import audit_pb2, audit_pb2_grpc
+
+
+def event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
+    time = Timestamp()
+    time.FromDatetime(event.time)
+    changes = Struct()
+    changes.update(dict(event.changes))
+    return audit_pb2.AuditEvent(
+        id=event.id,
+        time=time,
+        actor=event.actor,
+        actor_role=event.actor_role,
+        method=event.method,
+        request_id=event.request_id,
+        resource_type=event.resource_type,
+        resource_id=event.resource_id,
+        action=event.action,
+        changes=changes,
+    )
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, new_reader: Callable[[], AccountsUnitOfWork], page_tokens: PageTokens):
+        self._new_reader = new_reader
+        self._page_tokens = page_tokens
+
+    async def ListAuditEvents(
+        self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.ListAuditEventsResponse:
+        limit = page_size(request.page_size)
+        query = {"resource_id": request.resource_id, "actor": request.actor}
+        before = None
+        if request.page_token:
+            position = self._page_tokens.decode(request.page_token, query)
+            try:
+                before = (datetime.fromisoformat(str(position["t"])), str(position["i"]))
+            except (KeyError, ValueError):
+                raise InvalidArgument.field("page_token", "is not a page token from this API") from None
+        async with self._new_reader() as reader:
+            events = await reader.audit.list(
+                resource_id=request.resource_id, actor=request.actor, before=before, limit=limit + 1
+            )
+        token = ""
+        if len(events) > limit:
+            events = events[:limit]
+            token = self._page_tokens.encode({"t": events[-1].time.isoformat(), "i": events[-1].id}, query)
+        return audit_pb2.ListAuditEventsResponse(
+            audit_events=[event_to_proto(e) for e in events], next_page_token=token
+        )

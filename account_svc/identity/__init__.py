@@ -1,0 +1,1 @@
+"""Identity: users, service accounts, login sessions and refresh tokens."""

@@ -1,0 +1,244 @@
+"""SQL for users, service accounts, sessions and refresh tokens. Never commits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import JSON, ForeignKey, Index, String, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from account_svc.domain import email_key
+from account_svc.identity.domain import RefreshToken, ServiceAccount, Session, User
+from core.db import Base, UtcDateTime
+from core.errors import AlreadyExists
+from core.principal import Role
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    email_key: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ServiceAccountRow(Base):
+    __tablename__ = "service_accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    delete_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_service_accounts_create_time_id", "create_time", "id"),)
+
+
+class SessionRow(Base):
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoke_reason: Mapped[str] = mapped_column(String(40))
+
+
+class RefreshTokenRow(Base):
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("auth_sessions.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+def _user(row: UserRow) -> User:
+    return User(row.id, row.email, Role(row.role), row.account_id, row.create_time, row.update_time)
+
+
+def _service_account(row: ServiceAccountRow) -> ServiceAccount:
+    return ServiceAccount(row.id, row.display_name, tuple(row.scopes), row.create_time, row.delete_time)
+
+
+class IdentityRepository(Protocol):
+    async def add_user(self, user: User, password_hash: str) -> None: ...
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def find_login(self, email: str) -> tuple[User, str] | None: ...
+
+    async def add_service_account(self, account: ServiceAccount, secret_hash: str) -> None: ...
+
+    async def get_service_account(
+        self, account_id: str, *, for_update: bool = False
+    ) -> tuple[ServiceAccount, str] | None: ...
+
+    async def save_service_account(self, account: ServiceAccount) -> None: ...
+
+    async def list_service_accounts(
+        self, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ServiceAccount]: ...
+
+    async def add_session(self, session: Session, now: datetime) -> None: ...
+
+    async def get_session(self, session_id: str) -> Session | None: ...
+
+    async def revoke_session(self, session_id: str, now: datetime, reason: str) -> None: ...
+
+    async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None: ...
+
+    async def get_refresh_token(self, token_id: str) -> RefreshToken | None: ...
+
+    async def mark_refresh_token_used(self, token_id: str, now: datetime) -> bool: ...
+
+
+class SqlIdentityRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add_user(self, user: User, password_hash: str) -> None:
+        self._session.add(
+            UserRow(
+                id=user.id,
+                email=user.email,
+                email_key=email_key(user.email),
+                password_hash=password_hash,
+                role=user.role.value,
+                account_id=user.account_id,
+                create_time=user.create_time,
+                update_time=user.update_time,
+            )
+        )
+        try:
+            await self._session.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists(
+                "a user with this email already exists",
+                reason="EMAIL_TAKEN",
+                metadata={"field": "user.email"},
+            ) from exc
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._session.get(UserRow, user_id)
+        return _user(row) if row else None
+
+    async def find_login(self, email: str) -> tuple[User, str] | None:
+        row = (
+            await self._session.execute(select(UserRow).where(UserRow.email_key == email_key(email)))
+        ).scalar_one_or_none()
+        return (_user(row), row.password_hash) if row else None
+
+    async def add_service_account(self, account: ServiceAccount, secret_hash: str) -> None:
+        self._session.add(
+            ServiceAccountRow(
+                id=account.id,
+                display_name=account.display_name,
+                secret_hash=secret_hash,
+                scopes=list(account.scopes),
+                create_time=account.create_time,
+                delete_time=account.delete_time,
+            )
+        )
+        await self._session.flush()
+
+    async def get_service_account(
+        self, account_id: str, *, for_update: bool = False
+    ) -> tuple[ServiceAccount, str] | None:
+        row = await self._session.get(ServiceAccountRow, account_id, with_for_update=for_update)
+        return (_service_account(row), row.secret_hash) if row else None
+
+    async def save_service_account(self, account: ServiceAccount) -> None:
+        await self._session.execute(
+            update(ServiceAccountRow)
+            .where(ServiceAccountRow.id == account.id)
+            .values(
+                display_name=account.display_name,
+                scopes=list(account.scopes),
+                delete_time=account.delete_time,
+            )
+        )
+
+    async def list_service_accounts(
+        self, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ServiceAccount]:
+        statement = (
+            select(ServiceAccountRow)
+            .order_by(ServiceAccountRow.create_time, ServiceAccountRow.id)
+            .limit(limit)
+        )
+        if not show_deleted:
+            statement = statement.where(ServiceAccountRow.delete_time.is_(None))
+        if after is not None:
+            time, last_id = after
+            statement = statement.where(
+                or_(
+                    ServiceAccountRow.create_time > time,
+                    and_(ServiceAccountRow.create_time == time, ServiceAccountRow.id > last_id),
+                )
+            )
+        return [_service_account(r) for r in (await self._session.execute(statement)).scalars()]
+
+    async def add_session(self, session: Session, now: datetime) -> None:
+        self._session.add(
+            SessionRow(
+                id=session.id,
+                user_id=session.user_id,
+                create_time=now,
+                expire_time=session.expire_time,
+                revoke_time=session.revoke_time,
+                revoke_reason="",
+            )
+        )
+        await self._session.flush()
+
+    async def get_session(self, session_id: str) -> Session | None:
+        row = await self._session.get(SessionRow, session_id)
+        return Session(row.id, row.user_id, row.expire_time, row.revoke_time) if row else None
+
+    async def revoke_session(self, session_id: str, now: datetime, reason: str) -> None:
+        await self._session.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id, SessionRow.revoke_time.is_(None))
+            .values(revoke_time=now, revoke_reason=reason)
+        )
+
+    async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None:
+        self._session.add(
+            RefreshTokenRow(
+                id=token.id,
+                session_id=token.session_id,
+                secret_hash=token.secret_hash,
+                create_time=now,
+                expire_time=token.expire_time,
+                used_time=token.used_time,
+            )
+        )
+        await self._session.flush()
+
+    async def get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        row = await self._session.get(RefreshTokenRow, token_id)
+        if row is None:
+            return None
+        return RefreshToken(row.id, row.session_id, row.secret_hash, row.expire_time, row.used_time)
+
+    async def mark_refresh_token_used(self, token_id: str, now: datetime) -> bool:
+        """Atomically mark the token used; False if it already was (a replay, or a racing refresh)."""
+        result = await self._session.execute(
+            update(RefreshTokenRow)
+            .where(RefreshTokenRow.id == token_id, RefreshTokenRow.used_time.is_(None))
+            .values(used_time=now)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1

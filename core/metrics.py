@@ -1,0 +1,156 @@
+"""Prometheus metrics, in a registry owned by one `Metrics` object (built by the composition root).
+
+Metric names (the text exposition adds _total, _bucket, _sum and _count):
+
+    tally_rpc_requests_total{method,code}      calls finished, by gRPC status name
+    tally_rpc_duration_seconds{method}         histogram, 1 ms to 10 s
+    tally_rpc_in_flight{method}                calls running now
+    tally_rate_limited_total{group}            calls refused by the rate limiter
+    tally_rate_limiter_redis_up                1 while Redis answers, 0 when down or not configured
+    tally_rate_limiter_fallbacks_total         switches from Redis to in-process buckets
+    tally_auth_failures_total{reason}          rejected credentials, by a fixed reason constant
+    tally_db_pool_size{pool}                   configured pool size
+    tally_db_pool_checked_out{pool}            connections in use
+    tally_db_pool_checked_in{pool}             idle connections in the pool
+    tally_db_pool_overflow{pool}               connections open beyond the pool size
+
+`method` is 'pkg.Service/Method'; label values must come from fixed sets
+(never user input) to keep the series count bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # text/plain; version=0.0.4; charset=utf-8
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpc_requests = Counter(
+            "tally_rpc_requests",
+            "RPCs finished, by method and gRPC status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "tally_rpc_duration_seconds",
+            "Time from the handler's start to its last response, in seconds.",
+            ["method"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.rpc_in_flight = Gauge("tally_rpc_in_flight", "RPCs being handled now.", ["method"], registry=r)
+        self.rate_limited_total = Counter(
+            "tally_rate_limited", "Calls refused by the rate limiter, by method group.", ["group"], registry=r
+        )
+        self.redis_up_gauge = Gauge(
+            "tally_rate_limiter_redis_up",
+            "1 while the rate limiter reaches Redis; 0 when it is down or not configured.",
+            registry=r,
+        )
+        self.rate_limiter_fallbacks = Counter(
+            "tally_rate_limiter_fallbacks",
+            "Times the rate limiter lost Redis and fell back to in-process buckets.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "tally_auth_failures", "Rejected credentials, by reason.", ["reason"], registry=r
+        )
+        self._pools = _PoolCollector()
+        r.register(self._pools)
+        self._redis_lock = threading.Lock()
+        self._redis_is_up: bool | None = None
+
+    # --- RPCs (the observability interceptor; the REST gateway may use them too) --------------------
+
+    def rpc_started(self, method: str) -> None:
+        self.rpc_in_flight.labels(method).inc()
+
+    def rpc_finished(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_in_flight.labels(method).dec()
+        self.rpc_requests.labels(method, code).inc()
+        self.rpc_duration.labels(method).observe(seconds)
+
+    # --- events other parts report ------------------------------------------------------------------
+
+    def rate_limited(self, group: str) -> None:
+        self.rate_limited_total.labels(group).inc()
+
+    def auth_failed(self, reason: str) -> None:
+        """`reason`: a fixed constant such as 'expired', 'bad_signature', 'missing'; never token text."""
+        self.auth_failures.labels(reason).inc()
+
+    def redis_up(self) -> None:
+        with self._redis_lock:
+            self._redis_is_up = True
+            self.redis_up_gauge.set(1)
+
+    def redis_down(self) -> None:
+        """Redis is unreachable; counts a fallback only on the transition, so calling it per call is fine."""
+        with self._redis_lock:
+            if self._redis_is_up is not False:
+                self.rate_limiter_fallbacks.inc()
+            self._redis_is_up = False
+            self.redis_up_gauge.set(0)
+
+    def watch_pool(self, engine: AsyncEngine, name: str = "main") -> None:
+        """Export the engine's connection-pool gauges with label pool=`name` (replaces a previous one)."""
+        self._pools.watch(name, engine)
+
+    def render(self) -> bytes:
+        """Everything in the Prometheus text format 0.0.4 (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    """Reads the pools at scrape time; a pool without a statistic (NullPool, StaticPool) just omits it."""
+
+    _GAUGES: tuple[tuple[str, str, str], ...] = (
+        ("tally_db_pool_size", "Configured size of the database connection pool.", "size"),
+        ("tally_db_pool_checked_out", "Database connections in use.", "checkedout"),
+        ("tally_db_pool_checked_in", "Idle database connections held by the pool.", "checkedin"),
+        ("tally_db_pool_overflow", "Database connections open beyond the pool size.", "overflow"),
+    )
+
+    def __init__(self) -> None:
+        self._engines: dict[str, AsyncEngine] = {}
+
+    def watch(self, name: str, engine: AsyncEngine) -> None:
+        self._engines = {**self._engines, name: engine}
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(name, doc, labels=["pool"]) for name, doc, _ in self._GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        families = [GaugeMetricFamily(name, doc, labels=["pool"]) for name, doc, _ in self._GAUGES]
+        for pool_name, engine in self._engines.items():
+            pool = engine.sync_engine.pool
+            for family, (_, _, attribute) in zip(families, self._GAUGES, strict=True):
+                value = _read(getattr(pool, attribute, None))
+                if value is not None:
+                    if attribute == "overflow":
+                        value = max(value, 0.0)  # QueuePool counts up from -size while it fills
+                    family.add_metric([pool_name], value)
+        return families
+
+
+def _read(statistic: Callable[[], object] | None) -> float | None:
+    if not callable(statistic):
+        return None
+    try:
+        value = statistic()
+    except Exception:
+        return None
+    return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,423 @@
+"""Rate limits: a token bucket per (method group, caller), shared by all replicas through Redis.
+
+`RateLimiter.check` takes `cost` tokens from the bucket of a group and key. With Redis
+configured, one Lua script (token_bucket.lua, on the Redis clock) does that atomically, so
+every replica draws from the same bucket. Without Redis, or while Redis is unreachable,
+in-process `LocalBuckets` answer instead (fail open: each replica then grants its own
+burst), except for the groups named fail-closed, which are refused with UNAVAILABLE. After a
+failure Redis is tried again at most once per `probe_interval`, and used again as soon as a
+probe succeeds.
+
+`RateLimitInterceptor` applies the limiter to every RPC. It runs inside the wrapped
+behaviour, at call time, because the principal it keys on is set by an outer interceptor's
+wrapped behaviour. It raises core.errors exceptions, so it must sit inside
+ErrorMappingInterceptor, which turns them into RESOURCE_EXHAUSTED (with RetryInfo and
+QuotaFailure) or UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+import redis.asyncio
+from redis.exceptions import NoScriptError, RedisError
+
+from core import errors
+from core.principal import current_principal
+from core.settings import RateLimit
+
+log = logging.getLogger("tally.rate_limit")
+
+DEFAULT_KEY_PREFIX = "tally:rl"
+# RetryInfo for a call whose cost exceeds the burst: retrying cannot help, so say "much later".
+NEVER_RETRY_AFTER = 24 * 3600.0
+_EPSILON = 1e-9  # float rounding: 0.1 + 0.2 tokens pay for a cost of 0.3
+_MAX_TTL_MS = 366 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of taking tokens from a bucket.
+
+    `remaining` is the tokens left after this call (fractional: buckets refill continuously).
+    `retry_after` is 0 when allowed, else the seconds until `cost` tokens are there, and
+    `math.inf` when the cost exceeds the burst, so that waiting can never help.
+    """
+
+    allowed: bool
+    remaining: float
+    retry_after: float
+
+    @property
+    def never(self) -> bool:
+        """True when the call costs more than the bucket can ever hold."""
+        return math.isinf(self.retry_after)
+
+
+def _check_cost(cost: int) -> None:
+    if cost < 0:
+        raise ValueError(f"cost must be 0 (only look) or more, got {cost}")
+
+
+class LocalBuckets:
+    """In-process token buckets with the same arithmetic as token_bucket.lua.
+
+    `clock` returns monotonic seconds (injectable, so tests move time instead of sleeping).
+    At most `max_keys` buckets are kept; beyond that the least recently used is forgotten,
+    which only hands its caller a full bucket again.
+    """
+
+    def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        self._max_keys = max_keys
+        self._clock = clock
+        # (group, key) -> (tokens, monotonic time they were counted at)
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
+        _check_cost(cost)
+        now = self._clock()
+        slot = (group, key)
+        stored = self._buckets.get(slot)
+        if stored is None:
+            tokens = float(limit.burst)
+        else:
+            self._buckets.move_to_end(slot)
+            tokens, stamp = stored
+            # A clock that went backwards adds nothing rather than taking tokens away.
+            tokens = min(float(limit.burst), tokens + max(0.0, now - stamp) * limit.rate)
+        if cost > limit.burst:
+            return Decision(allowed=False, remaining=tokens, retry_after=math.inf)
+        if tokens + _EPSILON >= cost:
+            if cost > 0:
+                tokens = max(0.0, tokens - cost)
+                self._buckets[slot] = (tokens, now)
+                if len(self._buckets) > self._max_keys:
+                    self._buckets.popitem(last=False)
+            return Decision(allowed=True, remaining=tokens, retry_after=0.0)
+        return Decision(allowed=False, remaining=tokens, retry_after=(cost - tokens) / limit.rate)
+
+
+@functools.cache
+def _script_source() -> str:
+    return resources.files("interceptors").joinpath("token_bucket.lua").read_text(encoding="utf-8")
+
+
+def bucket_ttl_ms(limit: RateLimit) -> int:
+    """How long an idle bucket lives: twice the time it takes to refill from empty."""
+    refill_ms = math.ceil(limit.burst / limit.rate * 1000)
+    return min(_MAX_TTL_MS, max(1000, 2 * refill_ms))
+
+
+class RedisBuckets:
+    """Token buckets in Redis under `{prefix}:{group}:{key}`, taken with one atomic script.
+
+    The script runs by EVALSHA; on NOSCRIPT (first use, a restarted or flushed Redis) it is
+    sent once by EVAL, which also caches it on the server for the next EVALSHA.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._script = _script_source()
+        self._sha = hashlib.sha1(self._script.encode(), usedforsecurity=False).hexdigest()
+
+    def key(self, group: str, key: str) -> str:
+        return f"{self._prefix}:{group}:{key}"
+
+    async def take(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
+        _check_cost(cost)
+        name = self.key(group, key)
+        args = (repr(float(limit.rate)), limit.burst, cost, bucket_ttl_ms(limit))
+        try:
+            reply: Any = await self._redis.evalsha(self._sha, 1, name, *args)
+        except NoScriptError:
+            reply = await self._redis.eval(self._script, 1, name, *args)
+        allowed, remaining, retry_ms = int(reply[0]), float(reply[1]), int(reply[2])
+        if retry_ms < 0:
+            return Decision(allowed=False, remaining=remaining, retry_after=math.inf)
+        return Decision(allowed=allowed == 1, remaining=remaining, retry_after=retry_ms / 1000)
+
+
+def _call_hook(hook: Callable[..., None] | None, *args: object) -> None:
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("rate limit hook %r failed", hook)
+
+
+class RateLimiter:
+    """Token buckets per (group, key): in Redis when given one, else (or while it is down) local.
+
+    `limits` maps a group to its RateLimit and must hold "default", used for groups not
+    listed. Redis calls are bounded by `redis_timeout` seconds. When one fails (connection
+    error, timeout, error reply), the limiter logs one warning, calls `on_redis_down()`, and
+    answers from `local` — except for groups in `fail_closed_groups`, refused with
+    core.errors.Unavailable (reason RATE_LIMITER_UNAVAILABLE). From then on Redis is probed
+    by at most one call per `probe_interval` seconds of `clock`; the first that succeeds
+    logs, calls `on_redis_up()` and makes Redis the source again. `on_reject(group,
+    decision)` is called for every refused check.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, RateLimit],
+        redis: redis.asyncio.Redis | None,
+        fail_closed_groups: Iterable[str] = (),
+        *,
+        on_reject: Callable[[str, Decision], None] | None = None,
+        on_redis_down: Callable[[], None] | None = None,
+        on_redis_up: Callable[[], None] | None = None,
+        local: LocalBuckets | None = None,
+        redis_timeout: float = 0.1,
+        probe_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+    ) -> None:
+        if "default" not in limits:
+            raise ValueError('rate limits need a "default" entry')
+        if not 0 < redis_timeout <= 5:
+            raise ValueError(f"redis_timeout must be in (0, 5] seconds, got {redis_timeout}")
+        if probe_interval < 0:
+            raise ValueError(f"probe_interval must be 0 or more, got {probe_interval}")
+        self._limits = dict(limits)
+        self._remote = RedisBuckets(redis, prefix=key_prefix) if redis is not None else None
+        self._fail_closed = frozenset(fail_closed_groups)
+        self._on_reject = on_reject
+        self._on_redis_down = on_redis_down
+        self._on_redis_up = on_redis_up
+        self._local = local if local is not None else LocalBuckets()
+        self._redis_timeout = redis_timeout
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._redis_up = True
+        self._down_since = 0.0
+        self._next_probe = 0.0
+
+    @property
+    def uses_redis(self) -> bool:
+        """True when Redis is configured and not in an outage (the buckets are shared)."""
+        return self._remote is not None and self._redis_up
+
+    def limit_for(self, group: str) -> RateLimit:
+        return self._limits.get(group) or self._limits["default"]
+
+    async def check(self, group: str, key: str, cost: int) -> Decision:
+        """Take `cost` tokens from the bucket of `group` and `key` (cost 0: only look)."""
+        limit = self.limit_for(group)
+        decision = await self._take(group, key, limit, cost)
+        if not decision.allowed:
+            _call_hook(self._on_reject, group, decision)
+        return decision
+
+    async def _take(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
+        if self._remote is None:
+            return self._local.take(group, key, limit, cost)
+        probing = not self._redis_up
+        if probing:
+            now = self._clock()
+            if now < self._next_probe:
+                return self._fallback(group, key, limit, cost)
+            # This call is the probe; the others stay local until it is answered or the next interval.
+            self._next_probe = now + self._probe_interval
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                decision = await self._remote.take(group, key, limit, cost)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            return self._fallback(group, key, limit, cost)
+        if probing and not self._redis_up:
+            self._mark_up()
+        return decision
+
+    def _fallback(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
+        if group in self._fail_closed:
+            raise errors.Unavailable(
+                f"the rate limiter for {group} is unavailable; retry shortly",
+                reason="RATE_LIMITER_UNAVAILABLE",
+            )
+        return self._local.take(group, key, limit, cost)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        now = self._clock()
+        self._next_probe = now + self._probe_interval
+        if not self._redis_up:
+            return
+        self._redis_up = False
+        self._down_since = now
+        closed = ", ".join(sorted(self._fail_closed)) or "none"
+        log.warning(
+            "Redis for rate limits failed (%s); serving from in-process buckets until it answers "
+            "again (fail-closed groups refused: %s)",
+            exc.__class__.__name__ if not str(exc) else f"{exc.__class__.__name__}: {exc}",
+            closed,
+        )
+        _call_hook(self._on_redis_down)
+
+    def _mark_up(self) -> None:
+        self._redis_up = True
+        log.info(
+            "Redis for rate limits answers again after %.1fs; buckets are shared again",
+            self._clock() - self._down_since,
+        )
+        _call_hook(self._on_redis_up)
+
+
+def peer_key(peer: str) -> str:
+    """The caller's address from `context.peer()`, for keying buckets.
+
+    "ipv4:203.0.113.7:5555" -> "203.0.113.7"; IPv6 is keyed by its /64, which is what one
+    client usually holds ("ipv6:[2001:db8::1]:5555" -> "2001:db8::/64"); an IPv4-mapped
+    IPv6 address counts as IPv4; every Unix-socket caller shares "unix"; anything
+    unparsable is "unknown". Percent-encoded peers (newer gRPC cores) are decoded.
+    """
+    kind, _, rest = unquote(peer).partition(":")
+    if kind.startswith("unix"):
+        return "unix"
+    if kind not in ("ipv4", "ipv6"):
+        return "unknown"
+    if rest.startswith("["):
+        host = rest[1 : rest.find("]")] if "]" in rest else ""
+    elif kind == "ipv4" and ":" in rest:
+        host = rest.rpartition(":")[0]
+    else:
+        host = rest
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def describe_limit(limit: RateLimit) -> str:
+    rate = f"{limit.rate:.6f}".rstrip("0").rstrip(".")
+    return f"{rate} requests/s, burst {limit.burst}"
+
+
+def method_groups(
+    rules: Mapping[str, tuple[str, int]], default: tuple[str, int] = ("default", 1)
+) -> Callable[[str], tuple[str, int]]:
+    """A `group_for` from rules keyed by full method ("/pkg.Service/Method") or service prefix
+    ("/pkg.Service/"); the exact method wins over its service. Cost 0 exempts a method."""
+    exact = {name: rule for name, rule in rules.items() if not name.endswith("/")}
+    services = {name: rule for name, rule in rules.items() if name.endswith("/")}
+
+    def group_for(full_method: str) -> tuple[str, int]:
+        rule = exact.get(full_method)
+        if rule is None:
+            rule = services.get(full_method[: full_method.rfind("/") + 1], default)
+        return rule
+
+    return group_for
+
+
+_Check = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the limiter for every call, keyed by principal subject, else by peer address.
+
+    `group_for(full_method)` gives the call's (group, cost); a cost of 0 exempts the method
+    (health checks, reflection). The cost is charged once per call, streams included.
+    """
+
+    def __init__(self, limiter: RateLimiter, group_for: Callable[[str], tuple[str, int]]) -> None:
+        self._limiter = limiter
+        self._group_for = group_for
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        group, cost = self._group_for(handler_call_details.method)
+        if cost <= 0:
+            return handler
+        check: _Check = functools.partial(self._check, group, cost)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap(handler.unary_unary, check), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap(handler.stream_unary, check), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap(handler.unary_stream, check), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap(handler.stream_stream, check), handler.request_deserializer, handler.response_serializer
+        )
+
+    async def _check(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> None:
+        principal = current_principal()
+        if principal is not None:
+            key, kind = principal.subject, "principal"
+        else:
+            key, kind = "peer:" + peer_key(context.peer()), "peer"
+        decision = await self._limiter.check(group, key, cost)
+        if decision.allowed:
+            return
+        limit = self._limiter.limit_for(group)
+        if decision.never:
+            raise errors.ResourceExhausted(
+                f"this call costs {cost} tokens, more than the {group} rate limit bucket holds "
+                f"(burst {limit.burst}); it cannot succeed under the current limit",
+                retry_after=NEVER_RETRY_AFTER,
+                subject=f"{group}:{kind}",
+                limit_description=describe_limit(limit),
+                reason="COST_EXCEEDS_BURST",
+            )
+        raise errors.ResourceExhausted(
+            f"rate limit for {group} exceeded; retry in {decision.retry_after:.3f}s",
+            retry_after=decision.retry_after,
+            subject=f"{group}:{kind}",
+            limit_description=describe_limit(limit),
+        )
+
+
+def _wrap(behavior: Callable[..., Any], check: _Check) -> Callable[..., Any]:
+    """Run `check` at call time, then the behaviour, keeping its kind: an async generator
+    stays one, and a coroutine (unary, or streaming with `context.write`) stays one."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in behavior(request, context):
+                yield response
+
+        return wrapped_stream
+
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await check(context)
+        return await behavior(request, context)
+
+    return wrapped

@@ -1,0 +1,227 @@
+"""Token-bucket arithmetic of the in-process buckets, on an injected clock (no sleeps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core.settings import RateLimit
+from interceptors.rate_limit import (
+    Decision,
+    LocalBuckets,
+    RateLimiter,
+    bucket_ttl_ms,
+    describe_limit,
+    method_groups,
+    peer_key,
+)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def buckets(clock: FakeClock) -> LocalBuckets:
+    return LocalBuckets(clock=clock)
+
+
+LIMIT = RateLimit(rate=2, burst=5)
+
+
+def test_burst_is_cut_at_the_configured_size(buckets: LocalBuckets) -> None:
+    decisions = [buckets.take("g", "k", LIMIT, 1) for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    assert decisions[5].retry_after == pytest.approx(1 / LIMIT.rate)
+    assert not decisions[5].never
+
+
+def test_tokens_refill_with_time(buckets: LocalBuckets, clock: FakeClock) -> None:
+    for _ in range(5):
+        assert buckets.take("g", "k", LIMIT, 1).allowed
+    clock.advance(0.25)  # half a token
+    refused = buckets.take("g", "k", LIMIT, 1)
+    assert not refused.allowed
+    assert refused.remaining == pytest.approx(0.5)
+    assert refused.retry_after == pytest.approx(0.25)
+    clock.advance(refused.retry_after)
+    allowed = buckets.take("g", "k", LIMIT, 1)
+    assert allowed.allowed
+    assert allowed.remaining == pytest.approx(0)
+
+
+def test_refill_stops_at_the_burst(buckets: LocalBuckets, clock: FakeClock) -> None:
+    buckets.take("g", "k", LIMIT, 5)
+    clock.advance(3600)
+    assert buckets.take("g", "k", LIMIT, 1).remaining == 4
+
+
+def test_refills_of_exactly_one_token_are_not_lost_to_float_rounding(
+    buckets: LocalBuckets, clock: FakeClock
+) -> None:
+    limit = RateLimit(rate=3, burst=1)
+    assert buckets.take("g", "k", limit, 1).allowed
+    for _ in range(100):
+        clock.advance(1 / 3)  # (t + 1/3 - t) * 3 is often 0.9999999999999 in floats
+        assert buckets.take("g", "k", limit, 1).allowed
+
+
+def test_cost_above_one_takes_that_many_tokens(buckets: LocalBuckets) -> None:
+    first = buckets.take("g", "k", LIMIT, 3)
+    assert (first.allowed, first.remaining) == (True, 2)
+    second = buckets.take("g", "k", LIMIT, 3)
+    assert not second.allowed
+    assert second.retry_after == pytest.approx((3 - 2) / LIMIT.rate)
+    assert buckets.take("g", "k", LIMIT, 2).allowed
+
+
+def test_cost_above_the_burst_can_never_succeed(buckets: LocalBuckets, clock: FakeClock) -> None:
+    decision = buckets.take("g", "k", LIMIT, 6)
+    assert not decision.allowed
+    assert decision.never
+    assert decision.retry_after == math.inf
+    clock.advance(10_000)
+    assert buckets.take("g", "k", LIMIT, 6).never
+    # Nothing was taken by the refused calls.
+    assert buckets.take("g", "k", LIMIT, 5).allowed
+
+
+def test_cost_zero_only_looks(buckets: LocalBuckets) -> None:
+    assert buckets.take("g", "k", LIMIT, 0) == Decision(allowed=True, remaining=5, retry_after=0)
+    assert len(buckets) == 0
+    buckets.take("g", "k", LIMIT, 2)
+    assert buckets.take("g", "k", LIMIT, 0).remaining == 3
+
+
+def test_negative_cost_is_a_bug(buckets: LocalBuckets) -> None:
+    with pytest.raises(ValueError, match="cost"):
+        buckets.take("g", "k", LIMIT, -1)
+
+
+def test_fractional_rate(buckets: LocalBuckets, clock: FakeClock) -> None:
+    limit = RateLimit(rate=0.5, burst=1)
+    assert buckets.take("g", "k", limit, 1).allowed
+    refused = buckets.take("g", "k", limit, 1)
+    assert refused.retry_after == pytest.approx(2.0)
+    clock.advance(1.999)
+    assert not buckets.take("g", "k", limit, 1).allowed
+    clock.advance(0.001)
+    assert buckets.take("g", "k", limit, 1).allowed
+
+
+def test_a_clock_going_backwards_mints_no_tokens(buckets: LocalBuckets, clock: FakeClock) -> None:
+    buckets.take("g", "k", LIMIT, 5)
+    clock.advance(-100)
+    refused = buckets.take("g", "k", LIMIT, 1)
+    assert (refused.allowed, refused.remaining) == (False, 0)
+
+
+def test_buckets_are_separate_per_group_and_key(buckets: LocalBuckets) -> None:
+    buckets.take("g", "a", LIMIT, 5)
+    assert not buckets.take("g", "a", LIMIT, 1).allowed
+    assert buckets.take("g", "b", LIMIT, 1).allowed
+    assert buckets.take("h", "a", LIMIT, 1).allowed
+
+
+def test_memory_is_bounded_least_recently_used_goes_first(clock: FakeClock) -> None:
+    buckets = LocalBuckets(max_keys=2, clock=clock)
+    buckets.take("g", "a", LIMIT, 5)
+    buckets.take("g", "b", LIMIT, 5)
+    buckets.take("g", "a", LIMIT, 0)  # a is now the most recently used
+    buckets.take("g", "c", LIMIT, 1)
+    assert len(buckets) == 2
+    assert buckets.take("g", "a", LIMIT, 0).remaining == 0  # kept
+    assert buckets.take("g", "b", LIMIT, 0).remaining == 5  # forgotten: a full bucket again
+
+
+def test_max_keys_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_keys"):
+        LocalBuckets(max_keys=0)
+
+
+def test_bucket_ttl_is_twice_the_full_refill_time() -> None:
+    assert bucket_ttl_ms(RateLimit(rate=2, burst=5)) == 5000
+    assert bucket_ttl_ms(RateLimit(rate=1000, burst=3)) == 1000  # never under a second
+    assert bucket_ttl_ms(RateLimit(rate=0.01, burst=5)) == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:127.0.0.1:5555", "127.0.0.1"),
+        ("ipv4:203.0.113.7:1", "203.0.113.7"),
+        ("ipv6:[::1]:5555", "::/64"),
+        ("ipv6:[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"),
+        ("ipv6:%5B2001:db8::1%5D:443", "2001:db8::/64"),
+        ("ipv6:[::ffff:192.0.2.1]:80", "192.0.2.1"),
+        ("ipv6:[fe80::1%25eth0]:80", "fe80::/64"),
+        ("unix:/run/tally.sock", "unix"),
+        ("unix-abstract:tally", "unix"),
+        ("ipv4:not-an-address:1", "unknown"),
+        ("ipv6:[::1", "unknown"),
+        ("", "unknown"),
+        ("vsock:3:1", "unknown"),
+    ],
+)
+def test_peer_key(peer: str, key: str) -> None:
+    assert peer_key(peer) == key
+
+
+def test_describe_limit() -> None:
+    assert describe_limit(RateLimit(rate=50, burst=100)) == "50 requests/s, burst 100"
+    assert describe_limit(RateLimit(rate=0.5, burst=1)) == "0.5 requests/s, burst 1"
+
+
+def test_method_groups() -> None:
+    group_for = method_groups(
+        {
+            "/tally.auth.v1.AuthService/": ("auth", 1),
+            "/tally.auth.v1.AuthService/Refresh": ("refresh", 2),
+            "/grpc.health.v1.Health/": ("health", 0),
+        }
+    )
+    assert group_for("/tally.auth.v1.AuthService/Login") == ("auth", 1)
+    assert group_for("/tally.auth.v1.AuthService/Refresh") == ("refresh", 2)
+    assert group_for("/grpc.health.v1.Health/Check") == ("health", 0)
+    assert group_for("/tally.account.v1.AccountService/GetAccount") == ("default", 1)
+
+
+async def test_limiter_without_redis_uses_local_buckets_and_the_default_group(clock: FakeClock) -> None:
+    rejected: list[tuple[str, Decision]] = []
+    limiter = RateLimiter(
+        {"default": RateLimit(rate=1, burst=2), "auth": RateLimit(rate=1, burst=1)},
+        None,
+        {"auth"},  # fail-closed only matters with Redis configured
+        local=LocalBuckets(clock=clock),
+        on_reject=lambda group, decision: rejected.append((group, decision)),
+    )
+    assert not limiter.uses_redis
+    assert limiter.limit_for("unlisted") == RateLimit(rate=1, burst=2)
+    assert [(await limiter.check("unlisted", "k", 1)).allowed for _ in range(3)] == [True, True, False]
+    assert [(await limiter.check("auth", "k", 1)).allowed for _ in range(2)] == [True, False]
+    assert [group for group, _ in rejected] == ["unlisted", "auth"]
+    assert rejected[0][1].retry_after == pytest.approx(1.0)
+
+
+def test_limiter_needs_a_default_group() -> None:
+    with pytest.raises(ValueError, match="default"):
+        RateLimiter({"auth": RateLimit(rate=1, burst=1)}, None, set())
+
+
+def test_limiter_rejects_an_unbounded_redis_timeout() -> None:
+    with pytest.raises(ValueError, match="redis_timeout"):
+        RateLimiter({"default": RateLimit(rate=1, burst=1)}, None, set(), redis_timeout=0)
