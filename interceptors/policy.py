@@ -42,7 +42,9 @@ class MethodPolicy:
         return self.customer_access == access_pb2.CUSTOMER_ACCESS_OWN_ACCOUNT
 
 
-PUBLIC = MethodPolicy(public=True)
+# Health checks and reflection: open to all and not rate limited (load balancers probe often,
+# and grpcurl reflects before every call).
+INFRASTRUCTURE = MethodPolicy(public=True, rate_cost=0)
 
 
 class PolicyError(Exception):
@@ -82,7 +84,7 @@ class PolicyTable:
     def get(self, full_method: str) -> MethodPolicy | None:
         policy = self._policies.get(full_method)
         if policy is None and full_method.lstrip("/").rpartition("/")[0] in INFRASTRUCTURE_SERVICES:
-            return PUBLIC
+            return INFRASTRUCTURE
         return policy
 
     def rate(self, full_method: str) -> tuple[str, int]:

@@ -87,6 +87,7 @@ class RunningServer:
 
     proc: subprocess.Popen[str]
     addr: str = ""
+    http_addr: str = ""
     lines: list[str] = field(default_factory=list)
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _reader: threading.Thread | None = None
@@ -141,6 +142,7 @@ class RunningServer:
                 if not isinstance(addr, str) or not addr:
                     return None, f"the serving line has no grpc_addr field: {line!r}"
                 self.addr = addr
+                self.http_addr = str(entry.get("http_addr", ""))
                 return addr, ""
 
     def wait_exit(self, timeout: float) -> int:
@@ -196,14 +198,20 @@ def stop_gracefully(server: RunningServer, sig: signal.Signals, timeout: float) 
 
 
 def run_tally(
-    command: str, env: Mapping[str, str], cwd: Path, timeout: float = 60, args: tuple[str, ...] = ()
+    command: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float = 60,
+    args: tuple[str, ...] = (),
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a `tally` command to completion (subprocess.run kills it if it overruns the timeout)."""
     return subprocess.run(
         [*tally_command(), command, *args],
         env=dict(env),
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        input=input_text,
+        stdin=subprocess.DEVNULL if input_text is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -272,9 +280,9 @@ _MESSAGE = re.compile(r"^\s*Message:\s*(.*)$", re.MULTILINE)
 _DETAIL = re.compile(r"^\s*\d+\)\s+(\{.*\})\s*$", re.MULTILINE)
 
 
-def call_error(addr: str, method: str, data: Any) -> RpcError:
+def call_error(addr: str, method: str, data: Any, token: str | None = "admin") -> RpcError:  # noqa: S107
     """Call a method that must fail; parse grpcurl's error report (code, message, status details)."""
-    result = grpcurl(addr, method, data=data)
+    result = grpcurl(addr, method, data=data, token=token)
     assert result.returncode != 0, f"{method} unexpectedly succeeded: {result.stdout}"
     code = _CODE.search(result.stderr)
     assert code is not None, f"no status code in grpcurl's stderr:\n{result.stderr}"

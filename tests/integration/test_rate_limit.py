@@ -91,6 +91,18 @@ async def stored_tokens(client: Redis, key: str) -> float:
     return float(value)
 
 
+def shared_limiter(client: Redis, prefix: str, limit: RateLimit) -> RateLimiter:
+    """A limiter on the shared Redis that must never fall back to local buckets in a test."""
+
+    def down() -> None:
+        pytest.fail("the limiter fell back to local buckets")  # BaseException: not swallowed
+
+    # A generous timeout: on a loaded machine 0.1 s can pass, and the fallback would skew counts.
+    return RateLimiter(
+        {"default": limit}, client, set(), key_prefix=prefix, redis_timeout=5, on_redis_down=down
+    )
+
+
 def redis_us(reply: Any) -> int:
     seconds, micros = reply
     return int(seconds) * 1_000_000 + int(micros)
@@ -196,7 +208,7 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
 @pytest.mark.redis
 async def test_burst_is_cut_at_the_configured_size(shared_redis: Redis, key_prefix: str) -> None:
     limit = RateLimit(rate=1, burst=5)
-    limiter = RateLimiter({"default": limit}, shared_redis, set(), key_prefix=key_prefix)
+    limiter = shared_limiter(shared_redis, key_prefix, limit)
     decisions = [await limiter.check("g", "k", 1) for _ in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
     for expected, decision in zip([4, 3, 2, 1, 0], decisions, strict=False):
@@ -211,7 +223,7 @@ async def test_burst_is_cut_at_the_configured_size(shared_redis: Redis, key_pref
 @pytest.mark.redis
 async def test_remaining_follows_the_refill_arithmetic(shared_redis: Redis, key_prefix: str) -> None:
     limit = RateLimit(rate=1000, burst=3)
-    limiter = RateLimiter({"default": limit}, shared_redis, set(), key_prefix=key_prefix)
+    limiter = shared_limiter(shared_redis, key_prefix, limit)
     key = f"{key_prefix}:g:k"
     assert (await limiter.check("g", "k", 3)).allowed
     stored = await shared_redis.hgetall(key)
@@ -236,7 +248,7 @@ async def test_remaining_follows_the_refill_arithmetic(shared_redis: Redis, key_
 @pytest.mark.redis
 async def test_a_refused_call_succeeds_after_retry_after(shared_redis: Redis, key_prefix: str) -> None:
     limit = RateLimit(rate=20, burst=2)
-    limiter = RateLimiter({"default": limit}, shared_redis, set(), key_prefix=key_prefix)
+    limiter = shared_limiter(shared_redis, key_prefix, limit)
     while True:  # drain; note when the refused request was sent (before Redis decided)
         sent_at = time.monotonic()
         refused = await limiter.check("g", "k", 1)
@@ -254,7 +266,7 @@ async def test_a_refused_call_succeeds_after_retry_after(shared_redis: Redis, ke
 
 @pytest.mark.redis
 async def test_cost_above_one(shared_redis: Redis, key_prefix: str) -> None:
-    limiter = RateLimiter({"default": SLOW}, shared_redis, set(), key_prefix=key_prefix)
+    limiter = shared_limiter(shared_redis, key_prefix, SLOW)
     first = await limiter.check("g", "k", 3)
     assert first.allowed
     assert first.remaining == pytest.approx(2, abs=0.01)
@@ -266,7 +278,7 @@ async def test_cost_above_one(shared_redis: Redis, key_prefix: str) -> None:
 
 @pytest.mark.redis
 async def test_cost_above_the_burst_is_never_allowed(shared_redis: Redis, key_prefix: str) -> None:
-    limiter = RateLimiter({"default": SLOW}, shared_redis, set(), key_prefix=key_prefix)
+    limiter = shared_limiter(shared_redis, key_prefix, SLOW)
     decision = await limiter.check("g", "k", 6)
     assert not decision.allowed
     assert decision.never
@@ -280,8 +292,8 @@ async def test_two_replicas_share_one_bucket(shared_redis: Redis, key_prefix: st
     # Two limiters on two clients (two connection pools), as two replicas would be.
     other = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
     try:
-        replica_a = RateLimiter({"default": SLOW}, shared_redis, set(), key_prefix=key_prefix)
-        replica_b = RateLimiter({"default": SLOW}, other, set(), key_prefix=key_prefix)
+        replica_a = shared_limiter(shared_redis, key_prefix, SLOW)
+        replica_b = shared_limiter(other, key_prefix, SLOW)
         turns = [replica_a, replica_b, replica_a, replica_b, replica_a]
         assert all([(await replica.check("g", "k", 1)).allowed for replica in turns])
         assert not (await replica_a.check("g", "k", 1)).allowed
@@ -299,7 +311,7 @@ async def test_two_replicas_share_one_bucket(shared_redis: Redis, key_prefix: st
 @pytest.mark.redis
 async def test_groups_and_keys_have_their_own_buckets(shared_redis: Redis, key_prefix: str) -> None:
     limits = {"default": SLOW, "auth": RateLimit(rate=0.01, burst=1)}
-    limiter = RateLimiter(limits, shared_redis, set(), key_prefix=key_prefix)
+    limiter = RateLimiter(limits, shared_redis, set(), key_prefix=key_prefix, redis_timeout=5)
     assert (await limiter.check("auth", "k", 1)).allowed
     assert not (await limiter.check("auth", "k", 1)).allowed
     assert (await limiter.check("auth", "other", 1)).allowed
