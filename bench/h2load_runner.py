@@ -1,7 +1,8 @@
 """Drive a gRPC unary method with h2load and read back its figures.
 
 h2load speaks plain HTTP/2: it POSTs the same gRPC-framed body file with
-`content-type: application/grpc` and `te: trailers`, and cannot see the
+`content-type: application/grpc`, `te: trailers` and any extra headers (the
+bearer token), and cannot see the
 grpc-status trailer. It does count the response DATA bytes, which the caller can
 turn into a count of full replies. Requests/s comes from h2load's summary; p50
 and p99 come from its per-request `--log-file`.
@@ -13,6 +14,7 @@ import math
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +78,12 @@ def run(
     concurrency: int,
     connections: int,
     timeout: float,
+    headers: Sequence[str] = (),
 ) -> H2loadResult:
-    """One bounded h2load run: `requests` calls, `concurrency` streams over `connections` connections."""
+    """One bounded h2load run: `requests` calls, `concurrency` streams over `connections` connections.
+
+    `headers` are extra request headers ("name: value"), e.g. "authorization: Bearer <token>".
+    """
     clients = max(1, min(connections, concurrency))
     streams = math.ceil(concurrency / clients)
     log_file = body_file.with_suffix(".h2load.log")
@@ -90,6 +96,7 @@ def run(
         "--threads=1",
         "--header=content-type: application/grpc",
         "--header=te: trailers",
+        *(f"--header={header}" for header in headers),
         f"--data={body_file}",
         f"--log-file={log_file}",
         url,

@@ -5,6 +5,8 @@ unary call, waits for the answer, and sends the next, until `--requests` calls
 were issued or `--seconds` passed. Latency is measured per call with
 time.perf_counter. A short untimed warm-up comes first. Prints one JSON object
 (see `Outcome.to_json`: successes, errors by status, seconds, latencies) on stdout.
+Every call carries `authorization: Bearer $TALLY_BENCH_TOKEN` when that variable
+is set (in the environment rather than argv, so it stays out of `ps`).
 
 The same program drives the echo server and Tally, so their figures compare:
   echo    /bench.Echo/Echo with a fixed payload of --payload-size bytes
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,8 +33,10 @@ ECHO_METHOD = "/bench.Echo/Echo"
 GET_METHOD = "/tally.account.v1.AccountService/GetAccount"
 CREATE_METHOD = "/tally.account.v1.AccountService/CreateAccount"
 CALL_TIMEOUT_SECONDS = 10.0
+TOKEN_VARIABLE = "TALLY_BENCH_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 RequestFactory = Callable[[int], bytes]
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -73,6 +78,7 @@ def request_factory(args: argparse.Namespace) -> tuple[str, RequestFactory]:
 async def worker(
     call: grpc.aio.UnaryUnaryMultiCallable,
     make_request: RequestFactory,
+    metadata: Metadata,
     outcome: Outcome,
     first_index: int,
     limit: int,
@@ -83,7 +89,7 @@ async def worker(
         outcome.issued += 1
         started = time.perf_counter()
         try:
-            await call(request, timeout=CALL_TIMEOUT_SECONDS)
+            await call(request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             outcome.errors[exc.code().name] += 1
         else:
@@ -93,6 +99,7 @@ async def worker(
 async def drive(
     calls: list[grpc.aio.UnaryUnaryMultiCallable],
     make_request: RequestFactory,
+    metadata: Metadata,
     *,
     first_index: int,
     requests: int,
@@ -104,7 +111,7 @@ async def drive(
     deadline = started + seconds
     await asyncio.gather(
         *(
-            worker(calls[n % len(calls)], make_request, outcome, first_index, requests, deadline)
+            worker(calls[n % len(calls)], make_request, metadata, outcome, first_index, requests, deadline)
             for n in range(concurrency)
         )
     )
@@ -114,15 +121,17 @@ async def drive(
 
 async def main_async(args: argparse.Namespace) -> None:
     method, make_request = request_factory(args)
+    token = os.environ.get(TOKEN_VARIABLE)
+    metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
     # A local subchannel pool per channel: each channel gets its own TCP connection.
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(args.target, options=options) for _ in range(args.connections)]
     try:
         calls = [channel.unary_unary(method) for channel in channels]
         common = {"seconds": args.seconds, "concurrency": args.concurrency}
-        warmup = await drive(calls, make_request, first_index=0, requests=args.warmup, **common)
+        warmup = await drive(calls, make_request, metadata, first_index=0, requests=args.warmup, **common)
         measured = await drive(
-            calls, make_request, first_index=warmup.issued, requests=args.requests, **common
+            calls, make_request, metadata, first_index=warmup.issued, requests=args.requests, **common
         )
     finally:
         for channel in channels:

@@ -1,4 +1,4 @@
-"""The bench's results: one row per measured run, rounds merged, the table, and uvloop vs asyncio."""
+"""The bench's results: one row per measured run, rounds merged, the tables, and uvloop vs asyncio."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def _echo_for(row: Measurement, rows: Sequence[Measurement]) -> Measurement | No
     return None
 
 
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base else "-"
+def _ratio(value: float, base: float, digits: int = 2) -> str:
+    return f"{value / base:.{digits}f}x" if base else "-"
 
 
 def _cells(row: Measurement, rows: Sequence[Measurement]) -> list[str]:
@@ -120,18 +120,64 @@ HEADERS = [
 _RIGHT_ALIGNED = {"req/s", "p50 ms", "p99 ms", "ok/sent", "req/s÷echo", "p50÷echo", "p99÷echo"}
 
 
-def table(rows: Sequence[Measurement]) -> str:
-    body = [_cells(row, rows) for row in rows]
-    widths = [max(len(line[i]) for line in [HEADERS, *body]) for i in range(len(HEADERS))]
+def render(headers: Sequence[str], body: Sequence[Sequence[str]], right_aligned: set[str]) -> str:
+    """A plain-text table: the headers, a rule, one line per row; `right_aligned` columns by header."""
+    widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
 
-    def render(cells: list[str]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.rjust(width) if header in _RIGHT_ALIGNED else cell.ljust(width)
-            for cell, width, header in zip(cells, widths, HEADERS, strict=True)
+            cell.rjust(width) if header in right_aligned else cell.ljust(width)
+            for cell, width, header in zip(cells, widths, headers, strict=True)
         ).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(HEADERS), rule, *(render(cells) for cells in body)])
+    return "\n".join([line(headers), rule, *(line(cells) for cells in body)])
+
+
+def table(rows: Sequence[Measurement]) -> str:
+    return render(HEADERS, [_cells(row, rows) for row in rows], _RIGHT_ALIGNED)
+
+
+# ---- the interceptor-chain part: full chain vs no interceptors vs the echo ceiling ----
+
+CHAIN_HEADERS = ["target", "rpc", "req/s", "p50 ms", "p99 ms", "ok/sent", "runs", "req/s of each run"]
+_CHAIN_RIGHT = {"req/s", "p50 ms", "p99 ms", "ok/sent", "runs"}
+RATIO_HEADERS = ["ratio", "req/s", "p50", "p99"]
+
+
+def find(rows: Sequence[Measurement], target: str, rpc: str, generator: str, loop: str) -> Measurement | None:
+    return next((row for row in rows if row.key == (target, rpc, generator, loop)), None)
+
+
+def chain_table(rows: Sequence[tuple[str, Measurement]]) -> str:
+    """One line per (label, merged row): req/s, p50, p99, ok/sent and the req/s of each run."""
+    body = [
+        [
+            label,
+            row.rpc,
+            f"{row.rps:,.0f}",
+            f"{row.p50_ms:.2f}",
+            f"{row.p99_ms:.2f}",
+            f"{row.successes}/{row.sent}",
+            str(len(row.round_rps)),
+            _rounds(row),
+        ]
+        for label, row in rows
+    ]
+    return render(CHAIN_HEADERS, body, _CHAIN_RIGHT)
+
+
+def _figures(row: Measurement) -> tuple[float, float, float]:
+    return row.rps, row.p50_ms, row.p99_ms
+
+
+def ratio_table(pairs: Sequence[tuple[str, Measurement, Measurement]]) -> str:
+    """One line per (label, numerator, denominator): req/s, p50 and p99 ratios."""
+    body = [
+        [label, *(_ratio(value, of, 3) for value, of in zip(_figures(top), _figures(base), strict=True))]
+        for label, top, base in pairs
+    ]
+    return render(RATIO_HEADERS, body, {"req/s", "p50", "p99"})
 
 
 def _change(new: float, old: float) -> float:

@@ -3,15 +3,19 @@
 One run: start the echo server (one on asyncio, one on uvloop) and measure it;
 create a throw-away PostgreSQL database, `tally migrate` it, start `tally serve`
 twice (TALLY_EVENT_LOOP=asyncio and =uvloop) and measure GetAccount and
-CreateAccount; print one table; stop every process and drop the database, also
-on failure or Ctrl-C. Every measurement runs --rounds times, the two event
-loops alternating in order (A B, B A, ...) so drift on the machine does not
-favour one of them. See bench/README.md.
+CreateAccount; then, on uvloop, GetAccount through the full interceptor chain
+(rate limits in Redis, spans exported) and with no interceptors at all
+(bench/chain.py); print the tables; stop every process, drop the database and
+delete the bench's Redis keys, also on failure or Ctrl-C. Every call carries a
+bearer token minted by `tally token`. Every main measurement runs --rounds times,
+the two event loops alternating in order (A B, B A, ...) so drift on the machine
+does not favour one of them. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -21,12 +25,23 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
+import chain
 import h2load_runner
 import pgdb
 import report
 import scenarios
+from chain import ChainReport
 from h2load_runner import H2loadError
-from processes import BenchError, Server, echo_served_total, migrate_tally, start_echo, start_tally
+from processes import (
+    BenchError,
+    Server,
+    echo_served_total,
+    migrate_tally,
+    mint_token,
+    start_echo,
+    start_tally,
+    tally_env,
+)
 from scenarios import Bench, Options, Target, progress
 
 LOOPS = ("asyncio", "uvloop")
@@ -56,13 +71,19 @@ def measure_echo(bench: Bench, stack: ExitStack) -> None:
         progress(f"echo server ({loop}) stopped; it reported {echo_served_total(server)} calls served in all")
 
 
-def measure_tally(bench: Bench, stack: ExitStack) -> None:
+def mint_bench_token(bench: Bench) -> None:
+    """`tally token --role admin --subject bench`, with the settings every tally process gets."""
+    bench.data_dir.mkdir(exist_ok=True)
+    bench.token = mint_token(tally_env(None, bench.data_dir), "bench")
+    progress("minted an admin access token (subject cli:bench) with tally token")
+
+
+def measure_tally(bench: Bench, stack: ExitStack) -> ChainReport:
     progress(f"creating a database on {pgdb.admin_url()}...")
     database = pgdb.create()
     stack.callback(drop_database, database)
     progress(f"database {database.name} created; running tally migrate...")
-    data_dir = bench.workdir / "tally-data"
-    data_dir.mkdir()
+    data_dir = bench.data_dir
     migrate_tally(database, data_dir)
     servers = {}
     for loop in LOOPS:
@@ -70,7 +91,7 @@ def measure_tally(bench: Bench, stack: ExitStack) -> None:
         servers[loop] = start_tally(database, data_dir, loop)
         stack.callback(servers[loop].stop)
         progress(f"tally ({loop}) serving on {servers[loop].address}")
-    account_id = scenarios.create_account(servers[LOOPS[0]])
+    account_id = scenarios.create_account(servers[LOOPS[0]], bench.token)
     progress(f"created account {account_id} for GetAccount")
     steps: list[Step] = [
         partial(scenarios.get_h2load, account_id=account_id),
@@ -80,6 +101,7 @@ def measure_tally(bench: Bench, stack: ExitStack) -> None:
     run_rounds(bench, servers, steps)
     for server in servers.values():
         server.stop()
+    return chain.measure_chain(bench, stack, database, data_dir, account_id)
 
 
 @contextmanager
@@ -103,10 +125,12 @@ req/s: answered calls ÷ timed seconds, all rounds pooled; p50/p99 over every ti
 h2load cannot see grpc-status: Tally GetAccount successes are complete reply messages in the response
 DATA bytes, and the same request succeeded with a gRPC client before and after every run.
 python: closed loop in one process (uvloop), warm-up calls not counted; CreateAccount successes are
-new rows in the accounts table."""
+new rows in the accounts table.
+Every call carries `authorization: Bearer <admin token from tally serve's settings>` (echo included);
+tally serve here: every interceptor, rate limits in-process and never reached, spans created, not exported."""
 
 
-def print_report(bench: Bench) -> None:
+def print_report(bench: Bench, chain_report: ChainReport) -> None:
     rows = report.merge_rounds(bench.results)
     print()
     print(report.table(rows))
@@ -116,6 +140,58 @@ def print_report(bench: Bench) -> None:
     for line in report.loop_comparison(rows):
         print(line)
     print(report.loop_verdict(rows))
+    print()
+    print_chain_report(rows, report.merge_rounds(bench.chain_results), chain_report)
+
+
+def print_chain_report(
+    main_rows: list[report.Measurement], rows: list[report.Measurement], info: ChainReport
+) -> None:
+    print(f"GetAccount through the interceptor chain (h2load, servers on {chain.LOOP}):")
+    if info.skipped:
+        print(f"  not measured: {info.skipped}")
+        return
+    echo = report.find(main_rows, "echo", "Echo", "h2load", chain.LOOP)
+    bare = report.find(rows, chain.BARE, "GetAccount", "h2load", chain.LOOP)
+    full = report.find(rows, chain.FULL, "GetAccount", "h2load", chain.LOOP)
+    if echo is None or bare is None or full is None:
+        print("  not measured")
+        return
+    print()
+    print(report.chain_table([("echo (ceiling, main rounds)", echo), (chain.BARE, bare), (chain.FULL, full)]))
+    print()
+    print(
+        report.ratio_table(
+            [
+                ("full chain ÷ no interceptors", full, bare),
+                ("full chain ÷ echo", full, echo),
+                ("no interceptors ÷ echo", bare, echo),
+            ]
+        )
+    )
+    print()
+    print(
+        f"""\
+{chain.FULL}: `tally serve` with Tracing, Observability, ErrorMapping, Auth, RateLimit, Deadline;
+  auth: an HS256 admin token (subject cli:{info.subject}) verified on every call;
+  rate limit: token bucket in Redis ({info.redis_url}), limits far above the load so nothing is
+  refused, yet every call runs the Lua script: Redis ran {info.script_calls:,} EVALSHA/EVAL (server-wide
+  counter) while the server answered {info.ok_calls:,} GetAccount calls OK; {info.fallbacks} fallback(s)
+  to in-process buckets, {info.refused} refused;
+  tracing: OTEL_TRACES_EXPORTER=console: a span per RPC and per SQL statement, created, batched (background
+  thread) and serialised to JSON on the server's stdout, which goes to /dev/null{
+            "; the batch queue overflowed, so some spans were dropped" if info.spans_dropped_logs else ""
+        };
+  access log: one JSON line per call at INFO to a log file; metrics on.
+{chain.BARE}: bench/bare_tally.py, the same AccountServicer, dependencies and transport options
+  on grpc.aio.server() with no interceptors (no auth: the same token header is sent and ignored).
+Both on {info.database}
+  (the database of the main rounds); {info.rounds} run(s) per target, alternating order.
+echo: the uvloop h2load row of the main table, every run there pooled.
+Each run is checked with a gRPC client before and after (the full chain with the token)."""
+    )
+    for problem in chain.chain_problems(info):
+        print(f"warning: {problem}")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -130,14 +206,22 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--rounds", type=int, default=2, help="runs of each measurement per event loop (default 2)"
     )
     parser.add_argument(
+        "--chain-rounds",
+        type=int,
+        default=1,
+        help="runs per target of the interceptor-chain part (default 1)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 300 calls or 1.5 s per run, 16 in flight"
     )
     args = parser.parse_args(argv)
     requests, seconds, concurrency = (300, 1.5, 16) if args.quick else (20_000, 5.0, 64)
     requests = args.requests or requests
     concurrency = args.concurrency or concurrency
-    if min(requests, concurrency, args.connections, args.rounds) < 1:
-        parser.error("--requests, --concurrency, --connections and --rounds must be at least 1")
+    if min(requests, concurrency, args.connections, args.rounds, args.chain_rounds) < 1:
+        parser.error(
+            "--requests, --concurrency, --connections, --rounds and --chain-rounds must be at least 1"
+        )
     return Options(
         requests=requests,
         seconds=args.seconds or seconds,
@@ -145,7 +229,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         connections=args.connections,
         warmup=min(requests, 4 * concurrency),
         rounds=args.rounds,
+        chain_rounds=args.chain_rounds,
     )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -160,24 +250,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    print(f"bench: load average {load_average()} at the start", flush=True)
     print(
-        f"bench: up to {options.requests} calls or {options.seconds:g} s per run, {options.rounds} rounds, "
+        f"bench: up to {options.requests} calls or {options.seconds:g} s per run, {options.rounds} rounds "
+        f"(interceptor-chain part: {options.chain_rounds} per target), "
         f"{options.concurrency} calls in flight over {options.connections} connections, 127.0.0.1 only",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as workdir, ExitStack() as stack:
         bench = Bench(options, Path(workdir), h2load)
         try:
+            mint_bench_token(bench)
             measure_echo(bench, stack)
-            measure_tally(bench, stack)
+            chain_report = measure_tally(bench, stack)
         except (BenchError, H2loadError) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("bench: interrupted; cleaning up", file=sys.stderr)
             return 130
-    # Leaving the `with` stopped every server and dropped the database.
-    print_report(bench)
+    # Leaving the `with` stopped every server, dropped the database and deleted the Redis keys.
+    print_report(bench, chain_report)
+    print()
+    print(f"load average at the end: {load_average()} ({os.cpu_count()} CPUs)")
     return 0
 
 

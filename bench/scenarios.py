@@ -4,11 +4,16 @@ Successes are counted on the server side wherever the generator cannot see them:
 the echo server's own counter, complete reply messages in h2load's DATA bytes
 (plus a gRPC client check of the same request before and after), and new rows in
 the `accounts` table for CreateAccount.
+
+Every call, echo included, carries the same `authorization: Bearer <token>` header
+(Tally refuses account RPCs without one; the echo and bare servers ignore it), so
+every target receives the same request bytes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -20,6 +25,7 @@ import grpc
 import h2load_runner
 import pgdb
 from h2load_runner import H2loadResult
+from loadgen import TOKEN_VARIABLE
 from processes import BENCH_DIR, BenchError, Server
 from report import Measurement
 
@@ -42,6 +48,7 @@ class Options:
     connections: int  # HTTP/2 connections per generator
     warmup: int  # untimed calls before each run
     rounds: int  # each measurement this many times, loops alternating in order
+    chain_rounds: int  # runs per target of the interceptor-chain part
 
 
 @dataclass
@@ -49,7 +56,14 @@ class Bench:
     options: Options
     workdir: Path
     h2load: str
+    token: str = ""  # bearer token for every call of the main table
     results: list[Measurement] = field(default_factory=list)
+    chain_results: list[Measurement] = field(default_factory=list)  # the interceptor-chain part
+
+    @property
+    def data_dir(self) -> Path:
+        """TALLY_DATA_DIR of every tally process (and where their logs go)."""
+        return self.workdir / "tally-data"
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,20 @@ def warn(message: str) -> None:
 # ---- a small synchronous gRPC client, for set-up and checks (never for the load) ----
 
 
-def unary(address: str, method: str, body: bytes) -> bytes:
-    """One unary call with raw bytes in and out (no serializers)."""
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def auth_header(token: str) -> tuple[str, ...]:
+    return (f"authorization: Bearer {token}",) if token else ()
+
+
+def unary(address: str, method: str, body: bytes, token: str = "") -> bytes:
+    """One unary call with raw bytes in and out (no serializers), with the bearer token if given."""
     with grpc.insecure_channel(address) as channel:
-        response: bytes = channel.unary_unary(method)(body, timeout=CLIENT_TIMEOUT_SECONDS)
+        response: bytes = channel.unary_unary(method)(
+            body, timeout=CLIENT_TIMEOUT_SECONDS, metadata=auth_metadata(token)
+        )
     return response
 
 
@@ -95,17 +119,23 @@ def create_request_body(email: str) -> bytes:
     return account_pb2.CreateAccountRequest(account=account).SerializeToString()
 
 
-def create_account(server: Server) -> str:
+def create_account(server: Server, token: str) -> str:
     body = create_request_body(f"bench-{secrets.token_hex(6)}@example.com")
-    return str(account_pb2.Account.FromString(unary(server.address, CREATE_METHOD, body)).id)
+    try:
+        reply = unary(server.address, CREATE_METHOD, body, token)
+    except grpc.RpcError as exc:
+        raise BenchError(f"CreateAccount failed: {exc.code().name}: {exc.details()}") from None
+    return str(account_pb2.Account.FromString(reply).id)
 
 
-def check_get(server: Server, body: bytes, account_id: str) -> bytes:
+def check_get(server: Server, body: bytes, account_id: str, token: str) -> bytes:
     """The exact GetAccount request h2load sends succeeds and names the account; returns the reply."""
     try:
-        reply = unary(server.address, GET_METHOD, body)
+        reply = unary(server.address, GET_METHOD, body, token)
     except grpc.RpcError as exc:
-        raise BenchError(f"GetAccount check failed: {exc.code().name}: {exc.details()}") from None
+        raise BenchError(
+            f"GetAccount check on {server.name} failed: {exc.code().name}: {exc.details()}"
+        ) from None
     if account_pb2.Account.FromString(reply).id != account_id:
         raise BenchError(f"GetAccount check returned another account than {account_id}")
     return reply
@@ -119,6 +149,7 @@ class H2loadJob:
     url: str
     body_file: Path
     requests: int
+    headers: tuple[str, ...] = ()
 
 
 def run_h2load(bench: Bench, job: H2loadJob) -> H2loadResult:
@@ -131,22 +162,27 @@ def run_h2load(bench: Bench, job: H2loadJob) -> H2loadResult:
         concurrency=options.concurrency,
         connections=options.connections,
         timeout=options.seconds * 3 + 30,
+        headers=job.headers,
     )
 
 
-def prepare_h2load(bench: Bench, target: Target, method: str, message: bytes, label: str) -> H2loadJob:
+def prepare_h2load(
+    bench: Bench, target: Target, method: str, message: bytes, label: str, token: str
+) -> H2loadJob:
     """Write the body file and run a short probe, which warms up and sizes the timed run.
 
     The timed run gets at most --requests calls, and about --seconds at the probe's rate.
+    Both send `authorization: Bearer <token>`.
     """
     options = bench.options
     body_file = bench.workdir / f"{label}-{target.loop}.body"
     body_file.write_bytes(h2load_runner.grpc_frame(message))
     url = f"http://{target.server.address}{method}"
+    headers = auth_header(token)
     probe_requests = min(options.requests, options.warmup)
-    probe = run_h2load(bench, H2loadJob(url, body_file, probe_requests))
+    probe = run_h2load(bench, H2loadJob(url, body_file, probe_requests, headers))
     requests = min(options.requests, max(probe_requests, int(probe.rps * options.seconds)))
-    return H2loadJob(url, body_file, requests)
+    return H2loadJob(url, body_file, requests, headers)
 
 
 def replies_in(result: H2loadResult, reply_size: int) -> int:
@@ -173,7 +209,8 @@ def run_loadgen(bench: Bench, target: Target, rpc: str, *extra: str) -> dict[str
         *extra,
     ]
     timeout = 2 * options.seconds + 60  # warm-up and timed part are each capped at --seconds
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    env = {**os.environ, TOKEN_VARIABLE: bench.token}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     if result.returncode != 0:
         raise BenchError(f"load generator failed ({result.returncode}):\n{result.stderr[-2000:]}")
     outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
@@ -225,7 +262,7 @@ def echo_h2load(bench: Bench, target: Target) -> None:
     progress(
         f"Echo via h2load ({target.describe()}), {len(message)}-byte payload like a GetAccountRequest..."
     )
-    job = prepare_h2load(bench, target, ECHO_METHOD, message, "echo")
+    job = prepare_h2load(bench, target, ECHO_METHOD, message, "echo", bench.token)
     before = echo_served(target.server)
     result = run_h2load(bench, job)
     served = echo_served(target.server) - before
@@ -249,15 +286,23 @@ def echo_python(bench: Bench, target: Target) -> None:
 
 def get_h2load(bench: Bench, target: Target, account_id: str) -> None:
     progress(f"GetAccount via h2load ({target.describe()})...")
+    row = measure_get_h2load(bench, target, account_id, bench.token, "get", "tally")
+    bench.results.append(row)
+
+
+def measure_get_h2load(
+    bench: Bench, target: Target, account_id: str, token: str, label: str, name: str
+) -> Measurement:
+    """GetAccount via h2load, the same request checked with a gRPC client before and after."""
     body = get_request_body(account_id)
-    reply = check_get(target.server, body, account_id)
-    job = prepare_h2load(bench, target, GET_METHOD, body, "get")
+    reply = check_get(target.server, body, account_id, token)
+    job = prepare_h2load(bench, target, GET_METHOD, body, label, token)
     result = run_h2load(bench, job)
-    if check_get(target.server, body, account_id) != reply:
+    if check_get(target.server, body, account_id, token) != reply:
         warn("the GetAccount reply changed during the run")
     successes = min(replies_in(result, len(reply)), result.http_ok)
     counted_by = "reply bytes; client check before+after"
-    bench.results.append(h2load_row(result, target, ("tally", "GetAccount"), successes, counted_by))
+    return h2load_row(result, target, (name, "GetAccount"), successes, counted_by)
 
 
 def get_python(bench: Bench, target: Target, account_id: str) -> None:

@@ -7,6 +7,7 @@ Repositories receive the session and never commit.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -116,25 +117,25 @@ class UnitOfWork:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
-        self._committed = False
 
     def _bind(self, session: AsyncSession) -> None:
         """Create the repositories on `session`."""
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
-        self._committed = False
         self._bind(self.session)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            if not self._committed:
-                await self.session.rollback()
-        finally:
-            await self.session.close()
+        # close() discards an uncommitted transaction. No explicit rollback() first: when the
+        # task was cancelled mid-query (a passed deadline), rollback() would find the connection
+        # busy and drop it, leaving the server-side statement running (still holding or waiting
+        # on locks); close() lets the driver cancel the statement on the server. Shielded, because
+        # gRPC may cancel the task a second time when the deadline passes, and an interrupted
+        # close() would leave the connection, and its statement, behind.
+        await asyncio.shield(self.session.close())
         if _is_outage(exc):
             raise Unavailable(
                 "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
@@ -142,7 +143,6 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         await self.session.commit()
-        self._committed = True
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -39,7 +39,6 @@ from core.pagination import PageTokens
 from core.settings import Settings
 from core.tokens import TokenIssuer, TokenVerifier
 from interceptors.auth import AuthInterceptor
-from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorMappingInterceptor
 from interceptors.observability import ObservabilityInterceptor
 from interceptors.policy import PolicyTable
@@ -251,7 +250,10 @@ async def build(
         # The chain, outermost first. Tracing sees everything; observability logs and counts every
         # call with its final code; error mapping turns domain errors (including the auth and
         # rate-limit refusals below it) into statuses; auth decides who is calling; the rate
-        # limit is charged to that principal; the deadline bounds the handler's I/O.
+        # limit is charged to that principal. Deadlines need no interceptor: grpc.aio cancels the
+        # handler's task when the caller's deadline passes, which cancels the pending database
+        # statement on the server and any Redis call (tests/integration/test_concurrency.py).
+        # A second, home-made timeout would cancel the task twice and break that clean-up.
         interceptors = [
             TracingInterceptor(tracer),
             ObservabilityInterceptor(metrics),
@@ -263,7 +265,6 @@ async def build(
                 on_failure=metrics.auth_failed,
             ),
             RateLimitInterceptor(_rate_limiter(settings, metrics, client), policies.rate),
-            DeadlineInterceptor(),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(components.accounts), server)

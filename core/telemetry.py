@@ -141,7 +141,9 @@ async def traced(
 _LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _FIRST_WORD = re.compile(r"[A-Za-z]+")
 _NAME = r'(?:"[^"]+"|`[^`]+`|[A-Za-z_][\w$]*)'
-_TABLE = re.compile(rf"\b(?:FROM|INTO|UPDATE|TABLE)\s+({_NAME}(?:\.{_NAME})?)", re.I)
+_TABLE = re.compile(
+    rf"\b(?:FROM|INTO|UPDATE|TABLE(?:\s+IF\s+(?:NOT\s+)?EXISTS)?)\s+({_NAME}(?:\.{_NAME})?)", re.I
+)
 _STATEMENT_LIMIT = 4096
 _CACHE_LIMIT = 1024
 _SPAN_ATTR = "_tally_span"

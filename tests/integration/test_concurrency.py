@@ -57,14 +57,20 @@ async def live_accounts(url: str) -> list[asyncpg.Record]:
         await connection.close()
 
 
-async def waits_on_lock(connection: asyncpg.Connection, url: str) -> bool:
-    """Poll (bounded) until some backend of this database waits on a lock."""
+async def lock_waiters(connection: asyncpg.Connection, url: str) -> int:
     database = url.rsplit("/", 1)[-1]
-    for _ in range(500):
-        count = await connection.fetchval(
+    return int(
+        await connection.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1", database
         )
-        if count:
+    )
+
+
+async def waits_on_lock(connection: asyncpg.Connection, url: str, *, expected: bool = True) -> bool:
+    """Poll (bounded, 5 s) until some backend of this database waits on a lock (or, with
+    expected=False, until none does); True when that happened."""
+    for _ in range(500):
+        if bool(await lock_waiters(connection, url)) == expected:
             return True
         await asyncio.sleep(0.01)
     return False
@@ -211,5 +217,46 @@ async def test_lost_database_connections_give_unavailable_then_recover(
             assert codes[0] == grpc.StatusCode.UNAVAILABLE, codes
             assert codes[-1] == grpc.StatusCode.OK, codes
             assert reply.id == created.id
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_deadline_cancels_database_work(
+    postgres_settings: Settings, postgres_clean: None, postgres_url: str
+) -> None:
+    """A call whose deadline passes while it waits on the database stops waiting and changes nothing."""
+    app = await build(postgres_settings, passwords=cheap_passwords())
+    await app.start()
+    try:
+        async with channel_as(app, mint(app)) as channel:
+            stub = account_pb2_grpc.AccountServiceStub(channel)
+            created = await stub.CreateAccount(
+                account_pb2.CreateAccountRequest(
+                    account=account_pb2.Account(
+                        display_name="Before", email="late@example.test", currency_code="USD"
+                    )
+                )
+            )
+            blocker = await asyncpg.connect(asyncpg_dsn(postgres_url))
+            try:
+                transaction = blocker.transaction()
+                await transaction.start()
+                await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", created.id)
+                with pytest.raises(grpc.aio.AioRpcError) as late:
+                    await stub.UpdateAccount(
+                        account_pb2.UpdateAccountRequest(
+                            account=account_pb2.Account(id=created.id, display_name="Too late")
+                        ),
+                        timeout=0.5,
+                    )
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # The server gave up its lock wait: no backend of this database waits on a lock.
+                assert await waits_on_lock(blocker, postgres_url, expected=False)
+                await transaction.rollback()
+            finally:
+                await blocker.close()
+            after = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id))
+            assert after.display_name == "Before"
+            assert after.etag == created.etag
     finally:
         await app.stop(grace=0)
