@@ -219,14 +219,16 @@ def chain_problems(report: ChainReport) -> list[str]:
     if report.bucket_keys == 0:
         problems.append(f"no rate-limit bucket of cli:{report.subject} was found in Redis after the runs")
     if report.script_calls < report.ok_calls:
+        local = report.ok_calls - report.script_calls
         problems.append(
-            f"Redis ran {report.script_calls} rate-limit scripts for {report.ok_calls} OK calls: "
-            "some calls were limited in-process"
+            f"Redis ran {report.script_calls} rate-limit scripts for {report.ok_calls} OK calls: at least "
+            f"{local} ({local / report.ok_calls:.0%}) were limited in-process, so the full-chain figure "
+            "is partly without Redis"
         )
     if report.fallbacks or report.redis_down_logs:
         problems.append(
-            f"the rate limiter fell back to in-process buckets {report.fallbacks} time(s) "
-            "(its Redis timeout is 100 ms)"
+            f"the rate limiter fell back to in-process buckets {report.fallbacks} time(s): a Redis call "
+            "took over its 100 ms timeout (an overloaded machine does that; see the load average)"
         )
     if report.refused:
         problems.append(f"the rate limiter refused {report.refused} call(s)")

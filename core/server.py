@@ -244,8 +244,8 @@ async def build(
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, tracer)
         client = redis_asyncio.from_url(settings.redis_url) if settings.redis_url else None
-        if client is None:
-            metrics.redis_down()
+        if client is not None:
+            metrics.redis_up()  # the limiter reports changes from here on
         policies = PolicyTable.from_services(SERVICES)
         # The chain, outermost first. Tracing sees everything; observability logs and counts every
         # call with its final code; error mapping turns domain errors (including the auth and

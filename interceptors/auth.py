@@ -18,6 +18,7 @@ import grpc
 
 from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.principal import Principal, reset_principal, set_principal
+from core.request_context import request_info
 from interceptors.policy import MethodPolicy, PolicyTable
 
 _MAX_HEADER = 16 * 1024
@@ -78,10 +79,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def admit(request: Any) -> Principal | None:
             try:
-                return await self._admit(method, policy, metadata, request)
+                principal = await self._admit(method, policy, metadata, request)
             except (Unauthenticated, PermissionDenied, NotFound) as exc:
                 self._on_failure(exc.reason)
                 raise
+            info = request_info()  # the access log (outside this interceptor) names the caller
+            if info is not None:
+                info.principal = principal
+            return principal
 
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

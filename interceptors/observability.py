@@ -14,8 +14,15 @@ are recorded, and one record with message "rpc" is logged with the fields
     principal    subject of the authenticated caller, when known
     error        exception class name, only for exceptions that escaped as UNKNOWN
 
-at INFO, or WARNING for server faults (interceptors._rpc.SERVER_FAULTS). No
-metadata values other than x-request-id, no request or response bodies.
+at INFO, or WARNING for server faults (interceptors._rpc.SERVER_FAULTS);
+successful health checks (`quiet_methods`) at DEBUG, so probes do not flood
+the log. No metadata values other than x-request-id, no request or response
+bodies.
+
+A call to a method no service implements never reaches a handler: it is
+logged (method name truncated, no peer or duration) and counted as
+method="unknown", code="UNIMPLEMENTED", keeping client-chosen names out of the
+metric labels.
 
 It binds a `core.request_context.RequestInfo` for the call; the auth
 interceptor (inside this one) sets `request_info().principal`. Order:
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,15 +43,25 @@ from opentelemetry import trace
 from core.metrics import Metrics
 from core.principal import current_principal
 from core.request_context import REQUEST_ID_HEADER, RequestInfo, new_request_id, request_scope
-from interceptors._rpc import SERVER_FAULTS, RpcCall, parse_peer, wrap_handler
+from interceptors._rpc import SERVER_FAULTS, RpcCall, parse_peer, text_metadata, wrap_handler
 
 ACCESS_LOGGER = "tally.access"
+QUIET_METHODS = frozenset({"grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"})
+UNKNOWN_METHOD = "unknown"
+_METHOD_LOG_LIMIT = 200
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        logger: logging.Logger | None = None,
+        *,
+        quiet_methods: Iterable[str] = QUIET_METHODS,
+    ) -> None:
         self._metrics = metrics
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
+        self._quiet = frozenset(quiet_methods)
 
     async def intercept_service(
         self,
@@ -53,8 +70,22 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
+            self._unknown_method(handler_call_details)
             return None
         return wrap_handler(handler, handler_call_details, self._observe)
+
+    def _unknown_method(self, details: grpc.HandlerCallDetails) -> None:
+        code = grpc.StatusCode.UNIMPLEMENTED.name
+        self._metrics.rpc_requests.labels(UNKNOWN_METHOD, code).inc()
+        metadata = text_metadata(details.invocation_metadata)
+        self._log.info(
+            "rpc",
+            extra={
+                "method": str(details.method).lstrip("/")[:_METHOD_LOG_LIMIT],
+                "code": code,
+                "request_id": new_request_id(metadata.get(REQUEST_ID_HEADER)),
+            },
+        )
 
     @contextmanager
     def _observe(self, call: RpcCall) -> Iterator[None]:
@@ -70,7 +101,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             self._access_log(call, info, elapsed)
 
     def _access_log(self, call: RpcCall, info: RequestInfo, elapsed: float) -> None:
-        level = logging.WARNING if call.code in SERVER_FAULTS else logging.INFO
+        if call.code in SERVER_FAULTS:
+            level = logging.WARNING
+        elif call.code is grpc.StatusCode.OK and call.name in self._quiet:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
         if not self._log.isEnabledFor(level):
             return
         address, port = parse_peer(call.peer())

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -157,6 +157,34 @@ class RedisBuckets:
         return Decision(allowed=allowed == 1, remaining=remaining, retry_after=retry_ms / 1000)
 
 
+async def _bounded(call: Coroutine[Any, Any, Decision], within: float) -> Decision:
+    """Await `call` for at most `within` seconds, then raise TimeoutError.
+
+    Unlike `asyncio.timeout`, this returns on time even if the call swallows its
+    cancellation (as `asyncio.wait_for` inside redis-py can on Python 3.11, when a write
+    finishes just as the deadline fires): the call runs in its own task, which is cancelled
+    and left to finish on its own.
+    """
+    task = asyncio.create_task(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=within)
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError(f"no answer within {within}s")
+    return task.result()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Collect an abandoned task's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _call_hook(hook: Callable[..., None] | None, *args: object) -> None:
     if hook is None:
         return
@@ -241,8 +269,7 @@ class RateLimiter:
             # This call is the probe; the others stay local until it is answered or the next interval.
             self._next_probe = now + self._probe_interval
         try:
-            async with asyncio.timeout(self._redis_timeout):
-                decision = await self._remote.take(group, key, limit, cost)
+            decision = await _bounded(self._remote.take(group, key, limit, cost), self._redis_timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
             return self._fallback(group, key, limit, cost)

@@ -132,3 +132,12 @@ def test_two_servers_share_one_redis_bucket(tmp_path: Path, redis_db: str) -> No
         assert error.detail("google.rpc.RetryInfo")["retry_delay"]
         # Another principal has a bucket of its own.
         assert call(first.addr, f"{ACCOUNTS}/ListAccounts") is not None
+
+
+def test_production_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    env = dev_key_env(tmp_path)
+    env["TALLY_ENVIRONMENT"] = "production"
+    result = run_tally("serve", env, tmp_path, timeout=30)
+    assert result.returncode == 1
+    assert "TALLY_JWT_KEYS_DIR" in result.stderr
+    assert not (tmp_path / "keys").exists()

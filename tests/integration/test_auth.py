@@ -376,3 +376,16 @@ async def test_audit_events_follow_changes_and_roll_back_with_them(app: App, adm
     assert dict(update.changes) == {"display_name": {"before": "Audited", "after": "Renamed"}}
     everything = (await audit.ListAuditEvents(audit_pb2.ListAuditEventsRequest())).audit_events
     assert {e.resource_id for e in everything} == {created.id}
+
+
+async def test_access_log_names_the_principal_and_never_the_token(
+    app: App, admin: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="tally.access")
+    token = mint(app)
+    async with channel_as(app, token) as channel:
+        await account_pb2_grpc.AccountServiceStub(channel).ListAccounts(account_pb2.ListAccountsRequest())
+    records = [r for r in caplog.records if getattr(r, "method", "").endswith("/ListAccounts")]
+    assert records, [r.getMessage() for r in caplog.records]
+    assert records[-1].principal == "test:admin"  # type: ignore[attr-defined]
+    assert all(token not in str(vars(r)) for r in caplog.records)

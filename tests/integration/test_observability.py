@@ -219,7 +219,9 @@ def _no_env_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *, error_mapping: bool = True) -> AsyncIterator[Harness]:
+async def running(
+    tmp_path: Path, *, error_mapping: bool = True, quiet: tuple[str, ...] = ()
+) -> AsyncIterator[Harness]:
     engine = db.create_engine(Settings(data_dir=tmp_path))
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE probe (id INTEGER PRIMARY KEY, name TEXT NOT NULL)"))
@@ -235,12 +237,12 @@ async def running(tmp_path: Path, *, error_mapping: bool = True) -> AsyncIterato
     lines = _Lines()
     logger = logging.getLogger("tally.test.access")
     logger.handlers[:] = [lines]
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
     probe = Probe(engine)
     interceptors: list[grpc.aio.ServerInterceptor] = [
         TracingInterceptor(tracer),
-        ObservabilityInterceptor(metrics, logger),
+        ObservabilityInterceptor(metrics, logger, quiet_methods=quiet),
         FakeAuth(),
     ]
     if error_mapping:
@@ -590,3 +592,29 @@ async def test_principal_reaches_the_access_log_through_the_holder(harness: Harn
     assert "principal" not in without
     assert with_holder["principal"] == "usr_alice"
     assert SECRET_TOKEN not in "\n".join(harness.log.lines)
+
+
+async def test_unknown_method_is_logged_and_counted_without_its_name(harness: Harness) -> None:
+    error = await harness.failing("NoSuchMethod", metadata=(("x-request-id", "r-9"),))
+    assert error.code() is grpc.StatusCode.UNIMPLEMENTED
+    (record,) = harness.rpc_records()
+    assert (record["method"], record["code"], record["request_id"]) == (
+        method("NoSuchMethod"),
+        "UNIMPLEMENTED",
+        "r-9",
+    )
+    body = harness.metrics.render().decode()
+    assert 'tally_rpc_requests_total{code="UNIMPLEMENTED",method="unknown"} 1.0' in body
+    assert "NoSuchMethod" not in body
+    assert harness.server_spans() == []
+
+
+async def test_quiet_methods_log_success_at_debug(tmp_path: Path) -> None:
+    async with running(tmp_path, quiet=(method("Query"), method("Missing"))) as harness:
+        await harness.unary("Query")
+        await harness.failing("Missing")
+        await harness.settled(2)
+        assert [(r["code"], r["level"]) for r in harness.rpc_records()] == [
+            ("OK", "debug"),
+            ("NOT_FOUND", "info"),
+        ]

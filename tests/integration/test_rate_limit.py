@@ -341,7 +341,7 @@ async def test_redis_outage_fails_open_then_recovers(
         on_redis_up=lambda: ups.append(1),
         clock=clock,
         local=LocalBuckets(clock=clock),
-        redis_timeout=0.2,
+        redis_timeout=2,  # generous: only a loaded machine is slow, a stopped Redis refuses at once
         probe_interval=1.0,
     )
     key = RedisBuckets(client).key("open", "k")
@@ -465,7 +465,7 @@ async def test_a_silent_redis_cannot_hold_a_call() -> None:
         started = time.monotonic()
         decision = await limiter.check("open", "k", 1)
         assert decision == Decision(allowed=True, remaining=4, retry_after=0)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 3  # not the client's own 30 s socket timeout
         assert downs == [1]
         with pytest.raises(errors.Unavailable):
             await limiter.check("closed", "k", 1)

@@ -1,8 +1,10 @@
-"""Token-bucket arithmetic of the in-process buckets, on an injected clock (no sleeps)."""
+"""Token-bucket arithmetic of the in-process buckets on an injected clock, and the Redis call bound."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import pytest
 
@@ -11,6 +13,7 @@ from interceptors.rate_limit import (
     Decision,
     LocalBuckets,
     RateLimiter,
+    _bounded,
     bucket_ttl_ms,
     describe_limit,
     method_groups,
@@ -225,3 +228,33 @@ def test_limiter_needs_a_default_group() -> None:
 def test_limiter_rejects_an_unbounded_redis_timeout() -> None:
     with pytest.raises(ValueError, match="redis_timeout"):
         RateLimiter({"default": RateLimit(rate=1, burst=1)}, None, set(), redis_timeout=0)
+
+
+async def test_the_redis_bound_holds_even_if_the_call_swallows_its_cancellation() -> None:
+    finished = asyncio.Event()
+
+    async def stubborn() -> Decision:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # as asyncio.wait_for on Python 3.11 may: carries on
+        finished.set()
+        return Decision(allowed=True, remaining=0, retry_after=0)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await _bounded(stubborn(), 0.05)
+    assert time.monotonic() - started < 0.2
+    await asyncio.wait_for(finished.wait(), 5)  # and the abandoned call was let finish
+
+
+async def test_the_redis_bound_passes_results_and_errors_through() -> None:
+    async def answer() -> Decision:
+        return Decision(allowed=False, remaining=1, retry_after=2)
+
+    async def fail() -> Decision:
+        raise OSError("refused")
+
+    assert await _bounded(answer(), 1) == Decision(allowed=False, remaining=1, retry_after=2)
+    with pytest.raises(OSError, match="refused"):
+        await _bounded(fail(), 1)
