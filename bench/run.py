@@ -175,10 +175,10 @@ def print_chain_report(
 {chain.FULL}: `tally serve` with Tracing, Observability, ErrorMapping, Auth, RateLimit, Deadline;
   auth: an HS256 admin token (subject cli:{info.subject}) verified on every call;
   rate limit: token bucket in Redis ({info.redis_url}), limits far above the load so nothing is
-  refused, but every call runs the Lua script in Redis unless Redis takes over 100 ms to answer (then
-  the limiter falls back to in-process buckets): Redis ran {info.script_calls:,} EVALSHA/EVAL (its
-  server-wide counter) while the server answered {info.ok_calls:,} GetAccount calls OK; {info.fallbacks}
-  fallback(s), {info.refused} refused;
+  refused; every call runs the Lua script in Redis unless a Redis call takes over 100 ms (the limiter
+  then uses in-process buckets until a probe, once a second, succeeds): {info.fallbacks} such fallback(s)
+  by the server's own counter, {info.refused} refused; Redis ran {info.script_calls:,} EVALSHA/EVAL meanwhile
+  (server-wide counter, other clients included) for {info.ok_calls:,} OK GetAccount calls;
   tracing: OTEL_TRACES_EXPORTER=console: a span per RPC and per SQL statement, created, batched (background
   thread) and serialised to JSON on the server's stdout, which goes to /dev/null{
             "; the batch queue overflowed, so some spans were dropped" if info.spans_dropped_logs else ""
