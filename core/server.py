@@ -20,6 +20,8 @@ import redis.asyncio as redis_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from account_svc.audit_servicer import AuditServicer
@@ -218,6 +220,14 @@ class App:
         await self.components.close()
 
 
+def _redis_client(url: str) -> redis_asyncio.Redis:
+    # Short timeouts and one quick retry: the limiter stops waiting after 100 ms anyway, and a
+    # slow Redis must not hold connections for redis-py's default 5 s x 10 retries.
+    return redis_asyncio.from_url(
+        url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 1)
+    )
+
+
 def _rate_limiter(settings: Settings, metrics: Metrics, client: redis_asyncio.Redis | None) -> RateLimiter:
     return RateLimiter(
         settings.rate_limits,
@@ -243,7 +253,7 @@ async def build(
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, tracer)
-        client = redis_asyncio.from_url(settings.redis_url) if settings.redis_url else None
+        client = _redis_client(settings.redis_url) if settings.redis_url else None
         if client is not None:
             metrics.redis_up()  # the limiter reports changes from here on
         policies = PolicyTable.from_services(SERVICES)

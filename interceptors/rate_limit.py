@@ -248,7 +248,7 @@ class RateLimiter:
         return self._remote is not None and self._redis_up
 
     def limit_for(self, group: str) -> RateLimit:
-        return self._limits.get(group) or self._limits["default"]
+        return self._limits.get(group, self._limits["default"])
 
     async def check(self, group: str, key: str, cost: int) -> Decision:
         """Take `cost` tokens from the bucket of `group` and `key` (cost 0: only look)."""
