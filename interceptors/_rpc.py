@@ -141,6 +141,25 @@ class RpcCall:
 
 
 Hook = Callable[[RpcCall], AbstractContextManager[object]]
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
+def replace_behavior(handler: grpc.RpcMethodHandler, *, unary: Wrap, stream: Wrap) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped: `unary` for methods answering one message,
+    `stream` for methods streaming their answer. The one place that knows the four handler kinds."""
+    for attribute, make, streams in _KINDS:
+        behavior = getattr(handler, attribute)
+        if behavior is not None:
+            wrapped = (stream if streams else unary)(behavior)
+            return make(wrapped, handler.request_deserializer, handler.response_serializer)
+    return handler
 
 
 def wrap_handler(
@@ -157,23 +176,7 @@ def wrap_handler(
             return _wrap_coroutine(behavior, full_method, metadata, hook)
         return behavior
 
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            wrap(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-        )
-    return handler
+    return replace_behavior(handler, unary=wrap, stream=wrap)
 
 
 def _wrap_coroutine(

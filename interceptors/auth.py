@@ -19,6 +19,7 @@ import grpc
 from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.principal import Principal, reset_principal, set_principal
 from core.request_context import request_info
+from interceptors._rpc import replace_behavior
 from interceptors.policy import MethodPolicy, PolicyTable
 
 _MAX_HEADER = 16 * 1024
@@ -88,28 +89,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 info.principal = principal
             return principal
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, admit),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, admit),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard_unary(handler.stream_unary, admit),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_stream(handler.stream_stream, admit),
-            handler.request_deserializer,
-            handler.response_serializer,
+        return replace_behavior(
+            handler,
+            unary=lambda behavior: _guard_unary(behavior, admit),
+            stream=lambda behavior: _guard_stream(behavior, admit),
         )
 
     async def _admit(

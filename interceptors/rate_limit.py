@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError, RedisError
 from core import errors
 from core.principal import current_principal
 from core.settings import RateLimit
+from interceptors._rpc import replace_behavior
 
 log = logging.getLogger("tally.rate_limit")
 
@@ -388,20 +389,10 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         if cost <= 0:
             return handler
         check: _Check = functools.partial(self._check, group, cost)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap(handler.unary_unary, check), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap(handler.stream_unary, check), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap(handler.unary_stream, check), handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap(handler.stream_stream, check), handler.request_deserializer, handler.response_serializer
+        return replace_behavior(
+            handler,
+            unary=lambda behavior: _wrap(behavior, check),
+            stream=lambda behavior: _wrap(behavior, check),
         )
 
     async def _check(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> None:
