@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
 import pytest
+from asyncpg.transaction import Transaction
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -76,6 +78,27 @@ async def waits_on_lock(connection: asyncpg.Connection, url: str, *, expected: b
     return False
 
 
+async def create_account(stub: account_pb2_grpc.AccountServiceStub, email: str) -> account_pb2.Account:
+    return await stub.CreateAccount(
+        account_pb2.CreateAccountRequest(
+            account=account_pb2.Account(display_name="Before", email=email, currency_code="USD")
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def row_locked(url: str, account_id: str) -> AsyncIterator[tuple[asyncpg.Connection, Transaction]]:
+    """Another connection holding the account's row lock until the transaction it yields ends."""
+    blocker = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+        yield blocker, transaction
+    finally:
+        await blocker.close()
+
+
 async def test_racing_creates_with_one_email_exactly_one_wins(deps: AccountDeps, postgres_url: str) -> None:
     start = asyncio.Event()
 
@@ -123,19 +146,9 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
     try:
         async with channel_as(app, mint(app)) as channel:
             stub = account_pb2_grpc.AccountServiceStub(channel)
-            created = await stub.CreateAccount(
-                account_pb2.CreateAccountRequest(
-                    account=account_pb2.Account(
-                        display_name="Before", email="inflight@example.test", currency_code="USD"
-                    )
-                )
-            )
+            created = await create_account(stub, "inflight@example.test")
             # Hold the account's row lock so the update below is provably in flight when shutdown starts.
-            blocker = await asyncpg.connect(asyncpg_dsn(postgres_url))
-            try:
-                transaction = blocker.transaction()
-                await transaction.start()
-                await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", created.id)
+            async with row_locked(postgres_url, created.id) as (blocker, transaction):
                 update = asyncio.ensure_future(
                     stub.UpdateAccount(
                         account_pb2.UpdateAccountRequest(
@@ -163,8 +176,6 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
                 await transaction.rollback()
                 updated = await update
                 await stopping
-            finally:
-                await blocker.close()
     finally:
         await app.engine.dispose()
 
@@ -230,18 +241,8 @@ async def test_deadline_cancels_database_work(
     try:
         async with channel_as(app, mint(app)) as channel:
             stub = account_pb2_grpc.AccountServiceStub(channel)
-            created = await stub.CreateAccount(
-                account_pb2.CreateAccountRequest(
-                    account=account_pb2.Account(
-                        display_name="Before", email="late@example.test", currency_code="USD"
-                    )
-                )
-            )
-            blocker = await asyncpg.connect(asyncpg_dsn(postgres_url))
-            try:
-                transaction = blocker.transaction()
-                await transaction.start()
-                await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", created.id)
+            created = await create_account(stub, "late@example.test")
+            async with row_locked(postgres_url, created.id) as (blocker, transaction):
                 with pytest.raises(grpc.aio.AioRpcError) as late:
                     await stub.UpdateAccount(
                         account_pb2.UpdateAccountRequest(
@@ -253,8 +254,6 @@ async def test_deadline_cancels_database_work(
                 # The server gave up its lock wait: no backend of this database waits on a lock.
                 assert await waits_on_lock(blocker, postgres_url, expected=False)
                 await transaction.rollback()
-            finally:
-                await blocker.close()
             after = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id))
             assert after.display_name == "Before"
             assert after.etag == created.etag
