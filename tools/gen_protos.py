@@ -3,8 +3,11 @@
 Stages the Google protos that ship in googleapis-common-protos under
 build/proto-deps (buf.yaml's second module, so `buf lint` resolves imports
 without a schema registry), then runs grpc_tools' protoc with the Python,
-gRPC and mypy-protobuf generators. `--check` generates into a scratch folder
-and fails if generated/ differs, which is how CI catches stale code.
+gRPC and mypy-protobuf generators. It also writes generated/tally/descriptors.binpb,
+a FileDescriptorSet of every proto and its imports with source info (the
+comments, which the _pb2 modules drop), for the OpenAPI document in gateway/.
+`--check` generates into a scratch folder and fails if generated/ differs, which
+is how CI catches stale code.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ PROTOS = ROOT / "protos"
 GENERATED = ROOT / "generated"
 DEPS = ROOT / "build" / "proto-deps"
 GOOGLE_PACKAGES = ("api", "type", "rpc")
+# Inside the `tally` package so it ships in the wheel and loads with importlib.resources.
+DESCRIPTOR_SET = Path("tally") / "descriptors.binpb"
 
 
 def googleapis_root() -> Path:
@@ -63,9 +68,12 @@ def generate(out: Path) -> list[Path]:
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *(str(p.relative_to(PROTOS)) for p in protos),
     ]
-    out.mkdir(parents=True, exist_ok=True)
+    (out / DESCRIPTOR_SET).parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run([sys.executable, "-m", *args], cwd=PROTOS, check=False)
     if result.returncode != 0:
         sys.exit(f"gen_protos: protoc failed with exit code {result.returncode}")
