@@ -19,6 +19,7 @@ log = logging.getLogger("tally")
 _COMMAND_ARGS = {
     "user": ("user_command", "email", "role", "account", "password_stdin"),
     "token": ("role", "account", "scope", "ttl", "subject"),
+    "gateway": ("target",),
 }
 
 
@@ -53,6 +54,19 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--account", default="", help="the customer's account id (customers only)")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     _common_flags(create)
+
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve only the REST gateway, in front of a remote gRPC server",
+        description="Serve REST/JSON (and /openapi.json) on TALLY_HTTP_ADDR, transcoding every call to the "
+        "gRPC server at --target, like grpc-gateway.",
+    )
+    gateway.add_argument("--target", required=True, help="HOST:PORT of the Tally gRPC server")
+    gateway.add_argument(
+        "--http-addr", help="HOST:PORT to listen on (TALLY_HTTP_ADDR, default 127.0.0.1:8080)"
+    )
+    gateway.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (TALLY_LOG_LEVEL)")
+    gateway.add_argument("--log-format", help="json, text or auto (TALLY_LOG_FORMAT)")
 
     token = commands.add_parser(
         "token",
@@ -192,6 +206,26 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "user":
             password = _read_password(extra["password_stdin"])
             _run(settings, _create_user(settings, extra["email"], extra["role"], extra["account"], password))
+        elif command == "gateway":
+            from core.server import SERVICES
+            from core.settings import parse_host_port
+            from gateway.app import serve_gateway
+
+            try:
+                parse_host_port(extra["target"])
+            except ValueError as exc:
+                raise UsageError(f"--target: {exc}") from None
+            _run(
+                settings,
+                serve_gateway(
+                    extra["target"],
+                    settings.http_addr,
+                    SERVICES,
+                    strict=settings.gateway_strict,
+                    cors_origins=settings.cors_origins,
+                    max_body_bytes=settings.gateway_max_body_bytes,
+                ),
+            )
         elif command == "token":
             print(
                 _mint_token(

@@ -40,6 +40,7 @@ from core.metrics import Metrics
 from core.pagination import PageTokens
 from core.settings import Settings
 from core.tokens import TokenIssuer, TokenVerifier
+from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
 from interceptors.errors import ErrorMappingInterceptor
 from interceptors.observability import ObservabilityInterceptor
@@ -188,6 +189,7 @@ class App:
     metrics: Metrics
     tracer_provider: TracerProvider
     redis: redis_asyncio.Redis | None
+    gateway_channel: grpc.aio.Channel
     port: int
     policies: PolicyTable
     readiness: Readiness
@@ -214,6 +216,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.http.stop()
+        await self.gateway_channel.close()
         if self.redis is not None:
             await self.redis.aclose()
         self.tracer_provider.shutdown()
@@ -289,8 +292,20 @@ async def build(
         )
         port = server.add_insecure_port(settings.grpc_addr)
         readiness = Readiness()
+        # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
+        gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, port))
         http = HttpServer(
-            settings.http_addr, metrics=metrics, jwks=components.keyring.jwks, health=readiness.check
+            settings.http_addr,
+            metrics=metrics,
+            jwks=components.keyring.jwks,
+            health=readiness.check,
+            routes=gateway_routes(
+                SERVICES,
+                gateway_channel,
+                strict=settings.gateway_strict,
+                cors_origins=settings.cors_origins,
+                max_body_bytes=settings.gateway_max_body_bytes,
+            ),
         )
     except BaseException:
         await components.close()
@@ -304,10 +319,18 @@ async def build(
         metrics=metrics,
         tracer_provider=provider,
         redis=client,
+        gateway_channel=gateway_channel,
         port=port,
         policies=policies,
         readiness=readiness,
     )
+
+
+def _loopback(grpc_addr: str, port: int) -> str:
+    """Where this process reaches its own gRPC port (a wildcard bind is reached on loopback)."""
+    host = grpc_addr.rpartition(":")[0]
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    return f"{host}:{port}"
 
 
 def _listen_address(address: str, port: int) -> str:

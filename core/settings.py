@@ -124,6 +124,16 @@ class Settings(BaseSettings):
         description='JSON: method group -> {"rate": per second, "burst": size}; "default" covers '
         "groups not listed.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='JSON list of origins allowed to call the REST face from a browser, or ["*"].',
+    )
+    gateway_strict: bool = Field(
+        True, description="REST: unknown query parameters and JSON fields are 400 errors (false: ignored)."
+    )
+    gateway_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="REST: largest request body (413 above)."
+    )
     rate_limit_fail_closed: list[str] = Field(
         default_factory=list,
         description="JSON list of method groups refused (UNAVAILABLE) instead of served on local "

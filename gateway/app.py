@@ -1,0 +1,378 @@
+"""The gateway on aiohttp: routes every `google.api.http` binding to the gRPC server through a channel.
+
+Calls go through a `grpc.aio.Channel` to the real gRPC server, so auth, rate
+limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
+
+* in: `Authorization`, `traceparent`, `tracestate` and `X-Request-Id` pass as gRPC
+  metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
+  `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
+  `Request-Timeout` (seconds) becomes the call deadline;
+* out: `X-Request-Id` on every answer (the caller's, else a new one); response header and
+  trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429; `WWW-Authenticate` on 401.
+
+Server-streaming methods answer NDJSON (`{"result": ...}` per message), or server-sent
+events with `Accept: text/event-stream`; an error mid-stream is a last `{"error": status}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import importlib.util
+import json
+import logging
+import re
+import signal
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from core.request_context import new_request_id
+from core.settings import parse_host_port
+from gateway.errors import GatewayError, error_headers, http_status, status_from_rpc_error, status_json
+from gateway.routes import Route, RouteTable
+from gateway.transcoder import build_request, response_json
+
+log = logging.getLogger("tally.gateway")
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_PASSED_HEADERS = ("authorization", "traceparent", "tracestate")
+_METADATA_PREFIX = "grpc-metadata-"
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_HIDDEN_METADATA = frozenset({"content-type", "user-agent", "te", "date", "x-request-id"})
+CORS_ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "X-Request-Id",
+    "traceparent",
+    "tracestate",
+    "Request-Timeout",
+    "Grpc-Timeout",
+)
+CORS_EXPOSE_HEADERS = ("X-Request-Id", "Retry-After", "WWW-Authenticate", "Allow")
+
+
+def parse_timeout(headers: Any) -> float | None:
+    """The call deadline in seconds from `Grpc-Timeout` or `Request-Timeout`; 400 when malformed."""
+    grpc_timeout = headers.get("Grpc-Timeout")
+    if grpc_timeout is not None:
+        found = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
+        if found is None:
+            raise GatewayError.invalid("Grpc-Timeout", "expected digits and a unit (H, M, S, m, u, n)")
+        return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
+    seconds = headers.get("Request-Timeout")
+    if seconds is None:
+        return None
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400:
+        raise GatewayError.invalid("Request-Timeout", "expected seconds, more than 0 and at most 86400")
+    return value
+
+
+def request_metadata(headers: Any, request_id: str) -> list[tuple[str, str | bytes]]:
+    """The gRPC metadata for one HTTP request's headers."""
+    metadata: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
+    for name in _PASSED_HEADERS:
+        for value in headers.getall(name, ()):
+            metadata.append((name, value))
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not lowered.startswith(_METADATA_PREFIX):
+            continue
+        key = lowered.removeprefix(_METADATA_PREFIX)
+        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-"):
+            raise GatewayError.invalid(name, "not a usable gRPC metadata name")
+        if key.endswith("-bin"):
+            try:
+                metadata.append((key, base64.b64decode(value, validate=True)))
+            except ValueError:
+                raise GatewayError.invalid(name, "a -bin value must be base64") from None
+        else:
+            metadata.append((key, value))
+    return metadata
+
+
+def metadata_headers(*metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    """gRPC response metadata as `Grpc-Metadata-<name>` headers (binary values in base64)."""
+    headers: dict[str, str] = {}
+    for part in metadata:
+        for key, value in part or ():
+            if key.startswith(("grpc-", ":")) or key in _HIDDEN_METADATA:
+                continue
+            text = base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            headers[f"Grpc-Metadata-{key}"] = text
+    return headers
+
+
+class Cors:
+    """An allow-list of origins (`*` for any); no cookies are used, so `*` is safe to send."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self.origins = frozenset(origins)
+
+    def headers(self, origin: str | None) -> dict[str, str]:
+        if not origin or not self.origins:
+            return {}
+        if origin in self.origins:
+            allowed = origin
+        elif "*" in self.origins:
+            allowed = "*"
+        else:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": allowed,
+            "Access-Control-Expose-Headers": ", ".join(CORS_EXPOSE_HEADERS),
+            "Vary": "Origin",
+        }
+
+
+class Gateway:
+    """One HTTP handler for every route; the gRPC callables are made once per route."""
+
+    def __init__(
+        self,
+        services: Sequence[ServiceDescriptor],
+        channel: grpc.aio.Channel,
+        *,
+        strict: bool = True,
+        cors_origins: Iterable[str] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        use_proto_names: bool = False,
+    ) -> None:
+        self.table = RouteTable.from_services(services)
+        self.strict = strict
+        self.cors = Cors(cors_origins)
+        self.max_body_bytes = max_body_bytes
+        self.use_proto_names = use_proto_names
+        self._calls: dict[Route, Any] = {}
+        for route in self.table.routes:
+            make = channel.unary_stream if route.server_streaming else channel.unary_unary
+            self._calls[route] = make(
+                route.grpc_method,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+
+    def route_defs(self) -> list[web.RouteDef]:
+        defs: list[web.RouteDef] = []
+        for prefix in self.table.prefixes():
+            defs.append(web.route("*", f"/{prefix}", self.handle))
+            defs.append(web.route("*", f"/{prefix}/{{tail:.*}}", self.handle))
+        return defs
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = new_request_id(request.headers.get("X-Request-Id"))
+        common = {"X-Request-Id": request_id, **self.cors.headers(request.headers.get("Origin"))}
+        raw_path = request.rel_url.raw_path
+        try:
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                return self._preflight(request, raw_path, common)
+            route, variables = self.table.lookup(request.method, raw_path)
+            body = await self._read_body(request)
+            message = build_request(
+                route,
+                variables,
+                list(request.rel_url.query.items()),
+                body,
+                strict=self.strict,
+                idempotency_key=request.headers.get("Idempotency-Key") or request.headers.get("X-Request-Id"),
+            )
+            metadata = request_metadata(request.headers, request_id)
+            timeout = parse_timeout(request.headers)
+        except GatewayError as error:
+            return self._error(error.status(), error.http, {**common, **error.headers}, request)
+        if route.server_streaming:
+            return await self._stream(request, route, message, metadata, timeout, common)
+        call = self._calls[route](message, metadata=metadata, timeout=timeout)
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as error:
+            extra = metadata_headers(error.initial_metadata(), error.trailing_metadata())
+            status = status_from_rpc_error(error)
+            return self._error(status, http_status(status.code), {**common, **extra}, request)
+        extra = metadata_headers(await call.initial_metadata(), await call.trailing_metadata())
+        return self._json(
+            response_json(route, response, use_proto_names=self.use_proto_names),
+            200,
+            {
+                **common,
+                **extra,
+            },
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise GatewayError.body_too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError.body_too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _preflight(self, request: web.Request, raw_path: str, common: dict[str, str]) -> web.Response:
+        if "Access-Control-Allow-Origin" not in common:
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"origin {request.headers.get('Origin')!r} is not allowed",
+                reason="CORS_ORIGIN_NOT_ALLOWED",
+            )
+        methods = self.table.methods_for(raw_path)
+        if not methods:
+            raise GatewayError.route_not_found("OPTIONS", raw_path)
+        headers = {
+            **common,
+            "Access-Control-Allow-Methods": ", ".join([*methods, "OPTIONS"]),
+            "Access-Control-Allow-Headers": ", ".join(CORS_ALLOW_HEADERS),
+            "Access-Control-Max-Age": "600",
+        }
+        return web.Response(status=204, headers=headers)
+
+    def _json(self, data: Any, status: int, headers: dict[str, str]) -> web.Response:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+
+    def _error(
+        self, status: status_pb2.Status, http: int, headers: dict[str, str], request: web.Request
+    ) -> web.Response:
+        had_credentials = "Authorization" in request.headers
+        headers = {**headers, **error_headers(status, had_credentials=had_credentials)}
+        return self._json(status_json(status, use_proto_names=self.use_proto_names), http, headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        route: Route,
+        message: Message,
+        metadata: list[tuple[str, str | bytes]],
+        deadline: float | None,
+        common: dict[str, str],
+    ) -> web.StreamResponse:
+        """NDJSON, or SSE with `Accept: text/event-stream`; errors before the first message are plain."""
+        sse = "text/event-stream" in request.headers.get("Accept", "")
+        call = self._calls[route](message, metadata=metadata, timeout=deadline)
+        try:
+            first_metadata = await call.initial_metadata()
+        except grpc.aio.AioRpcError as error:
+            status = status_from_rpc_error(error)
+            return self._error(status, http_status(status.code), common, request)
+        response = web.StreamResponse(headers={**common, **metadata_headers(first_metadata)})
+        response.content_type = "text/event-stream" if sse else "application/x-ndjson"
+        started = False
+        try:
+            async for item in call:
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                data = response_json(route, item, use_proto_names=self.use_proto_names)
+                await response.write(self._frame({"result": data}, sse, None))
+        except grpc.aio.AioRpcError as error:
+            status = status_json(status_from_rpc_error(error), use_proto_names=self.use_proto_names)
+            if not started:
+                return self._error(status_from_rpc_error(error), http_status(error.code()), common, request)
+            await response.write(self._frame({"error": status}, sse, "error"))
+        if not started:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _frame(data: Any, sse: bool, event: str | None) -> bytes:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        if not sse:
+            return (text + "\n").encode()
+        return ((f"event: {event}\n" if event else "") + f"data: {text}\n\n").encode()
+
+
+def _openapi_route(services: Sequence[ServiceDescriptor], use_proto_names: bool) -> web.RouteDef | None:
+    """GET /openapi.json from gateway.openapi.build_openapi, built once, when that module exists."""
+    if importlib.util.find_spec("gateway.openapi") is None:
+        return None
+    build = getattr(importlib.import_module("gateway.openapi"), "build_openapi", None)
+    if build is None:
+        return None
+    body = json.dumps(build(services, use_proto_names=use_proto_names), ensure_ascii=False)
+
+    async def get_openapi(_request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
+
+    return web.get("/openapi.json", get_openapi)
+
+
+def gateway_routes(
+    services: Sequence[ServiceDescriptor],
+    channel: grpc.aio.Channel,
+    *,
+    strict: bool = True,
+    cors_origins: Iterable[str] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    use_proto_names: bool = False,
+) -> list[web.RouteDef]:
+    """aiohttp route definitions for HttpServer(routes=...) or HttpServer.add_routes(...).
+
+    The caller owns `channel` (open it before serving; close it after HttpServer.stop()).
+    """
+    gateway = Gateway(
+        services,
+        channel,
+        strict=strict,
+        cors_origins=cors_origins,
+        max_body_bytes=max_body_bytes,
+        use_proto_names=use_proto_names,
+    )
+    defs = gateway.route_defs()
+    openapi = _openapi_route(services, use_proto_names)
+    if openapi is not None:
+        defs.append(openapi)
+    return defs
+
+
+async def serve_gateway(
+    target: str,
+    http_addr: str,
+    services: Sequence[ServiceDescriptor],
+    *,
+    stop: asyncio.Event | None = None,
+    strict: bool = True,
+    cors_origins: Iterable[str] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> None:
+    """A stand-alone gateway (`tally gateway --target HOST:PORT`): REST on `http_addr` until `stop` is set.
+
+    Without `stop`, until SIGTERM or SIGINT.
+    """
+    host, port = parse_host_port(http_addr)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    async with grpc.aio.insecure_channel(target) as channel:
+        app = web.Application()
+        app.add_routes(
+            gateway_routes(
+                services, channel, strict=strict, cors_origins=cors_origins, max_body_bytes=max_body_bytes
+            )
+        )
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), port, reuse_port=False).start()
+            log.info("tally gateway on %s, calling gRPC at %s", http_addr, target)
+            await stop.wait()
+        finally:
+            await runner.cleanup()

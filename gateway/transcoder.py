@@ -1,0 +1,367 @@
+"""JSON and URL to protobuf and back, by the rules of one route (no HTTP framework in here).
+
+The request message is built in three layers, each only for the fields the
+layer binds:
+
+1. the body: `*` is the whole request, a field name is that field;
+2. the path variables (dotted field paths). A body that also sets a path-bound
+   field to a different value is refused (400 naming the field): the path names
+   the resource, and a body that disagrees is more likely a mistake than intent.
+   The same value in both is fine;
+3. the query string, for fields neither the path nor the body binds: repeated
+   fields (`?a=1&a=2`), nested fields (`a.b=c`), enums by name or number, bools,
+   integers, and the well-known types in their JSON string forms (Timestamp RFC
+   3339, Duration `1.5s`, FieldMask `a,b` in camelCase or snake_case, wrappers).
+
+Unknown query parameters and unknown JSON fields are 400 errors naming them
+unless `strict` is off, in which case they are ignored. Field names may be
+given as lowerCamelCase JSON names or as the proto names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import grpc
+from google.api import field_behavior_pb2
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from gateway.errors import GatewayError
+from gateway.routes import Route
+
+_WRAPPERS = frozenset(
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+)
+_STRING_WKTS = frozenset(f"google.protobuf.{name}" for name in ("Timestamp", "Duration", "FieldMask"))
+_FAILED_FIELD = re.compile(r"Failed to parse (\S+) field: ")
+_TRUE = frozenset({"true", "1", "t", "yes"})
+_FALSE = frozenset({"false", "0", "f", "no"})
+REQUEST_ID_FIELD = "request_id"
+UPDATE_MASK_FIELD = "update_mask"
+
+
+@functools.cache
+def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """Fields by proto name and by JSON name."""
+    found: dict[str, FieldDescriptor] = {}
+    for field in descriptor.fields:
+        found[field.name] = field
+        found[field.json_name] = field
+    return found
+
+
+def _descriptor(message: Message) -> Descriptor:
+    return cast(Descriptor, message.DESCRIPTOR)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return field.is_repeated
+
+
+def _plain_type(field: FieldDescriptor) -> Descriptor | None:
+    """The message type of a field with fields of its own in JSON (not a well-known type), else None."""
+    kind = field.message_type
+    return kind if kind is not None and not kind.full_name.startswith("google.protobuf.") else None
+
+
+def unknown_fields(descriptor: Descriptor, value: Any, prefix: str = "") -> list[str]:
+    """Dotted paths (proto names) of the JSON object keys that name no field, at any depth."""
+    if not isinstance(value, dict):
+        return []
+    unknown: list[str] = []
+    for key, item in value.items():
+        field = _fields(descriptor).get(key)
+        if field is None:
+            unknown.append(prefix + key)
+            continue
+        path = prefix + field.name
+        if _is_map(field) and field.message_type is not None:
+            value_type = _plain_type(field.message_type.fields_by_name["value"])
+            if value_type is not None and isinstance(item, dict):
+                for map_key, entry in item.items():
+                    unknown += unknown_fields(value_type, entry, f"{path}[{map_key}].")
+        elif (kind := _plain_type(field)) is not None:
+            items = item if _is_repeated(field) and isinstance(item, list) else [item]
+            for entry in items:
+                unknown += unknown_fields(kind, entry, path + ".")
+    return unknown
+
+
+def _proto_path(descriptor: Descriptor | None, names: Iterable[str]) -> str:
+    """JSON names along a path turned into proto names, as far as the descriptors go."""
+    out: list[str] = []
+    for name in names:
+        field = _fields(descriptor).get(name) if descriptor is not None else None
+        out.append(field.name if field is not None else name)
+        descriptor = _plain_type(field) if field is not None else None
+    return ".".join(out)
+
+
+def readable_parse_error(error: Exception, descriptor: Descriptor, prefix: str = "") -> GatewayError:
+    """json_format's nested 'Failed to parse x field: Failed to parse y field: ...' as `x.y: ...`."""
+    text = str(error).split("\n", 1)[0]
+    names = _FAILED_FIELD.findall(text)
+    reason = _FAILED_FIELD.sub("", text)
+    reason = re.sub(r" at [\w.\[\]]+\.*$", "", reason).rstrip(".") or "invalid value"
+    field = prefix + _proto_path(descriptor, names) if names else prefix.rstrip(".") or "body"
+    return GatewayError.invalid(field, reason)
+
+
+def _parse_into(obj: Any, message: Message, *, strict: bool, prefix: str = "") -> None:
+    try:
+        json_format.ParseDict(obj, message, ignore_unknown_fields=not strict)
+    except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
+        raise readable_parse_error(exc, _descriptor(message), prefix) from None
+
+
+def decode_json(body: bytes) -> Any:
+    """The parsed JSON body, None when empty; 400 when malformed."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise GatewayError.invalid("body", "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        description = f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise GatewayError.invalid("body", description) from None
+
+
+def _apply_body(route: Route, message: Message, body: Any, *, strict: bool) -> None:
+    descriptor = _descriptor(message)
+    if not route.body:
+        if body is not None and strict:
+            raise GatewayError.invalid("body", f"{route.http_method} {route.path} takes no request body")
+        return
+    if body is None:
+        return
+    if route.body == "*":
+        if not isinstance(body, dict):
+            raise GatewayError.invalid("body", "expected a JSON object")
+        wrapped, prefix = body, ""
+    else:
+        wrapped, prefix = {route.body: body}, ""
+    if strict:
+        unknown = unknown_fields(descriptor, wrapped, prefix)
+        if unknown:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown fields in the body: {', '.join(unknown)}",
+                reason="UNKNOWN_FIELD",
+                violations=[(name, "unknown field") for name in unknown],
+            )
+    _parse_into(wrapped, message, strict=strict)
+
+
+def _scalar_json(field: FieldDescriptor, text: str, name: str) -> Any:
+    """A query or path string as the JSON value json_format expects for `field`."""
+    if field.message_type is not None:
+        full_name = field.message_type.full_name
+        if full_name in _WRAPPERS:
+            return _scalar_json(field.message_type.fields_by_name["value"], text, name)
+        if full_name == "google.protobuf.FieldMask":
+            return ",".join(_camel(path.strip()) for path in text.split(",") if path.strip())
+        if full_name in _STRING_WKTS:
+            return text
+        raise GatewayError.invalid(name, f"a {full_name} cannot be given in the URL")
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise GatewayError.invalid(name, f"expected true or false, got {text!r}")
+    return text
+
+
+def _camel(path: str) -> str:
+    """A field-mask path in camelCase (json_format's form), from snake_case or camelCase."""
+    return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
+
+
+def _resolve(descriptor: Descriptor, key: str) -> list[FieldDescriptor] | None:
+    """The fields along a dotted query key, or None if some segment names no usable field."""
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for segment in key.split("."):
+        if current is None:
+            return None
+        field = _fields(current).get(segment)
+        if field is None:
+            return None
+        fields.append(field)
+        current = None if _is_repeated(field) else _plain_type(field)
+    return fields
+
+
+def _set_nested(tree: dict[str, Any], fields: Sequence[FieldDescriptor], value: Any) -> None:
+    for field in fields[:-1]:
+        tree = tree.setdefault(field.name, {})
+    tree[fields[-1].name] = value
+
+
+def _path_message(route: Route, variables: Mapping[str, str]) -> Message:
+    tree: dict[str, Any] = {}
+    descriptor = route.method.input_type
+    for path, text in variables.items():
+        fields = _resolve(descriptor, path)
+        if fields is None:  # routes_of checked every variable; a template returning others is a bug
+            raise GatewayError.invalid(path, "unknown path variable")
+        _set_nested(tree, fields, _scalar_json(fields[-1], text, path))
+    message = route.request_class()
+    _parse_into(tree, message, strict=True)
+    return message
+
+
+def _leaf(message: Message, path: str) -> tuple[Any, bool]:
+    """The value at a dotted path and whether it is set (non-default, or present)."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        if not message.HasField(parent):
+            return None, False
+        message = getattr(message, parent)
+    field = _descriptor(message).fields_by_name[name]
+    value = getattr(message, name)
+    if field.has_presence:
+        return value, message.HasField(name)
+    return value, value != field.default_value
+
+
+def _apply_path(route: Route, message: Message, variables: Mapping[str, str]) -> None:
+    if not variables:
+        return
+    from_path = _path_message(route, variables)
+    for path in variables:
+        body_value, body_set = _leaf(message, path)
+        path_value, _ = _leaf(from_path, path)
+        if body_set and body_value != path_value:
+            raise GatewayError.invalid(
+                path, f"the body has {body_value!r} but the URL path {path_value!r}", reason="PATH_CONFLICT"
+            )
+    message.MergeFrom(from_path)
+
+
+def _apply_query(route: Route, message: Message, query: Sequence[tuple[str, str]], *, strict: bool) -> None:
+    grouped: dict[str, list[str]] = {}
+    for key, value in query:
+        grouped.setdefault(key, []).append(value)
+    descriptor = _descriptor(message)
+    tree: dict[str, Any] = {}
+    for key, values in grouped.items():
+        fields = _resolve(descriptor, key)
+        if fields is None:
+            if strict:
+                raise GatewayError.invalid(key, "unknown query parameter", reason="UNKNOWN_QUERY_PARAMETER")
+            continue
+        path = ".".join(field.name for field in fields)
+        if route.is_bound(path):
+            if strict:
+                raise GatewayError.invalid(
+                    key, "is bound by the URL path or the body; not a query parameter", reason="BOUND_FIELD"
+                )
+            continue
+        leaf = fields[-1]
+        if _is_map(leaf) or _plain_type(leaf) is not None:
+            raise GatewayError.invalid(key, "give the fields of this message as separate parameters")
+        if _is_repeated(leaf):
+            _set_nested(tree, fields, [_scalar_json(leaf, value, key) for value in values])
+        elif len(values) > 1:
+            raise GatewayError.invalid(key, "given more than once but takes one value")
+        else:
+            _set_nested(tree, fields, _scalar_json(leaf, values[0], key))
+    if tree:
+        from_query = route.request_class()
+        _parse_into(tree, from_query, strict=True)
+        message.MergeFrom(from_query)
+
+
+def _output_only(field: FieldDescriptor) -> bool:
+    behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.OUTPUT_ONLY in behaviors
+
+
+def fill_update_mask(route: Route, message: Message, body: Any) -> None:
+    """PATCH without `update_mask`: the mask is the resource fields present in the JSON body.
+
+    Left out: fields the URL path binds (the resource's id), OUTPUT_ONLY fields and `etag`
+    (AIP-154: a precondition, never updated), which a client echoing a resource back sends.
+    """
+    update_mask = _descriptor(message).fields_by_name.get(UPDATE_MASK_FIELD)
+    if (
+        route.http_method != "PATCH"
+        or route.body in ("", "*")
+        or update_mask is None
+        or update_mask.message_type is None
+        or update_mask.message_type.full_name != "google.protobuf.FieldMask"
+        or message.HasField(UPDATE_MASK_FIELD)
+        or not isinstance(body, dict)
+    ):
+        return
+    resource = _descriptor(message).fields_by_name[route.body].message_type
+    if resource is None:
+        return
+    paths: list[str] = []
+    for key in body:
+        field = _fields(resource).get(key)
+        if field is None or _output_only(field) or field.name == "etag":
+            continue
+        if f"{route.body}.{field.name}" in route.path_fields or field.name in paths:
+            continue
+        paths.append(field.name)
+    if paths:
+        getattr(message, UPDATE_MASK_FIELD).paths.extend(paths)
+
+
+def fill_request_id(message: Message, key: str | None) -> None:
+    """An `Idempotency-Key` becomes the request's `request_id` when it has one and it is empty."""
+    field = _descriptor(message).fields_by_name.get(REQUEST_ID_FIELD)
+    if not key or field is None or field.type != FieldDescriptor.TYPE_STRING or _is_repeated(field):
+        return
+    if not getattr(message, REQUEST_ID_FIELD):
+        setattr(message, REQUEST_ID_FIELD, key)
+
+
+def build_request(
+    route: Route,
+    variables: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    body: bytes,
+    *,
+    strict: bool = True,
+    idempotency_key: str | None = None,
+) -> Message:
+    """The request message for one HTTP request; GatewayError (400) naming the field when it is wrong."""
+    parsed = decode_json(body)
+    message = route.request_class()
+    _apply_body(route, message, parsed, strict=strict)
+    _apply_path(route, message, variables)
+    _apply_query(route, message, query, strict=strict)
+    fill_update_mask(route, message, parsed)
+    fill_request_id(message, idempotency_key)
+    return message
+
+
+def response_json(route: Route, response: Message, *, use_proto_names: bool = False) -> Any:
+    """The response (or its `response_body` field) as JSON data; default values left out."""
+    if not route.response_body:
+        return json_format.MessageToDict(response, preserving_proto_field_name=use_proto_names)
+    field = _descriptor(response).fields_by_name[route.response_body]
+    if _plain_type(field) is not None and not _is_repeated(field):
+        return json_format.MessageToDict(
+            getattr(response, field.name), preserving_proto_field_name=use_proto_names
+        )
+    whole = json_format.MessageToDict(
+        response, preserving_proto_field_name=use_proto_names, always_print_fields_with_no_presence=True
+    )
+    return whole.get(field.name if use_proto_names else field.json_name)
