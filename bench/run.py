@@ -5,8 +5,10 @@ create a throw-away PostgreSQL database, `tally migrate` it, start `tally serve`
 twice (TALLY_EVENT_LOOP=asyncio and =uvloop) and measure GetAccount and
 CreateAccount; then, on uvloop, GetAccount through the full interceptor chain
 (rate limits in Redis, spans exported) and with no interceptors at all
-(bench/chain.py); print the tables; stop every process, drop the database and
-delete the bench's Redis keys, also on failure or Ctrl-C. Every call carries a
+(bench/chain.py); then GetAccount over REST (the gateway, HTTP/1.1) against
+over gRPC on one uvloop server (bench/rest.py); print the tables; stop every
+process, drop the database and delete the bench's Redis keys, also on failure or
+Ctrl-C. `--only rest` runs just the REST vs gRPC part. Every call carries a
 bearer token minted by `tally token`. Every main measurement runs --rounds times,
 the two event loops alternating in order (A B, B A, ...) so drift on the machine
 does not favour one of them. See bench/README.md.
@@ -29,6 +31,7 @@ import chain
 import h2load_runner
 import pgdb
 import report
+import rest
 import scenarios
 from chain import ChainReport
 from h2load_runner import H2loadError
@@ -42,6 +45,7 @@ from processes import (
     start_tally,
     tally_env,
 )
+from rest import RestReport
 from scenarios import Bench, Options, Target, progress
 
 LOOPS = ("asyncio", "uvloop")
@@ -78,13 +82,30 @@ def mint_bench_token(bench: Bench) -> None:
     progress("minted an admin access token (subject cli:bench) with tally token")
 
 
-def measure_tally(bench: Bench, stack: ExitStack) -> ChainReport:
+def create_database(stack: ExitStack, data_dir: Path) -> pgdb.BenchDatabase:
     progress(f"creating a database on {pgdb.admin_url()}...")
     database = pgdb.create()
     stack.callback(drop_database, database)
     progress(f"database {database.name} created; running tally migrate...")
-    data_dir = bench.data_dir
     migrate_tally(database, data_dir)
+    return database
+
+
+def measure_rest_only(bench: Bench, stack: ExitStack) -> RestReport:
+    """`--only rest`: a database, an account made over gRPC, then the REST vs gRPC part alone."""
+    database = create_database(stack, bench.data_dir)
+    progress("starting tally serve (uvloop) to create the account...")
+    setup = start_tally(database, bench.data_dir, "uvloop", label="setup")
+    stack.callback(setup.stop)
+    account_id = scenarios.create_account(setup, bench.token)
+    setup.stop()
+    progress(f"created account {account_id} for GetAccount")
+    return rest.measure_rest(bench, stack, database, bench.data_dir, account_id)
+
+
+def measure_tally(bench: Bench, stack: ExitStack) -> tuple[ChainReport, RestReport]:
+    data_dir = bench.data_dir
+    database = create_database(stack, data_dir)
     servers = {}
     for loop in LOOPS:
         progress(f"starting tally serve (TALLY_EVENT_LOOP={loop})...")
@@ -101,7 +122,8 @@ def measure_tally(bench: Bench, stack: ExitStack) -> ChainReport:
     run_rounds(bench, servers, steps)
     for server in servers.values():
         server.stop()
-    return chain.measure_chain(bench, stack, database, data_dir, account_id)
+    chain_report = chain.measure_chain(bench, stack, database, data_dir, account_id)
+    return chain_report, rest.measure_rest(bench, stack, database, data_dir, account_id)
 
 
 @contextmanager
@@ -130,7 +152,11 @@ Every call carries `authorization: Bearer <admin token from tally serve's settin
 tally serve here: every interceptor, rate limits in-process and never reached, spans created, not exported."""
 
 
-def print_report(bench: Bench, chain_report: ChainReport) -> None:
+def print_report(bench: Bench, chain_report: ChainReport | None, rest_report: RestReport) -> None:
+    if chain_report is None:  # --only rest
+        print()
+        print_rest_report(report.merge_rounds(bench.rest_results), rest_report, bench.options)
+        return
     rows = report.merge_rounds(bench.results)
     print()
     print(report.table(rows))
@@ -142,6 +168,35 @@ def print_report(bench: Bench, chain_report: ChainReport) -> None:
     print(report.loop_verdict(rows))
     print()
     print_chain_report(rows, report.merge_rounds(bench.chain_results), chain_report)
+    print()
+    print_rest_report(report.merge_rounds(bench.rest_results), rest_report, bench.options)
+
+
+def print_rest_report(rows: list[report.Measurement], info: RestReport, options: Options) -> None:
+    print(f"GetAccount over REST vs over gRPC (one tally serve on {rest.LOOP}, h2load for both):")
+    grpc_row = report.find(rows, rest.GRPC, "GetAccount", "h2load", rest.LOOP)
+    rest_row = report.find(rows, rest.REST, "GetAccount", "h2load", rest.LOOP)
+    if grpc_row is None or rest_row is None:
+        print("  not measured")
+        return
+    print()
+    print(report.chain_table([(rest.GRPC, grpc_row), (rest.REST, rest_row)]))
+    print()
+    print(report.ratio_table([("REST ÷ gRPC", rest_row, grpc_row)]))
+    print()
+    print(
+        f"""\
+Server: `tally serve`, {info.server},
+  {info.database}; every interceptor, rate limits in-process
+  and never reached, spans created, not exported; {info.rounds} run(s) per protocol, alternating order.
+gRPC: POST of the gRPC-framed request, {options.concurrency} streams in flight over
+  {options.connections} HTTP/2 connections; successes = complete reply messages in the DATA bytes,
+  checked with a gRPC client before and after.
+REST: GET {rest.REST_PATH} over HTTP/1.1, {options.concurrency} connections with one request in flight
+  each; reply {info.json_bytes} bytes of JSON; the gateway calls the same server over a loopback gRPC
+  channel (whole interceptor chain); successes = h2load's 2xx count, checked with one urllib GET
+  (JSON equal to the gRPC reply) before and after; without the token the gateway answered 401."""
+    )
 
 
 def print_chain_report(
@@ -213,15 +268,28 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="runs per target of the interceptor-chain part (default 1)",
     )
     parser.add_argument(
+        "--rest-rounds",
+        type=int,
+        default=1,
+        help="runs per protocol of the REST vs gRPC part (default 1)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["rest"],
+        default="",
+        help="run only this part (rest: GetAccount over REST vs gRPC, about 20 s)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 300 calls or 1.5 s per run, 16 in flight"
     )
     args = parser.parse_args(argv)
     requests, seconds, concurrency = (300, 1.5, 16) if args.quick else (20_000, 5.0, 64)
     requests = args.requests or requests
     concurrency = args.concurrency or concurrency
-    if min(requests, concurrency, args.connections, args.rounds, args.chain_rounds) < 1:
+    if min(requests, concurrency, args.connections, args.rounds, args.chain_rounds, args.rest_rounds) < 1:
         parser.error(
-            "--requests, --concurrency, --connections, --rounds and --chain-rounds must be at least 1"
+            "--requests, --concurrency, --connections, --rounds, --chain-rounds and --rest-rounds "
+            "must be at least 1"
         )
     return Options(
         requests=requests,
@@ -231,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         warmup=min(requests, 4 * concurrency),
         rounds=args.rounds,
         chain_rounds=args.chain_rounds,
+        rest_rounds=args.rest_rounds,
+        only=args.only,
     )
 
 
@@ -254,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: load average {load_average()} at the start", flush=True)
     print(
         f"bench: up to {options.requests} calls or {options.seconds:g} s per run, {options.rounds} rounds "
-        f"(interceptor-chain part: {options.chain_rounds} per target), "
+        f"(interceptor-chain part: {options.chain_rounds} per target; REST vs gRPC: "
+        f"{options.rest_rounds} per protocol{', only this part' if options.only else ''}), "
         f"{options.concurrency} calls in flight over {options.connections} connections, 127.0.0.1 only",
         flush=True,
     )
@@ -262,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(options, Path(workdir), h2load)
         try:
             mint_bench_token(bench)
-            measure_echo(bench, stack)
-            chain_report = measure_tally(bench, stack)
+            chain_report: ChainReport | None = None
+            if options.only == "rest":
+                rest_report = measure_rest_only(bench, stack)
+            else:
+                measure_echo(bench, stack)
+                chain_report, rest_report = measure_tally(bench, stack)
         except (BenchError, H2loadError) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
@@ -271,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: interrupted; cleaning up", file=sys.stderr)
             return 130
     # Leaving the `with` stopped every server, dropped the database and deleted the Redis keys.
-    print_report(bench, chain_report)
+    print_report(bench, chain_report, rest_report)
     print()
     print(f"load average at the end: {load_average()} ({os.cpu_count()} CPUs)")
     return 0

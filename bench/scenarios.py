@@ -49,6 +49,8 @@ class Options:
     warmup: int  # untimed calls before each run
     rounds: int  # each measurement this many times, loops alternating in order
     chain_rounds: int  # runs per target of the interceptor-chain part
+    rest_rounds: int = 1  # runs per protocol of the REST vs gRPC part
+    only: str = ""  # "rest": only the REST vs gRPC part
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Bench:
     token: str = ""  # bearer token for every call of the main table
     results: list[Measurement] = field(default_factory=list)
     chain_results: list[Measurement] = field(default_factory=list)  # the interceptor-chain part
+    rest_results: list[Measurement] = field(default_factory=list)  # the REST vs gRPC part
 
     @property
     def data_dir(self) -> Path:
@@ -152,7 +155,8 @@ class H2loadJob:
     headers: tuple[str, ...] = ()
 
 
-def run_h2load(bench: Bench, job: H2loadJob) -> H2loadResult:
+def run_h2load(bench: Bench, job: H2loadJob, *, http1: bool = False) -> H2loadResult:
+    """h2load with the bench's concurrency; `http1`: plain HTTP/1.1 GETs (job.body_file names the log)."""
     options = bench.options
     return h2load_runner.run(
         bench.h2load,
@@ -163,6 +167,7 @@ def run_h2load(bench: Bench, job: H2loadJob) -> H2loadResult:
         connections=options.connections,
         timeout=options.seconds * 3 + 30,
         headers=job.headers,
+        http1=http1,
     )
 
 
