@@ -14,6 +14,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 import math
 import secrets
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ ACCESS_TYP = "at+jwt"
 _ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud", "role")
 DEFAULT_MAX_TOKEN_BYTES = 8192
+_VERIFIED_CACHE_SIZE = 10_000
 
 # A PyJWS that knows only our three algorithms: anything else cannot even be looked up.
 _JWS = jwt.PyJWS(algorithms=sorted(ALGORITHMS))
@@ -130,6 +132,10 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._clock = clock
         self._max_bytes = max_token_bytes
+        # Tokens whose signature and fixed claims already checked out. A client sends the same
+        # token on every call until it expires; only the time claims change truth with time, so
+        # a hit re-checks those and skips the base64, JSON and signature work.
+        self._verified: OrderedDict[str, tuple[dict[str, Any], Principal]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, keyring: KeyRing, settings: Settings, clock: Clock) -> TokenVerifier:
@@ -137,10 +143,19 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         self._check_size(token)
+        hit = self._verified.get(token)
+        if hit is not None:
+            self._verified.move_to_end(token)
+            self._check_times(hit[0])
+            return hit[1]
         key = self._select_key(token)
         claims = self._verified_claims(token, key)
         self._check_claims(claims)
-        return _principal(claims)
+        principal = _principal(claims)
+        self._verified[token] = (claims, principal)
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
 
     def _check_size(self, token: str) -> None:
         """Before any parsing: a huge header or payload costs base64 and JSON work for nothing."""

@@ -427,3 +427,29 @@ def test_other_key_with_the_same_kid(alg: str, make_key: MakeKey, clock: FrozenC
     impostor = make_key(alg, kid=key.kid, other=True)
     forged = pair(KeyRing([impostor], key.kid), clock)[0].issue(CUSTOMER, TTL).token
     assert_rejected(pair(KeyRing([key], key.kid), clock)[1], forged, "TOKEN_SIGNATURE")
+
+
+def test_a_remembered_token_still_expires(make_key: MakeKey, clock: FrozenClock) -> None:
+    """The verified-token cache skips signature work, never the time checks."""
+    key = make_key("ES256")
+    issuer, verifier = pair(KeyRing([key], key.kid), clock)
+    token = issuer.issue(CUSTOMER, 60).token
+    assert verifier.verify(token) == verifier.verify(token)
+    clock.advance(timedelta(seconds=60 + LEEWAY))
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(token)
+    assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_rejected(make_key: MakeKey, clock: FrozenClock) -> None:
+    key = make_key("HS256")
+    issuer, verifier = pair(KeyRing([key], key.kid), clock)
+    token = issuer.issue(CUSTOMER, 60).token
+    verifier.verify(token)
+    header, payload, signature = token.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    forged["role"] = "admin"
+    body = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated) as caught:
+        verifier.verify(f"{header}.{body}.{signature}")
+    assert caught.value.reason == "TOKEN_SIGNATURE"
