@@ -14,9 +14,9 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 import math
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
