@@ -275,20 +275,27 @@ class Gateway:
         response.content_type = "text/event-stream" if sse else "application/x-ndjson"
         started = False
         try:
-            async for item in call:
+            try:
+                async for item in call:
+                    if not started:
+                        await response.prepare(request)
+                        started = True
+                    data = response_json(route, item, use_proto_names=self.use_proto_names)
+                    await response.write(self._frame({"result": data}, sse, None))
+            except grpc.aio.AioRpcError as error:
+                status = status_json(status_from_rpc_error(error), use_proto_names=self.use_proto_names)
                 if not started:
-                    await response.prepare(request)
-                    started = True
-                data = response_json(route, item, use_proto_names=self.use_proto_names)
-                await response.write(self._frame({"result": data}, sse, None))
-        except grpc.aio.AioRpcError as error:
-            status = status_json(status_from_rpc_error(error), use_proto_names=self.use_proto_names)
+                    return self._error(
+                        status_from_rpc_error(error), http_status(error.code()), common, request
+                    )
+                await response.write(self._frame({"error": status}, sse, "error"))
             if not started:
-                return self._error(status_from_rpc_error(error), http_status(error.code()), common, request)
-            await response.write(self._frame({"error": status}, sse, "error"))
-        if not started:
-            await response.prepare(request)
-        await response.write_eof()
+                await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away mid-stream (aiohttp's ClientConnectionResetError)
+            log.debug("%s: the client closed the stream", route.grpc_method)
+        finally:
+            call.cancel()  # a no-op once the call has ended; else the server stops producing
         return response
 
     @staticmethod

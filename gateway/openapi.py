@@ -273,7 +273,8 @@ class _DocumentBuilder:
 
     def add_service(self, service: ServiceDescriptor) -> None:
         bound = [(method, http_bindings(method)) for method in service.methods]
-        bound = [(method, bindings) for method, bindings in bound if bindings]
+        # Client streaming is not served over REST (gateway/routes.py), so it is not documented either.
+        bound = [(method, bindings) for method, bindings in bound if bindings and not method.client_streaming]
         if not bound:
             return
         tag: JSON = {"name": service.name}
@@ -389,10 +390,9 @@ class _DocumentBuilder:
             field = resolve(request, body)[-1]
             schema = self.schemas.field(field)
             description = schema.pop("description", "")
-        content_types = ["application/json"] + (["application/x-ndjson"] if method.client_streaming else [])
         request_body: JSON = {
             "required": True,
-            "content": {content_type: {"schema": schema} for content_type in content_types},
+            "content": {"application/json": {"schema": schema}},
         }
         if description:
             request_body["description"] = description

@@ -1,0 +1,325 @@
+"""The REST gateway's streaming paths, over real HTTP and a real in-process gRPC server.
+
+No Tally RPC streams yet, so tests/protos/tally_test/streaming/v1/streaming.proto is compiled
+here (grpc_tools.protoc into tmp) and served by a plain servicer without interceptors.
+
+What the gateway answers for a server-streaming method (gateway/app.py `Gateway._stream`):
+
+* NDJSON (`Content-Type: application/x-ndjson`): one `{"result": <message JSON>}` per line;
+* with `Accept: text/event-stream`, SSE: one `data: {"result": ...}` event per message;
+* an error after the first message: status 200 already sent, so a last line
+  `{"error": <google.rpc.Status JSON>}` (SSE: `event: error` + `data: {"error": ...}`);
+* an error before the first message: a plain JSON error answer with the mapped HTTP status.
+
+Client-streaming methods are not served: gateway/routes.py leaves them out, so their path is a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from google.api import annotations_pb2
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.app import gateway_routes
+
+PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
+PROTO_FILE = "tally_test/streaming/v1/streaming.proto"
+PACKAGE = "tally_test.streaming.v1"
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+@dataclass(frozen=True)
+class Generated:
+    pb2: ModuleType
+    pb2_grpc: ModuleType
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generated]:
+    """streaming.proto compiled with grpc_tools.protoc and imported; sys.path and sys.modules restored."""
+    from grpc_tools import protoc  # type: ignore[import-untyped]
+
+    out = tmp_path_factory.mktemp("streaming_proto")
+    googleapis = Path(annotations_pb2.__file__).resolve().parents[2]  # site-packages: google/api/*.proto
+    well_known = Path(protoc.__file__).resolve().parent / "_proto"
+    argv = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{googleapis}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        PROTO_FILE,
+    ]
+    assert protoc.main(argv) == 0, f"protoc failed: {argv}"
+    sys.path.insert(0, str(out))
+    try:
+        module = PACKAGE + ".streaming_pb2"
+        yield Generated(importlib.import_module(module), importlib.import_module(module + "_grpc"))
+    finally:
+        sys.path.remove(str(out))
+        for name in [n for n in sys.modules if n == "tally_test" or n.startswith("tally_test.")]:
+            del sys.modules[name]
+
+
+def _not_found_status(after: int) -> status_pb2.Status:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="COUNT_EXHAUSTED", domain="tally.test"))
+    return status_pb2.Status(
+        code=grpc.StatusCode.NOT_FOUND.value[0], message=f"gone after {after}", details=[info]
+    )
+
+
+def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType, ended: asyncio.Queue[str]) -> Any:
+    """Count puts how each call ended on `ended`: 'done', 'aborted' or 'cancelled'."""
+
+    class Servicer(pb2_grpc.StreamingTestServiceServicer):  # type: ignore[name-defined,misc]
+        async def Count(
+            self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            outcome = "aborted"
+            try:
+                async for reply in self._count(request, context):
+                    yield reply
+                outcome = "done"
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                ended.put_nowait(outcome)
+
+        async def _count(
+            self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if request.upto < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upto must not be negative")
+            for value in range(1, request.upto + 1):
+                await asyncio.sleep(request.delay_ms / 1000)
+                if request.fail_after > 0 and value > request.fail_after:
+                    status = _not_found_status(request.fail_after)
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        status.message,
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                    )
+                yield pb2.CountReply(value=value, label=f"#{value}")
+
+        async def Sum(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
+            reply = pb2.SumReply()
+            async for item in request_iterator:
+                reply.total += item.value
+                reply.count += 1
+            return reply
+
+    return Servicer()
+
+
+@dataclass
+class Stack:
+    http: aiohttp.ClientSession
+    grpc_stub: Any
+    pb2: ModuleType
+    ended: asyncio.Queue[str]
+
+
+@pytest.fixture
+async def stack(generated: Generated) -> AsyncIterator[Stack]:
+    """A gRPC server with the test servicer, the gateway in front of it, and an HTTP client."""
+    pb2, pb2_grpc = generated.pb2, generated.pb2_grpc
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    server = grpc.aio.server()
+    pb2_grpc.add_StreamingTestServiceServicer_to_server(make_servicer(pb2, pb2_grpc, ended), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    service = pb2.DESCRIPTOR.services_by_name["StreamingTestService"]
+    app = web.Application()
+    app.add_routes(gateway_routes([service], channel))
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+    try:
+        yield Stack(session, pb2_grpc.StreamingTestServiceStub(channel), pb2, ended)
+    finally:
+        await session.close()
+        await runner.cleanup()
+        await channel.close()
+        await server.stop(None)
+
+
+def results(values: range) -> list[dict[str, Any]]:
+    return [{"result": {"value": v, "label": f"#{v}"}} for v in values]
+
+
+async def get(stack: Stack, path: str, *, sse: bool = False) -> tuple[int, str, str]:
+    headers = {"Accept": SSE} if sse else {}
+    async with stack.http.get(path, headers=headers) as response:
+        return response.status, response.content_type, await response.text()
+
+
+def ndjson_lines(text: str) -> list[Any]:
+    assert text.endswith("\n"), text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """(event name, JSON data) per SSE event; the name is 'message' when the event has none."""
+    events: list[tuple[str, Any]] = []
+    assert text.endswith("\n\n"), text
+    for block in text.split("\n\n")[:-1]:
+        name, data = "message", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            else:
+                assert field == "data", line
+                data.append(value)
+        events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+def assert_not_found_error(error: dict[str, Any]) -> None:
+    """The google.rpc.Status JSON of the servicer's abort, details decoded."""
+    assert error == {
+        "code": 5,
+        "message": "gone after 2",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "COUNT_EXHAUSTED",
+                "domain": "tally.test",
+            }
+        ],
+    }
+
+
+async def test_the_servicer_streams_over_grpc(stack: Stack) -> None:
+    """The fixture itself: the same RPC straight over gRPC."""
+    replies = [r.value async for r in stack.grpc_stub.Count(stack.pb2.CountRequest(upto=3))]
+    assert replies == [1, 2, 3]
+
+
+async def test_ndjson_stream(stack: Stack) -> None:
+    status, content_type, text = await get(stack, "/v1/count/3")
+    assert (status, content_type) == (200, NDJSON), text
+    assert ndjson_lines(text) == results(range(1, 4))
+
+
+async def test_sse_stream(stack: Stack) -> None:
+    status, content_type, text = await get(stack, "/v1/count/3", sse=True)
+    assert (status, content_type) == (200, SSE), text
+    assert sse_events(text) == [("message", r) for r in results(range(1, 4))]
+
+
+async def test_empty_stream(stack: Stack) -> None:
+    status, content_type, text = await get(stack, "/v1/count/0")
+    assert (status, content_type, text) == (200, NDJSON, "")
+    status, content_type, text = await get(stack, "/v1/count/0", sse=True)
+    assert (status, content_type, text) == (200, SSE, "")
+
+
+async def test_query_parameters_reach_a_streaming_request(stack: Stack) -> None:
+    """fail_after from the query string by JSON name and by proto name; both stop the stream."""
+    for query in ("failAfter=2", "fail_after=2"):
+        status, _, text = await get(stack, f"/v1/count/5?{query}")
+        assert status == 200, text
+        assert len(ndjson_lines(text)) == 3
+
+
+async def test_ndjson_error_mid_stream(stack: Stack) -> None:
+    status, content_type, text = await get(stack, "/v1/count/5?failAfter=2")
+    assert (status, content_type) == (200, NDJSON), text
+    *items, last = ndjson_lines(text)
+    assert items == results(range(1, 3))
+    assert list(last) == ["error"]
+    assert_not_found_error(last["error"])
+
+
+async def test_sse_error_mid_stream(stack: Stack) -> None:
+    status, content_type, text = await get(stack, "/v1/count/5?failAfter=2", sse=True)
+    assert (status, content_type) == (200, SSE), text
+    *items, (name, last) = sse_events(text)
+    assert items == [("message", r) for r in results(range(1, 3))]
+    assert name == "error"
+    assert list(last) == ["error"]
+    assert_not_found_error(last["error"])
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["ndjson", "sse"])
+async def test_error_before_the_first_message_is_a_plain_error(stack: Stack, sse: bool) -> None:
+    async with stack.http.get("/v1/count/-1", headers={"Accept": SSE} if sse else {}) as response:
+        assert response.status == 400
+        assert response.content_type == "application/json"
+        assert response.headers.get("X-Request-Id")
+        body = await response.json()
+    assert body == {"code": 3, "message": "upto must not be negative", "details": []}
+
+
+async def test_a_bad_request_is_refused_before_the_call(stack: Stack) -> None:
+    async with stack.http.get("/v1/count/3?nope=1") as response:
+        assert response.status == 400
+        body = await response.json()
+    assert body["code"] == 3 and "nope" in body["message"]
+
+
+async def test_a_deadline_mid_stream_is_a_last_error(stack: Stack) -> None:
+    """Grpc-Timeout is the whole stream's deadline: replies until then, then DEADLINE_EXCEEDED (4)."""
+    headers = {"Grpc-Timeout": "500m"}
+    async with stack.http.get("/v1/count/100?delayMs=50", headers=headers) as response:
+        assert response.status == 200
+        text = await response.text()
+    *items, last = ndjson_lines(text)
+    assert 1 <= len(items) < 100
+    assert items == results(range(1, len(items) + 1))
+    assert last["error"]["code"] == 4
+
+
+async def test_a_client_that_goes_away_cancels_the_call(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing the HTTP connection mid-stream cancels the gRPC call instead of leaving it running.
+
+    (Before: the next write raised ClientConnectionResetError out of the handler, logged as an
+    aiohttp.server ERROR, and the call ran on until garbage collection.)
+    """
+    async with stack.http.get("/v1/count/1000?delayMs=20") as response:
+        assert response.status == 200
+        first = json.loads(await response.content.readline())
+        assert first == results(range(1, 2))[0]
+        response.close()  # drops the connection
+    assert await asyncio.wait_for(stack.ended.get(), timeout=5) == "cancelled"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_client_streaming_is_not_served(stack: Stack) -> None:
+    """gateway/routes.py leaves client-streaming methods out: POST /v1/sum is no route (404)."""
+    reply = await stack.grpc_stub.Sum(iter([stack.pb2.SumRequest(value=v) for v in (1, 2, 3)]))
+    assert (reply.total, reply.count) == (6, 3)  # the servicer works; the gateway does not route to it
+    body = "\n".join(json.dumps({"value": v}) for v in (1, 2, 3)) + "\n"
+    headers = {"Content-Type": NDJSON}
+    async with stack.http.post("/v1/sum", data=body, headers=headers) as response:
+        assert response.status == 404
+        error = await response.json()
+    assert error["code"] == 5
+    assert error["message"] == "no route for POST /v1/sum"
+    assert error["details"][0]["reason"] == "ROUTE_NOT_FOUND"
