@@ -81,9 +81,14 @@ def parse_timeout(headers: Any) -> float | None:
     return value
 
 
-def request_metadata(headers: Any, request_id: str) -> list[tuple[str, str | bytes]]:
-    """The gRPC metadata for one HTTP request's headers."""
+def request_metadata(
+    headers: Any, request_id: str, client: str | None = None
+) -> list[tuple[str, str | bytes]]:
+    """The gRPC metadata for one HTTP request's headers. `client` is the HTTP peer's address,
+    forwarded so the server's rate limiter keys anonymous callers by client, not by gateway."""
     metadata: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
+    if client:
+        metadata.append(("x-forwarded-for", client))
     for name in _PASSED_HEADERS:
         for value in headers.getall(name, ()):
             metadata.append((name, value))
@@ -92,7 +97,7 @@ def request_metadata(headers: Any, request_id: str) -> list[tuple[str, str | byt
         if not lowered.startswith(_METADATA_PREFIX):
             continue
         key = lowered.removeprefix(_METADATA_PREFIX)
-        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-"):
+        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key == "x-forwarded-for":
             raise GatewayError.invalid(name, "not a usable gRPC metadata name")
         if key.endswith("-bin"):
             try:
@@ -189,7 +194,7 @@ class Gateway:
                 strict=self.strict,
                 idempotency_key=request.headers.get("Idempotency-Key") or request.headers.get("X-Request-Id"),
             )
-            metadata = request_metadata(request.headers, request_id)
+            metadata = request_metadata(request.headers, request_id, request.remote)
             timeout = parse_timeout(request.headers)
         except GatewayError as error:
             return self._error(error.status(), error.http, {**common, **error.headers}, request)

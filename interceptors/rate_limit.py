@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -311,6 +311,47 @@ class RateLimiter:
         _call_hook(self._on_redis_up)
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[IpNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+FORWARDED_FOR = "x-forwarded-for"
+
+
+def _address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    kind, _, rest = unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    if rest.startswith("["):
+        host = rest[1 : rest.find("]")] if "]" in rest else ""
+    elif kind == "ipv4" and ":" in rest:
+        host = rest.rpartition(":")[0]
+    else:
+        host = rest
+    try:
+        return ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+
+
+def address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def client_key(peer: str, forwarded_for: str | None, trusted: Sequence[IpNetwork] = LOOPBACK) -> str:
+    """The key of an anonymous caller: its address, or, when the direct peer is a trusted proxy
+    (by default the REST gateway on loopback), the client address the proxy forwarded."""
+    address = _address(peer)
+    if forwarded_for and address is not None and any(address in network for network in trusted):
+        try:
+            return address_key(ipaddress.ip_address(forwarded_for.split(",")[0].strip()))
+        except ValueError:
+            pass
+    return peer_key(peer)
+
+
 def peer_key(peer: str) -> str:
     """The caller's address from `context.peer()`, for keying buckets.
 
@@ -319,26 +360,10 @@ def peer_key(peer: str) -> str:
     IPv6 address counts as IPv4; every Unix-socket caller shares "unix"; anything
     unparsable is "unknown". Percent-encoded peers (newer gRPC cores) are decoded.
     """
-    kind, _, rest = unquote(peer).partition(":")
-    if kind.startswith("unix"):
+    if unquote(peer).startswith("unix"):
         return "unix"
-    if kind not in ("ipv4", "ipv6"):
-        return "unknown"
-    if rest.startswith("["):
-        host = rest[1 : rest.find("]")] if "]" in rest else ""
-    elif kind == "ipv4" and ":" in rest:
-        host = rest.rpartition(":")[0]
-    else:
-        host = rest
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    address = _address(peer)
+    return address_key(address) if address is not None else "unknown"
 
 
 def describe_limit(limit: RateLimit) -> str:
@@ -373,9 +398,16 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     (health checks, reflection). The cost is charged once per call, streams included.
     """
 
-    def __init__(self, limiter: RateLimiter, group_for: Callable[[str], tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        group_for: Callable[[str], tuple[str, int]],
+        *,
+        trusted_proxies: Sequence[IpNetwork] = LOOPBACK,
+    ) -> None:
         self._limiter = limiter
         self._group_for = group_for
+        self._trusted = tuple(trusted_proxies)
 
     async def intercept_service(
         self,
@@ -400,7 +432,11 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         if principal is not None:
             key, kind = principal.subject, "principal"
         else:
-            key, kind = "peer:" + peer_key(context.peer()), "peer"
+            forwarded = next((v for k, v in context.invocation_metadata() or () if k == FORWARDED_FOR), None)
+            key = "peer:" + client_key(
+                context.peer(), forwarded if isinstance(forwarded, str) else None, self._trusted
+            )
+            kind = "peer"
         decision = await self._limiter.check(group, key, cost)
         if decision.allowed:
             return

@@ -258,3 +258,22 @@ async def test_the_redis_bound_passes_results_and_errors_through() -> None:
     assert await _bounded(answer(), 1) == Decision(allowed=False, remaining=1, retry_after=2)
     with pytest.raises(OSError, match="refused"):
         await _bounded(fail(), 1)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", "203.0.113.9"),  # the in-process gateway forwards
+        ("ipv6:[::1]:5000", "2001:db8::7", "2001:db8::/64"),
+        ("ipv4:127.0.0.1:5000", "203.0.113.9, 10.0.0.1", "203.0.113.9"),
+        ("ipv4:198.51.100.4:5000", "203.0.113.9", "198.51.100.4"),  # not a trusted proxy: ignored
+        ("ipv4:127.0.0.1:5000", "not-an-address", "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", None, "127.0.0.1"),
+    ],
+)
+def test_anonymous_callers_behind_a_trusted_proxy_are_keyed_by_client(
+    peer: str, forwarded: str | None, expected: str
+) -> None:
+    from interceptors.rate_limit import client_key
+
+    assert client_key(peer, forwarded) == expected

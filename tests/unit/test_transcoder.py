@@ -340,3 +340,15 @@ def test_error_body_shape_and_headers() -> None:
     unauthenticated = status_pb2.Status(code=16, message="no token")
     assert error_headers(unauthenticated, had_credentials=False) == {"WWW-Authenticate": "Bearer"}
     assert status_json(status_pb2.Status(code=5)) == {"code": 5, "message": "", "details": []}
+
+
+def test_the_client_address_is_forwarded_and_cannot_be_spoofed() -> None:
+    from multidict import CIMultiDict
+
+    from gateway.app import request_metadata
+    from gateway.errors import GatewayError
+
+    metadata = request_metadata(CIMultiDict(), "req-1", "203.0.113.9")
+    assert ("x-forwarded-for", "203.0.113.9") in metadata
+    with pytest.raises(GatewayError):
+        request_metadata(CIMultiDict({"Grpc-Metadata-X-Forwarded-For": "1.2.3.4"}), "req-1", "203.0.113.9")
