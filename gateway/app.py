@@ -12,6 +12,11 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 
 Server-streaming methods answer NDJSON (`{"result": ...}` per message), or server-sent
 events with `Accept: text/event-stream`; an error mid-stream is a last `{"error": status}`.
+
+Client-streaming methods take a newline-delimited JSON body (`application/x-ndjson`, or
+`application/json` with one object per line; blank lines ignored), one request message
+per line, read whole (within `max_body_bytes`) and streamed to the call. A client-streaming
+method answers its one reply as JSON; a bidirectional one answers like server streaming.
 """
 
 from __future__ import annotations
@@ -30,14 +35,13 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from core.request_context import new_request_id
 from core.settings import parse_host_port
 from gateway.errors import GatewayError, error_headers, http_status, status_from_rpc_error, status_json
 from gateway.routes import Route, RouteTable
-from gateway.transcoder import build_request, response_json
+from gateway.transcoder import build_request, build_stream_requests, response_json
 
 log = logging.getLogger("tally.gateway")
 
@@ -163,7 +167,11 @@ class Gateway:
         self.use_proto_names = use_proto_names
         self._calls: dict[Route, Any] = {}
         for route in self.table.routes:
-            make = channel.unary_stream if route.server_streaming else channel.unary_unary
+            make: Any
+            if route.client_streaming:
+                make = channel.stream_stream if route.server_streaming else channel.stream_unary
+            else:
+                make = channel.unary_stream if route.server_streaming else channel.unary_unary
             self._calls[route] = make(
                 route.grpc_method,
                 request_serializer=route.request_class.SerializeToString,
@@ -186,7 +194,9 @@ class Gateway:
                 return self._preflight(request, raw_path, common)
             route, variables = self.table.lookup(request.method, raw_path)
             body = await self._read_body(request)
-            message = build_request(
+            # One message, or for client streaming the list of them (one per NDJSON line).
+            build = build_stream_requests if route.client_streaming else build_request
+            message = build(
                 route,
                 variables,
                 list(request.rel_url.query.items()),
@@ -198,9 +208,9 @@ class Gateway:
             timeout = parse_timeout(request.headers)
         except GatewayError as error:
             return self._error(error.status(), error.http, {**common, **error.headers}, request)
-        if route.server_streaming:
-            return await self._stream(request, route, message, metadata, timeout, common)
         call = self._calls[route](message, metadata=metadata, timeout=timeout)
+        if route.server_streaming:
+            return await self._stream(request, route, call, common)
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
@@ -263,14 +273,11 @@ class Gateway:
         self,
         request: web.Request,
         route: Route,
-        message: Message,
-        metadata: list[tuple[str, str | bytes]],
-        deadline: float | None,
+        call: Any,
         common: dict[str, str],
     ) -> web.StreamResponse:
         """NDJSON, or SSE with `Accept: text/event-stream`; errors before the first message are plain."""
         sse = "text/event-stream" in request.headers.get("Accept", "")
-        call = self._calls[route](message, metadata=metadata, timeout=deadline)
         try:
             first_metadata = await call.initial_metadata()
         except grpc.aio.AioRpcError as error:

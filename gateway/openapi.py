@@ -273,8 +273,12 @@ class _DocumentBuilder:
 
     def add_service(self, service: ServiceDescriptor) -> None:
         bound = [(method, http_bindings(method)) for method in service.methods]
-        # Client streaming is not served over REST (gateway/routes.py), so it is not documented either.
-        bound = [(method, bindings) for method, bindings in bound if bindings and not method.client_streaming]
+        # A client-streaming binding without a body is not served (gateway/routes.py), nor documented.
+        bound = [
+            (method, [b for b in bindings if b.body or not method.client_streaming])
+            for method, bindings in bound
+        ]
+        bound = [(method, bindings) for method, bindings in bound if bindings]
         if not bound:
             return
         tag: JSON = {"name": service.name}
@@ -390,10 +394,14 @@ class _DocumentBuilder:
             field = resolve(request, body)[-1]
             schema = self.schemas.field(field)
             description = schema.pop("description", "")
-        request_body: JSON = {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
+        if method.client_streaming:
+            # The gateway takes one message per line (gateway/transcoder.py build_stream_requests).
+            line = "One JSON object per line (newline-delimited JSON), each one message of the stream."
+            description = f"{line}\n\n{description}" if description else line
+            content = {"application/x-ndjson": {"schema": schema}}
+        else:
+            content = {"application/json": {"schema": schema}}
+        request_body: JSON = {"required": True, "content": content}
         if description:
             request_body["description"] = description
         return request_body

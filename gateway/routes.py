@@ -6,6 +6,9 @@ method name, the request and response classes, and which request fields the
 path and the body bind. `RouteTable.lookup` answers (route, path variables), or
 raises a GatewayError for 404 (no route) and 405 (a route under another method,
 with `Allow`).
+
+Client-streaming methods are routed too: the body is newline-delimited JSON, one
+request message per line (see gateway/transcoder.py `build_stream_requests`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Route:
     response_body: str  # "" (the whole response) or a top-level field name
     path_fields: frozenset[str]
     server_streaming: bool
+    client_streaming: bool = False
 
     def is_bound(self, field_path: str) -> bool:
         """Whether the path or the body binds `field_path` (or a field around or inside it)."""
@@ -109,23 +113,34 @@ def _route(service: ServiceDescriptor, method: MethodDescriptor, rule: Any) -> R
         response_body=response_body,
         path_fields=frozenset(template.variables),
         server_streaming=method.server_streaming,
+        client_streaming=method.client_streaming,
     )
 
 
 def routes_of(services: Sequence[ServiceDescriptor]) -> list[Route]:
-    """One Route per HTTP binding of every method; client-streaming methods are left out."""
+    """One Route per HTTP binding of every method.
+
+    A client-streaming binding without a body is left out (with a warning): its
+    messages come one per line of the body, so it could never receive one.
+    """
     routes: list[Route] = []
     for service in services:
         for method in service.methods:
             options = method.GetOptions()
             if not options.HasExtension(annotations_pb2.http):
                 continue
-            if method.client_streaming:
-                log.warning("%s/%s: client streaming is not served over REST", service.full_name, method.name)
-                continue
             for binding in _bindings(options.Extensions[annotations_pb2.http]):
-                if _pattern(binding) is not None:
-                    routes.append(_route(service, method, binding))
+                if _pattern(binding) is None:
+                    continue
+                if method.client_streaming and not binding.body:
+                    log.warning(
+                        "%s/%s: a client-streaming binding needs a body; %s left out",
+                        service.full_name,
+                        method.name,
+                        " ".join(_pattern(binding) or ()),
+                    )
+                    continue
+                routes.append(_route(service, method, binding))
     return routes
 
 

@@ -16,6 +16,10 @@ layer binds:
 Unknown query parameters and unknown JSON fields are 400 errors naming them
 unless `strict` is off, in which case they are ignored. Field names may be
 given as lowerCamelCase JSON names or as the proto names.
+
+A client-streaming route's body is newline-delimited JSON (`build_stream_requests`):
+each non-blank line is one body, parsed by the same rules, and the path variables
+and query parameters apply to every message; errors name the line (1-based).
 """
 
 from __future__ import annotations
@@ -239,9 +243,12 @@ def _leaf(message: Message, path: str) -> tuple[Any, bool]:
 
 
 def _apply_path(route: Route, message: Message, variables: Mapping[str, str]) -> None:
-    if not variables:
-        return
-    from_path = _path_message(route, variables)
+    if variables:
+        _merge_path(message, variables, _path_message(route, variables))
+
+
+def _merge_path(message: Message, variables: Mapping[str, str], from_path: Message) -> None:
+    """`from_path` (the path variables as a message) merged in; 400 PATH_CONFLICT when the body disagrees."""
     for path in variables:
         body_value, body_set = _leaf(message, path)
         path_value, _ = _leaf(from_path, path)
@@ -350,6 +357,73 @@ def build_request(
     fill_update_mask(route, message, parsed)
     fill_request_id(message, idempotency_key)
     return message
+
+
+def _on_line(error: GatewayError, line: int) -> GatewayError:
+    """The same error, its message and field violations prefixed with `line N: `."""
+    return GatewayError(
+        error.code,
+        f"line {line}: {error.message}",
+        reason=error.reason,
+        http=error.http,
+        violations=[(field, f"line {line}: {description}") for field, description in error.violations],
+        headers=error.headers,
+    )
+
+
+def _json_lines(body: bytes) -> list[tuple[int, Any]]:
+    """(1-based line number, parsed JSON) for every non-blank line of an NDJSON body; 400 naming the line."""
+    parsed: list[tuple[int, Any]] = []
+    for number, raw in enumerate(body.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            parsed.append((number, json.loads(raw)))
+        except UnicodeDecodeError:
+            raise GatewayError.invalid(f"line {number}", "not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise GatewayError.invalid(
+                f"line {number}", f"malformed JSON: {exc.msg} at column {exc.colno}"
+            ) from None
+    return parsed
+
+
+def build_stream_requests(
+    route: Route,
+    variables: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    body: bytes,
+    *,
+    strict: bool = True,
+    idempotency_key: str | None = None,
+) -> list[Message]:
+    """The request messages of a client-streaming call: one per non-blank line of an NDJSON body.
+
+    Each line is parsed like the body of `build_request`; the path variables, query
+    parameters and idempotency key apply to every message. 400 for an empty body, and
+    for a bad line with `line N: ` in the message.
+    """
+    lines = _json_lines(body)
+    if not lines:
+        raise GatewayError.invalid("body", "no messages: expected one JSON object per line")
+    # The path and the query once: their errors are not a line's.
+    from_path = _path_message(route, variables) if variables else None
+    from_query = route.request_class()
+    _apply_query(route, from_query, query, strict=strict)
+    messages: list[Message] = []
+    for number, parsed in lines:
+        message = route.request_class()
+        try:
+            _apply_body(route, message, parsed, strict=strict)
+            if from_path is not None:
+                _merge_path(message, variables, from_path)
+        except GatewayError as error:
+            raise _on_line(error, number) from None
+        message.MergeFrom(from_query)
+        fill_update_mask(route, message, parsed)
+        fill_request_id(message, idempotency_key)
+        messages.append(message)
+    return messages
 
 
 def response_json(route: Route, response: Message, *, use_proto_names: bool = False) -> Any:

@@ -11,7 +11,10 @@ What the gateway answers for a server-streaming method (gateway/app.py `Gateway.
   `{"error": <google.rpc.Status JSON>}` (SSE: `event: error` + `data: {"error": ...}`);
 * an error before the first message: a plain JSON error answer with the mapped HTTP status.
 
-Client-streaming methods are not served: gateway/routes.py leaves them out, so their path is a 404.
+What it answers for a client-streaming method (`Sum`, `POST /v1/sum`): the body is NDJSON, one
+request message per line (blank lines ignored), streamed to the call; the one reply is plain JSON,
+errors (the gateway's, naming the line, or the server's) plain JSON errors. A bidirectional method
+(`RunningSum`) takes the same body and answers like a server-streaming one.
 """
 
 from __future__ import annotations
@@ -86,6 +89,16 @@ def _not_found_status(after: int) -> status_pb2.Status:
     )
 
 
+def _negative_status(position: int) -> status_pb2.Status:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="NEGATIVE_VALUE", domain="tally.test"))
+    return status_pb2.Status(
+        code=grpc.StatusCode.OUT_OF_RANGE.value[0],
+        message=f"value {position} is negative",
+        details=[info],
+    )
+
+
 def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType, ended: asyncio.Queue[str]) -> Any:
     """Count puts how each call ended on `ended`: 'done', 'aborted' or 'cancelled'."""
 
@@ -122,10 +135,29 @@ def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType, ended: asyncio.Queue[st
 
         async def Sum(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
             reply = pb2.SumReply()
-            async for item in request_iterator:
-                reply.total += item.value
-                reply.count += 1
+            async for running in self._running_sum(request_iterator, context):
+                reply = running
             return reply
+
+        async def RunningSum(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for reply in self._running_sum(request_iterator, context):
+                yield reply
+
+        async def _running_sum(
+            self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            total = count = 0
+            async for item in request_iterator:
+                if item.value < 0:
+                    status = _negative_status(count + 1)
+                    await context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        status.message,
+                        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                    )
+                total += item.value
+                count += 1
+                yield pb2.SumReply(total=total, count=count)
 
     return Servicer()
 
@@ -136,6 +168,18 @@ class Stack:
     grpc_stub: Any
     pb2: ModuleType
     ended: asyncio.Queue[str]
+    channel: grpc.aio.Channel
+    service: Any
+
+
+async def serve(routes: list[web.RouteDef]) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
 
 
 @pytest.fixture
@@ -149,16 +193,10 @@ async def stack(generated: Generated) -> AsyncIterator[Stack]:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
     service = pb2.DESCRIPTOR.services_by_name["StreamingTestService"]
-    app = web.Application()
-    app.add_routes(gateway_routes([service], channel))
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve(gateway_routes([service], channel))
     session = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
     try:
-        yield Stack(session, pb2_grpc.StreamingTestServiceStub(channel), pb2, ended)
+        yield Stack(session, pb2_grpc.StreamingTestServiceStub(channel), pb2, ended, channel, service)
     finally:
         await session.close()
         await runner.cleanup()
@@ -311,15 +349,172 @@ async def test_a_client_that_goes_away_cancels_the_call(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-async def test_client_streaming_is_not_served(stack: Stack) -> None:
-    """gateway/routes.py leaves client-streaming methods out: POST /v1/sum is no route (404)."""
+def ndjson(*items: Any) -> str:
+    return "".join(json.dumps(item) + "\n" for item in items)
+
+
+async def post(
+    stack: Stack, path: str, body: str | bytes, *, content_type: str = NDJSON
+) -> tuple[int, str, Any]:
+    """Status, content type and the parsed body (JSON, or the text of a stream)."""
+    async with stack.http.post(path, data=body, headers={"Content-Type": content_type}) as response:
+        assert response.headers.get("X-Request-Id")
+        if response.content_type == "application/json":
+            return response.status, response.content_type, await response.json()
+        return response.status, response.content_type, await response.text()
+
+
+def assert_bad_request(error: dict[str, Any], *, reason: str, field: str) -> None:
+    assert error["code"] == 3, error
+    info, *rest = error["details"]
+    assert info["reason"] == reason, error
+    if rest:
+        assert rest[0]["fieldViolations"][0]["field"] == field, error
+
+
+async def test_client_streaming_over_grpc(stack: Stack) -> None:
+    """The fixture itself: Sum straight over gRPC."""
     reply = await stack.grpc_stub.Sum(iter([stack.pb2.SumRequest(value=v) for v in (1, 2, 3)]))
-    assert (reply.total, reply.count) == (6, 3)  # the servicer works; the gateway does not route to it
-    body = "\n".join(json.dumps({"value": v}) for v in (1, 2, 3)) + "\n"
-    headers = {"Content-Type": NDJSON}
-    async with stack.http.post("/v1/sum", data=body, headers=headers) as response:
-        assert response.status == 404
-        error = await response.json()
-    assert error["code"] == 5
-    assert error["message"] == "no route for POST /v1/sum"
-    assert error["details"][0]["reason"] == "ROUTE_NOT_FOUND"
+    assert (reply.total, reply.count) == (6, 3)
+
+
+async def test_client_streaming_sums_ndjson_lines(stack: Stack) -> None:
+    """int64 is a JSON string in the proto3 JSON mapping, so the total is "6"."""
+    status, content_type, reply = await post(
+        stack, "/v1/sum", ndjson({"value": 1}, {"value": 2}, {"value": "3"})
+    )
+    assert (status, content_type) == (200, "application/json"), reply
+    assert reply == {"total": "6", "count": 3}
+
+
+async def test_client_streaming_ignores_blank_lines(stack: Stack) -> None:
+    """Blank and whitespace-only lines are skipped; CRLF, no final newline and application/json are fine."""
+    body = '\n{"value": 1}\r\n\n   \n{"value": 2}\r\n\t\n{"value": 3}'
+    status, _, reply = await post(stack, "/v1/sum", body, content_type="application/json")
+    assert status == 200, reply
+    assert reply == {"total": "6", "count": 3}
+
+
+async def test_client_streaming_path_variables_go_into_every_message(stack: Stack) -> None:
+    status, _, reply = await post(stack, "/v1/sum/5", ndjson({}, {"value": 5}, {}))
+    assert status == 200, reply
+    assert reply == {"total": "15", "count": 3}
+    status, _, error = await post(stack, "/v1/sum/5", ndjson({}, {"value": 4}))
+    assert status == 400, error
+    assert error["message"].startswith("line 2: value: ")
+    assert_bad_request(error, reason="PATH_CONFLICT", field="value")
+
+
+async def test_client_streaming_malformed_line_names_it(stack: Stack) -> None:
+    status, _, error = await post(stack, "/v1/sum", '{"value": 1}\n{"value": \n{"value": 3}\n')
+    assert status == 400, error
+    assert error["message"].startswith("line 2: malformed JSON: ")
+    assert_bad_request(error, reason="INVALID_ARGUMENT", field="line 2")
+    status, _, error = await post(stack, "/v1/sum", b'{"value": 1}\n\n{"value": "\xff"}\n')
+    assert status == 400, error
+    assert error["message"] == "line 3: not UTF-8 text"
+
+
+async def test_client_streaming_unknown_field_names_it_and_the_line(stack: Stack) -> None:
+    status, _, error = await post(
+        stack, "/v1/sum", ndjson({"value": 1}, {"value": 2}, {"value": 3, "nope": 1})
+    )
+    assert status == 400, error
+    assert error["message"] == "line 3: unknown fields in the body: nope"
+    assert_bad_request(error, reason="UNKNOWN_FIELD", field="nope")
+    assert error["details"][1]["fieldViolations"][0]["description"] == "line 3: unknown field"
+
+
+async def test_client_streaming_bad_value_names_the_line(stack: Stack) -> None:
+    status, _, error = await post(stack, "/v1/sum", ndjson({"value": 1}, {"value": "x"}))
+    assert status == 400, error
+    assert error["message"].startswith("line 2: value: ")
+    status, _, error = await post(stack, "/v1/sum", ndjson({"value": 1}, [1]))
+    assert status == 400, error
+    assert error["message"] == "line 2: body: expected a JSON object"
+
+
+@pytest.mark.parametrize("body", ["", "\n", " \n\r\n\t"], ids=["empty", "newline", "blank"])
+async def test_client_streaming_without_messages_is_refused(stack: Stack, body: str) -> None:
+    status, _, error = await post(stack, "/v1/sum", body)
+    assert status == 400, error
+    assert error["message"] == "body: no messages: expected one JSON object per line"
+
+
+async def test_client_streaming_query_parameters_follow_the_body_rules(stack: Stack) -> None:
+    """`body: "*"` binds every field, so a query parameter is refused (once, not per line)."""
+    status, _, error = await post(stack, "/v1/sum?value=2", ndjson({"value": 1}))
+    assert status == 400, error
+    assert error["message"] == "value: is bound by the URL path or the body; not a query parameter"
+
+
+async def test_client_streaming_body_over_the_limit_is_413(stack: Stack) -> None:
+    runner, port = await serve(gateway_routes([stack.service], stack.channel, max_body_bytes=64))
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
+            small = ndjson({"value": 1}, {"value": 2})
+            async with session.post("/v1/sum", data=small, headers={"Content-Type": NDJSON}) as response:
+                assert response.status == 200
+                assert await response.json() == {"total": "3", "count": 2}
+            large = ndjson(*[{"value": v} for v in range(20)])
+            assert len(large) > 64
+
+            async def chunked() -> AsyncIterator[bytes]:
+                yield large.encode()
+
+            for data in (large, chunked()):  # with a Content-Length, and without (chunked)
+                async with session.post("/v1/sum", data=data, headers={"Content-Type": NDJSON}) as response:
+                    assert response.status == 413
+                    error = await response.json()
+                assert error["message"] == "request body is larger than 64 bytes"
+                assert error["details"][0]["reason"] == "BODY_TOO_LARGE"
+    finally:
+        await runner.cleanup()
+
+
+async def test_client_streaming_server_error_is_mapped(stack: Stack) -> None:
+    status, content_type, error = await post(
+        stack, "/v1/sum", ndjson({"value": 1}, {"value": -2}, {"value": 3})
+    )
+    assert (status, content_type) == (400, "application/json"), error
+    assert error == {
+        "code": 11,
+        "message": "value 2 is negative",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "NEGATIVE_VALUE",
+                "domain": "tally.test",
+            }
+        ],
+    }
+
+
+async def test_bidirectional_streaming_answers_a_stream(stack: Stack) -> None:
+    status, content_type, text = await post(stack, "/v1/sum:running", ndjson({"value": 1}, {"value": 2}, {}))
+    assert (status, content_type) == (200, NDJSON), text
+    assert ndjson_lines(text) == [
+        {"result": {"total": "1", "count": 1}},
+        {"result": {"total": "3", "count": 2}},
+        {"result": {"total": "3", "count": 3}},
+    ]
+    status, content_type, text = await post(stack, "/v1/sum:running", ndjson({"value": 1}, {"value": -1}))
+    assert (status, content_type) == (200, NDJSON), text
+    first, last = ndjson_lines(text)
+    assert first == {"result": {"total": "1", "count": 1}}
+    assert last["error"]["code"] == 11 and last["error"]["message"] == "value 2 is negative"
+    status, _, error = await post(stack, "/v1/sum:running", ndjson({"value": -1}))
+    assert status == 400 and error["code"] == 11, error
+
+
+async def test_client_streaming_is_documented(stack: Stack) -> None:
+    async with stack.http.get("/openapi.json") as response:
+        assert response.status == 200
+        doc = await response.json()
+    body = doc["paths"]["/v1/sum"]["post"]["requestBody"]
+    assert list(body["content"]) == [NDJSON]
+    assert body["content"][NDJSON]["schema"] == {
+        "$ref": "#/components/schemas/tally_test.streaming.v1.SumRequest"
+    }
+    assert "One JSON object per line" in body["description"]
+    assert "text/event-stream" in doc["paths"]["/v1/sum:running"]["post"]["responses"]["200"]["content"]

@@ -273,6 +273,14 @@ service {
     server_streaming: true
     options { [google.api.http] { post: "/v1/widgets:watch" body: "*" } }
   }
+  method {
+    name: "UploadWidgets" input_type: ".tally.testing.v1.Widget" output_type: ".google.protobuf.Empty"
+    client_streaming: true
+    options { [google.api.http] {
+      post: "/v1/widgets:upload" body: "*"
+      additional_bindings { get: "/v1/widgets:upload" }
+    } }
+  }
   method { name: "Internal" input_type: ".google.protobuf.Empty" output_type: ".google.protobuf.Empty" }
 }
 """
@@ -299,7 +307,13 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
     for pointer in refs(doc):
         resolve(doc, pointer)
     paths = doc["paths"]
-    assert set(paths) == {"/v1/{name}", "/v1/things/{name}", "/v1/{name}/parent", "/v1/widgets:watch"}
+    assert set(paths) == {
+        "/v1/{name}",
+        "/v1/things/{name}",
+        "/v1/{name}/parent",
+        "/v1/widgets:watch",
+        "/v1/widgets:upload",
+    }
 
     get = paths["/v1/{name}"]["get"]
     name = params(get)[("path", "name")]
@@ -325,6 +339,16 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
     assert watch["requestBody"]["content"]["application/json"]["schema"] == {"type": "object"}
     assert set(watch["responses"]["200"]["content"]) == {"application/x-ndjson", "text/event-stream"}
     assert "Internal" not in json.dumps(doc)
+
+    # Client streaming: one request message per line of an NDJSON body; a binding without a body
+    # cannot carry the stream, so it is neither served (gateway/routes.py) nor documented.
+    assert set(paths["/v1/widgets:upload"]) == {"post"}
+    upload = paths["/v1/widgets:upload"]["post"]["requestBody"]
+    # Widget is also a response message, so the body schema is its own component (as for unary).
+    body_schema = {"$ref": SCHEMAS + "tally.testing.v1.WidgetService.UploadWidgetsBody"}
+    assert upload["content"] == {"application/x-ndjson": {"schema": body_schema}}
+    assert upload["description"].startswith("One JSON object per line")
+    assert set(paths["/v1/widgets:upload"]["post"]["responses"]["200"]["content"]) == {"application/json"}
 
     widget = schema(doc, "tally.testing.v1.Widget")["properties"]
     assert widget["name"]["description"] == "The widget's name."
