@@ -218,13 +218,24 @@ def _set_nested(tree: dict[str, Any], fields: Sequence[FieldDescriptor], value: 
 def _path_message(route: Route, variables: Mapping[str, str]) -> Message:
     tree: dict[str, Any] = {}
     descriptor = route.method.input_type
+    message = route.request_class()
     for path, text in variables.items():
         fields = _resolve(descriptor, path)
         if fields is None:  # routes_of checked every variable; a template returning others is a bug
             raise GatewayError.invalid(path, "unknown path variable")
-        _set_nested(tree, fields, _scalar_json(fields[-1], text, path))
-    message = route.request_class()
-    _parse_into(tree, message, strict=True)
+        leaf = fields[-1]
+        if leaf.type == FieldDescriptor.TYPE_STRING and not _is_repeated(leaf):
+            # The common case (ids): set it directly, skipping the JSON round trip.
+            target = message
+            for field in fields[:-1]:
+                target = getattr(target, field.name)
+            setattr(target, leaf.name, text)
+        else:
+            _set_nested(tree, fields, _scalar_json(leaf, text, path))
+    if tree:
+        parsed = route.request_class()
+        _parse_into(tree, parsed, strict=True)
+        message.MergeFrom(parsed)
     return message
 
 
