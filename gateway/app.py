@@ -182,7 +182,9 @@ class Gateway:
         defs: list[web.RouteDef] = []
         for prefix in self.table.prefixes():
             defs.append(web.route("*", f"/{prefix}", self.handle))
-            defs.append(web.route("*", f"/{prefix}/{{tail:.*}}", self.handle))
+            # [\s\S], not `.`: a path with an encoded newline (%0A) must still reach the gateway
+            # and get its JSON error, not aiohttp's text/plain 404 (found by schemathesis).
+            defs.append(web.route("*", f"/{prefix}/{{tail:[\\s\\S]*}}", self.handle))
         return defs
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

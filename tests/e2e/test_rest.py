@@ -1,0 +1,295 @@
+"""End to end: the REST/JSON gateway, fuzzed against its own /openapi.json, and stand-alone before gRPC."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.e2e.harness import (
+    START_DEADLINE_SECONDS,
+    RunningServer,
+    admin_token,
+    running_server,
+    server_env,
+    stop_gracefully,
+    tally_command,
+)
+
+pytestmark = pytest.mark.e2e
+
+# A rate limit far above anything the fuzzer sends, so 429s never hide a real answer.
+NO_RATE_LIMITS = json.dumps(
+    {"default": {"rate": 100000, "burst": 100000}, "auth": {"rate": 100000, "burst": 100000}}
+)
+GATEWAY_MARKER = "tally gateway on"
+HTTP_TIMEOUT_SECONDS = 10
+
+
+def request(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One HTTP call: (status, headers, JSON body or None); error statuses are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{base}{path}", data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310 (http://)
+            status, headers, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, dict(error.headers), error.read()
+    return status, headers, json.loads(raw) if raw else None
+
+
+# --- 1. schemathesis against the live /openapi.json -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("rest")
+    env = server_env(data_dir, TALLY_RATE_LIMITS=NO_RATE_LIMITS)
+    with running_server(env, data_dir) as server:
+        assert server.http_addr, f"the serving line has no http_addr:\n{server.stderr}"
+        yield server
+
+
+def without_dotted_path_names(document: dict[str, Any]) -> dict[str, Any]:
+    """`{account.id}` -> `{account_id}` in path templates and their path parameters.
+
+    Dotted names are valid OpenAPI (and what grpc-gateway emits), but schemathesis fills path templates
+    with `str.format`, which reads `{account.id}` as attribute access and rejects the operation. The
+    renamed template yields the very same URLs.
+    """
+    paths: dict[str, Any] = {}
+    for template, item in document["paths"].items():
+        dotted = set(re.findall(r"\{([^{}]*\.[^{}]*)\}", template))
+        for name in dotted:
+            template = template.replace(f"{{{name}}}", f"{{{name.replace('.', '_')}}}")
+        for operation in item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("in") == "path" and parameter.get("name") in dotted:
+                    parameter["name"] = parameter["name"].replace(".", "_")
+        paths[template] = item
+    return {**document, "paths": paths}
+
+
+@pytest.fixture(scope="module")
+def api_schema(rest_server: RunningServer) -> schemathesis.BaseSchema:
+    base = f"http://{rest_server.http_addr}"
+    status, _, document = request(rest_server.http_addr, "GET", "/openapi.json")
+    assert status == 200, document
+    schema = schemathesis.openapi.from_dict(without_dotted_path_names(document))
+    schema.config.update(base_url=base)
+    return schema
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+MAX_EXAMPLES = 15
+
+
+def fuzz_operation(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode) -> None:
+    """Hypothesis over one operation's cases, as admin; raises the (shrunk) failure with a curl reproducer."""
+    headers = {"Authorization": f"Bearer {admin_token()}"}
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no `explain`: slow, and it adds little here
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(headers=headers, timeout=HTTP_TIMEOUT_SECONDS)
+        case.validate_response(response, checks=CHECKS, headers=headers)
+
+    run()
+
+
+# schemathesis.pytest.from_fixture() (its lazy loader) fails on pytest 9 (`Function` has no `_nodeid`),
+# so every operation is driven here through `APIOperation.as_strategy()` and plain Hypothesis.
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+def test_openapi_operations_conform(
+    api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
+) -> None:
+    """Every documented operation: no 5xx, and a documented status, content type and body schema."""
+    failures: list[str] = []
+    operations = 0
+    for result in api_schema.get_all_operations():
+        operations += 1
+        if isinstance(result, Err):
+            failures.append(f"=== an operation schemathesis cannot load ===\n{vars(result.err())}")
+            continue
+        operation = result.ok()
+        try:
+            fuzz_operation(operation, mode)
+        except Exception as error:  # collect every operation's failure, then fail once
+            failures.append(f"=== {operation.label} ({mode}) ===\n{error}")
+    assert operations >= 16, f"only {operations} operations in /openapi.json"
+    assert not failures, "\n\n".join(failures)
+
+
+def test_openapi_document_is_openapi_31(rest_server: RunningServer) -> None:
+    status, headers, document = request(rest_server.http_addr, "GET", "/openapi.json")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert document["openapi"].startswith("3.1")
+    assert "/v1/accounts" in document["paths"]
+
+
+def test_path_parameter_with_newline_gets_a_json_error(rest_server: RunningServer) -> None:
+    """Found by schemathesis (negative mode, DELETE /v1/accounts/{id}); any route, any method."""
+    status, headers, _ = request(rest_server.http_addr, "GET", "/v1/accounts/a%0Ab", token=admin_token())
+    assert status == 404
+    assert headers["Content-Type"].startswith("application/json"), headers
+
+
+# --- 2. the stand-alone gateway -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (`tally gateway` logs the configured address, not the bound one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_gateway(gateway: RunningServer) -> None:
+    deadline = time.monotonic() + START_DEADLINE_SECONDS
+    while not any(message.startswith(GATEWAY_MARKER) for message in gateway.log_messages()):
+        if gateway.proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"tally gateway did not start (exit code {gateway.proc.poll()})\n"
+                f"--- stderr ---\n{gateway.stderr}",
+                pytrace=False,
+            )
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def gateway_and_server(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """A `tally serve` and a `tally gateway --target` in front of its gRPC port."""
+    env = server_env(tmp_path)
+    with running_server(env, tmp_path) as server:
+        http_addr = f"127.0.0.1:{free_port()}"
+        proc = subprocess.Popen(
+            [*tally_command(), "gateway", "--target", server.addr],
+            env={**env, "TALLY_HTTP_ADDR": http_addr},
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        gateway = RunningServer(proc, addr=server.addr, http_addr=http_addr)
+        try:
+            gateway.start_reader()
+            wait_for_gateway(gateway)
+            yield server, gateway
+        finally:
+            gateway.kill()
+
+
+def test_standalone_gateway_creates_reads_and_requires_auth(
+    gateway_and_server: tuple[RunningServer, RunningServer],
+) -> None:
+    server, gateway = gateway_and_server
+    base = gateway.http_addr
+    assert base != server.http_addr
+    token = admin_token()
+
+    status, headers, created = request(
+        base,
+        "POST",
+        "/v1/accounts",
+        {"displayName": "Gateway Corp", "email": "billing@gateway.test", "currencyCode": "USD"},
+        token=token,
+    )
+    assert status == 200, created
+    assert headers["Content-Type"].startswith("application/json")
+    assert headers.get("X-Request-Id")
+    account_id = created["id"]
+    assert account_id.startswith("acct_"), created
+
+    status, _, fetched = request(base, "GET", f"/v1/accounts/{account_id}", token=token)
+    assert status == 200, fetched
+    assert fetched["id"] == account_id
+    assert fetched["displayName"] == "Gateway Corp"
+
+    status, headers, error = request(base, "GET", f"/v1/accounts/{account_id}")
+    assert status == 401, error
+    assert headers.get("WWW-Authenticate", "").startswith("Bearer"), headers
+    assert error["code"] == 16, error  # UNAUTHENTICATED, the google.rpc.Status JSON
+
+    status, _, _ = request(base, "GET", "/openapi.json")
+    assert status == 200
+
+    assert stop_gracefully(gateway, signal.SIGTERM, timeout=15) == 0, gateway.stderr
+
+
+# --- 3. the REST call named in the README: service account id + secret for a token ------------------------
+
+
+def test_readme_service_token_over_rest(rest_server: RunningServer) -> None:
+    base = rest_server.http_addr
+    status, _, created = request(
+        base,
+        "POST",
+        "/v1/serviceAccounts",
+        {"displayName": "billing-job", "scopes": ["accounts:read"]},
+        token=admin_token(),
+    )
+    assert status == 200, created
+    client_id = created["serviceAccount"]["id"]
+    secret = created["clientSecret"]
+    assert client_id.startswith("svc_") and secret, created
+
+    status, _, issued = request(
+        base, "POST", "/v1/auth:token", {"clientId": client_id, "clientSecret": secret}
+    )
+    assert status == 200, issued
+    service_token = issued["accessToken"]
+
+    status, _, listed = request(base, "GET", "/v1/accounts", token=service_token)
+    assert status == 200, listed
+    status, _, denied = request(
+        base, "POST", "/v1/accounts", {"displayName": "x", "currencyCode": "USD"}, token=service_token
+    )
+    assert status == 403, denied
+
+    status, _, refused = request(
+        base, "POST", "/v1/auth:token", {"clientId": client_id, "clientSecret": "wrong"}
+    )
+    assert status == 401, refused
