@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
                     strict=settings.gateway_strict,
                     cors_origins=settings.cors_origins,
                     max_body_bytes=settings.gateway_max_body_bytes,
+                    use_proto_names=settings.gateway_proto_names,
                 ),
             )
         elif command == "token":

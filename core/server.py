@@ -305,6 +305,7 @@ async def build(
                 strict=settings.gateway_strict,
                 cors_origins=settings.cors_origins,
                 max_body_bytes=settings.gateway_max_body_bytes,
+                use_proto_names=settings.gateway_proto_names,
             ),
         )
     except BaseException:

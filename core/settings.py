@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     gateway_strict: bool = Field(
         True, description="REST: unknown query parameters and JSON fields are 400 errors (false: ignored)."
     )
+    gateway_proto_names: bool = Field(
+        False, description="REST: answer with the proto field names (display_name) instead of lowerCamelCase."
+    )
     gateway_max_body_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="REST: largest request body (413 above)."
     )

@@ -372,6 +372,7 @@ async def serve_gateway(
     strict: bool = True,
     cors_origins: Iterable[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    use_proto_names: bool = False,
 ) -> None:
     """A stand-alone gateway (`tally gateway --target HOST:PORT`): REST on `http_addr` until `stop` is set.
 
@@ -386,7 +387,12 @@ async def serve_gateway(
         app = web.Application()
         app.add_routes(
             gateway_routes(
-                services, channel, strict=strict, cors_origins=cors_origins, max_body_bytes=max_body_bytes
+                services,
+                channel,
+                strict=strict,
+                cors_origins=cors_origins,
+                max_body_bytes=max_body_bytes,
+                use_proto_names=use_proto_names,
             )
         )
         runner = web.AppRunner(app, handle_signals=False)

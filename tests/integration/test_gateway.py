@@ -295,3 +295,26 @@ async def test_rate_limited_answers_429_with_retry_after(settings: Settings) -> 
             detail(body, "RetryInfo")
     finally:
         await app.stop(grace=0)
+
+
+async def test_tally_serve_answers_rest_with_proto_names_when_asked(settings: Settings) -> None:
+    """tally serve serves the gateway on TALLY_HTTP_ADDR; TALLY_GATEWAY_PROTO_NAMES picks the names."""
+    from core.server import build
+    from tests.conftest import cheap_passwords, mint
+
+    application = await build(
+        settings.model_copy(update={"gateway_proto_names": True}), passwords=cheap_passwords()
+    )
+    await application.start()
+    try:
+        headers = {"Authorization": f"Bearer {mint(application)}"}
+        base = f"http://127.0.0.1:{application.http_port}"
+        async with aiohttp.ClientSession() as session:
+            body = {"displayName": "Names Ltd", "email": "names@example.test", "currencyCode": "USD"}
+            async with session.post(f"{base}/v1/accounts", json=body, headers=headers) as response:
+                assert response.status == 200
+                created = await response.json()
+    finally:
+        await application.stop(grace=0)
+    assert created["display_name"] == "Names Ltd"
+    assert "displayName" not in created
