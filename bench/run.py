@@ -227,7 +227,7 @@ def print_chain_report(
     print()
     print(
         f"""\
-{chain.FULL}: `tally serve` with Tracing, Observability, ErrorMapping, Auth, RateLimit, Deadline;
+{chain.FULL}: `tally serve` with Tracing, Observability, ErrorMapping, Auth, RateLimit;
   auth: an HS256 admin token (subject cli:{info.subject}) verified on every call;
   rate limit: token bucket in Redis ({info.redis_url}), limits far above the load so nothing is
   refused; every call runs the Lua script in Redis unless a Redis call takes over 100 ms (the limiter
