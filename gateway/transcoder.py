@@ -194,8 +194,10 @@ def _camel(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
 
-def _resolve(descriptor: Descriptor, key: str) -> list[FieldDescriptor] | None:
-    """The fields along a dotted query key, or None if some segment names no usable field."""
+@functools.lru_cache(maxsize=4096)
+def _resolve(descriptor: Descriptor, key: str) -> tuple[FieldDescriptor, ...] | None:
+    """The fields along a dotted query key, or None if some segment names no usable field.
+    Cached: path variables and query keys repeat, so the descriptor walk happens once per key."""
     fields: list[FieldDescriptor] = []
     current: Descriptor | None = descriptor
     for segment in key.split("."):
@@ -206,7 +208,7 @@ def _resolve(descriptor: Descriptor, key: str) -> list[FieldDescriptor] | None:
             return None
         fields.append(field)
         current = None if _is_repeated(field) else _plain_type(field)
-    return fields
+    return tuple(fields)
 
 
 def _set_nested(tree: dict[str, Any], fields: Sequence[FieldDescriptor], value: Any) -> None:
