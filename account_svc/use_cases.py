@@ -21,16 +21,7 @@ from core.principal import Caller
 _MAX_ID_LENGTH = 64
 # What a customer may change on its own account; billing terms (currency, status) are the biller's.
 CUSTOMER_WRITABLE = frozenset({"display_name", "email", "phone", "billing_address"})
-_AUDITED = (
-    "display_name",
-    "email",
-    "phone",
-    "billing_address",
-    "currency_code",
-    "status",
-    "metadata",
-    "delete_time",
-)
+_AUDITED = (*domain.UPDATABLE_FIELDS, "delete_time")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from core.clock import SystemClock
 from core.errors import AlreadyExists
 from core.pagination import PageTokens
 from core.principal import SYSTEM, Caller
-from core.server import build
+from core.server import App, build
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tests.conftest import asyncpg_dsn, channel_as, cheap_passwords, mint
@@ -189,73 +189,65 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
         await connection.close()
 
 
+@pytest.fixture
+async def pg_app(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[App]:
+    app = await build(postgres_settings, passwords=cheap_passwords())
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0)
+
+
 async def test_lost_database_connections_give_unavailable_then_recover(
-    postgres_settings: Settings, postgres_clean: None, postgres_url: str
+    pg_app: App, postgres_url: str
 ) -> None:
-    app = await build(postgres_settings, passwords=cheap_passwords())
-    await app.start()
-    try:
-        async with channel_as(app, mint(app)) as channel:
-            stub = account_pb2_grpc.AccountServiceStub(channel)
-            created = await stub.CreateAccount(
-                account_pb2.CreateAccountRequest(
-                    account=account_pb2.Account(
-                        display_name="Kept", email="kept@example.test", currency_code="USD"
-                    )
-                )
+    async with channel_as(pg_app, mint(pg_app)) as channel:
+        stub = account_pb2_grpc.AccountServiceStub(channel)
+        created = await create_account(stub, "kept@example.test")
+        killer = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            killed = await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                postgres_url.rsplit("/", 1)[-1],
             )
-            killer = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        finally:
+            await killer.close()
+        assert killed >= 1
+
+        codes = []
+        for _ in range(3):
             try:
-                killed = await killer.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                    postgres_url.rsplit("/", 1)[-1],
-                )
-            finally:
-                await killer.close()
-            assert killed >= 1
-
-            codes = []
-            for _ in range(3):
-                try:
-                    reply = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id), timeout=10)
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.aio.AioRpcError as error:
-                    codes.append(error.code())
-            # Pooled connections were cut: calls fail as retryable UNAVAILABLE (never INTERNAL)
-            # until the pool has replaced them, then succeed again.
-            assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}, codes
-            assert codes[0] == grpc.StatusCode.UNAVAILABLE, codes
-            assert codes[-1] == grpc.StatusCode.OK, codes
-            assert reply.id == created.id
-    finally:
-        await app.stop(grace=0)
+                reply = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id), timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+        # Pooled connections were cut: calls fail as retryable UNAVAILABLE (never INTERNAL)
+        # until the pool has replaced them, then succeed again.
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}, codes
+        assert codes[0] == grpc.StatusCode.UNAVAILABLE, codes
+        assert codes[-1] == grpc.StatusCode.OK, codes
+        assert reply.id == created.id
 
 
-async def test_deadline_cancels_database_work(
-    postgres_settings: Settings, postgres_clean: None, postgres_url: str
-) -> None:
+async def test_deadline_cancels_database_work(pg_app: App, postgres_url: str) -> None:
     """A call whose deadline passes while it waits on the database stops waiting and changes nothing."""
-    app = await build(postgres_settings, passwords=cheap_passwords())
-    await app.start()
-    try:
-        async with channel_as(app, mint(app)) as channel:
-            stub = account_pb2_grpc.AccountServiceStub(channel)
-            created = await create_account(stub, "late@example.test")
-            async with row_locked(postgres_url, created.id) as (blocker, transaction):
-                with pytest.raises(grpc.aio.AioRpcError) as late:
-                    await stub.UpdateAccount(
-                        account_pb2.UpdateAccountRequest(
-                            account=account_pb2.Account(id=created.id, display_name="Too late")
-                        ),
-                        timeout=0.5,
-                    )
-                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                # The server gave up its lock wait: no backend of this database waits on a lock.
-                assert await waits_on_lock(blocker, postgres_url, expected=False)
-                await transaction.rollback()
-            after = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id))
-            assert after.display_name == "Before"
-            assert after.etag == created.etag
-    finally:
-        await app.stop(grace=0)
+    async with channel_as(pg_app, mint(pg_app)) as channel:
+        stub = account_pb2_grpc.AccountServiceStub(channel)
+        created = await create_account(stub, "late@example.test")
+        async with row_locked(postgres_url, created.id) as (blocker, transaction):
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await stub.UpdateAccount(
+                    account_pb2.UpdateAccountRequest(
+                        account=account_pb2.Account(id=created.id, display_name="Too late")
+                    ),
+                    timeout=0.5,
+                )
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The server gave up its lock wait: no backend of this database waits on a lock.
+            assert await waits_on_lock(blocker, postgres_url, expected=False)
+            await transaction.rollback()
+        after = await stub.GetAccount(account_pb2.GetAccountRequest(id=created.id))
+        assert after.display_name == "Before"
+        assert after.etag == created.etag
