@@ -169,6 +169,10 @@ async def build_components(
     )
 
 
+class ListenError(Exception):
+    """A listen address could not be bound; the message names the setting."""
+
+
 class Readiness:
     """Whether this process takes traffic: true from start() until stop() begins."""
 
@@ -204,7 +208,13 @@ class App:
 
     async def start(self) -> None:
         await self.server.start()
-        await self.http.start()
+        try:
+            await self.http.start()
+        except OSError as exc:
+            await self.server.stop(0)
+            raise ListenError(
+                f"cannot listen on {self.settings.http_addr} (TALLY_HTTP_ADDR): {exc.strerror or exc}"
+            ) from exc
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -349,6 +349,17 @@ def test_port_taken_by_another_program_exits_1(tmp_path: Path) -> None:
     assert "tally serving gRPC on" not in result.stderr
 
 
+def test_http_port_taken_exits_1_naming_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = run_tally("serve", server_env(tmp_path, TALLY_HTTP_ADDR=f"127.0.0.1:{port}"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (TALLY_HTTP_ADDR)" in result.stderr
+    assert "cannot reach" not in result.stderr
+
+
 def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
     """gRPC sets SO_REUSEPORT by default: without ("grpc.so_reuseport", 0) a second `tally serve` would
     bind the port of a running one and the kernel would split clients between the two."""
