@@ -15,7 +15,6 @@ from tests.conftest import unavailable
 from tests.e2e.harness import (
     ACCOUNTS,
     GRPCURL_STATUS_EXIT_BASE,
-    call,
     call_error,
     grpcurl,
     run_tally,
@@ -116,22 +115,35 @@ def redis_db() -> str:
 
 def test_two_servers_share_one_redis_bucket(tmp_path: Path, redis_db: str) -> None:
     limits = json.dumps({"default": {"rate": 0.001, "burst": 4}})
-    subject = f"e2e-{uuid.uuid4().hex[:8]}"  # a bucket of its own on the shared Redis
+    run = uuid.uuid4().hex[:8]  # buckets of this run's own on the shared Redis, removed afterwards
     envs = [server_env(tmp_path / name, TALLY_REDIS_URL=redis_db, TALLY_RATE_LIMITS=limits) for name in "ab"]
     for env in envs:
         Path(env["TALLY_DATA_DIR"]).mkdir()
-    token = run_tally(
-        "token", envs[0], tmp_path, args=("--role", "admin", "--subject", subject)
-    ).stdout.strip()
-    with running_server(envs[0], tmp_path / "a") as first, running_server(envs[1], tmp_path / "b") as second:
-        for addr in (first.addr, second.addr, first.addr, second.addr):
-            result = grpcurl(addr, f"{ACCOUNTS}/ListAccounts", data={}, token=token)
-            assert result.returncode == 0, result.stderr
-        error = call_error(second.addr, f"{ACCOUNTS}/ListAccounts", {}, token=token)
-        assert error.code == "ResourceExhausted"
-        assert error.detail("google.rpc.RetryInfo")["retry_delay"]
-        # Another principal has a bucket of its own.
-        assert call(first.addr, f"{ACCOUNTS}/ListAccounts") is not None
+    first_token, other_token = (
+        run_tally(
+            "token", envs[0], tmp_path, args=("--role", "admin", "--subject", f"e2e-{run}-{n}")
+        ).stdout.strip()
+        for n in (1, 2)
+    )
+    client = redis.Redis.from_url(redis_db)
+    try:
+        with (
+            running_server(envs[0], tmp_path / "a") as first,
+            running_server(envs[1], tmp_path / "b") as second,
+        ):
+            for addr in (first.addr, second.addr, first.addr, second.addr):
+                result = grpcurl(addr, f"{ACCOUNTS}/ListAccounts", data={}, token=first_token)
+                assert result.returncode == 0, result.stderr
+            error = call_error(second.addr, f"{ACCOUNTS}/ListAccounts", {}, token=first_token)
+            assert error.code == "ResourceExhausted"
+            assert error.detail("google.rpc.RetryInfo")["retry_delay"]
+            # Another principal has a bucket of its own.
+            other = grpcurl(first.addr, f"{ACCOUNTS}/ListAccounts", data={}, token=other_token)
+            assert other.returncode == 0, other.stderr
+    finally:
+        for key in client.scan_iter(f"tally:rl:*:cli:e2e-{run}-*"):
+            client.delete(key)
+        client.close()
 
 
 def test_production_refuses_to_start_without_keys(tmp_path: Path) -> None:
