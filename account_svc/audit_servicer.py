@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
@@ -11,7 +10,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from account_svc.unit_of_work import AccountsUnitOfWork
 from core.audit import AuditEvent
-from core.errors import InvalidArgument
 from core.pagination import PageTokens, page_size
 from tally.account.v1 import audit_pb2, audit_pb2_grpc
 
@@ -45,13 +43,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     ) -> audit_pb2.ListAuditEventsResponse:
         limit = page_size(request.page_size)
         query = {"resource_id": request.resource_id, "actor": request.actor}
-        before = None
-        if request.page_token:
-            position = self._page_tokens.decode(request.page_token, query)
-            try:
-                before = (datetime.fromisoformat(str(position["t"])), str(position["i"]))
-            except (KeyError, ValueError):
-                raise InvalidArgument.field("page_token", "is not a page token from this API") from None
+        before = self._page_tokens.decode_key(request.page_token, query)
         async with self._new_reader() as reader:
             events = await reader.audit.list(
                 resource_id=request.resource_id, actor=request.actor, before=before, limit=limit + 1
@@ -59,7 +51,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         token = ""
         if len(events) > limit:
             events = events[:limit]
-            token = self._page_tokens.encode({"t": events[-1].time.isoformat(), "i": events[-1].id}, query)
+            token = self._page_tokens.encode_key(events[-1].time, events[-1].id, query)
         return audit_pb2.ListAuditEventsResponse(
             audit_events=[event_to_proto(e) for e in events], next_page_token=token
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 
 from account_svc import domain
 from account_svc.domain import Account, AccountFields, AccountStatus
@@ -156,20 +155,14 @@ async def list_accounts(
     limit = page_size(size)
     query = replace(domain.parse_filter(filter_text), only_id=caller.customer_account)
     token_scope = {"filter": query.canonical(), "show_deleted": show_deleted}
-    after: tuple[datetime, str] | None = None
-    if page_token:
-        position = deps.page_tokens.decode(page_token, token_scope)
-        try:
-            after = (datetime.fromisoformat(position["t"]), str(position["i"]))
-        except (KeyError, TypeError, ValueError):
-            raise InvalidArgument.field("page_token", "is not a page token from this API") from None
+    after = deps.page_tokens.decode_key(page_token, token_scope)
     async with deps.new_reader() as uow:
         rows = await uow.accounts.list(query, show_deleted=show_deleted, after=after, limit=limit + 1)
     next_token = ""
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        next_token = deps.page_tokens.encode({"t": last.create_time.isoformat(), "i": last.id}, token_scope)
+        next_token = deps.page_tokens.encode_key(last.create_time, last.id, token_scope)
     return AccountPage(rows, next_token)
 
 

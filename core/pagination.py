@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from core.errors import InvalidArgument
@@ -78,3 +79,17 @@ class PageTokens:
         if not isinstance(position, dict):
             raise InvalidArgument.field("page_token", "is not a page token from this API")
         return position
+
+    def encode_key(self, time: datetime, last_id: str, query: Mapping[str, Any]) -> str:
+        """A token for keyset pagination ordered by (time, id): the last row returned."""
+        return self.encode({"t": time.isoformat(), "i": last_id}, query)
+
+    def decode_key(self, token: str, query: Mapping[str, Any]) -> tuple[datetime, str] | None:
+        """The (time, id) a token from `encode_key` carries; None for no token."""
+        if not token:
+            return None
+        position = self.decode(token, query)
+        try:
+            return datetime.fromisoformat(str(position["t"])), str(position["i"])
+        except (KeyError, ValueError):
+            raise InvalidArgument.field("page_token", "is not a page token from this API") from None

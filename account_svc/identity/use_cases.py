@@ -392,10 +392,7 @@ async def list_service_accounts(
 ) -> ServiceAccountPage:
     limit = page_size(size)
     scope = {"show_deleted": show_deleted}
-    after = None
-    if page_token:
-        position = deps.page_tokens.decode(page_token, scope)
-        after = (datetime.fromisoformat(str(position["t"])), str(position["i"]))
+    after = deps.page_tokens.decode_key(page_token, scope)
     async with deps.new_reader() as reader:
         rows = await reader.identity.list_service_accounts(
             show_deleted=show_deleted, after=after, limit=limit + 1
@@ -403,7 +400,7 @@ async def list_service_accounts(
     token = ""
     if len(rows) > limit:
         rows = rows[:limit]
-        token = deps.page_tokens.encode({"t": rows[-1].create_time.isoformat(), "i": rows[-1].id}, scope)
+        token = deps.page_tokens.encode_key(rows[-1].create_time, rows[-1].id, scope)
     return ServiceAccountPage(rows, token)
 
 
