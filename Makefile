@@ -35,6 +35,8 @@ lint: check-generated
 	@echo "==> ruff"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@echo "==> import-linter (layers)"
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	@echo "==> mypy"

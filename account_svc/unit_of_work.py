@@ -15,10 +15,19 @@ from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
 
 
 class AccountsUnitOfWork(Protocol):
-    accounts: AccountRepository
-    identity: IdentityRepository
-    idempotency: IdempotencyRepository
-    audit: AuditLog
+    """What the account use cases need: accounts, request ids and the audit log.
+
+    Members are read-only properties so that fakes may use their own repository classes.
+    """
+
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -27,6 +36,13 @@ class AccountsUnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+
+class IdentityUnitOfWork(AccountsUnitOfWork, Protocol):
+    """The identity use cases need users, sessions and service accounts as well."""
+
+    @property
+    def identity(self) -> IdentityRepository: ...
 
 
 class SqlAccountsUnitOfWork(UnitOfWork):

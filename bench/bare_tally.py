@@ -1,12 +1,12 @@
 """Tally's AccountService with no interceptors at all: the bench's "no interceptors" target.
 
 Run as a subprocess with the same TALLY_* environment as `tally serve`:
-`python bench/bare_tally.py`. It builds `core.server.build_components(settings)`
+`python bench/bare_tally.py`. It builds `app.server.build_components(settings)`
 (the same database, keys and use-case dependencies as the real server) and
 serves only `AccountServicer(components.accounts)` on a `grpc.aio.server()`
 without interceptors: no tracing, access log, metrics, error mapping, auth
 (the `authorization` header is ignored), rate limit or deadline. The transport
-options are the real server's (`core.server.server_options`), so only the
+options are the real server's (`app.server.server_options`), so only the
 interceptor chain differs. Event loop: TALLY_EVENT_LOOP (auto: uvloop when
 installed). Binds TALLY_GRPC_ADDR (the bench passes 127.0.0.1:0) and prints one
 JSON line `{"port": N, "database": "..."}` on stdout. SIGTERM or SIGINT stops it.
@@ -22,8 +22,8 @@ import sys
 import grpc
 
 from account_svc.servicer import AccountServicer
+from app.server import build_components, server_options
 from core import logs
-from core.server import build_components, server_options
 from core.settings import Settings, SettingsError, load_settings
 from tally.account.v1 import account_pb2_grpc
 

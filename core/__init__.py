@@ -1,1 +1,2 @@
-"""Shared core of Tally: settings, database, errors, ids, money, clock and the composition root."""
+"""The foundation of Tally: settings, database and unit of work, errors, money, clocks, ids,
+pagination, idempotency, audit and the request principal. It imports no other Tally package."""

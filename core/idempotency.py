@@ -110,7 +110,8 @@ class SqlIdempotencyRepository:
 
 
 class IdempotentUnitOfWork(Protocol):
-    idempotency: IdempotencyRepository
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -1,6 +1,6 @@
 """An OpenAPI 3.1 document for the REST/JSON side, built from the services' google.api.http rules.
 
-    document = build_openapi(core.server.SERVICES)
+    document = build_openapi(app.modules.SERVICES)
 
 Every RPC with a `google.api.http` rule (and each of its `additional_bindings`)
 becomes an operation; RPCs without one are left out. Bodies and responses use

@@ -1,1 +1,1 @@
-"""gRPC server interceptors, one concern each; core.server composes them in order."""
+"""gRPC server interceptors, one concern each; app.server composes them in order."""

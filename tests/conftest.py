@@ -20,9 +20,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from account_svc.identity.domain import Argon2Hasher
-from core import db, migrate
+from app import migrate
+from app.modules import table_names
+from app.server import App, build
+from core import db
 from core.principal import Principal, Role, scopes_for
-from core.server import App, build
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
 
@@ -90,10 +92,7 @@ async def postgres_url() -> AsyncIterator[str]:
 async def _truncate(url: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await connection.execute(
-            "TRUNCATE accounts, idempotency_keys, users, service_accounts, auth_sessions, refresh_tokens, "
-            "audit_events"
-        )
+        await connection.execute(f"TRUNCATE {', '.join(table_names())}")
     finally:
         await connection.close()
 
@@ -129,10 +128,10 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         database_url=postgres_url,
         migrate_on_start=True,
         data_dir=tmp_path,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
-        jwt_hs256_secret=JWT_SECRET,  # type: ignore[arg-type]
+        jwt_hs256_secret=JWT_SECRET,
     )
 
 
@@ -162,7 +161,7 @@ async def app(settings: Settings) -> AsyncIterator[App]:
         await application.stop(grace=0)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     """Adds `authorization: Bearer <token>` to every call of a channel."""
 
     def __init__(self, token: str):
@@ -172,10 +171,10 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClie
         metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
         return details._replace(metadata=metadata)
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
 
 

@@ -11,14 +11,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from account_svc.unit_of_work import AccountsUnitOfWork
+from account_svc.unit_of_work import IdentityUnitOfWork
 from core.clock import Clock
 
 
 class SessionCache:
     def __init__(
         self,
-        new_reader: Callable[[], AccountsUnitOfWork],
+        new_reader: Callable[[], IdentityUnitOfWork],
         clock: Clock,
         *,
         live_for: float = 5.0,

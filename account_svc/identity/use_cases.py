@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from account_svc.domain import MAX_EMAIL, check_email
 from account_svc.identity import domain
 from account_svc.identity.domain import PasswordHasher, RefreshToken, ServiceAccount, Session, User
-from account_svc.unit_of_work import AccountsUnitOfWork
+from account_svc.unit_of_work import IdentityUnitOfWork
 from core import ids
 from core.audit import changes_between
 from core.clock import Clock
@@ -42,8 +42,8 @@ class Issuer(Protocol):
 
 @dataclass
 class IdentityDeps:
-    new_uow: Callable[[], AccountsUnitOfWork]
-    new_reader: Callable[[], AccountsUnitOfWork]
+    new_uow: Callable[[], IdentityUnitOfWork]
+    new_reader: Callable[[], IdentityUnitOfWork]
     clock: Clock
     passwords: PasswordHasher
     issuer: Issuer
@@ -94,7 +94,7 @@ def _user_principal(user: User, session_id: str) -> Principal:
     )
 
 
-async def _start_session(deps: IdentityDeps, uow: AccountsUnitOfWork, user: User, now: datetime) -> Tokens:
+async def _start_session(deps: IdentityDeps, uow: IdentityUnitOfWork, user: User, now: datetime) -> Tokens:
     session = Session(
         id=ids.new_id(domain.SESSION_PREFIX),
         user_id=user.id,
@@ -109,7 +109,7 @@ async def _start_session(deps: IdentityDeps, uow: AccountsUnitOfWork, user: User
 
 
 async def _new_refresh_token(
-    deps: IdentityDeps, uow: AccountsUnitOfWork, session: Session, now: datetime
+    deps: IdentityDeps, uow: IdentityUnitOfWork, session: Session, now: datetime
 ) -> str:
     secret = domain.new_secret()
     token = RefreshToken(
@@ -124,7 +124,7 @@ async def _new_refresh_token(
 
 
 async def _audit_session(
-    uow: AccountsUnitOfWork, caller: Caller, session_id: str, action: str, now: datetime
+    uow: IdentityUnitOfWork, caller: Caller, session_id: str, action: str, now: datetime
 ) -> None:
     await uow.audit.record(
         caller, time=now, resource_type="session", resource_id=session_id, action=action, changes={}
@@ -153,7 +153,7 @@ async def login(deps: IdentityDeps, caller: Caller, email: str, password: str) -
 
 
 async def _check_refresh_token(
-    uow: AccountsUnitOfWork, raw: str, now: datetime
+    uow: IdentityUnitOfWork, raw: str, now: datetime
 ) -> tuple[RefreshToken, Session]:
     token_id, secret = domain.parse_refresh_token(raw)
     token = await uow.identity.get_refresh_token(token_id)
@@ -266,7 +266,7 @@ async def create_user(
     assert role is not None
     password_hash = await asyncio.to_thread(deps.passwords.hash, password)
 
-    async def action(uow: AccountsUnitOfWork) -> User:
+    async def action(uow: IdentityUnitOfWork) -> User:
         if account_id:
             account = await uow.accounts.get(account_id)
             if account is None or account.is_deleted:
@@ -357,7 +357,7 @@ async def create_service_account(
     secret = domain.new_secret()
     created: list[ServiceAccount] = []
 
-    async def action(uow: AccountsUnitOfWork) -> ServiceAccount:
+    async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
         now = deps.clock.now()
         account = ServiceAccount(
             ids.new_id(domain.SERVICE_ACCOUNT_PREFIX), display_name, tuple(sorted(set(scopes))), now, None
@@ -408,7 +408,7 @@ async def delete_service_account(deps: IdentityDeps, caller: Caller, account_id:
     if not account_id:
         raise InvalidArgument.field("id", "is required")
 
-    async def action(uow: AccountsUnitOfWork) -> ServiceAccount:
+    async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
         found = (
             await uow.identity.get_service_account(account_id, for_update=True)
             if len(account_id) <= 64

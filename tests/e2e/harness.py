@@ -40,11 +40,11 @@ STATUS_CODES = {
 
 
 def tally_command() -> list[str]:
-    """The installed `tally` script next to this interpreter, else `python -m core.cli`."""
+    """The installed `tally` script next to this interpreter, else `python -m app.cli`."""
     script = Path(sys.executable).parent / "tally"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "core.cli"]
+    return [sys.executable, "-m", "app.cli"]
 
 
 def grpcurl_path() -> Path:

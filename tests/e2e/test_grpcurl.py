@@ -293,7 +293,7 @@ def test_duplicate_email_already_exists(addr: str) -> None:
 
 
 def test_request_id_replays_the_first_response(addr: str) -> None:
-    request = {"account": new_account("replay"), "request_id": f"req-{uuid.uuid4().hex}"}
+    request: dict[str, Any] = {"account": new_account("replay"), "request_id": f"req-{uuid.uuid4().hex}"}
     first = call(addr, CREATE, request)
     second = call(addr, CREATE, request)
     assert second == first
@@ -429,7 +429,10 @@ def test_postgres_needs_tally_migrate_then_serves(empty_postgres_url: str, tmp_p
 def test_postgres_migrated_database_serves_idempotent_creates(postgres_url: str, tmp_path: Path) -> None:
     env = server_env(tmp_path, TALLY_DATABASE_URL=postgres_url)
     with running_server(env, cwd=tmp_path) as own:
-        request = {"account": new_account("pg-replay"), "request_id": f"req-{uuid.uuid4().hex}"}
+        request: dict[str, Any] = {
+            "account": new_account("pg-replay"),
+            "request_id": f"req-{uuid.uuid4().hex}",
+        }
         first = call(own.addr, CREATE, request)
         assert call(own.addr, CREATE, request) == first
         error = call_error(own.addr, CREATE, {**request, "account": new_account("pg-other")})

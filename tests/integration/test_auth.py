@@ -13,10 +13,11 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from account_svc.identity.tokens import TokenIssuer
+from app.modules import SERVICES
+from app.server import App
 from core.clock import FrozenClock
 from core.principal import Principal, Role
-from core.server import SERVICES, App
-from core.tokens import TokenIssuer
 from interceptors.policy import PolicyTable
 from tally.account.v1 import account_pb2, account_pb2_grpc, audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
 from tests.conftest import channel_as, mint
@@ -229,7 +230,8 @@ async def _user_with_login(app: App, admin: grpc.aio.Channel, role: int, account
     email = f"user-{role}-{account_id or 'admin'}@staff.test"
     await auth_pb2_grpc.AuthServiceStub(admin).CreateUser(
         auth_pb2.CreateUserRequest(
-            user=auth_pb2.User(email=email, role=role, account_id=account_id), password=PASSWORD
+            user=auth_pb2.User(email=email, role=role, account_id=account_id),  # type: ignore[arg-type]
+            password=PASSWORD,
         )
     )
     return email

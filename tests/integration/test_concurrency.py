@@ -17,12 +17,12 @@ from account_svc import use_cases
 from account_svc.domain import AccountFields
 from account_svc.unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
+from app.server import App, build
 from core import db
 from core.clock import SystemClock
 from core.errors import AlreadyExists
 from core.pagination import PageTokens
 from core.principal import SYSTEM, Caller
-from core.server import App, build
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tests.conftest import asyncpg_dsn, channel_as, cheap_passwords, mint

@@ -10,9 +10,10 @@ import grpc
 import pytest
 from yarl import URL
 
-from core.http import HttpServer
+from app.http import HttpServer
+from app.modules import SERVICES
+from app.server import App, build
 from core.principal import Role
-from core.server import SERVICES, App, build
 from core.settings import RateLimit, Settings
 from gateway.app import gateway_routes
 from tests.conftest import cheap_passwords, mint
@@ -67,7 +68,7 @@ async def call(
 def detail(body: dict[str, Any], kind: str) -> dict[str, Any]:
     for item in body["details"]:
         if item["@type"] == f"type.googleapis.com/google.rpc.{kind}":
-            return item  # type: ignore[no-any-return]
+            return item
     raise AssertionError(f"no {kind} in {body}")
 
 
@@ -299,7 +300,7 @@ async def test_rate_limited_answers_429_with_retry_after(settings: Settings) -> 
 
 async def test_tally_serve_answers_rest_with_proto_names_when_asked(settings: Settings) -> None:
     """tally serve serves the gateway on TALLY_HTTP_ADDR; TALLY_GATEWAY_PROTO_NAMES picks the names."""
-    from core.server import build
+    from app.server import build
     from tests.conftest import cheap_passwords, mint
 
     application = await build(

@@ -102,7 +102,7 @@ def _negative_status(position: int) -> status_pb2.Status:
 def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType, ended: asyncio.Queue[str]) -> Any:
     """Count puts how each call ended on `ended`: 'done', 'aborted' or 'cancelled'."""
 
-    class Servicer(pb2_grpc.StreamingTestServiceServicer):  # type: ignore[name-defined,misc]
+    class Servicer(pb2_grpc.StreamingTestServiceServicer):  # type: ignore[name-defined]
         async def Count(
             self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:

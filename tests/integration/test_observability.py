@@ -32,9 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.http import HttpServer
 from core import db
 from core.errors import NotFound
-from core.http import HttpServer
 from core.logs import JsonFormatter
 from core.metrics import Metrics
 from core.principal import Principal, Role, current_principal, reset_principal, set_principal

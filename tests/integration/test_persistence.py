@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from account_svc.domain import Account, AccountFilter, AccountStatus, PostalAddress
 from account_svc.repository import AccountRow
 from account_svc.unit_of_work import SqlAccountsUnitOfWork
-from core import db, ids, migrate
+from app import migrate
+from core import db, ids
 from core.errors import AlreadyExists
 from core.idempotency import KeyClaimed
 

@@ -414,7 +414,7 @@ async def test_probes_are_at_most_one_per_interval() -> None:
 
         async def execute_command(self, *args: Any, **options: Any) -> Any:
             self.calls += 1
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+            return await super().execute_command(*args, **options)
 
     clock = FakeClock()
     downs: list[int] = []
@@ -536,7 +536,7 @@ ONE = RateLimit(rate=2, burst=1)
 LIMITS = {"default": ONE, "echo": ECHO}
 
 
-class SubjectFromMetadata(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class SubjectFromMetadata(grpc.aio.ServerInterceptor):
     """Stands in for the auth interceptor: sets the principal named by `x-subject`, if any."""
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from core.server import App
+from app.server import App
 from interceptors.errors import ErrorMappingInterceptor
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.account.v1.account_pb2_grpc import AccountServiceStub
@@ -228,7 +228,7 @@ class _Exploding(account_pb2_grpc.AccountServiceServicer):
 @pytest.fixture
 async def exploding_channel() -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-    account_pb2_grpc.add_AccountServiceServicer_to_server(_Exploding(), server)
+    account_pb2_grpc.add_AccountServiceServicer_to_server(_Exploding(), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -65,7 +65,7 @@ def test_valid_account_passes() -> None:
     ],
 )
 def test_each_bad_field_is_named(change: dict[str, object], field: str, fragment: str) -> None:
-    found = violations(AccountFields(**{**VALID.__dict__, **change}))  # type: ignore[arg-type]
+    found = violations(AccountFields(**{**VALID.__dict__, **change}))
     assert field in found, found
     assert fragment in found[field]
 

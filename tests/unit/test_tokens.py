@@ -25,12 +25,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from account_svc.identity.keys import JwtKey, KeyConfigError, KeyRing, asymmetric_key, hs256_key, load_keyring
+from account_svc.identity.tokens import TokenIssuer, TokenVerifier
 from core.clock import FrozenClock
 from core.errors import Unauthenticated
-from core.keys import JwtKey, KeyConfigError, KeyRing, asymmetric_key, hs256_key, load_keyring
 from core.principal import Principal, Role
 from core.settings import load_settings
-from core.tokens import TokenIssuer, TokenVerifier
 
 START = datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)
 ISSUER, AUDIENCE, LEEWAY, TTL = "tally-test", "billing", 30, 900
@@ -76,7 +76,7 @@ def new_ec() -> ec.EllipticCurvePrivateKey:
 
 
 def payload_of(token: str) -> dict[str, Any]:
-    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))  # type: ignore[no-any-return]
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
 
 
 def b64(data: bytes) -> str:
@@ -116,7 +116,7 @@ def assert_rejected(verifier: TokenVerifier, token: str, reason: str) -> None:
 
 def pem(key: Any, encryption: Any = None) -> bytes:
     encryption = encryption or serialization.NoEncryption()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)  # type: ignore[no-any-return]
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
 def write_pem(directory: Path, name: str, key: Any, mtime: float | None = None) -> Path:

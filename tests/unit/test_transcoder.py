@@ -19,7 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from core.server import SERVICES
+from app.modules import SERVICES
 from gateway.errors import GatewayError, error_headers, http_status, status_json
 from gateway.routes import Route, RouteTable
 from gateway.transcoder import build_request, response_json

@@ -23,9 +23,9 @@ from typing import Any, NoReturn
 
 import jwt
 
+from account_svc.identity.keys import ALGORITHMS, JwtKey, KeyRing
 from core.clock import Clock
 from core.errors import Unauthenticated
-from core.keys import ALGORITHMS, JwtKey, KeyRing
 from core.principal import Principal, Role
 from core.settings import Settings
 

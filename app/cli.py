@@ -104,7 +104,8 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    from core import db, migrate
+    from app import migrate
+    from core import db
 
     engine = db.create_engine(settings)
     try:
@@ -135,8 +136,8 @@ def _read_password(from_stdin: bool) -> str:
 
 async def _create_user(settings: Settings, email: str, role: str, account: str, password: str) -> None:
     from account_svc.identity import use_cases
+    from app.server import build_components
     from core.principal import Caller, Principal, Role
-    from core.server import build_components
 
     components = await build_components(settings)
     try:
@@ -158,10 +159,10 @@ async def _create_user(settings: Settings, email: str, role: str, account: str, 
 def _mint_token(
     settings: Settings, role: str, account: str, scopes: list[str], ttl: int, subject: str
 ) -> str:
+    from account_svc.identity.keys import load_keyring
+    from account_svc.identity.tokens import TokenIssuer
     from core.clock import SystemClock
-    from core.keys import load_keyring
     from core.principal import Principal, Role, scopes_for
-    from core.tokens import TokenIssuer
 
     if not 1 <= ttl <= 86_400:
         raise UsageError("--ttl must be between 1 and 86400 seconds")
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     try:
         if command == "serve":
-            from core.server import serve
+            from app.server import serve
 
             _run(settings, serve(settings))
         elif command == "migrate":
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             password = _read_password(extra["password_stdin"])
             _run(settings, _create_user(settings, extra["email"], extra["role"], extra["account"], password))
         elif command == "gateway":
-            from core.server import SERVICES
+            from app.modules import SERVICES
             from core.settings import parse_host_port
             from gateway.app import serve_gateway
 
@@ -239,9 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tally {command}: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
+        from account_svc.identity.keys import KeyConfigError
+        from app.migrate import SchemaOutOfDate
         from core.errors import TallyError
-        from core.keys import KeyConfigError
-        from core.migrate import SchemaOutOfDate
 
         if isinstance(exc, SchemaOutOfDate | SettingsError | KeyConfigError):
             log.error("%s", exc)

@@ -1,18 +1,20 @@
-"""Alembic environment. Tally runs migrations itself (core.migrate), handing over a connection."""
+"""Alembic environment. Tally runs migrations itself (app.migrate), handing over a connection."""
 
 from __future__ import annotations
 
 from alembic import context
 
-import account_svc.identity.repository
-import account_svc.repository  # noqa: F401
-import core.audit
-import core.idempotency  # noqa: F401
+from app.modules import table_names
 from core.db import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations with `tally migrate`, not the alembic command line")
+
+# Importing app.modules imported every module's models; nothing else may be in the metadata.
+_stray = set(Base.metadata.tables) - set(table_names())
+if _stray:
+    raise RuntimeError(f"tables not declared by any service module: {', '.join(sorted(_stray))}")
 
 context.configure(
     connection=connection,

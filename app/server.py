@@ -14,9 +14,11 @@ import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis.asyncio as redis_asyncio
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,22 +26,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from account_svc.audit_servicer import AuditServicer
-from account_svc.identity.domain import Argon2Hasher, PasswordHasher
-from account_svc.identity.servicer import AuthServicer
+from account_svc.identity.keys import KeyRing
 from account_svc.identity.sessions import SessionCache
+from account_svc.identity.tokens import TokenIssuer, TokenVerifier
 from account_svc.identity.use_cases import IdentityDeps
-from account_svc.servicer import AccountServicer
-from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.module import AccountServices
 from account_svc.use_cases import AccountDeps
-from core import db, migrate, telemetry
-from core.clock import Clock, SystemClock
-from core.http import HttpServer
-from core.keys import KeyRing, load_keyring
+from app import migrate
+from app.http import HttpServer
+from app.modules import MODULES
+from core import db, telemetry
+from core.clock import BillingClocks, Clock, SystemClock, WallBillingClocks
 from core.metrics import Metrics
+from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
 from core.settings import Settings
-from core.tokens import TokenIssuer, TokenVerifier
 from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
 from interceptors.errors import ErrorMappingInterceptor
@@ -47,16 +48,8 @@ from interceptors.observability import ObservabilityInterceptor
 from interceptors.policy import PolicyTable
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
 from interceptors.tracing import TracingInterceptor
-from tally.account.v1 import account_pb2, account_pb2_grpc, audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
 
 log = logging.getLogger("tally.server")
-
-SERVICES = (
-    account_pb2.DESCRIPTOR.services_by_name["AccountService"],
-    auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
-)
-SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -97,17 +90,62 @@ def page_token_secret(settings: Settings) -> bytes:
 
 @dataclass
 class Components:
-    """The parts shared by `tally serve` and the CLI commands."""
+    """The parts shared by `tally serve` and the CLI commands: the platform and every module's
+    dependencies, by module name."""
 
     settings: Settings
-    engine: AsyncEngine
-    clock: Clock
-    keyring: KeyRing
-    issuer: TokenIssuer
-    verifier: TokenVerifier
-    accounts: AccountDeps
-    identity: IdentityDeps
-    sessions: SessionCache
+    platform: Platform
+    services: dict[str, Any]
+    modules: tuple[ServiceModule[Any], ...]
+
+    @property
+    def service_descriptors(self) -> tuple[ServiceDescriptor, ...]:
+        return tuple(service for module in self.modules for service in module.services)
+
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(service.full_name for service in self.service_descriptors)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.platform.engine
+
+    @property
+    def clock(self) -> Clock:
+        return self.platform.wall_clock
+
+    @property
+    def billing_clocks(self) -> BillingClocks:
+        return self.platform.billing_clocks
+
+    # The identity parts the composition root wires into the auth interceptor, JWKS and CLI.
+    @property
+    def _accounts(self) -> AccountServices:
+        services: AccountServices = self.services["accounts"]
+        return services
+
+    @property
+    def accounts(self) -> AccountDeps:
+        return self._accounts.accounts
+
+    @property
+    def identity(self) -> IdentityDeps:
+        return self._accounts.identity
+
+    @property
+    def sessions(self) -> SessionCache:
+        return self._accounts.sessions
+
+    @property
+    def keyring(self) -> KeyRing:
+        return self._accounts.keyring
+
+    @property
+    def issuer(self) -> TokenIssuer:
+        return self._accounts.issuer
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self._accounts.verifier
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -123,50 +161,32 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
 
 
 async def build_components(
-    settings: Settings, *, clock: Clock | None = None, passwords: PasswordHasher | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    passwords: object | None = None,
+    modules: tuple[ServiceModule[Any], ...] = MODULES,
 ) -> Components:
+    """The platform, then every service module on it. `passwords` replaces the password hasher."""
     clock = clock or SystemClock()
     engine = db.create_engine(settings)
     try:
         await prepare_database(settings, engine)
-        keyring = load_keyring(settings, log=log)
+        platform = Platform(
+            settings=settings,
+            engine=engine,
+            writers=db.session_factory(engine),
+            readers=db.session_factory(db.read_only(engine)),
+            wall_clock=clock,
+            billing_clocks=WallBillingClocks(clock),
+            page_tokens=PageTokens(page_token_secret(settings)),
+            overrides={"passwords": passwords} if passwords is not None else {},
+        )
+        services = {module.name: module.build(platform) for module in modules}
     except BaseException:
         await engine.dispose()
         raise
-    writers = db.session_factory(engine)
-    readers = db.session_factory(db.read_only(engine))
-
-    def new_uow() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(writers)
-
-    def new_reader() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(readers)
-
-    page_tokens = PageTokens(page_token_secret(settings))
-    issuer = TokenIssuer.from_settings(keyring, settings, clock)
-    sessions = SessionCache(new_reader, clock)
-    identity = IdentityDeps(
-        new_uow=new_uow,
-        new_reader=new_reader,
-        clock=clock,
-        passwords=passwords or Argon2Hasher(),
-        issuer=issuer,
-        page_tokens=page_tokens,
-        access_ttl_seconds=settings.access_token_ttl_seconds,
-        refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
-        on_session_revoked=sessions.forget,
-    )
-    return Components(
-        settings=settings,
-        engine=engine,
-        clock=clock,
-        keyring=keyring,
-        issuer=issuer,
-        verifier=TokenVerifier.from_settings(keyring, settings, clock),
-        accounts=AccountDeps(new_uow=new_uow, new_reader=new_reader, clock=clock, page_tokens=page_tokens),
-        identity=identity,
-        sessions=sessions,
-    )
+    return Components(settings=settings, platform=platform, services=services, modules=modules)
 
 
 class ListenError(Exception):
@@ -216,7 +236,7 @@ class App:
                 f"cannot listen on {self.settings.http_addr} (TALLY_HTTP_ADDR): {exc.strerror or exc}"
             ) from exc
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in SERVICE_NAMES:
+        for name in self.components.service_names():
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.readiness.serving = True
 
@@ -256,10 +276,12 @@ async def build(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    passwords: PasswordHasher | None = None,
+    passwords: object | None = None,
     tracer_provider: TracerProvider | None = None,
+    modules: tuple[ServiceModule[Any], ...] = MODULES,
 ) -> App:
-    components = await build_components(settings, clock=clock, passwords=passwords)
+    """The whole server for `modules` (every service module, unless a test serves fewer or more)."""
+    components = await build_components(settings, clock=clock, passwords=passwords, modules=modules)
     try:
         metrics = Metrics()
         metrics.watch_pool(components.engine)
@@ -269,7 +291,8 @@ async def build(
         client = _redis_client(settings.redis_url) if settings.redis_url else None
         if client is not None:
             metrics.redis_up()  # the limiter reports changes from here on
-        policies = PolicyTable.from_services(SERVICES)
+        services = components.service_descriptors
+        policies = PolicyTable.from_services(services)
         # The chain, outermost first. Tracing sees everything; observability logs and counts every
         # call with its final code; error mapping turns domain errors (including the auth and
         # rate-limit refusals below it) into statuses; auth decides who is calling; the rate
@@ -290,15 +313,12 @@ async def build(
             RateLimitInterceptor(_rate_limiter(settings, metrics, client), policies.rate),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
-        account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(components.accounts), server)
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(components.identity), server)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(components.accounts.new_reader, components.accounts.page_tokens), server
-        )
+        for module in components.modules:
+            module.register(server, components.services[module.name])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*components.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = server.add_insecure_port(settings.grpc_addr)
         readiness = Readiness()
@@ -310,7 +330,7 @@ async def build(
             jwks=components.keyring.jwks,
             health=readiness.check,
             routes=gateway_routes(
-                SERVICES,
+                services,
                 gateway_channel,
                 strict=settings.gateway_strict,
                 cors_origins=settings.cors_origins,
