@@ -1,14 +1,23 @@
 """ISO 4217 currencies Tally can bill in, with their minor-unit exponents.
 
 The exponent decides the minor unit of every amount: JPY 0 (amounts are yen),
-USD 2 (cents), KWD 3 (fils). Funds codes and precious metals are left out on
-purpose: nobody is invoiced in XAU.
+USD 2 (cents), KWD 3 (fils).
+
+The table follows ISO 4217 list one as published on 2026-01-01, so withdrawn
+currencies are gone (BGN since Bulgaria joined the euro, ANG since XCG
+replaced it). Left out on purpose, because nobody is invoiced in them: funds
+codes (BOV, CHE, CHW, CLF, COU, MXV, USN, UYI), indexed units of account (UYW,
+XAD), precious metals (XAU, XAG, XPD, XPT), the other X codes without a minor
+unit (bond-market units, XDR, XSU, XUA, XTS for testing, XXX for "no
+currency") and VED, the second code ISO lists for Venezuela's bolivar, which
+is billed as VES. tests/unit/test_money.py checks all of this against the
+`iso4217` package.
 """
 
 from __future__ import annotations
 
 _TABLE = """
-AED 2 AFN 2 ALL 2 AMD 2 ANG 2 AOA 2 ARS 2 AUD 2 AWG 2 AZN 2 BAM 2 BBD 2 BDT 2 BGN 2 BHD 3 BIF 0
+AED 2 AFN 2 ALL 2 AMD 2 AOA 2 ARS 2 AUD 2 AWG 2 AZN 2 BAM 2 BBD 2 BDT 2 BHD 3 BIF 0
 BMD 2 BND 2 BOB 2 BRL 2 BSD 2 BTN 2 BWP 2 BYN 2 BZD 2 CAD 2 CDF 2 CHF 2 CLP 0 CNY 2 COP 2 CRC 2
 CUP 2 CVE 2 CZK 2 DJF 0 DKK 2 DOP 2 DZD 2 EGP 2 ERN 2 ETB 2 EUR 2 FJD 2 FKP 2 GBP 2 GEL 2 GHS 2
 GIP 2 GMD 2 GNF 0 GTQ 2 GYD 2 HKD 2 HNL 2 HTG 2 HUF 2 IDR 2 ILS 2 INR 2 IQD 3 IRR 2 ISK 0 JMD 2
