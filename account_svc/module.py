@@ -1,6 +1,6 @@
 """The account service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.account.v1 (AccountService, AuthService) and the audit log reader. Reads the
+Serves tally.account.v1 (AccountService, AuthService) and tally.audit.v1 (AuditService). Reads the
 override "passwords" (a PasswordHasher) from the platform, which tests use for cheap hashing.
 """
 
@@ -12,7 +12,9 @@ from typing import cast
 
 import grpc
 
-from account_svc.audit_servicer import AuditServicer
+from account_svc.audit.servicer import AuditServicer
+from account_svc.audit.unit_of_work import SqlAuditReader
+from account_svc.audit.use_cases import AuditDeps
 from account_svc.identity.domain import Argon2Hasher, PasswordHasher
 from account_svc.identity.keys import KeyRing, load_keyring
 from account_svc.identity.repository import RefreshTokenRow, ServiceAccountRow, SessionRow, UserRow
@@ -25,7 +27,8 @@ from account_svc.servicer import AccountServicer
 from account_svc.unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
 from core.modules import Platform, ServiceModule
-from tally.account.v1 import account_pb2, account_pb2_grpc, audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tally.audit.v1 import audit_pb2, audit_pb2_grpc
 
 log = logging.getLogger("tally.accounts")
 
@@ -37,6 +40,7 @@ class AccountServices:
 
     accounts: AccountDeps
     identity: IdentityDeps
+    audit: AuditDeps
     sessions: SessionCache
     keyring: KeyRing
     issuer: TokenIssuer
@@ -53,6 +57,9 @@ def build(platform: Platform) -> AccountServices:
 
     def new_reader() -> SqlAccountsUnitOfWork:
         return SqlAccountsUnitOfWork(platform.readers)
+
+    def new_audit_reader() -> SqlAuditReader:
+        return SqlAuditReader(platform.readers)
 
     issuer = TokenIssuer.from_settings(keyring, settings, clock)
     sessions = SessionCache(new_reader, clock)
@@ -73,6 +80,7 @@ def build(platform: Platform) -> AccountServices:
     return AccountServices(
         accounts=accounts,
         identity=identity,
+        audit=AuditDeps(new_reader=new_audit_reader, page_tokens=platform.page_tokens),
         sessions=sessions,
         keyring=keyring,
         issuer=issuer,
@@ -83,9 +91,7 @@ def build(platform: Platform) -> AccountServices:
 def register(server: grpc.aio.Server, services: AccountServices) -> None:
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(services.accounts), server)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(services.identity), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(services.accounts.new_reader, services.accounts.page_tokens), server
-    )
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services.audit), server)
 
 
 MODULE: ServiceModule[AccountServices] = ServiceModule(

@@ -3,6 +3,10 @@
 Use cases record an event through their unit of work, in the same transaction
 as the change, so an event never exists without its change or the reverse.
 Secrets never reach it: callers pass only the fields that may be shown.
+
+Each event also carries the trace id of the current span and the call's
+x-request-id (bound by the observability interceptor), read here rather than
+passed by every use case, so an event joins to its trace and access log line.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from opentelemetry import trace
 from sqlalchemy import JSON, Index, String, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -20,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core import ids
 from core.db import Base, UtcDateTime
 from core.principal import Caller
+from core.request_context import request_info
 
 
 class AuditEventRow(Base):
@@ -35,6 +41,8 @@ class AuditEventRow(Base):
     resource_id: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(40))
     changes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trace_id: Mapped[str] = mapped_column(String(32), server_default="")  # 32 hex digits, or ""
+    correlation_id: Mapped[str] = mapped_column(String(128), server_default="")  # the x-request-id
 
     __table_args__ = (
         Index("ix_audit_events_time_id", "time", "id"),
@@ -55,6 +63,18 @@ class AuditEvent:
     resource_id: str
     action: str
     changes: Mapping[str, Any]
+    trace_id: str
+    correlation_id: str
+
+
+def _current_trace_id() -> str:
+    span_context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else ""
+
+
+def _current_correlation_id() -> str:
+    info = request_info()
+    return info.request_id if info is not None else ""
 
 
 def _plain(value: Any) -> Any:
@@ -119,6 +139,8 @@ class SqlAuditLog:
                 resource_id=resource_id,
                 action=action,
                 changes=dict(changes),
+                trace_id=_current_trace_id(),
+                correlation_id=_current_correlation_id(),
             )
         )
         await self._session.flush()
@@ -151,6 +173,8 @@ class SqlAuditLog:
                 resource_id=r.resource_id,
                 action=r.action,
                 changes=r.changes,
+                trace_id=r.trace_id,
+                correlation_id=r.correlation_id,
             )
             for r in rows
         ]

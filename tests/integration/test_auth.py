@@ -19,7 +19,8 @@ from app.server import App
 from core.clock import FrozenClock
 from core.principal import Principal, Role
 from interceptors.policy import PolicyTable
-from tally.account.v1 import account_pb2, account_pb2_grpc, audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tally.audit.v1 import audit_pb2, audit_pb2_grpc
 from tests.conftest import channel_as, mint
 
 PASSWORD = "correct horse battery staple"

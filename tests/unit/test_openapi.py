@@ -159,7 +159,7 @@ def test_enums_maps_and_int64(doc: JSON) -> None:
     expires_in = schema(doc, "tally.account.v1.TokenResponse")["properties"]["expiresIn"]
     assert expires_in["type"] == "string"
     assert expires_in["format"] == "int64"
-    changes = schema(doc, "tally.account.v1.AuditEvent")["properties"]["changes"]
+    changes = schema(doc, "tally.audit.v1.AuditEvent")["properties"]["changes"]
     assert changes["type"] == "object"
 
 

@@ -5,7 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from tally.account.v1 import audit_pb2 as _audit_pb2
+from tally.audit.v1 import audit_pb2 as _audit_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class AuditServiceStub:
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     @_typing.overload
@@ -42,6 +44,8 @@ class AuditServiceStub:
 class AuditServiceAsyncStub(AuditServiceStub):
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -51,6 +55,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     @_abc_1.abstractmethod

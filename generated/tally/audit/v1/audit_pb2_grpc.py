@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tally.account.v1 import audit_pb2 as tally_dot_account_dot_v1_dot_audit__pb2
+from tally.audit.v1 import audit_pb2 as tally_dot_audit_dot_v1_dot_audit__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tally/account/v1/audit_pb2_grpc.py depends on'
+        + ' but the generated code in tally/audit/v1/audit_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -28,6 +28,8 @@ if _version_not_supported:
 class AuditServiceStub:
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     def __init__(self, channel):
@@ -37,15 +39,17 @@ class AuditServiceStub:
             channel: A grpc.Channel.
         """
         self.ListAuditEvents = channel.unary_unary(
-                '/tally.account.v1.AuditService/ListAuditEvents',
-                request_serializer=tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
-                response_deserializer=tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
+                '/tally.audit.v1.AuditService/ListAuditEvents',
+                request_serializer=tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
 
 
 class AuditServiceServicer:
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     def ListAuditEvents(self, request, context):
@@ -60,20 +64,22 @@ def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
-                    request_deserializer=tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsRequest.FromString,
-                    response_serializer=tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsResponse.SerializeToString,
+                    request_deserializer=tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'tally.account.v1.AuditService', rpc_method_handlers)
+            'tally.audit.v1.AuditService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('tally.account.v1.AuditService', rpc_method_handlers)
+    server.add_registered_method_handlers('tally.audit.v1.AuditService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
     """The audit trail: one event for every change, written in the same
     transaction as the change itself, so neither exists without the other.
+    Every service's changes land here; the log is the platform's, not one
+    service's, so it has a package of its own.
     """
 
     @staticmethod
@@ -90,9 +96,9 @@ class AuditService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tally.account.v1.AuditService/ListAuditEvents',
-            tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
-            tally_dot_account_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
+            '/tally.audit.v1.AuditService/ListAuditEvents',
+            tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
+            tally_dot_audit_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,8 @@ class AuditEvent(_message.Message):
     RESOURCE_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `evt_...`."""
     actor: _builtins.str
@@ -47,13 +49,24 @@ class AuditEvent(_message.Message):
     method: _builtins.str
     """The RPC that made the change, such as `tally.account.v1.AccountService/UpdateAccount`."""
     request_id: _builtins.str
-    """The caller's `request_id`, if it sent one."""
+    """The caller's `request_id` (the AIP-155 idempotency key), if it sent one."""
     resource_type: _builtins.str
     """Kind of resource changed, such as `account`."""
     resource_id: _builtins.str
     """Id of the resource changed."""
     action: _builtins.str
     """What happened: `create`, `update`, `delete`, `undelete`, ..."""
+    trace_id: _builtins.str
+    """The W3C trace id (32 lowercase hex digits) of the call that made the
+    change, the same as its span's and its access log line's `trace_id`;
+    empty when the change was made outside a traced call (the CLI).
+    """
+    correlation_id: _builtins.str
+    """The call's `x-request-id`: the client's header if it sent a sane one,
+    else the id the server made up and returned. The access log line of the
+    call carries it as `request_id`. Empty outside a call (the CLI). Not to
+    be confused with `request_id` above, the idempotency key.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change was committed."""
@@ -77,10 +90,12 @@ class AuditEvent(_message.Message):
         resource_id: _builtins.str = ...,
         action: _builtins.str = ...,
         changes: _struct_pb2.Struct | None = ...,
+        trace_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "actor_role", b"actor_role", "changes", b"changes", "id", b"id", "method", b"method", "request_id", b"request_id", "resource_id", b"resource_id", "resource_type", b"resource_type", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "actor_role", b"actor_role", "changes", b"changes", "correlation_id", b"correlation_id", "id", b"id", "method", b"method", "request_id", b"request_id", "resource_id", b"resource_id", "resource_type", b"resource_type", "time", b"time", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
