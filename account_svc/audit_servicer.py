@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from account_svc.unit_of_work import AccountsUnitOfWork
 from core.audit import AuditEvent
-from core.pagination import PageTokens, page_size
+from core.pagination import PageTokens
 from tally.account.v1 import audit_pb2, audit_pb2_grpc
 
 
@@ -41,17 +41,16 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def ListAuditEvents(
         self, request: audit_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> audit_pb2.ListAuditEventsResponse:
-        limit = page_size(request.page_size)
         query = {"resource_id": request.resource_id, "actor": request.actor}
-        before = self._page_tokens.decode_key(request.page_token, query)
+        page = self._page_tokens.keyset_page(request.page_size, request.page_token, query)
         async with self._new_reader() as reader:
-            events = await reader.audit.list(
-                resource_id=request.resource_id, actor=request.actor, before=before, limit=limit + 1
+            rows = await reader.audit.list(
+                resource_id=request.resource_id,
+                actor=request.actor,
+                before=page.after,
+                limit=page.fetch_limit,
             )
-        token = ""
-        if len(events) > limit:
-            events = events[:limit]
-            token = self._page_tokens.encode_key(events[-1].time, events[-1].id, query)
+        events, token = page.slice(rows, key=lambda event: (event.time, event.id))
         return audit_pb2.ListAuditEventsResponse(
             audit_events=[event_to_proto(e) for e in events], next_page_token=token
         )

@@ -9,7 +9,7 @@ backends. Not counted: asyncpg's statement preparation (cached per connection).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,15 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from account_svc import use_cases
 from account_svc.domain import AccountFields
-from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.sql_unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
 from core import db
 from core.clock import FrozenClock
 from core.pagination import PageTokens
 from core.principal import SYSTEM, Caller
 
-# Before the change that set these bounds: 9 statements for an idempotent UpdateAccount.
-UPDATE_BOUND = 9
+# An idempotent UpdateAccount: claim the key (one upsert), read and lock the account, write it,
+# record the audit event, store the response. Before the claim became an upsert and saves stopped
+# re-reading rows it took 9 statements (and CreateAccount 7), plus BEGIN and COMMIT.
+UPDATE_BOUND = 5
+CREATE_BOUND = 4  # claim, insert, audit, response
+REPLAY_BOUND = 2  # the claim finds the key taken; read the stored response
 
 
 @dataclass
@@ -60,7 +64,11 @@ def counting(engine: AsyncEngine) -> Iterator[Statements]:
         seen.commits += 1
 
     target = engine.sync_engine
-    hooks = [("before_cursor_execute", on_execute), ("begin", on_begin), ("commit", on_commit)]
+    hooks: list[tuple[str, Callable[..., None]]] = [
+        ("before_cursor_execute", on_execute),
+        ("begin", on_begin),
+        ("commit", on_commit),
+    ]
     for name, hook in hooks:
         event.listen(target, name, hook)
     try:
@@ -84,16 +92,31 @@ def caller(request_id: str) -> Caller:
     return Caller(SYSTEM.principal, "/tally.account.v1.AccountService/Test", request_id)
 
 
-async def test_idempotent_update_account_statement_count(engine: AsyncEngine) -> None:
+async def test_idempotent_writes_cost_a_bounded_number_of_statements(engine: AsyncEngine) -> None:
     deps = deps_on(engine)
-    fields = AccountFields(display_name="Counted", email="counted@example.test", currency_code="USD")
-    account = await use_cases.create_account(deps, caller("create-1"), fields)
+    fields = AccountFields(
+        display_name="Counted", email="counted@example.test", currency_code="USD", metadata={"a": "1"}
+    )
+    with counting(engine) as seen:
+        account = await use_cases.create_account(deps, caller("create-1"), fields)
+    assert (seen.begins, seen.commits) == (1, 1)
+    assert len(seen.sql) <= CREATE_BOUND, seen.summary()
 
+    change = AccountFields(display_name="Recounted", metadata={"b": "2"})
     with counting(engine) as seen:
         updated = await use_cases.update_account(
-            deps, caller("update-1"), account.id, AccountFields(display_name="Recounted"), ["display_name"]
+            deps, caller("update-1"), account.id, change, ["display_name", "metadata"]
         )
-
-    assert updated.display_name == "Recounted"
     assert (seen.begins, seen.commits) == (1, 1)
     assert len(seen.sql) <= UPDATE_BOUND, seen.summary()
+    # What the one UPDATE wrote is what the use case returned.
+    assert await use_cases.get_account(deps, SYSTEM, account.id) == updated
+    assert (updated.display_name, updated.metadata, updated.revision) == ("Recounted", {"b": "2"}, 2)
+
+    with counting(engine) as seen:
+        replayed = await use_cases.update_account(
+            deps, caller("update-1"), account.id, change, ["display_name", "metadata"]
+        )
+    assert replayed == updated
+    assert seen.commits == 0
+    assert len(seen.sql) <= REPLAY_BOUND, seen.summary()
