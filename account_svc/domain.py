@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from core import currencies
-from core.errors import InvalidArgument, Violations
+from core.errors import AlreadyExists, InvalidArgument, Violations
 
 ID_PREFIX = "acct"
 MAX_DISPLAY_NAME = 200
@@ -70,9 +70,6 @@ class AccountFields:
     currency_code: str = ""
     status: AccountStatus | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def as_request(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -148,6 +145,15 @@ def address_to_dict(address: PostalAddress) -> dict[str, Any]:
 def email_key(email: str) -> str:
     """The form in which emails are compared: case-insensitive, Unicode-normalised."""
     return unicodedata.normalize("NFKC", email).casefold()
+
+
+def email_taken() -> AlreadyExists:
+    """Another live account has this email (compared by `email_key`)."""
+    return AlreadyExists(
+        "another live account already uses this email address",
+        reason="EMAIL_TAKEN",
+        metadata={"field": "account.email"},
+    )
 
 
 def _has_control_characters(text: str) -> bool:

@@ -24,7 +24,7 @@ from account_svc.identity.tokens import TokenIssuer, TokenVerifier
 from account_svc.identity.use_cases import IdentityDeps
 from account_svc.repository import AccountRow
 from account_svc.servicer import AccountServicer
-from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.sql_unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
 from core.modules import Platform, ServiceModule
 from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc

@@ -1,11 +1,14 @@
-"""SQL for accounts. Repositories read and write through the unit of work's session; they never commit."""
+"""SQL for accounts: the adapter for `account_svc.ports.AccountRepository`. It reads and writes
+through the unit of work's session and never commits."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, and_, or_, select, text
+from sqlalchemy import JSON, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -17,9 +20,10 @@ from account_svc.domain import (
     address_from_dict,
     address_to_dict,
     email_key,
+    email_taken,
 )
 from core.db import Base, UtcDateTime
-from core.errors import AlreadyExists
+from core.pagination import keyset_after
 
 LIVE_EMAIL_INDEX = "uq_accounts_live_email"
 
@@ -72,42 +76,34 @@ def _to_domain(row: AccountRow) -> Account:
     )
 
 
-def _copy_into(row: AccountRow, account: Account) -> None:
+def _columns(account: Account) -> dict[str, Any]:
+    """Every column but the id, as written by add() and save()."""
     address = account.billing_address
-    row.display_name = account.display_name
-    row.email = account.email
-    row.email_key = account.email_key
-    row.phone = account.phone
-    row.billing_address = address_to_dict(address) if address else None
-    row.currency_code = account.currency_code
-    row.status = account.status.value
-    row.metadata_ = dict(account.metadata)
-    row.create_time = account.create_time
-    row.update_time = account.update_time
-    row.delete_time = account.delete_time
-    row.revision = account.revision
+    return {
+        "display_name": account.display_name,
+        "email": account.email,
+        "email_key": account.email_key,
+        "phone": account.phone,
+        "billing_address": address_to_dict(address) if address else None,
+        "currency_code": account.currency_code,
+        "status": account.status.value,
+        "metadata_": dict(account.metadata),
+        "create_time": account.create_time,
+        "update_time": account.update_time,
+        "delete_time": account.delete_time,
+        "revision": account.revision,
+    }
 
 
-def email_taken() -> AlreadyExists:
-    return AlreadyExists(
-        "another live account already uses this email address",
-        reason="EMAIL_TAKEN",
-        metadata={"field": "account.email"},
-    )
-
-
-class AccountRepository(Protocol):
-    async def get(self, account_id: str, *, for_update: bool = False) -> Account | None: ...
-
-    async def email_in_use(self, email: str, *, excluding: str | None = None) -> bool: ...
-
-    async def add(self, account: Account) -> None: ...
-
-    async def save(self, account: Account) -> None: ...
-
-    async def list(
-        self, query: AccountFilter, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
-    ) -> list[Account]: ...
+@contextmanager
+def _live_email_unique() -> Iterator[None]:
+    """EMAIL_TAKEN from the live-email index: its last word when two writers race past email_in_use()."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if LIVE_EMAIL_INDEX in str(exc.orig) or "accounts.email_key" in str(exc.orig):
+            raise email_taken() from exc
+        raise
 
 
 class SqlAccountRepository:
@@ -126,32 +122,30 @@ class SqlAccountRepository:
             statement = statement.where(AccountRow.id != excluding)
         return (await self._session.execute(statement.limit(1))).first() is not None
 
-    async def _flush(self) -> None:
-        try:
-            await self._session.flush()
-        except IntegrityError as exc:
-            # The live-email index is the last word when two writers race past email_in_use().
-            if LIVE_EMAIL_INDEX in str(exc.orig) or "accounts.email_key" in str(exc.orig):
-                raise email_taken() from exc
-            raise
-
     async def add(self, account: Account) -> None:
-        row = AccountRow(id=account.id)
-        _copy_into(row, account)
-        self._session.add(row)
-        await self._flush()
+        self._session.add(AccountRow(id=account.id, **_columns(account)))
+        with _live_email_unique():
+            await self._session.flush()
 
     async def save(self, account: Account) -> None:
-        row = await self._session.get(AccountRow, account.id)
-        if row is None:
+        # One UPDATE, without reading the row again: the use case read (and locked) it already.
+        statement = (
+            update(AccountRow)
+            .where(AccountRow.id == account.id)
+            .values(**_columns(account))
+            .execution_options(synchronize_session=False)
+        )
+        with _live_email_unique():
+            result = await self._session.execute(statement)
+        if int(getattr(result, "rowcount", 0)) != 1:
             raise LookupError(account.id)
-        _copy_into(row, account)
-        await self._flush()
 
     async def list(
         self, query: AccountFilter, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
     ) -> list[Account]:
-        statement = select(AccountRow).order_by(AccountRow.create_time, AccountRow.id).limit(limit)
+        statement = keyset_after(select(AccountRow), AccountRow.create_time, AccountRow.id, after).limit(
+            limit
+        )
         if not show_deleted:
             statement = statement.where(AccountRow.delete_time.is_(None))
         if query.email is not None:
@@ -160,13 +154,5 @@ class SqlAccountRepository:
             statement = statement.where(AccountRow.status == query.status.value)
         if query.only_id is not None:
             statement = statement.where(AccountRow.id == query.only_id)
-        if after is not None:
-            time, last_id = after
-            statement = statement.where(
-                or_(
-                    AccountRow.create_time > time,
-                    and_(AccountRow.create_time == time, AccountRow.id > last_id),
-                )
-            )
         rows = (await self._session.execute(statement)).scalars().all()
         return [_to_domain(row) for row in rows]

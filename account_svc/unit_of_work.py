@@ -1,17 +1,17 @@
-"""The account service's unit of work: one transaction with the repositories it needs."""
+"""The account service's units of work, as protocols: one transaction with the repositories it needs.
+
+Only ports here; the SQL unit of work that fills them is in sql_unit_of_work.py.
+"""
 
 from __future__ import annotations
 
 from types import TracebackType
 from typing import Protocol, Self
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from account_svc.identity.repository import IdentityRepository, SqlIdentityRepository
-from account_svc.repository import AccountRepository, SqlAccountRepository
-from core.audit import AuditLog, SqlAuditLog
-from core.db import UnitOfWork
-from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
+from account_svc.identity.ports import IdentityRepository
+from account_svc.ports import AccountRepository
+from core.audit import AuditLog
+from core.idempotency import IdempotencyRepository
 
 
 class AccountsUnitOfWork(Protocol):
@@ -43,16 +43,3 @@ class IdentityUnitOfWork(AccountsUnitOfWork, Protocol):
 
     @property
     def identity(self) -> IdentityRepository: ...
-
-
-class SqlAccountsUnitOfWork(UnitOfWork):
-    accounts: AccountRepository
-    identity: IdentityRepository
-    idempotency: IdempotencyRepository
-    audit: AuditLog
-
-    def _bind(self, session: AsyncSession) -> None:
-        self.accounts = SqlAccountRepository(session)
-        self.identity = SqlIdentityRepository(session)
-        self.idempotency = SqlIdempotencyRepository(session)
-        self.audit = SqlAuditLog(session)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from account_svc import domain
-from account_svc.domain import Account, AccountFields, AccountStatus
-from account_svc.repository import email_taken
+from account_svc.domain import Account, AccountFields, AccountStatus, email_taken
 from account_svc.unit_of_work import AccountsUnitOfWork
 from core import ids
 from core.audit import changes_between
 from core.clock import Clock
 from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from core.idempotency import run_once
-from core.pagination import PageTokens, page_size
+from core.idempotency import Codec, IdempotentRunner
+from core.pagination import PageTokens
 from core.principal import Caller
 
 _MAX_ID_LENGTH = 64
 # What a customer may change on its own account; billing terms (currency, status) are the biller's.
 CUSTOMER_WRITABLE = frozenset({"display_name", "email", "phone", "billing_address"})
 _AUDITED = (*domain.UPDATABLE_FIELDS, "delete_time")
+ACCOUNT_CODEC = Codec(Account.to_dict, Account.from_dict)
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,39 @@ class AccountDeps:
     new_reader: Callable[[], AccountsUnitOfWork]  # read-only unit of work, for lookups and listings
     clock: Clock
     page_tokens: PageTokens
+    # Every account write runs through this one runner: it stores and replays an Account.
+    runner: IdempotentRunner[AccountsUnitOfWork, Account] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runner", IdempotentRunner(self.new_uow, self.clock, codec=ACCOUNT_CODEC))
+
+
+# The commands: each is a request's content, and so its fingerprint under a request_id (AIP-155).
+# The class name is the operation, which scopes request ids: renaming one orphans its stored keys.
+
+
+@dataclass(frozen=True)
+class CreateAccount:
+    fields: AccountFields
+
+
+@dataclass(frozen=True)
+class UpdateAccount:
+    id: str
+    fields: AccountFields
+    mask: tuple[str, ...]
+    etag: str
+
+
+@dataclass(frozen=True)
+class DeleteAccount:
+    id: str
+    etag: str
+
+
+@dataclass(frozen=True)
+class UndeleteAccount:
+    id: str
 
 
 @dataclass(frozen=True)
@@ -93,22 +126,23 @@ def _check_etag(account: Account, etag: str) -> None:
 
 
 async def create_account(deps: AccountDeps, caller: Caller, fields: AccountFields) -> Account:
-    fields = replace(fields, status=fields.status or AccountStatus.ACTIVE)
-    domain.check_fields(fields, domain.UPDATABLE_FIELDS)
+    command = CreateAccount(replace(fields, status=fields.status or AccountStatus.ACTIVE))
+    domain.check_fields(command.fields, domain.UPDATABLE_FIELDS)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
         # No look-up first: the live-email unique index rejects a duplicate (EMAIL_TAKEN), also
         # when two creates race, and skipping the look-up saves a round trip.
         now = deps.clock.now()
+        new = command.fields
         account = Account(
             id=ids.new_id(domain.ID_PREFIX),
-            display_name=fields.display_name,
-            email=fields.email,
-            phone=fields.phone,
-            billing_address=fields.billing_address,
-            currency_code=fields.currency_code,
-            status=fields.status or AccountStatus.ACTIVE,
-            metadata=dict(fields.metadata),
+            display_name=new.display_name,
+            email=new.email,
+            phone=new.phone,
+            billing_address=new.billing_address,
+            currency_code=new.currency_code,
+            status=new.status or AccountStatus.ACTIVE,
+            metadata=dict(new.metadata),
             create_time=now,
             update_time=now,
             delete_time=None,
@@ -118,16 +152,7 @@ async def create_account(deps: AccountDeps, caller: Caller, fields: AccountField
         await _audit(uow, caller, "create", None, account)
         return account
 
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("CreateAccount"),
-        request_id=caller.request_id,
-        request=fields.as_request(),
-        action=action,
-        dump=Account.to_dict,
-        load=Account.from_dict,
-    )
+    return (await deps.runner.run(caller, command, action)).value
 
 
 async def get_account(
@@ -152,18 +177,15 @@ async def list_accounts(
     filter_text: str = "",
     show_deleted: bool = False,
 ) -> AccountPage:
-    limit = page_size(size)
     query = replace(domain.parse_filter(filter_text), only_id=caller.customer_account)
     token_scope = {"filter": query.canonical(), "show_deleted": show_deleted}
-    after = deps.page_tokens.decode_key(page_token, token_scope)
+    page = deps.page_tokens.keyset_page(size, page_token, token_scope)
     async with deps.new_reader() as uow:
-        rows = await uow.accounts.list(query, show_deleted=show_deleted, after=after, limit=limit + 1)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = deps.page_tokens.encode_key(last.create_time, last.id, token_scope)
-    return AccountPage(rows, next_token)
+        rows = await uow.accounts.list(
+            query, show_deleted=show_deleted, after=page.after, limit=page.fetch_limit
+        )
+    accounts, next_token = page.slice(rows, key=lambda account: (account.create_time, account.id))
+    return AccountPage(accounts, next_token)
 
 
 async def update_account(
@@ -189,13 +211,14 @@ async def update_account(
             metadata={"fields": forbidden},
         )
     domain.check_fields(fields, names)
+    command = UpdateAccount(account_id, fields, names, etag)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
-        current = await _load(uow, account_id)
-        _check_etag(current, etag)
-        updated = domain.apply_update(current, fields, names)
+        current = await _load(uow, command.id)
+        _check_etag(current, command.etag)
+        updated = domain.apply_update(current, command.fields, command.mask)
         if updated.email_key != current.email_key and await uow.accounts.email_in_use(
-            updated.email, excluding=account_id
+            updated.email, excluding=command.id
         ):
             raise email_taken()
         if updated == current:
@@ -205,17 +228,7 @@ async def update_account(
         await _audit(uow, caller, "update", current, updated)
         return updated
 
-    request = {"id": account_id, "fields": fields.as_request(), "mask": list(names), "etag": etag}
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("UpdateAccount"),
-        request_id=caller.request_id,
-        request=request,
-        action=action,
-        dump=Account.to_dict,
-        load=Account.from_dict,
-    )
+    return (await deps.runner.run(caller, command, action)).value
 
 
 async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, etag: str = "") -> Account:
@@ -223,25 +236,18 @@ async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, 
     if not _visible(caller, account_id):
         raise _not_found(account_id)
 
+    command = DeleteAccount(account_id, etag)
+
     async def action(uow: AccountsUnitOfWork) -> Account:
-        current = await _load(uow, account_id)
-        _check_etag(current, etag)
+        current = await _load(uow, command.id)
+        _check_etag(current, command.etag)
         now = deps.clock.now()
         deleted = replace(current, delete_time=now, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(deleted)
         await _audit(uow, caller, "delete", current, deleted)
         return deleted
 
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("DeleteAccount"),
-        request_id=caller.request_id,
-        request={"id": account_id, "etag": etag},
-        action=action,
-        dump=Account.to_dict,
-        load=Account.from_dict,
-    )
+    return (await deps.runner.run(caller, command, action)).value
 
 
 async def undelete_account(deps: AccountDeps, caller: Caller, account_id: str) -> Account:
@@ -249,15 +255,17 @@ async def undelete_account(deps: AccountDeps, caller: Caller, account_id: str) -
     if not _visible(caller, account_id):
         raise _not_found(account_id)
 
+    command = UndeleteAccount(account_id)
+
     async def action(uow: AccountsUnitOfWork) -> Account:
-        current = await _load(uow, account_id, deleted=None)
+        current = await _load(uow, command.id, deleted=None)
         if not current.is_deleted:
             raise FailedPrecondition(
-                f"account {account_id!r} is not deleted",
+                f"account {command.id!r} is not deleted",
                 reason="ACCOUNT_NOT_DELETED",
-                metadata={"id": account_id},
+                metadata={"id": command.id},
             )
-        if await uow.accounts.email_in_use(current.email, excluding=account_id):
+        if await uow.accounts.email_in_use(current.email, excluding=command.id):
             raise email_taken()
         now = deps.clock.now()
         restored = replace(current, delete_time=None, update_time=now, revision=current.revision + 1)
@@ -265,13 +273,4 @@ async def undelete_account(deps: AccountDeps, caller: Caller, account_id: str) -
         await _audit(uow, caller, "undelete", current, restored)
         return restored
 
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("UndeleteAccount"),
-        request_id=caller.request_id,
-        request={"id": account_id},
-        action=action,
-        dump=Account.to_dict,
-        load=Account.from_dict,
-    )
+    return (await deps.runner.run(caller, command, action)).value

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from app.http import HttpServer
 from app.modules import MODULES
 from core import db, telemetry
 from core.clock import BillingClocks, Clock, SystemClock, WallBillingClocks
+from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
@@ -217,6 +218,8 @@ class App:
     port: int
     policies: PolicyTable
     readiness: Readiness
+    purger: ExpiredKeyPurger | None = None
+    _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -239,6 +242,8 @@ class App:
         for name in self.components.service_names():
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.readiness.serving = True
+        if self.purger is not None:
+            self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within the grace period, then close everything."""
@@ -246,6 +251,10 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.http.stop()
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        self._jobs.clear()
         await self.gateway_channel.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -321,6 +330,10 @@ async def build(
             (*components.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = server.add_insecure_port(settings.grpc_addr)
+        interval = settings.idempotency_purge_interval_seconds
+        purger = (
+            ExpiredKeyPurger(components.platform.writers, components.clock, interval) if interval else None
+        )
         readiness = Readiness()
         # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
         gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, port))
@@ -354,6 +367,7 @@ async def build(
         port=port,
         policies=policies,
         readiness=readiness,
+        purger=purger,
     )
 
 

@@ -18,12 +18,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from opentelemetry import trace
-from sqlalchemy import JSON, Index, String, and_, or_, select
+from sqlalchemy import JSON, Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import ids
 from core.db import Base, UtcDateTime
+from core.pagination import keyset_after
 from core.principal import Caller
 from core.request_context import request_info
 
@@ -148,18 +149,13 @@ class SqlAuditLog:
     async def list(
         self, *, resource_id: str = "", actor: str = "", before: tuple[datetime, str] | None, limit: int
     ) -> list[AuditEvent]:
-        statement = (
-            select(AuditEventRow).order_by(AuditEventRow.time.desc(), AuditEventRow.id.desc()).limit(limit)
-        )
+        statement = keyset_after(
+            select(AuditEventRow), AuditEventRow.time, AuditEventRow.id, before, descending=True
+        ).limit(limit)
         if resource_id:
             statement = statement.where(AuditEventRow.resource_id == resource_id)
         if actor:
             statement = statement.where(AuditEventRow.actor == actor)
-        if before is not None:
-            time, last_id = before
-            statement = statement.where(
-                or_(AuditEventRow.time < time, and_(AuditEventRow.time == time, AuditEventRow.id < last_id))
-            )
         rows = (await self._session.execute(statement)).scalars().all()
         return [
             AuditEvent(

@@ -1,10 +1,15 @@
-"""Opaque, signed cursor tokens for AIP-158 pagination.
+"""AIP-158 pagination: opaque, signed cursor tokens and keyset pages.
 
 A token carries the sort key of the last row returned and a digest of the
 request's other parameters (filter, show_deleted, ...), signed with HMAC. A
 token that was altered, truncated, made by another deployment, or sent with
 different parameters is rejected as INVALID_ARGUMENT instead of silently
 returning the wrong page.
+
+Listings page by keyset on (time, id): a use case opens a `KeysetPage` from the
+request (`PageTokens.keyset_page`), its repository orders and filters the query with
+`keyset_after` and fetches `fetch_limit` rows, and `KeysetPage.slice` cuts the page
+and makes the next token.
 """
 
 from __future__ import annotations
@@ -14,15 +19,23 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
 
 from core.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _SIGNATURE_BYTES = 16
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Select[Any])
+Position = tuple[datetime, str]
 
 
 def page_size(requested: int) -> int:
@@ -93,3 +106,52 @@ class PageTokens:
             return datetime.fromisoformat(str(position["t"])), str(position["i"])
         except (KeyError, ValueError):
             raise InvalidArgument.field("page_token", "is not a page token from this API") from None
+
+    def keyset_page(self, size: int, token: str, query: Mapping[str, Any]) -> KeysetPage:
+        """The page a request asks for: its size (AIP-158 rules) and the position its token holds."""
+        return KeysetPage(page_size(size), self.decode_key(token, query), query, self)
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    """One page of a listing ordered by (time, id), as the request asked for it."""
+
+    limit: int
+    after: Position | None  # the last row of the previous page; None for the first page
+    query: Mapping[str, Any]
+    tokens: PageTokens
+
+    @property
+    def fetch_limit(self) -> int:
+        """Rows to fetch: one more than the page shows tells whether another page follows."""
+        return self.limit + 1
+
+    def slice(self, rows: Sequence[T], key: Callable[[T], Position]) -> tuple[list[T], str]:
+        """The rows this page shows, and the token of the next page ("" on the last page)."""
+        if len(rows) <= self.limit:
+            return list(rows), ""
+        shown = list(rows[: self.limit])
+        time, last_id = key(shown[-1])
+        return shown, self.tokens.encode_key(time, last_id, self.query)
+
+
+def keyset_after(
+    statement: S,
+    time_column: InstrumentedAttribute[datetime],
+    id_column: InstrumentedAttribute[str],
+    after: Position | None,
+    *,
+    descending: bool = False,
+) -> S:
+    """`statement` ordered by (time, id), ascending or descending, and limited to the rows that
+    follow `after` in that order. Ties on time are broken by id, so no row is skipped or repeated."""
+    if descending:
+        statement = statement.order_by(time_column.desc(), id_column.desc())
+    else:
+        statement = statement.order_by(time_column, id_column)
+    if after is None:
+        return statement
+    time, last_id = after
+    if descending:
+        return statement.where(or_(time_column < time, and_(time_column == time, id_column < last_id)))
+    return statement.where(or_(time_column > time, and_(time_column == time, id_column > last_id)))

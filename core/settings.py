@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="REST: largest request body (413 above)."
     )
+    idempotency_purge_interval_seconds: float = Field(
+        3600,
+        ge=0,
+        le=86_400,
+        description="How often `tally serve` deletes expired request ids (kept 24 h); 0 disables it.",
+    )
     rate_limit_fail_closed: list[str] = Field(
         default_factory=list,
         description="JSON list of method groups refused (UNAVAILABLE) instead of served on local "

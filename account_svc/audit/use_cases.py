@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from core.audit import AuditEvent, AuditLog
-from core.pagination import PageTokens, page_size
+from core.pagination import PageTokens
 
 
 class AuditReader(Protocol):
@@ -40,13 +40,11 @@ async def list_audit_events(
     deps: AuditDeps, *, size: int = 0, page_token: str = "", resource_id: str = "", actor: str = ""
 ) -> AuditPage:
     """Events matching the filters (empty means any), newest first; the token pins the filters."""
-    limit = page_size(size)
     query = {"resource_id": resource_id, "actor": actor}
-    before = deps.page_tokens.decode_key(page_token, query)
+    page = deps.page_tokens.keyset_page(size, page_token, query)
     async with deps.new_reader() as reader:
-        events = await reader.audit.list(resource_id=resource_id, actor=actor, before=before, limit=limit + 1)
-    token = ""
-    if len(events) > limit:
-        events = events[:limit]
-        token = deps.page_tokens.encode_key(events[-1].time, events[-1].id, query)
+        rows = await reader.audit.list(
+            resource_id=resource_id, actor=actor, before=page.after, limit=page.fetch_limit
+        )
+    events, token = page.slice(rows, key=lambda event: (event.time, event.id))
     return AuditPage(events, token)

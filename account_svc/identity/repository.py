@@ -1,11 +1,11 @@
-"""SQL for users, service accounts, sessions and refresh tokens. Never commits."""
+"""SQL for users, service accounts, sessions and refresh tokens: the adapter for
+`account_svc.identity.ports.IdentityRepository`. Never commits."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
 
-from sqlalchemy import JSON, ForeignKey, Index, String, and_, or_, select, update
+from sqlalchemy import JSON, ForeignKey, Index, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -14,6 +14,7 @@ from account_svc.domain import email_key
 from account_svc.identity.domain import RefreshToken, ServiceAccount, Session, User
 from core.db import Base, UtcDateTime
 from core.errors import AlreadyExists
+from core.pagination import keyset_after
 from core.principal import Role
 
 
@@ -71,38 +72,6 @@ def _user(row: UserRow) -> User:
 
 def _service_account(row: ServiceAccountRow) -> ServiceAccount:
     return ServiceAccount(row.id, row.display_name, tuple(row.scopes), row.create_time, row.delete_time)
-
-
-class IdentityRepository(Protocol):
-    async def add_user(self, user: User, password_hash: str) -> None: ...
-
-    async def get_user(self, user_id: str) -> User | None: ...
-
-    async def find_login(self, email: str) -> tuple[User, str] | None: ...
-
-    async def add_service_account(self, account: ServiceAccount, secret_hash: str) -> None: ...
-
-    async def get_service_account(
-        self, account_id: str, *, for_update: bool = False
-    ) -> tuple[ServiceAccount, str] | None: ...
-
-    async def save_service_account(self, account: ServiceAccount) -> None: ...
-
-    async def list_service_accounts(
-        self, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
-    ) -> list[ServiceAccount]: ...
-
-    async def add_session(self, session: Session, now: datetime) -> None: ...
-
-    async def get_session(self, session_id: str) -> Session | None: ...
-
-    async def revoke_session(self, session_id: str, now: datetime, reason: str) -> None: ...
-
-    async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None: ...
-
-    async def get_refresh_token(self, token_id: str) -> RefreshToken | None: ...
-
-    async def mark_refresh_token_used(self, token_id: str, now: datetime) -> bool: ...
 
 
 class SqlIdentityRepository:
@@ -174,21 +143,11 @@ class SqlIdentityRepository:
     async def list_service_accounts(
         self, *, show_deleted: bool, after: tuple[datetime, str] | None, limit: int
     ) -> list[ServiceAccount]:
-        statement = (
-            select(ServiceAccountRow)
-            .order_by(ServiceAccountRow.create_time, ServiceAccountRow.id)
-            .limit(limit)
-        )
+        statement = keyset_after(
+            select(ServiceAccountRow), ServiceAccountRow.create_time, ServiceAccountRow.id, after
+        ).limit(limit)
         if not show_deleted:
             statement = statement.where(ServiceAccountRow.delete_time.is_(None))
-        if after is not None:
-            time, last_id = after
-            statement = statement.where(
-                or_(
-                    ServiceAccountRow.create_time > time,
-                    and_(ServiceAccountRow.create_time == time, ServiceAccountRow.id > last_id),
-                )
-            )
         return [_service_account(r) for r in (await self._session.execute(statement)).scalars()]
 
     async def add_session(self, session: Session, now: datetime) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -23,8 +23,8 @@ from core.errors import (
     Unauthenticated,
     Violations,
 )
-from core.idempotency import run_once
-from core.pagination import PageTokens, page_size
+from core.idempotency import Codec, IdempotentRunner
+from core.pagination import PageTokens
 from core.principal import Caller, Principal, Role, scopes_for
 
 # Verified against when the email is unknown, so both failures cost the same time.
@@ -52,6 +52,13 @@ class IdentityDeps:
     refresh_ttl_seconds: int = 30 * 86_400
     on_session_revoked: Callable[[str], None] = lambda session_id: None
     _dummy_hash: str | None = None
+    # One runner per resource, each storing and replaying its own kind.
+    users: IdempotentRunner[IdentityUnitOfWork, User] = field(init=False, repr=False)
+    service_accounts: IdempotentRunner[IdentityUnitOfWork, ServiceAccount] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.users = IdempotentRunner(self.new_uow, self.clock, codec=USER_CODEC)
+        self.service_accounts = IdempotentRunner(self.new_uow, self.clock, codec=SERVICE_ACCOUNT_CODEC)
 
     def dummy_hash(self) -> str:
         if self._dummy_hash is None:
@@ -72,6 +79,29 @@ class Tokens:
 class ServiceAccountPage:
     service_accounts: list[ServiceAccount]
     next_page_token: str
+
+
+# The commands: each is a request's content, and so its fingerprint under a request_id (AIP-155).
+
+
+@dataclass(frozen=True)
+class CreateUser:
+    email: str
+    role: Role
+    account_id: str
+    # The password is part of what makes a request "the same", but only as a digest.
+    password: str
+
+
+@dataclass(frozen=True)
+class CreateServiceAccount:
+    display_name: str
+    scopes: tuple[str, ...]  # sorted, without repeats
+
+
+@dataclass(frozen=True)
+class DeleteServiceAccount:
+    id: str
 
 
 def _require(violations: Violations, field: str, value: str) -> None:
@@ -264,15 +294,18 @@ async def create_user(
     _check_password(violations, password)
     violations.raise_if_any()
     assert role is not None
+    command = CreateUser(email, role, account_id, domain.secret_hash(password))
     password_hash = await asyncio.to_thread(deps.passwords.hash, password)
 
     async def action(uow: IdentityUnitOfWork) -> User:
-        if account_id:
-            account = await uow.accounts.get(account_id)
+        if command.account_id:
+            account = await uow.accounts.get(command.account_id)
             if account is None or account.is_deleted:
-                raise InvalidArgument.field("user.account_id", f"no live account {account_id!r}")
+                raise InvalidArgument.field("user.account_id", f"no live account {command.account_id!r}")
         now = deps.clock.now()
-        user = User(ids.new_id(domain.USER_PREFIX), email, role, account_id or None, now, now)
+        user = User(
+            ids.new_id(domain.USER_PREFIX), command.email, command.role, command.account_id or None, now, now
+        )
         await uow.identity.add_user(user, password_hash)
         view = {"email": user.email, "role": user.role.value, "account_id": user.account_id}
         await uow.audit.record(
@@ -285,22 +318,7 @@ async def create_user(
         )
         return user
 
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("CreateUser"),
-        request_id=caller.request_id,
-        # The password is part of what makes a request "the same", but only as a digest.
-        request={
-            "email": email,
-            "role": role.value,
-            "account_id": account_id,
-            "password": domain.secret_hash(password),
-        },
-        action=action,
-        dump=_user_to_dict,
-        load=_user_from_dict,
-    )
+    return (await deps.users.run(caller, command, action)).value
 
 
 def _user_to_dict(user: User) -> dict[str, object]:
@@ -323,6 +341,10 @@ def _user_from_dict(data: Mapping[str, Any]) -> User:
         create_time=datetime.fromisoformat(str(data["create_time"])),
         update_time=datetime.fromisoformat(str(data["update_time"])),
     )
+
+
+USER_CODEC = Codec(_user_to_dict, _user_from_dict)
+SERVICE_ACCOUNT_CODEC = Codec(ServiceAccount.to_dict, ServiceAccount.from_dict)
 
 
 async def get_user(deps: IdentityDeps, user_id: str) -> User:
@@ -354,13 +376,13 @@ async def create_service_account(
             "service_account.scopes", f"{bad!r} is not a scope (lower-case words such as accounts:read)"
         )
     violations.raise_if_any()
+    command = CreateServiceAccount(display_name, tuple(sorted(set(scopes))))
     secret = domain.new_secret()
-    created: list[ServiceAccount] = []
 
     async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
         now = deps.clock.now()
         account = ServiceAccount(
-            ids.new_id(domain.SERVICE_ACCOUNT_PREFIX), display_name, tuple(sorted(set(scopes))), now, None
+            ids.new_id(domain.SERVICE_ACCOUNT_PREFIX), command.display_name, command.scopes, now, None
         )
         await uow.identity.add_service_account(account, domain.secret_hash(secret))
         await uow.audit.record(
@@ -369,57 +391,45 @@ async def create_service_account(
             resource_type="service_account",
             resource_id=account.id,
             action="create",
-            changes=changes_between(None, {"display_name": display_name, "scopes": list(account.scopes)}),
+            changes=changes_between(
+                None, {"display_name": account.display_name, "scopes": list(account.scopes)}
+            ),
         )
-        created.append(account)
         return account
 
-    account = await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("CreateServiceAccount"),
-        request_id=caller.request_id,
-        request={"display_name": display_name, "scopes": sorted(set(scopes))},
-        action=action,
-        dump=ServiceAccount.to_dict,
-        load=ServiceAccount.from_dict,
-    )
-    return account, secret if created else ""
+    outcome = await deps.service_accounts.run(caller, command, action)
+    return outcome.value, "" if outcome.replayed else secret
 
 
 async def list_service_accounts(
     deps: IdentityDeps, *, size: int = 0, page_token: str = "", show_deleted: bool = False
 ) -> ServiceAccountPage:
-    limit = page_size(size)
-    scope = {"show_deleted": show_deleted}
-    after = deps.page_tokens.decode_key(page_token, scope)
+    page = deps.page_tokens.keyset_page(size, page_token, {"show_deleted": show_deleted})
     async with deps.new_reader() as reader:
         rows = await reader.identity.list_service_accounts(
-            show_deleted=show_deleted, after=after, limit=limit + 1
+            show_deleted=show_deleted, after=page.after, limit=page.fetch_limit
         )
-    token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        token = deps.page_tokens.encode_key(rows[-1].create_time, rows[-1].id, scope)
-    return ServiceAccountPage(rows, token)
+    accounts, token = page.slice(rows, key=lambda account: (account.create_time, account.id))
+    return ServiceAccountPage(accounts, token)
 
 
 async def delete_service_account(deps: IdentityDeps, caller: Caller, account_id: str) -> ServiceAccount:
     if not account_id:
         raise InvalidArgument.field("id", "is required")
+    command = DeleteServiceAccount(account_id)
 
     async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
         found = (
-            await uow.identity.get_service_account(account_id, for_update=True)
-            if len(account_id) <= 64
+            await uow.identity.get_service_account(command.id, for_update=True)
+            if len(command.id) <= 64
             else None
         )
         if found is None:
-            raise NotFound(f"service account {account_id!r} not found", reason="SERVICE_ACCOUNT_NOT_FOUND")
+            raise NotFound(f"service account {command.id!r} not found", reason="SERVICE_ACCOUNT_NOT_FOUND")
         account = found[0]
         if account.delete_time is not None:
             raise FailedPrecondition(
-                f"service account {account_id!r} is already disabled", reason="ALREADY_DISABLED"
+                f"service account {command.id!r} is already disabled", reason="ALREADY_DISABLED"
             )
         now = deps.clock.now()
         disabled = ServiceAccount(account.id, account.display_name, account.scopes, account.create_time, now)
@@ -434,13 +444,4 @@ async def delete_service_account(deps: IdentityDeps, caller: Caller, account_id:
         )
         return disabled
 
-    return await run_once(
-        deps.new_uow,
-        deps.clock,
-        scope=caller.idempotency_scope("DeleteServiceAccount"),
-        request_id=caller.request_id,
-        request={"id": account_id},
-        action=action,
-        dump=ServiceAccount.to_dict,
-        load=ServiceAccount.from_dict,
-    )
+    return (await deps.service_accounts.run(caller, command, action)).value

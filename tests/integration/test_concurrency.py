@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from account_svc import use_cases
 from account_svc.domain import AccountFields
-from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.sql_unit_of_work import SqlAccountsUnitOfWork
 from account_svc.use_cases import AccountDeps
 from app.server import App, build
 from core import db

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from account_svc.domain import Account, AccountFilter, AccountStatus, PostalAddress
 from account_svc.repository import AccountRow
-from account_svc.unit_of_work import SqlAccountsUnitOfWork
+from account_svc.sql_unit_of_work import SqlAccountsUnitOfWork
 from app import migrate
 from core import db, ids
 from core.errors import AlreadyExists
-from core.idempotency import KeyClaimed
+from core.idempotency import StoredKey
 
 T0 = datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -123,24 +123,26 @@ async def test_keyset_listing_is_stable_with_equal_timestamps(engine: AsyncEngin
 
 async def test_idempotency_key_claim_conflict_and_expiry(engine: AsyncEngine) -> None:
     async with uow(engine) as work:
-        await work.idempotency.claim("CreateAccount", "k1", "a" * 64, T0)
+        assert await work.idempotency.claim("CreateAccount", "k1", "a" * 64, T0)
         await work.idempotency.complete("CreateAccount", "k1", {"id": "acct_1"})
         await work.commit()
 
-    with pytest.raises(KeyClaimed):
-        async with uow(engine) as work:
-            await work.idempotency.claim("CreateAccount", "k1", "b" * 64, T0)
-
     async with uow(engine) as work:
+        assert not await work.idempotency.claim("CreateAccount", "k1", "b" * 64, T0)
         stored = await work.idempotency.find("CreateAccount", "k1", T0)
-        assert stored is not None and stored.response == {"id": "acct_1"}
+        assert stored is not None and stored == StoredKey("a" * 64, {"id": "acct_1"})
         # The same key in another scope is a different key.
-        await work.idempotency.claim("DeleteAccount", "k1", "c" * 64, T0)
-        # After retention the key may be claimed again.
+        assert await work.idempotency.claim("DeleteAccount", "k1", "c" * 64, T0)
+        # After retention the key may be claimed again, and starts over without a response.
         later = T0 + timedelta(hours=25)
         assert await work.idempotency.find("CreateAccount", "k1", later) is None
-        await work.idempotency.claim("CreateAccount", "k1", "d" * 64, later)
+        assert await work.idempotency.claim("CreateAccount", "k1", "d" * 64, later)
+        assert await work.idempotency.find("CreateAccount", "k1", later) == StoredKey("d" * 64, None)
         await work.commit()
+
+    with pytest.raises(RuntimeError, match="without claim"):
+        async with uow(engine) as work:
+            await work.idempotency.complete("CreateAccount", "never-claimed", {"id": "acct_2"})
 
 
 async def test_schema_check_and_idempotent_upgrade(engine: AsyncEngine) -> None:

@@ -13,9 +13,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from account_svc.domain import Account, AccountFilter, email_key
-from account_svc.repository import email_taken
-from core.idempotency import RETENTION, KeyClaimed, StoredKey
+from account_svc.domain import Account, AccountFilter, email_key, email_taken
+from core.idempotency import RETENTION, StoredKey
 from core.principal import Caller
 
 
@@ -74,11 +73,12 @@ class FakeIdempotency:
             return None
         return StoredKey(entry[0], entry[1])
 
-    async def claim(self, scope: str, key: str, fingerprint: str, now: datetime) -> None:
+    async def claim(self, scope: str, key: str, fingerprint: str, now: datetime) -> bool:
         entry = self._store.keys.get((scope, key))
         if entry is not None and entry[2] > now:
-            raise KeyClaimed(key)
+            return False
         self._store.keys[(scope, key)] = (fingerprint, None, now + RETENTION)
+        return True
 
     async def complete(self, scope: str, key: str, response: Mapping[str, Any]) -> None:
         fingerprint, _, expires = self._store.keys[(scope, key)]

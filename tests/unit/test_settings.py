@@ -40,3 +40,10 @@ def test_unknown_tally_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("TALLY_GRPC_ADRR", "typo:1")
     with pytest.raises(SettingsError, match="TALLY_GRPC_ADRR"):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["-1", "86401", "hourly"])
+def test_purge_interval_out_of_range_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("TALLY_IDEMPOTENCY_PURGE_INTERVAL_SECONDS", value)
+    with pytest.raises(SettingsError, match="TALLY_IDEMPOTENCY_PURGE_INTERVAL_SECONDS"):
+        load_settings()

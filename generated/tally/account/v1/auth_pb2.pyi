@@ -366,7 +366,8 @@ class CreateServiceAccountRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key; see CreateAccountRequest.request_id. A replay returns
-    the same secret.
+    the same service account with an empty client_secret: the secret is
+    never stored in clear, not even for replays.
     """
     @_builtins.property
     def service_account(self) -> Global___ServiceAccount:
