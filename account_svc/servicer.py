@@ -6,10 +6,7 @@ and are turned into gRPC statuses by interceptors.errors.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import postal_address_pb2
 
 from account_svc import use_cases
@@ -24,12 +21,6 @@ _STATUS_TO_PROTO = {
     AccountStatus.SUSPENDED: account_pb2.Account.STATUS_SUSPENDED,
 }
 _STATUS_FROM_PROTO = {value: key for key, value in _STATUS_TO_PROTO.items()}
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def address_from_proto(message: postal_address_pb2.PostalAddress) -> PostalAddress:
@@ -99,14 +90,14 @@ def account_to_proto(account: Account) -> account_pb2.Account:
         currency_code=account.currency_code,
         status=_STATUS_TO_PROTO[account.status],
         metadata=dict(account.metadata),
-        create_time=_timestamp(account.create_time),
-        update_time=_timestamp(account.update_time),
         etag=account.etag,
     )
+    message.create_time.FromDatetime(account.create_time)
+    message.update_time.FromDatetime(account.update_time)
+    if account.delete_time is not None:
+        message.delete_time.FromDatetime(account.delete_time)
     if account.billing_address is not None:
         message.billing_address.CopyFrom(address_to_proto(account.billing_address))
-    if account.delete_time is not None:
-        message.delete_time.CopyFrom(_timestamp(account.delete_time))
     return message
 
 

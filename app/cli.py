@@ -10,10 +10,16 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from google.rpc import code_pb2
+
 from core import logs
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import ListenError, Settings, SettingsError, load_settings
 
 log = logging.getLogger("tally")
+
+# Exit status of a command failing with a core.errors exception, by google.rpc.Code: 2 when the
+# command's own input was wrong (a bad argument, an account that does not exist), else 1.
+_TALLY_ERROR_EXIT = {code_pb2.INVALID_ARGUMENT: 2, code_pb2.NOT_FOUND: 2}
 
 # Options of each command that are not settings.
 _COMMAND_ARGS = {
@@ -240,22 +246,31 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tally {command}: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
-        from account_svc.identity.keys import KeyConfigError
-        from app.migrate import SchemaOutOfDate
-        from core.errors import TallyError
-
-        if isinstance(exc, SchemaOutOfDate | SettingsError | KeyConfigError):
-            log.error("%s", exc)
-        elif isinstance(exc, TallyError):
-            log.error("%s", exc)
-            sys.exit(2 if exc.reason != "EMAIL_TAKEN" else 1)
-        elif isinstance(exc, RuntimeError) and "bind" in str(exc).lower():
-            log.error("cannot listen on %s: %s", settings.grpc_addr, exc)
-        elif isinstance(exc, OSError | ConnectionError):
-            log.error("cannot reach %s: %s", settings.describe_database(), exc)
-        else:
+        line, code = _failure(exc, settings)
+        if line is None:
             log.exception("tally %s failed", command)
-        sys.exit(1)
+        else:
+            log.error("%s", line)
+        sys.exit(code)
+
+
+def _failure(exc: Exception, settings: Settings) -> tuple[str | None, int]:
+    """What to print for an error and the exit status, by the error's type: 2 when the operator's
+    input (a setting, an argument) is wrong, else 1. No line means a bug: log the traceback."""
+    from account_svc.identity.keys import KeyConfigError
+    from app.migrate import SchemaOutOfDate
+    from core import status
+    from core.errors import TallyError
+
+    if isinstance(exc, ListenError):
+        return str(exc), 2
+    if isinstance(exc, TallyError):
+        return status.describe(exc), _TALLY_ERROR_EXIT.get(status.code_of(exc), 1)
+    if isinstance(exc, SchemaOutOfDate | SettingsError | KeyConfigError):
+        return str(exc), 1
+    if isinstance(exc, OSError):
+        return f"cannot reach {settings.describe_database()}: {exc}", 1
+    return None, 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """The HTTP side: /metrics, /.well-known/jwks.json and /healthz on one aiohttp server.
 
-The REST gateway adds its routes with `add_routes()` or `add_subapp()` before
-`start()`. aiohttp's access log goes to the `tally.http` logger at DEBUG
-(method, path without the query string, status, duration); gRPC calls have
-their own access log.
+The REST gateway's routes come in through `routes=`. aiohttp's access log goes
+to the `tally.http` logger at DEBUG (method, path without the query string,
+status, duration); gRPC calls have their own access log.
 """
 
 from __future__ import annotations
@@ -55,14 +54,6 @@ class HttpServer:
             ]
         )
         self.app.add_routes(list(routes))
-
-    def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
-        """More routes (the REST gateway); only before `start()`."""
-        self.app.add_routes(list(routes))
-
-    def add_subapp(self, prefix: str, app: web.Application) -> None:
-        """Mount an application under `prefix` (e.g. '/v1'); only before `start()`."""
-        self.app.add_subapp(prefix, app)
 
     @property
     def port(self) -> int:

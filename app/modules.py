@@ -24,7 +24,6 @@ MODULES: tuple[ServiceModule[Any], ...] = (ACCOUNTS,)
 PLATFORM_MODELS: tuple[type[Base], ...] = (IdempotencyKeyRow, AuditEventRow)
 
 SERVICES: tuple[ServiceDescriptor, ...] = tuple(service for module in MODULES for service in module.services)
-SERVICE_NAMES: tuple[str, ...] = tuple(service.full_name for service in SERVICES)
 
 
 def table_names() -> tuple[str, ...]:

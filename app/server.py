@@ -41,7 +41,7 @@ from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
-from core.settings import Settings
+from core.settings import ListenError, Settings
 from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
 from interceptors.errors import ErrorMappingInterceptor
@@ -190,10 +190,6 @@ async def build_components(
     return Components(settings=settings, platform=platform, services=services, modules=modules)
 
 
-class ListenError(Exception):
-    """A listen address could not be bound; the message names the setting."""
-
-
 class Readiness:
     """Whether this process takes traffic: true from start() until stop() begins."""
 
@@ -235,9 +231,7 @@ class App:
             await self.http.start()
         except OSError as exc:
             await self.server.stop(0)
-            raise ListenError(
-                f"cannot listen on {self.settings.http_addr} (TALLY_HTTP_ADDR): {exc.strerror or exc}"
-            ) from exc
+            raise ListenError("TALLY_HTTP_ADDR", self.settings.http_addr, exc.strerror or str(exc)) from exc
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in self.components.service_names():
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -296,9 +290,10 @@ async def build(
         metrics.watch_pool(components.engine)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
-        telemetry.instrument_engine(components.engine, tracer)
+        telemetry.instrument_engine(components.engine, provider)
         client = _redis_client(settings.redis_url) if settings.redis_url else None
         if client is not None:
+            telemetry.instrument_redis(client, provider)
             metrics.redis_up()  # the limiter reports changes from here on
         services = components.service_descriptors
         policies = PolicyTable.from_services(services)
@@ -329,7 +324,7 @@ async def build(
         reflection.enable_server_reflection(
             (*components.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(settings.grpc_addr)
+        port = _bind_grpc(server, settings.grpc_addr)
         interval = settings.idempotency_purge_interval_seconds
         purger = (
             ExpiredKeyPurger(components.platform.writers, components.clock, interval) if interval else None
@@ -369,6 +364,15 @@ async def build(
         readiness=readiness,
         purger=purger,
     )
+
+
+def _bind_grpc(server: grpc.aio.Server, address: str) -> int:
+    # grpc.aio reports a failed bind as a bare RuntimeError (C-core logs the errno itself).
+    try:
+        port: int = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ListenError("TALLY_GRPC_ADDR", address, "the address is in use or not on this host") from exc
+    return port
 
 
 def _loopback(grpc_addr: str, port: int) -> str:

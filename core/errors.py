@@ -1,8 +1,8 @@
 """The one error hierarchy of Tally.
 
-Domain and use-case code raise these; interceptors.errors maps them to gRPC
-status codes with google.rpc details in exactly one place. Nothing here knows
-about gRPC or HTTP.
+Domain and use-case code raise these; core.status translates them to a
+google.rpc.Status (and its code to HTTP) in exactly one place, for the gRPC
+error mapping, the REST gateway and the CLI. Nothing here knows about gRPC or HTTP.
 """
 
 from __future__ import annotations

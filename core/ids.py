@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
@@ -12,12 +11,3 @@ _BODY_LENGTH = 26  # 130 bits of randomness
 def new_id(prefix: str) -> str:
     body = "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))
     return f"{prefix}_{body}"
-
-
-def id_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"{re.escape(prefix)}_[{_ALPHABET}]{{{_BODY_LENGTH}}}")
-
-
-def looks_like(prefix: str, value: str) -> bool:
-    """True when `value` has the shape of an id with this prefix (says nothing of existence)."""
-    return id_pattern(prefix).fullmatch(value) is not None

@@ -57,6 +57,18 @@ class SettingsError(Exception):
     """Settings failed validation; the message lists every bad setting by its variable name."""
 
 
+class ListenError(Exception):
+    """A listen address of a setting could not be bound (in use, or not an address of this host).
+
+    Raised where the bind happens, so the message names the setting to change.
+    """
+
+    def __init__(self, setting: str, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({setting}): {reason}")
+        self.setting = setting
+        self.address = address
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TALLY_", extra="forbid", frozen=True)
 

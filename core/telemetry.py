@@ -1,8 +1,10 @@
 """Tracing: an OpenTelemetry tracer provider configured from the standard OTEL_* variables.
 
 `setup_tracing()` builds the provider (the composition root calls it once and
-shuts it down on exit); `instrument_engine()` adds a span per SQL statement;
-`traced()` wraps any other outgoing call (Redis) in a child span.
+shuts it down on exit). `instrument_engine()` and `instrument_redis()` add a
+CLIENT span per SQL statement and per Redis command, from OpenTelemetry's own
+SQLAlchemy and Redis instrumentation, applied to one engine or client with our
+provider (never globally, so each App and each test sees its own spans).
 
 Variables honoured:
 
@@ -21,12 +23,14 @@ Variables honoured:
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Mapping
 
+import redis.asyncio
 from opentelemetry import trace
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.instrumentation.sqlalchemy.version import __version__ as _sqlalchemy_version
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -35,13 +39,11 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.util.types import AttributeValue
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
+from opentelemetry.trace import Tracer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRACER_NAME = "tally"
+_SQLALCHEMY_TRACER = "opentelemetry.instrumentation.sqlalchemy"
 _EXPORTERS = ("otlp", "console", "none")
 
 
@@ -114,140 +116,30 @@ def get_tracer(provider: trace.TracerProvider) -> Tracer:
     return provider.get_tracer(TRACER_NAME)
 
 
-@asynccontextmanager
-async def traced(
-    tracer: Tracer, name: str, *, kind: SpanKind = SpanKind.CLIENT, **attributes: AttributeValue
-) -> AsyncIterator[Span]:
-    """A child span of the current one around an outgoing call, e.g.
-
-        async with traced(tracer, "redis EVALSHA", **{"db.system": "redis"}):
-            await redis.evalsha(...)
-
-    An exception marks the span ERROR (and is re-raised); cancellation does not.
-    """
-    with tracer.start_as_current_span(
-        name, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
-    ) as span:
-        try:
-            yield span
-        except Exception as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-
-
-# --- SQL ------------------------------------------------------------------------------------------
-
-_LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
-_FIRST_WORD = re.compile(r"[A-Za-z]+")
-_NAME = r'(?:"[^"]+"|`[^`]+`|[A-Za-z_][\w$]*)'
-_TABLE = re.compile(
-    rf"\b(?:FROM|INTO|UPDATE|TABLE(?:\s+IF\s+(?:NOT\s+)?EXISTS)?)\s+({_NAME}(?:\.{_NAME})?)", re.I
-)
-_STATEMENT_LIMIT = 4096
-_CACHE_LIMIT = 1024
-_SPAN_ATTR = "_tally_span"
-_STACK_KEY = "_tally_spans"
-
-
-def describe_sql(statement: str) -> tuple[str, str | None]:
-    """('SELECT', 'accounts') for 'SELECT ... FROM accounts ...'; the table is a best guess or None."""
-    comments = _LEADING_COMMENTS.match(statement)
-    body = statement[comments.end() :] if comments else statement
-    first = _FIRST_WORD.match(body)
-    operation = first.group(0).upper() if first else "SQL"
-    if operation in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA", "SET", "SHOW"):
-        return operation, None
-    table = _TABLE.search(body)
-    return operation, table.group(1).replace('"', "").replace("`", "") if table else None
-
-
-def instrument_engine(engine: AsyncEngine, tracer: Tracer) -> None:
+def instrument_engine(engine: AsyncEngine, provider: trace.TracerProvider) -> None:
     """A CLIENT span per SQL statement, a child of whatever span is current (the RPC's).
 
-    Hooks `before/after_cursor_execute` and `handle_error` on the sync engine, so
-    engines derived with `execution_options()` (core.db.read_only) are covered
-    too. SQLAlchemy's async layer runs the sync code in a greenlet that shares
-    the asyncio task's contextvars, so the current span is the caller's. Span
-    attributes: db.system, db.operation, db.sql.table, db.statement (the SQL
-    text with placeholders; parameter values are never recorded). Call once per
-    engine.
+    OpenTelemetry's SQLAlchemy instrumentation listens on the sync engine, so engines derived
+    with `execution_options()` (core.db.read_only) are covered too; SQLAlchemy's async layer
+    runs the sync code in a greenlet that shares the task's contextvars, so the current span
+    is the caller's. Attributes: db.system, db.name, db.statement (the SQL text with
+    placeholders; parameter values are never recorded), db.operation, and server address and
+    port for PostgreSQL. A failed statement's span is ERROR, described by the driver's
+    message (PostgreSQL's primary message, without the DETAIL that may quote values). Call
+    once per engine.
+
+    `EngineTracer` is what `SQLAlchemyInstrumentor` attaches to an engine; using it directly
+    instruments this engine alone, where the instrumentor would also patch
+    `create_engine` for the whole process, once.
     """
-    sync_engine = engine.sync_engine
-    base: dict[str, AttributeValue] = {"db.system": engine.dialect.name}  # postgresql, sqlite
-    url = engine.url
-    if url.host:
-        base["server.address"] = url.host
-        if url.port:
-            base["server.port"] = url.port
-        if url.database:
-            base["db.name"] = url.database
-    names: dict[str, tuple[str, str, str | None]] = {}
-
-    def describe(statement: str) -> tuple[str, str, str | None]:
-        known = names.get(statement)
-        if known is None:
-            operation, table = describe_sql(statement)
-            known = (f"{operation} {table}" if table else operation, operation, table)
-            if len(names) >= _CACHE_LIMIT:
-                names.clear()
-            names[statement] = known
-        return known
-
-    @event.listens_for(sync_engine, "before_cursor_execute")
-    def _before(
-        conn: Connection,
-        _cursor: Any,
-        statement: str,
-        _parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        name, operation, table = describe(statement)
-        attributes = dict(base)
-        attributes["db.operation"] = operation
-        attributes["db.statement"] = statement[:_STATEMENT_LIMIT]
-        if table:
-            attributes["db.sql.table"] = table
-        if executemany:
-            attributes["db.executemany"] = True
-        span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        if context is not None:
-            setattr(context, _SPAN_ATTR, span)
-        else:
-            conn.info.setdefault(_STACK_KEY, []).append(span)
-
-    @event.listens_for(sync_engine, "after_cursor_execute")
-    def _after(
-        conn: Connection,
-        _cursor: Any,
-        _statement: str,
-        _parameters: Any,
-        context: ExecutionContext | None,
-        _executemany: bool,
-    ) -> None:
-        span = _take_span(conn, context)
-        if span is not None:
-            span.end()
-
-    @event.listens_for(sync_engine, "handle_error")
-    def _error(exception_context: ExceptionContext) -> None:
-        span = _take_span(exception_context.connection, exception_context.execution_context)
-        if span is None:
-            return
-        error = exception_context.original_exception
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        span.end()
+    tracer = trace.get_tracer(_SQLALCHEMY_TRACER, _sqlalchemy_version, tracer_provider=provider)
+    # The instrumentation also counts pool connections; Tally's Prometheus pool gauges do that.
+    connections = NoOpMeterProvider().get_meter(_SQLALCHEMY_TRACER).create_up_down_counter("unused")
+    EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
 
 
-def _take_span(conn: Connection | None, context: ExecutionContext | None) -> Span | None:
-    if context is not None:
-        span: Span | None = getattr(context, _SPAN_ATTR, None)
-        if span is not None:
-            delattr(context, _SPAN_ATTR)
-        return span
-    if conn is None:
-        return None
-    stack: list[Span] = conn.info.get(_STACK_KEY, [])
-    return stack.pop() if stack else None
+def instrument_redis(client: redis.asyncio.Redis, provider: trace.TracerProvider) -> None:
+    """A CLIENT span per Redis command of this client (EVALSHA of the rate limiter, ...), with
+    db.system, db.statement (`EVALSHA ? ? ?`: arguments are never recorded) and the server
+    address. A failed or timed-out command's span is ERROR. Call once per client."""
+    RedisInstrumentor.instrument_client(client, tracer_provider=provider)

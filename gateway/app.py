@@ -38,7 +38,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import status_pb2
 
 from core.request_context import new_request_id
-from core.settings import parse_host_port
+from core.settings import ListenError, parse_host_port
 from gateway.errors import GatewayError, error_headers, http_status, status_from_rpc_error, status_json
 from gateway.routes import Route, RouteTable
 from gateway.transcoder import build_request, build_stream_requests, response_json
@@ -344,7 +344,7 @@ def gateway_routes(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     use_proto_names: bool = False,
 ) -> list[web.RouteDef]:
-    """aiohttp route definitions for HttpServer(routes=...) or HttpServer.add_routes(...).
+    """aiohttp route definitions, for app.http.HttpServer(routes=...) or an aiohttp application.
 
     The caller owns `channel` (open it before serving; close it after HttpServer.stop()).
     """
@@ -398,7 +398,10 @@ async def serve_gateway(
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host.strip("[]"), port, reuse_port=False).start()
+            try:
+                await web.TCPSite(runner, host.strip("[]"), port, reuse_port=False).start()
+            except OSError as exc:
+                raise ListenError("TALLY_HTTP_ADDR", http_addr, exc.strerror or str(exc)) from exc
             log.info("tally gateway on %s, calling gRPC at %s", http_addr, target)
             await stop.wait()
         finally:

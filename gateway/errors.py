@@ -1,4 +1,6 @@
-"""gRPC status to HTTP: the status code table, the google.rpc.Status JSON body, and gateway-made errors.
+"""gRPC status to HTTP: the google.rpc.Status JSON body, error headers, and gateway-made errors.
+
+The code-to-HTTP table is core.status's, shared with the gRPC error mapping and the CLI.
 
 Every error answer, whether the gRPC server's or the gateway's own (no route,
 wrong method, unreadable request, body too large), has the same body: the
@@ -13,49 +15,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, json_format
-from google.protobuf.message import Message
+from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-DOMAIN = "tally"
-
-HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
-_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+from core.errors import FieldViolation
+from core.status import http_status as http_status_of_number
+from core.status import make_status
 
 
 def http_status(code: grpc.StatusCode | int) -> int:
     """The HTTP status for a gRPC status code (a grpc.StatusCode or its number); unknown ones are 500."""
-    if isinstance(code, int):
-        found = _BY_NUMBER.get(code)
-        if found is None:
-            return 500
-        code = found
-    return HTTP_STATUS.get(code, 500)
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return http_status_of_number(code.value[0] if isinstance(code, grpc.StatusCode) else code)
 
 
 class GatewayError(Exception):
@@ -80,14 +51,12 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
     def status(self) -> status_pb2.Status:
-        details = [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN))]
-        if self.violations:
-            field_violations = [
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in self.violations
-            ]
-            details.append(_pack(error_details_pb2.BadRequest(field_violations=field_violations)))
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return make_status(
+            self.code.value[0],
+            self.message,
+            reason=self.reason,
+            violations=[FieldViolation(field, description) for field, description in self.violations],
+        )
 
     @classmethod
     def invalid(cls, field: str, description: str, *, reason: str = "INVALID_ARGUMENT") -> GatewayError:

@@ -1,8 +1,22 @@
-"""Plumbing shared by the tracing and observability interceptors.
+"""Plumbing every interceptor shares: one wrapper for all handler kinds, and the call's status.
 
-`wrap_handler` puts a per-call hook (a context manager) around any of the four
-handler kinds; when the hook's block ends, `RpcCall.code` holds the status the
-client will see. How that code is found in grpc.aio (checked by the tests):
+`wrap_handler(handler, around)` returns the handler with `around(request, context)`, an
+async context manager, entered before its behaviour runs and exited when it has finished
+(with the exception, if one escaped). It is the one place that knows the handler kinds
+grpc.aio accepts and keeps each one's shape, because grpc.aio picks how to drive a
+behaviour by its shape:
+
+* unary-unary and stream-unary: a coroutine function returning the response;
+* unary-stream and stream-stream: an async generator function yielding responses, or a
+  coroutine function that sends them with `await context.write(msg)` and returns None
+  (grpc's own Health/Watch is one);
+* synchronous functions (which grpc.aio runs in its thread pool): returned unwrapped, so
+  observers do not see them; `enforce=True` refuses them with UNIMPLEMENTED instead, for
+  interceptors that must not be bypassed (auth, rate limits). Tally has none.
+
+`observe(details, hook)` adapts a plain context-manager hook that receives an `RpcCall`;
+when the hook's block ends, `RpcCall.code` holds the status the client will see. How that
+code is found in grpc.aio (checked by the tests):
 
 * a handler that returns normally: `context.code()`, None unless `set_code`
   was called, so None means OK;
@@ -17,9 +31,6 @@ client will see. How that code is found in grpc.aio (checked by the tests):
   so a call cancelled within a small margin of its deadline (20 ms + 1 % of
   the time it was given, covering transit and grpc-timeout rounding) counts
   as DEADLINE_EXCEEDED, which is what the client saw.
-
-Only `async` handlers are wrapped: synchronous ones (which grpc.aio runs in its
-thread pool) pass through unobserved; Tally has none.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,23 +79,6 @@ def split_method(full_method: str) -> tuple[str, str, str]:
     name = full_method.lstrip("/")
     service, _, method = name.rpartition("/")
     return name, service, method
-
-
-def parse_peer(peer: str | None) -> tuple[str, int | None]:
-    """'ipv4:10.0.0.1:5000' -> ('10.0.0.1', 5000); 'ipv6:[::1]:5000' -> ('::1', 5000);
-    'unix:/x' -> ('/x', None)."""
-    if not peer:
-        return "", None
-    scheme, sep, rest = peer.partition(":")
-    if not sep:
-        return peer, None
-    if scheme not in ("ipv4", "ipv6"):
-        return rest, None
-    host, _, port = rest.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit():
-        return rest, None
-    return host, int(port)
 
 
 def text_metadata(metadata: Iterable[Any] | None) -> dict[str, str]:
@@ -141,73 +135,69 @@ class RpcCall:
 
 
 Hook = Callable[[RpcCall], AbstractContextManager[object]]
-Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[object]]
 
 _KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
 )
 
 
-def replace_behavior(handler: grpc.RpcMethodHandler, *, unary: Wrap, stream: Wrap) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour wrapped: `unary` for methods answering one message,
-    `stream` for methods streaming their answer. The one place that knows the four handler kinds."""
-    for attribute, make, streams in _KINDS:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, around: Around, *, enforce: bool = False
+) -> grpc.RpcMethodHandler:
+    """The same handler with `around(request, context)` entered around every call (any kind)."""
+    for attribute, make in _KINDS:
         behavior = getattr(handler, attribute)
         if behavior is not None:
-            wrapped = (stream if streams else unary)(behavior)
+            wrapped = _wrap(behavior, around, enforce)
             return make(wrapped, handler.request_deserializer, handler.response_serializer)
     return handler
 
 
-def wrap_handler(
-    handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails, hook: Hook
-) -> grpc.RpcMethodHandler:
-    """The same handler with `hook(call)` entered around every call, for all four kinds."""
+def _wrap(behavior: Callable[..., Any], around: Around, enforce: bool) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with around(request, context):
+                async for response in behavior(request, context):
+                    yield response
+
+        return generator
+
+    if inspect.iscoroutinefunction(behavior):
+        # Unary answers and `context.write` streams alike: the coroutine's result passes through.
+        async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with around(request, context):
+                return await behavior(request, context)
+
+        return coroutine
+
+    if not enforce:
+        return behavior
+
+    async def refused(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "synchronous handlers are not supported")
+
+    return refused
+
+
+def observe(details: grpc.HandlerCallDetails, hook: Hook) -> Around:
+    """An `around` that enters `hook(call)` for each call and fills in the call's final status."""
     full_method = details.method
     metadata = text_metadata(details.invocation_metadata)
 
-    def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isasyncgenfunction(behavior):
-            return _wrap_generator(behavior, full_method, metadata, hook)
-        if inspect.iscoroutinefunction(behavior):
-            return _wrap_coroutine(behavior, full_method, metadata, hook)
-        return behavior
-
-    return replace_behavior(handler, unary=wrap, stream=wrap)
-
-
-def _wrap_coroutine(
-    behavior: Callable[..., Any], full_method: str, metadata: dict[str, str], hook: Hook
-) -> Callable[..., Any]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    @asynccontextmanager
+    async def around(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         call = RpcCall(full_method, metadata, context)
         with hook(call):
             try:
-                result = await behavior(request, context)
-            except BaseException as exc:
-                call.finish(exc)
-                raise
-            call.finish(None)
-            return result
-
-    return wrapped
-
-
-def _wrap_generator(
-    behavior: Callable[..., AsyncIterator[Any]], full_method: str, metadata: dict[str, str], hook: Hook
-) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = RpcCall(full_method, metadata, context)
-        with hook(call):
-            try:
-                async for response in behavior(request, context):
-                    yield response
+                yield
             except BaseException as exc:
                 call.finish(exc)
                 raise
             call.finish(None)
 
-    return wrapped
+    return around

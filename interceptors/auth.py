@@ -12,6 +12,7 @@ to inner interceptors through core.principal.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import grpc
@@ -19,7 +20,7 @@ import grpc
 from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.principal import Principal, reset_principal, set_principal
 from core.request_context import request_info
-from interceptors._rpc import replace_behavior
+from interceptors._rpc import wrap_handler
 from interceptors.policy import MethodPolicy, PolicyTable
 
 _MAX_HEADER = 16 * 1024
@@ -78,22 +79,32 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         policy = self._policies.get(method)
         metadata = details.invocation_metadata
 
-        async def admit(request: Any) -> Principal | None:
-            try:
-                principal = await self._admit(method, policy, metadata, request)
-            except (Unauthenticated, PermissionDenied, NotFound) as exc:
-                self._on_failure(exc.reason)
-                raise
-            info = request_info()  # the access log (outside this interceptor) names the caller
-            if info is not None:
-                info.principal = principal
-            return principal
-
-        return replace_behavior(
+        return wrap_handler(
             handler,
-            unary=lambda behavior: _guard_unary(behavior, admit),
-            stream=lambda behavior: _guard_stream(behavior, admit),
+            lambda request, _context: self._admitted(method, policy, metadata, request),
+            enforce=True,
         )
+
+    @asynccontextmanager
+    async def _admitted(
+        self, method: str, policy: MethodPolicy | None, metadata: Any, request: Any
+    ) -> AsyncIterator[None]:
+        """The principal admitted for this call, current while its handler runs."""
+        # Client-streaming calls pass an iterator, not a message: they get no field check.
+        message = request if hasattr(request, "DESCRIPTOR") else None
+        try:
+            principal = await self._admit(method, policy, metadata, message)
+        except (Unauthenticated, PermissionDenied, NotFound) as exc:
+            self._on_failure(exc.reason)
+            raise
+        info = request_info()  # the access log (outside this interceptor) names the caller
+        if info is not None:
+            info.principal = principal
+        token = set_principal(principal)
+        try:
+            yield
+        finally:
+            reset_principal(token)
 
     async def _admit(
         self, method: str, policy: MethodPolicy | None, metadata: Any, request: Any
@@ -131,33 +142,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         f"account {wanted!r} not found", reason="ACCOUNT_NOT_FOUND", metadata={"id": wanted}
                     )
         return principal
-
-
-def _guard_unary(
-    behavior: Callable[..., Awaitable[Any]], admit: Callable[[Any], Awaitable[Principal | None]]
-) -> Callable[..., Awaitable[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        # Client-streaming calls pass an iterator, not a message: they get no field check.
-        principal = await admit(request if hasattr(request, "DESCRIPTOR") else None)
-        token = set_principal(principal)
-        try:
-            return await behavior(request, context)
-        finally:
-            reset_principal(token)
-
-    return guarded
-
-
-def _guard_stream(
-    behavior: Callable[..., AsyncIterator[Any]], admit: Callable[[Any], Awaitable[Principal | None]]
-) -> Callable[..., AsyncIterator[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        principal = await admit(request if hasattr(request, "DESCRIPTOR") else None)
-        token = set_principal(principal)
-        try:
-            async for response in behavior(request, context):
-                yield response
-        finally:
-            reset_principal(token)
-
-    return guarded

@@ -7,7 +7,7 @@ are recorded, and one record with message "rpc" is logged with the fields
     method       'tally.account.v1.AccountService/GetAccount'
     code         gRPC status name, 'OK', 'NOT_FOUND', ...
     duration_ms  float, handler start to last response
-    peer         'host:port' of the client
+    peer         the client's address, '10.0.0.7:5000' or '[::1]:5000' (interceptors.peer)
     request_id   the client's x-request-id if sane, else a new one
     trace_id     32 hex digits, when a valid span is current (TracingInterceptor outside)
     span_id      16 hex digits, likewise
@@ -43,7 +43,8 @@ from opentelemetry import trace
 from core.metrics import Metrics
 from core.principal import current_principal
 from core.request_context import REQUEST_ID_HEADER, RequestInfo, new_request_id, request_scope
-from interceptors._rpc import SERVER_FAULTS, RpcCall, parse_peer, text_metadata, wrap_handler
+from interceptors._rpc import SERVER_FAULTS, RpcCall, observe, text_metadata, wrap_handler
+from interceptors.peer import parse_peer
 
 ACCESS_LOGGER = "tally.access"
 QUIET_METHODS = frozenset({"grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch"})
@@ -72,7 +73,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             self._unknown_method(handler_call_details)
             return None
-        return wrap_handler(handler, handler_call_details, self._observe)
+        return wrap_handler(handler, observe(handler_call_details, self._observe))
 
     def _unknown_method(self, details: grpc.HandlerCallDetails) -> None:
         code = grpc.StatusCode.UNIMPLEMENTED.name
@@ -109,12 +110,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             level = logging.INFO
         if not self._log.isEnabledFor(level):
             return
-        address, port = parse_peer(call.peer())
         fields: dict[str, Any] = {
             "method": call.name,
             "code": call.code.name,
             "duration_ms": round(elapsed * 1000, 3),
-            "peer": _join(address, port),
+            "peer": str(parse_peer(call.peer())),
             "request_id": info.request_id,
         }
         span_context = trace.get_current_span().get_span_context()
@@ -127,9 +127,3 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if call.error is not None:
             fields["error"] = type(call.error).__name__
         self._log.log(level, "rpc", extra=fields)
-
-
-def _join(address: str, port: int | None) -> str:
-    if port is None:
-        return address
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -91,6 +91,3 @@ class PolicyTable:
         """(rate-limit group, cost) of a method; unknown methods count against `default`."""
         policy = self.get(full_method)
         return (policy.rate_group, policy.rate_cost) if policy else ("default", 1)
-
-    def methods(self) -> list[str]:
-        return sorted(self._policies)

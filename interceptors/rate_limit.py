@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import inspect
 import ipaddress
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote
 
 import grpc
 import redis.asyncio
@@ -39,7 +38,8 @@ from redis.exceptions import NoScriptError, RedisError
 from core import errors
 from core.principal import current_principal
 from core.settings import RateLimit
-from interceptors._rpc import replace_behavior
+from interceptors._rpc import wrap_handler
+from interceptors.peer import IpAddress, parse_peer
 
 log = logging.getLogger("tally.rate_limit")
 
@@ -316,23 +316,7 @@ LOOPBACK: tuple[IpNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddres
 FORWARDED_FOR = "x-forwarded-for"
 
 
-def _address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    kind, _, rest = unquote(peer).partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return None
-    if rest.startswith("["):
-        host = rest[1 : rest.find("]")] if "]" in rest else ""
-    elif kind == "ipv4" and ":" in rest:
-        host = rest.rpartition(":")[0]
-    else:
-        host = rest
-    try:
-        return ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return None
-
-
-def address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+def address_key(address: IpAddress) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
@@ -343,7 +327,7 @@ def address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 def client_key(peer: str, forwarded_for: str | None, trusted: Sequence[IpNetwork] = LOOPBACK) -> str:
     """The key of an anonymous caller: its address, or, when the direct peer is a trusted proxy
     (by default the REST gateway on loopback), the client address the proxy forwarded."""
-    address = _address(peer)
+    address = parse_peer(peer).ip()
     if forwarded_for and address is not None and any(address in network for network in trusted):
         try:
             return address_key(ipaddress.ip_address(forwarded_for.split(",")[0].strip()))
@@ -360,9 +344,10 @@ def peer_key(peer: str) -> str:
     IPv6 address counts as IPv4; every Unix-socket caller shares "unix"; anything
     unparsable is "unknown". Percent-encoded peers (newer gRPC cores) are decoded.
     """
-    if unquote(peer).startswith("unix"):
+    parsed = parse_peer(peer)
+    if parsed.kind == "unix":
         return "unix"
-    address = _address(peer)
+    address = parsed.ip()
     return address_key(address) if address is not None else "unknown"
 
 
@@ -386,9 +371,6 @@ def method_groups(
         return rule
 
     return group_for
-
-
-_Check = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
@@ -420,12 +402,14 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         group, cost = self._group_for(handler_call_details.method)
         if cost <= 0:
             return handler
-        check: _Check = functools.partial(self._check, group, cost)
-        return replace_behavior(
-            handler,
-            unary=lambda behavior: _wrap(behavior, check),
-            stream=lambda behavior: _wrap(behavior, check),
+        return wrap_handler(
+            handler, lambda _request, context: self._charged(group, cost, context), enforce=True
         )
+
+    @asynccontextmanager
+    async def _charged(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        await self._check(group, cost, context)
+        yield
 
     async def _check(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> None:
         principal = current_principal()
@@ -456,22 +440,3 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             subject=f"{group}:{kind}",
             limit_description=describe_limit(limit),
         )
-
-
-def _wrap(behavior: Callable[..., Any], check: _Check) -> Callable[..., Any]:
-    """Run `check` at call time, then the behaviour, keeping its kind: an async generator
-    stays one, and a coroutine (unary, or streaming with `context.write`) stays one."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await check(context)
-            async for response in behavior(request, context):
-                yield response
-
-        return wrapped_stream
-
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await check(context)
-        return await behavior(request, context)
-
-    return wrapped

@@ -23,7 +23,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from interceptors._rpc import SERVER_FAULTS, RpcCall, parse_peer, wrap_handler
+from interceptors._rpc import SERVER_FAULTS, RpcCall, observe, wrap_handler
+from interceptors.peer import parse_peer
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):
@@ -39,7 +40,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return wrap_handler(handler, handler_call_details, self._span)
+        return wrap_handler(handler, observe(handler_call_details, self._span))
 
     @contextmanager
     def _span(self, call: RpcCall) -> Iterator[None]:
@@ -49,11 +50,11 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             "rpc.service": call.service,
             "rpc.method": call.method,
         }
-        address, port = parse_peer(call.peer())
-        if address:
-            attributes["network.peer.address"] = address
-        if port is not None:
-            attributes["network.peer.port"] = port
+        peer = parse_peer(call.peer())
+        if peer.address:
+            attributes["network.peer.address"] = peer.address
+        if peer.port is not None:
+            attributes["network.peer.port"] = peer.port
         with self._tracer.start_as_current_span(
             call.name,
             context=parent,

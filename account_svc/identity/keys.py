@@ -15,7 +15,6 @@ With neither configured, production refuses to start and development generates a
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from core.settings import Settings
 
@@ -39,7 +39,6 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 # Key ids go into token headers, JWKS and log lines: keep them short and boring.
-_JWK_CURVES = {"secp256r1": "P-256"}
 _KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CONFIG_HINT = (
     "set TALLY_JWT_HS256_SECRET (32+ bytes) or TALLY_JWT_KEYS_DIR (a directory of PEM private keys)"
@@ -70,27 +69,21 @@ class JwtKey:
         return self.alg != "HS256"
 
     def public_jwk(self) -> dict[str, str]:
-        """The RFC 7517 JWK of the public half; ValueError for a shared secret."""
+        """The RFC 7517 JWK of the public half, from PyJWT; ValueError for a shared secret."""
         key = self.verify_with
-        base = {"kid": self.kid, "alg": self.alg, "use": "sig"}
         if isinstance(key, rsa.RSAPublicKey):
-            numbers = key.public_numbers()
-            return {"kty": "RSA", **base, "n": _b64_uint(numbers.n), "e": _b64_uint(numbers.e)}
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            point = key.public_numbers()
-            size = (key.curve.key_size + 7) // 8
-            x, y = _b64url(point.x.to_bytes(size, "big")), _b64url(point.y.to_bytes(size, "big"))
-            return {"kty": "EC", **base, "crv": _JWK_CURVES[key.curve.name], "x": x, "y": y}
-        raise ValueError(f"key {self.kid} is a shared secret and must not be published")
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64_uint(value: int) -> str:
-    """Base64url of the big-endian bytes of a positive integer, without leading zero bytes (RFC 7518)."""
-    return _b64url(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+            jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+        else:
+            raise ValueError(f"key {self.kid} is a shared secret and must not be published")
+        jwk.pop("key_ops", None)  # RFC 7517 section 4.3: not together with "use"
+        return {
+            **{name: str(value) for name, value in jwk.items()},
+            "kid": self.kid,
+            "alg": self.alg,
+            "use": "sig",
+        }
 
 
 def hs256_key(secret: bytes) -> JwtKey:

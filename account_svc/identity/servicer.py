@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from account_svc.identity import use_cases
 from account_svc.identity.domain import ServiceAccount, User
@@ -22,14 +19,6 @@ def _caller(method: str, request_id: str = "") -> Caller:
     return caller_for(f"/{_SERVICE}/{method}", request_id)
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _tokens(tokens: Tokens) -> auth_pb2.TokenResponse:
     return auth_pb2.TokenResponse(
         access_token=tokens.access_token,
@@ -42,24 +31,25 @@ def _tokens(tokens: Tokens) -> auth_pb2.TokenResponse:
 
 
 def user_to_proto(user: User) -> auth_pb2.User:
-    return auth_pb2.User(
+    message = auth_pb2.User(
         id=user.id,
         email=user.email,
         role=_ROLES_OUT.get(user.role, auth_pb2.User.ROLE_UNSPECIFIED),
         account_id=user.account_id or "",
-        create_time=_timestamp(user.create_time),
-        update_time=_timestamp(user.update_time),
     )
+    message.create_time.FromDatetime(user.create_time)
+    message.update_time.FromDatetime(user.update_time)
+    return message
 
 
 def service_account_to_proto(account: ServiceAccount) -> auth_pb2.ServiceAccount:
-    return auth_pb2.ServiceAccount(
-        id=account.id,
-        display_name=account.display_name,
-        scopes=list(account.scopes),
-        create_time=_timestamp(account.create_time),
-        delete_time=_timestamp(account.delete_time),
+    message = auth_pb2.ServiceAccount(
+        id=account.id, display_name=account.display_name, scopes=list(account.scopes)
     )
+    message.create_time.FromDatetime(account.create_time)
+    if account.delete_time is not None:
+        message.delete_time.FromDatetime(account.delete_time)
+    return message
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

@@ -338,26 +338,20 @@ def test_invalid_setting_exits_2_naming_it(tmp_path: Path, command: str, variabl
     assert not (tmp_path / "tally.db").exists()
 
 
-def test_port_taken_by_another_program_exits_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["TALLY_GRPC_ADDR", "TALLY_HTTP_ADDR"])
+def test_busy_port_exits_2_with_one_line_naming_the_setting(tmp_path: Path, variable: str) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        result = run_tally("serve", server_env(tmp_path, TALLY_GRPC_ADDR=f"127.0.0.1:{port}"), cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "tally serving gRPC on" not in result.stderr
-
-
-def test_http_port_taken_exits_1_naming_the_setting(tmp_path: Path) -> None:
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        result = run_tally("serve", server_env(tmp_path, TALLY_HTTP_ADDR=f"127.0.0.1:{port}"), cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port} (TALLY_HTTP_ADDR)" in result.stderr
+        result = run_tally("serve", server_env(tmp_path, **{variable: f"127.0.0.1:{port}"}), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    naming = [line for line in result.stderr.splitlines() if variable in line]
+    assert len(naming) == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} ({variable})" in naming[0]
+    assert "Traceback" not in result.stderr
     assert "cannot reach" not in result.stderr
+    assert "tally serving gRPC on" not in result.stderr
 
 
 def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
@@ -369,8 +363,8 @@ def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
         with launched_server(second_env, cwd=tmp_path) as second:
             addr, _ = second.wait_for_start_or_exit()
             assert addr is None, f"a second server is serving on {addr}, the port of the first"
-            assert second.wait_exit(timeout=10) == 1
-            assert f"cannot listen on {first.addr}" in second.stderr
+            assert second.wait_exit(timeout=10) == 2
+            assert f"cannot listen on {first.addr} (TALLY_GRPC_ADDR)" in second.stderr
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------

@@ -20,13 +20,10 @@ errors (the gateway's, naming the line, or the server's) plain JSON errors. A bi
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,51 +31,22 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
-from google.api import annotations_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.app import gateway_routes
+from tests.protoc import Generated, compiled
 
-PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
 PROTO_FILE = "tally_test/streaming/v1/streaming.proto"
-PACKAGE = "tally_test.streaming.v1"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
-
-
-@dataclass(frozen=True)
-class Generated:
-    pb2: ModuleType
-    pb2_grpc: ModuleType
 
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generated]:
     """streaming.proto compiled with grpc_tools.protoc and imported; sys.path and sys.modules restored."""
-    from grpc_tools import protoc  # type: ignore[import-untyped]
-
-    out = tmp_path_factory.mktemp("streaming_proto")
-    googleapis = Path(annotations_pb2.__file__).resolve().parents[2]  # site-packages: google/api/*.proto
-    well_known = Path(protoc.__file__).resolve().parent / "_proto"
-    argv = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        PROTO_FILE,
-    ]
-    assert protoc.main(argv) == 0, f"protoc failed: {argv}"
-    sys.path.insert(0, str(out))
-    try:
-        module = PACKAGE + ".streaming_pb2"
-        yield Generated(importlib.import_module(module), importlib.import_module(module + "_grpc"))
-    finally:
-        sys.path.remove(str(out))
-        for name in [n for n in sys.modules if n == "tally_test" or n.startswith("tally_test.")]:
-            del sys.modules[name]
+    with compiled(PROTO_FILE, tmp_path_factory.mktemp("streaming_proto")) as modules:
+        yield modules
 
 
 def _not_found_status(after: int) -> status_pb2.Status:

@@ -561,9 +561,12 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Channel]]]:
     servers: list[grpc.aio.Server] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def start(limiter: RateLimiter, *, map_errors: bool = True) -> grpc.aio.Channel:
-        chain: list[Any] = [ErrorMappingInterceptor()] if map_errors else []
-        chain += [SubjectFromMetadata(), RateLimitInterceptor(limiter, GROUP_FOR)]
+    async def start(limiter: RateLimiter) -> grpc.aio.Channel:
+        chain: list[Any] = [
+            ErrorMappingInterceptor(),
+            SubjectFromMetadata(),
+            RateLimitInterceptor(limiter, GROUP_FOR),
+        ]
         server = grpc.aio.server(interceptors=chain)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, HANDLERS)])
         port = server.add_insecure_port("127.0.0.1:0")
@@ -701,12 +704,14 @@ async def test_every_handler_kind_is_limited(serve: Callable[..., Awaitable[grpc
 async def test_a_streaming_handler_that_writes_stays_a_coroutine(
     serve: Callable[..., Awaitable[grpc.aio.Channel]],
 ) -> None:
-    # ErrorMappingInterceptor iterates stream behaviours, so this style only runs without it.
-    channel = await serve(frozen_limiter(), map_errors=False)
+    """A server-streaming handler may send with `await context.write(msg)` and return None;
+    through error mapping and the limiter it still streams, and its refusal is the real status."""
+    channel = await serve(frozen_limiter())
     assert await _collect(channel.unary_stream(f"/{SERVICE}/WriteTwo")(b"")) == [b"a", b"b"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _collect(channel.unary_stream(f"/{SERVICE}/WriteTwo")(b""))
-    assert caught.value.code() is not grpc.StatusCode.OK
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "RetryInfo" in status_details(caught.value)
 
 
 async def test_fail_closed_group_is_unavailable_while_redis_is_down(
