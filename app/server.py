@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
-from core.settings import ListenError, Settings
+from core.settings import ListenError, Settings, SettingsError
 from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
 from interceptors.errors import ErrorMappingInterceptor
@@ -152,7 +153,22 @@ class Components:
         await self.engine.dispose()
 
 
+# The request-id claim is one INSERT ... ON CONFLICT ... RETURNING, which SQLite has since 3.35.
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    if version < MIN_SQLITE:
+        found, needed = ".".join(map(str, version)), ".".join(map(str, MIN_SQLITE))
+        raise SettingsError(
+            f"the embedded database needs SQLite {needed} or newer, this Python has {found}; "
+            "use a newer Python build or set TALLY_DATABASE_URL to PostgreSQL"
+        )
+
+
 async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
+    if engine.dialect.name == "sqlite":
+        check_sqlite_version()
     if settings.should_migrate_on_start:
         before, after = await migrate.upgrade(engine)
         if before != after:
