@@ -49,10 +49,10 @@ def build(platform: Platform) -> AccountServices:
     passwords = cast(PasswordHasher, platform.overrides.get("passwords") or Argon2Hasher())
 
     def new_uow() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(platform.writers)
+        return SqlAccountsUnitOfWork(platform.writers, clock=clock)
 
     def new_reader() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(platform.readers)
+        return SqlAccountsUnitOfWork(platform.readers, clock=clock)
 
     issuer = TokenIssuer.from_settings(keyring, settings, clock)
     sessions = SessionCache(new_reader, clock)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_svc.identity.repository import IdentityRepository, SqlIdentityRepository
 from account_svc.repository import AccountRepository, SqlAccountRepository
 from core.audit import AuditLog, SqlAuditLog
-from core.db import UnitOfWork
+from core.db import AfterCommit, UnitOfWork
 from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
 
 
@@ -36,6 +37,10 @@ class AccountsUnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+    def after_commit(self, callback: AfterCommit) -> None: ...
+
+    def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None: ...
 
 
 class IdentityUnitOfWork(AccountsUnitOfWork, Protocol):
