@@ -53,10 +53,10 @@ def build(platform: Platform) -> AccountServices:
     passwords = cast(PasswordHasher, platform.overrides.get("passwords") or Argon2Hasher())
 
     def new_uow() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(platform.writers)
+        return SqlAccountsUnitOfWork(platform.writers, clock=clock)
 
     def new_reader() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(platform.readers)
+        return SqlAccountsUnitOfWork(platform.readers, clock=clock)
 
     def new_audit_reader() -> SqlAuditReader:
         return SqlAuditReader(platform.readers)

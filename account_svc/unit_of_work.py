@@ -5,12 +5,14 @@ Only ports here; the SQL unit of work that fills them is in sql_unit_of_work.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from account_svc.identity.ports import IdentityRepository
 from account_svc.ports import AccountRepository
 from core.audit import AuditLog
+from core.db import AfterCommit
 from core.idempotency import IdempotencyRepository
 
 
@@ -36,6 +38,10 @@ class AccountsUnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+    def after_commit(self, callback: AfterCommit) -> None: ...
+
+    def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None: ...
 
 
 class IdentityUnitOfWork(AccountsUnitOfWork, Protocol):

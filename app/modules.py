@@ -17,11 +17,12 @@ from core.audit import AuditEventRow
 from core.db import Base
 from core.idempotency import IdempotencyKeyRow
 from core.modules import ServiceModule
+from core.outbox import OutboxEventRow
 
 MODULES: tuple[ServiceModule[Any], ...] = (ACCOUNTS,)
 
 # Tables of the platform itself (core), shared by every module.
-PLATFORM_MODELS: tuple[type[Base], ...] = (IdempotencyKeyRow, AuditEventRow)
+PLATFORM_MODELS: tuple[type[Base], ...] = (IdempotencyKeyRow, AuditEventRow, OutboxEventRow)
 
 SERVICES: tuple[ServiceDescriptor, ...] = tuple(service for module in MODULES for service in module.services)
 

@@ -194,6 +194,7 @@ async def build_components(
             engine=engine,
             writers=db.session_factory(engine),
             readers=db.session_factory(db.read_only(engine)),
+            snapshots=db.session_factory(db.snapshot_reader(engine)),
             wall_clock=clock,
             billing_clocks=WallBillingClocks(clock),
             page_tokens=PageTokens(page_token_secret(settings)),

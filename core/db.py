@@ -1,18 +1,23 @@
-"""Database plumbing: engine, declarative base, column types and the unit of work.
+"""Database plumbing: engine, declarative base, column types, readers and the unit of work.
 
 The unit of work owns one transaction: `async with uow:` opens it, the use case
 calls `await uow.commit()`, and leaving the block without a commit rolls back.
-Repositories receive the session and never commit.
+Repositories receive the session and never commit. Side effects wait for the
+commit (`uow.after_commit`) or travel in the same transaction (`uow.emit`, the
+outbox in core/outbox.py). ARCHITECTURE.md has the rules around them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
@@ -20,8 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from core.clock import Clock, SystemClock
 from core.errors import Unavailable
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.outbox import PendingEvent
+
+log = logging.getLogger("tally.db")
+
+# A side effect for after the commit: a plain function, or a coroutine function.
+AfterCommit = Callable[[], Awaitable[None] | None]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -75,10 +89,28 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:
-    """The same pool, for single-statement reads: no BEGIN/ROLLBACK round trips on PostgreSQL."""
+    """The same pool, for single-statement reads: no BEGIN/ROLLBACK round trips.
+
+    Each statement sees the data committed when it starts, so two statements may see two
+    different states; reads that must agree with each other use `snapshot_reader`.
+    """
     if engine.dialect.name == "sqlite":
-        return engine.execution_options(tally_read_only=True)
+        return engine.execution_options(tally_autocommit=True)
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def snapshot_reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, for reads spanning several statements that must see one snapshot
+    (an invoice and its lines): every statement of the transaction sees the same data.
+
+    PostgreSQL: REPEATABLE READ READ ONLY (the snapshot is taken at the first statement;
+    DEFERRABLE is not needed, nothing here has to be serializable). SQLite: a deferred BEGIN;
+    in WAL mode a read transaction keeps the snapshot of its first read until it ends, and
+    it never blocks the writer.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(tally_deferred=True)
+    return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -95,8 +127,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        read_only = connection.get_execution_options().get("tally_read_only", False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        if options.get("tally_autocommit", False):
+            return  # no BEGIN: the driver is in autocommit mode, each statement stands alone
+        connection.exec_driver_sql("BEGIN" if options.get("tally_deferred", False) else "BEGIN IMMEDIATE")
 
 
 def _is_outage(exc: BaseException | None) -> bool:
@@ -110,19 +144,49 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+async def add_all_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (column values by attribute name) into `model`'s table in one statement.
+
+    One `executemany`: asyncpg sends every row's Bind/Execute and waits once (one round trip
+    once the statement is prepared on the connection); sqlite3 runs it in one driver call.
+    `session.add()` + `flush()` per row, as repositories do for single rows, costs one round
+    trip each. Nothing is returned: ids are made by the caller (core.ids), not the database.
+    """
+    if rows:
+        await session.execute(insert(model), list(rows))
+
+
+async def run_after_commit(callbacks: Sequence[AfterCommit]) -> None:
+    """Run each callback in order. A failing one is logged and does not stop the others: the
+    transaction has committed, and the caller's success must not turn into an error.
+    Cancellation (a passed deadline) is not a failure of the callback and propagates."""
+    for callback in callbacks:
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("an after-commit callback failed: %r", callback)
+
+
 class UnitOfWork:
     """One transaction. Subclasses add their repositories in `_bind`."""
 
     session: AsyncSession
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock | None = None):
         self._sessions = sessions
+        self._clock = clock or SystemClock()  # stamps outbox events
+        self._after_commit: list[AfterCommit] = []
+        self._events: list[PendingEvent] = []
 
     def _bind(self, session: AsyncSession) -> None:
         """Create the repositories on `session`."""
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
+        self._after_commit = []
+        self._events = []
         self._bind(self.session)
         return self
 
@@ -141,8 +205,34 @@ class UnitOfWork:
                 "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
             ) from exc
 
+    def after_commit(self, callback: AfterCommit) -> None:
+        """Run `callback` once this transaction has committed; never if it rolls back.
+
+        For effects that must not happen before the data is durable and may be lost if the
+        process dies right after the commit (cache invalidation, waking a worker). Effects
+        that must not be lost go through `emit` instead. Callbacks run in registration
+        order at the end of `commit()`; one that raises is logged, and the commit stands.
+        """
+        self._after_commit.append(callback)
+
+    def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None:
+        """Record an event in the outbox, in this transaction: it exists if and only if the
+        change commits. `resource` is (resource type, resource id); `payload` must be JSON."""
+        from core import outbox  # outbox's table is declared on this module's Base
+
+        self._events.append(outbox.pending_event(event_type, resource, payload, self._clock.now()))
+
     async def commit(self) -> None:
+        if self._events:
+            from core import outbox
+
+            # Written last, right before COMMIT: the outbox's ordering lock is held only
+            # for this one statement and the commit itself (see core/outbox.py).
+            await outbox.write_events(self.session, self._events)
+            self._events = []
         await self.session.commit()
+        callbacks, self._after_commit = self._after_commit, []
+        await run_after_commit(callbacks)
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -37,6 +37,7 @@ class Platform:
     engine: AsyncEngine
     writers: async_sessionmaker[AsyncSession]  # one transaction per unit of work
     readers: async_sessionmaker[AsyncSession]  # single-statement reads, no BEGIN/COMMIT
+    snapshots: async_sessionmaker[AsyncSession]  # several reads that must agree: one snapshot
     wall_clock: Clock  # infrastructure time: tokens, sessions, retention, rate limits
     billing_clocks: BillingClocks  # per-account time for billing logic (test clocks)
     page_tokens: PageTokens

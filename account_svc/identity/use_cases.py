@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -208,6 +209,7 @@ async def refresh(deps: IdentityDeps, caller: Caller, raw_token: str) -> Tokens:
             # A used refresh token came back: it was stolen, or a copy was. End the whole session.
             await uow.identity.revoke_session(session.id, now, "refresh_token_reuse")
             await _audit_session(uow, caller, session.id, "revoke_reused_refresh_token", now)
+            uow.after_commit(functools.partial(deps.on_session_revoked, session.id))
             await uow.commit()
             reused = True
         else:
@@ -217,7 +219,6 @@ async def refresh(deps: IdentityDeps, caller: Caller, raw_token: str) -> Tokens:
             new_refresh = await _new_refresh_token(deps, uow, session, now)
             await uow.commit()
     if reused or user is None:
-        deps.on_session_revoked(session.id)
         raise Unauthenticated(
             "this refresh token was already used; the session is ended, log in again",
             reason="REFRESH_TOKEN_REUSED",
@@ -239,8 +240,8 @@ async def logout(deps: IdentityDeps, caller: Caller, raw_token: str) -> None:
             raise Unauthenticated("the refresh token is not valid", reason="REFRESH_TOKEN_INVALID")
         await uow.identity.revoke_session(token.session_id, now, "logout")
         await _audit_session(uow, caller, token.session_id, "logout", now)
+        uow.after_commit(functools.partial(deps.on_session_revoked, token.session_id))
         await uow.commit()
-    deps.on_session_revoked(token.session_id)
 
 
 async def issue_service_token(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -290,6 +290,34 @@ async def test_login_refresh_rotation_reuse_and_logout(
             )
         )
         assert reason(error) == "SESSION_REVOKED"
+
+
+async def test_ending_a_session_refuses_its_cached_access_tokens_at_once(
+    app: App, admin: grpc.aio.Channel, anonymous: grpc.aio.Channel
+) -> None:
+    """Logout and refresh-token reuse tell this replica's session cache after they commit, so an
+    access token it has just seen live stops working now, not when its cache entry runs out."""
+    account = await make_account(admin, "cached@customer.test")
+    email = await _user_with_login(app, admin, auth_pb2.User.ROLE_CUSTOMER, account.id)
+    auth = auth_pb2_grpc.AuthServiceStub(anonymous)
+    get = account_pb2.GetAccountRequest(id=account.id)
+
+    async def refused_at_once(access_token: str, end_session: Callable[[], Awaitable[object]]) -> None:
+        async with channel_as(app, access_token) as channel:
+            stub = account_pb2_grpc.AccountServiceStub(channel)
+            await stub.GetAccount(get)  # the cache now holds the session as live
+            await end_session()
+            error = await failing(stub.GetAccount(get))
+            assert reason(error) == "SESSION_REVOKED"
+
+    login = await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))
+    logout = auth_pb2.LogoutRequest(refresh_token=login.refresh_token)
+    await refused_at_once(login.access_token, lambda: auth.Logout(logout))
+
+    login = await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))
+    refresh = auth_pb2.RefreshTokenRequest(refresh_token=login.refresh_token)
+    rotated = await auth.RefreshToken(refresh)
+    await refused_at_once(rotated.access_token, lambda: failing(auth.RefreshToken(refresh)))
 
 
 async def test_service_account_client_credentials(

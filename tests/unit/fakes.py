@@ -1,7 +1,8 @@
 """In-memory stand-ins for the repositories and unit of work, for use-case tests.
 
 The fake unit of work works on a copy of the store and publishes it only on
-commit, so a test can see that a failed use case left nothing behind.
+commit, so a test can see that a failed use case left nothing behind; emitted
+events and after-commit callbacks follow the same rule.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from account_svc.domain import Account, AccountFilter, email_key, email_taken
+from core.clock import Clock, SystemClock
+from core.db import AfterCommit, run_after_commit
 from core.idempotency import RETENTION, StoredKey
+from core.outbox import PendingEvent, pending_event
 from core.principal import Caller
 
 
@@ -23,6 +27,7 @@ class Store:
     accounts: dict[str, Account] = field(default_factory=dict)
     keys: dict[tuple[str, str], tuple[str, Mapping[str, Any] | None, datetime]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    events: list[PendingEvent] = field(default_factory=list)
     commits: int = 0
 
 
@@ -97,11 +102,13 @@ class FakeAuditLog:
 
 
 class FakeUnitOfWork:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, clock: Clock | None = None):
         self.store = store
+        self._clock = clock or SystemClock()
 
     async def __aenter__(self) -> Self:
         self._working = copy.deepcopy(self.store)
+        self._after_commit: list[AfterCommit] = []
         self.accounts = FakeAccounts(self._working)
         self.idempotency = FakeIdempotency(self._working)
         self.audit = FakeAuditLog(self._working)
@@ -112,8 +119,18 @@ class FakeUnitOfWork:
     ) -> None:
         del self._working
 
+    def after_commit(self, callback: AfterCommit) -> None:
+        self._after_commit.append(callback)
+
+    def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None:
+        # The real checks, so a use-case test catches an event the outbox would refuse.
+        self._working.events.append(pending_event(event_type, resource, payload, self._clock.now()))
+
     async def commit(self) -> None:
         self.store.accounts = self._working.accounts
         self.store.keys = self._working.keys
         self.store.audit = self._working.audit
+        self.store.events = self._working.events
         self.store.commits += 1
+        callbacks, self._after_commit = self._after_commit, []
+        await run_after_commit(callbacks)

@@ -1,6 +1,6 @@
 """audit events carry the trace id and the x-request-id of the call that made them
 
-Revision ID: 0003_audit_trace
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-02
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_audit_trace"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
