@@ -1,9 +1,8 @@
 """Shared fixtures: settings per backend (embedded SQLite and real PostgreSQL) and an in-process server.
 
-PostgreSQL comes from TALLY_TEST_POSTGRES_URL (default: the local server at
-127.0.0.1:5432 as role postgres). The suite creates its own database there and
-drops it at the end. Without a reachable server the PostgreSQL tests skip
-locally and fail under CI=true.
+The suite creates its own database on the PostgreSQL server (tests.support.POSTGRES_ADMIN_URL)
+and drops it at the end; between tests it empties every table the service modules declare.
+Helpers that are not fixtures are in tests/support.py.
 """
 
 from __future__ import annotations
@@ -19,40 +18,22 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from account_svc.identity.domain import Argon2Hasher
 from app import migrate
 from app.modules import table_names
 from app.server import App, build
 from core import db
-from core.principal import Principal, Role, scopes_for
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TALLY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+from tests.support import (
+    JWT_SECRET,
+    POSTGRES_ADMIN_URL,
+    TEST_SECRET,
+    asyncpg_dsn,
+    channel_as,
+    cheap_passwords,
+    mint,
+    unavailable,
 )
-TEST_SECRET = "test-page-token-secret-0123456789"
-JWT_SECRET = "test-jwt-hs256-secret-0123456789abcdef"
-
-
-def cheap_passwords() -> Argon2Hasher:
-    """argon2id at its cheapest: the tests check behaviour, not hashing cost."""
-    return Argon2Hasher(time_cost=1, memory_cost=1024)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(message: str) -> None:
-    """A needed server is missing: fail under CI, skip on a developer's machine."""
-    if in_ci():
-        pytest.fail(f"{message} (CI=true, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(message)
-
-
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +122,16 @@ async def postgres_clean(postgres_url: str) -> None:
 
 
 @pytest.fixture
+async def pg_engine(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[AsyncEngine]:
+    """An engine on the suite's PostgreSQL database, emptied first (not migrated again)."""
+    engine = db.create_engine(postgres_settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = db.create_engine(settings)
     await migrate.upgrade(engine)
@@ -159,37 +150,6 @@ async def app(settings: Settings) -> AsyncIterator[App]:
         yield application
     finally:
         await application.stop(grace=0)
-
-
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
-
-    def __init__(self, token: str):
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        return details._replace(metadata=metadata)
-
-    async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._with_token(details), request)
-
-    async def intercept_unary_stream(self, continuation, details, request):
-        return await continuation(self._with_token(details), request)
-
-
-def mint(
-    app: App, role: Role = Role.ADMIN, *, account_id: str | None = None, scopes: frozenset[str] = frozenset()
-) -> str:
-    principal = Principal(
-        subject=f"test:{role.value}", role=role, scopes=scopes_for(role, scopes), account_id=account_id
-    )
-    return app.components.issuer.issue(principal, 600).token
-
-
-def channel_as(app: App, token: str | None) -> grpc.aio.Channel:
-    interceptors = [BearerToken(token)] if token else []
-    return grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", interceptors=interceptors)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import unavailable
 from tests.e2e.harness import (
     ACCOUNTS,
     GRPCURL_STATUS_EXIT_BASE,
@@ -21,6 +20,7 @@ from tests.e2e.harness import (
     running_server,
     server_env,
 )
+from tests.support import unavailable
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,6 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_ADMIN_URL, asyncpg_dsn, unavailable
 from tests.e2e.harness import (
     ACCOUNTS,
     SERVING_MARKER,
@@ -37,6 +36,7 @@ from tests.e2e.harness import (
     server_env,
     stop_gracefully,
 )
+from tests.support import POSTGRES_ADMIN_URL, asyncpg_dsn, unavailable
 
 pytestmark = pytest.mark.e2e
 

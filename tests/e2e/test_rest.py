@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from tests.e2e.harness import (
     stop_gracefully,
     tally_command,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -177,13 +177,6 @@ def test_path_parameter_with_newline_gets_a_json_error(rest_server: RunningServe
 
 
 # --- 2. the stand-alone gateway -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (`tally gateway` logs the configured address, not the bound one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_gateway(gateway: RunningServer) -> None:

@@ -20,7 +20,7 @@ from core.principal import SYSTEM
 from core.request_context import RequestInfo, request_scope
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.audit.v1 import audit_pb2, audit_pb2_grpc
-from tests.conftest import mint
+from tests.support import mint
 
 ACCESS = "tally.access"
 

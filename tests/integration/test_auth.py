@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from account_svc.identity.tokens import TokenIssuer
 from app.modules import SERVICES
@@ -21,26 +19,9 @@ from core.principal import Principal, Role
 from interceptors.policy import PolicyTable
 from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
 from tally.audit.v1 import audit_pb2, audit_pb2_grpc
-from tests.conftest import channel_as, mint
+from tests.support import channel_as, failing, mint, reason
 
 PASSWORD = "correct horse battery staple"
-
-
-def reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    raise AssertionError("no ErrorInfo")
-
-
-async def failing(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 @pytest.fixture

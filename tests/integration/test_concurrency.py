@@ -25,19 +25,10 @@ from core.pagination import PageTokens
 from core.principal import SYSTEM, Caller
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.conftest import asyncpg_dsn, channel_as, cheap_passwords, mint
+from tests.support import asyncpg_dsn, channel_as, cheap_passwords, mint
 
 pytestmark = pytest.mark.postgres
 RACERS = 12
-
-
-@pytest.fixture
-async def pg_engine(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[AsyncEngine]:
-    engine = db.create_engine(postgres_settings)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from app.server import App, build
 from core.principal import Role
 from core.settings import RateLimit, Settings
 from gateway.app import gateway_routes
-from tests.conftest import cheap_passwords, mint
+from tests.support import cheap_passwords, mint
 
 ORIGIN = "https://portal.example"
 MAX_BODY = 64 * 1024
@@ -301,7 +301,7 @@ async def test_rate_limited_answers_429_with_retry_after(settings: Settings) -> 
 async def test_tally_serve_answers_rest_with_proto_names_when_asked(settings: Settings) -> None:
     """tally serve serves the gateway on TALLY_HTTP_ADDR; TALLY_GATEWAY_PROTO_NAMES picks the names."""
     from app.server import build
-    from tests.conftest import cheap_passwords, mint
+    from tests.support import cheap_passwords, mint
 
     application = await build(
         settings.model_copy(update={"gateway_proto_names": True}), passwords=cheap_passwords()

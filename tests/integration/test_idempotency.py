@@ -19,7 +19,7 @@ from core.clock import FrozenClock
 from core.idempotency import RETENTION, IdempotencyKeyRow, SqlIdempotencyRepository, purge_expired_keys
 from core.settings import Settings
 from tally.account.v1 import auth_pb2, auth_pb2_grpc
-from tests.conftest import asyncpg_dsn, cheap_passwords
+from tests.support import asyncpg_dsn, cheap_passwords
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

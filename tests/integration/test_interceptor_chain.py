@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -25,8 +24,8 @@ from core.errors import NotFound
 from core.modules import ServiceModule
 from core.principal import Role, current_principal
 from core.settings import Settings
-from tests.conftest import JWT_SECRET, TEST_SECRET, channel_as, cheap_passwords, mint
 from tests.protoc import Generated, compiled
+from tests.support import JWT_SECRET, TEST_SECRET, channel_as, cheap_passwords, mint, unpack
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +106,6 @@ async def collect(call: Any) -> tuple[list[int], grpc.StatusCode, Any]:
     return values, await call.code(), None
 
 
-def reason(status: Any) -> str:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    raise AssertionError(f"no ErrorInfo in {status}")
-
-
 @pytest.mark.parametrize("method", ["Write", "Yield"])
 async def test_both_streaming_styles_pass_the_chain(chain_app: App, chain: Generated, method: str) -> None:
     async with channel_as(chain_app, None) as channel:
@@ -132,7 +122,7 @@ async def test_an_error_after_some_replies_is_its_real_status(
         values, code, status = await collect(call)
     assert (values, code) == ([1, 2], grpc.StatusCode.NOT_FOUND)
     assert status.message == "gone after 2"
-    assert reason(status) == "COUNT_EXHAUSTED"
+    assert unpack(status).reason == "COUNT_EXHAUSTED"
 
 
 async def test_auth_refuses_a_writing_handler_with_its_real_status(chain_app: App, chain: Generated) -> None:
@@ -140,7 +130,7 @@ async def test_auth_refuses_a_writing_handler_with_its_real_status(chain_app: Ap
     async with channel_as(chain_app, None) as anonymous:
         values, code, status = await collect(stub(chain, anonymous).WriteScoped(request))
     assert (values, code) == ([], grpc.StatusCode.UNAUTHENTICATED)
-    assert reason(status) == "TOKEN_MISSING"
+    assert unpack(status).reason == "TOKEN_MISSING"
 
     # Sent per call: grpc.aio applies a channel interceptor to its first matching kind only, so
     # conftest's BearerToken (unary-unary first) never reaches streaming calls.

@@ -52,7 +52,7 @@ from interceptors.errors import ErrorMappingInterceptor
 from interceptors.observability import ObservabilityInterceptor
 from interceptors.tracing import TracingInterceptor
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.conftest import JWT_SECRET, TEST_SECRET, cheap_passwords, unavailable
+from tests.support import JWT_SECRET, TEST_SECRET, cheap_passwords, unavailable
 
 SERVICE = "test.observability.v1.Probe"
 SECRET_PAYLOAD = b"payload-that-must-not-be-logged"

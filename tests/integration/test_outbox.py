@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -17,7 +17,6 @@ from core import db, outbox
 from core.clock import FrozenClock
 from core.idempotency import IdempotencyKeyRow
 from core.outbox import OutboxEvent
-from core.settings import Settings
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -135,15 +134,6 @@ async def test_a_hundred_events_are_one_statement(engine: AsyncEngine) -> None:
 
 
 # PostgreSQL: positions are drawn in commit order, so a cursor never passes an event still in flight.
-
-
-@pytest.fixture
-async def pg_engine(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[AsyncEngine]:
-    engine = db.create_engine(postgres_settings)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def waiting_on_advisory_lock(engine: AsyncEngine) -> bool:

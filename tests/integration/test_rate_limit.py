@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -22,8 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,36 +39,10 @@ from interceptors.rate_limit import (
     bucket_ttl_ms,
     method_groups,
 )
-from tests.conftest import unavailable
+from tests.support import FakeMonotonic, details, eventually, free_port, unavailable
 
 REDIS_URL = os.environ.get("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SLOW = RateLimit(rate=0.01, burst=5)  # one token per 100 s: no refill during a test
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], *, within: float = 10.0, what: str) -> None:
-    """Poll `probe` until it is true; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fast_client(port: int) -> Redis:
@@ -328,7 +299,7 @@ async def test_redis_outage_fails_open_then_recovers(
     private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="tally.rate_limit")
-    clock = FakeClock()
+    clock = FakeMonotonic()
     downs: list[int] = []
     ups: list[int] = []
     client = fast_client(private_redis.port)
@@ -416,7 +387,7 @@ async def test_probes_are_at_most_one_per_interval() -> None:
             self.calls += 1
             return await super().execute_command(*args, **options)
 
-    clock = FakeClock()
+    clock = FakeMonotonic()
     downs: list[int] = []
     client = CountingRedis(
         host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
@@ -590,23 +561,6 @@ def frozen_limiter(**kwargs: Any) -> RateLimiter:
     return RateLimiter(LIMITS, None, set(), local=LocalBuckets(clock=lambda: 0.0), **kwargs)
 
 
-def status_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.QuotaFailure,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.__name__] = message
-    return found
-
-
 def method(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
     return channel.unary_unary(f"/{SERVICE}/{name}")
 
@@ -625,10 +579,11 @@ async def test_sixth_call_is_resource_exhausted_with_retry_info(
     error = caught.value
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "rate limit for echo exceeded" in (error.details() or "")
-    found = status_details(error)
-    assert found["ErrorInfo"].reason == "RATE_LIMITED"
-    assert found["RetryInfo"].retry_delay.ToTimedelta().total_seconds() == pytest.approx(1 / ECHO.rate)
-    [violation] = found["QuotaFailure"].violations
+    found = details(error)
+    assert found.reason == "RATE_LIMITED"
+    assert found.retry is not None and found.quota is not None
+    assert found.retry.retry_delay.ToTimedelta().total_seconds() == pytest.approx(1 / ECHO.rate)
+    [violation] = found.quota.violations
     assert violation.subject == "echo:peer"
     assert violation.description == "2 requests/s, burst 5"
     assert rejected == ["echo"]
@@ -647,7 +602,9 @@ async def test_calls_with_a_principal_are_keyed_by_subject(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"", metadata=(("x-subject", "svc_a"),))
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert status_details(caught.value)["QuotaFailure"].violations[0].subject == "echo:principal"
+    quota = details(caught.value).quota
+    assert quota is not None
+    assert quota.violations[0].subject == "echo:principal"
     # Another principal, and the anonymous peer, still have their own full buckets.
     await call(b"", metadata=(("x-subject", "svc_b"),))
     await call(b"")
@@ -662,7 +619,7 @@ async def test_cost_above_the_burst_is_explained(serve: Callable[..., Awaitable[
         await method(channel, "Costly")(b"")
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "costs 10 tokens, more than the echo rate limit bucket holds" in (caught.value.details() or "")
-    assert status_details(caught.value)["ErrorInfo"].reason == "COST_EXCEEDS_BURST"
+    assert details(caught.value).reason == "COST_EXCEEDS_BURST"
     await method(channel, "Ping")(b"")  # and nothing was taken
 
 
@@ -698,7 +655,7 @@ async def test_every_handler_kind_is_limited(serve: Callable[..., Awaitable[grpc
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(())
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, kind
-        assert "RetryInfo" in status_details(caught.value), kind
+        assert details(caught.value).retry is not None, kind
 
 
 async def test_a_streaming_handler_that_writes_stays_a_coroutine(
@@ -711,7 +668,7 @@ async def test_a_streaming_handler_that_writes_stays_a_coroutine(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _collect(channel.unary_stream(f"/{SERVICE}/WriteTwo")(b""))
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "RetryInfo" in status_details(caught.value)
+    assert details(caught.value).retry is not None
 
 
 async def test_fail_closed_group_is_unavailable_while_redis_is_down(
@@ -727,7 +684,7 @@ async def test_fail_closed_group_is_unavailable_while_redis_is_down(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await method(channel, "Closed")(b"")
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert status_details(caught.value)["ErrorInfo"].reason == "RATE_LIMITER_UNAVAILABLE"
+        assert details(caught.value).reason == "RATE_LIMITER_UNAVAILABLE"
     finally:
         await client.aclose()
 

@@ -7,15 +7,14 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from app.server import App
 from interceptors.errors import ErrorMappingInterceptor
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.account.v1.account_pb2_grpc import AccountServiceStub
+from tests.support import details
 
 Account = account_pb2.Account
 
@@ -32,22 +31,6 @@ def new_account(n: int = 0, **overrides: object) -> Account:
 
 async def create(stub: AccountServiceStub, n: int = 0, **overrides: object) -> Account:
     return await stub.CreateAccount(account_pb2.CreateAccountRequest(account=new_account(n, **overrides)))
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, dict[str, str]]:
-    """The ErrorInfo and the BadRequest field violations carried by a failed call."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "no google.rpc.Status in the trailers"
-    info, violations = error_details_pb2.ErrorInfo(), {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = {v.field: v.description for v in bad.field_violations}
-    assert info.domain == "tally"
-    return info, violations
 
 
 async def test_create_get_update_delete_undelete(accounts: AccountServiceStub) -> None:
@@ -95,7 +78,8 @@ async def test_bad_input_names_every_field(accounts: AccountServiceStub) -> None
         await create(accounts, display_name="x" * 201, email="nope", currency_code="ABC")
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info, violations = details(caught.value)
+    found = details(caught.value)
+    info, violations = found.info, found.violations
     assert info.reason == "INVALID_ARGUMENT"
     assert set(violations) == {"account.display_name", "account.email", "account.currency_code"}
     assert "ISO 4217" in violations["account.currency_code"]
@@ -105,7 +89,7 @@ async def test_unknown_enum_value_is_rejected(accounts: AccountServiceStub) -> N
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await create(accounts, status=7)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "account.status" in details(caught.value)[1]
+    assert "account.status" in details(caught.value).violations
 
 
 async def test_unknown_update_mask_path(accounts: AccountServiceStub) -> None:
@@ -118,7 +102,7 @@ async def test_unknown_update_mask_path(accounts: AccountServiceStub) -> None:
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "shoe_size" in details(caught.value)[1]["update_mask"]
+    assert "shoe_size" in details(caught.value).violations["update_mask"]
 
 
 async def test_empty_mask_updates_populated_fields(accounts: AccountServiceStub) -> None:
@@ -138,12 +122,12 @@ async def test_duplicate_email_and_not_found(accounts: AccountServiceStub) -> No
     with pytest.raises(grpc.aio.AioRpcError) as duplicate:
         await create(accounts, 2, email="DUP@example.test")
     assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert details(duplicate.value)[0].reason == "EMAIL_TAKEN"
+    assert details(duplicate.value).info.reason == "EMAIL_TAKEN"
 
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await accounts.GetAccount(account_pb2.GetAccountRequest(id="acct_00000000000000000000000000"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    assert details(missing.value)[0].reason == "ACCOUNT_NOT_FOUND"
+    assert details(missing.value).info.reason == "ACCOUNT_NOT_FOUND"
 
 
 async def test_stale_etag_is_aborted(accounts: AccountServiceStub) -> None:
@@ -154,7 +138,7 @@ async def test_stale_etag_is_aborted(accounts: AccountServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await accounts.DeleteAccount(account_pb2.DeleteAccountRequest(id=created.id, etag=created.etag))
     assert caught.value.code() == grpc.StatusCode.ABORTED
-    assert details(caught.value)[0].reason == "ETAG_MISMATCH"
+    assert details(caught.value).info.reason == "ETAG_MISMATCH"
 
 
 async def test_request_id_replay_and_reuse(accounts: AccountServiceStub) -> None:
@@ -167,7 +151,7 @@ async def test_request_id_replay_and_reuse(accounts: AccountServiceStub) -> None
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await accounts.CreateAccount(request)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert details(caught.value)[0].reason == "REQUEST_ID_REUSED"
+    assert details(caught.value).info.reason == "REQUEST_ID_REUSED"
     listing = await accounts.ListAccounts(account_pb2.ListAccountsRequest())
     assert [a.id for a in listing.accounts] == [first.id]
 
@@ -194,7 +178,7 @@ async def test_pagination_over_grpc(accounts: AccountServiceStub) -> None:
             )
         )
     assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "page_token" in details(mismatch.value)[1]
+    assert "page_token" in details(mismatch.value).violations
 
 
 async def test_health_and_reflection(app: App, channel: grpc.aio.Channel) -> None:
@@ -244,4 +228,4 @@ async def test_internal_errors_do_not_leak(exploding_channel: grpc.aio.Channel) 
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error"
     assert "SELECT" not in str(caught.value.trailing_metadata())
-    assert details(caught.value)[0].reason == "INTERNAL"
+    assert details(caught.value).info.reason == "INTERNAL"

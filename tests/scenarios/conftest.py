@@ -22,7 +22,7 @@ import pytest
 from app.server import App, build
 from core.clock import FrozenClock
 from core.settings import Settings
-from tests.conftest import cheap_passwords, mint
+from tests.support import cheap_passwords, mint
 
 # A Monday at 09:00 UTC, with microseconds, so that times survive every round trip exactly.
 DAY_0 = datetime(2027, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)

@@ -11,8 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.audit.v1 import audit_pb2, audit_pb2_grpc
-from tests.conftest import channel_as, mint
 from tests.scenarios.conftest import DAY_0, Simulation
+from tests.support import channel_as, mint
 
 pytestmark = pytest.mark.scenario
 

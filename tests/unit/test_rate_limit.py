@@ -19,26 +19,16 @@ from interceptors.rate_limit import (
     method_groups,
     peer_key,
 )
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeMonotonic
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> FakeMonotonic:
+    return FakeMonotonic()
 
 
 @pytest.fixture
-def buckets(clock: FakeClock) -> LocalBuckets:
+def buckets(clock: FakeMonotonic) -> LocalBuckets:
     return LocalBuckets(clock=clock)
 
 
@@ -53,7 +43,7 @@ def test_burst_is_cut_at_the_configured_size(buckets: LocalBuckets) -> None:
     assert not decisions[5].never
 
 
-def test_tokens_refill_with_time(buckets: LocalBuckets, clock: FakeClock) -> None:
+def test_tokens_refill_with_time(buckets: LocalBuckets, clock: FakeMonotonic) -> None:
     for _ in range(5):
         assert buckets.take("g", "k", LIMIT, 1).allowed
     clock.advance(0.25)  # half a token
@@ -67,14 +57,14 @@ def test_tokens_refill_with_time(buckets: LocalBuckets, clock: FakeClock) -> Non
     assert allowed.remaining == pytest.approx(0)
 
 
-def test_refill_stops_at_the_burst(buckets: LocalBuckets, clock: FakeClock) -> None:
+def test_refill_stops_at_the_burst(buckets: LocalBuckets, clock: FakeMonotonic) -> None:
     buckets.take("g", "k", LIMIT, 5)
     clock.advance(3600)
     assert buckets.take("g", "k", LIMIT, 1).remaining == 4
 
 
 def test_refills_of_exactly_one_token_are_not_lost_to_float_rounding(
-    buckets: LocalBuckets, clock: FakeClock
+    buckets: LocalBuckets, clock: FakeMonotonic
 ) -> None:
     limit = RateLimit(rate=3, burst=1)
     assert buckets.take("g", "k", limit, 1).allowed
@@ -92,7 +82,7 @@ def test_cost_above_one_takes_that_many_tokens(buckets: LocalBuckets) -> None:
     assert buckets.take("g", "k", LIMIT, 2).allowed
 
 
-def test_cost_above_the_burst_can_never_succeed(buckets: LocalBuckets, clock: FakeClock) -> None:
+def test_cost_above_the_burst_can_never_succeed(buckets: LocalBuckets, clock: FakeMonotonic) -> None:
     decision = buckets.take("g", "k", LIMIT, 6)
     assert not decision.allowed
     assert decision.never
@@ -115,7 +105,7 @@ def test_negative_cost_is_a_bug(buckets: LocalBuckets) -> None:
         buckets.take("g", "k", LIMIT, -1)
 
 
-def test_fractional_rate(buckets: LocalBuckets, clock: FakeClock) -> None:
+def test_fractional_rate(buckets: LocalBuckets, clock: FakeMonotonic) -> None:
     limit = RateLimit(rate=0.5, burst=1)
     assert buckets.take("g", "k", limit, 1).allowed
     refused = buckets.take("g", "k", limit, 1)
@@ -126,7 +116,7 @@ def test_fractional_rate(buckets: LocalBuckets, clock: FakeClock) -> None:
     assert buckets.take("g", "k", limit, 1).allowed
 
 
-def test_a_clock_going_backwards_mints_no_tokens(buckets: LocalBuckets, clock: FakeClock) -> None:
+def test_a_clock_going_backwards_mints_no_tokens(buckets: LocalBuckets, clock: FakeMonotonic) -> None:
     buckets.take("g", "k", LIMIT, 5)
     clock.advance(-100)
     refused = buckets.take("g", "k", LIMIT, 1)
@@ -140,7 +130,7 @@ def test_buckets_are_separate_per_group_and_key(buckets: LocalBuckets) -> None:
     assert buckets.take("h", "a", LIMIT, 1).allowed
 
 
-def test_memory_is_bounded_least_recently_used_goes_first(clock: FakeClock) -> None:
+def test_memory_is_bounded_least_recently_used_goes_first(clock: FakeMonotonic) -> None:
     buckets = LocalBuckets(max_keys=2, clock=clock)
     buckets.take("g", "a", LIMIT, 5)
     buckets.take("g", "b", LIMIT, 5)
@@ -203,7 +193,7 @@ def test_method_groups() -> None:
     assert group_for("/tally.account.v1.AccountService/GetAccount") == ("default", 1)
 
 
-async def test_limiter_without_redis_uses_local_buckets_and_the_default_group(clock: FakeClock) -> None:
+async def test_limiter_without_redis_uses_local_buckets_and_the_default_group(clock: FakeMonotonic) -> None:
     rejected: list[tuple[str, Decision]] = []
     limiter = RateLimiter(
         {"default": RateLimit(rate=1, burst=2), "auth": RateLimit(rate=1, burst=1)},
