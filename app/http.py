@@ -19,6 +19,7 @@ answer is counted in `tally_http_requests_total` by route template and status:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -53,6 +54,7 @@ JWKS_CACHE_CONTROL = "public, max-age=300"
 # Metric labels come from fixed sets: a caller may send any token as the method.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MALFORMED_ROUTE = "(malformed)"
+_QUOTED_BYTES = re.compile(r":?\s*(?:b'|b\"|bytearray\()")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -174,6 +176,7 @@ class _Edge:
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect or a bare success: aiohttp sends it as it is
                 exc.headers.setdefault("X-Request-Id", request_id)
+                request[_STATUS_KEY] = exc.status
                 raise
             response = GatewayError.from_http_exception(
                 exc, request.method, request.rel_url.raw_path
@@ -207,7 +210,8 @@ _STATUS_KEY = web.RequestKey("tally_http_status", int)
 
 
 def _status_of(request: web.Request) -> int:
-    return int(request.get(_STATUS_KEY, 500))  # not set: the answer was never made (the client went away)
+    # Not set: no answer was made, because the client went away first (nginx's 499).
+    return int(request.get(_STATUS_KEY, 499))
 
 
 def _route_label(request: web.Request) -> str:
@@ -222,11 +226,13 @@ def _route_label(request: web.Request) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The parser's complaint, without the echoed bytes and caret of its later lines (for the log)."""
+    """The parser's complaint for the log, without the request bytes it quotes (a header may be a
+    credential): its later lines echo them, and so does the tail of a LineTooLong."""
     if not isinstance(exc, HttpProcessingError) and isinstance(exc.__cause__, HttpProcessingError):
         exc = exc.__cause__  # a RequestPayloadError wraps what the payload parser raised
     text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    first = next((line.strip().rstrip(":") for line in text.splitlines() if line.strip()), "")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = _QUOTED_BYTES.split(first, maxsplit=1)[0].rstrip(": .")
     return first[:200] or type(exc).__name__
 
 
@@ -279,6 +285,9 @@ class _Protocol(RequestHandler):
             )
             error = self._malformed(exc)
             body, http, headers = error.status(), error.http, error.headers
+        elif isinstance(exc, ConnectionError):  # the client went away; this answer will not reach it
+            log.debug("client %s went away", request.remote, extra=extra)
+            body, http, headers = internal_status(), 500, {}
         elif status == 504:  # a handler's own timeout escaped it (aiohttp's convention: 504)
             log.warning("request from %s timed out in its handler", request.remote, extra=extra)
             body, http, headers = GatewayError.deadline().status(), 504, {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -147,10 +148,10 @@ class GatewayError(Exception):
             return cls.route_not_found(method, path)
         if error.status == 413:
             return cls.body_too_large()
-        phrase = _phrase(error.status)
         if error.status >= 500:
             return cls(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", http=error.status)
-        reason = phrase.upper().replace(" ", "_").replace("-", "_")
+        phrase = _phrase(error.status)
+        reason = re.sub(r"[^A-Z0-9]+", "_", phrase.upper()).strip("_")
         return cls(grpc.StatusCode.INVALID_ARGUMENT, phrase.lower(), reason=reason, http=error.status)
 
     def response(self, request_id: str, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -460,76 +460,53 @@ PYTHON_WORDS = (
 )
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "query", "body", "field", "description"),
-    [
-        (
-            "GET",
-            "/v1/things/n1",
-            [("count", "x")],
-            b"",
-            "count",
-            "must be an integer from -2147483648 to 2147483647",
-        ),
-        ("GET", "/v1/things/n1", [("count", "1.5")], b"", "count", "must be an integer from -2147483648"),
-        (
-            "GET",
-            "/v1/things/n1",
-            [("count", "99999999999")],
-            b"",
-            "count",
-            "must be an integer from -2147483648",
-        ),
-        ("GET", "/v1/things/n1", [("ratio", "half")], b"", "ratio", "must be a number"),
-        ("GET", "/v1/things/n1", [("wait", "soon")], b"", "wait", "must be a duration in seconds"),
-        (
-            "GET",
-            "/v1/things/n1",
-            [("limit", "lots")],
-            b"",
-            "limit",
-            "must be an integer from -9223372036854775808",
-        ),
-        ("POST", "/v1/things", [], b'{"count": "many"}', "count", "must be an integer from -2147483648"),
-        ("POST", "/v1/things", [], b'{"count": [1]}', "count", "must be an integer from -2147483648"),
-        ("POST", "/v1/things", [], b'{"name": 5}', "name", "must be a string"),
-        ("POST", "/v1/things", [], b'{"inner": 5}', "inner", "must be a JSON object"),
-        ("POST", "/v1/things", [], b'{"inner": {"size": "big"}}', "inner.size", "must be an integer from"),
-        ("POST", "/v1/things", [], b'{"tags": 5}', "tags", "must be a list, each item a string"),
-        ("POST", "/v1/things", [], b'{"when": 5}', "when", "must be an RFC 3339 timestamp"),
-        (
-            "POST",
-            "/v1/things",
-            [],
-            b'{"labels": {"a": 1}}',
-            "labels",
-            "must be a JSON object, each value a string",
-        ),
-        (
-            "POST",
-            "/v1/things",
-            [],
-            b'{"limits": 5}',
-            "limits",
-            "must be a JSON object, each value an integer",
-        ),
-        ("POST", "/v1/things", [], b'{"flag": "maybe"}', "flag", "must be true or false"),
-    ],
-)
-def test_a_value_of_the_wrong_kind_is_said_in_the_api_terms(
-    table: RouteTable,
-    method: str,
-    path: str,
-    query: list[tuple[str, str]],
-    body: bytes,
-    field: str,
-    description: str,
-) -> None:
-    error = refused(table, method, path, query, body)
+def assert_said_in_api_terms(error: GatewayError, field: str, description: str) -> None:
     assert error.violations[0][0] == field
     assert error.violations[0][1].startswith(description), error.violations
     assert error.message == f"{field}: {error.violations[0][1]}"
     assert not any(words in error.message for words in PYTHON_WORDS), error.message
+
+
+INT32 = "must be an integer from -2147483648 to 2147483647"
+INT64 = "must be an integer from -9223372036854775808 to 9223372036854775807"
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "description"),
+    [
+        (("count", "x"), "count", INT32),
+        (("count", "1.5"), "count", INT32),
+        (("count", "99999999999"), "count", INT32),
+        (("ratio", "half"), "ratio", "must be a number"),
+        (("wait", "soon"), "wait", "must be a duration in seconds"),
+        (("limit", "lots"), "limit", INT64),
+    ],
+)
+def test_a_query_value_of_the_wrong_kind_is_said_in_the_api_terms(
+    table: RouteTable, query: tuple[str, str], field: str, description: str
+) -> None:
+    assert_said_in_api_terms(refused(table, "GET", "/v1/things/n1", [query]), field, description)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "description"),
+    [
+        (b'{"count": "many"}', "count", INT32),
+        (b'{"count": [1]}', "count", INT32),
+        (b'{"name": 5}', "name", "must be a string"),
+        (b'{"inner": 5}', "inner", "must be a JSON object"),
+        (b'{"inner": {"size": "big"}}', "inner.size", INT32),
+        (b'{"tags": 5}', "tags", "must be a list, each item a string"),
+        (b'{"when": 5}', "when", "must be an RFC 3339 timestamp"),
+        (b'{"labels": {"a": 1}}', "labels", "must be a JSON object, each value a string"),
+        (b'{"limits": 5}', "limits", "must be a JSON object, each value an integer"),
+        (b'{"flag": "maybe"}', "flag", "must be true or false"),
+    ],
+)
+def test_a_body_value_of_the_wrong_kind_is_said_in_the_api_terms(
+    table: RouteTable, body: bytes, field: str, description: str
+) -> None:
+    assert_said_in_api_terms(refused(table, "POST", "/v1/things", body=body), field, description)
 
 
 def _rpc_error(
@@ -580,3 +557,26 @@ def test_a_server_status_passes_and_gets_an_error_info_when_it_has_none() -> Non
     from_server = _rpc_error(grpc.StatusCode.UNAVAILABLE, "the database is down", sent)
     assert not failed_in_transport(from_server)
     assert status_from_rpc_error(from_server) == sent
+
+
+def test_aiohttp_errors_become_gateway_errors() -> None:
+    from aiohttp import web
+
+    not_allowed = GatewayError.from_http_exception(
+        web.HTTPMethodNotAllowed("PUT", ["GET"]), "PUT", "/metrics"
+    )
+    assert (not_allowed.http, not_allowed.reason, not_allowed.headers) == (
+        405,
+        "METHOD_NOT_ALLOWED",
+        {"Allow": "GET"},
+    )
+    too_large = GatewayError.from_http_exception(web.HTTPRequestEntityTooLarge(10, 20), "POST", "/x")
+    assert (too_large.http, too_large.reason) == (413, "BODY_TOO_LARGE")
+    media = GatewayError.from_http_exception(web.HTTPUnsupportedMediaType(), "POST", "/x")
+    assert (media.http, media.code, media.reason) == (
+        415,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    broken = GatewayError.from_http_exception(web.HTTPBadGateway(), "GET", "/x")
+    assert (broken.http, broken.reason, broken.message) == (502, "INTERNAL", "internal error")
