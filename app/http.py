@@ -13,7 +13,11 @@ answer is counted in `tally_http_requests_total` by route template and status:
   traceback and answered as a bare INTERNAL);
 * a request aiohttp cannot parse (a NUL byte in a header, a line or header block past the
   limits), found before any routing: `_Protocol.handle_error`, one WARNING line, and a 400
-  (431 for sizes) when the connection still allows an answer.
+  (431 for sizes) when the connection still allows an answer; a bad chunk in a body being
+  read is handed to that body (`_Protocol.data_received`), so its handler answers 400.
+
+aiohttp has no public hook for these: `_Runner` and `_Server` put `_Protocol` in place of
+its RequestHandler (tests/integration/test_gateway_edge.py fails if an upgrade breaks that).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     TransferEncodingError,
 )
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
@@ -302,6 +306,24 @@ class _Protocol(RequestHandler):
         response = error_response(body, http, {**headers, "X-Request-Id": request_id})
         response.force_close()
         return response
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) == queued or not isinstance(self._messages[-1][0], _ErrInfo):
+            return
+        # A parse error inside a body whose headers came earlier (a bad chunk): aiohttp files it
+        # as the next request, and the handler reading the body would wait for the rest of it
+        # until the client hangs up. Hand the error to that body instead, answered as a 400.
+        failure = self._messages[-1][0].exc
+        bodies = [message[1] for message in self._messages if not isinstance(message[0], _ErrInfo)]
+        if self._current_request is not None:
+            bodies.append(self._current_request.content)
+        for body in bodies:
+            if not body.is_eof():
+                error = web.RequestPayloadError(str(failure))
+                error.__cause__ = failure
+                body.set_exception(error)
 
     def _is_not_http(self, exc: HttpProcessingError) -> bool:
         # TLS or a port scanner on the plain port, as the connection's first bytes: aiohttp logs

@@ -58,12 +58,18 @@ async def fetch(base: str, method: str, path: str, **kwargs: Any) -> Answer:
         return Answer(response.status, headers, json.loads(text) if is_json and text else text)
 
 
-async def raw_http(port: int, data: bytes) -> Answer:
-    """Send `data` as it is; the answer's status, headers and JSON body (the server closes after it)."""
+async def raw_http(port: int, data: bytes, *, after_continue: bytes = b"") -> Answer:
+    """Send `data` as it is (then, once the server says `100 Continue`, `after_continue`); the
+    answer's status, headers and JSON body (the server closes after it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
+        if after_continue:
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+            writer.write(after_continue)
+            await writer.drain()
         answer = await asyncio.wait_for(reader.read(), timeout=10)  # to EOF: the server closes
     finally:
         writer.close()
@@ -214,6 +220,23 @@ async def test_an_undecodable_body_is_a_json_400_and_one_warning(
     )
     body = assert_error(await raw_http(app.http_port, head + b"not gzip at!"), 400, "MALFORMED_REQUEST")
     assert body["message"] == "malformed request: the body cannot be decoded with its Content-Encoding"
+    assert [(r.name, r.levelname) for r in warnings_and_worse(caplog)] == [("tally.http", "WARNING")], (
+        caplog.text
+    )
+
+
+async def test_a_bad_chunk_in_a_body_being_read_is_a_json_400(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The headers first (the handler starts and waits for the body), then a broken chunk: without
+    care, aiohttp files the error as a next request and the handler waits until the client leaves."""
+    head = (
+        b"POST /v1/accounts HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    )
+    answer = await raw_http(app.http_port, head, after_continue=b"zz\r\n{}\r\n")
+    body = assert_error(answer, 400, "MALFORMED_REQUEST")
+    assert body["message"] == "malformed request: the chunked transfer encoding of the body is invalid"
     assert [(r.name, r.levelname) for r in warnings_and_worse(caplog)] == [("tally.http", "WARNING")], (
         caplog.text
     )
