@@ -18,6 +18,7 @@ from aiohttp.web_response import StreamResponse
 
 from core.metrics import CONTENT_TYPE, Metrics
 from core.settings import parse_host_port
+from gateway.app import MAX_REQUEST_LINE_BYTES
 
 log = logging.getLogger("tally.http")
 
@@ -71,6 +72,7 @@ class HttpServer:
             access_log_class=_AccessLog,
             access_log=log,
             shutdown_timeout=self._shutdown_timeout,
+            max_line_size=MAX_REQUEST_LINE_BYTES,
         )
         await runner.setup()
         try:
