@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from account_svc import domain as accounts
 from account_svc.identity import domain as identity
-from core import currencies, ids, idempotency
+from core import currencies, idempotency, ids
 from gateway.schemas import JSON, Rules
 
 # What str.strip() removes and Python's `\s` matches (the server strips and matches with them).
@@ -36,9 +36,7 @@ def _escaped(chars: str) -> str:
             runs[-1][1] = code
         else:
             runs.append([code, code])
-    return "".join(
-        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in runs
-    )
+    return "".join(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in runs)
 
 
 _WS = _escaped(_WHITESPACE)
@@ -109,6 +107,17 @@ RULES = Rules(
     fields={
         # account_svc/domain.py check_fields
         f"{_ACCOUNT}.id": {"pattern": id_pattern(accounts.ID_PREFIX)},
+        # Path ids: another id is simply not found (404), never malformed.
+        **{
+            f"tally.account.v1.{request}Request.id": {"pattern": id_pattern(prefix)}
+            for request, prefix in (
+                ("GetAccount", accounts.ID_PREFIX),
+                ("DeleteAccount", accounts.ID_PREFIX),
+                ("UndeleteAccount", accounts.ID_PREFIX),
+                ("GetUser", identity.USER_PREFIX),
+                ("DeleteServiceAccount", identity.SERVICE_ACCOUNT_PREFIX),
+            )
+        },
         f"{_ACCOUNT}.display_name": {"maxLength": accounts.MAX_DISPLAY_NAME, "pattern": _NOT_BLANK},
         f"{_ACCOUNT}.email": _EMAIL,
         f"{_ACCOUNT}.phone": {"pattern": "^(\\+[1-9][0-9]{6,14})?$"},

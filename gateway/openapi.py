@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import re
 import textwrap
-from itertools import chain
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
@@ -435,7 +435,11 @@ class _DocumentBuilder:
         return parameters
 
     def request_body(
-        self, service: ServiceDescriptor, method: MethodDescriptor, binding: Binding, path_params: list[PathParam]
+        self,
+        service: ServiceDescriptor,
+        method: MethodDescriptor,
+        binding: Binding,
+        path_params: list[PathParam],
     ) -> JSON:
         request = method.input_type
         description = ""
@@ -475,7 +479,7 @@ class _DocumentBuilder:
     def responses(self, method: MethodDescriptor, response_body: str) -> JSON:
         description = "OK"
         if response_body:
-            schema = self.schemas.field(resolve(method.output_type, response_body)[-1])
+            schema = self.schemas.field(resolve(method.output_type, response_body)[-1], in_message=False)
             description = schema.pop("description", description)
         else:
             schema = self.schemas.message(method.output_type)

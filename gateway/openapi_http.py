@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 ERROR_RESPONSES: dict[str, tuple[str, str]] = {
     "400": (
         "BadRequest",
-        "INVALID_ARGUMENT or OUT_OF_RANGE: the request is wrong as sent; a BadRequest detail names the fields.",
+        "INVALID_ARGUMENT or OUT_OF_RANGE: the request is wrong as sent; a BadRequest detail names "
+        "the fields.",
     ),
     "401": ("Unauthorized", "UNAUTHENTICATED: no bearer token, or one that is invalid or expired."),
     "403": ("Forbidden", "PERMISSION_DENIED: the token lacks a scope the method requires."),
@@ -40,7 +41,10 @@ ERROR_RESPONSES: dict[str, tuple[str, str]] = {
         "TooManyRequests",
         "RESOURCE_EXHAUSTED: a rate limit was hit; retry after `Retry-After` seconds.",
     ),
-    "500": ("InternalError", "INTERNAL, UNKNOWN or DATA_LOSS: a fault of the server, logged with its trace id."),
+    "500": (
+        "InternalError",
+        "INTERNAL, UNKNOWN or DATA_LOSS: a fault of the server, logged with its trace id.",
+    ),
     "501": ("NotImplemented", "UNIMPLEMENTED: the server does not implement this method."),
     "503": (
         "Unavailable",
@@ -100,7 +104,11 @@ def header_parameters(method: MethodDescriptor) -> list[JSON]:
             "description": "Correlates the call in logs, traces and audit events; answered back. Any value "
             "is taken; one that is not 1 to 128 letters, digits or `._:-` is replaced by one the server "
             "makes."
-            + (" The client's own (valid) id also serves as `Idempotency-Key` when none is sent." if headers else ""),
+            + (
+                " The client's own (valid) id also serves as `Idempotency-Key` when none is sent."
+                if headers
+                else ""
+            ),
             "schema": {"type": "string"},
         }
     )
@@ -130,7 +138,7 @@ def error_responses() -> JSON:
         "schema": {"type": "string"},
     }
     responses["Unauthorized"]["headers"]["WWW-Authenticate"] = {
-        "description": "`Bearer`, with `error=\"invalid_token\"` when a token was sent.",
+        "description": '`Bearer`, with `error="invalid_token"` when a token was sent.',
         "required": True,
         "schema": {"type": "string", "pattern": "^Bearer"},
     }

@@ -242,9 +242,12 @@ class SchemaBuilder:
             if is_required(field) or self.rules.flavored(field.full_name, flavor):
                 return True
             nested = field.message_type
-            if nested is not None and nested.full_name not in WELL_KNOWN:
-                if self._differs(nested, Flavor.CREATE, seen):
-                    return True
+            if (
+                nested is not None
+                and nested.full_name not in WELL_KNOWN
+                and self._differs(nested, Flavor.CREATE, seen)
+            ):
+                return True
         return False
 
     def object_schema(
@@ -273,7 +276,9 @@ class SchemaBuilder:
             changeable = [
                 self.json_name(f)
                 for f in message.fields
-                if f.name not in skipped and f.name != "etag" and field_behavior_pb2.OUTPUT_ONLY not in behaviors(f)
+                if f.name not in skipped
+                and f.name != "etag"
+                and field_behavior_pb2.OUTPUT_ONLY not in behaviors(f)
             ]
             schema["anyOf"] = [{"required": [name]} for name in changeable]
         schema.update(self.rules.message_rule(message.full_name, flavor, self.json_name_of(message)))
@@ -291,10 +296,13 @@ class SchemaBuilder:
         """Proto field name -> the name this document uses for it."""
         return lambda name: self.json_name(message.fields_by_name[name])
 
-    def field(self, field: FieldDescriptor, flavor: Flavor = Flavor.OUTPUT) -> JSON:
+    def field(
+        self, field: FieldDescriptor, flavor: Flavor = Flavor.OUTPUT, *, in_message: bool = True
+    ) -> JSON:
         """The schema of a field's JSON value, with its comment, field behaviour and server rules.
 
-        A field that is not REQUIRED may be `null`, as the proto3 JSON mapping reads it as unset.
+        A field of a message that is not REQUIRED may be `null`, as the proto3 JSON mapping
+        reads it as unset (`in_message=False`: the value stands alone, as a `response_body`).
         """
         inner = Flavor.OUTPUT if flavor is Flavor.OUTPUT else Flavor.CREATE
         rule = dict(self.rules.field_rule(field.full_name, flavor))
@@ -307,7 +315,7 @@ class SchemaBuilder:
         else:
             schema = self.value(field, inner)
         replacement = rule.pop("replace", None)
-        allows_null = rule.pop("nullable", True)
+        allows_null = rule.pop("nullable", True) and in_message
         schema = replacement if replacement is not None else _merged(schema, rule)
         found = behaviors(field)
         if allows_null and field_behavior_pb2.REQUIRED not in found and replacement is None:
