@@ -439,7 +439,8 @@ def test_every_documented_url_reaches_its_method_with_the_proto_fields(doc: JSON
             sets = r"`([\w.]+)`\.$"  # "Sets the request field `account.id`."
             fields = {p["name"]: re.search(sets, p.get("description", "")) for p in operation["parameters"]}
             for name, value in values.items():
-                field = fields[name].group(1) if fields[name] else name
+                renamed = fields[name]
+                field = renamed.group(1) if renamed is not None else name
                 assert variables[field] == value, (path, verb, variables)
 
 
