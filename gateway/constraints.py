@@ -130,18 +130,7 @@ RULES = Rules(
             "additionalProperties": {"type": "string", "maxLength": accounts.MAX_METADATA_VALUE},
         },
         f"{_ADDRESS}.region_code": {"pattern": "^[A-Z]{2}$", "nullable": False},
-        **{
-            f"{_ADDRESS}.{name}": _TEXT
-            for name in (
-                "language_code",
-                "postal_code",
-                "sorting_code",
-                "administrative_area",
-                "locality",
-                "sublocality",
-                "organization",
-            )
-        },
+        **{f"{_ADDRESS}.{name}": _TEXT for name in accounts.ADDRESS_TEXT_FIELDS},
         **{
             f"{_ADDRESS}.{name}": {"maxItems": accounts.MAX_ADDRESS_LINES, "items": _TEXT}
             for name in ("address_lines", "recipients")
