@@ -22,6 +22,16 @@ MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
 MAX_ADDRESS_LINES = 5
 MAX_ADDRESS_FIELD = 200
+# The single-line text fields of a postal address: optional, each at most MAX_ADDRESS_FIELD.
+ADDRESS_TEXT_FIELDS = (
+    "language_code",
+    "postal_code",
+    "sorting_code",
+    "administrative_area",
+    "locality",
+    "sublocality",
+    "organization",
+)
 
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -172,15 +182,7 @@ def _check_text(violations: Violations, path: str, value: str, limit: int, *, re
 def _check_address(violations: Violations, path: str, address: PostalAddress) -> None:
     if not _REGION.fullmatch(address.region_code):
         violations.add(f"{path}.region_code", "must be a two-letter CLDR region code such as US or DE")
-    for name in (
-        "language_code",
-        "postal_code",
-        "sorting_code",
-        "administrative_area",
-        "locality",
-        "sublocality",
-        "organization",
-    ):
+    for name in ADDRESS_TEXT_FIELDS:
         _check_text(violations, f"{path}.{name}", getattr(address, name), MAX_ADDRESS_FIELD, required=False)
     for name in ("address_lines", "recipients"):
         lines = getattr(address, name)

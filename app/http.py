@@ -49,7 +49,7 @@ from core.metrics import CONTENT_TYPE, Metrics
 from core.request_context import new_request_id
 from core.settings import parse_host_port
 from core.status import internal_status
-from gateway.app import REQUEST_ID_KEY, ROUTE_KEY, UNMATCHED
+from gateway.app import MAX_REQUEST_LINE_BYTES, REQUEST_ID_KEY, ROUTE_KEY, UNMATCHED
 from gateway.errors import GatewayError, error_response
 
 log = logging.getLogger("tally.http")
@@ -108,6 +108,7 @@ class HttpServer:
             access_log=log,
             logger=log,
             shutdown_timeout=self._shutdown_timeout,
+            max_line_size=MAX_REQUEST_LINE_BYTES,
         )
         await runner.setup()
         try:
@@ -332,9 +333,7 @@ class _Protocol(RequestHandler):
 
     def _malformed(self, exc: HttpProcessingError) -> GatewayError:
         if isinstance(exc, LineTooLong) or "too many headers" in exc.message.lower():
-            return GatewayError.headers_too_large(
-                max(self.max_line_size, self.max_field_size), self.max_headers
-            )
+            return GatewayError.headers_too_large(self.max_line_size, self.max_field_size, self.max_headers)
         return GatewayError.malformed(_what_is_malformed(exc))
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

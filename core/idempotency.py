@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 RETENTION = timedelta(hours=24)
 MAX_REQUEST_ID_LENGTH = 128
+# Printable ASCII: what an HTTP header (Idempotency-Key) carries as written, in any client.
+REQUEST_ID_PATTERN = "^[ -~]*$"
 PURGE_BATCH = 1000
 _CLAIM_ATTEMPTS = 3
 
@@ -176,8 +179,8 @@ def fingerprint(command: DataclassInstance) -> str:
 def check_request_id(request_id: str) -> None:
     if len(request_id) > MAX_REQUEST_ID_LENGTH:
         raise InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters")
-    if request_id and not request_id.isprintable():
-        raise InvalidArgument.field("request_id", "must contain printable characters only")
+    if request_id and not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+        raise InvalidArgument.field("request_id", "must be printable ASCII characters (space to ~)")
 
 
 U = TypeVar("U", bound=IdempotentUnitOfWork)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-_BODY_LENGTH = 26  # 130 bits of randomness
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+BODY_LENGTH = 26  # 130 bits of randomness
 
 
 def new_id(prefix: str) -> str:
-    body = "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
     return f"{prefix}_{body}"

@@ -35,7 +35,11 @@ _CODES: tuple[tuple[type[errors.TallyError], int], ...] = (
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
 )
 
-# gRPC code to HTTP status, as google.rpc.Code documents it (CANCELLED: nginx's 499).
+# gRPC code to HTTP status, as google.rpc.Code documents it (CANCELLED: nginx's 499), except
+# FAILED_PRECONDITION, which is 409 here, not 400: it refuses a well-formed request because of the
+# state it meets (an account not deleted, a request_id used for another request), and HTTP says
+# that with 409 Conflict. 400 stays for requests that are wrong as sent, so a request the OpenAPI
+# document allows is never 400.
 HTTP_STATUS: Mapping[int, int] = {
     code_pb2.OK: 200,
     code_pb2.CANCELLED: 499,
@@ -46,7 +50,7 @@ HTTP_STATUS: Mapping[int, int] = {
     code_pb2.ALREADY_EXISTS: 409,
     code_pb2.PERMISSION_DENIED: 403,
     code_pb2.RESOURCE_EXHAUSTED: 429,
-    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.FAILED_PRECONDITION: 409,
     code_pb2.ABORTED: 409,
     code_pb2.OUT_OF_RANGE: 400,
     code_pb2.UNIMPLEMENTED: 501,

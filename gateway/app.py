@@ -58,6 +58,9 @@ from gateway.transcoder import build_request, build_stream_requests, response_js
 log = logging.getLogger("tally.gateway")
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Longer than aiohttp's 8190: the longest URL the OpenAPI document allows (a 1,000-character filter of
+# 4-byte characters is 12,000 bytes percent-encoded) must reach the gateway.
+MAX_REQUEST_LINE_BYTES = 32 * 1024
 _PASSED_HEADERS = ("authorization", "traceparent", "tracestate")
 _METADATA_PREFIX = "grpc-metadata-"
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
@@ -226,7 +229,10 @@ class Gateway:
                 list(request.rel_url.query.items()),
                 body,
                 strict=self.strict,
-                idempotency_key=request.headers.get("Idempotency-Key") or request.headers.get("X-Request-Id"),
+                # The caller's X-Request-Id only when it is kept as the correlation id: one the
+                # server replaced is no key of the caller's.
+                idempotency_key=request.headers.get("Idempotency-Key")
+                or (request_id if request_id == request.headers.get("X-Request-Id") else None),
             )
             metadata = request_metadata(request.headers, request_id, request.remote)
             timeout = parse_timeout(request.headers)
@@ -358,14 +364,16 @@ class Gateway:
         return ((f"event: {event}\n" if event else "") + f"data: {text}\n\n").encode()
 
 
-def _openapi_route(services: Sequence[ServiceDescriptor], use_proto_names: bool) -> web.RouteDef | None:
+def _openapi_route(
+    services: Sequence[ServiceDescriptor], use_proto_names: bool, strict: bool
+) -> web.RouteDef | None:
     """GET /openapi.json from gateway.openapi.build_openapi, built once, when that module exists."""
     if importlib.util.find_spec("gateway.openapi") is None:
         return None
     build = getattr(importlib.import_module("gateway.openapi"), "build_openapi", None)
     if build is None:
         return None
-    body = json.dumps(build(services, use_proto_names=use_proto_names), ensure_ascii=False)
+    body = json.dumps(build(services, use_proto_names=use_proto_names, strict=strict), ensure_ascii=False)
 
     async def get_openapi(_request: web.Request) -> web.Response:
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
@@ -395,7 +403,7 @@ def gateway_routes(
         use_proto_names=use_proto_names,
     )
     defs = gateway.route_defs()
-    openapi = _openapi_route(services, use_proto_names)
+    openapi = _openapi_route(services, use_proto_names, strict)
     if openapi is not None:
         defs.append(openapi)
     return defs

@@ -130,11 +130,11 @@ class GatewayError(Exception):
         )
 
     @classmethod
-    def headers_too_large(cls, max_line: int, max_headers: int) -> GatewayError:
+    def headers_too_large(cls, max_request_line: int, max_header: int, max_headers: int) -> GatewayError:
         return cls(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request line or a header is longer than {max_line} bytes, "
-            f"or there are more than {max_headers} headers",
+            f"the request line is longer than {max_request_line} bytes, a header longer than "
+            f"{max_header} bytes, or there are more than {max_headers} headers",
             reason="HEADERS_TOO_LARGE",
             http=431,
         )

@@ -17,24 +17,35 @@ import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
-from gateway.schemas import (
+from gateway.constraints import RULES
+from gateway.openapi_http import (
     ERROR_RESPONSES,
+    Operation,
+    add_links,
+    error_responses,
+    header_parameters,
+    response_headers,
+)
+from gateway.schemas import (
     JSON,
     QUERY_WELL_KNOWN,
     STATUS,
     WELL_KNOWN,
+    Flavor,
+    Rules,
     SchemaBuilder,
     behaviors,
-    error_responses,
     is_map,
     is_required,
     ref,
 )
+from gateway.templates import PathTemplate, parameter_names
 from tally.options.v1 import access_pb2
 
 OPENAPI_VERSION = "3.1.0"
@@ -154,14 +165,21 @@ def _binding(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Binding:
 class PathParam:
     field_path: str  # dotted proto field path, as written in the template
     segments: str | None  # the `=...` part of `{name=accounts/*}`, if any
+    name: str = ""  # the OpenAPI parameter name; the field path unless renamed
+
+    @property
+    def parameter(self) -> str:
+        return self.name or self.field_path
 
 
-def parse_template(template: str) -> tuple[str, list[PathParam]]:
+def parse_template(template: str, names: Mapping[str, str] | None = None) -> tuple[str, list[PathParam]]:
     """An OpenAPI path for a google.api.http path template, and its variables.
 
-    `{account.id}` stays as it is, `{name=accounts/*}` becomes `{name}`, and a
-    custom verb (`/v1/accounts/{id}:undelete`) is kept literally.
+    `{account.id}` stays as it is unless `names` renames it (`{"account.id": "id"}`),
+    `{name=accounts/*}` becomes `{name}`, and a custom verb
+    (`/v1/accounts/{id}:undelete`) is kept literally.
     """
+    names = names or {}
     if not template.startswith("/"):
         raise ValueError(f"path template {template!r} does not start with '/'")
     path: list[str] = []
@@ -171,8 +189,9 @@ def parse_template(template: str) -> tuple[str, list[PathParam]]:
             name, equals, segments = piece[1:-1].partition("=")
             if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
                 raise ValueError(f"path template {template!r} has a bad variable {piece!r}")
-            params.append(PathParam(name, segments if equals else None))
-            path.append("{" + name + "}")
+            param = PathParam(name, segments if equals else None, names.get(name, ""))
+            params.append(param)
+            path.append("{" + param.parameter + "}")
         elif "{" in piece or "}" in piece:
             raise ValueError(f"path template {template!r} has unbalanced braces")
         else:
@@ -212,27 +231,46 @@ def build_openapi(
     version: str = "v1",
     comments: Mapping[str, str] | None = None,
     use_proto_names: bool = False,
+    strict: bool = True,
+    rules: Rules | None = None,
 ) -> JSON:
     """An OpenAPI 3.1 document (a JSON-serialisable dict) for the HTTP bindings of `services`.
 
     `comments` maps full proto names to descriptions; None loads them with
     `load_comments()`. Property and query-parameter names are the proto3 JSON
-    names (lowerCamelCase) unless `use_proto_names`.
+    names (lowerCamelCase) unless `use_proto_names`. `strict` is the gateway's:
+    unknown fields are refused, so objects say `additionalProperties: false`.
+    `rules` states what the servers check beyond the proto types; None is
+    Tally's own (gateway/constraints.py).
     """
-    builder = _DocumentBuilder(load_comments() if comments is None else comments, use_proto_names)
+    outputs: set[str] = set()
     for service in services:
         for method in service.methods:
-            _reachable(method.output_type, builder.response_messages)
-    for service in services:
-        builder.add_service(service)
+            _reachable(method.output_type, outputs)
+    schemas = SchemaBuilder(
+        load_comments() if comments is None else comments,
+        use_proto_names=use_proto_names,
+        strict=strict,
+        rules=RULES if rules is None else rules,
+        outputs=outputs,
+    )
+    builder = _DocumentBuilder(schemas)
+    bound = [_served(service) for service in services]
+    names = iter(parameter_names([PathTemplate.parse(b.template) for _, _, b, _ in chain(*bound)]))
+    for service, operations in zip(services, bound, strict=True):
+        builder.add_tag(service, bool(operations))
+        for _, method, binding, index in operations:
+            builder.add_operation(service, method, binding, index, next(names))
+    add_links(builder.operations, schemas.json_name)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
+        "servers": [{"url": "/", "description": "The host that serves this document."}],
         "tags": builder.tags,
         "security": [{"bearer": []}],
         "paths": builder.paths,
         "components": {
-            "schemas": dict(sorted(builder.schemas.schemas.items())),
+            "schemas": dict(sorted(schemas.schemas.items())),
             "responses": error_responses(),
             "securitySchemes": {
                 "bearer": {
@@ -244,6 +282,18 @@ def build_openapi(
             },
         },
     }
+
+
+def _served(service: ServiceDescriptor) -> list[tuple[ServiceDescriptor, MethodDescriptor, Binding, int]]:
+    """(service, method, binding, index among the method's bindings) for every binding the gateway serves.
+
+    A client-streaming binding without a body is not served (gateway/routes.py), nor documented.
+    """
+    served = []
+    for method in service.methods:
+        bindings = [b for b in http_bindings(method) if b.body or not method.client_streaming]
+        served += [(service, method, binding, index) for index, binding in enumerate(bindings)]
+    return served
 
 
 def _summary(description: str) -> str:
@@ -262,37 +312,43 @@ def _reachable(message: Descriptor, seen: set[str]) -> set[str]:
     return seen
 
 
+def _fills_update_mask(method: MethodDescriptor, binding: Binding) -> bool:
+    """Whether the gateway makes the update mask from the body (gateway/transcoder.py fill_update_mask)."""
+    mask = method.input_type.fields_by_name.get("update_mask")
+    return (
+        binding.verb == "patch"
+        and binding.body not in ("", "*")
+        and mask is not None
+        and mask.message_type is not None
+        and mask.message_type.full_name == "google.protobuf.FieldMask"
+    )
+
+
 class _DocumentBuilder:
-    def __init__(self, comments: Mapping[str, str], use_proto_names: bool) -> None:
-        self.comments = comments
-        self.schemas = SchemaBuilder(comments, use_proto_names=use_proto_names)
+    def __init__(self, schemas: SchemaBuilder) -> None:
+        self.comments = schemas.comments
+        self.schemas = schemas
         self.paths: dict[str, JSON] = {}
         self.tags: list[JSON] = []
-        # Messages a response can contain: a `body: "*"` request among them gets no `required` list.
-        self.response_messages: set[str] = set()
+        self.operations: list[Operation] = []
 
-    def add_service(self, service: ServiceDescriptor) -> None:
-        bound = [(method, http_bindings(method)) for method in service.methods]
-        # A client-streaming binding without a body is not served (gateway/routes.py), nor documented.
-        bound = [
-            (method, [b for b in bindings if b.body or not method.client_streaming])
-            for method, bindings in bound
-        ]
-        bound = [(method, bindings) for method, bindings in bound if bindings]
-        if not bound:
+    def add_tag(self, service: ServiceDescriptor, has_operations: bool) -> None:
+        if not has_operations:
             return
         tag: JSON = {"name": service.name}
         if description := self.comments.get(service.full_name):
             tag["description"] = description
         self.tags.append(tag)
-        for method, bindings in bound:
-            for index, binding in enumerate(bindings):
-                self.add_operation(service, method, binding, index)
 
     def add_operation(
-        self, service: ServiceDescriptor, method: MethodDescriptor, binding: Binding, index: int
+        self,
+        service: ServiceDescriptor,
+        method: MethodDescriptor,
+        binding: Binding,
+        index: int,
+        names: Mapping[str, str],
     ) -> None:
-        path, path_params = parse_template(binding.template)
+        path, path_params = parse_template(binding.template, names)
         item = self.paths.setdefault(path, {})
         if binding.verb in item:
             raise ValueError(f"{method.full_name}: {binding.verb.upper()} {path} is bound twice")
@@ -300,26 +356,34 @@ class _DocumentBuilder:
             "tags": [service.name],
             "operationId": f"{service.name}_{method.name}" + (str(index + 1) if index else ""),
         }
-        if description := self.comments.get(method.full_name):
-            operation["summary"] = _summary(description)
-            if description != operation["summary"]:
-                operation["description"] = description
+        description = self.comments.get(method.full_name) or f"Calls `{method.full_name}`."
+        operation["summary"] = _summary(description)
+        fills_mask = _fills_update_mask(method, binding)
+        if fills_mask:
+            description += (
+                "\n\nThe fields present in the body are the ones changed (`null` clears one that may be "
+                "empty); the URL takes no update mask."
+            )
+        operation["description"] = description
         parameters = [self.path_parameter(method.input_type, param) for param in path_params]
         bound_paths = {param.field_path for param in path_params}
+        if fills_mask:
+            bound_paths.add("update_mask")
         if binding.body != "*":
             if binding.body:
                 bound_paths.add(binding.body)
             parameters += self.query_parameters(method.input_type, bound_paths, "", "", (), True)
-        if parameters:
-            operation["parameters"] = parameters
+        parameters += header_parameters(method)
+        operation["parameters"] = parameters
         if binding.body:
-            operation["requestBody"] = self.request_body(service, method, binding.body, path_params)
+            operation["requestBody"] = self.request_body(service, method, binding, path_params)
         operation["responses"] = self.responses(method, binding.response_body)
         if method.GetOptions().Extensions[access_pb2.access].public:
             operation["security"] = []
         if method.GetOptions().deprecated:
             operation["deprecated"] = True
         item[binding.verb] = operation
+        self.operations.append(Operation(method, binding, path, path_params, operation))
 
     def path_parameter(self, request: Descriptor, param: PathParam) -> JSON:
         field = resolve(request, param.field_path)[-1]
@@ -327,12 +391,14 @@ class _DocumentBuilder:
             field.message_type is not None and field.message_type.full_name not in QUERY_WELL_KNOWN
         ):
             raise ValueError(f"{request.full_name}.{param.field_path} cannot be a path variable")
-        schema = self.schemas.value(field)
+        schema = self.schemas.parameter(field)
         description = self.comments.get(field.full_name, "")
         if param.segments is not None:
             schema = {**schema, "pattern": segments_regex(param.segments)}
             description = f"{description}\n\nMatches `{param.segments}`.".strip()
-        return _parameter(param.field_path, "path", schema, description, required=True)
+        if param.parameter != param.field_path:
+            description = f"{description}\n\nSets the request field `{param.field_path}`.".strip()
+        return _parameter(param.parameter, "path", schema, description, required=True)
 
     def query_parameters(
         self,
@@ -363,37 +429,41 @@ class _DocumentBuilder:
                         nested, bound, f"{path}.", f"{name}.", chain, field_required
                     )
                 continue
-            schema = self.schemas.value(field)
-            if field.is_repeated:
-                schema = {"type": "array", "items": schema}
+            schema = self.schemas.parameter(field)
             description = self.comments.get(field.full_name, "")
             parameters.append(_parameter(name, "query", schema, description, required=field_required))
         return parameters
 
     def request_body(
-        self, service: ServiceDescriptor, method: MethodDescriptor, body: str, path_params: list[PathParam]
+        self,
+        service: ServiceDescriptor,
+        method: MethodDescriptor,
+        binding: Binding,
+        path_params: list[PathParam],
     ) -> JSON:
         request = method.input_type
         description = ""
-        if body == "*":
+        flavor = Flavor.UPDATE if binding.verb == "patch" else Flavor.CREATE
+        if binding.body == "*":
             top_level = {p.field_path for p in path_params if "." not in p.field_path}
             if request.full_name in WELL_KNOWN:
                 schema = self.schemas.message(request)
-            elif not top_level and request.full_name not in self.response_messages:
-                self.schemas.with_required.add(request.full_name)
-                self.schemas.schemas.pop(request.full_name, None)  # rebuilt with `required`
-                schema = self.schemas.message(request)
+            elif not top_level and request.full_name not in self.schemas.outputs:
+                schema = self.schemas.message(request, flavor)
             else:
                 # The request minus the fields the path carries, as its own component.
                 name = f"{service.full_name}.{method.name}Body"
-                self.schemas.schemas[name] = self.schemas.object_schema(
-                    request, required=True, exclude=top_level
-                )
+                self.schemas.schemas[name] = self.schemas.object_schema(request, flavor, exclude=top_level)
                 schema = ref(name)
         else:
-            field = resolve(request, body)[-1]
-            schema = self.schemas.field(field)
-            description = schema.pop("description", "")
+            field = resolve(request, binding.body)[-1]
+            if field.message_type is not None and not field.is_repeated and not is_map(field):
+                # The body is the message itself, sent whole or (PATCH) in part.
+                schema = self.schemas.message(field.message_type, flavor)
+                description = self.comments.get(field.full_name, "")
+            else:
+                schema = self.schemas.field(field, flavor)
+                description = schema.pop("description", "")
         if method.client_streaming:
             # The gateway takes one message per line (gateway/transcoder.py build_stream_requests).
             line = "One JSON object per line (newline-delimited JSON), each one message of the stream."
@@ -409,7 +479,7 @@ class _DocumentBuilder:
     def responses(self, method: MethodDescriptor, response_body: str) -> JSON:
         description = "OK"
         if response_body:
-            schema = self.schemas.field(resolve(method.output_type, response_body)[-1])
+            schema = self.schemas.field(resolve(method.output_type, response_body)[-1], in_message=False)
             description = schema.pop("description", description)
         else:
             schema = self.schemas.message(method.output_type)
@@ -424,7 +494,9 @@ class _DocumentBuilder:
             description = f"{description} (a stream of messages)"
         else:
             content = {"application/json": {"schema": schema}}
-        responses: JSON = {"200": {"description": description, "content": content}}
+        responses: JSON = {
+            "200": {"description": description, "headers": response_headers(), "content": content}
+        }
         for status, (name, _) in ERROR_RESPONSES.items():
             responses[status] = {"$ref": f"#/components/responses/{name}"}
         return responses

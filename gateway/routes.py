@@ -191,6 +191,10 @@ class RouteTable:
         other_methods: set[str] = set()
         try:
             for group in self._groups(raw_path):
+                if other_methods:
+                    # The path names a custom method (`/v1/accounts/a:undelete`) served under another
+                    # HTTP method: that is 405, not a plain route's resource whose id ends in `:undelete`.
+                    break
                 for route in group:
                     if route.http_method != http_method and route.http_method in other_methods:
                         continue

@@ -281,3 +281,34 @@ class _Parser:
                 if var.name.startswith(other + ".") or other.startswith(var.name + "."):
                     raise self.fail(f"field path {var.name!r} overlaps {other!r}", var.position)
             seen[var.name] = var
+
+
+def template_shape(text: str) -> str:
+    """The template with its variables' names left out: `/v1/accounts/{}` for `/v1/accounts/{account.id}`.
+
+    OpenAPI 3.1 holds two paths that differ only in their parameter names to be the same
+    path, so templates of one shape must name their variables alike in an OpenAPI document.
+    """
+    return re.sub(r"\{[^}=]*", "{", text)
+
+
+def parameter_names(templates: list[PathTemplate]) -> list[dict[str, str]]:
+    """OpenAPI names for the variables of each template ({field path: name}), agreed per shape.
+
+    A name is the last segment of its field path (`account.id` -> `id`), or the whole path
+    with `_` for `.` where two variables of one template would share it. Every later template
+    of a shape takes the names of the first one, position by position, so
+    `/v1/accounts/{id}` and `/v1/accounts/{account.id}` are both `/v1/accounts/{id}`.
+    """
+    first: dict[str, list[str]] = {}
+    named: list[dict[str, str]] = []
+    for template in templates:
+        shape = template_shape(template.text)
+        if shape not in first:
+            last = [name.rsplit(".", 1)[-1] for name in template.variables]
+            first[shape] = [
+                short if last.count(short) == 1 else name.replace(".", "_")
+                for short, name in zip(last, template.variables, strict=True)
+            ]
+        named.append(dict(zip(template.variables, first[shape], strict=True)))
+    return named

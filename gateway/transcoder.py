@@ -41,6 +41,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from core.idempotency import MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN
 from gateway.errors import GatewayError
 from gateway.fields import (
     INT_RANGES,
@@ -324,10 +325,17 @@ def fill_update_mask(route: Route, message: Message, body: Any) -> None:
 
 
 def fill_request_id(message: Message, key: str | None) -> None:
-    """An `Idempotency-Key` becomes the request's `request_id` when it has one and it is empty."""
+    """An `Idempotency-Key` becomes the request's `request_id` when it has one and it is empty.
+
+    The key is checked whether or not it is used, so the header means the same on every request.
+    """
     field = descriptor_of(message).fields_by_name.get(REQUEST_ID_FIELD)
     if not key or field is None or field.type != FieldDescriptor.TYPE_STRING or is_repeated(field):
         return
+    if len(key) > MAX_REQUEST_ID_LENGTH or not re.fullmatch(REQUEST_ID_PATTERN, key):
+        raise GatewayError.invalid(
+            "Idempotency-Key", f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters"
+        )
     if not getattr(message, REQUEST_ID_FIELD):
         setattr(message, REQUEST_ID_FIELD, key)
 

@@ -302,7 +302,12 @@ async def create_user(
         if command.account_id:
             account = await uow.accounts.get(command.account_id)
             if account is None or account.is_deleted:
-                raise InvalidArgument.field("user.account_id", f"no live account {command.account_id!r}")
+                # The request is well formed; the state it names is not there (409 over REST).
+                raise FailedPrecondition(
+                    f"user.account_id: no live account {command.account_id!r}",
+                    reason="ACCOUNT_NOT_LIVE",
+                    metadata={"field": "user.account_id", "account_id": command.account_id},
+                )
         now = deps.clock.now()
         user = User(
             ids.new_id(domain.USER_PREFIX), command.email, command.role, command.account_id or None, now, now

@@ -1,4 +1,4 @@
-"""End to end: the REST/JSON gateway, fuzzed against its own /openapi.json, and stand-alone before gRPC."""
+"""End to end: the REST/JSON gateway, fuzzed by stock schemathesis on its live /openapi.json; stand-alone."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,15 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.core.result import Err
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.e2e.harness import (
     START_DEADLINE_SECONDS,
@@ -67,7 +59,7 @@ def request(
     return status, headers, json.loads(raw) if raw else None
 
 
-# --- 1. schemathesis against the live /openapi.json -----------------------------------------------------
+# --- 1. stock schemathesis against the live /openapi.json -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -76,89 +68,85 @@ def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     env = server_env(data_dir, TALLY_RATE_LIMITS=NO_RATE_LIMITS)
     with running_server(env, data_dir) as server:
         assert server.http_addr, f"the serving line has no http_addr:\n{server.stderr}"
+        assert server.http_addr.startswith("127.0.0.1:"), server.http_addr  # loopback only
         yield server
 
 
-def without_dotted_path_names(document: dict[str, Any]) -> dict[str, Any]:
-    """`{account.id}` -> `{account_id}` in path templates and their path parameters.
-
-    Dotted names are valid OpenAPI (and what grpc-gateway emits), but schemathesis fills path templates
-    with `str.format`, which reads `{account.id}` as attribute access and rejects the operation. The
-    renamed template yields the very same URLs.
-    """
-    paths: dict[str, Any] = {}
-    for template, item in document["paths"].items():
-        dotted = set(re.findall(r"\{([^{}]*\.[^{}]*)\}", template))
-        for name in dotted:
-            template = template.replace(f"{{{name}}}", f"{{{name.replace('.', '_')}}}")
-        for operation in item.values():
-            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
-                if parameter.get("in") == "path" and parameter.get("name") in dotted:
-                    parameter["name"] = parameter["name"].replace(".", "_")
-        paths[template] = item
-    return {**document, "paths": paths}
+SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")
+# Per operation and phase; with the fixed seed the whole run takes about a minute here.
+MAX_EXAMPLES = 10
+SEED = 1
+SCHEMATHESIS_TIMEOUT_SECONDS = 300
+_COVERED_LINKS = re.compile(r"API Links:\s+(\d+) covered / (\d+) selected")
 
 
-@pytest.fixture(scope="module")
-def api_schema(rest_server: RunningServer) -> schemathesis.BaseSchema:
-    base = f"http://{rest_server.http_addr}"
-    status, _, document = request(rest_server.http_addr, "GET", "/openapi.json")
-    assert status == 200, document
-    schema = schemathesis.openapi.from_dict(without_dotted_path_names(document))
-    schema.config.update(base_url=base)
-    return schema
-
-
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-MAX_EXAMPLES = 15
-
-
-def fuzz_operation(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode) -> None:
-    """Hypothesis over one operation's cases, as admin; raises the (shrunk) failure with a curl reproducer."""
-    headers = {"Authorization": f"Bearer {admin_token()}"}
-
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no `explain`: slow, and it adds little here
-        suppress_health_check=list(HealthCheck),
-    )
-    def run(case: schemathesis.Case) -> None:
-        response = case.call(headers=headers, timeout=HTTP_TIMEOUT_SECONDS)
-        case.validate_response(response, checks=CHECKS, headers=headers)
-
-    run()
-
-
-# schemathesis.pytest.from_fixture() (its lazy loader) fails on pytest 9 (`Function` has no `_nodeid`),
-# so every operation is driven here through `APIOperation.as_strategy()` and plain Hypothesis.
-@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
-def test_openapi_operations_conform(
-    api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
-) -> None:
-    """Every documented operation: no 5xx, and a documented status, content type and body schema."""
-    failures: list[str] = []
-    operations = 0
-    for result in api_schema.get_all_operations():
-        operations += 1
-        if isinstance(result, Err):
-            failures.append(f"=== an operation schemathesis cannot load ===\n{vars(result.err())}")
+def explicit_links_applied(events: Path) -> set[str]:
+    """The document's own links (not schemathesis's inferred ones) that a stateful step followed."""
+    applied: set[str] = set()
+    for line in events.read_text().splitlines():
+        finished = json.loads(line).get("ScenarioFinished")
+        if not finished:
             continue
-        operation = result.ok()
-        try:
-            fuzz_operation(operation, mode)
-        except Exception as error:  # collect every operation's failure, then fail once
-            failures.append(f"=== {operation.label} ({mode}) ===\n{error}")
-    assert operations >= 16, f"only {operations} operations in /openapi.json"
-    assert not failures, "\n\n".join(failures)
+        for case in finished.get("recorder", {}).get("cases", {}).values():
+            transition = case.get("transition")
+            if case.get("is_transition_applied") and transition and not transition["is_inferred"]:
+                applied.add(transition["id"].split(" -> ")[1].removeprefix("[200] "))
+    return applied
+
+
+def test_stock_schemathesis_passes_on_the_live_document(rest_server: RunningServer, tmp_path: Path) -> None:
+    """`schemathesis run --checks all`, every phase, stateful included, on the document as served."""
+    url = f"http://{rest_server.http_addr}/openapi.json"
+    events = tmp_path / "events.ndjson"
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(SCHEMATHESIS_CONFIG),
+        "run",
+        url,
+        "--checks",
+        "all",
+        "--header",
+        f"Authorization: Bearer {admin_token()}",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-database",
+        "none",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(events),
+        "--no-color",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SCHEMATHESIS_TIMEOUT_SECONDS,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "16 selected / 16 total" in output, output
+    for phase in ("Coverage", "Fuzzing", "Stateful"):
+        assert re.search(rf"✅\s+{phase}", output), f"{phase} did not pass:\n{output}"
+    covered = _COVERED_LINKS.search(output)
+    assert covered is not None, output
+    assert int(covered.group(1)) > 0, output
+    # The links the document declares (create -> get, update, delete) are among those followed.
+    _, _, document = request(rest_server.http_addr, "GET", "/openapi.json")
+    document_links = {
+        name
+        for item in document["paths"].values()
+        for operation in item.values()
+        for name in operation["responses"]["200"].get("links", {})
+    }
+    applied = explicit_links_applied(events)
+    assert applied, output
+    assert applied <= document_links, (applied, document_links)
 
 
 def test_openapi_document_is_openapi_31(rest_server: RunningServer) -> None:

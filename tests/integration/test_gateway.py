@@ -201,9 +201,9 @@ async def test_idempotency_key_replays_and_refuses_a_different_body(
     again, _ = await call(http, "POST", "/v1/accounts", 200, json=account, headers=headers)
     assert again["id"] == first["id"]
     changed, _ = await call(
-        http, "POST", "/v1/accounts", 400, json={**account, "phone": "+14155550123"}, headers=headers
+        http, "POST", "/v1/accounts", 409, json={**account, "phone": "+14155550123"}, headers=headers
     )
-    assert changed["code"] == 9  # FAILED_PRECONDITION
+    assert changed["code"] == 9  # FAILED_PRECONDITION: a conflict with the state, 409 over HTTP
 
 
 async def test_patch_without_mask_changes_only_the_fields_sent(app: App, http: aiohttp.ClientSession) -> None:

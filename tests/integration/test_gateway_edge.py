@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from app.gateway_server import StandaloneGateway, TargetHealth
 from app.server import App, build
 from core.settings import Settings
+from gateway.app import MAX_REQUEST_LINE_BYTES
 from tests.support import FakeMonotonic, cheap_passwords, free_port, mint
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -198,8 +199,11 @@ async def test_a_nul_byte_in_a_header_is_one_warning_and_a_json_400(
 async def test_oversized_headers_are_431(app: App, caplog: pytest.LogCaptureFixture) -> None:
     long_header = b"GET /healthz HTTP/1.1\r\nHost: tally\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n"
     body = assert_error(await raw_http(app.http_port, long_header), 431, "HEADERS_TOO_LARGE")
-    assert "8190 bytes" in body["message"]
-    long_url = b"GET /v1/accounts?filter=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: tally\r\n\r\n"
+    assert "a header longer than 8190 bytes" in body["message"]
+    assert f"request line is longer than {MAX_REQUEST_LINE_BYTES} bytes" in body["message"]
+    long_url = (
+        b"GET /v1/accounts?filter=" + b"x" * MAX_REQUEST_LINE_BYTES + b" HTTP/1.1\r\nHost: tally\r\n\r\n"
+    )
     assert_error(await raw_http(app.http_port, long_url), 431, "HEADERS_TOO_LARGE")
     many = b"".join(b"X-%d: 1\r\n" % n for n in range(200))
     assert_error(

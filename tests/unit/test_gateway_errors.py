@@ -23,7 +23,7 @@ from gateway.errors import (
     ("code", "expected"),
     [
         (grpc.StatusCode.INVALID_ARGUMENT, 400),
-        (grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 409),
         (grpc.StatusCode.OUT_OF_RANGE, 400),
         (grpc.StatusCode.UNAUTHENTICATED, 401),
         (grpc.StatusCode.PERMISSION_DENIED, 403),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +17,19 @@ from google.protobuf import (
     wrappers_pb2,
 )
 from google.protobuf.descriptor import ServiceDescriptor
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
+from account_svc.domain import check_email
 from app.modules import SERVICES
+from core.errors import InvalidArgument, Violations
+from core.idempotency import REQUEST_ID_PATTERN, check_request_id
+from gateway.constraints import EMAIL_PATTERN, id_pattern
+from gateway.errors import GatewayError
 from gateway.openapi import build_openapi, http_bindings, load_comments, parse_template, segments_regex
+from gateway.routes import RouteTable
+from gateway.templates import PathTemplate, parameter_names
 
 JSON = dict[str, Any]
 SCHEMAS = "#/components/schemas/"
@@ -64,6 +74,14 @@ def schema(doc: JSON, name: str) -> JSON:
     return doc["components"]["schemas"][name]
 
 
+def null_allowed(node: JSON) -> bool:
+    kind = node.get("type")
+    return (isinstance(kind, list) and "null" in kind) or {"type": "null"} in node.get("anyOf", [])
+
+
+ERRORS = ("400", "401", "403", "404", "405", "409", "413", "429", "500", "501", "503", "504", "default")
+
+
 def test_document_is_valid_openapi_31(doc: JSON) -> None:
     assert doc["openapi"] == "3.1.0"
     validate(doc, cls=OpenAPIV31SpecValidator)
@@ -85,7 +103,7 @@ def test_get_account_has_required_path_id(doc: JSON) -> None:
     assert operation["summary"] == "Returns one account."
     id_param = params(operation)[("path", "id")]
     assert id_param["required"] is True
-    assert id_param["schema"] == {"type": "string"}
+    assert id_param["schema"] == {"type": "string", "pattern": id_pattern("acct")}
     assert ("query", "showDeleted") in params(operation)
     assert "requestBody" not in operation
 
@@ -94,41 +112,65 @@ def test_list_accounts_query_parameters(doc: JSON) -> None:
     operation = doc["paths"]["/v1/accounts"]["get"]
     names = [name for where, name in params(operation) if where == "query"]
     assert names == ["pageSize", "pageToken", "filter", "showDeleted"]
-    assert params(operation)[("query", "pageSize")]["schema"] == {"type": "integer", "format": "int32"}
+    assert params(operation)[("query", "pageSize")]["schema"] == {
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0,  # core.pagination.page_size refuses negatives and lowers anything above 1000
+        "maximum": 2**31 - 1,
+    }
 
     proto_named = build_openapi(SERVICES, use_proto_names=True)["paths"]["/v1/accounts"]["get"]
-    assert [name for _, name in params(proto_named)] == ["page_size", "page_token", "filter", "show_deleted"]
+    query = [name for where, name in params(proto_named) if where == "query"]
+    assert query == ["page_size", "page_token", "filter", "show_deleted"]
 
 
 def test_create_account_body_is_account(doc: JSON) -> None:
     operation = doc["paths"]["/v1/accounts"]["post"]
     body = operation["requestBody"]
-    assert body["content"]["application/json"]["schema"] == {"$ref": SCHEMAS + "tally.account.v1.Account"}
+    create = {"$ref": SCHEMAS + "tally.account.v1.Account.Create"}
+    assert body["content"]["application/json"]["schema"] == create
     assert "id`, timestamps and `etag` are ignored" in body["description"]
-    # Fields outside the body go in the query string.
-    assert list(params(operation)) == [("query", "requestId")]
+    # Fields outside the body go in the query string; then the headers the gateway reads.
+    assert list(params(operation)) == [
+        ("query", "requestId"),
+        ("header", "Idempotency-Key"),
+        ("header", "X-Request-Id"),
+        ("header", "Grpc-Timeout"),
+    ]
     account = schema(doc, "tally.account.v1.Account")
     assert account["properties"]["id"]["readOnly"] is True
     assert account["properties"]["createTime"]["readOnly"] is True
     assert account["properties"]["createTime"]["format"] == "date-time"
     assert "readOnly" not in account["properties"]["displayName"]
-    # A resource is also a response: its REQUIRED fields are not listed as required.
+    # A resource is also a response: its REQUIRED fields are required only in the create form.
     assert "required" not in account
+    required = schema(doc, "tally.account.v1.Account.Create")["required"]
+    assert required == ["displayName", "email", "currencyCode"]
 
 
-def test_update_account_binds_nested_path_field(doc: JSON) -> None:
-    operation = doc["paths"]["/v1/accounts/{account.id}"]["patch"]
-    assert params(operation)[("path", "account.id")]["required"] is True
-    assert [name for where, name in params(operation) if where == "query"] == ["updateMask", "requestId"]
-    assert params(operation)[("query", "updateMask")]["schema"]["type"] == "string"
+def test_update_account_binds_nested_path_field_under_the_shared_name(doc: JSON) -> None:
+    operation = doc["paths"]["/v1/accounts/{id}"]["patch"]
+    path_id = params(operation)[("path", "id")]
+    assert path_id["required"] is True
+    assert "Sets the request field `account.id`." in path_id["description"]
+    # The gateway makes the update mask of the fields in the body, so the URL takes none.
+    assert [name for where, name in params(operation) if where == "query"] == ["requestId"]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": SCHEMAS + "tally.account.v1.Account"}
+    assert body == {"$ref": SCHEMAS + "tally.account.v1.Account.Update"}
+    update = schema(doc, "tally.account.v1.Account.Update")
+    assert "required" not in update
+    changeable = [one["required"][0] for one in update["anyOf"]]
+    assert "displayName" in changeable
+    assert "id" not in changeable  # output only
+    assert "etag" not in changeable  # a precondition, not a change
+    assert null_allowed(update["properties"]["phone"])  # null clears it
+    assert not null_allowed(update["properties"]["status"])  # an update names a status
 
 
 def test_undelete_custom_verb_with_star_body(doc: JSON) -> None:
     operation = doc["paths"]["/v1/accounts/{id}:undelete"]["post"]
     assert params(operation)[("path", "id")]["required"] is True
-    assert [where for where, _ in params(operation)] == ["path"]
+    assert [where for where, _ in params(operation) if where != "header"] == ["path"]
     body = deref(doc, operation["requestBody"]["content"]["application/json"]["schema"])
     assert list(body["properties"]) == ["requestId"]  # `id` travels in the path
 
@@ -150,17 +192,20 @@ def test_login_is_public_and_others_need_a_bearer_token(doc: JSON) -> None:
 
 def test_enums_maps_and_int64(doc: JSON) -> None:
     account = schema(doc, "tally.account.v1.Account")
-    status = deref(doc, account["properties"]["status"])
-    assert status["type"] == "string"
-    assert status["enum"] == ["STATUS_UNSPECIFIED", "STATUS_ACTIVE", "STATUS_SUSPENDED"]
+    assert null_allowed(account["properties"]["status"])  # unset: json_format reads null as the default
+    status = deref(doc, account["properties"]["status"]["anyOf"][0])
+    assert status["type"] == ["string", "integer"]
+    # json_format reads an enum by name, number or a string of digits.
+    assert status["enum"][:3] == ["STATUS_UNSPECIFIED", "STATUS_ACTIVE", "STATUS_SUSPENDED"]
+    assert status["enum"][3:] == [0, 1, 2, "0", "1", "2"]
     assert "`STATUS_SUSPENDED`: Billing is on hold" in status["description"]
-    assert account["properties"]["metadata"]["type"] == "object"
-    assert account["properties"]["metadata"]["additionalProperties"] == {"type": "string"}
+    assert account["properties"]["metadata"]["type"] == ["object", "null"]
+    assert account["properties"]["metadata"]["additionalProperties"] == {"type": "string", "maxLength": 500}
     expires_in = schema(doc, "tally.account.v1.TokenResponse")["properties"]["expiresIn"]
-    assert expires_in["type"] == "string"
+    assert expires_in["type"] == ["string", "null"]
     assert expires_in["format"] == "int64"
     changes = schema(doc, "tally.audit.v1.AuditEvent")["properties"]["changes"]
-    assert changes["type"] == "object"
+    assert changes["type"] == ["object", "null"]
 
 
 def test_descriptions_come_from_proto_comments(doc: JSON) -> None:
@@ -188,9 +233,9 @@ def test_errors_are_google_rpc_status(doc: JSON) -> None:
     for path_item in doc["paths"].values():
         for operation in path_item.values():
             responses = operation["responses"]
-            assert set(responses) == {"200", "400", "401", "403", "404", "409", "429", "default"}
+            assert set(responses) == {"200", *ERRORS}
             assert deref(doc, responses["default"])["content"]["application/json"]["schema"] == error_ref
-            for code in ("400", "401", "403", "404", "409", "429"):
+            for code in ERRORS:
                 assert deref(doc, responses[code])["content"]["application/json"]["schema"] == error_ref
             assert "Retry-After" in deref(doc, responses["429"])["headers"]
 
@@ -338,7 +383,7 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
     watch = paths["/v1/widgets:watch"]["post"]
     assert watch["requestBody"]["content"]["application/json"]["schema"] == {"type": "object"}
     assert set(watch["responses"]["200"]["content"]) == {"application/x-ndjson", "text/event-stream"}
-    assert "Internal" not in json.dumps(doc)
+    assert "WidgetService_Internal" not in json.dumps(doc)
 
     # Client streaming: one request message per line of an NDJSON body; a binding without a body
     # cannot carry the stream, so it is neither served (gateway/routes.py) nor documented.
@@ -352,10 +397,174 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
 
     widget = schema(doc, "tally.testing.v1.Widget")["properties"]
     assert widget["name"]["description"] == "The widget's name."
-    assert widget["parent"] == {"$ref": SCHEMAS + "tally.testing.v1.Widget"}
-    assert widget["ttl"]["type"] == "string"
+    assert widget["parent"] == {"anyOf": [{"$ref": SCHEMAS + "tally.testing.v1.Widget"}, {"type": "null"}]}
+    assert widget["ttl"]["type"] == ["string", "null"]
     assert widget["ttl"]["pattern"] == r"^-?\d+(\.\d+)?s$"
     assert widget["limit"]["type"] == ["string", "null"]
-    assert widget["sizeBytes"]["type"] == "string"
+    assert widget["sizeBytes"]["type"] == ["string", "null"]
     assert widget["blob"]["contentEncoding"] == "base64"
-    assert widget["ratio"] == {"type": "array", "items": {"type": "number", "format": "double"}}
+    assert widget["ratio"] == {"type": ["array", "null"], "items": {"type": "number", "format": "double"}}
+
+
+# --- what stock tools need: unique paths, the server's rules, headers, statuses, links ----------------
+
+
+def test_paths_are_unique_as_openapi_31_defines_them(doc: JSON) -> None:
+    shapes = [re.sub(r"\{[^}]*\}", "{}", path) for path in doc["paths"]]
+    assert len(shapes) == len(set(shapes)), doc["paths"].keys()
+    assert "/v1/accounts/{account.id}" not in doc["paths"]
+    assert set(doc["paths"]["/v1/accounts/{id}"]) == {"get", "patch", "delete"}
+
+
+def test_parameter_names_agree_per_shape() -> None:
+    texts = ("/v1/a/{id}", "/v1/a/{a.id}", "/v1/{x.id}/b/{y.id}", "/v1/{p}/b/{q}")
+    templates = [PathTemplate.parse(text) for text in texts]
+    assert parameter_names(templates) == [
+        {"id": "id"},
+        {"a.id": "id"},
+        {"x.id": "x_id", "y.id": "y_id"},  # both would be `id`
+        {"p": "x_id", "q": "y_id"},  # the first template of the shape names it
+    ]
+
+
+def test_every_documented_url_reaches_its_method_with_the_proto_fields(doc: JSON) -> None:
+    """The gateway routes by the proto templates: `{id}` in the document fills `account.id`."""
+    table = RouteTable.from_services(SERVICES)
+    for path, item in doc["paths"].items():
+        for verb, operation in item.items():
+            values = {p["name"]: f"v{i}" for i, p in enumerate(operation["parameters"]) if p["in"] == "path"}
+            route, variables = table.lookup(verb.upper(), path.format(**values))
+            assert operation["operationId"].startswith(route.method.containing_service.name + "_")
+            assert operation["operationId"].split("_")[1].rstrip("0123456789") == route.method.name
+            sets = r"`([\w.]+)`\.$"  # "Sets the request field `account.id`."
+            fields = {p["name"]: re.search(sets, p.get("description", "")) for p in operation["parameters"]}
+            for name, value in values.items():
+                renamed = fields[name]
+                field = renamed.group(1) if renamed is not None else name
+                assert variables[field] == value, (path, verb, variables)
+
+
+def test_a_custom_method_path_under_another_http_method_is_405() -> None:
+    table = RouteTable.from_services(SERVICES)
+    with pytest.raises(GatewayError) as caught:
+        table.lookup("PATCH", "/v1/accounts/acct_1:undelete")
+    assert caught.value.http == 405
+    assert caught.value.headers == {"Allow": "POST"}
+
+
+def test_required_comes_from_field_behavior(doc: JSON) -> None:
+    user = schema(doc, "tally.account.v1.User.Create")
+    assert user["required"] == ["email", "role"]
+    create_user = schema(doc, "tally.account.v1.CreateUserRequest")
+    assert create_user["required"] == ["user", "password"]
+    assert create_user["properties"]["user"] == {
+        "$ref": SCHEMAS + "tally.account.v1.User.Create",
+        "description": create_user["properties"]["user"]["description"],
+    }
+    assert schema(doc, "tally.account.v1.ServiceAccount.Create")["required"] == ["displayName", "scopes"]
+    assert not null_allowed(schema(doc, "tally.account.v1.Account")["properties"]["email"])  # REQUIRED
+
+
+def test_objects_are_closed_where_the_gateway_is_strict(doc: JSON) -> None:
+    assert schema(doc, "tally.account.v1.Account")["additionalProperties"] is False
+    lenient = build_openapi(SERVICES, strict=False)
+    assert "additionalProperties" not in lenient["components"]["schemas"]["tally.account.v1.Account"]
+
+
+def test_server_checks_are_stated(doc: JSON) -> None:
+    account = schema(doc, "tally.account.v1.Account.Create")["properties"]
+    assert account["phone"]["pattern"] == "^(\\+[1-9][0-9]{6,14})?$"
+    assert "USD" in account["currencyCode"]["enum"]
+    assert "XTS" not in account["currencyCode"]["enum"]
+    assert account["displayName"]["maxLength"] == 200
+    assert account["metadata"]["maxProperties"] == 50
+    address = schema(doc, "google.type.PostalAddress")
+    assert address["required"] == ["regionCode"]
+    assert schema(doc, "tally.account.v1.CreateUserRequest")["properties"]["password"]["minLength"] == 12
+    filter_param = params(doc["paths"]["/v1/accounts"]["get"])[("query", "filter")]
+    assert ecma_search(filter_param["schema"]["pattern"], 'status = ACTIVE AND email = "a@example.com"')
+
+
+def ecma_search(pattern: str, text: str) -> bool:
+    """`pattern` as JSON Schema reads it: in ECMA-262 a final `$` does not match before a final newline."""
+    return re.search(pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern, text) is not None
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=40))
+def test_email_pattern_is_the_servers_check(text: str) -> None:
+    """Patterns are written so that Python reads them as JSON Schema (ECMA-262) does."""
+    violations = Violations()
+    check_email(violations, "email", text.strip())
+    server_accepts = not violations.items
+    assert ecma_search(EMAIL_PATTERN, text) == server_accepts
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=12))
+def test_request_id_pattern_is_the_servers_check(text: str) -> None:
+    try:
+        check_request_id(text)
+        server_accepts = True
+    except InvalidArgument:
+        server_accepts = False
+    assert ecma_search(REQUEST_ID_PATTERN, text) == server_accepts
+
+
+def test_headers_the_gateway_reads(doc: JSON) -> None:
+    with_request_id = {
+        f"{s.name}_{m.name}"
+        for s in SERVICES
+        for m in s.methods
+        if "request_id" in m.input_type.fields_by_name
+    }
+    for item in doc["paths"].values():
+        for operation in item.values():
+            headers = {name for where, name in params(operation) if where == "header"}
+            takes_key = operation["operationId"] in with_request_id
+            assert headers >= {"X-Request-Id", "Grpc-Timeout"}, operation["operationId"]
+            assert ("Idempotency-Key" in headers) == takes_key, operation["operationId"]
+    key = params(doc["paths"]["/v1/accounts"]["post"])[("header", "Idempotency-Key")]
+    assert key["schema"]["maxLength"] == 128
+
+
+def test_every_status_the_gateway_answers(doc: JSON) -> None:
+    responses = doc["components"]["responses"]
+    assert "Allow" in responses["MethodNotAllowed"]["headers"]
+    assert "WWW-Authenticate" in responses["Unauthorized"]["headers"]
+    for name in ("ContentTooLarge", "Unavailable", "GatewayTimeout"):
+        assert responses[name]["headers"]["X-Request-Id"]["required"] is True
+    assert "FAILED_PRECONDITION" in responses["Conflict"]["description"]
+    assert "FAILED_PRECONDITION" not in responses["BadRequest"]["description"]
+
+
+def test_servers_and_descriptions(doc: JSON) -> None:
+    assert doc["servers"] == [{"url": "/", "description": "The host that serves this document."}]
+    for item in doc["paths"].values():
+        for operation in item.values():
+            assert operation["description"].strip(), operation["operationId"]
+            assert operation["summary"], operation["operationId"]
+
+
+def test_links_from_creates_to_the_created_resource(doc: JSON) -> None:
+    links = doc["paths"]["/v1/accounts"]["post"]["responses"]["200"]["links"]
+    assert set(links) == {
+        "AccountService_GetAccount",
+        "AccountService_UpdateAccount",
+        "AccountService_DeleteAccount",
+        "AccountService_UndeleteAccount",
+    }
+    for name, link in links.items():
+        assert link["operationId"] == name
+        assert link["parameters"] == {"path.id": "$response.body#/id"}
+    service_accounts = doc["paths"]["/v1/serviceAccounts"]["post"]["responses"]["200"]["links"]
+    assert service_accounts["AuthService_DeleteServiceAccount"]["parameters"] == {
+        "path.id": "$response.body#/serviceAccount/id"
+    }
+    users = doc["paths"]["/v1/users"]["post"]["responses"]["200"]["links"]
+    assert list(users) == ["AuthService_GetUser"]
+    # Every link names a documented operation.
+    operation_ids = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
+    for item in doc["paths"].values():
+        for operation in item.values():
+            assert set(operation["responses"]["200"].get("links", {})) <= operation_ids

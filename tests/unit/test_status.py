@@ -34,7 +34,7 @@ def details(message: Any) -> dict[str, Any]:
         (errors.InvalidArgument.field("account.email", "bad"), code_pb2.INVALID_ARGUMENT, 400),
         (errors.NotFound("no"), code_pb2.NOT_FOUND, 404),
         (errors.AlreadyExists("dup"), code_pb2.ALREADY_EXISTS, 409),
-        (errors.FailedPrecondition("state"), code_pb2.FAILED_PRECONDITION, 400),
+        (errors.FailedPrecondition("state"), code_pb2.FAILED_PRECONDITION, 409),
         (errors.Aborted("etag"), code_pb2.ABORTED, 409),
         (errors.Unavailable("down"), code_pb2.UNAVAILABLE, 503),
         (errors.Unauthenticated("who"), code_pb2.UNAUTHENTICATED, 401),

@@ -161,10 +161,10 @@ class CreateAccountRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key, at most 128 characters. Retrying with the same key and
-    the same request returns the first response; the same key with a
-    different request fails with FAILED_PRECONDITION. Keys are kept for at
-    least 24 hours.
+    """Idempotency key: at most 128 printable ASCII characters (space to `~`).
+    Retrying with the same key and the same request returns the first
+    response; the same key with a different request fails with
+    FAILED_PRECONDITION (409 over REST). Keys are kept for at least 24 hours.
     """
     @_builtins.property
     def account(self) -> Global___Account:
