@@ -75,7 +75,11 @@ def build(platform: Platform) -> AccountServices:
         on_session_revoked=sessions.forget,
     )
     accounts = AccountDeps(
-        new_uow=new_uow, new_reader=new_reader, clock=clock, page_tokens=platform.page_tokens
+        new_uow=new_uow,
+        new_reader=new_reader,
+        clock=clock,
+        page_tokens=platform.page_tokens,
+        on_session_revoked=sessions.forget,
     )
     return AccountServices(
         accounts=accounts,

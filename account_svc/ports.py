@@ -27,3 +27,11 @@ class AccountRepository(Protocol):
     ) -> list[Account]:
         """Up to `limit` accounts in (create_time, id) order, after the position `after`."""
         ...
+
+
+class AccountSessions(Protocol):
+    """The login sessions of an account's users, as far as the account's own use cases need them."""
+
+    async def revoke_account_sessions(self, account_id: str, now: datetime, reason: str) -> list[str]:
+        """End every live session of the account's users; the ids of the sessions ended."""
+        ...

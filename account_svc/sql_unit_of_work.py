@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_svc.identity.ports import IdentityRepository
 from account_svc.identity.repository import SqlIdentityRepository
-from account_svc.ports import AccountRepository
+from account_svc.ports import AccountRepository, AccountSessions
 from account_svc.repository import SqlAccountRepository
 from core.audit import AuditLog, SqlAuditLog
 from core.db import UnitOfWork
@@ -17,6 +17,7 @@ class SqlAccountsUnitOfWork(UnitOfWork):
     """Fills both AccountsUnitOfWork and IdentityUnitOfWork (account_svc.unit_of_work)."""
 
     accounts: AccountRepository
+    sessions: AccountSessions
     identity: IdentityRepository
     idempotency: IdempotencyRepository
     audit: AuditLog
@@ -24,5 +25,6 @@ class SqlAccountsUnitOfWork(UnitOfWork):
     def _bind(self, session: AsyncSession) -> None:
         self.accounts = SqlAccountRepository(session)
         self.identity = SqlIdentityRepository(session)
+        self.sessions = self.identity
         self.idempotency = SqlIdempotencyRepository(session)
         self.audit = SqlAuditLog(session)

@@ -10,20 +10,23 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from account_svc.identity.ports import IdentityRepository
-from account_svc.ports import AccountRepository
+from account_svc.ports import AccountRepository, AccountSessions
 from core.audit import AuditLog
 from core.db import AfterCommit
 from core.idempotency import IdempotencyRepository
 
 
 class AccountsUnitOfWork(Protocol):
-    """What the account use cases need: accounts, request ids and the audit log.
+    """What the account use cases need: accounts, their users' sessions, request ids and the audit log.
 
     Members are read-only properties so that fakes may use their own repository classes.
     """
 
     @property
     def accounts(self) -> AccountRepository: ...
+
+    @property
+    def sessions(self) -> AccountSessions: ...
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,6 +19,8 @@ from core.principal import Caller
 
 _MAX_ID_LENGTH = 64
 # What a customer may change on its own account; billing terms (currency, status) are the biller's.
+# `email` may be named (a client sending its account back whole) but not changed: see
+# _refuse_customer_email_change.
 CUSTOMER_WRITABLE = frozenset({"display_name", "email", "phone", "billing_address"})
 _AUDITED = (*domain.UPDATABLE_FIELDS, "delete_time")
 ACCOUNT_CODEC = Codec(Account.to_dict, Account.from_dict)
@@ -29,6 +32,8 @@ class AccountDeps:
     new_reader: Callable[[], AccountsUnitOfWork]  # read-only unit of work, for lookups and listings
     clock: Clock
     page_tokens: PageTokens
+    # Told, after commit, of each login session that deleting an account ended (the session cache).
+    on_session_revoked: Callable[[str], None] = lambda session_id: None
     # Every account write runs through this one runner: it stores and replays an Account.
     runner: IdempotentRunner[AccountsUnitOfWork, Account] = field(init=False, repr=False)
 
@@ -114,6 +119,23 @@ async def _audit(
         action=action,
         changes=changes_between(view(before), view(after)),
     )
+
+
+def _field_not_writable(fields: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"customers cannot change {fields}", reason="FIELD_NOT_WRITABLE", metadata={"fields": fields}
+    )
+
+
+def _refuse_customer_email_change(caller: Caller, current: Account, updated: Account) -> None:
+    """A customer's own email change is refused, whatever the address, before anyone looks it up.
+
+    Answering EMAIL_TAKEN would tell a customer which addresses other live accounts use, and
+    accepting unverified addresses would let one customer hold another's address (it is
+    unique among live accounts). Until a change can be confirmed by mail, billing staff make it.
+    """
+    if caller.customer_account is not None and updated.email_key != current.email_key:
+        raise _field_not_writable("email")
 
 
 def _check_etag(account: Account, etag: str) -> None:
@@ -204,12 +226,7 @@ async def update_account(
     if not names:
         raise InvalidArgument.field("update_mask", "names no field to update")
     if caller.customer_account is not None and not set(names) <= CUSTOMER_WRITABLE:
-        forbidden = ", ".join(sorted(set(names) - CUSTOMER_WRITABLE))
-        raise PermissionDenied(
-            f"customers cannot change {forbidden}",
-            reason="FIELD_NOT_WRITABLE",
-            metadata={"fields": forbidden},
-        )
+        raise _field_not_writable(", ".join(sorted(set(names) - CUSTOMER_WRITABLE)))
     domain.check_fields(fields, names)
     command = UpdateAccount(account_id, fields, names, etag)
 
@@ -217,6 +234,7 @@ async def update_account(
         current = await _load(uow, command.id)
         _check_etag(current, command.etag)
         updated = domain.apply_update(current, command.fields, command.mask)
+        _refuse_customer_email_change(caller, current, updated)
         if updated.email_key != current.email_key and await uow.accounts.email_in_use(
             updated.email, excluding=command.id
         ):
@@ -232,6 +250,9 @@ async def update_account(
 
 
 async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, etag: str = "") -> Account:
+    """Soft-deletes the account and ends its users' sessions in the same transaction: their refresh
+    and access tokens stop working, and login is refused until the account is undeleted (which
+    brings back logins, not the ended sessions)."""
     _require_id(account_id)
     if not _visible(caller, account_id):
         raise _not_found(account_id)
@@ -244,6 +265,8 @@ async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, 
         now = deps.clock.now()
         deleted = replace(current, delete_time=now, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(deleted)
+        for session_id in await uow.sessions.revoke_account_sessions(current.id, now, "account_deleted"):
+            uow.after_commit(functools.partial(deps.on_session_revoked, session_id))
         await _audit(uow, caller, "delete", current, deleted)
         return deleted
 

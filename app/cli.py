@@ -42,6 +42,7 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
         "gateway_max_body_bytes",
         "gateway_proto_names",
         "cors_origins",
+        "trusted_proxies",
     ),
 }
 

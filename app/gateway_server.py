@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.http import HttpServer
 from app.modules import SERVICES
+from core.forwarding import ClientForwarding, GatewayProof
 from core.metrics import Metrics
 from core.settings import ListenError, Settings
 from gateway.app import gateway_routes
@@ -74,6 +75,19 @@ class TargetHealth:
         return serving
 
 
+def standalone_forwarding(settings: Settings) -> ClientForwarding:
+    """Proofs under the secret shared with the server; without one the server keys this gateway's
+    anonymous callers by the gateway's address, as it would any other caller."""
+    shared = settings.gateway_secret
+    proof = GatewayProof(shared.get_secret_value().encode()) if shared else None
+    if proof is None:
+        log.warning(
+            "TALLY_GATEWAY_SECRET is unset: the gRPC server rate-limits every anonymous REST caller "
+            "of this gateway as one (the gateway's address)"
+        )
+    return ClientForwarding(tuple(settings.trusted_proxies), proof)
+
+
 class StandaloneGateway:
     """The HTTP server and the channel to the target; `start()`, then `stop()`."""
 
@@ -94,6 +108,7 @@ class StandaloneGateway:
                 cors_origins=settings.cors_origins,
                 max_body_bytes=settings.gateway_max_body_bytes,
                 use_proto_names=settings.gateway_proto_names,
+                forwarding=standalone_forwarding(settings),
             ),
         )
 

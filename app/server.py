@@ -38,6 +38,7 @@ from app.http import HttpServer
 from app.modules import MODULES
 from core import db, telemetry
 from core.clock import BillingClocks, Clock, SystemClock, WallBillingClocks
+from core.forwarding import ClientForwarding, GatewayProof
 from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
@@ -292,6 +293,13 @@ def _rate_limiter(settings: Settings, metrics: Metrics, client: redis_asyncio.Re
     )
 
 
+def _gateway_proof(settings: Settings) -> GatewayProof:
+    """The in-process gateway signs with a secret drawn now, which no caller can know; a stand-alone
+    gateway's proofs (TALLY_GATEWAY_SECRET) are accepted too."""
+    shared = settings.gateway_secret
+    return GatewayProof(secrets.token_bytes(32), [shared.get_secret_value().encode()] if shared else [])
+
+
 async def build(
     settings: Settings,
     *,
@@ -314,6 +322,7 @@ async def build(
             metrics.redis_up()  # the limiter reports changes from here on
         services = components.service_descriptors
         policies = PolicyTable.from_services(services)
+        gateway_proof = _gateway_proof(settings)
         # The chain, outermost first. Tracing sees everything; observability logs and counts every
         # call with its final code; error mapping turns domain errors (including the auth and
         # rate-limit refusals below it) into statuses; auth decides who is calling; the rate
@@ -331,7 +340,9 @@ async def build(
                 session_is_live=components.sessions.is_live,
                 on_failure=metrics.auth_failed,
             ),
-            RateLimitInterceptor(_rate_limiter(settings, metrics, client), policies.rate),
+            RateLimitInterceptor(
+                _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
+            ),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         for module in components.modules:
@@ -361,6 +372,7 @@ async def build(
                 cors_origins=settings.cors_origins,
                 max_body_bytes=settings.gateway_max_body_bytes,
                 use_proto_names=settings.gateway_proto_names,
+                forwarding=ClientForwarding(tuple(settings.trusted_proxies), gateway_proof),
             ),
         )
     except BaseException:

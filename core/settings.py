@@ -222,12 +222,37 @@ class Settings(BaseSettings):
         le=86_400,
         description="How often `tally serve` deletes expired request ids (kept 24 h); 0 disables it.",
     )
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list,
+        description="JSON list of networks (CIDR) whose proxies in front of the REST face are believed "
+        "about the client: its X-Forwarded-For is read from the right, skipping them.",
+        examples=['["10.0.0.0/8", "fd00::/8"]'],
+    )
+    gateway_secret: SecretStr | None = Field(
+        None,
+        description="Secret (32+ bytes) shared by a stand-alone `tally gateway` and its `tally serve`, "
+        "so the server believes the client address the gateway forwards. Unset: REST callers of a "
+        "stand-alone gateway are rate-limited as the gateway's address.",
+    )
     rate_limit_fail_closed: list[str] = Field(
         default_factory=list,
         description="JSON list of method groups refused (UNAVAILABLE) instead of served on local "
         "buckets while Redis is unreachable.",
         examples=['["auth"]'],
     )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _check_networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in value:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except (TypeError, ValueError):
+                raise ValueError(f"{item!r} is not a network; expected CIDR such as 10.0.0.0/8") from None
+        return networks
 
     @field_validator("*", mode="before")
     @classmethod
@@ -283,9 +308,9 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("jwt_hs256_secret")
+    @field_validator("jwt_hs256_secret", "gateway_secret")
     @classmethod
-    def _check_hs256_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _check_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes")
         return value

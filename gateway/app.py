@@ -10,7 +10,9 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 * in: `Authorization`, `traceparent`, `tracestate` and `X-Request-Id` pass as gRPC
   metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
   `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
-  `Request-Timeout` (seconds) becomes the call deadline;
+  `Request-Timeout` (seconds) becomes the call deadline; the client's address (its
+  `X-Forwarded-For` only behind a trusted proxy) goes with the gateway's proof of it
+  (core.forwarding), and no caller can send either name;
 * out: `X-Request-Id` on every answer (the caller's, else a new one); response header and
   trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429 and 503; `WWW-Authenticate`
   on 401. A call that failed in transport (the server down, no Status from it) is answered in
@@ -42,6 +44,7 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import status_pb2
 
+from core.forwarding import FORWARDED_FOR, GATEWAY_PROOF, ClientForwarding
 from core.request_context import new_request_id
 from gateway.errors import (
     GatewayError,
@@ -66,6 +69,8 @@ _METADATA_PREFIX = "grpc-metadata-"
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
 _GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_FORWARDING_KEYS = frozenset({FORWARDED_FOR, GATEWAY_PROOF})
+NO_FORWARDING = ClientForwarding()
 _HIDDEN_METADATA = frozenset({"content-type", "user-agent", "te", "date", "x-request-id"})
 CORS_ALLOW_HEADERS = (
     "Authorization",
@@ -107,13 +112,14 @@ def parse_timeout(headers: Any) -> float | None:
 
 
 def request_metadata(
-    headers: Any, request_id: str, client: str | None = None
+    headers: Any, request_id: str, client: str | None = None, forwarding: ClientForwarding = NO_FORWARDING
 ) -> list[tuple[str, str | bytes]]:
-    """The gRPC metadata for one HTTP request's headers. `client` is the HTTP peer's address,
-    forwarded so the server's rate limiter keys anonymous callers by client, not by gateway."""
+    """The gRPC metadata for one HTTP request's headers. `client` is the HTTP peer's address; the
+    client it names (core.forwarding: itself, or from X-Forwarded-For behind a trusted proxy) is
+    forwarded with the gateway's proof, so the server's rate limiter keys anonymous callers by
+    client, not by gateway. A caller can set neither name itself."""
     metadata: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
-    if client:
-        metadata.append(("x-forwarded-for", client))
+    metadata.extend(forwarding.metadata(client, headers.getall("X-Forwarded-For", ())))
     for name in _PASSED_HEADERS:
         for value in headers.getall(name, ()):
             metadata.append((name, value))
@@ -122,7 +128,7 @@ def request_metadata(
         if not lowered.startswith(_METADATA_PREFIX):
             continue
         key = lowered.removeprefix(_METADATA_PREFIX)
-        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key == "x-forwarded-for":
+        if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key in _FORWARDING_KEYS:
             raise GatewayError.invalid(name, "not a usable gRPC metadata name")
         if key.endswith("-bin"):
             try:
@@ -180,8 +186,10 @@ class Gateway:
         cors_origins: Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         use_proto_names: bool = False,
+        forwarding: ClientForwarding = NO_FORWARDING,
     ) -> None:
         self.table = RouteTable.from_services(services)
+        self.forwarding = forwarding
         self.strict = strict
         self.cors = Cors(cors_origins)
         self.max_body_bytes = max_body_bytes
@@ -234,7 +242,7 @@ class Gateway:
                 idempotency_key=request.headers.get("Idempotency-Key")
                 or (request_id if request_id == request.headers.get("X-Request-Id") else None),
             )
-            metadata = request_metadata(request.headers, request_id, request.remote)
+            metadata = request_metadata(request.headers, request_id, request.remote, self.forwarding)
             timeout = parse_timeout(request.headers)
         except GatewayError as error:
             return self._error(error.status(), error.http, {**common, **error.headers}, request)
@@ -389,6 +397,7 @@ def gateway_routes(
     cors_origins: Iterable[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     use_proto_names: bool = False,
+    forwarding: ClientForwarding = NO_FORWARDING,
 ) -> list[web.RouteDef]:
     """aiohttp route definitions, for app.http.HttpServer(routes=...) or an aiohttp application.
 
@@ -401,6 +410,7 @@ def gateway_routes(
         cors_origins=cors_origins,
         max_body_bytes=max_body_bytes,
         use_proto_names=use_proto_names,
+        forwarding=forwarding,
     )
     defs = gateway.route_defs()
     openapi = _openapi_route(services, use_proto_names, strict)

@@ -8,7 +8,9 @@ burst), except for the groups named fail-closed, which are refused with UNAVAILA
 failure Redis is tried again at most once per `probe_interval`, and used again as soon as a
 probe succeeds.
 
-`RateLimitInterceptor` applies the limiter to every RPC. It runs inside the wrapped
+`RateLimitInterceptor` applies the limiter to every RPC, keyed by principal, else by address:
+the peer's, or the client the REST gateway forwarded with its proof (core.forwarding), never
+one a caller names itself. It runs inside the wrapped
 behaviour, at call time, because the principal it keys on is set by an outer interceptor's
 wrapped behaviour. It raises core.errors exceptions, so it must sit inside
 ErrorMappingInterceptor, which turns them into RESOURCE_EXHAUSTED (with RetryInfo and
@@ -36,6 +38,7 @@ import redis.asyncio
 from redis.exceptions import NoScriptError, RedisError
 
 from core import errors
+from core.forwarding import FORWARDED_FOR, GATEWAY_PROOF, GatewayProof, parse_address
 from core.principal import current_principal
 from core.settings import RateLimit
 from interceptors._rpc import wrap_handler
@@ -311,11 +314,6 @@ class RateLimiter:
         _call_hook(self._on_redis_up)
 
 
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK: tuple[IpNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-FORWARDED_FOR = "x-forwarded-for"
-
-
 def address_key(address: IpAddress) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
@@ -324,15 +322,14 @@ def address_key(address: IpAddress) -> str:
     return str(address)
 
 
-def client_key(peer: str, forwarded_for: str | None, trusted: Sequence[IpNetwork] = LOOPBACK) -> str:
-    """The key of an anonymous caller: its address, or, when the direct peer is a trusted proxy
-    (by default the REST gateway on loopback), the client address the proxy forwarded."""
-    address = parse_peer(peer).ip()
-    if forwarded_for and address is not None and any(address in network for network in trusted):
-        try:
-            return address_key(ipaddress.ip_address(forwarded_for.split(",")[0].strip()))
-        except ValueError:
-            pass
+def client_key(peer: str, forwarded_for: str | None, proof: str | None, gateway: GatewayProof | None) -> str:
+    """The key of an anonymous caller: its address, or the client address the gateway forwarded
+    when the call carries the gateway's proof for it (core.forwarding). An address proves nothing:
+    any process on the gateway's host shares its loopback address."""
+    if gateway is not None and forwarded_for and proof and gateway.verifies(forwarded_for, proof):
+        address = parse_address(forwarded_for)
+        if address is not None:
+            return address_key(address)
     return peer_key(peer)
 
 
@@ -374,7 +371,8 @@ def method_groups(
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the limiter for every call, keyed by principal subject, else by peer address.
+    """Checks the limiter for every call, keyed by principal subject, else by peer address (or the
+    client the gateway forwarded, proven with `gateway_proof`).
 
     `group_for(full_method)` gives the call's (group, cost); a cost of 0 exempts the method
     (health checks, reflection). The cost is charged once per call, streams included.
@@ -385,11 +383,11 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         limiter: RateLimiter,
         group_for: Callable[[str], tuple[str, int]],
         *,
-        trusted_proxies: Sequence[IpNetwork] = LOOPBACK,
+        gateway_proof: GatewayProof | None = None,
     ) -> None:
         self._limiter = limiter
         self._group_for = group_for
-        self._trusted = tuple(trusted_proxies)
+        self._gateway_proof = gateway_proof
 
     async def intercept_service(
         self,
@@ -416,9 +414,12 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         if principal is not None:
             key, kind = principal.subject, "principal"
         else:
-            forwarded = next((v for k, v in context.invocation_metadata() or () if k == FORWARDED_FOR), None)
+            metadata = context.invocation_metadata() or ()
             key = "peer:" + client_key(
-                context.peer(), forwarded if isinstance(forwarded, str) else None, self._trusted
+                context.peer(),
+                _text(metadata, FORWARDED_FOR),
+                _text(metadata, GATEWAY_PROOF),
+                self._gateway_proof,
             )
             kind = "peer"
         decision = await self._limiter.check(group, key, cost)
@@ -440,3 +441,9 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             subject=f"{group}:{kind}",
             limit_description=describe_limit(limit),
         )
+
+
+def _text(metadata: Sequence[tuple[str, str | bytes]], name: str) -> str | None:
+    """The first value of `name`, when it is text (a -bin value never is)."""
+    value = next((v for k, v in metadata if k == name), None)
+    return value if isinstance(value, str) else None

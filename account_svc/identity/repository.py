@@ -174,6 +174,21 @@ class SqlIdentityRepository:
             .values(revoke_time=now, revoke_reason=reason)
         )
 
+    async def revoke_account_sessions(self, account_id: str, now: datetime, reason: str) -> list[str]:
+        """One UPDATE ... RETURNING over the live sessions of every user of the account."""
+        users = select(UserRow.id).where(UserRow.account_id == account_id)
+        result = await self._session.execute(
+            update(SessionRow)
+            .where(
+                SessionRow.user_id.in_(users),
+                SessionRow.revoke_time.is_(None),
+                SessionRow.expire_time > now,
+            )
+            .values(revoke_time=now, revoke_reason=reason)
+            .returning(SessionRow.id)
+        )
+        return list(result.scalars())
+
     async def add_refresh_token(self, token: RefreshToken, now: datetime) -> None:
         self._session.add(
             RefreshTokenRow(

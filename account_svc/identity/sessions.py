@@ -1,8 +1,9 @@
 """Is a login session still live? Asked for every call made with a session's access token.
 
 Answers are cached briefly so a busy client costs one database read per
-session every few seconds, not one per call. A logout on this process takes
-effect at once (it calls `forget`); on other replicas within `live_for`.
+session every few seconds, not one per call. A session ended on this process
+(logout, a reused refresh token, its account deleted) is refused at once (the
+use case calls `forget` after commit); on other replicas within `live_for`.
 """
 
 from __future__ import annotations

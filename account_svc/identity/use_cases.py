@@ -162,6 +162,22 @@ async def _audit_session(
     )
 
 
+def _login_failed() -> Unauthenticated:
+    return Unauthenticated("the email or the password is wrong", reason="LOGIN_FAILED")
+
+
+def _session_ended() -> Unauthenticated:
+    return Unauthenticated("the session of this refresh token has ended", reason="SESSION_REVOKED")
+
+
+async def _account_is_live(uow: IdentityUnitOfWork, user: User, *, lock: bool = False) -> bool:
+    """True for users of no account (admins) and users of a live one."""
+    if user.account_id is None:
+        return True
+    account = await uow.accounts.get(user.account_id, for_update=lock)
+    return account is not None and not account.is_deleted
+
+
 async def login(deps: IdentityDeps, caller: Caller, email: str, password: str) -> Tokens:
     violations = Violations()
     _require(violations, "email", email)
@@ -172,9 +188,14 @@ async def login(deps: IdentityDeps, caller: Caller, email: str, password: str) -
     stored_hash = found[1] if found else deps.dummy_hash()
     ok = await asyncio.to_thread(deps.passwords.verify, stored_hash, password[: domain.MAX_PASSWORD * 4])
     if found is None or not ok:
-        raise Unauthenticated("the email or the password is wrong", reason="LOGIN_FAILED")
+        raise _login_failed()
     user = found[0]
     async with deps.new_uow() as uow:
+        # The user of a deleted account fails as a wrong password does, so nobody learns of the
+        # deletion. The account row is locked: a delete (which locks it too, then ends every
+        # session) cannot commit between this check and the new session.
+        if not await _account_is_live(uow, user, lock=True):
+            raise _login_failed()
         now = deps.clock.now()
         tokens = await _start_session(deps, uow, user, now)
         login_caller = Caller(_user_principal(user, ""), caller.method, caller.request_id)
@@ -192,7 +213,7 @@ async def _check_refresh_token(
         raise Unauthenticated("the refresh token is not valid", reason="REFRESH_TOKEN_INVALID")
     session = await uow.identity.get_session(token.session_id)
     if session is None or session.revoke_time is not None:
-        raise Unauthenticated("the session of this refresh token has ended", reason="SESSION_REVOKED")
+        raise _session_ended()
     if token.expire_time <= now or session.expire_time <= now:
         raise Unauthenticated("the refresh token has expired; log in again", reason="REFRESH_TOKEN_EXPIRED")
     return token, session
@@ -216,6 +237,10 @@ async def refresh(deps: IdentityDeps, caller: Caller, raw_token: str) -> Tokens:
             user = await uow.identity.get_user(session.user_id)
             if user is None:
                 raise Unauthenticated("the user of this session no longer exists", reason="SESSION_REVOKED")
+            # Deleting an account ends its sessions; this also refuses one that was live before that
+            # rule (or raced it), until the account is undeleted.
+            if not await _account_is_live(uow, user):
+                raise _session_ended()
             new_refresh = await _new_refresh_token(deps, uow, session, now)
             await uow.commit()
     if reused or user is None:

@@ -9,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+import sqlalchemy
 from google.protobuf import field_mask_pb2
 
+from account_svc.identity.sessions import SessionCache
 from account_svc.identity.tokens import TokenIssuer
+from account_svc.repository import AccountRow
 from app.modules import SERVICES
 from app.server import App
 from core.clock import FrozenClock
@@ -19,7 +22,7 @@ from core.principal import Principal, Role
 from interceptors.policy import PolicyTable
 from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
 from tally.audit.v1 import audit_pb2, audit_pb2_grpc
-from tests.support import channel_as, failing, mint, reason
+from tests.support import FakeMonotonic, channel_as, details, failing, mint, reason
 
 PASSWORD = "correct horse battery staple"
 
@@ -401,3 +404,139 @@ async def test_access_log_names_the_principal_and_never_the_token(
     assert records, [r.getMessage() for r in caplog.records]
     assert records[-1].principal == "test:admin"  # type: ignore[attr-defined]
     assert all(token not in str(vars(r)) for r in caplog.records)
+
+
+# --- what a customer may learn, and what deleting its account ends ---------------------------------
+
+
+async def _customer_session(
+    app: App, admin: grpc.aio.Channel, anonymous: grpc.aio.Channel, account_email: str
+) -> tuple[account_pb2.Account, str, auth_pb2.TokenResponse]:
+    """A new account, its customer user's email, and a login of that user."""
+    account = await make_account(admin, account_email)
+    email = await _user_with_login(app, admin, auth_pb2.User.ROLE_CUSTOMER, account.id)
+    login = await auth_pb2_grpc.AuthServiceStub(anonymous).Login(
+        auth_pb2.LoginRequest(email=email, password=PASSWORD)
+    )
+    return account, email, login
+
+
+async def test_a_customer_cannot_learn_whether_an_email_is_taken(app: App, admin: grpc.aio.Channel) -> None:
+    mine = await make_account(admin, "mine@customer.test")
+    await make_account(admin, "theirs@customer.test")
+
+    def change_email(account_id: str, email: str) -> account_pb2.UpdateAccountRequest:
+        return account_pb2.UpdateAccountRequest(
+            account=account_pb2.Account(id=account_id, email=email),
+            update_mask=field_mask_pb2.FieldMask(paths=["email"]),
+        )
+
+    async with channel_as(app, mint(app, Role.CUSTOMER, account_id=mine.id)) as channel:
+        stub = account_pb2_grpc.AccountServiceStub(channel)
+        answers = []
+        for email in ("THEIRS@customer.test", "unused@customer.test"):
+            error = await failing(stub.UpdateAccount(change_email(mine.id, email)))
+            answers.append((error.code(), error.details(), reason(error), details(error).info.metadata))
+        assert answers[0] == answers[1]
+        assert answers[0][:3] == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "customers cannot change email",
+            "FIELD_NOT_WRITABLE",
+        )
+        # Its own address, sent back with another change, is no change of email.
+        renamed = await stub.UpdateAccount(
+            account_pb2.UpdateAccountRequest(
+                account=account_pb2.Account(id=mine.id, display_name="Mine Inc", email="mine@customer.test")
+            )
+        )
+        assert (renamed.display_name, renamed.email) == ("Mine Inc", "mine@customer.test")
+
+    staff = account_pb2_grpc.AccountServiceStub(admin)
+    error = await failing(staff.UpdateAccount(change_email(mine.id, "THEIRS@customer.test")))
+    assert (error.code(), reason(error)) == (grpc.StatusCode.ALREADY_EXISTS, "EMAIL_TAKEN")
+    moved = await staff.UpdateAccount(change_email(mine.id, "unused@customer.test"))
+    assert moved.email == "unused@customer.test"
+
+
+async def test_deleting_an_account_ends_its_sessions_and_refuses_logins_until_undeleted(
+    app: App, admin: grpc.aio.Channel, anonymous: grpc.aio.Channel
+) -> None:
+    account, email, session = await _customer_session(app, admin, anonymous, "deleted@customer.test")
+    auth = auth_pb2_grpc.AuthServiceStub(anonymous)
+    accounts = account_pb2_grpc.AccountServiceStub(admin)
+    get = account_pb2.GetAccountRequest(id=account.id, show_deleted=True)
+    async with channel_as(app, session.access_token) as channel:
+        own = account_pb2_grpc.AccountServiceStub(channel)
+        await own.GetAccount(get)  # this replica's session cache now holds the session as live
+
+        await accounts.DeleteAccount(account_pb2.DeleteAccountRequest(id=account.id))
+
+        # Its access token stops working at once, on this replica.
+        error = await failing(own.GetAccount(get))
+        assert (error.code(), reason(error)) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")
+    refresh = auth_pb2.RefreshTokenRequest(refresh_token=session.refresh_token)
+    error = await failing(auth.RefreshToken(refresh))
+    assert (error.code(), reason(error)) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")
+
+    # Login fails exactly as a wrong password does: nothing says the account is deleted.
+    deleted_login = await failing(auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD)))
+    wrong_password = await failing(
+        auth.Login(auth_pb2.LoginRequest(email=email, password="not the password"))
+    )
+    assert (deleted_login.code(), deleted_login.details(), reason(deleted_login)) == (
+        wrong_password.code(),
+        wrong_password.details(),
+        reason(wrong_password),
+    )
+    assert reason(deleted_login) == "LOGIN_FAILED"
+
+    # Undeleted: logins work again; the sessions it ended stay ended.
+    await accounts.UndeleteAccount(account_pb2.UndeleteAccountRequest(id=account.id))
+    again = await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))
+    async with channel_as(app, again.access_token) as channel:
+        assert (await account_pb2_grpc.AccountServiceStub(channel).GetAccount(get)).id == account.id
+    async with channel_as(app, session.access_token) as channel:
+        error = await failing(account_pb2_grpc.AccountServiceStub(channel).GetAccount(get))
+        assert reason(error) == "SESSION_REVOKED"
+    assert reason(await failing(auth.RefreshToken(refresh))) == "SESSION_REVOKED"
+    # The other users and sessions were not touched.
+    await auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=again.refresh_token))
+
+
+async def test_other_replicas_refuse_a_deleted_accounts_session_within_the_cache_lifetime(
+    app: App, admin: grpc.aio.Channel, anonymous: grpc.aio.Channel
+) -> None:
+    """Another replica's cache is not told of the delete; it reads the ended session again once its
+    entry is `live_for` old."""
+    account, _, session = await _customer_session(app, admin, anonymous, "replica@customer.test")
+    session_id = app.components.verifier.verify(session.access_token).session_id
+    assert session_id
+    monotonic = FakeMonotonic()
+    elsewhere = SessionCache(
+        app.components.identity.new_reader, app.components.clock, live_for=5, monotonic=monotonic
+    )
+    assert await elsewhere.is_live(session_id)
+    await account_pb2_grpc.AccountServiceStub(admin).DeleteAccount(
+        account_pb2.DeleteAccountRequest(id=account.id)
+    )
+    assert await elsewhere.is_live(session_id)  # its entry is younger than live_for
+    monotonic.advance(5.01)
+    assert not await elsewhere.is_live(session_id)
+
+
+async def test_a_session_that_outlived_its_accounts_deletion_cannot_be_refreshed(
+    app: App, admin: grpc.aio.Channel, anonymous: grpc.aio.Channel
+) -> None:
+    """A session left live by a delete made before deletes ended sessions (or racing one)."""
+    account, _, session = await _customer_session(app, admin, anonymous, "legacy@customer.test")
+    auth = auth_pb2_grpc.AuthServiceStub(anonymous)
+    async with app.engine.begin() as connection:
+        await connection.execute(
+            sqlalchemy.update(AccountRow)
+            .where(AccountRow.id == account.id)
+            .values(delete_time=datetime.now(UTC))
+        )
+    error = await failing(
+        auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=session.refresh_token))
+    )
+    assert (error.code(), reason(error)) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_REVOKED")

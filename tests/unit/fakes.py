@@ -28,6 +28,8 @@ class Store:
     keys: dict[tuple[str, str], tuple[str, Mapping[str, Any] | None, datetime]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     events: list[PendingEvent] = field(default_factory=list)
+    # login session id -> (account id of its user, the reason it ended, "" while live)
+    sessions: dict[str, tuple[str, str]] = field(default_factory=dict)
     commits: int = 0
 
 
@@ -66,6 +68,17 @@ class FakeAccounts:
             and (after is None or (a.create_time, a.id) > after)
         ]
         return rows[:limit]
+
+
+class FakeSessions:
+    def __init__(self, store: Store):
+        self._store = store
+
+    async def revoke_account_sessions(self, account_id: str, now: datetime, reason: str) -> list[str]:
+        ended = [sid for sid, (owner, end) in self._store.sessions.items() if owner == account_id and not end]
+        for session_id in ended:
+            self._store.sessions[session_id] = (account_id, reason)
+        return ended
 
 
 class FakeIdempotency:
@@ -110,6 +123,7 @@ class FakeUnitOfWork:
         self._working = copy.deepcopy(self.store)
         self._after_commit: list[AfterCommit] = []
         self.accounts = FakeAccounts(self._working)
+        self.sessions = FakeSessions(self._working)
         self.idempotency = FakeIdempotency(self._working)
         self.audit = FakeAuditLog(self._working)
         return self
@@ -131,6 +145,7 @@ class FakeUnitOfWork:
         self.store.keys = self._working.keys
         self.store.audit = self._working.audit
         self.store.events = self._working.events
+        self.store.sessions = self._working.sessions
         self.store.commits += 1
         callbacks, self._after_commit = self._after_commit, []
         await run_after_commit(callbacks)

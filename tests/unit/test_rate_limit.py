@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from core.forwarding import GatewayProof
 from core.settings import RateLimit
 from interceptors.rate_limit import (
     Decision,
@@ -250,20 +251,37 @@ async def test_the_redis_bound_passes_results_and_errors_through() -> None:
         await _bounded(fail(), 1)
 
 
+_GATEWAY = GatewayProof(b"g" * 32)
+_OTHER = GatewayProof(b"x" * 32)
+
+
 @pytest.mark.parametrize(
-    ("peer", "forwarded", "expected"),
+    ("peer", "forwarded", "proof", "expected"),
     [
-        ("ipv4:127.0.0.1:5000", "203.0.113.9", "203.0.113.9"),  # the in-process gateway forwards
-        ("ipv6:[::1]:5000", "2001:db8::7", "2001:db8::/64"),
-        ("ipv4:127.0.0.1:5000", "203.0.113.9, 10.0.0.1", "203.0.113.9"),
-        ("ipv4:198.51.100.4:5000", "203.0.113.9", "198.51.100.4"),  # not a trusted proxy: ignored
-        ("ipv4:127.0.0.1:5000", "not-an-address", "127.0.0.1"),
-        ("ipv4:127.0.0.1:5000", None, "127.0.0.1"),
+        # the gateway's proof: the forwarded client is believed, from any peer address
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", _GATEWAY.sign("203.0.113.9"), "203.0.113.9"),
+        ("ipv4:198.51.100.4:5000", "203.0.113.9", _GATEWAY.sign("203.0.113.9"), "203.0.113.9"),
+        ("ipv6:[::1]:5000", "2001:db8::7", _GATEWAY.sign("2001:db8::7"), "2001:db8::/64"),
+        # no proof, a wrong one, another client's, another secret's: the peer is the key
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", None, "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", "0" * 64, "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", _GATEWAY.sign("203.0.113.8"), "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", _OTHER.sign("203.0.113.9"), "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", "203.0.113.9", "", "127.0.0.1"),
+        # proven, but no address
+        ("ipv4:127.0.0.1:5000", "not-an-address", _GATEWAY.sign("not-an-address"), "127.0.0.1"),
+        ("ipv4:127.0.0.1:5000", None, None, "127.0.0.1"),
     ],
 )
-def test_anonymous_callers_behind_a_trusted_proxy_are_keyed_by_client(
-    peer: str, forwarded: str | None, expected: str
+def test_only_the_gateways_proof_lets_a_caller_name_the_client(
+    peer: str, forwarded: str | None, proof: str | None, expected: str
 ) -> None:
     from interceptors.rate_limit import client_key
 
-    assert client_key(peer, forwarded) == expected
+    assert client_key(peer, forwarded, proof, _GATEWAY) == expected
+
+
+def test_without_a_gateway_proof_nothing_forwarded_is_believed() -> None:
+    from interceptors.rate_limit import client_key
+
+    assert client_key("ipv4:127.0.0.1:5000", "203.0.113.9", _GATEWAY.sign("203.0.113.9"), None) == "127.0.0.1"

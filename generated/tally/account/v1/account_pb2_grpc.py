@@ -107,7 +107,16 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateAccount(self, request, context):
-        """Changes the fields of an account named by `update_mask`.
+        """Changes the fields of an account named by `update_mask`. Fails with
+        ALREADY_EXISTS (EMAIL_TAKEN) when another live account has the new email.
+
+        Customers may change `display_name`, `phone` and `billing_address` of
+        their own account. They may send `email` back as the same address
+        (compared case-insensitively) but not change it to another: that is
+        PERMISSION_DENIED (FIELD_NOT_WRITABLE), like `status` or `currency_code`,
+        whatever the address, so the answer never tells whether another account
+        uses it, and no customer can claim an address it has not shown to be its
+        own. Billing staff make the change for them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

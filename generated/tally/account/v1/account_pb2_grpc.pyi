@@ -51,7 +51,17 @@ class AccountServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_account_pb2.ListAccountsRequest, _account_pb2.ListAccountsResponse]
     """Lists accounts, oldest first, one page at a time."""
     UpdateAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.UpdateAccountRequest, _account_pb2.Account]
-    """Changes the fields of an account named by `update_mask`."""
+    """Changes the fields of an account named by `update_mask`. Fails with
+    ALREADY_EXISTS (EMAIL_TAKEN) when another live account has the new email.
+
+    Customers may change `display_name`, `phone` and `billing_address` of
+    their own account. They may send `email` back as the same address
+    (compared case-insensitively) but not change it to another: that is
+    PERMISSION_DENIED (FIELD_NOT_WRITABLE), like `status` or `currency_code`,
+    whatever the address, so the answer never tells whether another account
+    uses it, and no customer can claim an address it has not shown to be its
+    own. Billing staff make the change for them.
+    """
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.DeleteAccountRequest, _account_pb2.Account]
     """Soft-deletes an account and returns it with `delete_time` set."""
     UndeleteAccount: _grpc.UnaryUnaryMultiCallable[_account_pb2.UndeleteAccountRequest, _account_pb2.Account]
@@ -83,7 +93,17 @@ class AccountServiceAsyncStub(AccountServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_account_pb2.ListAccountsRequest, _account_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Lists accounts, oldest first, one page at a time."""
     UpdateAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.UpdateAccountRequest, _account_pb2.Account]  # type: ignore[assignment]
-    """Changes the fields of an account named by `update_mask`."""
+    """Changes the fields of an account named by `update_mask`. Fails with
+    ALREADY_EXISTS (EMAIL_TAKEN) when another live account has the new email.
+
+    Customers may change `display_name`, `phone` and `billing_address` of
+    their own account. They may send `email` back as the same address
+    (compared case-insensitively) but not change it to another: that is
+    PERMISSION_DENIED (FIELD_NOT_WRITABLE), like `status` or `currency_code`,
+    whatever the address, so the answer never tells whether another account
+    uses it, and no customer can claim an address it has not shown to be its
+    own. Billing staff make the change for them.
+    """
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.DeleteAccountRequest, _account_pb2.Account]  # type: ignore[assignment]
     """Soft-deletes an account and returns it with `delete_time` set."""
     UndeleteAccount: _aio.UnaryUnaryMultiCallable[_account_pb2.UndeleteAccountRequest, _account_pb2.Account]  # type: ignore[assignment]
@@ -136,7 +156,17 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_pb2.UpdateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_pb2.Account, _abc.Awaitable[_account_pb2.Account]]:
-        """Changes the fields of an account named by `update_mask`."""
+        """Changes the fields of an account named by `update_mask`. Fails with
+        ALREADY_EXISTS (EMAIL_TAKEN) when another live account has the new email.
+
+        Customers may change `display_name`, `phone` and `billing_address` of
+        their own account. They may send `email` back as the same address
+        (compared case-insensitively) but not change it to another: that is
+        PERMISSION_DENIED (FIELD_NOT_WRITABLE), like `status` or `currency_code`,
+        whatever the address, so the answer never tells whether another account
+        uses it, and no customer can claim an address it has not shown to be its
+        own. Billing staff make the change for them.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAccount(
