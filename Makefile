@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 # buf resolves the Google imports from build/proto-deps (git-ignored, buf.yaml's second module),
 # staged from the installed googleapis-common-protos: after `make install`, plain `buf lint` works.
-PROTO_DEPS := build/proto-deps/google/api/annotations.proto
-$(PROTO_DEPS): $(VENV)/.installed
-	$(BIN)/python tools/gen_protos.py --stage
-	@touch $@
+PROTO_DEPS_DIR := build/proto-deps
+PROTO_DEPS := $(PROTO_DEPS_DIR)/google/api/annotations.proto
+# Order-only: staged once (gen_protos.py restages on every generation and check anyway).
+$(PROTO_DEPS): | $(VENV)/.installed
+	$(BIN)/python tools/gen_protos.py --stage $(PROTO_DEPS_DIR)
 
 install: $(VENV)/.installed $(PROTO_DEPS)
 

@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import getpass
 import logging
+import sqlite3
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from google.rpc import code_pb2
 
+from app.flags import SECRETS, setting_flags
 from core import logs
-from core.settings import ListenError, Settings, SettingsError, load_settings
+from core.settings import ListenError, Settings, SettingsError, check_can_listen, load_settings
 
 log = logging.getLogger("tally")
 
@@ -22,33 +26,53 @@ log = logging.getLogger("tally")
 # command's own input was wrong (a bad argument, an account that does not exist), else 1.
 _TALLY_ERROR_EXIT = {code_pb2.INVALID_ARGUMENT: 2, code_pb2.NOT_FOUND: 2}
 
-# Options of each command that are not settings.
-_COMMAND_ARGS = {
-    "user": ("user_command", "email", "role", "account", "password_stdin"),
-    "token": ("role", "account", "scope", "ttl", "subject"),
-    "gateway": ("target",),
+# The settings each command takes as flags besides its own options (serve takes every one).
+_COMMON = ("data_dir", "database_url", "log_level", "log_format")
+_SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
+    "serve": None,
+    "migrate": _COMMON,
+    "user": _COMMON,
+    "token": (*_COMMON, "environment", "jwt_keys_dir", "jwt_signing_kid", "jwt_issuer", "jwt_audience"),
+    "gateway": (
+        "http_addr",
+        "log_level",
+        "log_format",
+        "event_loop",
+        "gateway_strict",
+        "gateway_max_body_bytes",
+        "gateway_proto_names",
+        "cors_origins",
+    ),
 }
 
 
-def _common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="directory for the embedded database and keys (TALLY_DATA_DIR)")
-    parser.add_argument("--database-url", help="SQLAlchemy database URL (TALLY_DATABASE_URL)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (TALLY_LOG_LEVEL)")
-    parser.add_argument("--log-format", help="json, text or auto (TALLY_LOG_FORMAT)")
+def _version() -> str:
+    try:
+        return metadata.version("tally")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e . from the clone)"
+
+
+def _subcommand(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    more = "" if _SETTING_FLAGS[name] is None else " The other settings come from their TALLY_ variables."
+    epilog = (
+        f"Secrets come from the environment only: {', '.join(f'TALLY_{s.upper()}' for s in SECRETS)}.{more}"
+    )
+    return commands.add_parser(name, epilog=epilog, **kwargs)
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tally", description="Tally billing backend")
+    root.add_argument("--version", action="version", version=f"tally {_version()}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument(
-        "--grpc-addr", help="HOST:PORT to listen on (TALLY_GRPC_ADDR, default 127.0.0.1:50051)"
-    )
-    _common_flags(serve)
-    migrate = commands.add_parser("migrate", help="apply database migrations, then exit")
-    _common_flags(migrate)
+    serve = _subcommand(commands, "serve", help="run the gRPC server (and the REST gateway on the HTTP port)")
+    setting_flags(serve, _SETTING_FLAGS["serve"])
+    migrate = _subcommand(commands, "migrate", help="apply database migrations, then exit")
+    setting_flags(migrate, _SETTING_FLAGS["migrate"])
 
-    user = commands.add_parser("user", help="manage users who log in")
+    user = _subcommand(commands, "user", help="manage users who log in")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     create = user_commands.add_parser(
         "create",
@@ -60,22 +84,20 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=["admin", "customer"])
     create.add_argument("--account", default="", help="the customer's account id (customers only)")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    _common_flags(create)
+    setting_flags(create, _SETTING_FLAGS["user"])
 
-    gateway = commands.add_parser(
+    gateway = _subcommand(
+        commands,
         "gateway",
         help="serve only the REST gateway, in front of a remote gRPC server",
         description="Serve REST/JSON (and /openapi.json) on TALLY_HTTP_ADDR, transcoding every call to the "
         "gRPC server at --target, like grpc-gateway.",
     )
     gateway.add_argument("--target", required=True, help="HOST:PORT of the Tally gRPC server")
-    gateway.add_argument(
-        "--http-addr", help="HOST:PORT to listen on (TALLY_HTTP_ADDR, default 127.0.0.1:8080)"
-    )
-    gateway.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (TALLY_LOG_LEVEL)")
-    gateway.add_argument("--log-format", help="json, text or auto (TALLY_LOG_FORMAT)")
+    setting_flags(gateway, _SETTING_FLAGS["gateway"])
 
-    token = commands.add_parser(
+    token = _subcommand(
+        commands,
         "token",
         help="print a signed access token, for scripts and operators",
         description="Mint an access token with the server's keys (same TALLY_* settings as `tally serve`) "
@@ -92,12 +114,12 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--subject", default="", help="who the token is for, recorded in audit logs as cli:<subject>"
     )
-    _common_flags(token)
+    setting_flags(token, _SETTING_FLAGS["token"])
     _protos_parser(commands)
     return root
 
 
-def _protos_parser(commands: Any) -> None:
+def _protos_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     protos = commands.add_parser(
         "protos",
         help="the contracts as files, for clients in other languages",
@@ -132,7 +154,9 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
             import uvloop
         except ImportError:
             if loop_name == "uvloop":
-                raise SettingsError("TALLY_EVENT_LOOP=uvloop but uvloop is not installed") from None
+                raise SettingsError(
+                    "TALLY_EVENT_LOOP: uvloop is not installed; pip install uvloop, or set auto or asyncio"
+                ) from None
         else:
             uvloop.run(main)
             return
@@ -145,14 +169,15 @@ async def _migrate(settings: Settings) -> None:
 
     engine = db.create_engine(settings)
     try:
-        log.info("migrating %s", settings.describe_database())
         before, after = await migrate.upgrade(engine)
     finally:
         await engine.dispose()
+    # One line, after the fact: a failure is the only line when the database cannot be used.
+    where = settings.describe_database()
     if before == after:
-        log.info("schema already at revision %s", after)
+        log.info("schema already at revision %s (%s)", after, where)
     else:
-        log.info("schema migrated from %s to %s", before or "empty", after)
+        log.info("schema migrated from %s to %s (%s)", before or "empty", after, where)
 
 
 class UsageError(Exception):
@@ -253,17 +278,24 @@ async def _require_live_account(settings: Settings, account_id: str) -> None:
         await components.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_command_line(argv: list[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The command, the settings given as flags, and the command's own options."""
     options = vars(parser().parse_args(argv))
     command = options.pop("command")
+    overrides = {name: options.pop(name) for name in list(options) if name in Settings.model_fields}
+    return command, overrides, options
+
+
+def main(argv: list[str] | None = None) -> None:
+    command, overrides, extra = parse_command_line(argv)
     if command == "protos":
-        _protos_main(options)
+        _protos_main(extra)
         return
-    extra = {name: options.pop(name) for name in _COMMAND_ARGS.get(command, ()) if name in options}
     try:
-        settings = load_settings(**options)
+        settings = load_settings(**overrides)
     except SettingsError as exc:
-        print(f"tally: {exc}", file=sys.stderr)
+        for problem in str(exc).splitlines():
+            print(f"tally: {problem}", file=sys.stderr)
         sys.exit(2)
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -285,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
                 parse_host_port(extra["target"])
             except ValueError as exc:
                 raise UsageError(f"--target: {exc}") from None
+            check_can_listen("TALLY_HTTP_ADDR", settings.http_addr)
             _run(
                 settings,
                 serve_gateway(
@@ -326,6 +359,19 @@ def _protos_main(options: dict[str, Any]) -> None:
         sys.exit(2)
 
 
+# PostgreSQL refusing what TALLY_DATABASE_URL names, by asyncpg's exception type (subclasses
+# first), and what to do about it.
+_DATABASE_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.InvalidCatalogNameError, "create the database, or fix its name in the URL"),
+    (asyncpg.InvalidPasswordError, "fix the password in the URL"),
+    (
+        asyncpg.InvalidAuthorizationSpecificationError,
+        "create the role, or fix the user name in the URL (or the server's pg_hba.conf)",
+    ),
+    (asyncpg.InsufficientPrivilegeError, "grant the role the rights it needs (migrations create tables)"),
+)
+
+
 def _failure(exc: Exception, settings: Settings) -> tuple[str | None, int]:
     """What to print for an error and the exit status, by the error's type: 2 when the operator's
     input (a setting, an argument) is wrong, else 1. No line means a bug: log the traceback."""
@@ -334,15 +380,53 @@ def _failure(exc: Exception, settings: Settings) -> tuple[str | None, int]:
     from core import status
     from core.errors import TallyError
 
-    if isinstance(exc, ListenError):
+    if isinstance(exc, ListenError | SettingsError | KeyConfigError):
         return str(exc), 2
     if isinstance(exc, TallyError):
         return status.describe(exc), _TALLY_ERROR_EXIT.get(status.code_of(exc), 1)
-    if isinstance(exc, SchemaOutOfDate | SettingsError | KeyConfigError):
+    if isinstance(exc, SchemaOutOfDate):
         return str(exc), 1
-    if isinstance(exc, OSError):
-        return f"cannot reach {settings.describe_database()}: {exc}", 1
+    return _resource_failure(exc, settings)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: SQLAlchemy wraps the driver's error, which wraps asyncpg's."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _resource_failure(exc: Exception, settings: Settings) -> tuple[str | None, int]:
+    """The database, a file or a directory named by a setting, unusable: the setting and the remedy."""
+    where = settings.describe_database()
+    for cause in _causes(exc):
+        for kind, remedy in _DATABASE_REFUSALS:
+            if isinstance(cause, kind):
+                return f"TALLY_DATABASE_URL: {where} refused: {cause}; {remedy}", 2
+        if isinstance(cause, sqlite3.OperationalError) and cause.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:
+            setting = "TALLY_DATABASE_URL" if settings.database_url else "TALLY_DATA_DIR"
+            return f"{setting}: cannot open {where}: {cause}; its directory must exist and be writable", 2
+        if isinstance(cause, OSError) and cause.filename is not None:
+            setting = _setting_of_path(str(cause.filename), settings)
+            return f"{setting}: {cause.filename}: {cause.strerror}", 2
+        if isinstance(cause, OSError) and not settings.is_sqlite:
+            # Down, or a wrong host or port: exit 1, since waiting for the server may be the answer.
+            reason = cause.strerror or str(cause) or type(cause).__name__
+            return (
+                f"TALLY_DATABASE_URL: cannot reach {where}: {reason}; is it running, at this host and port?",
+                1,
+            )
     return None, 1
+
+
+def _setting_of_path(path: str, settings: Settings) -> str:
+    """The setting that named a file the process could not use."""
+    if settings.jwt_keys_dir is not None and Path(path).is_relative_to(settings.jwt_keys_dir):
+        return "TALLY_JWT_KEYS_DIR"
+    return "TALLY_DATA_DIR"
 
 
 if __name__ == "__main__":

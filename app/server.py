@@ -43,7 +43,7 @@ from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
 from core.sealing import ServerKey
-from core.settings import ListenError, Settings, SettingsError
+from core.settings import ListenError, Settings, SettingsError, check_can_listen
 from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
 from interceptors.errors import ErrorMappingInterceptor
@@ -411,6 +411,9 @@ def _listen_address(address: str, port: int) -> str:
 
 
 async def serve(settings: Settings) -> None:
+    # Both addresses first: a busy port is refused before the database is migrated or keys made.
+    check_can_listen("TALLY_GRPC_ADDR", settings.grpc_addr)
+    check_can_listen("TALLY_HTTP_ADDR", settings.http_addr)
     app = await build(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

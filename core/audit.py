@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from opentelemetry import trace
 from sqlalchemy import JSON, Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,7 +25,7 @@ from core import ids
 from core.db import Base, UtcDateTime
 from core.pagination import keyset_after
 from core.principal import Caller
-from core.request_context import request_info
+from core.request_context import current_trace_id, request_info
 
 
 class AuditEventRow(Base):
@@ -66,11 +65,6 @@ class AuditEvent:
     changes: Mapping[str, Any]
     trace_id: str
     correlation_id: str
-
-
-def _current_trace_id() -> str:
-    span_context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else ""
 
 
 def _current_correlation_id() -> str:
@@ -140,7 +134,7 @@ class SqlAuditLog:
                 resource_id=resource_id,
                 action=action,
                 changes=dict(changes),
-                trace_id=_current_trace_id(),
+                trace_id=current_trace_id(),
                 correlation_id=_current_correlation_id(),
             )
         )

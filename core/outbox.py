@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from opentelemetry import trace
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -72,6 +71,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core import ids
 from core.db import Base, UtcDateTime
+from core.request_context import current_trace_id
 
 ID_PREFIX = "oev"  # "evt" is taken by audit events
 MAX_EVENT_TYPE = 64
@@ -124,11 +124,6 @@ class OutboxEvent:
     trace_id: str | None
 
 
-def _current_trace_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(context.trace_id) if context.is_valid else None
-
-
 def pending_event(
     event_type: str, resource: tuple[str, str], payload: Mapping[str, Any], time: datetime
 ) -> PendingEvent:
@@ -154,7 +149,7 @@ def pending_event(
         resource_id=resource_id,
         payload=plain,
         create_time=time,
-        trace_id=_current_trace_id(),
+        trace_id=current_trace_id() or None,
     )
 
 

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from core.principal import Principal
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -66,3 +68,9 @@ def request_scope(info: RequestInfo) -> Iterator[RequestInfo]:
         yield info
     finally:
         reset_request_info(token)
+
+
+def current_trace_id() -> str:
+    """The 32-hex-digit trace id of the current span, or "" outside a sampled or valid span."""
+    span_context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else ""

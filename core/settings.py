@@ -7,12 +7,23 @@ naming the setting, before anything is opened or bound.
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
+import json
 import os
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -30,7 +41,11 @@ def parse_host_port(value: str) -> tuple[str, int]:
     """Split `host:port` (or `[v6]:port`); raise ValueError with a readable reason."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+        # No bare `:PORT`: to some tools it means every interface, to others loopback; say which.
+        raise ValueError(
+            f"expected HOST:PORT such as 127.0.0.1:50051 (port 0 picks a free one; 0.0.0.0 listens "
+            f"on every interface), got {value!r}"
+        )
     if host.startswith("[") and host.endswith("]"):
         ipaddress.IPv6Address(host[1:-1])
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -69,8 +84,54 @@ class ListenError(Exception):
         self.address = address
 
 
+# What to do about the usual reasons a listen address cannot be bound.
+_BIND_HINTS = {
+    errno.EADDRINUSE: "address already in use; stop the process that listens there or choose another port",
+    errno.EADDRNOTAVAIL: "not an address of this host; use 127.0.0.1, 0.0.0.0 or one of its own addresses",
+    errno.EACCES: "permission denied; ports below 1024 need privileges, choose a higher one",
+}
+
+
+def check_can_listen(setting: str, address: str) -> None:
+    """Bind `address` for a moment and let it go, so a busy or foreign address is refused with the
+    setting's name and the exact reason before anything is migrated, generated or bound for real.
+    (gRPC's own bind failure says neither, and C-core prints a line of its own.)"""
+    host, port = parse_host_port(address)
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(setting, address, f"cannot resolve {host!r} ({exc.strerror})") from None
+    failures = [code for code in map(_try_bind, infos) if code is not None]
+    # A name resolving to an address family this host lacks (::1 without IPv6) is no failure as
+    # long as another address binds, as for the servers; a taken port is one on any address.
+    taken = [code for code in failures if code in (errno.EADDRINUSE, errno.EACCES)]
+    if taken or (failures and len(failures) == len(infos)):
+        code = (taken or failures)[0]
+        raise ListenError(setting, address, _BIND_HINTS.get(code, os.strerror(code)))
+
+
+def _try_bind(
+    info: tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[object, ...]],
+) -> int | None:
+    """The errno of binding one resolved address, or None if it binds."""
+    family, kind, proto, _, sockaddr = info
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers do: a port left in TIME_WAIT by a previous run is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+    return None
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TALLY_", extra="forbid", frozen=True)
+    """Every field is a TALLY_<NAME> variable and, for the commands that take it, a --<name> flag
+    (app/cli.py derives the flags from these fields and their descriptions)."""
+
+    # JSON values are decoded by `_from_text` below, so a malformed one is a field error naming
+    # its variable rather than pydantic-settings' own exception.
+    model_config = SettingsConfigDict(env_prefix="TALLY_", extra="forbid", frozen=True, enable_decoding=False)
 
     grpc_addr: str = Field("127.0.0.1:50051", description="Address the gRPC server listens on (HOST:PORT).")
     data_dir: Path = Field(Path(".tally"), description="Directory for the embedded database and local keys.")
@@ -95,7 +156,9 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted or sent."
     )
     max_concurrent_streams: int = Field(256, ge=1, le=10_000, description="HTTP/2 streams per connection.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe log level written: DEBUG, INFO, WARNING or ERROR (any case)."
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="json, text, or auto: text on a terminal, JSON otherwise."
     )
@@ -129,16 +192,20 @@ class Settings(BaseSettings):
         None, description="Key id that signs new tokens; default: the newest file in jwt_keys_dir."
     )
     jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
-    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
-    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300, le=365 * 86_400)
+    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400, description="Access token lifetime.")
+    refresh_token_ttl_seconds: int = Field(
+        30 * 86_400, ge=300, le=365 * 86_400, description="Login session (refresh token) lifetime."
+    )
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS),
         description='JSON: method group -> {"rate": per second, "burst": size}; "default" covers '
         "groups not listed.",
+        examples=['{"default": {"rate": 50, "burst": 100}}'],
     )
     cors_origins: list[str] = Field(
         default_factory=list,
         description='JSON list of origins allowed to call the REST face from a browser, or ["*"].',
+        examples=['["https://portal.example.com"]'],
     )
     gateway_strict: bool = Field(
         True, description="REST: unknown query parameters and JSON fields are 400 errors (false: ignored)."
@@ -159,7 +226,31 @@ class Settings(BaseSettings):
         default_factory=list,
         description="JSON list of method groups refused (UNAVAILABLE) instead of served on local "
         "buckets while Redis is unreachable.",
+        examples=['["auth"]'],
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: object, info: ValidationInfo) -> object:
+        """Text from a variable or flag: enumerated values in any case, JSON for lists and maps."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        field = cls.model_fields[info.field_name]
+        kind = get_origin(field.annotation)
+        if kind is Literal:
+            wanted = value.strip().casefold()
+            return next(
+                (choice for choice in get_args(field.annotation) if choice.casefold() == wanted), value
+            )
+        if kind in (dict, list):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                example = f" such as {field.examples[0]}" if field.examples else ""
+                raise ValueError(
+                    f"not valid JSON ({exc.msg} at character {exc.pos}); expected JSON{example}"
+                ) from None
+        return value
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod
@@ -237,21 +328,33 @@ def _unknown_variables() -> list[str]:
         if name.startswith("TALLY_") and not name.startswith(_FOREIGN_PREFIXES) and name not in known:
             guess = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {guess[0]}?)" if guess else ""
-            lines.append(f"  {name}: not a Tally setting{hint}")
+            lines.append(f"{name}: not a Tally setting{hint}")
     return lines
 
 
+def flag(name: str) -> str:
+    """The command-line flag of a setting: `--grpc-addr` for grpc_addr (TALLY_GRPC_ADDR)."""
+    return "--" + name.replace("_", "-")
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus explicit overrides (CLI flags win)."""
+    """Build settings from the environment plus explicit overrides (CLI flags win).
+
+    A SettingsError has one line per bad setting, `TALLY_NAME: what is wrong`, with the flag
+    after the name when the value came from one."""
     clean = {key: value for key, value in overrides.items() if value is not None}
     lines = _unknown_variables()
     try:
         settings = Settings(**clean)  # type: ignore[arg-type]
     except ValidationError as exc:
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"  TALLY_{name.upper()}: {message}")
+        lines += [_describe(error["loc"], str(error["msg"]), clean) for error in exc.errors()]
     if lines:
-        raise SettingsError("invalid settings:\n" + "\n".join(lines))
+        raise SettingsError("\n".join(lines))
     return settings
+
+
+def _describe(loc: tuple[int | str, ...], message: str, overrides: dict[str, object]) -> str:
+    name, *inner = map(str, loc) if loc else ("?",)
+    where = f"TALLY_{name.upper()}" + (f" ({flag(name)})" if name in overrides else "")
+    path = ".".join(inner) + ": " if inner else ""
+    return f"{where}: {path}{message.removeprefix('Value error, ')}"

@@ -11,11 +11,13 @@ import asyncio
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -55,6 +57,27 @@ def unavailable(message: str) -> None:
 
 def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def empty_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """The URL of a new database with no schema at all on the suite's server, dropped afterwards."""
+    try:
+        admin = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}; set TALLY_TEST_POSTGRES_URL"
+        )
+        raise AssertionError("unreachable") from exc
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -91,12 +91,20 @@ def differences(a: Path, b: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if generated/ is stale")
-    parser.add_argument("--stage", action="store_true", help="only stage build/proto-deps (for buf)")
+    parser.add_argument(
+        "--stage",
+        nargs="?",
+        const=DEPS,
+        type=Path,
+        metavar="DIR",
+        help="only stage the Google protos for buf, into DIR (default build/proto-deps)",
+    )
     options = parser.parse_args()
-    stage_deps()
     if options.stage:
-        print(f"staged the Google protos under {DEPS.relative_to(ROOT)}/ for buf")
+        stage_deps(options.stage)
+        print(f"staged the Google protos under {options.stage}/ for buf")
         return
+    stage_deps()
     if options.check:
         with tempfile.TemporaryDirectory() as scratch:
             fresh = Path(scratch) / "generated"

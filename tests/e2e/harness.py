@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -153,8 +154,10 @@ class RunningServer:
         return code
 
     def kill(self) -> None:
+        # The whole process group: a server started through `make run` or a shell is a grandchild.
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         try:
             self.proc.wait(timeout=10)
         finally:
@@ -165,16 +168,20 @@ class RunningServer:
 
 
 @contextmanager
-def launched_server(env: Mapping[str, str], cwd: Path) -> Iterator[RunningServer]:
-    """Start `tally serve` with stderr drained by a thread; kill it on the way out, whatever happened."""
+def launched_server(
+    env: Mapping[str, str], cwd: Path, command: list[str] | None = None
+) -> Iterator[RunningServer]:
+    """Start `tally serve` (or `command`, which runs it) in a process group of its own, stderr drained
+    by a thread; kill the group on the way out, whatever happened."""
     proc = subprocess.Popen(
-        [*tally_command(), "serve"],
+        command or [*tally_command(), "serve"],
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     server = RunningServer(proc)
     try:

@@ -17,9 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.e2e.harness import (
     ACCOUNTS,
@@ -37,7 +35,7 @@ from tests.e2e.harness import (
     server_env,
     stop_gracefully,
 )
-from tests.support import POSTGRES_ADMIN_URL, asyncpg_dsn, unavailable
+from tests.support import empty_postgres_database
 
 pytestmark = pytest.mark.e2e
 
@@ -401,22 +399,8 @@ def test_second_server_on_the_same_port_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 async def empty_postgres_url() -> AsyncIterator[str]:
     """A new database with no schema at all, dropped afterwards."""
-    try:
-        admin = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        unavailable(
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}; set TALLY_TEST_POSTGRES_URL"
-        )
-        raise AssertionError("unreachable") from exc
-    name = f"tally_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with empty_postgres_database("tally_e2e") as url:
+        yield url
 
 
 @pytest.mark.postgres
