@@ -90,8 +90,8 @@ def parser() -> argparse.ArgumentParser:
         commands,
         "gateway",
         help="serve only the REST gateway, in front of a remote gRPC server",
-        description="Serve REST/JSON (and /openapi.json) on TALLY_HTTP_ADDR, transcoding every call to the "
-        "gRPC server at --target, like grpc-gateway.",
+        description="Serve REST/JSON (and /openapi.json, /healthz, /metrics) on TALLY_HTTP_ADDR, transcoding "
+        "every call to the gRPC server at --target, like grpc-gateway.",
     )
     gateway.add_argument("--target", required=True, help="HOST:PORT of the Tally gRPC server")
     setting_flags(gateway, _SETTING_FLAGS["gateway"])
@@ -309,27 +309,15 @@ def main(argv: list[str] | None = None) -> None:
             password = _read_password(extra["password_stdin"])
             _run(settings, _create_user(settings, extra["email"], extra["role"], extra["account"], password))
         elif command == "gateway":
-            from app.modules import SERVICES
+            from app.gateway_server import serve_gateway
             from core.settings import parse_host_port
-            from gateway.app import serve_gateway
 
             try:
                 parse_host_port(extra["target"])
             except ValueError as exc:
                 raise UsageError(f"--target: {exc}") from None
             check_can_listen("TALLY_HTTP_ADDR", settings.http_addr)
-            _run(
-                settings,
-                serve_gateway(
-                    extra["target"],
-                    settings.http_addr,
-                    SERVICES,
-                    strict=settings.gateway_strict,
-                    cors_origins=settings.cors_origins,
-                    max_body_bytes=settings.gateway_max_body_bytes,
-                    use_proto_names=settings.gateway_proto_names,
-                ),
-            )
+            _run(settings, serve_gateway(settings, extra["target"]))
         elif command == "token":
             print(
                 _mint_token(

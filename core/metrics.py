@@ -5,6 +5,8 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_rpc_requests_total{method,code}      calls finished, by gRPC status name
     tally_rpc_duration_seconds{method}         histogram, 1 ms to 10 s
     tally_rpc_in_flight{method}                calls running now
+    tally_http_requests_total{method,route,status}   HTTP answers, by route template and status
+    tally_http_request_duration_seconds{method,route}  histogram, 1 ms to 10 s
     tally_rate_limited_total{group}            calls refused by the rate limiter
     tally_rate_limiter_redis_up                1 while Redis answers, 0 when down or not configured
     tally_rate_limiter_fallbacks_total         switches from Redis to in-process buckets
@@ -52,6 +54,19 @@ class Metrics:
             registry=r,
         )
         self.rpc_in_flight = Gauge("tally_rpc_in_flight", "RPCs being handled now.", ["method"], registry=r)
+        self.http_requests = Counter(
+            "tally_http_requests",
+            "HTTP requests answered, by method, route template and HTTP status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "tally_http_request_duration_seconds",
+            "Time from an HTTP request's routing to the end of its answer, in seconds.",
+            ["method", "route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.rate_limited_total = Counter(
             "tally_rate_limited", "Calls refused by the rate limiter, by method group.", ["group"], registry=r
         )
@@ -82,6 +97,11 @@ class Metrics:
         self.rpc_in_flight.labels(method).dec()
         self.rpc_requests.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
+
+    def http_finished(self, method: str, route: str, status: int, seconds: float) -> None:
+        """`method` and `route` from fixed sets (a route template, never the path itself)."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
 
     # --- events other parts report ------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """The gateway on aiohttp: routes every `google.api.http` binding to the gRPC server through a channel.
 
+Served by app.http.HttpServer, in `tally serve` and in the stand-alone `tally gateway`
+(app/gateway_server.py), whose middleware gives every answer of the port, not only these,
+an `X-Request-Id` and a google.rpc.Status JSON body when it is an error.
+
 Calls go through a `grpc.aio.Channel` to the real gRPC server, so auth, rate
 limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 
@@ -8,7 +12,10 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
   `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
   `Request-Timeout` (seconds) becomes the call deadline;
 * out: `X-Request-Id` on every answer (the caller's, else a new one); response header and
-  trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429; `WWW-Authenticate` on 401.
+  trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429 and 503; `WWW-Authenticate`
+  on 401. A call that failed in transport (the server down, no Status from it) is answered in
+  our words (gateway.errors.status_from_rpc_error); the library's text, which names addresses,
+  is logged.
 
 Server-streaming methods answer NDJSON (`{"result": ...}` per message), or server-sent
 events with `Accept: text/event-stream`; an error mid-stream is a last `{"error": status}`.
@@ -21,14 +28,12 @@ method answers its one reply as JSON; a bidirectional one answers like server st
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib
 import importlib.util
 import json
 import logging
 import re
-import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,8 +43,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import status_pb2
 
 from core.request_context import new_request_id
-from core.settings import ListenError, parse_host_port
-from gateway.errors import GatewayError, error_headers, http_status, status_from_rpc_error, status_json
+from gateway.errors import (
+    GatewayError,
+    error_headers,
+    error_response,
+    failed_in_transport,
+    http_status,
+    status_from_rpc_error,
+    status_json,
+)
 from gateway.routes import Route, RouteTable
 from gateway.transcoder import build_request, build_stream_requests, response_json
 
@@ -63,6 +75,12 @@ CORS_ALLOW_HEADERS = (
     "Grpc-Timeout",
 )
 CORS_EXPOSE_HEADERS = ("X-Request-Id", "Retry-After", "WWW-Authenticate", "Allow")
+# Set by the HTTP server's middleware (app.http), when there is one: the request id it answers
+# with, so the gRPC call carries the same one.
+REQUEST_ID_KEY = web.RequestKey("tally_request_id", str)
+# Set by the gateway for the server's metrics: the matched route's template, else UNMATCHED.
+ROUTE_KEY = web.RequestKey("tally_route", str)
+UNMATCHED = "(unmatched)"
 
 
 def parse_timeout(headers: Any) -> float | None:
@@ -185,16 +203,20 @@ class Gateway:
             # [\s\S], not `.`: a path with an encoded newline (%0A) must still reach the gateway
             # and get its JSON error, not aiohttp's text/plain 404 (found by schemathesis).
             defs.append(web.route("*", f"/{prefix}/{{tail:[\\s\\S]*}}", self.handle))
+            # A verb on the first segment (`post: "/v1:batchGet"`) has no `/` after the prefix.
+            defs.append(web.route("*", f"/{prefix}:{{verb:[\\s\\S]*}}", self.handle))
         return defs
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = new_request_id(request.headers.get("X-Request-Id"))
+        request_id = request.get(REQUEST_ID_KEY) or new_request_id(request.headers.get("X-Request-Id"))
         common = {"X-Request-Id": request_id, **self.cors.headers(request.headers.get("Origin"))}
         raw_path = request.rel_url.raw_path
+        request[ROUTE_KEY] = UNMATCHED
         try:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 return self._preflight(request, raw_path, common)
             route, variables = self.table.lookup(request.method, raw_path)
+            request[ROUTE_KEY] = route.path
             body = await self._read_body(request)
             # One message, or for client streaming the list of them (one per NDJSON line).
             build = build_stream_requests if route.client_streaming else build_request
@@ -217,8 +239,7 @@ class Gateway:
             response = await call
         except grpc.aio.AioRpcError as error:
             extra = metadata_headers(error.initial_metadata(), error.trailing_metadata())
-            status = status_from_rpc_error(error)
-            return self._error(status, http_status(status.code), {**common, **extra}, request)
+            return self._rpc_error(route, error, {**common, **extra}, request)
         extra = metadata_headers(await call.initial_metadata(), await call.trailing_metadata())
         return self._json(
             response_json(route, response, use_proto_names=self.use_proto_names),
@@ -269,7 +290,26 @@ class Gateway:
     ) -> web.Response:
         had_credentials = "Authorization" in request.headers
         headers = {**headers, **error_headers(status, had_credentials=had_credentials)}
-        return self._json(status_json(status, use_proto_names=self.use_proto_names), http, headers)
+        return error_response(status, http, headers, use_proto_names=self.use_proto_names)
+
+    def _rpc_error(
+        self, route: Route, error: grpc.aio.AioRpcError, headers: dict[str, str], request: web.Request
+    ) -> web.Response:
+        status = self._caller_status(route, error, headers["X-Request-Id"])
+        return self._error(status, http_status(status.code), headers, request)
+
+    @staticmethod
+    def _caller_status(route: Route, error: grpc.aio.AioRpcError, request_id: str) -> status_pb2.Status:
+        """The Status for the caller; a transport failure's own text (addresses) goes to the log only."""
+        if failed_in_transport(error):
+            log.warning(
+                "%s failed: %s: %s",
+                route.grpc_method,
+                error.code().name,
+                error.details(),
+                extra={"request_id": request_id, "grpc_method": route.grpc_method},
+            )
+        return status_from_rpc_error(error)
 
     async def _stream(
         self,
@@ -283,8 +323,7 @@ class Gateway:
         try:
             first_metadata = await call.initial_metadata()
         except grpc.aio.AioRpcError as error:
-            status = status_from_rpc_error(error)
-            return self._error(status, http_status(status.code), common, request)
+            return self._rpc_error(route, error, common, request)
         response = web.StreamResponse(headers={**common, **metadata_headers(first_metadata)})
         response.content_type = "text/event-stream" if sse else "application/x-ndjson"
         started = False
@@ -297,12 +336,11 @@ class Gateway:
                     data = response_json(route, item, use_proto_names=self.use_proto_names)
                     await response.write(self._frame({"result": data}, sse, None))
             except grpc.aio.AioRpcError as error:
-                status = status_json(status_from_rpc_error(error), use_proto_names=self.use_proto_names)
                 if not started:
-                    return self._error(
-                        status_from_rpc_error(error), http_status(error.code()), common, request
-                    )
-                await response.write(self._frame({"error": status}, sse, "error"))
+                    return self._rpc_error(route, error, common, request)
+                status = self._caller_status(route, error, common["X-Request-Id"])
+                data = status_json(status, use_proto_names=self.use_proto_names)
+                await response.write(self._frame({"error": data}, sse, "error"))
             if not started:
                 await response.prepare(request)
             await response.write_eof()
@@ -361,48 +399,3 @@ def gateway_routes(
     if openapi is not None:
         defs.append(openapi)
     return defs
-
-
-async def serve_gateway(
-    target: str,
-    http_addr: str,
-    services: Sequence[ServiceDescriptor],
-    *,
-    stop: asyncio.Event | None = None,
-    strict: bool = True,
-    cors_origins: Iterable[str] = (),
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    use_proto_names: bool = False,
-) -> None:
-    """A stand-alone gateway (`tally gateway --target HOST:PORT`): REST on `http_addr` until `stop` is set.
-
-    Without `stop`, until SIGTERM or SIGINT.
-    """
-    host, port = parse_host_port(http_addr)
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    async with grpc.aio.insecure_channel(target) as channel:
-        app = web.Application()
-        app.add_routes(
-            gateway_routes(
-                services,
-                channel,
-                strict=strict,
-                cors_origins=cors_origins,
-                max_body_bytes=max_body_bytes,
-                use_proto_names=use_proto_names,
-            )
-        )
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        try:
-            try:
-                await web.TCPSite(runner, host.strip("[]"), port, reuse_port=False).start()
-            except OSError as exc:
-                raise ListenError("TALLY_HTTP_ADDR", http_addr, exc.strerror or str(exc)) from exc
-            log.info("tally gateway on %s, calling gRPC at %s", http_addr, target)
-            await stop.wait()
-        finally:
-            await runner.cleanup()

@@ -9,9 +9,15 @@ layer binds:
    the resource, and a body that disagrees is more likely a mistake than intent.
    The same value in both is fine;
 3. the query string, for fields neither the path nor the body binds: repeated
-   fields (`?a=1&a=2`), nested fields (`a.b=c`), enums by name or number, bools,
-   integers, and the well-known types in their JSON string forms (Timestamp RFC
-   3339, Duration `1.5s`, FieldMask `a,b` in camelCase or snake_case, wrappers).
+   fields (`?a=1&a=2`), nested fields (`a.b=c`), map entries (`labels[team]=core`,
+   `a.labels[team]=core`, grpc-gateway's form; keys and values converted to the map's
+   types), enums by name or number, bools, integers, and the well-known types in their
+   JSON string forms (Timestamp RFC 3339, Duration `1.5s`, FieldMask `a,b` in camelCase
+   or snake_case, wrappers).
+
+A value of the wrong kind is a 400 naming the field and what it takes, in the API's
+terms (`page_size: must be an integer from -2147483648 to 2147483647`), never the
+parser's own text.
 
 Unknown query parameters and unknown JSON fields are 400 errors naming them
 unless `strict` is off, in which case they are ignored. Field names may be
@@ -24,11 +30,10 @@ and query parameters apply to every message; errors name the line (1-based).
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 from google.api import field_behavior_pb2
@@ -37,96 +42,27 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.errors import GatewayError
+from gateway.fields import (
+    INT_RANGES,
+    WRAPPERS,
+    descriptor_of,
+    is_map,
+    is_repeated,
+    named_fields,
+    parse_into,
+    plain_type,
+    resolve_path,
+    unknown_fields,
+    value_kind,
+)
 from gateway.routes import Route
 
-_WRAPPERS = frozenset(
-    f"google.protobuf.{name}Value"
-    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
-)
 _STRING_WKTS = frozenset(f"google.protobuf.{name}" for name in ("Timestamp", "Duration", "FieldMask"))
-_FAILED_FIELD = re.compile(r"Failed to parse (\S+) field: ")
 _TRUE = frozenset({"true", "1", "t", "yes"})
 _FALSE = frozenset({"false", "0", "f", "no"})
+_MAP_ENTRY_KEY = re.compile(r"([^\[\]]+)\[(.*)\]")  # `labels[team]`: field path, map key
 REQUEST_ID_FIELD = "request_id"
 UPDATE_MASK_FIELD = "update_mask"
-
-
-@functools.cache
-def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
-    """Fields by proto name and by JSON name."""
-    found: dict[str, FieldDescriptor] = {}
-    for field in descriptor.fields:
-        found[field.name] = field
-        found[field.json_name] = field
-    return found
-
-
-def _descriptor(message: Message) -> Descriptor:
-    return cast(Descriptor, message.DESCRIPTOR)
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and bool(field.message_type.GetOptions().map_entry)
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return field.is_repeated
-
-
-def _plain_type(field: FieldDescriptor) -> Descriptor | None:
-    """The message type of a field with fields of its own in JSON (not a well-known type), else None."""
-    kind = field.message_type
-    return kind if kind is not None and not kind.full_name.startswith("google.protobuf.") else None
-
-
-def unknown_fields(descriptor: Descriptor, value: Any, prefix: str = "") -> list[str]:
-    """Dotted paths (proto names) of the JSON object keys that name no field, at any depth."""
-    if not isinstance(value, dict):
-        return []
-    unknown: list[str] = []
-    for key, item in value.items():
-        field = _fields(descriptor).get(key)
-        if field is None:
-            unknown.append(prefix + key)
-            continue
-        path = prefix + field.name
-        if _is_map(field) and field.message_type is not None:
-            value_type = _plain_type(field.message_type.fields_by_name["value"])
-            if value_type is not None and isinstance(item, dict):
-                for map_key, entry in item.items():
-                    unknown += unknown_fields(value_type, entry, f"{path}[{map_key}].")
-        elif (kind := _plain_type(field)) is not None:
-            items = item if _is_repeated(field) and isinstance(item, list) else [item]
-            for entry in items:
-                unknown += unknown_fields(kind, entry, path + ".")
-    return unknown
-
-
-def _proto_path(descriptor: Descriptor | None, names: Iterable[str]) -> str:
-    """JSON names along a path turned into proto names, as far as the descriptors go."""
-    out: list[str] = []
-    for name in names:
-        field = _fields(descriptor).get(name) if descriptor is not None else None
-        out.append(field.name if field is not None else name)
-        descriptor = _plain_type(field) if field is not None else None
-    return ".".join(out)
-
-
-def readable_parse_error(error: Exception, descriptor: Descriptor, prefix: str = "") -> GatewayError:
-    """json_format's nested 'Failed to parse x field: Failed to parse y field: ...' as `x.y: ...`."""
-    text = str(error).split("\n", 1)[0]
-    names = _FAILED_FIELD.findall(text)
-    reason = _FAILED_FIELD.sub("", text)
-    reason = re.sub(r" at [\w.\[\]]+\.*$", "", reason).rstrip(".") or "invalid value"
-    field = prefix + _proto_path(descriptor, names) if names else prefix.rstrip(".") or "body"
-    return GatewayError.invalid(field, reason)
-
-
-def _parse_into(obj: Any, message: Message, *, strict: bool, prefix: str = "") -> None:
-    try:
-        json_format.ParseDict(obj, message, ignore_unknown_fields=not strict)
-    except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
-        raise readable_parse_error(exc, _descriptor(message), prefix) from None
 
 
 def decode_json(body: bytes) -> Any:
@@ -143,7 +79,7 @@ def decode_json(body: bytes) -> Any:
 
 
 def _apply_body(route: Route, message: Message, body: Any, *, strict: bool) -> None:
-    descriptor = _descriptor(message)
+    descriptor = descriptor_of(message)
     if not route.body:
         if body is not None and strict:
             raise GatewayError.invalid("body", f"{route.http_method} {route.path} takes no request body")
@@ -165,14 +101,14 @@ def _apply_body(route: Route, message: Message, body: Any, *, strict: bool) -> N
                 reason="UNKNOWN_FIELD",
                 violations=[(name, "unknown field") for name in unknown],
             )
-    _parse_into(wrapped, message, strict=strict)
+    parse_into(wrapped, message, strict=strict)
 
 
 def _scalar_json(field: FieldDescriptor, text: str, name: str) -> Any:
     """A query or path string as the JSON value json_format expects for `field`."""
     if field.message_type is not None:
         full_name = field.message_type.full_name
-        if full_name in _WRAPPERS:
+        if full_name in WRAPPERS:
             return _scalar_json(field.message_type.fields_by_name["value"], text, name)
         if full_name == "google.protobuf.FieldMask":
             return ",".join(_camel(path.strip()) for path in text.split(",") if path.strip())
@@ -185,30 +121,13 @@ def _scalar_json(field: FieldDescriptor, text: str, name: str) -> Any:
             return True
         if lowered in _FALSE:
             return False
-        raise GatewayError.invalid(name, f"expected true or false, got {text!r}")
+        raise GatewayError.invalid(name, "must be true or false")
     return text
 
 
 def _camel(path: str) -> str:
     """A field-mask path in camelCase (json_format's form), from snake_case or camelCase."""
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
-
-
-@functools.lru_cache(maxsize=4096)
-def _resolve(descriptor: Descriptor, key: str) -> tuple[FieldDescriptor, ...] | None:
-    """The fields along a dotted query key, or None if some segment names no usable field.
-    Cached: path variables and query keys repeat, so the descriptor walk happens once per key."""
-    fields: list[FieldDescriptor] = []
-    current: Descriptor | None = descriptor
-    for segment in key.split("."):
-        if current is None:
-            return None
-        field = _fields(current).get(segment)
-        if field is None:
-            return None
-        fields.append(field)
-        current = None if _is_repeated(field) else _plain_type(field)
-    return tuple(fields)
 
 
 def _set_nested(tree: dict[str, Any], fields: Sequence[FieldDescriptor], value: Any) -> None:
@@ -222,11 +141,11 @@ def _path_message(route: Route, variables: Mapping[str, str]) -> Message:
     descriptor = route.method.input_type
     message = route.request_class()
     for path, text in variables.items():
-        fields = _resolve(descriptor, path)
+        fields = resolve_path(descriptor, path)
         if fields is None:  # routes_of checked every variable; a template returning others is a bug
             raise GatewayError.invalid(path, "unknown path variable")
         leaf = fields[-1]
-        if leaf.type == FieldDescriptor.TYPE_STRING and not _is_repeated(leaf):
+        if leaf.type == FieldDescriptor.TYPE_STRING and not is_repeated(leaf):
             # The common case (ids): set it directly, skipping the JSON round trip.
             target = message
             for field in fields[:-1]:
@@ -236,7 +155,7 @@ def _path_message(route: Route, variables: Mapping[str, str]) -> Message:
             _set_nested(tree, fields, _scalar_json(leaf, text, path))
     if tree:
         parsed = route.request_class()
-        _parse_into(tree, parsed, strict=True)
+        parse_into(tree, parsed, strict=True)
         message.MergeFrom(parsed)
     return message
 
@@ -248,7 +167,7 @@ def _leaf(message: Message, path: str) -> tuple[Any, bool]:
         if not message.HasField(parent):
             return None, False
         message = getattr(message, parent)
-    field = _descriptor(message).fields_by_name[name]
+    field = descriptor_of(message).fields_by_name[name]
     value = getattr(message, name)
     if field.has_presence:
         return value, message.HasField(name)
@@ -272,29 +191,88 @@ def _merge_path(message: Message, variables: Mapping[str, str], from_path: Messa
     message.MergeFrom(from_path)
 
 
+def _query_fields(
+    route: Route, descriptor: Descriptor, field_key: str, key: str, *, strict: bool
+) -> tuple[FieldDescriptor, ...] | None:
+    """The fields a query key names; None to skip it (non-strict); 400 naming `key` otherwise."""
+    fields = resolve_path(descriptor, field_key)
+    if fields is None:
+        if strict:
+            raise GatewayError.invalid(key, "unknown query parameter", reason="UNKNOWN_QUERY_PARAMETER")
+        return None
+    if route.is_bound(".".join(field.name for field in fields)):
+        if strict:
+            raise GatewayError.invalid(
+                key, "is bound by the URL path or the body; not a query parameter", reason="BOUND_FIELD"
+            )
+        return None
+    return fields
+
+
+def _map_key_json(field: FieldDescriptor, text: str, key: str) -> str:
+    """A map key from the URL in its JSON form (JSON object keys are strings); 400 naming `key`."""
+    if field.type in INT_RANGES:
+        low, high = INT_RANGES[field.type]
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise GatewayError.invalid(key, f"the map key must be {value_kind(field)}")
+        return str(number)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        if text not in ("true", "false"):
+            raise GatewayError.invalid(key, "the map key must be true or false")
+        return text
+    return text
+
+
+def _map_entry(
+    route: Route, fields: Sequence[FieldDescriptor], map_key: str, values: Sequence[str], key: str
+) -> Message:
+    """One `field[map_key]=value` as a request message holding just that entry; 400 naming `key`."""
+    leaf = fields[-1]
+    if not is_map(leaf) or leaf.message_type is None:
+        raise GatewayError.invalid(key, "only a map field takes [KEY]")
+    if len(values) > 1:
+        raise GatewayError.invalid(key, "given more than once but takes one value")
+    key_field = leaf.message_type.fields_by_name["key"]
+    value_field = leaf.message_type.fields_by_name["value"]
+    if plain_type(value_field) is not None:
+        raise GatewayError.invalid(key, "a map of messages cannot be set from the URL")
+    tree: dict[str, Any] = {}
+    entry = {_map_key_json(key_field, map_key, key): _scalar_json(value_field, values[0], key)}
+    _set_nested(tree, fields, entry)
+    message = route.request_class()
+    try:
+        parse_into(tree, message, strict=True)
+    except GatewayError:
+        raise GatewayError.invalid(key, f"must be {value_kind(value_field)}") from None
+    return message
+
+
 def _apply_query(route: Route, message: Message, query: Sequence[tuple[str, str]], *, strict: bool) -> None:
     grouped: dict[str, list[str]] = {}
     for key, value in query:
         grouped.setdefault(key, []).append(value)
-    descriptor = _descriptor(message)
+    descriptor = descriptor_of(message)
     tree: dict[str, Any] = {}
+    entries: list[Message] = []
     for key, values in grouped.items():
-        fields = _resolve(descriptor, key)
+        map_entry = _MAP_ENTRY_KEY.fullmatch(key)
+        field_key = map_entry.group(1) if map_entry else key
+        fields = _query_fields(route, descriptor, field_key, key, strict=strict)
         if fields is None:
-            if strict:
-                raise GatewayError.invalid(key, "unknown query parameter", reason="UNKNOWN_QUERY_PARAMETER")
             continue
-        path = ".".join(field.name for field in fields)
-        if route.is_bound(path):
-            if strict:
-                raise GatewayError.invalid(
-                    key, "is bound by the URL path or the body; not a query parameter", reason="BOUND_FIELD"
-                )
+        if map_entry is not None:
+            entries.append(_map_entry(route, fields, map_entry.group(2), values, key))
             continue
         leaf = fields[-1]
-        if _is_map(leaf) or _plain_type(leaf) is not None:
+        if is_map(leaf):
+            raise GatewayError.invalid(key, f"set map entries one by one, as {key}[KEY]=VALUE")
+        if plain_type(leaf) is not None:
             raise GatewayError.invalid(key, "give the fields of this message as separate parameters")
-        if _is_repeated(leaf):
+        if is_repeated(leaf):
             _set_nested(tree, fields, [_scalar_json(leaf, value, key) for value in values])
         elif len(values) > 1:
             raise GatewayError.invalid(key, "given more than once but takes one value")
@@ -302,8 +280,10 @@ def _apply_query(route: Route, message: Message, query: Sequence[tuple[str, str]
             _set_nested(tree, fields, _scalar_json(leaf, values[0], key))
     if tree:
         from_query = route.request_class()
-        _parse_into(tree, from_query, strict=True)
+        parse_into(tree, from_query, strict=True)
         message.MergeFrom(from_query)
+    for entry in entries:
+        message.MergeFrom(entry)
 
 
 def _output_only(field: FieldDescriptor) -> bool:
@@ -317,7 +297,7 @@ def fill_update_mask(route: Route, message: Message, body: Any) -> None:
     Left out: fields the URL path binds (the resource's id), OUTPUT_ONLY fields and `etag`
     (AIP-154: a precondition, never updated), which a client echoing a resource back sends.
     """
-    update_mask = _descriptor(message).fields_by_name.get(UPDATE_MASK_FIELD)
+    update_mask = descriptor_of(message).fields_by_name.get(UPDATE_MASK_FIELD)
     if (
         route.http_method != "PATCH"
         or route.body in ("", "*")
@@ -328,12 +308,12 @@ def fill_update_mask(route: Route, message: Message, body: Any) -> None:
         or not isinstance(body, dict)
     ):
         return
-    resource = _descriptor(message).fields_by_name[route.body].message_type
+    resource = descriptor_of(message).fields_by_name[route.body].message_type
     if resource is None:
         return
     paths: list[str] = []
     for key in body:
-        field = _fields(resource).get(key)
+        field = named_fields(resource).get(key)
         if field is None or _output_only(field) or field.name == "etag":
             continue
         if f"{route.body}.{field.name}" in route.path_fields or field.name in paths:
@@ -345,8 +325,8 @@ def fill_update_mask(route: Route, message: Message, body: Any) -> None:
 
 def fill_request_id(message: Message, key: str | None) -> None:
     """An `Idempotency-Key` becomes the request's `request_id` when it has one and it is empty."""
-    field = _descriptor(message).fields_by_name.get(REQUEST_ID_FIELD)
-    if not key or field is None or field.type != FieldDescriptor.TYPE_STRING or _is_repeated(field):
+    field = descriptor_of(message).fields_by_name.get(REQUEST_ID_FIELD)
+    if not key or field is None or field.type != FieldDescriptor.TYPE_STRING or is_repeated(field):
         return
     if not getattr(message, REQUEST_ID_FIELD):
         setattr(message, REQUEST_ID_FIELD, key)
@@ -443,8 +423,8 @@ def response_json(route: Route, response: Message, *, use_proto_names: bool = Fa
     """The response (or its `response_body` field) as JSON data; default values left out."""
     if not route.response_body:
         return json_format.MessageToDict(response, preserving_proto_field_name=use_proto_names)
-    field = _descriptor(response).fields_by_name[route.response_body]
-    if _plain_type(field) is not None and not _is_repeated(field):
+    field = descriptor_of(response).fields_by_name[route.response_body]
+    if plain_type(field) is not None and not is_repeated(field):
         return json_format.MessageToDict(
             getattr(response, field.name), preserving_proto_field_name=use_proto_names
         )

@@ -278,7 +278,13 @@ async def test_error_before_the_first_message_is_a_plain_error(stack: Stack, sse
         assert response.content_type == "application/json"
         assert response.headers.get("X-Request-Id")
         body = await response.json()
-    assert body == {"code": 3, "message": "upto must not be negative", "details": []}
+    # The server's abort carries no details: the gateway adds the ErrorInfo every error has.
+    info = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "INVALID_ARGUMENT",
+        "domain": "tally",
+    }
+    assert body == {"code": 3, "message": "upto must not be negative", "details": [info]}
 
 
 async def test_a_bad_request_is_refused_before_the_call(stack: Stack) -> None:

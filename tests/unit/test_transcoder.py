@@ -1,10 +1,11 @@
-"""The transcoder without a network: routes, request building, status to HTTP, error bodies."""
+"""The transcoder without a network: routes, request building, the words of its errors.
+
+Status to HTTP and error bodies: tests/unit/test_gateway_errors.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import (
@@ -17,10 +18,9 @@ from google.protobuf import (
 )
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 
 from app.modules import SERVICES
-from gateway.errors import GatewayError, error_headers, http_status, status_json
+from gateway.errors import GatewayError
 from gateway.routes import Route, RouteTable
 from gateway.transcoder import build_request, response_json
 
@@ -32,6 +32,28 @@ _KINDS = {
     "bool": _FIELD.TYPE_BOOL,
     "double": _FIELD.TYPE_DOUBLE,
 }
+
+
+def _add_map(
+    message: descriptor_pb2.DescriptorProto,
+    name: str,
+    number: int,
+    key_type: int,
+    value_type: int,
+    value_type_name: str = "",
+) -> None:
+    """A `map<key, value> name = number` field: a repeated nested *Entry message, as protoc writes it."""
+    entry_name = "".join(part.title() for part in name.split("_")) + "Entry"
+    entry = message.nested_type.add(name=entry_name)
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=key_type, json_name="key")
+    value = entry.field.add(name="value", number=2, type=value_type, json_name="value")
+    if value_type_name:
+        value.type_name = value_type_name
+    json_name = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
+    field = message.field.add(name=name, number=number, label=_FIELD.LABEL_REPEATED, json_name=json_name)
+    field.type = _FIELD.TYPE_MESSAGE
+    field.type_name = f".tally.gatewaytest.v1.{message.name}.{entry_name}"
 
 
 def _test_service() -> ServiceDescriptor:
@@ -60,6 +82,7 @@ def _test_service() -> ServiceDescriptor:
     inner = file.message_type.add(name="Inner")
     inner.field.add(name="label", number=1, type=_FIELD.TYPE_STRING, json_name="label")
     inner.field.add(name="size", number=2, type=_FIELD.TYPE_INT32, json_name="size")
+    _add_map(inner, "attrs", 3, _FIELD.TYPE_STRING, _FIELD.TYPE_STRING)
     thing = file.message_type.add(name="Thing")
     thing.field.add(name="id", number=1, type=_FIELD.TYPE_STRING, json_name="id")
     thing.field.add(name="display_name", number=2, type=_FIELD.TYPE_STRING, json_name="displayName")
@@ -93,6 +116,12 @@ def _test_service() -> ServiceDescriptor:
     add("enabled", 14, "google.protobuf.BoolValue")
     add("thing", 15, "tally.gatewaytest.v1.Thing")
     add("request_id", 16, "string")
+    _add_map(request, "labels", 17, _FIELD.TYPE_STRING, _FIELD.TYPE_STRING)
+    _add_map(request, "limits", 18, _FIELD.TYPE_STRING, _FIELD.TYPE_INT64)
+    _add_map(request, "flags", 19, _FIELD.TYPE_INT32, _FIELD.TYPE_BOOL)
+    _add_map(request, "shades", 20, _FIELD.TYPE_STRING, _FIELD.TYPE_ENUM, ".tally.gatewaytest.v1.Color")
+    _add_map(request, "by_name", 21, _FIELD.TYPE_STRING, _FIELD.TYPE_MESSAGE, ".tally.gatewaytest.v1.Inner")
+    _add_map(request, "stamps", 22, _FIELD.TYPE_STRING, _FIELD.TYPE_MESSAGE, ".google.protobuf.Timestamp")
     service = file.service.add(name="ThingService")
     for method_name, rule in (
         ("GetThing", http_pb2.HttpRule(get="/v1/things/{name}")),
@@ -106,6 +135,7 @@ def _test_service() -> ServiceDescriptor:
                 additional_bindings=[http_pb2.HttpRule(put="/v1/places/{inner.label}/things/{name}")],
             ),
         ),
+        ("BatchThings", http_pb2.HttpRule(post="/v1:batchThings", body="*")),
     ):
         method = service.method.add(
             name=method_name,
@@ -288,60 +318,6 @@ def test_response_json_names(table: RouteTable) -> None:
     assert response_json(route, message, use_proto_names=True) == {"big": "5", "request_id": "r"}
 
 
-@pytest.mark.parametrize(
-    ("code", "expected"),
-    [
-        (grpc.StatusCode.INVALID_ARGUMENT, 400),
-        (grpc.StatusCode.FAILED_PRECONDITION, 400),
-        (grpc.StatusCode.OUT_OF_RANGE, 400),
-        (grpc.StatusCode.UNAUTHENTICATED, 401),
-        (grpc.StatusCode.PERMISSION_DENIED, 403),
-        (grpc.StatusCode.NOT_FOUND, 404),
-        (grpc.StatusCode.ALREADY_EXISTS, 409),
-        (grpc.StatusCode.ABORTED, 409),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
-        (grpc.StatusCode.CANCELLED, 499),
-        (grpc.StatusCode.UNIMPLEMENTED, 501),
-        (grpc.StatusCode.UNAVAILABLE, 503),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
-        (grpc.StatusCode.INTERNAL, 500),
-        (grpc.StatusCode.UNKNOWN, 500),
-        (grpc.StatusCode.DATA_LOSS, 500),
-    ],
-)
-def test_status_to_http(code: grpc.StatusCode, expected: int) -> None:
-    assert http_status(code) == expected
-    assert http_status(code.value[0]) == expected
-    assert http_status(99) == 500
-
-
-def test_error_body_shape_and_headers() -> None:
-    status = GatewayError.invalid("page_size", "must be positive").status()
-    assert status_json(status) == {
-        "code": 3,
-        "message": "page_size: must be positive",
-        "details": [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "INVALID_ARGUMENT",
-                "domain": "tally",
-            },
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": "page_size", "description": "must be positive"}],
-            },
-        ],
-    }
-    retry = status_pb2.Status(code=8, message="slow down")
-    info = error_details_pb2.RetryInfo()
-    info.retry_delay.FromMilliseconds(1200)
-    retry.details.add().Pack(info)
-    assert error_headers(retry, had_credentials=True) == {"Retry-After": "2"}
-    unauthenticated = status_pb2.Status(code=16, message="no token")
-    assert error_headers(unauthenticated, had_credentials=False) == {"WWW-Authenticate": "Bearer"}
-    assert status_json(status_pb2.Status(code=5)) == {"code": 5, "message": "", "details": []}
-
-
 def test_the_client_address_is_forwarded_and_cannot_be_spoofed() -> None:
     from multidict import CIMultiDict
 
@@ -352,3 +328,120 @@ def test_the_client_address_is_forwarded_and_cannot_be_spoofed() -> None:
     assert ("x-forwarded-for", "203.0.113.9") in metadata
     with pytest.raises(GatewayError):
         request_metadata(CIMultiDict({"Grpc-Metadata-X-Forwarded-For": "1.2.3.4"}), "req-1", "203.0.113.9")
+
+
+def test_a_verb_on_the_first_segment_is_routed(table: RouteTable) -> None:
+    route, variables = table.lookup("POST", "/v1:batchThings")
+    assert route.method.name == "BatchThings" and variables == {}
+    assert "v1" in table.prefixes()
+
+
+def test_map_entries_from_the_query(table: RouteTable) -> None:
+    query = [
+        ("labels[team]", "core"),
+        ("labels[env]", "prod"),
+        ("labels[a.b]", "dotted keys stay whole"),
+        ("limits[calls]", "9007199254740993"),
+        ("flags[7]", "true"),
+        ("flags[-1]", "0"),
+        ("shades[sky]", "COLOR_BLUE"),
+        ("shades[sea]", "1"),
+        ("stamps[start]", "2026-01-02T03:04:05Z"),
+        ("inner.attrs[k]", "v"),  # a map inside a message: grpc-gateway's a.b[key]=value
+        ("inner.label", "x"),
+    ]
+    message = build(table, "GET", "/v1/things/n1", query)
+    assert dict(message.labels) == {"team": "core", "env": "prod", "a.b": "dotted keys stay whole"}
+    assert dict(message.limits) == {"calls": 9007199254740993}
+    assert dict(message.flags) == {7: True, -1: False}
+    assert dict(message.shades) == {"sky": 2, "sea": 1}
+    assert message.stamps["start"].ToJsonString() == "2026-01-02T03:04:05Z"
+    assert dict(message.inner.attrs) == {"k": "v"} and message.inner.label == "x"
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "description"),
+    [
+        ([("limits[calls]", "many")], "limits[calls]", "must be an integer from -9223372036854775808"),
+        ([("flags[seven]", "true")], "flags[seven]", "the map key must be an integer from -2147483648"),
+        ([("flags[1]", "maybe")], "flags[1]", "must be true or false"),
+        ([("shades[sky]", "COLOR_PURPLE")], "shades[sky]", "must be one of COLOR_UNSPECIFIED, COLOR_RED"),
+        ([("stamps[start]", "yesterday")], "stamps[start]", "must be an RFC 3339 timestamp"),
+        ([("by_name[a]", "x")], "by_name[a]", "a map of messages cannot be set from the URL"),
+        ([("count[a]", "1")], "count[a]", "only a map field takes [KEY]"),
+        ([("nope[a]", "1")], "nope[a]", "unknown query parameter"),
+        ([("labels", "core")], "labels", "set map entries one by one, as labels[KEY]=VALUE"),
+        ([("labels[team]", "a"), ("labels[team]", "b")], "labels[team]", "given more than once"),
+    ],
+)
+def test_bad_map_entries_are_400_naming_the_entry(
+    table: RouteTable, query: list[tuple[str, str]], field: str, description: str
+) -> None:
+    error = refused(table, "GET", "/v1/things/n1", query)
+    assert error.http == 400
+    assert error.violations[0][0] == field
+    assert error.violations[0][1].startswith(description), error.violations
+
+
+def test_a_map_the_body_binds_is_not_a_query_parameter(table: RouteTable) -> None:
+    error = refused(table, "POST", "/v1/things", [("labels[team]", "core")], b"{}")
+    assert error.reason == "BOUND_FIELD" and error.violations[0][0] == "labels[team]"
+
+
+PYTHON_WORDS = (
+    "invalid literal",
+    "int()",
+    "object is not",
+    "NoneType",
+    "Traceback",
+    "expected string or bytes",
+)
+
+
+def assert_said_in_api_terms(error: GatewayError, field: str, description: str) -> None:
+    assert error.violations[0][0] == field
+    assert error.violations[0][1].startswith(description), error.violations
+    assert error.message == f"{field}: {error.violations[0][1]}"
+    assert not any(words in error.message for words in PYTHON_WORDS), error.message
+
+
+INT32 = "must be an integer from -2147483648 to 2147483647"
+INT64 = "must be an integer from -9223372036854775808 to 9223372036854775807"
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "description"),
+    [
+        (("count", "x"), "count", INT32),
+        (("count", "1.5"), "count", INT32),
+        (("count", "99999999999"), "count", INT32),
+        (("ratio", "half"), "ratio", "must be a number"),
+        (("wait", "soon"), "wait", "must be a duration in seconds"),
+        (("limit", "lots"), "limit", INT64),
+    ],
+)
+def test_a_query_value_of_the_wrong_kind_is_said_in_the_api_terms(
+    table: RouteTable, query: tuple[str, str], field: str, description: str
+) -> None:
+    assert_said_in_api_terms(refused(table, "GET", "/v1/things/n1", [query]), field, description)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "description"),
+    [
+        (b'{"count": "many"}', "count", INT32),
+        (b'{"count": [1]}', "count", INT32),
+        (b'{"name": 5}', "name", "must be a string"),
+        (b'{"inner": 5}', "inner", "must be a JSON object"),
+        (b'{"inner": {"size": "big"}}', "inner.size", INT32),
+        (b'{"tags": 5}', "tags", "must be a list, each item a string"),
+        (b'{"when": 5}', "when", "must be an RFC 3339 timestamp"),
+        (b'{"labels": {"a": 1}}', "labels", "must be a JSON object, each value a string"),
+        (b'{"limits": 5}', "limits", "must be a JSON object, each value an integer"),
+        (b'{"flag": "maybe"}', "flag", "must be true or false"),
+    ],
+)
+def test_a_body_value_of_the_wrong_kind_is_said_in_the_api_terms(
+    table: RouteTable, body: bytes, field: str, description: str
+) -> None:
+    assert_said_in_api_terms(refused(table, "POST", "/v1/things", body=body), field, description)
