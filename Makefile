@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install generate check-generated lint typecheck pytest bench clean
+.PHONY: run test install generate check-generated check-contracts contracts-baseline lint typecheck pytest bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> installing Tally and its dev tools into $(VENV)"
@@ -13,14 +13,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
 	@touch $@
 
-install: $(VENV)/.installed
+# buf resolves the Google imports from build/proto-deps (git-ignored, buf.yaml's second module),
+# staged from the installed googleapis-common-protos: after `make install`, plain `buf lint` works.
+PROTO_DEPS_DIR := build/proto-deps
+PROTO_DEPS := $(PROTO_DEPS_DIR)/google/api/annotations.proto
+# Order-only: staged once (gen_protos.py restages on every generation and check anyway).
+$(PROTO_DEPS): | $(VENV)/.installed
+	$(BIN)/python tools/gen_protos.py --stage $(PROTO_DEPS_DIR)
+
+install: $(VENV)/.installed $(PROTO_DEPS)
 
 ## run: serve Tally on the embedded default (SQLite in .tally/, gRPC on 127.0.0.1:50051)
 run: install
 	$(BIN)/tally serve
 
-## test: every check CI runs: fresh generated code, buf lint, ruff, mypy, then pytest
-test: check-generated lint typecheck pytest
+## test: every check CI runs: fresh generated code, the contract baseline, buf lint, ruff, mypy, pytest
+test: check-generated check-contracts lint typecheck pytest
 
 ## generate: regenerate generated/ from protos/ (commit the result)
 generate: install
@@ -28,6 +36,14 @@ generate: install
 
 check-generated: install
 	$(BIN)/python tools/gen_protos.py --check
+
+## check-contracts: fail when protos/ breaks protos/baseline.txtpb, or changed without a new baseline
+check-contracts: install
+	$(BIN)/python tools/contracts.py check
+
+## contracts-baseline: rewrite protos/baseline.txtpb (a break needs BREAK=1); commit it with the change
+contracts-baseline: install
+	$(BIN)/python tools/contracts.py baseline $(if $(BREAK),--allow-break)
 
 lint: check-generated
 	@echo "==> buf lint"

@@ -17,6 +17,7 @@ from account_svc.audit.unit_of_work import SqlAuditReader
 from account_svc.audit.use_cases import AuditDeps
 from account_svc.identity.domain import Argon2Hasher, PasswordHasher
 from account_svc.identity.keys import KeyRing, load_keyring
+from account_svc.identity.replays import SEALING_PURPOSE
 from account_svc.identity.repository import RefreshTokenRow, ServiceAccountRow, SessionRow, UserRow
 from account_svc.identity.servicer import AuthServicer
 from account_svc.identity.sessions import SessionCache
@@ -70,6 +71,8 @@ def build(platform: Platform) -> AccountServices:
         passwords=passwords,
         issuer=issuer,
         page_tokens=platform.page_tokens,
+        replay_sealer=platform.server_key.sealer(SEALING_PURPOSE),
+        known_scopes=platform.known_scopes,
         access_ttl_seconds=settings.access_token_ttl_seconds,
         refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
         on_session_revoked=sessions.forget,

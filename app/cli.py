@@ -116,7 +116,36 @@ def parser() -> argparse.ArgumentParser:
         "--subject", default="", help="who the token is for, recorded in audit logs as cli:<subject>"
     )
     setting_flags(token, _SETTING_FLAGS["token"])
+    _protos_parser(commands)
     return root
+
+
+def _protos_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    protos = commands.add_parser(
+        "protos",
+        help="the contracts as files, for clients in other languages",
+        description="Work with Tally's .proto contracts.",
+    )
+    actions = protos.add_subparsers(dest="protos_command", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="write our protos and the Google protos they import to a folder",
+        description="Write protos/ and exactly the Google .proto files it imports (from "
+        "googleapis-common-protos and grpcio-tools' well-known types) to DIR, with an index in "
+        "DIR/README.md. DIR is a complete import root for protoc or @grpc/proto-loader. DIR must be "
+        "new, empty, or an earlier export (which is replaced).",
+    )
+    export.add_argument("dir", metavar="DIR", type=Path, help="the folder to write")
+
+
+def _export_protos(target: Path) -> None:
+    from app.contracts import ContractError, export
+
+    try:
+        files = export(target)
+    except ContractError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {len(files.ours)} Tally and {len(files.imported)} Google .proto files to {target}")
 
 
 def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
@@ -210,6 +239,9 @@ def _mint_token(
         raise UsageError(
             "--scope goes with --role service only (admins hold every scope, customers a fixed set)"
         )
+    _check_known_scopes(scopes)
+    if account:
+        _run(settings, _require_live_account(settings, account))
     principal = Principal(
         subject=f"cli:{subject or getpass.getuser()}",
         role=kind,
@@ -218,6 +250,33 @@ def _mint_token(
     )
     keyring = load_keyring(settings, log=log)
     return TokenIssuer.from_settings(keyring, settings, SystemClock()).issue(principal, ttl).token
+
+
+def _check_known_scopes(scopes: list[str]) -> None:
+    from app.server import known_scopes
+
+    known = known_scopes()
+    unknown = sorted(set(scopes) - known)
+    if unknown:
+        raise UsageError(
+            f"--scope {', '.join(map(repr, unknown))}: not a scope any Tally method requires; "
+            f"known scopes: {', '.join(sorted(known))}"
+        )
+
+
+async def _require_live_account(settings: Settings, account_id: str) -> None:
+    from account_svc.use_cases import get_account
+    from app.server import build_components
+    from core.errors import NotFound
+    from core.principal import SYSTEM
+
+    components = await build_components(settings)
+    try:
+        await get_account(components.accounts, SYSTEM, account_id)
+    except NotFound:
+        raise UsageError(f"--account {account_id!r}: no such account, or it is deleted") from None
+    finally:
+        await components.close()
 
 
 def parse_command_line(argv: list[str] | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -230,6 +289,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, dict[str, An
 
 def main(argv: list[str] | None = None) -> None:
     command, overrides, extra = parse_command_line(argv)
+    if command == "protos":
+        _protos_main(extra)
+        return
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
@@ -275,6 +337,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             log.error("%s", line)
         sys.exit(code)
+
+
+def _protos_main(options: dict[str, Any]) -> None:
+    """`tally protos ...` needs no settings: it reads only the installed packages."""
+    try:
+        _export_protos(options["dir"])
+    except UsageError as exc:
+        print(f"tally protos {options['protos_command']}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 # PostgreSQL refusing what TALLY_DATABASE_URL names, by asyncpg's exception type (subclasses

@@ -21,7 +21,6 @@ import grpc
 import redis.asyncio as redis_asyncio
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -36,6 +35,7 @@ from account_svc.use_cases import AccountDeps
 from app import migrate
 from app.http import HttpServer
 from app.modules import MODULES
+from app.reflection import enable_reflection
 from core import db, telemetry
 from core.clock import BillingClocks, Clock, SystemClock, WallBillingClocks
 from core.forwarding import ClientForwarding, GatewayProof
@@ -43,6 +43,7 @@ from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
 from core.pagination import PageTokens
+from core.sealing import ServerKey
 from core.settings import ListenError, Settings, SettingsError, check_can_listen
 from gateway.app import gateway_routes
 from interceptors.auth import AuthInterceptor
@@ -178,6 +179,11 @@ async def prepare_database(settings: Settings, engine: AsyncEngine) -> None:
         await migrate.check_current(engine)
 
 
+def known_scopes(modules: tuple[ServiceModule[Any], ...] = MODULES) -> frozenset[str]:
+    """The scopes Tally knows: every scope the access policy of a served RPC requires."""
+    return PolicyTable.from_services(service for module in modules for service in module.services).scopes()
+
+
 async def build_components(
     settings: Settings,
     *,
@@ -190,6 +196,7 @@ async def build_components(
     engine = db.create_engine(settings)
     try:
         await prepare_database(settings, engine)
+        secret = page_token_secret(settings)
         platform = Platform(
             settings=settings,
             engine=engine,
@@ -198,7 +205,9 @@ async def build_components(
             snapshots=db.session_factory(db.snapshot_reader(engine)),
             wall_clock=clock,
             billing_clocks=WallBillingClocks(clock),
-            page_tokens=PageTokens(page_token_secret(settings)),
+            page_tokens=PageTokens(secret),
+            server_key=ServerKey(secret),
+            known_scopes=known_scopes(modules),
             overrides={"passwords": passwords} if passwords is not None else {},
         )
         services = {module.name: module.build(platform) for module in modules}
@@ -349,9 +358,7 @@ async def build(
             module.register(server, components.services[module.name])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*components.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((*components.service_names(), health.SERVICE_NAME), server)
         port = _bind_grpc(server, settings.grpc_addr)
         interval = settings.idempotency_purge_interval_seconds
         purger = (

@@ -188,11 +188,34 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class StoredUnder:
+    """Where a response is kept: its scope and request id (a codec that seals binds to them)."""
+
+    scope: str
+    key: str
+
+
+class ResponseCodec(Protocol[T]):
+    """How a response is stored under a request id, and restored on replay. `decode` may raise a
+    core.errors exception when the stored response can no longer be given back."""
+
+    def encode(self, value: T, where: StoredUnder) -> Mapping[str, Any]: ...
+
+    def decode(self, data: Mapping[str, Any], where: StoredUnder) -> T: ...
+
+
+@dataclass(frozen=True)
 class Codec(Generic[T]):
-    """How a resource is stored as the response of a request id, and restored on replay."""
+    """A ResponseCodec from two functions, for responses that are stored as they are."""
 
     dump: Callable[[T], Mapping[str, Any]]
     load: Callable[[Mapping[str, Any]], T]
+
+    def encode(self, value: T, where: StoredUnder) -> Mapping[str, Any]:
+        return self.dump(value)
+
+    def decode(self, data: Mapping[str, Any], where: StoredUnder) -> T:
+        return self.load(data)
 
 
 @dataclass(frozen=True)
@@ -204,7 +227,7 @@ class Outcome(Generic[T]):
 class IdempotentRunner(Generic[U, T]):
     """Runs commands on one resource, each in its own transaction, at most once per request id."""
 
-    def __init__(self, new_uow: Callable[[], U], clock: Clock, *, codec: Codec[T]):
+    def __init__(self, new_uow: Callable[[], U], clock: Clock, *, codec: ResponseCodec[T]):
         self._new_uow = new_uow
         self._clock = clock
         self._codec = codec
@@ -227,13 +250,14 @@ class IdempotentRunner(Generic[U, T]):
                 return Outcome(result, replayed=False)
 
         scope = caller.idempotency_scope(type(command).__name__)
+        where = StoredUnder(scope, request_id)
         digest = fingerprint(command)
         for _ in range(_CLAIM_ATTEMPTS):
             async with self._new_uow() as uow:
                 now = self._clock.now()
                 if await uow.idempotency.claim(scope, request_id, digest, now):
                     result = await action(uow)
-                    await uow.idempotency.complete(scope, request_id, self._codec.dump(result))
+                    await uow.idempotency.complete(scope, request_id, self._codec.encode(result, where))
                     await uow.commit()
                     return Outcome(result, replayed=False)
                 stored = await uow.idempotency.find(scope, request_id, now)
@@ -246,7 +270,7 @@ class IdempotentRunner(Generic[U, T]):
                     metadata={"request_id": request_id},
                 )
             if stored.response is not None:
-                return Outcome(self._codec.load(stored.response), replayed=True)
+                return Outcome(self._codec.decode(stored.response, where), replayed=True)
         raise Aborted(
             "a concurrent request with the same request_id has not finished; retry",
             reason="REQUEST_ID_IN_USE",

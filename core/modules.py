@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.clock import BillingClocks, Clock
 from core.db import Base
 from core.pagination import PageTokens
+from core.sealing import ServerKey
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class Platform:
     wall_clock: Clock  # infrastructure time: tokens, sessions, retention, rate limits
     billing_clocks: BillingClocks  # per-account time for billing logic (test clocks)
     page_tokens: PageTokens
+    server_key: ServerKey  # seals values kept at rest (a replayable secret), per purpose
+    # Every scope an access policy of a served RPC names: grants of other scopes are refused.
+    known_scopes: frozenset[str]
     # Replacements for parts a module would otherwise make itself (tests pass cheap password
     # hashing this way), looked up by name; modules document the names they read.
     overrides: Mapping[str, object] = field(default_factory=dict)

@@ -13,8 +13,9 @@ document and the server's own regular expressions agree character for character.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from account_svc import domain as accounts
 from account_svc.identity import domain as identity
@@ -150,6 +151,7 @@ RULES = Rules(
             "maxLength": accounts.MAX_DISPLAY_NAME,
             "pattern": f"[^{_WS}]",  # create_service_account: display_name.strip() must leave something
         },
+        # create_service_account: only scopes some served method requires (see with_known_scopes).
         f"{_SERVICE_ACCOUNT}.scopes": {
             "minItems": 1,
             "maxItems": identity.MAX_SCOPES,
@@ -176,3 +178,12 @@ RULES = Rules(
         _ADDRESS: {"all": _address},
     },
 )
+
+
+def with_known_scopes(rules: Rules, scopes: Iterable[str]) -> Rules:
+    """`rules`, with a service account's scopes limited to `scopes` (what the server accepts:
+    every scope an access policy of a served method requires)."""
+    field = f"{_SERVICE_ACCOUNT}.scopes"
+    rule = dict(rules.fields.get(field, {}))
+    rule["items"] = {"enum": sorted(set(scopes))}
+    return dataclasses.replace(rules, fields={**rules.fields, field: rule})

@@ -23,7 +23,7 @@ from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
-from gateway.constraints import RULES
+from gateway.constraints import RULES, with_known_scopes
 from gateway.openapi_http import (
     ERROR_RESPONSES,
     Operation,
@@ -251,7 +251,7 @@ def build_openapi(
         load_comments() if comments is None else comments,
         use_proto_names=use_proto_names,
         strict=strict,
-        rules=RULES if rules is None else rules,
+        rules=with_known_scopes(RULES, required_scopes(services)) if rules is None else rules,
         outputs=outputs,
     )
     builder = _DocumentBuilder(schemas)
@@ -282,6 +282,16 @@ def build_openapi(
             },
         },
     }
+
+
+def required_scopes(services: Sequence[ServiceDescriptor]) -> frozenset[str]:
+    """Every scope an access policy of these services requires: the scopes a service account can hold."""
+    return frozenset(
+        scope
+        for service in services
+        for method in service.methods
+        for scope in method.GetOptions().Extensions[access_pb2.access].scopes
+    )
 
 
 def _served(service: ServiceDescriptor) -> list[tuple[ServiceDescriptor, MethodDescriptor, Binding, int]]:

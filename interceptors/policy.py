@@ -81,6 +81,10 @@ class PolicyTable:
                     policies[name] = _from_option(name, options.Extensions[access_pb2.access])
         return cls(policies)
 
+    def scopes(self) -> frozenset[str]:
+        """Every scope some policy requires: the scopes there are to grant."""
+        return frozenset(scope for policy in self._policies.values() for scope in policy.scopes)
+
     def get(self, full_method: str) -> MethodPolicy | None:
         policy = self._policies.get(full_method)
         if policy is None and full_method.lstrip("/").rpartition("/")[0] in INFRASTRUCTURE_SERVICES:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
 from app.modules import table_names
-from app.server import App, build
+from app.server import App
 from core import db
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
@@ -30,8 +30,8 @@ from tests.support import (
     TEST_SECRET,
     asyncpg_dsn,
     channel_as,
-    cheap_passwords,
     mint,
+    serving,
     unavailable,
 )
 
@@ -144,12 +144,8 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
     """The real server, built by the composition root, on a free loopback port."""
-    application = await build(settings, passwords=cheap_passwords())
-    await application.start()
-    try:
+    async with serving(settings) as application:
         yield application
-    finally:
-        await application.stop(grace=0)
 
 
 @pytest.fixture

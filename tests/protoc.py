@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from google.api import annotations_pb2
+from app.contracts import googleapis_root, well_known_root
 
 TEST_PROTOS = Path(__file__).resolve().parent / "protos"
 TALLY_PROTOS = Path(__file__).resolve().parents[1] / "protos"
@@ -32,14 +32,12 @@ def compiled(proto_file: str, out: Path) -> Iterator[Generated]:
     and every `tally_test` module forgotten, on exit."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
-    googleapis = Path(annotations_pb2.__file__).resolve().parents[2]  # site-packages: google/api/*.proto
-    well_known = Path(protoc.__file__).resolve().parent / "_proto"
     argv = [
         "grpc_tools.protoc",
         f"-I{TEST_PROTOS}",
         f"-I{TALLY_PROTOS}",
-        f"-I{googleapis}",
-        f"-I{well_known}",
+        f"-I{googleapis_root()}",
+        f"-I{well_known_root()}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         proto_file,

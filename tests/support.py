@@ -29,6 +29,7 @@ from core.principal import Principal, Role, scopes_for
 
 if TYPE_CHECKING:
     from app.server import App
+    from core.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TALLY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -106,6 +107,19 @@ class FakeMonotonic:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[App]:
+    """The real server for `settings` (cheap password hashing), started, and stopped on the way out."""
+    from app.server import build
+
+    app = await build(settings, passwords=cheap_passwords())
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0)
 
 
 # --- tokens and channels ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Stages the Google protos that ship in googleapis-common-protos under
 build/proto-deps (buf.yaml's second module, so `buf lint` resolves imports
-without a schema registry), then runs grpc_tools' protoc with the Python,
+without a schema registry; `make install` runs `--stage` alone), then runs grpc_tools' protoc with the Python,
 gRPC and mypy-protobuf generators. It also writes generated/tally/descriptors.binpb,
 a FileDescriptorSet of every proto and its imports with source info (the
 comments, which the _pb2 modules drop), for the OpenAPI document in gateway/.
@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
+
+from app.contracts import googleapis_root, well_known_root
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -30,18 +31,12 @@ GOOGLE_PACKAGES = ("api", "type", "rpc")
 DESCRIPTOR_SET = Path("tally") / "descriptors.binpb"
 
 
-def googleapis_root() -> Path:
-    from google.api import annotations_pb2
-
-    return Path(annotations_pb2.__file__).resolve().parent.parent.parent
-
-
-def stage_deps() -> None:
-    """Copy the .proto files of google/{api,type,rpc} into build/proto-deps."""
+def stage_deps(deps: Path = DEPS) -> None:
+    """Copy the .proto files of google/{api,type,rpc} into `deps` (build/proto-deps)."""
     source = googleapis_root() / "google"
-    shutil.rmtree(DEPS, ignore_errors=True)
+    shutil.rmtree(deps, ignore_errors=True)
     for package in GOOGLE_PACKAGES:
-        target = DEPS / "google" / package
+        target = deps / "google" / package
         target.mkdir(parents=True)
         for proto in sorted((source / package).glob("*.proto")):
             shutil.copy2(proto, target / proto.name)
@@ -56,7 +51,9 @@ def plugin(name: str) -> str:
 
 def generate(out: Path) -> list[Path]:
     protos = sorted(PROTOS.rglob("*.proto"))
-    wkt = resources.files("grpc_tools") / "_proto"
+    wkt = well_known_root()
+    if wkt is None:
+        sys.exit("gen_protos: grpcio-tools is not installed; install the dev extras")
     args = [
         "grpc_tools.protoc",
         f"-I{PROTOS}",
@@ -94,7 +91,19 @@ def differences(a: Path, b: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if generated/ is stale")
+    parser.add_argument(
+        "--stage",
+        nargs="?",
+        const=DEPS,
+        type=Path,
+        metavar="DIR",
+        help="only stage the Google protos for buf, into DIR (default build/proto-deps)",
+    )
     options = parser.parse_args()
+    if options.stage:
+        stage_deps(options.stage)
+        print(f"staged the Google protos under {options.stage}/ for buf")
+        return
     stage_deps()
     if options.check:
         with tempfile.TemporaryDirectory() as scratch:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from account_svc.domain import MAX_EMAIL, check_email
 from account_svc.identity import domain
 from account_svc.identity.domain import PasswordHasher, RefreshToken, ServiceAccount, Session, User
+from account_svc.identity.replays import NewServiceAccount, NewServiceAccountCodec
 from account_svc.unit_of_work import IdentityUnitOfWork
 from core import ids
 from core.audit import changes_between
@@ -27,6 +28,7 @@ from core.errors import (
 from core.idempotency import Codec, IdempotentRunner
 from core.pagination import PageTokens
 from core.principal import Caller, Principal, Role, scopes_for
+from core.sealing import Sealer
 
 # Verified against when the email is unknown, so both failures cost the same time.
 _DUMMY_PASSWORD = "tally-dummy-password-for-timing"  # noqa: S105 (not a credential)
@@ -49,6 +51,10 @@ class IdentityDeps:
     passwords: PasswordHasher
     issuer: Issuer
     page_tokens: PageTokens
+    # Seals the secret inside CreateServiceAccount's replayable reply (identity/replays.py).
+    replay_sealer: Sealer
+    # The scopes a service account may be granted: those the served RPCs' policies name.
+    known_scopes: frozenset[str]
     access_ttl_seconds: int = 900
     refresh_ttl_seconds: int = 30 * 86_400
     on_session_revoked: Callable[[str], None] = lambda session_id: None
@@ -56,10 +62,16 @@ class IdentityDeps:
     # One runner per resource, each storing and replaying its own kind.
     users: IdempotentRunner[IdentityUnitOfWork, User] = field(init=False, repr=False)
     service_accounts: IdempotentRunner[IdentityUnitOfWork, ServiceAccount] = field(init=False, repr=False)
+    new_service_accounts: IdempotentRunner[IdentityUnitOfWork, NewServiceAccount] = field(
+        init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.users = IdempotentRunner(self.new_uow, self.clock, codec=USER_CODEC)
         self.service_accounts = IdempotentRunner(self.new_uow, self.clock, codec=SERVICE_ACCOUNT_CODEC)
+        self.new_service_accounts = IdempotentRunner(
+            self.new_uow, self.clock, codec=NewServiceAccountCodec(self.replay_sealer)
+        )
 
     def dummy_hash(self) -> str:
         if self._dummy_hash is None:
@@ -388,29 +400,37 @@ async def get_user(deps: IdentityDeps, user_id: str) -> User:
     return user
 
 
+def _check_scopes(violations: Violations, scopes: list[str], known: frozenset[str]) -> None:
+    if not scopes:
+        violations.add("service_account.scopes", "must name at least one scope")
+    elif len(scopes) > domain.MAX_SCOPES:
+        violations.add("service_account.scopes", f"must have at most {domain.MAX_SCOPES} entries")
+    malformed = domain.invalid_scopes(scopes)
+    for bad in malformed:
+        violations.add(
+            "service_account.scopes", f"{bad!r} is not a scope (lower-case words such as accounts:read)"
+        )
+    for unknown in sorted(set(scopes) - known - set(malformed)):
+        violations.add("service_account.scopes", f"{unknown!r} is not a scope any Tally method requires")
+
+
 async def create_service_account(
     deps: IdentityDeps, caller: Caller, *, display_name: str, scopes: list[str]
 ) -> tuple[ServiceAccount, str]:
-    """The new service account and its secret. A replay (same request_id) returns an empty secret:
-    the secret is never stored in clear, not even in the idempotency record."""
+    """The new service account and its secret. A replay (same request_id, within the idempotency
+    window) returns the same account and the same secret, which the idempotency record keeps
+    sealed under the server's key; the account itself keeps only the secret's hash."""
     violations = Violations()
     if not display_name.strip():
         violations.add("service_account.display_name", "is required")
     elif len(display_name) > 200:
         violations.add("service_account.display_name", "must be at most 200 characters")
-    if not scopes:
-        violations.add("service_account.scopes", "must name at least one scope")
-    elif len(scopes) > domain.MAX_SCOPES:
-        violations.add("service_account.scopes", f"must have at most {domain.MAX_SCOPES} entries")
-    for bad in domain.invalid_scopes(scopes):
-        violations.add(
-            "service_account.scopes", f"{bad!r} is not a scope (lower-case words such as accounts:read)"
-        )
+    _check_scopes(violations, scopes, deps.known_scopes)
     violations.raise_if_any()
     command = CreateServiceAccount(display_name, tuple(sorted(set(scopes))))
     secret = domain.new_secret()
 
-    async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
+    async def action(uow: IdentityUnitOfWork) -> NewServiceAccount:
         now = deps.clock.now()
         account = ServiceAccount(
             ids.new_id(domain.SERVICE_ACCOUNT_PREFIX), command.display_name, command.scopes, now, None
@@ -426,10 +446,10 @@ async def create_service_account(
                 None, {"display_name": account.display_name, "scopes": list(account.scopes)}
             ),
         )
-        return account
+        return NewServiceAccount(account, secret)
 
-    outcome = await deps.service_accounts.run(caller, command, action)
-    return outcome.value, "" if outcome.replayed else secret
+    created = (await deps.new_service_accounts.run(caller, command, action)).value
+    return created.account, created.secret
 
 
 async def list_service_accounts(

@@ -14,6 +14,7 @@ import redis
 from tests.e2e.harness import (
     ACCOUNTS,
     GRPCURL_STATUS_EXIT_BASE,
+    call,
     call_error,
     grpcurl,
     run_tally,
@@ -155,3 +156,35 @@ def test_production_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert len(naming) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "keys").exists()
+
+
+def test_token_refuses_unknown_scopes_and_accounts(tmp_path: Path) -> None:
+    env = server_env(tmp_path)
+    unknown = run_tally(
+        "token",
+        env,
+        tmp_path,
+        args=("--role", "service", "--scope", "accounts:read", "--scope", "billing:teleport"),
+    )
+    assert unknown.returncode == 2, unknown.stderr
+    assert "'billing:teleport'" in unknown.stderr
+    assert "accounts:read" in unknown.stderr.partition("known scopes:")[2]  # and says what there is
+    assert unknown.stdout == ""
+    known = run_tally("token", env, tmp_path, args=("--role", "service", "--scope", "audit:read"))
+    assert known.returncode == 0, known.stderr
+
+    with running_server(env, tmp_path) as server:
+        account = call(
+            server.addr,
+            f"{ACCOUNTS}/CreateAccount",
+            {"account": {"display_name": "Gone", "email": "gone@example.com", "currency_code": "EUR"}},
+        )
+        live = run_tally("token", env, tmp_path, args=("--role", "customer", "--account", account["id"]))
+        assert live.returncode == 0, live.stderr
+        call(server.addr, f"{ACCOUNTS}/DeleteAccount", {"id": account["id"]})
+        for missing in (account["id"], "acct_nosuchaccount"):
+            refused = run_tally("token", env, tmp_path, args=("--role", "customer", "--account", missing))
+            assert refused.returncode == 2, refused.stderr
+            assert f"--account {missing!r}" in refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert refused.stdout == ""

@@ -8,6 +8,7 @@ processes of their own. grpcurl prints responses with the proto field names
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import uuid
@@ -97,7 +98,34 @@ def test_reflection_lists_services(addr: str) -> None:
     result = grpcurl(addr, "list")
     assert result.returncode == 0, result.stderr
     services = set(result.stdout.split())
-    assert {ACCOUNTS, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        ACCOUNTS,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    } <= services
+
+
+def test_reflection_v1_answers_grpcurl(addr: str) -> None:
+    """grpcurl 1.8 reflects over v1alpha; here it describes the v1 service and calls it, no token."""
+    described = grpcurl(addr, "describe", "grpc.reflection.v1.ServerReflection", token=None)
+    assert described.returncode == 0, described.stderr
+    assert (
+        "rpc ServerReflectionInfo ( stream .grpc.reflection.v1.ServerReflectionRequest )" in described.stdout
+    )
+    result = grpcurl(
+        addr,
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        data={"list_services": ""},
+        token=None,
+    )
+    assert result.returncode == 0, result.stderr
+    listed = {service["name"] for service in json.loads(result.stdout)["list_services_response"]["service"]}
+    assert {
+        ACCOUNTS,
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= listed
 
 
 def test_reflection_describes_service_and_message(addr: str) -> None:

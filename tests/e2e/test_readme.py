@@ -226,6 +226,11 @@ def fresh_clone(base: Path) -> Path:
     venv = clone / ".venv"
     venv.mkdir()
     (venv / "bin").symlink_to(Path(sys.executable).parent)
+    # With its pyvenv.cfg and lib beside bin, .venv/bin/python is this environment's interpreter
+    # too (make's recipes run it), not a bare Python without the installed packages.
+    for name in ("pyvenv.cfg", "lib"):
+        if (Path(sys.prefix) / name).exists():
+            (venv / name).symlink_to(Path(sys.prefix) / name)
     (venv / ".installed").touch()
     return clone
 

@@ -25,7 +25,7 @@ from core.pagination import PageTokens
 from core.principal import SYSTEM, Caller
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.support import asyncpg_dsn, channel_as, cheap_passwords, mint
+from tests.support import asyncpg_dsn, channel_as, cheap_passwords, mint, serving
 
 pytestmark = pytest.mark.postgres
 RACERS = 12
@@ -182,12 +182,8 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
 
 @pytest.fixture
 async def pg_app(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[App]:
-    app = await build(postgres_settings, passwords=cheap_passwords())
-    await app.start()
-    try:
+    async with serving(postgres_settings) as app:
         yield app
-    finally:
-        await app.stop(grace=0)
 
 
 async def test_lost_database_connections_give_unavailable_then_recover(

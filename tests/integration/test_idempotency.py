@@ -1,5 +1,5 @@
-"""Request ids on real databases: expired keys are purged (by function and by the served job),
-and CreateServiceAccount shows its secret only to the call that created it."""
+"""Request ids on real databases: expired keys are purged (by function and by the served job).
+CreateServiceAccount's replayable secret: tests/integration/test_service_account_replay.py."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import grpc
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.server import App, build
+from app.server import build
 from core import db
 from core.clock import FrozenClock
 from core.idempotency import RETENTION, IdempotencyKeyRow, SqlIdempotencyRepository, purge_expired_keys
 from core.settings import Settings
-from tally.account.v1 import auth_pb2, auth_pb2_grpc
 from tests.support import asyncpg_dsn, cheap_passwords
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -156,19 +154,3 @@ async def test_zero_interval_serves_without_the_job(settings: Settings) -> None:
         assert not [task for task in asyncio.all_tasks() if task.get_name() == "purge-expired-request-ids"]
     finally:
         await app.stop(grace=0)
-
-
-async def test_service_account_secret_is_shown_only_when_created(app: App, channel: grpc.aio.Channel) -> None:
-    auth = auth_pb2_grpc.AuthServiceStub(channel)
-    request = auth_pb2.CreateServiceAccountRequest(
-        service_account=auth_pb2.ServiceAccount(display_name="ingester", scopes=["accounts:read"]),
-        request_id="svc-create-1",
-    )
-    first = await auth.CreateServiceAccount(request)
-    replay = await auth.CreateServiceAccount(request)
-
-    assert first.client_secret
-    assert replay.service_account == first.service_account
-    assert replay.client_secret == ""
-    listed = await auth.ListServiceAccounts(auth_pb2.ListServiceAccountsRequest())
-    assert [account.id for account in listed.service_accounts] == [first.service_account.id]

@@ -24,6 +24,7 @@ from core.errors import NotFound
 from core.modules import ServiceModule
 from core.principal import Role, current_principal
 from core.settings import Settings
+from tally.account.v1 import auth_pb2, auth_pb2_grpc
 from tests.protoc import Generated, compiled
 from tests.support import JWT_SECRET, TEST_SECRET, channel_as, cheap_passwords, mint, unpack
 
@@ -157,3 +158,15 @@ async def test_health_watch_answers_serving_first(app: App) -> None:
         first = await call.read()
         call.cancel()
     assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_new_module_s_scopes_can_be_granted_by_existing(chain_app: App) -> None:
+    """Known scopes come from the served policies: the chain module's `chain:read` joins by being served."""
+    async with channel_as(chain_app, mint(chain_app)) as channel:
+        created = await auth_pb2_grpc.AuthServiceStub(channel).CreateServiceAccount(
+            auth_pb2.CreateServiceAccountRequest(
+                service_account=auth_pb2.ServiceAccount(display_name="chain reader", scopes=["chain:read"])
+            )
+        )
+    assert list(created.service_account.scopes) == ["chain:read"]
+    assert "chain:read" in chain_app.components.identity.known_scopes

@@ -51,7 +51,11 @@ async def test_the_server_serves_reflects_and_reports_health_for_every_module(ap
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         async for reply in stub.ServerReflectionInfo(iter([request])):
             listed = {service.name for service in reply.list_services_response.service}
-        assert listed == expected | {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        assert listed == expected | {
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection",
+        }
         health = health_pb2_grpc.HealthStub(channel)
         for name in expected:
             answer = await health.Check(health_pb2.HealthCheckRequest(service=name))

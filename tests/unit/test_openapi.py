@@ -568,3 +568,19 @@ def test_links_from_creates_to_the_created_resource(doc: JSON) -> None:
     for item in doc["paths"].values():
         for operation in item.values():
             assert set(operation["responses"]["200"].get("links", {})) <= operation_ids
+
+
+def test_service_account_scopes_are_the_scopes_policies_require() -> None:
+    """The server refuses any other scope, so the document offers exactly these."""
+    from gateway.openapi import required_scopes
+
+    document = build_openapi(SERVICES)
+    known = required_scopes(SERVICES)
+    assert "accounts:read" in known
+    found = [
+        schema["properties"]["scopes"]["items"]
+        for name, schema in document["components"]["schemas"].items()
+        if name.startswith("tally.account.v1.ServiceAccount") and "scopes" in schema.get("properties", {})
+    ]
+    assert found
+    assert all(items["enum"] == sorted(known) for items in found)

@@ -111,7 +111,8 @@ class ServiceAccount(_message.Message):
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes the service account may request, such as `accounts:read` or
-        `usage:write`. At least one.
+        `usage:write`. At least one; each must be a scope that the access policy
+        of some Tally method requires (INVALID_ARGUMENT names any other).
         """
 
     @_builtins.property
@@ -365,9 +366,12 @@ class CreateServiceAccountRequest(_message.Message):
     SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key; see CreateAccountRequest.request_id. A replay returns
-    the same service account with an empty client_secret: the secret is
-    never stored in clear, not even for replays.
+    """Idempotency key; see CreateAccountRequest.request_id. A replay within 24
+    hours returns the same service account and the same client_secret, which
+    is kept for that long encrypted under the server's key (never in clear).
+    If that key (TALLY_SECRET_KEY) changed since, the replay fails with
+    FAILED_PRECONDITION, reason REPLAY_KEY_CHANGED: delete the service
+    account and create another.
     """
     @_builtins.property
     def service_account(self) -> Global___ServiceAccount:
@@ -396,7 +400,9 @@ class CreateServiceAccountResponse(_message.Message):
     SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     client_secret: _builtins.str
-    """Its client secret. Store it now: it is not shown again."""
+    """Its client secret. Store it now: after the request_id's 24 hours (or at
+    once, without a request_id) it cannot be shown again.
+    """
     @_builtins.property
     def service_account(self) -> Global___ServiceAccount:
         """The new service account."""

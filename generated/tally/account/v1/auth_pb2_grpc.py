@@ -143,8 +143,11 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateServiceAccount(self, request, context):
-        """Creates a service account and returns its client secret, which is shown
-        only this once. Admin only.
+        """Creates a service account and returns its client secret. The account
+        keeps only a hash of the secret; a replay of the same request_id within
+        24 hours returns the same secret again, so a client that lost the reply
+        can still get it. Every scope must be one some Tally method requires.
+        Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

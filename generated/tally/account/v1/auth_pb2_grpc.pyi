@@ -59,8 +59,11 @@ class AuthServiceStub:
     GetUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetUserRequest, _auth_pb2.User]
     """Returns a user. Admin only."""
     CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateServiceAccountRequest, _auth_pb2.CreateServiceAccountResponse]
-    """Creates a service account and returns its client secret, which is shown
-    only this once. Admin only.
+    """Creates a service account and returns its client secret. The account
+    keeps only a hash of the secret; a replay of the same request_id within
+    24 hours returns the same secret again, so a client that lost the reply
+    can still get it. Every scope must be one some Tally method requires.
+    Admin only.
     """
     ListServiceAccounts: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListServiceAccountsRequest, _auth_pb2.ListServiceAccountsResponse]
     """Lists service accounts, oldest first. Admin only."""
@@ -100,8 +103,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     GetUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetUserRequest, _auth_pb2.User]  # type: ignore[assignment]
     """Returns a user. Admin only."""
     CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateServiceAccountRequest, _auth_pb2.CreateServiceAccountResponse]  # type: ignore[assignment]
-    """Creates a service account and returns its client secret, which is shown
-    only this once. Admin only.
+    """Creates a service account and returns its client secret. The account
+    keeps only a hash of the secret; a replay of the same request_id within
+    24 hours returns the same secret again, so a client that lost the reply
+    can still get it. Every scope must be one some Tally method requires.
+    Admin only.
     """
     ListServiceAccounts: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListServiceAccountsRequest, _auth_pb2.ListServiceAccountsResponse]  # type: ignore[assignment]
     """Lists service accounts, oldest first. Admin only."""
@@ -180,8 +186,11 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CreateServiceAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.CreateServiceAccountResponse, _abc.Awaitable[_auth_pb2.CreateServiceAccountResponse]]:
-        """Creates a service account and returns its client secret, which is shown
-        only this once. Admin only.
+        """Creates a service account and returns its client secret. The account
+        keeps only a hash of the secret; a replay of the same request_id within
+        24 hours returns the same secret again, so a client that lost the reply
+        can still get it. Every scope must be one some Tally method requires.
+        Admin only.
         """
 
     @_abc_1.abstractmethod
