@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -30,8 +31,8 @@ async def anonymous(app: App) -> AsyncIterator[grpc.aio.Channel]:
         yield chan
 
 
-def account(**change: object) -> account_pb2.Account:
-    fields: dict[str, object] = {"display_name": "Acme", "email": "billing@acme.test", "currency_code": "USD"}
+def account(**change: Any) -> account_pb2.Account:
+    fields: dict[str, Any] = {"display_name": "Acme", "email": "billing@acme.test", "currency_code": "USD"}
     return account_pb2.Account(**{**fields, **change})
 
 

@@ -3,6 +3,8 @@ follow the columns (normalised forms included), and errors that quote only an ex
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from account_svc.domain import (
@@ -33,14 +35,17 @@ def problems(**change: object) -> dict[str, str]:
     return {}
 
 
+def width(table: Any, column: str) -> int:
+    return int(table.c[column].type.length)
+
+
 def test_the_limits_are_the_column_widths() -> None:
-    columns = AccountRow.__table__.c
-    assert columns.email.type.length == columns.email_key.type.length == MAX_EMAIL
-    assert columns.display_name.type.length == MAX_DISPLAY_NAME
-    assert UserRow.__table__.c.email_key.type.length == MAX_EMAIL
-    assert ServiceAccountRow.__table__.c.display_name.type.length == MAX_DISPLAY_NAME
-    for table in (AccountRow.__table__, UserRow.__table__, ServiceAccountRow.__table__):
-        assert table.c.id.type.length == ids.MAX_LENGTH
+    accounts, users, services = AccountRow.__table__, UserRow.__table__, ServiceAccountRow.__table__
+    assert width(accounts, "email") == width(accounts, "email_key") == MAX_EMAIL
+    assert width(users, "email") == width(users, "email_key") == MAX_EMAIL
+    assert width(accounts, "display_name") == width(services, "display_name") == MAX_DISPLAY_NAME
+    for table in (accounts, users, services):
+        assert width(table, "id") == ids.MAX_LENGTH
     assert len(ids.new_id("acct")) <= ids.MAX_LENGTH
 
 
