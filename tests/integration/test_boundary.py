@@ -202,3 +202,19 @@ async def test_the_server_still_serves_after_hostile_input(
     await failing(accounts.GetAccount(account_pb2.GetAccountRequest(id="\0")))
     created = await accounts.CreateAccount(account_pb2.CreateAccountRequest(account=account()))
     assert (await accounts.GetAccount(account_pb2.GetAccountRequest(id=created.id))).email == created.email
+
+
+async def test_bytes_that_do_not_parse_in_a_request_stream_are_invalid_argument(
+    anonymous: grpc.aio.Channel,
+) -> None:
+    raw = anonymous.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    call = raw(iter([b"\xff\xff\xff\xff"]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert details(caught.value).reason == "MALFORMED_MESSAGE"
