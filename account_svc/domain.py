@@ -13,10 +13,14 @@ from typing import Any
 
 from core import currencies
 from core.errors import AlreadyExists, InvalidArgument, Violations
+from core.text import excerpt, invisible_problem, text_problem
 
 ID_PREFIX = "acct"
+# Column widths (account_svc/repository.py and identity/repository.py declare their columns
+# with these): checked before any query, so no database ever sees a longer value.
 MAX_DISPLAY_NAME = 200
-MAX_EMAIL = 254
+MAX_EMAIL = 254  # the email and its email_key (the normalised form, which may be longer)
+MAX_FILTER = 1000
 MAX_METADATA_ENTRIES = 50
 MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
@@ -166,17 +170,16 @@ def email_taken() -> AlreadyExists:
     )
 
 
-def _has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in text)
-
-
-def _check_text(violations: Violations, path: str, value: str, limit: int, *, required: bool) -> None:
+def _check_text(
+    violations: Violations, path: str, value: str, limit: int, *, required: bool, name: bool = False
+) -> None:
+    """Length, then the text policy; `name` adds the rule for text people compare by eye."""
     if required and not value.strip():
         violations.add(path, "is required")
     elif len(value) > limit:
         violations.add(path, f"must be at most {limit} characters, got {len(value)}")
-    elif _has_control_characters(value):
-        violations.add(path, "must not contain control characters")
+    elif problem := text_problem(value) or (invisible_problem(value) if name else None):
+        violations.add(path, problem)
 
 
 def _check_address(violations: Violations, path: str, address: PostalAddress) -> None:
@@ -197,19 +200,28 @@ def _check_metadata(violations: Violations, path: str, metadata: Mapping[str, st
         violations.add(path, f"must have at most {MAX_METADATA_ENTRIES} entries, got {len(metadata)}")
         return
     for key, value in metadata.items():
-        if not 1 <= len(key) <= MAX_METADATA_KEY or _has_control_characters(key):
-            violations.add(f"{path}[{key!r}]", f"keys must be 1 to {MAX_METADATA_KEY} printable characters")
+        entry = f"{path}[{excerpt(key)!r}]"
+        if not 1 <= len(key) <= MAX_METADATA_KEY or text_problem(key):
+            violations.add(entry, f"keys must be 1 to {MAX_METADATA_KEY} printable characters")
         elif len(value) > MAX_METADATA_VALUE:
-            violations.add(f"{path}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
+            violations.add(entry, f"values must be at most {MAX_METADATA_VALUE} characters")
+        elif problem := text_problem(value):
+            violations.add(entry, problem)
 
 
 def check_email(violations: Violations, path: str, value: str) -> None:
+    """An address we can store and compare: both it and its `email_key` fit their columns, and
+    nothing in it is invisible (a zero-width space would make a look-alike second account)."""
     if not value:
         violations.add(path, "is required")
     elif len(value) > MAX_EMAIL:
-        violations.add(path, f"must be at most {MAX_EMAIL} characters")
+        violations.add(path, f"must be at most {MAX_EMAIL} characters, got {len(value)}")
+    elif problem := text_problem(value) or invisible_problem(value):
+        violations.add(path, problem)
+    elif len(email_key(value)) > MAX_EMAIL:
+        violations.add(path, f"must be at most {MAX_EMAIL} characters once normalised (NFKC, case-folded)")
     elif not _EMAIL.fullmatch(value):
-        violations.add(path, f"{value!r} is not a valid email address")
+        violations.add(path, f"{excerpt(value)!r} is not a valid email address")
 
 
 def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "account") -> None:
@@ -219,7 +231,7 @@ def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "
         path = f"{prefix}.{name}"
         value = getattr(fields, name)
         if name == "display_name":
-            _check_text(violations, path, value, MAX_DISPLAY_NAME, required=True)
+            _check_text(violations, path, value, MAX_DISPLAY_NAME, required=True, name=True)
         elif name == "email":
             check_email(violations, path, value)
         elif name == "phone":
@@ -229,7 +241,9 @@ def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "
             if not value:
                 violations.add(path, "is required")
             elif not currencies.is_known(value):
-                violations.add(path, f"{value!r} is not an ISO 4217 currency code Tally bills in (e.g. USD)")
+                violations.add(
+                    path, f"{excerpt(value)!r} is not an ISO 4217 currency code Tally bills in (e.g. USD)"
+                )
         elif name == "status":
             if value is None:
                 violations.add(path, "must be STATUS_ACTIVE or STATUS_SUSPENDED")
@@ -252,9 +266,13 @@ def check_update_mask(paths: Iterable[str]) -> tuple[str, ...]:
         elif path in OUTPUT_ONLY_FIELDS:
             violations.add("update_mask", f"{path!r} is output only and cannot be updated")
         elif path.split(".", 1)[0] in ("billing_address", "metadata"):
-            violations.add("update_mask", f"{path!r}: {path.split('.', 1)[0]} is replaced as a whole")
+            violations.add(
+                "update_mask", f"{excerpt(path)!r}: {path.split('.', 1)[0]} is replaced as a whole"
+            )
         else:
-            violations.add("update_mask", f"unknown field {path!r}; updatable: {', '.join(UPDATABLE_FIELDS)}")
+            violations.add(
+                "update_mask", f"unknown field {excerpt(path)!r}; updatable: {', '.join(UPDATABLE_FIELDS)}"
+            )
     violations.raise_if_any()
     return tuple(dict.fromkeys(resolved))
 
@@ -288,8 +306,10 @@ _FILTER_TOKEN = re.compile(
 
 def parse_filter(text: str) -> AccountFilter:
     """Parse `email = "x@y.z" AND status = ACTIVE` (a small subset of AIP-160)."""
-    if len(text) > 1000:
-        raise InvalidArgument.field("filter", "must be at most 1000 characters")
+    if len(text) > MAX_FILTER:
+        raise InvalidArgument.field("filter", f"must be at most {MAX_FILTER} characters")
+    if problem := text_problem(text):
+        raise InvalidArgument.field("filter", problem)
     values: dict[str, str] = {}
     position, expect_term = 0, True
     text = text.strip()
@@ -302,7 +322,9 @@ def parse_filter(text: str) -> AccountFilter:
         if match.group("name") is not None:
             name = match.group("name")
             if name not in ("email", "status"):
-                raise InvalidArgument.field("filter", f"unknown field {name!r}; filterable: email, status")
+                raise InvalidArgument.field(
+                    "filter", f"unknown field {excerpt(name)!r}; filterable: email, status"
+                )
             if name in values:
                 raise InvalidArgument.field("filter", f"{name!r} appears more than once")
             quoted = match.group("quoted")
@@ -316,7 +338,7 @@ def parse_filter(text: str) -> AccountFilter:
     if "status" in values:
         name = values["status"].removeprefix("STATUS_")
         if name not in AccountStatus.__members__:
-            raise InvalidArgument.field("filter", f"unknown status {values['status']!r}")
+            raise InvalidArgument.field("filter", f"unknown status {excerpt(values['status'])!r}")
         status = AccountStatus(name)
     return AccountFilter(email=values.get("email"), status=status)
 

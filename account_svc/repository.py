@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from account_svc.domain import (
+    MAX_DISPLAY_NAME,
+    MAX_EMAIL,
     Account,
     AccountFilter,
     AccountStatus,
@@ -22,6 +24,7 @@ from account_svc.domain import (
     email_key,
     email_taken,
 )
+from core import ids
 from core.db import Base, UtcDateTime
 from core.pagination import keyset_after
 
@@ -31,10 +34,10 @@ LIVE_EMAIL_INDEX = "uq_accounts_live_email"
 class AccountRow(Base):
     __tablename__ = "accounts"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    display_name: Mapped[str] = mapped_column(String(200))
-    email: Mapped[str] = mapped_column(String(254))
-    email_key: Mapped[str] = mapped_column(String(254))
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(MAX_DISPLAY_NAME))
+    email: Mapped[str] = mapped_column(String(MAX_EMAIL))
+    email_key: Mapped[str] = mapped_column(String(MAX_EMAIL))
     phone: Mapped[str] = mapped_column(String(16))
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     currency_code: Mapped[str] = mapped_column(String(3))

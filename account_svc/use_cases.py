@@ -16,8 +16,8 @@ from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, 
 from core.idempotency import Codec, IdempotentRunner
 from core.pagination import PageTokens
 from core.principal import Caller
+from core.text import excerpt
 
-_MAX_ID_LENGTH = 64
 # What a customer may change on its own account; billing terms (currency, status) are the biller's.
 # `email` may be named (a client sending its account back whole) but not changed: see
 # _refuse_customer_email_change.
@@ -77,7 +77,9 @@ class AccountPage:
 
 def _not_found(account_id: str) -> NotFound:
     return NotFound(
-        f"account {account_id!r} not found", reason="ACCOUNT_NOT_FOUND", metadata={"id": account_id}
+        f"account {excerpt(account_id)!r} not found",
+        reason="ACCOUNT_NOT_FOUND",
+        metadata={"id": excerpt(account_id)},
     )
 
 
@@ -89,7 +91,7 @@ def _require_id(account_id: str, field: str = "id") -> None:
 async def _load(uow: AccountsUnitOfWork, account_id: str, *, deleted: bool | None = False) -> Account:
     """The account, for update; NOT_FOUND if missing or, with deleted=False/True, in the wrong state."""
     account = None
-    if len(account_id) <= _MAX_ID_LENGTH:
+    if len(account_id) <= ids.MAX_LENGTH:
         account = await uow.accounts.get(account_id, for_update=True)
     if account is None or (deleted is not None and account.is_deleted != deleted):
         raise _not_found(account_id)
@@ -184,7 +186,7 @@ async def get_account(
     if not _visible(caller, account_id):
         raise _not_found(account_id)
     async with deps.new_reader() as uow:
-        account = await uow.accounts.get(account_id) if len(account_id) <= _MAX_ID_LENGTH else None
+        account = await uow.accounts.get(account_id) if len(account_id) <= ids.MAX_LENGTH else None
     if account is None or (account.is_deleted and not show_deleted):
         raise _not_found(account_id)
     return account

@@ -52,6 +52,7 @@ from interceptors.observability import ObservabilityInterceptor
 from interceptors.policy import PolicyTable
 from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
 from interceptors.tracing import TracingInterceptor
+from interceptors.validation import TextPolicyInterceptor
 
 log = logging.getLogger("tally.server")
 
@@ -352,6 +353,7 @@ async def build(
             RateLimitInterceptor(
                 _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
             ),
+            TextPolicyInterceptor(),  # every string of the request, before the handler
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         for module in components.modules:

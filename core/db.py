@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from core.clock import Clock, SystemClock
-from core.errors import Unavailable
+from core.errors import Aborted, InvalidArgument, TallyError, Unavailable
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -133,11 +134,83 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN" if options.get("tally_deferred", False) else "BEGIN IMMEDIATE")
 
 
-def _is_outage(exc: BaseException | None) -> bool:
-    """True for errors that mean the database could not be reached, not that the request was bad."""
+# SQLSTATEs that mean "the database cannot serve now", not "the request is wrong": connection
+# exceptions (class 08), insufficient resources (53: disk full, out of memory, too many
+# connections), and a server shutting down, crashed or still starting (57P01..57P03, seen
+# during a restart or a failover). Retrying with backoff is the right answer to all of them.
+_UNAVAILABLE_CLASSES = ("08", "53")
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# Serialization failure and deadlock: the transaction lost a race and may simply be run again.
+_CONFLICT_STATES = frozenset({"40001", "40P01"})
+# Data exceptions (22001 string too long, 22021 character not in repertoire, 22P05...): the
+# request carried a value the database will not store, which the boundary should have refused.
+_DATA_CLASS = "22"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, wrapped by SQLAlchemy or not (asyncpg's errors and
+    SQLAlchemy's adaptation of them carry `.sqlstate`; the DBAPIError wrapper has `.orig`)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and len(state) == 5:
+            return state
+        orig = getattr(current, "orig", None)
+        pending.extend([current.__cause__, orig if isinstance(orig, BaseException) else None])
+    return None
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """For errors without a SQLSTATE: True when the database could not be reached at all."""
     if isinstance(exc, DBAPIError):
+        # sqlite3 has no SQLSTATE: "database is locked" (busy_timeout ran out), a full disk or an
+        # I/O error are all OperationalError, and all worth a retry.
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, SqlTimeoutError | ConnectionError)
+    # A connection that failed before SQLAlchemy had one to wrap the error in: refused, reset,
+    # a name that does not resolve, a connect timeout.
+    return isinstance(exc, SqlTimeoutError | OSError | sqlite3.OperationalError)
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE")
+
+
+def classify(exc: BaseException | None) -> TallyError | None:
+    """The error a database failure means for the caller, or None to let it be an internal one.
+
+    The one place database errors are sorted: UNAVAILABLE for outages, ABORTED for a lost
+    serialization race or a deadlock (both retryable), INVALID_ARGUMENT for a value the
+    database refused to store. The last is logged as a bug, with its traceback: the text
+    policy and the domain's length checks should have refused the value before any query.
+    """
+    if exc is None or isinstance(exc, TallyError):
+        return None
+    state = _sqlstate(exc)
+    if state is None:
+        return _unavailable() if _is_outage(exc) else None
+    if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
+        return _unavailable()
+    if state in _CONFLICT_STATES:
+        return Aborted(
+            "the transaction conflicted with a concurrent one; retry", reason="TRANSACTION_CONFLICT"
+        )
+    if state[:2] == _DATA_CLASS:
+        log.error(
+            "the database refused a value (SQLSTATE %s) that input checks let through", state, exc_info=exc
+        )
+        return InvalidArgument(
+            [],
+            message="a value in the request cannot be stored (invalid characters, or too long)",
+            reason="INVALID_DATA",
+        )
+    # Any other SQLSTATE with a dead connection (the server went away mid-statement) is still
+    # an outage; the rest (a constraint nobody handled, a broken query) is a bug: INTERNAL.
+    return _unavailable() if isinstance(exc, DBAPIError) and exc.connection_invalidated else None
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -200,10 +273,9 @@ class UnitOfWork:
         # gRPC may cancel the task a second time when the deadline passes, and an interrupted
         # close() would leave the connection, and its statement, behind.
         await asyncio.shield(self.session.close())
-        if _is_outage(exc):
-            raise Unavailable(
-                "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
-            ) from exc
+        mapped = classify(exc)
+        if mapped is not None:
+            raise mapped from exc
 
     def after_commit(self, callback: AfterCommit) -> None:
         """Run `callback` once this transaction has committed; never if it rolls back.

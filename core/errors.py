@@ -32,7 +32,11 @@ class TallyError(Exception):
 
 
 class InvalidArgument(TallyError):
-    """The request itself is wrong, whatever the state of the system."""
+    """The request itself is wrong, whatever the state of the system.
+
+    `violations` name the bad fields. Only when no field can be named (bytes that did not
+    parse, a value the database refused) may they be empty, and a message is then required.
+    """
 
     reason = "INVALID_ARGUMENT"
 
@@ -43,8 +47,8 @@ class InvalidArgument(TallyError):
         message: str | None = None,
         reason: str | None = None,
     ):
-        if not violations:
-            raise ValueError("InvalidArgument needs at least one field violation")
+        if not violations and message is None:
+            raise ValueError("InvalidArgument needs a field violation or a message")
         if message is None:
             message = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(message, reason=reason)

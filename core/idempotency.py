@@ -41,6 +41,7 @@ from core.clock import Clock
 from core.db import Base, UnitOfWork, UtcDateTime
 from core.errors import Aborted, FailedPrecondition, InvalidArgument
 from core.principal import Caller
+from core.text import excerpt
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -267,14 +268,14 @@ class IdempotentRunner(Generic[U, T]):
                 raise FailedPrecondition(
                     "request_id was already used for a different request",
                     reason="REQUEST_ID_REUSED",
-                    metadata={"request_id": request_id},
+                    metadata={"request_id": excerpt(request_id)},
                 )
             if stored.response is not None:
                 return Outcome(self._codec.decode(stored.response, where), replayed=True)
         raise Aborted(
             "a concurrent request with the same request_id has not finished; retry",
             reason="REQUEST_ID_IN_USE",
-            metadata={"request_id": request_id},
+            metadata={"request_id": excerpt(request_id)},
         )
 
 

@@ -14,6 +14,7 @@ from google.type import decimal_pb2
 from core import currencies
 from core.errors import InvalidArgument
 from core.money import Money, parse_unit_price
+from core.text import excerpt
 from tally.type.v1 import money_pb2
 
 
@@ -34,7 +35,8 @@ def money_from_proto(message: money_pb2.Money, *, field: str) -> Money:
         raise InvalidArgument.field(f"{field}.currency_code", "is required")
     if not currencies.is_known(code):
         raise InvalidArgument.field(
-            f"{field}.currency_code", f"{code!r} is not an ISO 4217 currency code Tally bills in (e.g. USD)"
+            f"{field}.currency_code",
+            f"{excerpt(code)!r} is not an ISO 4217 currency code Tally bills in (e.g. USD)",
         )
     return Money(code, message.amount_minor)
 

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 
 from account_svc import domain as accounts
 from account_svc.identity import domain as identity
 from core import currencies, idempotency, ids
-from gateway.schemas import JSON, Rules
+from gateway.schemas import CONTROL, JSON, NO_CONTROL, Rules
 
 # What str.strip() removes and Python's `\s` matches (the server strips and matches with them).
 _WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
-# Unicode category Cc, which the account checks refuse in text (`_has_control_characters`).
-_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+_CONTROL = CONTROL  # refused in every string of a request (interceptors/validation.py)
 
 
 def _escaped(chars: str) -> str:
@@ -41,11 +41,23 @@ def _escaped(chars: str) -> str:
 
 
 _WS = _escaped(_WHITESPACE)
-_NO_CONTROL = f"^[^{_CONTROL}]*$"
+# Whitespace the text policy lets through (spaces, not tabs or newlines: those are control characters).
+_SPACE = _escaped("".join(c for c in _WHITESPACE if not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F)))
+_NO_CONTROL = NO_CONTROL
 # Some character that is neither whitespace nor a control character: text that strip() leaves.
 _NOT_BLANK = f"^[^{_CONTROL}]*[^{_CONTROL}{_WS}][^{_CONTROL}]*$"
 # accounts.check_email after the servicer's strip(): `[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+`.
-EMAIL_PATTERN = f"^[{_WS}]*[^@{_WS}]{{1,64}}@[^@{_WS}.]+(\\.[^@{_WS}.]+)+[{_WS}]*$"
+# Invisible and direction-changing characters, refused in emails and names (core.text.invisible_problem).
+_INVISIBLE = _escaped(
+    "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cf", "Zl", "Zp"))
+    + "\u034f\u115f\u1160\u180e\u2800\u3164\uffa0"
+)
+_BAD = f"{_CONTROL}{_INVISIBLE}"
+# A name people compare by eye: no control or invisible characters, something strip() leaves.
+_NAME = f"^[^{_BAD}]*[^{_BAD}{_WS}][^{_BAD}]*$"
+_LOCAL = f"[^@{_WS}{_BAD}]"
+_DOMAIN = f"[^@{_WS}{_BAD}.]"
+EMAIL_PATTERN = f"^[{_SPACE}]*{_LOCAL}{{1,64}}@{_DOMAIN}+(\\.{_DOMAIN}+)+[{_SPACE}]*$"
 _ID_BODY = f"[{ids.ALPHABET}]{{{ids.BODY_LENGTH}}}"
 
 
@@ -62,7 +74,7 @@ _STATUSES = ("STATUS_ACTIVE", "STATUS_SUSPENDED")
 
 # Filters ListAccounts understands (account_svc.domain.parse_filter), spelled one way: each
 # condition once, single spaces optional around `=` and `AND` (the parser takes any whitespace).
-_EMAIL_TERM = 'email ?= ?"[^"]*"'
+_EMAIL_TERM = f'email ?= ?"[^"{_CONTROL}]*"'
 _STATUS_TERM = "status ?= ?(STATUS_)?(ACTIVE|SUSPENDED)"
 FILTER_PATTERN = (
     f"^ *(({_EMAIL_TERM})|({_STATUS_TERM})|({_EMAIL_TERM}) AND ({_STATUS_TERM})"
@@ -119,7 +131,7 @@ RULES = Rules(
                 ("DeleteServiceAccount", identity.SERVICE_ACCOUNT_PREFIX),
             )
         },
-        f"{_ACCOUNT}.display_name": {"maxLength": accounts.MAX_DISPLAY_NAME, "pattern": _NOT_BLANK},
+        f"{_ACCOUNT}.display_name": {"maxLength": accounts.MAX_DISPLAY_NAME, "pattern": _NAME},
         f"{_ACCOUNT}.email": _EMAIL,
         f"{_ACCOUNT}.phone": {"pattern": "^(\\+[1-9][0-9]{6,14})?$"},
         f"{_ACCOUNT}.currency_code": {"enum": sorted(currencies.EXPONENTS)},
@@ -128,7 +140,11 @@ RULES = Rules(
         f"{_ACCOUNT}.metadata": {
             "maxProperties": accounts.MAX_METADATA_ENTRIES,
             "propertyNames": {"minLength": 1, "maxLength": accounts.MAX_METADATA_KEY, "pattern": _NO_CONTROL},
-            "additionalProperties": {"type": "string", "maxLength": accounts.MAX_METADATA_VALUE},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": accounts.MAX_METADATA_VALUE,
+                "pattern": _NO_CONTROL,
+            },
         },
         f"{_ADDRESS}.region_code": {"pattern": "^[A-Z]{2}$", "nullable": False},
         **{f"{_ADDRESS}.{name}": _TEXT for name in accounts.ADDRESS_TEXT_FIELDS},
@@ -149,7 +165,7 @@ RULES = Rules(
         f"{_SERVICE_ACCOUNT}.id": {"pattern": id_pattern(identity.SERVICE_ACCOUNT_PREFIX)},
         f"{_SERVICE_ACCOUNT}.display_name": {
             "maxLength": accounts.MAX_DISPLAY_NAME,
-            "pattern": f"[^{_WS}]",  # create_service_account: display_name.strip() must leave something
+            "pattern": _NAME,  # create_service_account: visible text that strip() leaves
         },
         # create_service_account: only scopes some served method requires (see with_known_scopes).
         f"{_SERVICE_ACCOUNT}.scopes": {

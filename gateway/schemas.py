@@ -36,6 +36,11 @@ _UINT64: JSON = {"type": "string", "format": "int64", "pattern": r"^[0-9]+$"}
 _BYTES: JSON = {"type": "string", "format": "byte", "contentEncoding": "base64"}
 
 
+# Unicode category Cc (C0, DEL, C1), which core.text.text_problem refuses.
+CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+NO_CONTROL = f"^[^{CONTROL}]*$"
+
+
 def scalar_schema(field: FieldDescriptor) -> JSON:
     """The schema of one value of a scalar (non-message, non-enum) field."""
     kind = field.type
@@ -55,7 +60,9 @@ def scalar_schema(field: FieldDescriptor) -> JSON:
         return {"type": "boolean"}
     if kind == _T.TYPE_BYTES:
         return dict(_BYTES)
-    return {"type": "string"}
+    # The server refuses control characters in every string of a request
+    # (interceptors/validation.py); a field's own pattern, where it has one, says at least as much.
+    return {"type": "string", "pattern": NO_CONTROL}
 
 
 def _nullable(schema: JSON) -> JSON:

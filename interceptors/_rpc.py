@@ -14,6 +14,13 @@ behaviour by its shape:
   observers do not see them; `enforce=True` refuses them with UNIMPLEMENTED instead, for
   interceptors that must not be bypassed (auth, rate limits). Tally has none.
 
+It also makes the request deserializer safe. grpc.aio parses a unary request before any
+interceptor's behaviour runs, and a parse error there is answered UNKNOWN naming a Python
+exception class. Wrapped, a message that does not parse (corrupt bytes, invalid UTF-8 in a
+string field) arrives as a `MalformedRequest` in place of the request, which the error
+mapping answers INVALID_ARGUMENT (reason MALFORMED_MESSAGE) before anything else reads it;
+in a request stream the parse error is raised as that INVALID_ARGUMENT from the iterator.
+
 `observe(details, hook)` adapts a plain context-manager hook that receives an `RpcCall`;
 when the hook's block ends, `RpcCall.code` holds the status the client will see. How that
 code is found in grpc.aio (checked by the tests):
@@ -43,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
+from core.errors import InvalidArgument
 
 _DEADLINE_MARGIN = 0.02
 _DEADLINE_SHARE = 0.01
@@ -145,6 +154,44 @@ _KINDS = (
 )
 
 
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a unary request whose bytes did not parse; `problem` is the parser's own
+    message (it names the message type, never the bytes)."""
+
+    problem: str
+
+    def error(self) -> InvalidArgument:
+        return malformed_message()
+
+
+def malformed_message() -> InvalidArgument:
+    return InvalidArgument(
+        [],
+        message="the request message could not be parsed: corrupt bytes, or invalid UTF-8 in a string field",
+        reason="MALFORMED_MESSAGE",
+    )
+
+
+Deserializer = Callable[[bytes], Any]
+
+
+def _safe_deserializer(deserializer: Deserializer | None, streaming: bool) -> Deserializer | None:
+    if deserializer is None or getattr(deserializer, "_tally_safe", False):
+        return deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, and whatever a custom deserializer raises
+            if streaming:
+                raise malformed_message() from exc
+            return MalformedRequest(str(exc))
+
+    parse._tally_safe = True  # type: ignore[attr-defined]
+    return parse
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler, around: Around, *, enforce: bool = False
 ) -> grpc.RpcMethodHandler:
@@ -153,7 +200,8 @@ def wrap_handler(
         behavior = getattr(handler, attribute)
         if behavior is not None:
             wrapped = _wrap(behavior, around, enforce)
-            return make(wrapped, handler.request_deserializer, handler.response_serializer)
+            deserializer = _safe_deserializer(handler.request_deserializer, handler.request_streaming)
+            return make(wrapped, deserializer, handler.response_serializer)
     return handler
 
 

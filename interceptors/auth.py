@@ -20,6 +20,7 @@ import grpc
 from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.principal import Principal, reset_principal, set_principal
 from core.request_context import request_info
+from core.text import excerpt
 from interceptors._rpc import wrap_handler
 from interceptors.policy import MethodPolicy, PolicyTable
 
@@ -139,6 +140,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 wanted = field_value(request, policy.customer_account_field) if request is not None else ""
                 if wanted != principal.account_id:
                     raise NotFound(
-                        f"account {wanted!r} not found", reason="ACCOUNT_NOT_FOUND", metadata={"id": wanted}
+                        f"account {excerpt(wanted)!r} not found",
+                        reason="ACCOUNT_NOT_FOUND",
+                        metadata={"id": excerpt(wanted)},
                     )
         return principal

@@ -3,6 +3,10 @@
 core.status decides the status of a core.errors exception; this interceptor only sends it,
 as `grpc-status-details-bin`. Anything unexpected is logged with its traceback and answered
 with a bare INTERNAL, so no stack trace, SQL or other internals reach the caller.
+
+It is also where a request that did not parse is refused (`interceptors._rpc.MalformedRequest`),
+before any interceptor inside it reads the request: INVALID_ARGUMENT, and one WARNING line
+without a traceback, since the fault is the caller's.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import grpc
 from grpc_status import rpc_status
 
 from core import errors, status
-from interceptors._rpc import wrap_handler
+from interceptors._rpc import MalformedRequest, wrap_handler
 
 log = logging.getLogger("tally.errors")
 
@@ -38,11 +42,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return wrap_handler(handler, lambda _request, context: _mapped(context, method))
+        return wrap_handler(handler, lambda request, context: _mapped(request, context, method))
 
 
 @asynccontextmanager
-async def _mapped(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+async def _mapped(request: object, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    if isinstance(request, MalformedRequest):
+        log.warning("malformed request for %s: %s", method, request.problem)
+        await abort(context, request.error(), method)
     try:
         yield
     except grpc.aio.AbortError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from core import ids
 from core.errors import Unauthenticated
 from core.principal import Role
 
@@ -128,7 +129,14 @@ def format_refresh_token(token_id: str, secret: str) -> str:
 def parse_refresh_token(token: str) -> tuple[str, str]:
     """(token id, secret); UNAUTHENTICATED for anything that is not shaped like ours."""
     token_id, dot, secret = token.partition(".")
-    if not dot or not token_id.startswith(f"{REFRESH_PREFIX}_") or not secret or len(token) > 200:
+    if (
+        not dot
+        or not token_id.startswith(f"{REFRESH_PREFIX}_")
+        or len(token_id) > ids.MAX_LENGTH
+        or not token_id.isascii()
+        or not secret
+        or len(token) > 200
+    ):
         raise Unauthenticated("the refresh token is not valid", reason="REFRESH_TOKEN_INVALID")
     return token_id, secret
 

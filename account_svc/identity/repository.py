@@ -10,8 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from account_svc.domain import email_key
+from account_svc.domain import MAX_DISPLAY_NAME, MAX_EMAIL, email_key
 from account_svc.identity.domain import RefreshToken, ServiceAccount, Session, User
+from core import ids
 from core.db import Base, UtcDateTime
 from core.errors import AlreadyExists
 from core.pagination import keyset_after
@@ -21,9 +22,9 @@ from core.principal import Role
 class UserRow(Base):
     __tablename__ = "users"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    email: Mapped[str] = mapped_column(String(254))
-    email_key: Mapped[str] = mapped_column(String(254), unique=True)
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    email: Mapped[str] = mapped_column(String(MAX_EMAIL))
+    email_key: Mapped[str] = mapped_column(String(MAX_EMAIL), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"))
@@ -34,8 +35,8 @@ class UserRow(Base):
 class ServiceAccountRow(Base):
     __tablename__ = "service_accounts"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    display_name: Mapped[str] = mapped_column(String(200))
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(MAX_DISPLAY_NAME))
     secret_hash: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[list[str]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -47,7 +48,7 @@ class ServiceAccountRow(Base):
 class SessionRow(Base):
     __tablename__ = "auth_sessions"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     expire_time: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -58,7 +59,7 @@ class SessionRow(Base):
 class RefreshTokenRow(Base):
     __tablename__ = "refresh_tokens"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("auth_sessions.id"), index=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)

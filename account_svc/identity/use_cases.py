@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from account_svc.domain import MAX_EMAIL, check_email
+from account_svc.domain import MAX_DISPLAY_NAME, MAX_EMAIL, check_email
 from account_svc.identity import domain
 from account_svc.identity.domain import PasswordHasher, RefreshToken, ServiceAccount, Session, User
 from account_svc.identity.replays import NewServiceAccount, NewServiceAccountCodec
@@ -29,6 +29,7 @@ from core.idempotency import Codec, IdempotentRunner
 from core.pagination import PageTokens
 from core.principal import Caller, Principal, Role, scopes_for
 from core.sealing import Sealer
+from core.text import excerpt, invisible_problem, text_problem
 
 # Verified against when the email is unknown, so both failures cost the same time.
 _DUMMY_PASSWORD = "tally-dummy-password-for-timing"  # noqa: S105 (not a credential)
@@ -289,7 +290,9 @@ async def issue_service_token(
     _require(violations, "client_secret", client_secret)
     violations.raise_if_any()
     async with deps.new_reader() as reader:
-        found = await reader.identity.get_service_account(client_id) if len(client_id) <= 64 else None
+        found = (
+            await reader.identity.get_service_account(client_id) if len(client_id) <= ids.MAX_LENGTH else None
+        )
     if (
         found is None
         or found[0].delete_time is not None
@@ -302,9 +305,9 @@ async def issue_service_token(
     not_granted = sorted(set(scopes) - set(account.scopes))
     if not_granted:
         raise PermissionDenied(
-            f"scopes not granted to this service account: {', '.join(not_granted)}",
+            f"scopes not granted to this service account: {excerpt(', '.join(not_granted))}",
             reason="SCOPE_NOT_GRANTED",
-            metadata={"scopes": " ".join(not_granted)},
+            metadata={"scopes": excerpt(" ".join(not_granted))},
         )
     granted = frozenset(scopes or account.scopes)
     principal = Principal(subject=account.id, role=Role.SERVICE, scopes=granted)
@@ -341,9 +344,9 @@ async def create_user(
             if account is None or account.is_deleted:
                 # The request is well formed; the state it names is not there (409 over REST).
                 raise FailedPrecondition(
-                    f"user.account_id: no live account {command.account_id!r}",
+                    f"user.account_id: no live account {excerpt(command.account_id)!r}",
                     reason="ACCOUNT_NOT_LIVE",
-                    metadata={"field": "user.account_id", "account_id": command.account_id},
+                    metadata={"field": "user.account_id", "account_id": excerpt(command.account_id)},
                 )
         now = deps.clock.now()
         user = User(
@@ -394,9 +397,11 @@ async def get_user(deps: IdentityDeps, user_id: str) -> User:
     if not user_id:
         raise InvalidArgument.field("id", "is required")
     async with deps.new_reader() as reader:
-        user = await reader.identity.get_user(user_id) if len(user_id) <= 64 else None
+        user = await reader.identity.get_user(user_id) if len(user_id) <= ids.MAX_LENGTH else None
     if user is None:
-        raise NotFound(f"user {user_id!r} not found", reason="USER_NOT_FOUND", metadata={"id": user_id})
+        raise NotFound(
+            f"user {excerpt(user_id)!r} not found", reason="USER_NOT_FOUND", metadata={"id": excerpt(user_id)}
+        )
     return user
 
 
@@ -405,13 +410,17 @@ def _check_scopes(violations: Violations, scopes: list[str], known: frozenset[st
         violations.add("service_account.scopes", "must name at least one scope")
     elif len(scopes) > domain.MAX_SCOPES:
         violations.add("service_account.scopes", f"must have at most {domain.MAX_SCOPES} entries")
+    scopes = scopes[: domain.MAX_SCOPES]  # name at most that many bad ones
     malformed = domain.invalid_scopes(scopes)
     for bad in malformed:
         violations.add(
-            "service_account.scopes", f"{bad!r} is not a scope (lower-case words such as accounts:read)"
+            "service_account.scopes",
+            f"{excerpt(bad)!r} is not a scope (lower-case words such as accounts:read)",
         )
     for unknown in sorted(set(scopes) - known - set(malformed)):
-        violations.add("service_account.scopes", f"{unknown!r} is not a scope any Tally method requires")
+        violations.add(
+            "service_account.scopes", f"{excerpt(unknown)!r} is not a scope any Tally method requires"
+        )
 
 
 async def create_service_account(
@@ -423,8 +432,10 @@ async def create_service_account(
     violations = Violations()
     if not display_name.strip():
         violations.add("service_account.display_name", "is required")
-    elif len(display_name) > 200:
-        violations.add("service_account.display_name", "must be at most 200 characters")
+    elif len(display_name) > MAX_DISPLAY_NAME:
+        violations.add("service_account.display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
+    elif problem := text_problem(display_name) or invisible_problem(display_name):
+        violations.add("service_account.display_name", problem)
     _check_scopes(violations, scopes, deps.known_scopes)
     violations.raise_if_any()
     command = CreateServiceAccount(display_name, tuple(sorted(set(scopes))))
@@ -472,11 +483,13 @@ async def delete_service_account(deps: IdentityDeps, caller: Caller, account_id:
     async def action(uow: IdentityUnitOfWork) -> ServiceAccount:
         found = (
             await uow.identity.get_service_account(command.id, for_update=True)
-            if len(command.id) <= 64
+            if len(command.id) <= ids.MAX_LENGTH
             else None
         )
         if found is None:
-            raise NotFound(f"service account {command.id!r} not found", reason="SERVICE_ACCOUNT_NOT_FOUND")
+            raise NotFound(
+                f"service account {excerpt(command.id)!r} not found", reason="SERVICE_ACCOUNT_NOT_FOUND"
+            )
         account = found[0]
         if account.delete_time is not None:
             raise FailedPrecondition(

@@ -29,6 +29,7 @@ from gateway.constraints import EMAIL_PATTERN, id_pattern
 from gateway.errors import GatewayError
 from gateway.openapi import build_openapi, http_bindings, load_comments, parse_template, segments_regex
 from gateway.routes import RouteTable
+from gateway.schemas import NO_CONTROL
 from gateway.templates import PathTemplate, parameter_names
 
 JSON = dict[str, Any]
@@ -200,7 +201,8 @@ def test_enums_maps_and_int64(doc: JSON) -> None:
     assert status["enum"][3:] == [0, 1, 2, "0", "1", "2"]
     assert "`STATUS_SUSPENDED`: Billing is on hold" in status["description"]
     assert account["properties"]["metadata"]["type"] == ["object", "null"]
-    assert account["properties"]["metadata"]["additionalProperties"] == {"type": "string", "maxLength": 500}
+    values = account["properties"]["metadata"]["additionalProperties"]
+    assert values == {"type": "string", "maxLength": 500, "pattern": NO_CONTROL}
     expires_in = schema(doc, "tally.account.v1.TokenResponse")["properties"]["expiresIn"]
     assert expires_in["type"] == ["string", "null"]
     assert expires_in["format"] == "int64"
