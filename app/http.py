@@ -1,4 +1,9 @@
-"""The HTTP side: /metrics, /.well-known/jwks.json and /healthz on one aiohttp server.
+"""The HTTP side: /metrics, /.well-known/jwks.json and the health endpoints on one aiohttp server.
+
+Health, as Kubernetes probes it: `/livez` is 200 whenever the server answers at all (the event
+loop runs; restart the process when it does not); `/readyz` is 200 while `health` says the
+process takes traffic and 503 otherwise (draining for a shutdown, the database unreachable);
+`/healthz` is `/readyz` under its older name, kept for load balancers configured with it.
 
 The REST gateway's routes come in through `routes=`. aiohttp's access log goes
 to the `tally.http` logger at DEBUG (method, path without the query string,
@@ -85,7 +90,14 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self.app = web.Application(middlewares=[_Edge(metrics)])
-        self.app.add_routes([web.get("/metrics", self._get_metrics), web.get("/healthz", self._get_health)])
+        self.app.add_routes(
+            [
+                web.get("/metrics", self._get_metrics),
+                web.get("/livez", self._get_liveness),
+                web.get("/readyz", self._get_readiness),
+                web.get("/healthz", self._get_readiness),
+            ]
+        )
         if jwks is not None:
             self.app.add_routes([web.get("/.well-known/jwks.json", self._get_jwks)])
         self.app.add_routes(list(routes))
@@ -132,7 +144,10 @@ class HttpServer:
         assert self._jwks is not None  # the route exists only with jwks
         return web.json_response(self._jwks(), headers={"Cache-Control": JWKS_CACHE_CONTROL})
 
-    async def _get_health(self, _request: web.Request) -> web.Response:
+    async def _get_liveness(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"}, headers={"Cache-Control": "no-store"})
+
+    async def _get_readiness(self, _request: web.Request) -> web.Response:
         serving = True
         if self._health is not None:
             try:
