@@ -245,8 +245,15 @@ class App:
             self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
-            probe = DatabaseProbe(probe_engine(self.settings), interval, self.readiness.database)
+            probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
             self._jobs.append(asyncio.create_task(probe.run(), name="database-readiness-probe"))
+
+    async def _database_changed(self, up: bool) -> None:
+        if up:
+            # The pool may still hold connections to the server that went away (no pre-ping, by
+            # design): drop them, so that once we say ready again no call meets a dead one.
+            await self.engine.dispose()
+        await self.readiness.database(up)
 
     async def drain(self) -> None:
         """Report NOT_SERVING everywhere while still serving, so load balancers stop routing here
