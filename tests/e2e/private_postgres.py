@@ -65,9 +65,8 @@ class PrivatePostgres:
             )
 
     def init(self) -> None:
-        self._run(
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"
-        )
+        initdb = str(PG_BIN / "initdb")
+        self._run(initdb, "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -82,8 +81,9 @@ class PrivatePostgres:
     def remove(self) -> None:
         """Stop the cluster if it runs, then delete its files."""
         if (self.data / "postmaster.pid").exists():
+            pg_ctl = str(PG_BIN / "pg_ctl")
             subprocess.run(
-                [*self._as_user, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                [*self._as_user, pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
                 capture_output=True,
                 timeout=COMMAND_TIMEOUT_SECONDS,
                 check=False,

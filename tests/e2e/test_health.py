@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.modules import MODULES
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.e2e.harness import RunningServer, admin_token, running_server, run_tally, server_env
+from tests.e2e.harness import RunningServer, admin_token, run_tally, running_server, server_env
 from tests.e2e.private_postgres import PrivatePostgres
 from tests.integration.test_concurrency import create_account, row_locked, waits_on_lock
 from tests.support import bearer_interceptors, empty_postgres_database, eventually
@@ -129,9 +129,7 @@ async def test_sigterm_drains_then_refuses_and_lets_the_call_in_flight_finish(
 ) -> None:
     # The drain must outlast the checks made inside it on a slow machine; it ends by itself.
     drain = 5
-    env = server_env(
-        tmp_path, TALLY_DATABASE_URL=migrated_postgres, TALLY_SHUTDOWN_DRAIN_SECONDS=str(drain)
-    )
+    env = server_env(tmp_path, TALLY_DATABASE_URL=migrated_postgres, TALLY_SHUTDOWN_DRAIN_SECONDS=str(drain))
     with running_server(env, cwd=tmp_path) as server:
         account = await create(server, "inflight")
         async with channel(server) as admin, row_locked(migrated_postgres, account.id) as (blocker, held):
