@@ -87,7 +87,7 @@ class HttpServer:
         self._jwks = jwks
         self._health = health
         self._shutdown_timeout = shutdown_timeout
-        self._runner: web.AppRunner | None = None
+        self._runner: _Runner | None = None
         self._bound_port: int | None = None
         self.app = web.Application(middlewares=[_Edge(metrics)])
         self.app.add_routes(
@@ -131,10 +131,13 @@ class HttpServer:
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
 
-    async def stop(self) -> None:
-        """Stop listening and finish in-flight requests (up to `shutdown_timeout`); idempotent."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop listening and finish in-flight requests (up to `timeout`, else `shutdown_timeout`);
+        idempotent."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            if timeout is not None:
+                runner.shutdown_timeout = timeout
             await runner.cleanup()
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
@@ -385,6 +388,15 @@ class _Runner(web.AppRunner):
     def __init__(self, app: web.Application, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._metrics = metrics
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """How long `cleanup()` lets in-flight requests run; settable up to the stop (App.stop's grace)."""
+        return float(self._shutdown_timeout)
+
+    @shutdown_timeout.setter
+    def shutdown_timeout(self, seconds: float) -> None:
+        self._shutdown_timeout = seconds
 
     async def _make_server(self) -> Server:
         return _Server(await super()._make_server(), self._metrics)

@@ -267,7 +267,7 @@ class App:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         # Both sides at once: a REST call that got in has its gRPC call in flight, which the
         # gRPC grace covers.
-        await asyncio.gather(self.server.stop(grace), self.http.stop())
+        await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)

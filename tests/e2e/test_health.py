@@ -8,6 +8,8 @@ of the test's own that is stopped and started again, while liveness stays up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import socket
 import uuid
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,8 +26,8 @@ from app.modules import MODULES
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tests.e2e.harness import RunningServer, admin_token, run_tally, running_server, server_env
 from tests.e2e.private_postgres import PrivatePostgres
-from tests.integration.test_concurrency import create_account, row_locked, waits_on_lock
-from tests.support import bearer_interceptors, empty_postgres_database, eventually
+from tests.integration.test_concurrency import create_account, lock_waiters, row_locked
+from tests.support import asyncpg_dsn, bearer_interceptors, empty_postgres_database, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +73,30 @@ def refuses_connections(server: RunningServer) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+async def patch_over_rest(server: RunningServer, account_id: str, display_name: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            f"http://{server.http_addr}/v1/accounts/{account_id}",
+            json={"displayName": display_name},
+            headers={"Authorization": f"Bearer {admin_token()}"},
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def observing(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection outside any transaction: PostgreSQL keeps one snapshot of pg_stat_activity per
+    transaction, so a lock holder asking would see the waiters of its first look forever."""
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 async def exit_code(server: RunningServer) -> int:
@@ -131,8 +158,14 @@ async def test_sigterm_drains_then_refuses_and_lets_the_call_in_flight_finish(
     drain = 5
     env = server_env(tmp_path, TALLY_DATABASE_URL=migrated_postgres, TALLY_SHUTDOWN_DRAIN_SECONDS=str(drain))
     with running_server(env, cwd=tmp_path) as server:
-        account = await create(server, "inflight")
-        async with channel(server) as admin, row_locked(migrated_postgres, account.id) as (blocker, held):
+        account, other = await create(server, "inflight-grpc"), await create(server, "inflight-rest")
+        async with (
+            channel(server) as admin,
+            row_locked(migrated_postgres, account.id) as (_, held),
+            row_locked(migrated_postgres, other.id) as (_, other_held),
+            observing(migrated_postgres) as observer,
+        ):
+            # One update over gRPC and one over REST, each waiting on a row lock: provably in flight.
             update = asyncio.ensure_future(
                 account_pb2_grpc.AccountServiceStub(admin).UpdateAccount(
                     account_pb2.UpdateAccountRequest(
@@ -141,7 +174,12 @@ async def test_sigterm_drains_then_refuses_and_lets_the_call_in_flight_finish(
                     timeout=60,
                 )
             )
-            assert await waits_on_lock(blocker, migrated_postgres), "the update never reached the row lock"
+            patch = asyncio.ensure_future(patch_over_rest(server, other.id, "Via REST"))
+
+            async def both_wait() -> bool:
+                return await lock_waiters(observer, migrated_postgres) == 2
+
+            await eventually(both_wait, within=10, what="both updates waiting on their row locks")
 
             server.proc.send_signal(signal.SIGTERM)
 
@@ -161,11 +199,15 @@ async def test_sigterm_drains_then_refuses_and_lets_the_call_in_flight_finish(
                 return refuses_connections(server)
 
             await eventually(refusing, within=drain + 20, what="new connections refused after the drain")
-            assert not update.done()
-            assert server.proc.poll() is None, "the server exited with a call in flight"
+            assert not update.done() and not patch.done()
+            assert server.proc.poll() is None, "the server exited with calls in flight"
             await held.rollback()
+            await other_held.rollback()
             updated = await update
+            patched = await patch
         assert updated.display_name == "After"
+        assert patched[0] == 200, patched
+        assert json.loads(patched[1])["displayName"] == "Via REST", patched
         assert await exit_code(server) == 0, server.stderr
     messages = server.log_messages()
     assert messages[-1] == "stopped", messages
