@@ -131,13 +131,13 @@ class HttpServer:
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
 
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop listening and finish in-flight requests (up to `timeout`, else `shutdown_timeout`);
-        idempotent."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop listening and finish in-flight requests (up to `grace` seconds, else
+        `shutdown_timeout`); idempotent."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            if timeout is not None:
-                runner.shutdown_timeout = timeout
+            if grace is not None:
+                runner.shutdown_timeout = grace
             await runner.cleanup()
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
