@@ -1,4 +1,9 @@
-"""The HTTP side: /metrics, /.well-known/jwks.json and /healthz on one aiohttp server.
+"""The HTTP side: /metrics, /.well-known/jwks.json and the health endpoints on one aiohttp server.
+
+Health, as Kubernetes probes it: `/livez` is 200 whenever the server answers at all (the event
+loop runs; restart the process when it does not); `/readyz` is 200 while `health` says the
+process takes traffic and 503 otherwise (draining for a shutdown, the database unreachable);
+`/healthz` is `/readyz` under its older name, kept for load balancers configured with it.
 
 The REST gateway's routes come in through `routes=`. aiohttp's access log goes
 to the `tally.http` logger at DEBUG (method, path without the query string,
@@ -82,10 +87,17 @@ class HttpServer:
         self._jwks = jwks
         self._health = health
         self._shutdown_timeout = shutdown_timeout
-        self._runner: web.AppRunner | None = None
+        self._runner: _Runner | None = None
         self._bound_port: int | None = None
         self.app = web.Application(middlewares=[_Edge(metrics)])
-        self.app.add_routes([web.get("/metrics", self._get_metrics), web.get("/healthz", self._get_health)])
+        self.app.add_routes(
+            [
+                web.get("/metrics", self._get_metrics),
+                web.get("/livez", self._get_liveness),
+                web.get("/readyz", self._get_readiness),
+                web.get("/healthz", self._get_readiness),
+            ]
+        )
         if jwks is not None:
             self.app.add_routes([web.get("/.well-known/jwks.json", self._get_jwks)])
         self.app.add_routes(list(routes))
@@ -120,10 +132,13 @@ class HttpServer:
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
 
-    async def stop(self) -> None:
-        """Stop listening and finish in-flight requests (up to `shutdown_timeout`); idempotent."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop listening and finish in-flight requests (up to `grace` seconds, else
+        `shutdown_timeout`); idempotent."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            if grace is not None:
+                runner.shutdown_timeout = grace
             await runner.cleanup()
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
@@ -133,7 +148,10 @@ class HttpServer:
         assert self._jwks is not None  # the route exists only with jwks
         return web.json_response(self._jwks(), headers={"Cache-Control": JWKS_CACHE_CONTROL})
 
-    async def _get_health(self, _request: web.Request) -> web.Response:
+    async def _get_liveness(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"}, headers={"Cache-Control": "no-store"})
+
+    async def _get_readiness(self, _request: web.Request) -> web.Response:
         serving = True
         if self._health is not None:
             try:
@@ -369,6 +387,15 @@ class _Runner(web.AppRunner):
     def __init__(self, app: web.Application, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._metrics = metrics
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """How long `cleanup()` lets in-flight requests run; settable up to the stop (App.stop's grace)."""
+        return float(self._shutdown_timeout)
+
+    @shutdown_timeout.setter
+    def shutdown_timeout(self, seconds: float) -> None:
+        self._shutdown_timeout = seconds
 
     async def _make_server(self) -> Server:
         return _Server(await super()._make_server(), self._metrics)

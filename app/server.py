@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import redis.asyncio as redis_asyncio
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -33,6 +33,7 @@ from account_svc.identity.use_cases import IdentityDeps
 from account_svc.module import AccountServices
 from account_svc.use_cases import AccountDeps
 from app import migrate
+from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
@@ -218,22 +219,12 @@ async def build_components(
     return Components(settings=settings, platform=platform, services=services, modules=modules)
 
 
-class Readiness:
-    """Whether this process takes traffic: true from start() until stop() begins."""
-
-    def __init__(self) -> None:
-        self.serving = False
-
-    async def check(self) -> bool:
-        return self.serving
-
-
 @dataclass
 class App:
     settings: Settings
     components: Components
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: HealthService
     http: HttpServer
     metrics: Metrics
     tracer_provider: TracerProvider
@@ -260,19 +251,34 @@ class App:
         except OSError as exc:
             await self.server.stop(0)
             raise ListenError("TALLY_HTTP_ADDR", self.settings.http_addr, exc.strerror or str(exc)) from exc
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in self.components.service_names():
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.readiness.serving = True
+        await self.readiness.started()
         if self.purger is not None:
             self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
+        interval = self.settings.readiness_probe_interval_seconds
+        if interval:
+            probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
+            self._jobs.append(asyncio.create_task(probe.run(), name="database-readiness-probe"))
+
+    async def _database_changed(self, up: bool) -> None:
+        if up:
+            # The pool may still hold connections to the server that went away (no pre-ping, by
+            # design): drop them, so that once we say ready again no call meets a dead one.
+            await self.engine.dispose()
+        await self.readiness.database(up)
+
+    async def drain(self) -> None:
+        """Report NOT_SERVING everywhere while still serving, so load balancers stop routing here
+        before anything is refused (serve() waits the drain period between this and stop())."""
+        await self.readiness.drain()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight RPCs finish within the grace period, then close everything."""
-        self.readiness.serving = False
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
-        await self.http.stop()
+        """Report NOT_SERVING, stop accepting on both ports, let in-flight calls finish within the
+        grace period, then close everything."""
+        await self.readiness.drain()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        # Both sides at once: a REST call that got in has its gRPC call in flight, which the
+        # gRPC grace covers.
+        await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
@@ -358,7 +364,7 @@ async def build(
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         for module in components.modules:
             module.register(server, components.services[module.name])
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((*components.service_names(), health.SERVICE_NAME), server)
         port = _bind_grpc(server, settings.grpc_addr)
@@ -366,7 +372,7 @@ async def build(
         purger = (
             ExpiredKeyPurger(components.platform.writers, components.clock, interval) if interval else None
         )
-        readiness = Readiness()
+        readiness = Readiness(health_servicer, components.service_names(), metrics)
         # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
         gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, port))
         http = HttpServer(
@@ -374,6 +380,7 @@ async def build(
             metrics=metrics,
             jwks=components.keyring.jwks,
             health=readiness.check,
+            shutdown_timeout=settings.shutdown_grace_seconds,
             routes=gateway_routes(
                 services,
                 gateway_channel,
@@ -445,6 +452,21 @@ async def serve(settings: Settings) -> None:
         extra={"grpc_addr": grpc_addr, "http_addr": http_addr, "data_dir": str(Path(settings.data_dir))},
     )
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_seconds)
+    await drain(app, settings.shutdown_drain_seconds, stop)
+    log.info("shutting down: finishing in-flight calls (up to %g s)", settings.shutdown_grace_seconds)
     await app.stop()
     log.info("stopped")
+
+
+async def drain(app: App, seconds: float, signalled: asyncio.Event) -> None:
+    """NOT_SERVING for `seconds` while still serving; a second signal ends the drain early."""
+    await app.drain()
+    if not seconds:
+        return
+    log.info("draining: health reports NOT_SERVING for %g s while calls are still served", seconds)
+    signalled.clear()
+    try:
+        await asyncio.wait_for(signalled.wait(), seconds)
+    except TimeoutError:
+        return
+    log.info("second signal: ending the drain early")

@@ -144,6 +144,7 @@ def tally_env(
         TALLY_DATA_DIR=str(data_dir),
         TALLY_EVENT_LOOP=loop,
         TALLY_SHUTDOWN_GRACE_SECONDS="2",
+        TALLY_SHUTDOWN_DRAIN_SECONDS="0",
         OTEL_TRACES_EXPORTER=traces_exporter,
     )
     if database is not None:

@@ -15,6 +15,8 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_db_pool_checked_out{pool}            connections in use
     tally_db_pool_checked_in{pool}             idle connections in the pool
     tally_db_pool_overflow{pool}               connections open beyond the pool size
+    tally_ready                                1 while this process takes traffic (started, not
+                                               draining, database answering), else 0
 
 `method` is 'pkg.Service/Method'; label values must come from fixed sets
 (never user input) to keep the series count bounded.
@@ -83,6 +85,11 @@ class Metrics:
         self.auth_failures = Counter(
             "tally_auth_failures", "Rejected credentials, by reason.", ["reason"], registry=r
         )
+        self.ready_gauge = Gauge(
+            "tally_ready",
+            "1 while this process takes traffic (started, not draining, database answering), else 0.",
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
@@ -124,6 +131,9 @@ class Metrics:
                 self.rate_limiter_fallbacks.inc()
             self._redis_is_up = False
             self.redis_up_gauge.set(0)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready_gauge.set(1 if ready else 0)
 
     def watch_pool(self, engine: AsyncEngine, name: str = "main") -> None:
         """Export the engine's connection-pool gauges with label pool=`name` (replaces a previous one)."""

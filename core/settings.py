@@ -150,7 +150,21 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="PostgreSQL connections per process.")
     shutdown_grace_seconds: float = Field(
-        15.0, ge=0, le=300, description="How long in-flight RPCs may run on after SIGTERM/SIGINT."
+        15.0, ge=0, le=300, description="How long in-flight calls may run on once the drain has ended."
+    )
+    shutdown_drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="After SIGTERM/SIGINT, how long health reports NOT_SERVING while new calls are still "
+        "served, so load balancers stop routing here first; 0 stops accepting at once.",
+    )
+    readiness_probe_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="How often `tally serve` checks the database (SELECT 1) for readiness; 0 disables "
+        "the check.",
     )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted or sent."
