@@ -94,6 +94,7 @@ class StandaloneGateway:
                 cors_origins=settings.cors_origins,
                 max_body_bytes=settings.gateway_max_body_bytes,
                 use_proto_names=settings.gateway_proto_names,
+                max_timeout_seconds=settings.gateway_max_timeout_seconds,
             ),
         )
 

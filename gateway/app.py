@@ -10,7 +10,9 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 * in: `Authorization`, `traceparent`, `tracestate` and `X-Request-Id` pass as gRPC
   metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
   `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
-  `Request-Timeout` (seconds) becomes the call deadline;
+  `Request-Timeout` (seconds) becomes the call deadline, cut to `max_timeout_seconds`. A
+  passed-on value must be printable ASCII (gRPC's rule), else 400 naming the header; more than
+  MAX_FORWARDED_HEADER_BYTES of them is 431. Both are checked before any call is made;
 * out: `X-Request-Id` on every answer (the caller's, else a new one); response header and
   trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429 and 503; `WWW-Authenticate`
   on 401. A call that failed in transport (the server down, no Status from it) is answered in
@@ -45,6 +47,8 @@ from google.rpc import status_pb2
 from core.request_context import new_request_id
 from gateway.errors import (
     GatewayError,
+    cut,
+    echo,
     error_headers,
     error_response,
     failed_in_transport,
@@ -58,10 +62,17 @@ from gateway.transcoder import build_request, build_stream_requests, response_js
 log = logging.getLogger("tally.gateway")
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-_PASSED_HEADERS = ("authorization", "traceparent", "tracestate")
+_PASSED_HEADERS = ("Authorization", "traceparent", "tracestate")
 _METADATA_PREFIX = "grpc-metadata-"
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
-_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_REQUEST_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+# gRPC's ASCII-Value; aiohttp hands over a non-ASCII byte as a surrogate escape, caught here too.
+_ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
+# Within the server's 16 KiB metadata limit (app.server), with room for the gateway's own entries
+# and gRPC's headers: past the limit gRPC refuses the call as RESOURCE_EXHAUSTED, a 429.
+MAX_FORWARDED_HEADER_BYTES = 12 * 1024
+DEFAULT_MAX_TIMEOUT_SECONDS = 300.0
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _HIDDEN_METADATA = frozenset({"content-type", "user-agent", "te", "date", "x-request-id"})
 CORS_ALLOW_HEADERS = (
@@ -83,23 +94,40 @@ ROUTE_KEY = web.RequestKey("tally_route", str)
 UNMATCHED = "(unmatched)"
 
 
-def parse_timeout(headers: Any) -> float | None:
-    """The call deadline in seconds from `Grpc-Timeout` or `Request-Timeout`; 400 when malformed."""
+def parse_timeout(headers: Any, max_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS) -> float | None:
+    """The call deadline in seconds from `Grpc-Timeout` or `Request-Timeout`, at most `max_seconds`;
+    400 naming the header when malformed.
+
+    `Grpc-Timeout` is the gRPC spec's form, 1 to 8 ASCII digits and a unit; its largest values
+    (`99999999H`, 11,000 years) would overflow the call's deadline into one already past, so a
+    deadline is cut to `max_seconds` rather than passed on."""
     grpc_timeout = headers.get("Grpc-Timeout")
     if grpc_timeout is not None:
-        found = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
+        found = _GRPC_TIMEOUT.fullmatch(grpc_timeout)
         if found is None:
-            raise GatewayError.invalid("Grpc-Timeout", "expected digits and a unit (H, M, S, m, u, n)")
-        return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
+            raise GatewayError.invalid(
+                "Grpc-Timeout", "expected 1 to 8 digits and a unit (H, M, S, m, u, n), such as 5S or 200m"
+            )
+        return min(int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)], max_seconds)
     seconds = headers.get("Request-Timeout")
     if seconds is None:
         return None
-    try:
-        value = float(seconds)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86_400:
-        raise GatewayError.invalid("Request-Timeout", "expected seconds, more than 0 and at most 86400")
+    if _REQUEST_TIMEOUT.fullmatch(seconds) is None or float(seconds) == 0:
+        raise GatewayError.invalid("Request-Timeout", "expected seconds, a number above 0 such as 2.5")
+    return min(float(seconds), max_seconds)
+
+
+def _forwarded(name: str, value: str) -> str:
+    """`value` if gRPC metadata can carry it; else 400 naming the header, never echoing the value
+    (it may be a credential). gRPC's C core would refuse it only once the call is made, as a
+    failure of the call itself."""
+    if _ASCII_VALUE.fullmatch(value) is None:
+        raise GatewayError.invalid(
+            name,
+            "a header passed on to the service must be printable ASCII (space to ~): "
+            "no TAB, control or non-ASCII characters",
+            reason="INVALID_HEADER",
+        )
     return value
 
 
@@ -107,27 +135,33 @@ def request_metadata(
     headers: Any, request_id: str, client: str | None = None
 ) -> list[tuple[str, str | bytes]]:
     """The gRPC metadata for one HTTP request's headers. `client` is the HTTP peer's address,
-    forwarded so the server's rate limiter keys anonymous callers by client, not by gateway."""
+    forwarded so the server's rate limiter keys anonymous callers by client, not by gateway.
+    400 for a value metadata cannot carry, 431 when the forwarded headers are too large."""
     metadata: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
     if client:
         metadata.append(("x-forwarded-for", client))
+    size = 0
     for name in _PASSED_HEADERS:
         for value in headers.getall(name, ()):
-            metadata.append((name, value))
+            metadata.append((name.lower(), _forwarded(name, value)))
+            size += len(name) + len(value)
     for name, value in headers.items():
         lowered = name.lower()
         if not lowered.startswith(_METADATA_PREFIX):
             continue
         key = lowered.removeprefix(_METADATA_PREFIX)
         if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key == "x-forwarded-for":
-            raise GatewayError.invalid(name, "not a usable gRPC metadata name")
+            raise GatewayError.invalid(cut(name), "not a usable gRPC metadata name")
+        size += len(key) + len(value)
         if key.endswith("-bin"):
             try:
                 metadata.append((key, base64.b64decode(value, validate=True)))
             except ValueError:
                 raise GatewayError.invalid(name, "a -bin value must be base64") from None
         else:
-            metadata.append((key, value))
+            metadata.append((key, _forwarded(name, value)))
+    if size > MAX_FORWARDED_HEADER_BYTES:
+        raise GatewayError.forwarded_headers_too_large(MAX_FORWARDED_HEADER_BYTES)
     return metadata
 
 
@@ -177,12 +211,14 @@ class Gateway:
         cors_origins: Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         use_proto_names: bool = False,
+        max_timeout_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS,
     ) -> None:
         self.table = RouteTable.from_services(services)
         self.strict = strict
         self.cors = Cors(cors_origins)
         self.max_body_bytes = max_body_bytes
         self.use_proto_names = use_proto_names
+        self.max_timeout_seconds = max_timeout_seconds
         self._calls: dict[Route, Any] = {}
         for route in self.table.routes:
             make: Any
@@ -229,7 +265,7 @@ class Gateway:
                 idempotency_key=request.headers.get("Idempotency-Key") or request.headers.get("X-Request-Id"),
             )
             metadata = request_metadata(request.headers, request_id, request.remote)
-            timeout = parse_timeout(request.headers)
+            timeout = parse_timeout(request.headers, self.max_timeout_seconds)
         except GatewayError as error:
             return self._error(error.status(), error.http, {**common, **error.headers}, request)
         call = self._calls[route](message, metadata=metadata, timeout=timeout)
@@ -267,7 +303,7 @@ class Gateway:
         if "Access-Control-Allow-Origin" not in common:
             raise GatewayError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"origin {request.headers.get('Origin')!r} is not allowed",
+                f"origin {echo(request.headers.get('Origin', ''))} is not allowed",
                 reason="CORS_ORIGIN_NOT_ALLOWED",
             )
         methods = self.table.methods_for(raw_path)
@@ -381,6 +417,7 @@ def gateway_routes(
     cors_origins: Iterable[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     use_proto_names: bool = False,
+    max_timeout_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS,
 ) -> list[web.RouteDef]:
     """aiohttp route definitions, for app.http.HttpServer(routes=...) or an aiohttp application.
 
@@ -393,6 +430,7 @@ def gateway_routes(
         cors_origins=cors_origins,
         max_body_bytes=max_body_bytes,
         use_proto_names=use_proto_names,
+        max_timeout_seconds=max_timeout_seconds,
     )
     defs = gateway.route_defs()
     openapi = _openapi_route(services, use_proto_names)
