@@ -47,17 +47,17 @@ from google.rpc import status_pb2
 from core.request_context import new_request_id
 from gateway.errors import (
     GatewayError,
+    caller_http_status,
     cut,
     echo,
     error_headers,
     error_response,
     failed_in_transport,
-    http_status,
     status_from_rpc_error,
     status_json,
 )
 from gateway.routes import Route, RouteTable
-from gateway.transcoder import build_request, build_stream_requests, response_json
+from gateway.transcoder import build_request, build_stream_requests, parse_query, response_json
 
 log = logging.getLogger("tally.gateway")
 
@@ -70,7 +70,7 @@ _REQUEST_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
 # gRPC's ASCII-Value; aiohttp hands over a non-ASCII byte as a surrogate escape, caught here too.
 _ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
 # Within the server's 16 KiB metadata limit (app.server), with room for the gateway's own entries
-# and gRPC's headers: past the limit gRPC refuses the call as RESOURCE_EXHAUSTED, a 429.
+# and gRPC's headers: past the limit gRPC refuses the call as RESOURCE_EXHAUSTED.
 MAX_FORWARDED_HEADER_BYTES = 12 * 1024
 DEFAULT_MAX_TIMEOUT_SECONDS = 300.0
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -129,6 +129,15 @@ def _forwarded(name: str, value: str) -> str:
             reason="INVALID_HEADER",
         )
     return value
+
+
+def idempotency_key(headers: Any) -> str | None:
+    """`Idempotency-Key`, else `X-Request-Id`, for an empty `request_id`; 400 when not printable ASCII."""
+    for name in ("Idempotency-Key", "X-Request-Id"):
+        value = headers.get(name)
+        if value:
+            return _forwarded(name, value)
+    return None
 
 
 def request_metadata(
@@ -259,10 +268,10 @@ class Gateway:
             message = build(
                 route,
                 variables,
-                list(request.rel_url.query.items()),
+                parse_query(request.rel_url.raw_query_string),
                 body,
                 strict=self.strict,
-                idempotency_key=request.headers.get("Idempotency-Key") or request.headers.get("X-Request-Id"),
+                idempotency_key=idempotency_key(request.headers),
             )
             metadata = request_metadata(request.headers, request_id, request.remote)
             timeout = parse_timeout(request.headers, self.max_timeout_seconds)
@@ -332,7 +341,7 @@ class Gateway:
         self, route: Route, error: grpc.aio.AioRpcError, headers: dict[str, str], request: web.Request
     ) -> web.Response:
         status = self._caller_status(route, error, headers["X-Request-Id"])
-        return self._error(status, http_status(status.code), headers, request)
+        return self._error(status, caller_http_status(error, status), headers, request)
 
     @staticmethod
     def _caller_status(route: Route, error: grpc.aio.AioRpcError, request_id: str) -> status_pb2.Status:

@@ -236,6 +236,15 @@ def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     return with_error_info(status)
 
 
+def caller_http_status(error: grpc.aio.AioRpcError, status: status_pb2.Status) -> int:
+    """The HTTP status for the caller of a failed call: the code's, except that RESOURCE_EXHAUSTED
+    without a Status from the server is a message or its headers past a size limit, 413, not the
+    rate limiter's 429 (which sends a Status), whose `Retry-After` invites the same call again."""
+    if status.code == code_pb2.RESOURCE_EXHAUSTED and server_status(error) is None:
+        return 413
+    return http_status(status.code)
+
+
 def transport_status(code: int) -> status_pb2.Status:
     """The Status for a call that failed in transport with `code`; UNAVAILABLE says when to retry."""
     reason, message = _TRANSPORT_FAILURES[code]

@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 import grpc
 from google.api import field_behavior_pb2
@@ -70,6 +71,27 @@ _BRACKET = re.compile(rb"[\[\]{}]")
 _UNKNOWN_SHOWN = 10
 REQUEST_ID_FIELD = "request_id"
 UPDATE_MASK_FIELD = "update_mask"
+
+
+def parse_query(raw: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, `+` as a space; 400 naming the parameter when
+    its percent-escapes are not UTF-8 (a URL library would put U+FFFD in their place, changing the
+    value without a word)."""
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        key = _unquote(name, "query")
+        pairs.append((key, _unquote(value, key)))
+    return pairs
+
+
+def _unquote(text: str, field: str) -> str:
+    try:
+        return unquote_plus(text, errors="strict")
+    except UnicodeDecodeError:
+        raise GatewayError.invalid(field, "its percent-escapes are not valid UTF-8") from None
 
 
 def json_depth_exceeds(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -8,17 +8,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import grpc
 import pytest
+from google.rpc import code_pb2
 from multidict import CIMultiDict
 
 from app.modules import SERVICES
+from core.status import make_status
 from gateway.app import (
     DEFAULT_MAX_TIMEOUT_SECONDS,
     MAX_FORWARDED_HEADER_BYTES,
+    idempotency_key,
     parse_timeout,
     request_metadata,
 )
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, caller_http_status, status_from_rpc_error
 from gateway.routes import RouteTable
 from gateway.transcoder import (
     MAX_JSON_DEPTH,
@@ -26,6 +30,7 @@ from gateway.transcoder import (
     build_stream_requests,
     decode_json,
     json_depth_exceeds,
+    parse_query,
 )
 
 TABLE = RouteTable.from_services(SERVICES)
@@ -183,3 +188,40 @@ def test_a_lone_surrogate_is_said_as_such() -> None:
     error = refused(build_request, route, variables, [], b'{"displayName": "\\ud800"}')
     assert error.violations[0] == ("account.display_name", error.violations[0][1])
     assert "surrogate" in error.violations[0][1]
+
+
+# --- the query string and the idempotency key ------------------------------------------------------
+
+
+def test_the_query_is_decoded_as_a_url_library_would() -> None:
+    pairs = [("a", "A"), ("b", "1 2"), ("c", "+"), ("d", ""), ("e", "")]
+    assert parse_query("a=%41&b=1+2&c=%2B&&d=&e") == pairs
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"), [("filter=%FF", "filter"), ("x=1&id=%ED%A0%80", "id"), ("%C3=1", "query")]
+)
+def test_a_query_that_is_not_utf8_is_refused_naming_the_parameter(raw: str, field: str) -> None:
+    error = refused(parse_query, raw)
+    assert (error.http, error.violations[0][0]) == (400, field)
+
+
+def test_an_idempotency_key_grpc_cannot_carry_is_refused_naming_it() -> None:
+    assert idempotency_key(CIMultiDict({"Idempotency-Key": "k-1", "X-Request-Id": "r"})) == "k-1"
+    assert idempotency_key(CIMultiDict({"X-Request-Id": "r-1"})) == "r-1"
+    assert idempotency_key(CIMultiDict()) is None
+    for name in ("Idempotency-Key", "X-Request-Id"):
+        error = refused(idempotency_key, CIMultiDict({name: "k\udcff"}))
+        assert (error.reason, error.violations[0][0]) == ("INVALID_HEADER", name)
+
+
+def test_a_size_limit_in_transport_is_413_and_the_rate_limiter_429() -> None:
+    def failed(*trailers: tuple[str, str | bytes]) -> grpc.aio.AioRpcError:
+        code, nothing = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(code, nothing, grpc.aio.Metadata(*trailers), details="slow down")
+
+    limited = make_status(code_pb2.RESOURCE_EXHAUSTED, "slow down", reason="RATE_LIMITED")
+    from_server = failed(("grpc-status-details-bin", limited.SerializeToString()))
+    assert caller_http_status(from_server, status_from_rpc_error(from_server)) == 429
+    in_transport = failed()
+    assert caller_http_status(in_transport, status_from_rpc_error(in_transport)) == 413
