@@ -180,13 +180,16 @@ class Case:
 CORRUPT = Hostile("corrupt_protobuf", grpc_bytes=b"\x0a\xff\xff\xff\x0f\x01")
 DEEP_GROUPS = Hostile("deep_protobuf", grpc_bytes=b"\xa3\x3e" * 5_000 + b"\xa4\x3e" * 5_000)
 DEEP_JSON = Hostile("deep_json", json=b"[" * 100_000 + b"]" * 100_000)
+# The baseline alone, first: what a method answers when nothing is hostile (OK, unless the
+# samples cannot make its request valid; then its other answers say less).
+BASELINE = Hostile("baseline")
 
 
 def cases_for(method: MethodDescriptor, routes: list[Route]) -> list[Case]:
     bound = frozenset(field for route in routes for field in route.path_fields)
-    found = [
-        Case(method, slot, value) for slot in slots(method.input_type, bound) for value in values_for(slot)
-    ]
+    found = [Case(method, None, BASELINE)]
+    for slot in slots(method.input_type, bound):
+        found += [Case(method, slot, hostile) for hostile in values_for(slot)]
     found += [Case(method, None, CORRUPT), Case(method, None, DEEP_GROUPS), Case(method, None, DEEP_JSON)]
     return found
 
@@ -210,16 +213,16 @@ class Baseline(Protocol):
     def __call__(self, field: FieldDescriptor, method: MethodDescriptor) -> Any: ...
 
     def knows(self, field: FieldDescriptor) -> bool:
-        """Whether it has a value for this optional field (set around a hostile one)."""
+        """Whether it has a value for this optional field (set in every message the request has)."""
         ...
 
 
 def baseline_message(
     method: MethodDescriptor, sample: Baseline, path_bound: frozenset[str], slot: Slot | None = None
 ) -> Message:
-    """A request with every REQUIRED field (and every path-bound one) set from `sample`, and in
-    the messages around `slot` the optional fields `sample` knows too (an address needs its
-    region code before its street can be stored)."""
+    """A request with every REQUIRED field (and every path-bound one) set from `sample`, and the
+    optional ones `sample` knows; optional messages only around `slot` (an address, with the
+    region code `sample` knows, when the hostile value is its street)."""
     message = GetMessageClass(method.input_type)()
     around = {slot.path[:depth] for depth in range(len(slot.path))} if slot is not None else set()
     _fill(message, method, sample, path_bound, (), around)
@@ -241,7 +244,7 @@ def _fill(
             if wanted or path in around:
                 _fill(getattr(message, field.name), method, sample, bound, path, around)
                 getattr(message, field.name).SetInParent()
-        elif field.message_type is None and (wanted or (prefix in around and sample.knows(field))):
+        elif field.message_type is None and (wanted or sample.knows(field)):
             value = sample(field, method)
             if field.is_repeated:
                 getattr(message, field.name).extend(value if isinstance(value, list) else [value])
@@ -275,6 +278,8 @@ def fill_update_mask(message: Message, slot: Slot | None) -> None:
 def grpc_payload(case: Case, base: Message) -> bytes | None:
     """The encoded request, or None when this value cannot go over gRPC."""
     hostile, slot = case.hostile, case.slot
+    if hostile is BASELINE:
+        return base.SerializeToString()
     if slot is None:
         return hostile.grpc_bytes
     message = type(base)()
