@@ -109,6 +109,7 @@ class StandaloneGateway:
                 max_body_bytes=settings.gateway_max_body_bytes,
                 use_proto_names=settings.gateway_proto_names,
                 forwarding=standalone_forwarding(settings),
+                max_timeout_seconds=settings.gateway_max_timeout_seconds,
             ),
         )
 

@@ -389,6 +389,7 @@ async def build(
                 max_body_bytes=settings.gateway_max_body_bytes,
                 use_proto_names=settings.gateway_proto_names,
                 forwarding=ClientForwarding(tuple(settings.trusted_proxies), gateway_proof),
+                max_timeout_seconds=settings.gateway_max_timeout_seconds,
             ),
         )
     except BaseException:

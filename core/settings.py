@@ -230,6 +230,13 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="REST: largest request body (413 above)."
     )
+    gateway_max_timeout_seconds: float = Field(
+        300,
+        gt=0,
+        le=86_400,
+        description="REST: longest call deadline a caller may ask for with Grpc-Timeout or "
+        "Request-Timeout; a longer one is cut to it.",
+    )
     idempotency_purge_interval_seconds: float = Field(
         3600,
         ge=0,

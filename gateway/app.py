@@ -10,9 +10,11 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 * in: `Authorization`, `traceparent`, `tracestate` and `X-Request-Id` pass as gRPC
   metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
   `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
-  `Request-Timeout` (seconds) becomes the call deadline; the client's address (its
-  `X-Forwarded-For` only behind a trusted proxy) goes with the gateway's proof of it
-  (core.forwarding), and no caller can send either name;
+  `Request-Timeout` (seconds) becomes the call deadline, cut to `max_timeout_seconds`; the
+  client's address (its `X-Forwarded-For` only behind a trusted proxy) goes with the gateway's
+  proof of it (core.forwarding), and no caller can send either name. A passed-on value must be
+  printable ASCII (gRPC's rule), else 400 naming the header; more than
+  MAX_FORWARDED_HEADER_BYTES of them is 431. Both are checked before any call is made;
 * out: `X-Request-Id` on every answer (the caller's, else a new one); response header and
   trailing metadata as `Grpc-Metadata-<name>`; `Retry-After` on 429 and 503; `WWW-Authenticate`
   on 401. A call that failed in transport (the server down, no Status from it) is answered in
@@ -48,15 +50,17 @@ from core.forwarding import FORWARDED_FOR, GATEWAY_PROOF, ClientForwarding
 from core.request_context import new_request_id
 from gateway.errors import (
     GatewayError,
+    caller_http_status,
+    cut,
+    echo,
     error_headers,
     error_response,
     failed_in_transport,
-    http_status,
     status_from_rpc_error,
     status_json,
 )
 from gateway.routes import Route, RouteTable
-from gateway.transcoder import build_request, build_stream_requests, response_json
+from gateway.transcoder import build_request, build_stream_requests, parse_query, response_json
 
 log = logging.getLogger("tally.gateway")
 
@@ -64,10 +68,17 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Longer than aiohttp's 8190: the longest URL the OpenAPI document allows (a 1,000-character filter of
 # 4-byte characters is 12,000 bytes percent-encoded) must reach the gateway.
 MAX_REQUEST_LINE_BYTES = 32 * 1024
-_PASSED_HEADERS = ("authorization", "traceparent", "tracestate")
+_PASSED_HEADERS = ("Authorization", "traceparent", "tracestate")
 _METADATA_PREFIX = "grpc-metadata-"
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
-_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_REQUEST_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+# gRPC's ASCII-Value; aiohttp hands over a non-ASCII byte as a surrogate escape, caught here too.
+_ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
+# Within the server's 16 KiB metadata limit (app.server), with room for the gateway's own entries
+# and gRPC's headers: past the limit gRPC refuses the call as RESOURCE_EXHAUSTED.
+MAX_FORWARDED_HEADER_BYTES = 12 * 1024
+DEFAULT_MAX_TIMEOUT_SECONDS = 300.0
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _FORWARDING_KEYS = frozenset({FORWARDED_FOR, GATEWAY_PROOF})
 NO_FORWARDING = ClientForwarding()
@@ -91,24 +102,53 @@ ROUTE_KEY = web.RequestKey("tally_route", str)
 UNMATCHED = "(unmatched)"
 
 
-def parse_timeout(headers: Any) -> float | None:
-    """The call deadline in seconds from `Grpc-Timeout` or `Request-Timeout`; 400 when malformed."""
+def parse_timeout(headers: Any, max_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS) -> float | None:
+    """The call deadline in seconds from `Grpc-Timeout` or `Request-Timeout`, at most `max_seconds`;
+    400 naming the header when malformed.
+
+    `Grpc-Timeout` is the gRPC spec's form, 1 to 8 ASCII digits and a unit; its largest values
+    (`99999999H`, 11,000 years) would overflow the call's deadline into one already past, so a
+    deadline is cut to `max_seconds` rather than passed on."""
     grpc_timeout = headers.get("Grpc-Timeout")
     if grpc_timeout is not None:
-        found = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
+        found = _GRPC_TIMEOUT.fullmatch(grpc_timeout)
         if found is None:
-            raise GatewayError.invalid("Grpc-Timeout", "expected digits and a unit (H, M, S, m, u, n)")
-        return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
+            raise GatewayError.invalid(
+                "Grpc-Timeout", "expected 1 to 8 digits and a unit (H, M, S, m, u, n), such as 5S or 200m"
+            )
+        return min(int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)], max_seconds)
     seconds = headers.get("Request-Timeout")
     if seconds is None:
         return None
-    try:
-        value = float(seconds)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 86_400:
-        raise GatewayError.invalid("Request-Timeout", "expected seconds, more than 0 and at most 86400")
+    if _REQUEST_TIMEOUT.fullmatch(seconds) is None or float(seconds) == 0:
+        raise GatewayError.invalid("Request-Timeout", "expected seconds, a number above 0 such as 2.5")
+    return min(float(seconds), max_seconds)
+
+
+def _forwarded(name: str, value: str) -> str:
+    """`value` if gRPC metadata can carry it; else 400 naming the header, never echoing the value
+    (it may be a credential). gRPC's C core would refuse it only once the call is made, as a
+    failure of the call itself."""
+    if _ASCII_VALUE.fullmatch(value) is None:
+        raise GatewayError.invalid(
+            name,
+            "a header passed on to the service must be printable ASCII (space to ~): "
+            "no TAB, control or non-ASCII characters",
+            reason="INVALID_HEADER",
+        )
     return value
+
+
+def idempotency_key(headers: Any, request_id: str) -> str | None:
+    """`Idempotency-Key`, else `X-Request-Id` when the server kept it as the call's request id,
+    for an empty `request_id`; 400 when not printable ASCII."""
+    key = headers.get("Idempotency-Key")
+    if key:
+        return _forwarded("Idempotency-Key", key)
+    offered = headers.get("X-Request-Id")
+    if offered and offered == request_id:
+        return _forwarded("X-Request-Id", offered)
+    return None
 
 
 def request_metadata(
@@ -117,26 +157,32 @@ def request_metadata(
     """The gRPC metadata for one HTTP request's headers. `client` is the HTTP peer's address; the
     client it names (core.forwarding: itself, or from X-Forwarded-For behind a trusted proxy) is
     forwarded with the gateway's proof, so the server's rate limiter keys anonymous callers by
-    client, not by gateway. A caller can set neither name itself."""
+    client, not by gateway. A caller can set neither name itself. 400 for a value metadata
+    cannot carry, 431 when the forwarded headers are too large."""
     metadata: list[tuple[str, str | bytes]] = [("x-request-id", request_id)]
     metadata.extend(forwarding.metadata(client, headers.getall("X-Forwarded-For", ())))
+    size = 0
     for name in _PASSED_HEADERS:
         for value in headers.getall(name, ()):
-            metadata.append((name, value))
+            metadata.append((name.lower(), _forwarded(name, value)))
+            size += len(name) + len(value)
     for name, value in headers.items():
         lowered = name.lower()
         if not lowered.startswith(_METADATA_PREFIX):
             continue
         key = lowered.removeprefix(_METADATA_PREFIX)
         if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key in _FORWARDING_KEYS:
-            raise GatewayError.invalid(name, "not a usable gRPC metadata name")
+            raise GatewayError.invalid(cut(name), "not a usable gRPC metadata name")
+        size += len(key) + len(value)
         if key.endswith("-bin"):
             try:
                 metadata.append((key, base64.b64decode(value, validate=True)))
             except ValueError:
                 raise GatewayError.invalid(name, "a -bin value must be base64") from None
         else:
-            metadata.append((key, value))
+            metadata.append((key, _forwarded(name, value)))
+    if size > MAX_FORWARDED_HEADER_BYTES:
+        raise GatewayError.forwarded_headers_too_large(MAX_FORWARDED_HEADER_BYTES)
     return metadata
 
 
@@ -187,6 +233,7 @@ class Gateway:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         use_proto_names: bool = False,
         forwarding: ClientForwarding = NO_FORWARDING,
+        max_timeout_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS,
     ) -> None:
         self.table = RouteTable.from_services(services)
         self.forwarding = forwarding
@@ -194,6 +241,7 @@ class Gateway:
         self.cors = Cors(cors_origins)
         self.max_body_bytes = max_body_bytes
         self.use_proto_names = use_proto_names
+        self.max_timeout_seconds = max_timeout_seconds
         self._calls: dict[Route, Any] = {}
         for route in self.table.routes:
             make: Any
@@ -234,16 +282,15 @@ class Gateway:
             message = build(
                 route,
                 variables,
-                list(request.rel_url.query.items()),
+                parse_query(request.rel_url.raw_query_string),
                 body,
                 strict=self.strict,
                 # The caller's X-Request-Id only when it is kept as the correlation id: one the
                 # server replaced is no key of the caller's.
-                idempotency_key=request.headers.get("Idempotency-Key")
-                or (request_id if request_id == request.headers.get("X-Request-Id") else None),
+                idempotency_key=idempotency_key(request.headers, request_id),
             )
             metadata = request_metadata(request.headers, request_id, request.remote, self.forwarding)
-            timeout = parse_timeout(request.headers)
+            timeout = parse_timeout(request.headers, self.max_timeout_seconds)
         except GatewayError as error:
             return self._error(error.status(), error.http, {**common, **error.headers}, request)
         call = self._calls[route](message, metadata=metadata, timeout=timeout)
@@ -281,7 +328,7 @@ class Gateway:
         if "Access-Control-Allow-Origin" not in common:
             raise GatewayError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"origin {request.headers.get('Origin')!r} is not allowed",
+                f"origin {echo(request.headers.get('Origin', ''))} is not allowed",
                 reason="CORS_ORIGIN_NOT_ALLOWED",
             )
         methods = self.table.methods_for(raw_path)
@@ -310,7 +357,7 @@ class Gateway:
         self, route: Route, error: grpc.aio.AioRpcError, headers: dict[str, str], request: web.Request
     ) -> web.Response:
         status = self._caller_status(route, error, headers["X-Request-Id"])
-        return self._error(status, http_status(status.code), headers, request)
+        return self._error(status, caller_http_status(error, status), headers, request)
 
     @staticmethod
     def _caller_status(route: Route, error: grpc.aio.AioRpcError, request_id: str) -> status_pb2.Status:
@@ -398,6 +445,7 @@ def gateway_routes(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     use_proto_names: bool = False,
     forwarding: ClientForwarding = NO_FORWARDING,
+    max_timeout_seconds: float = DEFAULT_MAX_TIMEOUT_SECONDS,
 ) -> list[web.RouteDef]:
     """aiohttp route definitions, for app.http.HttpServer(routes=...) or an aiohttp application.
 
@@ -411,6 +459,7 @@ def gateway_routes(
         max_body_bytes=max_body_bytes,
         use_proto_names=use_proto_names,
         forwarding=forwarding,
+        max_timeout_seconds=max_timeout_seconds,
     )
     defs = gateway.route_defs()
     openapi = _openapi_route(services, use_proto_names, strict)

@@ -46,6 +46,20 @@ _TRANSPORT_FAILURES: Mapping[int, tuple[str, str]] = {
 }
 _INTERNAL_CODES = frozenset({code_pb2.UNKNOWN, code_pb2.INTERNAL, code_pb2.DATA_LOSS})
 UNAVAILABLE_RETRY_SECONDS = 1
+ECHO_LIMIT = 40
+# Field paths come from descriptors and are short; a longer "field" is a caller's query key or header.
+FIELD_NAME_LIMIT = 100
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """A caller's text cut to a short prefix for a message: it may be a megabyte or a credential,
+    and a message travels in trailers with a size limit and into logs."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def echo(value: str, limit: int = ECHO_LIMIT) -> str:
+    """A caller's value quoted and cut (`cut`) for a message."""
+    return repr(cut(value, limit))
 
 
 def http_status(code: grpc.StatusCode | int) -> int:
@@ -85,6 +99,7 @@ class GatewayError(Exception):
     @classmethod
     def invalid(cls, field: str, description: str, *, reason: str = "INVALID_ARGUMENT") -> GatewayError:
         """400 INVALID_ARGUMENT with one BadRequest field violation."""
+        field = cut(field, FIELD_NAME_LIMIT)
         return cls(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{field}: {description}",
@@ -94,13 +109,14 @@ class GatewayError(Exception):
 
     @classmethod
     def route_not_found(cls, http_method: str, path: str) -> GatewayError:
-        return cls(grpc.StatusCode.NOT_FOUND, f"no route for {http_method} {path}", reason="ROUTE_NOT_FOUND")
+        message = f"no route for {cut(http_method)} {cut(path)}"
+        return cls(grpc.StatusCode.NOT_FOUND, message, reason="ROUTE_NOT_FOUND")
 
     @classmethod
     def method_not_allowed(cls, http_method: str, allowed: Sequence[str]) -> GatewayError:
         return cls(
             grpc.StatusCode.UNIMPLEMENTED,
-            f"method {http_method} is not allowed here; allowed: {', '.join(allowed)}",
+            f"method {cut(http_method)} is not allowed here; allowed: {', '.join(allowed)}",
             reason="METHOD_NOT_ALLOWED",
             http=405,
             headers={"Allow": ", ".join(allowed)},
@@ -135,6 +151,16 @@ class GatewayError(Exception):
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the request line is longer than {max_request_line} bytes, a header longer than "
             f"{max_header} bytes, or there are more than {max_headers} headers",
+            reason="HEADERS_TOO_LARGE",
+            http=431,
+        )
+
+    @classmethod
+    def forwarded_headers_too_large(cls, limit: int) -> GatewayError:
+        return cls(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the headers passed on to the service (Authorization, traceparent, tracestate, "
+            f"Grpc-Metadata-*) total more than {limit} bytes",
             reason="HEADERS_TOO_LARGE",
             http=431,
         )
@@ -208,6 +234,15 @@ def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
             return transport_status(code)
         status = status_pb2.Status(code=code, message=error.details() or "")
     return with_error_info(status)
+
+
+def caller_http_status(error: grpc.aio.AioRpcError, status: status_pb2.Status) -> int:
+    """The HTTP status for the caller of a failed call: the code's, except that RESOURCE_EXHAUSTED
+    without a Status from the server is a message or its headers past a size limit, 413, not the
+    rate limiter's 429 (which sends a Status), whose `Retry-After` invites the same call again."""
+    if status.code == code_pb2.RESOURCE_EXHAUSTED and server_status(error) is None:
+        return 413
+    return http_status(status.code)
 
 
 def transport_status(code: int) -> status_pb2.Status:

@@ -45,6 +45,8 @@ _WKT_KINDS = {
     "google.protobuf.Any": "a JSON object with an @type this service knows",
 }
 _ENUM_NAMES_SHOWN = 12
+# json_format's words for a string holding half of a UTF-16 pair (JSON "\\ud800"), which UTF-8 cannot carry.
+_SURROGATE = "Unpaired surrogate"
 
 
 @functools.cache
@@ -158,6 +160,8 @@ def readable_parse_error(error: Exception, descriptor: Descriptor, prefix: str =
         description = f"sets more than one field of the oneof {clash.group(1)}"
     elif field is None:
         description = "is not a field here"
+    elif _SURROGATE in text:
+        description = "must be Unicode text; a lone surrogate (such as \\ud800) is not"
     else:
         description = expected(field)
     return GatewayError.invalid(prefix + path, description)

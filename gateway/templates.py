@@ -69,11 +69,11 @@ class PathDecodeError(ValueError):
 def _check_escapes(path: str) -> None:
     bad = _BAD_ESCAPE.search(path)
     if bad is not None:
-        raise PathDecodeError(f"invalid percent-escape at position {bad.start()} in path {path!r}")
+        raise PathDecodeError(f"invalid percent-escape at position {bad.start()}")
     try:
         unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PathDecodeError(f"percent-escapes in path {path!r} are not valid UTF-8") from exc
+        raise PathDecodeError("its percent-escapes are not valid UTF-8") from exc
 
 
 def _decode(raw: str) -> str:

@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 import grpc
 from google.api import field_behavior_pb2
@@ -42,7 +43,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from core.idempotency import MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN
-from gateway.errors import GatewayError
+from gateway.errors import FIELD_NAME_LIMIT, GatewayError, cut, echo
 from gateway.fields import (
     INT_RANGES,
     WRAPPERS,
@@ -62,14 +63,68 @@ _STRING_WKTS = frozenset(f"google.protobuf.{name}" for name in ("Timestamp", "Du
 _TRUE = frozenset({"true", "1", "t", "yes"})
 _FALSE = frozenset({"false", "0", "f", "no"})
 _MAP_ENTRY_KEY = re.compile(r"([^\[\]]+)\[(.*)\]")  # `labels[team]`: field path, map key
+# Deep enough for any request message (Struct values included), shallow enough that neither
+# json.loads nor json_format recurses near Python's limit: RecursionError was a 500.
+MAX_JSON_DEPTH = 64
+# A JSON string, escapes included, found without backtracking; the brackets in it are not nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+_UNKNOWN_SHOWN = 10
 REQUEST_ID_FIELD = "request_id"
 UPDATE_MASK_FIELD = "update_mask"
 
 
+def parse_query(raw: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, `+` as a space; 400 naming the parameter when
+    its percent-escapes are not UTF-8 (a URL library would put U+FFFD in their place, changing the
+    value without a word)."""
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        key = _unquote(name, "query")
+        pairs.append((key, _unquote(value, key)))
+    return pairs
+
+
+def _unquote(text: str, field: str) -> str:
+    try:
+        return unquote_plus(text, errors="strict")
+    except UnicodeDecodeError:
+        raise GatewayError.invalid(field, "its percent-escapes are not valid UTF-8") from None
+
+
+def json_depth_exceeds(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects in `text` nest deeper than `limit`, found before parsing it.
+
+    Counting brackets is enough while there are few; else strings are cut out first, and the
+    count stops at the first bracket past the limit."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    depth = 0
+    for bracket in _BRACKET.finditer(_JSON_STRING.sub(b'""', text)):
+        if bracket.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _too_deep(field: str) -> GatewayError:
+    return GatewayError.invalid(
+        field, f"JSON nested deeper than {MAX_JSON_DEPTH} arrays and objects", reason="JSON_TOO_DEEP"
+    )
+
+
 def decode_json(body: bytes) -> Any:
-    """The parsed JSON body, None when empty; 400 when malformed."""
+    """The parsed JSON body, None when empty; 400 when malformed or nested too deep."""
     if not body.strip():
         return None
+    if json_depth_exceeds(body):
+        raise _too_deep("body")
     try:
         return json.loads(body)
     except UnicodeDecodeError:
@@ -94,13 +149,13 @@ def _apply_body(route: Route, message: Message, body: Any, *, strict: bool) -> N
     else:
         wrapped, prefix = {route.body: body}, ""
     if strict:
-        unknown = unknown_fields(descriptor, wrapped, prefix)
+        unknown = [cut(name, FIELD_NAME_LIMIT) for name in unknown_fields(descriptor, wrapped, prefix)]
         if unknown:
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown fields in the body: {', '.join(unknown)}",
+                f"unknown fields in the body: {', '.join(unknown[:_UNKNOWN_SHOWN])}",
                 reason="UNKNOWN_FIELD",
-                violations=[(name, "unknown field") for name in unknown],
+                violations=[(name, "unknown field") for name in unknown[:_UNKNOWN_SHOWN]],
             )
     parse_into(wrapped, message, strict=strict)
 
@@ -161,6 +216,10 @@ def _path_message(route: Route, variables: Mapping[str, str]) -> Message:
     return message
 
 
+def _shown(value: Any) -> str:
+    return echo(value) if isinstance(value, str) else cut(repr(value))
+
+
 def _leaf(message: Message, path: str) -> tuple[Any, bool]:
     """The value at a dotted path and whether it is set (non-default, or present)."""
     *parents, name = path.split(".")
@@ -187,7 +246,9 @@ def _merge_path(message: Message, variables: Mapping[str, str], from_path: Messa
         path_value, _ = _leaf(from_path, path)
         if body_set and body_value != path_value:
             raise GatewayError.invalid(
-                path, f"the body has {body_value!r} but the URL path {path_value!r}", reason="PATH_CONFLICT"
+                path,
+                f"the body has {_shown(body_value)} but the URL path {_shown(path_value)}",
+                reason="PATH_CONFLICT",
             )
     message.MergeFrom(from_path)
 
@@ -378,6 +439,8 @@ def _json_lines(body: bytes) -> list[tuple[int, Any]]:
     for number, raw in enumerate(body.split(b"\n"), start=1):
         if not raw.strip():
             continue
+        if json_depth_exceeds(raw):
+            raise _too_deep(f"line {number}")
         try:
             parsed.append((number, json.loads(raw)))
         except UnicodeDecodeError:
