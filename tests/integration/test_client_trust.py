@@ -20,11 +20,11 @@ import grpc
 import pytest
 
 from app.gateway_server import StandaloneGateway
-from app.server import App, build
+from app.server import App
 from core.forwarding import GATEWAY_PROOF, GatewayProof
 from core.settings import Settings
 from tally.account.v1 import auth_pb2, auth_pb2_grpc
-from tests.support import JWT_SECRET, TEST_SECRET, cheap_passwords, details, failing
+from tests.support import JWT_SECRET, TEST_SECRET, details, failing, serving
 
 AUTH_BURST = 10  # the default "auth" limit: burst 10, 1 per second
 LOGIN = {"email": "nobody@example.com", "password": "wrong password, surely"}
@@ -47,12 +47,8 @@ def serve(tmp_path: Path) -> Serve:
             http_addr="127.0.0.1:0",
             **overrides,
         )
-        app = await build(settings, passwords=cheap_passwords())
-        await app.start()
-        try:
+        async with serving(settings) as app:
             yield app
-        finally:
-            await app.stop(grace=0)
 
     return start
 
