@@ -19,6 +19,7 @@ ID_PREFIX = "acct"
 # Column widths (account_svc/repository.py and identity/repository.py declare their columns
 # with these): checked before any query, so no database ever sees a longer value.
 MAX_DISPLAY_NAME = 200
+MAX_TIME_ZONE = 64  # IANA names are at most 30-odd characters; room to spare
 MAX_EMAIL = 254  # the email and its email_key (the normalised form, which may be longer)
 MAX_FILTER = 1000
 MAX_METADATA_ENTRIES = 50

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from account_svc.domain import (
     MAX_DISPLAY_NAME,
     MAX_EMAIL,
+    MAX_TIME_ZONE,
     Account,
     AccountFilter,
     AccountStatus,
@@ -41,6 +42,7 @@ class AccountRow(Base):
     phone: Mapped[str] = mapped_column(String(16))
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     currency_code: Mapped[str] = mapped_column(String(3))
+    billing_time_zone: Mapped[str] = mapped_column(String(MAX_TIME_ZONE), server_default="UTC")
     status: Mapped[str] = mapped_column(String(16))
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -13,13 +13,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 from sqlalchemy import Table
 
 from account_svc.module import MODULE as ACCOUNTS
+from billing_svc.module import MODULE as BILLING
 from core.audit import AuditEventRow
 from core.db import Base
 from core.idempotency import IdempotencyKeyRow
 from core.modules import ServiceModule
 from core.outbox import OutboxEventRow
 
-MODULES: tuple[ServiceModule[Any], ...] = (ACCOUNTS,)
+MODULES: tuple[ServiceModule[Any], ...] = (ACCOUNTS, BILLING)
 
 # Tables of the platform itself (core), shared by every module.
 PLATFORM_MODELS: tuple[type[Base], ...] = (IdempotencyKeyRow, AuditEventRow, OutboxEventRow)

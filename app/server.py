@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from account_svc.directory import SqlAccountDirectory
 from account_svc.identity.keys import KeyRing
 from account_svc.identity.sessions import SessionCache
 from account_svc.identity.tokens import TokenIssuer, TokenVerifier
@@ -210,6 +211,7 @@ async def build_components(
             page_tokens=PageTokens(secret),
             server_key=ServerKey(secret),
             known_scopes=known_scopes(modules),
+            account_directory=SqlAccountDirectory,
             overrides={"passwords": passwords} if passwords is not None else {},
         )
         services = {module.name: module.build(platform) for module in modules}

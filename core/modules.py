@@ -18,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core.accounts import AccountDirectoryFactory
 from core.clock import BillingClocks, Clock
 from core.db import Base
 from core.pagination import PageTokens
@@ -45,6 +46,8 @@ class Platform:
     server_key: ServerKey  # seals values kept at rest (a replayable secret), per purpose
     # Every scope an access policy of a served RPC names: grants of other scopes are refused.
     known_scopes: frozenset[str]
+    # Billing terms of accounts (currency, time zone, liveness), read on a module's own session.
+    account_directory: AccountDirectoryFactory
     # Replacements for parts a module would otherwise make itself (tests pass cheap password
     # hashing this way), looked up by name; modules document the names they read.
     overrides: Mapping[str, object] = field(default_factory=dict)

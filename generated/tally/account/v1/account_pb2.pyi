@@ -83,6 +83,7 @@ class Account(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    BILLING_TIME_ZONE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `acct_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
     display_name: _builtins.str
@@ -103,6 +104,12 @@ class Account(_message.Message):
     """Changes whenever the account changes. Send it back on update or delete to
     make the change only if nobody changed the account in between (ABORTED
     otherwise).
+    """
+    billing_time_zone: _builtins.str
+    """The IANA time zone billing periods are computed in, for example
+    `America/New_York`: periods start at local midnights. `UTC` when empty.
+    A change applies to subscriptions created afterwards; existing ones keep
+    the zone they started in.
     """
     @_builtins.property
     def billing_address(self) -> _postal_address_pb2.PostalAddress:
@@ -143,10 +150,11 @@ class Account(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        billing_time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["billing_address", b"billing_address", "create_time", b"create_time", "delete_time", b"delete_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_address", b"billing_address", "create_time", b"create_time", "currency_code", b"currency_code", "delete_time", b"delete_time", "display_name", b"display_name", "email", b"email", "etag", b"etag", "id", b"id", "metadata", b"metadata", "phone", b"phone", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_address", b"billing_address", "billing_time_zone", b"billing_time_zone", "create_time", b"create_time", "currency_code", b"currency_code", "delete_time", b"delete_time", "display_name", b"display_name", "email", b"email", "etag", b"etag", "id", b"id", "metadata", b"metadata", "phone", b"phone", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,7 +308,8 @@ class UpdateAccountRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: any of `display_name`, `email`, `phone`,
-        `billing_address`, `currency_code`, `status`, `metadata`, or `*` for all
+        `billing_address`, `currency_code`, `status`, `metadata`,
+        `billing_time_zone`, or `*` for all
         of them. When empty, every field set to a non-default value in `account`
         is changed.
         """

@@ -1,0 +1,35 @@
+"""The account module's side of core.accounts.AccountDirectory: billing terms read on a given session."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from account_svc.repository import AccountRow
+from core import ids
+from core.accounts import AccountTerms
+
+
+class SqlAccountDirectory:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def terms(self, account_id: str, *, lock: bool = False) -> AccountTerms | None:
+        if not account_id or len(account_id) > ids.MAX_LENGTH:
+            return None
+        statement = select(
+            AccountRow.id, AccountRow.currency_code, AccountRow.billing_time_zone, AccountRow.delete_time
+        ).where(AccountRow.id == account_id)
+        if lock:
+            # A share lock: concurrent subscriptions to one account do not block each other, while a
+            # delete or currency change waits for them (and they for it). SQLite ignores it (one writer).
+            statement = statement.with_for_update(read=True)
+        row = (await self._session.execute(statement)).one_or_none()
+        if row is None:
+            return None
+        return AccountTerms(
+            account_id=row.id,
+            currency_code=row.currency_code,
+            billing_time_zone=row.billing_time_zone,
+            live=row.delete_time is None,
+        )

@@ -1,0 +1,65 @@
+"""The billing service as the composition root sees it: services, tables, dependencies, servicers.
+
+Serves tally.billing.v1 (MeterService, TestClockService) and tally.subscription.v1 (PlanService,
+SubscriptionService). One package per domain, each with the account module's layers:
+catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration, entitlements),
+clocks/ (test clocks and the account time billing reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
+from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
+from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
+from core.modules import Platform, ServiceModule
+from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
+
+
+@dataclass(frozen=True)
+class BillingServices:
+    platform: Platform
+
+
+def build(platform: Platform) -> BillingServices:
+    return BillingServices(platform=platform)
+
+
+def register(server: grpc.aio.Server, services: BillingServices) -> None:
+    meter_pb2_grpc.add_MeterServiceServicer_to_server(meter_pb2_grpc.MeterServiceServicer(), server)  # type: ignore[abstract]
+    plan_pb2_grpc.add_PlanServiceServicer_to_server(plan_pb2_grpc.PlanServiceServicer(), server)  # type: ignore[abstract]
+    subscription_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+        subscription_pb2_grpc.SubscriptionServiceServicer(), server  # type: ignore[abstract]
+    )
+    test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
+        test_clock_pb2_grpc.TestClockServiceServicer(), server  # type: ignore[abstract]
+    )
+
+
+MODULE: ServiceModule[BillingServices] = ServiceModule(
+    name="billing",
+    package="billing_svc",
+    services=(
+        meter_pb2.DESCRIPTOR.services_by_name["MeterService"],
+        plan_pb2.DESCRIPTOR.services_by_name["PlanService"],
+        subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
+        test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
+    ),
+    models=(
+        MeterRow,
+        PlanRow,
+        PlanVersionRow,
+        PlanFeatureRow,
+        SubscriptionRow,
+        SubscriptionPhaseRow,
+        PendingInvoiceItemRow,
+        TestClockRow,
+        TestClockAccountRow,
+    ),
+    build=build,
+    register=register,
+)
