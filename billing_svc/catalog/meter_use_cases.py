@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from billing_svc.catalog import domain
+from billing_svc.catalog import domain, rules
 from billing_svc.catalog.domain import Meter, MeterFields
 from billing_svc.catalog.unit_of_work import CatalogUnitOfWork
 from core import ids
@@ -104,7 +104,7 @@ def _event(meter: Meter, **extra: object) -> dict[str, object]:
 
 
 async def create_meter(deps: MeterDeps, caller: Caller, fields: MeterFields) -> Meter:
-    domain.check_new_meter(fields)
+    rules.check_new_meter(fields)
     command = CreateMeter(fields)
 
     async def action(uow: CatalogUnitOfWork) -> Meter:
@@ -167,7 +167,7 @@ def _check_unchanged(current: Meter, fields: MeterFields, names: Sequence[str]) 
         if name == "aggregation" and value is None:
             continue  # unset in the request: nothing asked to change
         if value != getattr(current, name):
-            raise domain.immutable_changed(f"meter.{name}")
+            raise rules.immutable_changed(f"meter.{name}")
 
 
 async def update_meter(
@@ -180,7 +180,7 @@ async def update_meter(
     etag: str = "",
 ) -> Meter:
     _require_id(meter_id, "meter.id")
-    names, immutable = domain.check_mask(
+    names, immutable = rules.check_mask(
         mask,
         updatable=domain.METER_UPDATABLE,
         immutable=domain.METER_IMMUTABLE,
@@ -188,7 +188,7 @@ async def update_meter(
     )
     if not names and not immutable:
         raise InvalidArgument.field("update_mask", "names no field to update")
-    domain.check_meter_update(fields, names)
+    rules.check_meter_update(fields, names)
     command = UpdateMeter(meter_id, fields, names, immutable, etag)
 
     async def action(uow: CatalogUnitOfWork) -> Meter:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from billing_svc.catalog.ports import MeterRepository
+from billing_svc.catalog.ports import MeterRepository, PlanRepository
 from core.audit import AuditLog
 from core.db import AfterCommit
 from core.idempotency import IdempotencyRepository
@@ -23,6 +23,9 @@ class CatalogUnitOfWork(Protocol):
 
     @property
     def meters(self) -> MeterRepository: ...
+
+    @property
+    def plans(self) -> PlanRepository: ...
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...
