@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -14,10 +16,12 @@ from app.server import App
 from billing_svc.catalog.plan_reader import SqlPlanReader
 from core import db, outbox
 from core.audit import AuditEventRow
+from core.settings import Settings
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc
 from tally.type.v1 import money_pb2
-from tests.support import details, failing
+from tests.integration.test_concurrency import waits_on_lock
+from tests.support import asyncpg_dsn, channel_as, details, failing, mint, serving
 
 Meter = meter_pb2.Meter
 Plan = plan_pb2.Plan
@@ -610,3 +614,53 @@ async def test_plan_listing_and_archiving(app: App, plans: plan_pb2_grpc.PlanSer
     assert [plan.id for plan in everything.plans] == [plan.id for plan in created]
     assert [e.type for e in await events(app, "plan") if e.type == "plan.archived"] == ["plan.archived"]
     assert [row.action for row in await audit_rows(app, created[2].id)] == ["create", "archive"]
+
+
+# --- races (PostgreSQL: SQLite has one writer at a time) ------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_racing_creates_with_one_code_exactly_one_wins(
+    postgres_settings: Settings, postgres_clean: None
+) -> None:
+    async with serving(postgres_settings) as app, channel_as(app, mint(app)) as channel:
+        meter_stub = meter_pb2_grpc.MeterServiceStub(channel)
+        plan_stub = plan_pb2_grpc.PlanServiceStub(channel)
+        for make, reason in (
+            (lambda n: create_meter(meter_stub, "raced", display_name=f"Racer {n}"), "METER_CODE_TAKEN"),
+            (lambda n: create_plan(plan_stub, "raced", display_name=f"Racer {n}"), "PLAN_CODE_TAKEN"),
+        ):
+            results = await asyncio.gather(*(make(n) for n in range(5)), return_exceptions=True)
+            losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(results) - len(losers) == 1, results
+            assert {(e.code(), details(e).reason) for e in losers} == {
+                (grpc.StatusCode.ALREADY_EXISTS, reason)
+            }
+
+
+@pytest.mark.postgres
+async def test_a_price_change_waits_for_a_subscription_taking_the_version(
+    postgres_settings: Settings, postgres_clean: None, postgres_url: str
+) -> None:
+    async with serving(postgres_settings) as app, channel_as(app, mint(app)) as channel:
+        stub = plan_pb2_grpc.PlanServiceStub(channel)
+        created = await create_plan(stub)
+        watcher = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            async with db.UnitOfWork(db.session_factory(app.engine)) as uow:
+                reader = SqlPlanReader(uow.session)
+                taken = await reader.version(created.id, lock=True)
+                assert taken is not None and not taken.in_use
+                # Version 1 is not in use yet, so alone this update would change it in place.
+                update = asyncio.create_task(
+                    update_plan(stub, Plan(id=created.id, base_fee=usd(4900)), "base_fee")
+                )
+                assert await waits_on_lock(watcher, postgres_url), "the update did not wait for the version"
+                await reader.mark_in_use(created.id, taken.version)
+                await uow.commit()
+            updated = await update
+        finally:
+            await watcher.close()
+        assert (updated.version, updated.base_fee.amount_minor) == (2, 4900)
+        first = await stub.GetPlan(plan_pb2.GetPlanRequest(id=created.id, version=1))
+        assert first.base_fee.amount_minor == 2900
