@@ -23,6 +23,7 @@ from billing_svc.catalog.domain import (
     SeatPrice,
 )
 from billing_svc.catalog.pricing import Graduated, Package, Percentage, PerUnit, PricingModel, Tier, Volume
+from billing_svc.catalog.rules import raise_capped
 from core.errors import InvalidArgument, Violations
 from core.money import Money
 from core.money_proto import decimal_from_proto, decimal_to_proto, money_from_proto, money_to_proto
@@ -181,7 +182,7 @@ def plan_fields_from_proto(message: plan_pb2.Plan, mask: Collection[str] | None 
         requires_payment=message.requires_payment,
         features=tuple(_feature(feature) for feature in message.features) if wanted("features") else (),
     )
-    decode.violations.raise_if_any()
+    raise_capped(decode.violations)
     return fields
 
 

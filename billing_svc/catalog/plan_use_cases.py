@@ -136,7 +136,7 @@ async def _check_meters(uow: CatalogUnitOfWork, terms: PlanTerms, *, already_cha
             violations.add(f"{path}.price.percentage", problem)
         if meter.is_archived and charge.meter_id not in already_charged:
             archived.append((f"{path}.meter_id", meter.id))
-    violations.raise_if_any()
+    rules.raise_capped(violations)
     if archived:
         path, meter_id = archived[0]
         raise FailedPrecondition(

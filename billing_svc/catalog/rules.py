@@ -36,6 +36,21 @@ from core.money import Money
 from core.text import excerpt, invisible_problem, text_problem
 
 _CODE = re.compile(CODE_REGEX)
+# A plan holds thousands of numbers (50 charges of 100 tiers), and an error naming every bad one
+# would not fit in the gRPC trailers that carry it: the first ones are named, the rest counted.
+MAX_VIOLATIONS = 20
+
+
+def raise_capped(violations: Violations) -> None:
+    """Raise the violations, at most MAX_VIOLATIONS of them, if there are any."""
+    items = violations.items
+    if len(items) <= MAX_VIOLATIONS:
+        violations.raise_if_any()
+        return
+    kept = items[:MAX_VIOLATIONS]
+    named = "; ".join(f"{v.field}: {v.description}" for v in kept)
+    raise InvalidArgument(kept, message=f"{named}; and {len(items) - MAX_VIOLATIONS} more")
+
 
 # --- text rules ----------------------------------------------------------------------------------
 
@@ -150,7 +165,7 @@ def check_new_plan(fields: PlanFields) -> None:
     check_code(violations, "plan.code", fields.code)
     known_currency = _check_currency(violations, "plan.currency_code", fields.currency_code)
     _check_plan_fields(violations, fields, PLAN_UPDATABLE)
-    violations.raise_if_any()
+    raise_capped(violations)
     if known_currency:
         check_terms(apply_terms(None, fields, ()), fields.currency_code)
 
@@ -159,7 +174,7 @@ def check_plan_update(fields: PlanFields, names: Iterable[str]) -> None:
     """The rules of the named fields that need nothing stored; `check_terms` follows on the result."""
     violations = Violations()
     _check_plan_fields(violations, fields, names)
-    violations.raise_if_any()
+    raise_capped(violations)
 
 
 def check_terms(terms: PlanTerms, currency_code: str) -> None:
@@ -179,7 +194,7 @@ def check_terms(terms: PlanTerms, currency_code: str) -> None:
     low, high = terms.minimum_spend, terms.maximum_spend
     if not violations.items and low is not None and high is not None and low > high:
         violations.add("plan.maximum_spend", f"must be at least minimum_spend ({low})")
-    violations.raise_if_any()
+    raise_capped(violations)
 
 
 def _check_currency(violations: Violations, path: str, code: str) -> bool:

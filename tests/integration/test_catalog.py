@@ -494,6 +494,12 @@ async def test_bad_plans_name_the_fields(
         "plan.features[1]",
     }
 
+    # However many fields are wrong, the error fits its trailers: the first 20 are named.
+    many = [plan_pb2.Feature(code="a", enabled=True) for _ in range(100)]
+    error = await failing(create_plan(plans, features=many))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(details(error).violations) == 20
+
     error = await failing(create_plan(plans, base_fee=usd(100, "EUR")))
     assert set(details(error).violations) == {"plan.base_fee.currency_code"}
     error = await failing(create_plan(plans, minimum_spend=usd(500), maximum_spend=usd(100)))

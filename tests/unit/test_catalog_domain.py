@@ -343,3 +343,13 @@ def test_plan_version_round_trips_through_its_stored_form() -> None:
     # An etag read from another version never matches, though the plan's revision is the same.
     assert plan.etag != replace(plan, version=1).etag
     assert not plan.is_archived
+
+
+def test_errors_name_at_most_twenty_fields() -> None:
+    # A plan holds thousands of numbers; an error naming every bad one would not fit the
+    # gRPC trailers that carry it (found by schemathesis: 100 features of one code).
+    features = tuple(Feature("a", "", True, None) for _ in range(100))
+    with pytest.raises(InvalidArgument) as caught:
+        rules.check_new_plan(plan_fields(features=features))
+    assert len(caught.value.violations) == rules.MAX_VIOLATIONS == 20
+    assert caught.value.message.endswith("; and 80 more")
