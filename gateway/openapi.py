@@ -35,6 +35,7 @@ from gateway.openapi_http import (
 from gateway.schemas import (
     JSON,
     QUERY_WELL_KNOWN,
+    REF_PREFIX,
     STATUS,
     WELL_KNOWN,
     Flavor,
@@ -43,6 +44,7 @@ from gateway.schemas import (
     behaviors,
     is_map,
     is_required,
+    nullable,
     ref,
 )
 from gateway.templates import PathTemplate, parameter_names
@@ -481,10 +483,24 @@ class _DocumentBuilder:
             content = {"application/x-ndjson": {"schema": schema}}
         else:
             content = {"application/json": {"schema": schema}}
-        request_body: JSON = {"required": True, "content": content}
+        # The gateway reads an absent body as an empty message (gateway/transcoder.py decode_json),
+        # so a `*` body that asks for no field (a custom method's optional request_id) may be left out.
+        # and `null` as no body at all.
+        required = binding.body != "*" or method.client_streaming or self._asks_for_something(schema)
+        if not required:
+            content = {kind: {"schema": nullable(entry["schema"])} for kind, entry in content.items()}
+        request_body: JSON = {"required": required, "content": content}
         if description:
             request_body["description"] = description
         return request_body
+
+    def _asks_for_something(self, schema: JSON) -> bool:
+        """Whether an empty JSON object fails `schema` by its own keywords (required fields, or
+        the at-least-one-field rule of a PATCH body)."""
+        target = schema.get("$ref", "")
+        if target.startswith(REF_PREFIX):
+            schema = self.schemas.schemas.get(target.removeprefix(REF_PREFIX), {})
+        return bool(schema.get("required")) or any(key in schema for key in ("anyOf", "oneOf", "allOf"))
 
     def responses(self, method: MethodDescriptor, response_body: str) -> JSON:
         description = "OK"

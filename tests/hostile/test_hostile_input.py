@@ -41,6 +41,8 @@ from app.server import App, build
 from core.settings import RateLimit, Settings
 from gateway.routes import Route
 from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
+from tally.billing.v1 import meter_pb2, meter_pb2_grpc
+from tally.subscription.v1 import plan_pb2, plan_pb2_grpc
 from tests.hostile.cases import (
     Case,
     baseline_message,
@@ -71,6 +73,8 @@ class Seeds:
     refresh_token: str = ""
     service_account_id: str = ""
     client_secret: str = ""
+    meter_id: str = ""
+    plan_id: str = ""
 
 
 @dataclass
@@ -115,6 +119,30 @@ async def create_account(backend: Backend) -> str:
     return str(created.id)
 
 
+async def create_catalog(backend: Backend) -> tuple[str, str]:
+    """A meter and a plan (the catalog's Get/Update/Archive cases name them)."""
+    metadata = tuple(backend.headers.items())
+    n = next(_serial)
+    meter = await meter_pb2_grpc.MeterServiceStub(backend.channel).CreateMeter(
+        meter_pb2.CreateMeterRequest(
+            meter=meter_pb2.Meter(
+                code=f"seed_{n}", display_name="Seed", aggregation=meter_pb2.Meter.AGGREGATION_SUM
+            )
+        ),
+        metadata=metadata,
+    )
+    interval = plan_pb2.BillingInterval(unit=plan_pb2.BillingInterval.UNIT_MONTH)
+    plan = await plan_pb2_grpc.PlanServiceStub(backend.channel).CreatePlan(
+        plan_pb2.CreatePlanRequest(
+            plan=plan_pb2.Plan(
+                code=f"seed-{n}", display_name="Seed", currency_code="USD", billing_interval=interval
+            )
+        ),
+        metadata=metadata,
+    )
+    return meter.id, plan.id
+
+
 async def seed(backend: Backend) -> Seeds:
     """Fresh resources for one method's cases (its baselines may delete or revoke them)."""
     metadata = tuple(backend.headers.items())
@@ -133,7 +161,10 @@ async def seed(backend: Backend) -> Seeds:
         ),
         metadata=metadata,
     )
+    meter, plan = await create_catalog(backend)
     return Seeds(
+        meter_id=meter,
+        plan_id=plan,
         account_id=await create_account(backend),
         user_id=user.id,
         user_email=email,
@@ -169,6 +200,7 @@ class Samples:
             return 1
         name, n = field.name, next(_serial)
         known = {
+            "code": f"sample_{n}",  # meter, plan and feature codes: a lower-case letter first
             "email": self.seeds.user_email if top_level else f"new{n}@example.test",
             "password": PASSWORD,
             "client_secret": self.seeds.client_secret,
@@ -187,8 +219,13 @@ class Samples:
         return field.name in KNOWN or field.name == "account_id"
 
     def _id(self, field: FieldDescriptor, method: MethodDescriptor) -> str:
+        service = method.containing_service.name
         if field.name == "account_id":
             return self.seeds.account_id
+        if field.name == "meter_id" or service == "MeterService":
+            return self.seeds.meter_id
+        if service == "PlanService":
+            return self.seeds.plan_id
         if "ServiceAccount" in method.name:
             return self.seeds.service_account_id
         if "User" in method.name:

@@ -172,8 +172,21 @@ def test_undelete_custom_verb_with_star_body(doc: JSON) -> None:
     operation = doc["paths"]["/v1/accounts/{id}:undelete"]["post"]
     assert params(operation)[("path", "id")]["required"] is True
     assert [where for where, _ in params(operation) if where != "header"] == ["path"]
-    body = deref(doc, operation["requestBody"]["content"]["application/json"]["schema"])
+    # Nothing in the body is required, and the gateway reads no body (or `null`) as an empty one.
+    assert operation["requestBody"]["required"] is False
+    body_or_null = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body_or_null["anyOf"][1] == {"type": "null"}
+    body = deref(doc, body_or_null["anyOf"][0])
     assert list(body["properties"]) == ["requestId"]  # `id` travels in the path
+
+
+def test_a_body_is_required_where_an_empty_one_is_refused(doc: JSON) -> None:
+    paths = doc["paths"]
+    assert paths["/v1/plans/{id}:archive"]["post"]["requestBody"]["required"] is False
+    assert paths["/v1/meters/{id}:archive"]["post"]["requestBody"]["required"] is False
+    assert paths["/v1/plans"]["post"]["requestBody"]["required"] is True  # body: "plan"
+    assert paths["/v1/auth:login"]["post"]["requestBody"]["required"] is True  # `*` with required fields
+    assert paths["/v1/plans/{id}"]["patch"]["requestBody"]["required"] is True  # at least one field
 
 
 def test_login_is_public_and_others_need_a_bearer_token(doc: JSON) -> None:
@@ -390,7 +403,8 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
     assert parent == {"$ref": SCHEMAS + "tally.testing.v1.Widget"}
 
     watch = paths["/v1/widgets:watch"]["post"]
-    assert watch["requestBody"]["content"]["application/json"]["schema"] == {"type": "object"}
+    assert watch["requestBody"]["content"]["application/json"]["schema"] == {"type": ["object", "null"]}
+    assert watch["requestBody"]["required"] is False
     assert set(watch["responses"]["200"]["content"]) == {"application/x-ndjson", "text/event-stream"}
     assert "WidgetService_Internal" not in json.dumps(doc)
 
