@@ -7,10 +7,12 @@ returns its result instead of writing it: the preview is the change, not an esti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import engine
+from billing_svc.subscriptions.domain import Subscription
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from billing_svc.subscriptions.use_cases import (
@@ -60,9 +62,16 @@ async def _target(
     return plan, check_quantity(plan, wanted, "quantity")
 
 
-async def _compute(uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription) -> tuple[
-    engine.Step, str, object
-]:
+@dataclass(frozen=True)
+class _Computed:
+    step: engine.Step
+    action: str
+    before: Subscription
+    plan: PlanVersion
+    now: datetime
+
+
+async def _compute(uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription) -> _Computed:
     current = await load(uow, caller, command.id)
     check_etag(current, command.etag)
     current_plan = await plan_of(uow, current)
@@ -75,19 +84,22 @@ async def _compute(uow: SubscriptionsUnitOfWork, caller: Caller, command: Change
     now = (await uow.clocks.time_for(current.account_id)).now
     if command.timing is Timing.PERIOD_END:
         step = engine.schedule_change(current, plan, quantity, now)
-        return step, "change_scheduled", (current, plan, now)
+        return _Computed(step, "change_scheduled", current, plan, now)
     step = engine.change_now(current, current_plan, plan, quantity, now, prorate=command.prorate)
-    return step, "changed", (current, plan, now)
+    return _Computed(step, "changed", current, plan, now)
 
 
-async def change_subscription(deps: SubscriptionDeps, caller: Caller, command: ChangeSubscription) -> ChangeResult:
+async def change_subscription(
+    deps: SubscriptionDeps, caller: Caller, command: ChangeSubscription
+) -> ChangeResult:
     require_id(command.id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
-        step, action_name, context = await _compute(uow, caller, command)
-        current, plan, now = context  # type: ignore[misc]
-        await uow.plans.mark_in_use(plan.plan_id, plan.version)
-        written = await record(uow, caller, before=current, step=step, action=action_name, at=now)
+        computed = await _compute(uow, caller, command)
+        await uow.plans.mark_in_use(computed.plan.plan_id, computed.plan.version)
+        written = await record(
+            uow, caller, before=computed.before, step=computed.step, action=computed.action, at=computed.now
+        )
         return ChangeResult(written.subscription, written.items)
 
     return (await deps.change_runner.run(caller, command, action)).value
@@ -97,11 +109,13 @@ async def preview_change(deps: SubscriptionDeps, caller: Caller, command: Change
     """What change_subscription would return now, items without ids; nothing is written."""
     require_id(command.id)
     async with deps.new_reader() as uow:
-        step, _, _ = await _compute(uow, caller, command)
-    return ChangeResult(step.subscription, step.items)
+        computed = await _compute(uow, caller, command)
+    return ChangeResult(computed.step.subscription, computed.step.items)
 
 
-async def cancel_scheduled_change(deps: SubscriptionDeps, caller: Caller, subscription_id: str) -> ChangeResult:
+async def cancel_scheduled_change(
+    deps: SubscriptionDeps, caller: Caller, subscription_id: str
+) -> ChangeResult:
     require_id(subscription_id)
     command = CancelScheduledChange(subscription_id)
 
@@ -117,7 +131,9 @@ async def cancel_scheduled_change(deps: SubscriptionDeps, caller: Caller, subscr
         dropped = engine.Step(
             engine.replace_scheduled(current, now),
         )
-        written = await record(uow, caller, before=current, step=dropped, action="scheduled_change_canceled", at=now)
+        written = await record(
+            uow, caller, before=current, step=dropped, action="scheduled_change_canceled", at=now
+        )
         return ChangeResult(written.subscription, ())
 
     return (await deps.change_runner.run(caller, command, action)).value

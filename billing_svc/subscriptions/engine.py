@@ -102,7 +102,8 @@ def _item(
         code, description, quantity = line.fee_code, line.description, line.quantity
         details = {"fraction": f"{line.fraction.numerator}/{line.fraction.denominator}"}
     else:
-        assert fee is not None and period is not None
+        assert fee is not None
+        assert period is not None
         start, end = period.start, period.end
         amount = to_minor_units(fee.amount, plan.currency_code)
         code, description, quantity = fee.code, fee.description, fee.quantity
@@ -277,7 +278,9 @@ def boundary(
             current = _restart_cycle(current, plan, at)
         else:
             current = _enter_period(current, plan, current.period_index + 1, at)
-    items = () if current.state is State.PAUSED else period_fee_items(current, plan, current_period(current), at)
+    items = (
+        () if current.state is State.PAUSED else period_fee_items(current, plan, current_period(current), at)
+    )
     steps.append((kind, Step(current, items)))
     return steps, plan
 

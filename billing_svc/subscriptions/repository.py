@@ -28,7 +28,8 @@ from core.pagination import keyset_after
 def _to_domain(row: SubscriptionRow) -> Subscription:
     scheduled = None
     if row.scheduled_plan_id is not None:
-        assert row.scheduled_plan_version is not None and row.scheduled_quantity is not None
+        assert row.scheduled_plan_version is not None
+        assert row.scheduled_quantity is not None
         scheduled = ScheduledChange(row.scheduled_plan_id, row.scheduled_plan_version, row.scheduled_quantity)
     return Subscription(
         id=row.id,
@@ -178,10 +179,12 @@ class SqlSubscriptionRepository:
                 setattr(existing, name, value)
         await self._session.flush()
 
-    async def entitlements(self, account_id: str) -> list[Entitlement]:
+    async def entitlements(self, account_id: str) -> Sequence[Entitlement]:
         """One indexed read: the account's entitled subscriptions joined to their versions' features."""
         statement = (
-            select(PlanFeatureRow.code, PlanFeatureRow.display_name, PlanFeatureRow.enabled, PlanFeatureRow.limit)
+            select(
+                PlanFeatureRow.code, PlanFeatureRow.display_name, PlanFeatureRow.enabled, PlanFeatureRow.limit
+            )
             .join(
                 SubscriptionRow,
                 (SubscriptionRow.plan_id == PlanFeatureRow.plan_id)
@@ -240,6 +243,8 @@ class SqlPendingItemRepository:
         )
         if subscription_id is not None:
             statement = statement.where(PendingInvoiceItemRow.subscription_id == subscription_id)
-        statement = keyset_after(statement, PendingInvoiceItemRow.create_time, PendingInvoiceItemRow.id, after)
+        statement = keyset_after(
+            statement, PendingInvoiceItemRow.create_time, PendingInvoiceItemRow.id, after
+        )
         rows = (await self._session.scalars(statement.limit(limit))).all()
         return [_item_to_domain(row) for row in rows]

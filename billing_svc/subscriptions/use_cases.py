@@ -178,7 +178,9 @@ def check_metadata(metadata: Mapping[str, str], path: str) -> tuple[tuple[str, s
         if not 1 <= len(key) <= MAX_METADATA_KEY:
             violations.add(f"{path}[{excerpt(key)!r}]", f"keys must be 1 to {MAX_METADATA_KEY} characters")
         if len(value) > MAX_METADATA_VALUE:
-            violations.add(f"{path}[{excerpt(key)!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
+            violations.add(
+                f"{path}[{excerpt(key)!r}]", f"values must be at most {MAX_METADATA_VALUE} characters"
+            )
     violations.raise_if_any()
     return tuple(sorted(metadata.items()))
 
@@ -230,7 +232,9 @@ async def create_subscription(
 ) -> Subscription:
     require_id(account_id, "subscription.account_id")
     require_id(plan_id, "subscription.plan_id")
-    command = CreateSubscription(account_id, plan_id, quantity, check_metadata(metadata, "subscription.metadata"))
+    command = CreateSubscription(
+        account_id, plan_id, quantity, check_metadata(metadata, "subscription.metadata")
+    )
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
         terms = await uow.accounts.terms(command.account_id, lock=True)
@@ -280,7 +284,9 @@ async def list_subscriptions(
     if own is not None and account_id and account_id != own:
         return SubscriptionPage([], "")  # another account's: nothing, as if it had none
     only = own or account_id or None
-    page = deps.page_tokens.keyset_page(size, page_token, {"account_id": only, "show_canceled": show_canceled})
+    page = deps.page_tokens.keyset_page(
+        size, page_token, {"account_id": only, "show_canceled": show_canceled}
+    )
     async with deps.new_reader() as uow:
         rows = await uow.subscriptions.list(
             account_id=only, show_canceled=show_canceled, after=page.after, limit=page.fetch_limit
@@ -313,7 +319,9 @@ async def update_subscription(
         updated = replace(
             current, metadata=dict(command.metadata), update_time=time.now, revision=current.revision + 1
         )
-        step = await record(uow, caller, before=current, step=engine.Step(updated), action="updated", at=time.now)
+        step = await record(
+            uow, caller, before=current, step=engine.Step(updated), action="updated", at=time.now
+        )
         return step.subscription
 
     return (await deps.runner.run(caller, command, action)).value
@@ -363,7 +371,9 @@ async def uncancel_subscription(deps: SubscriptionDeps, caller: Caller, subscrip
             )
         now = (await uow.clocks.time_for(current.account_id)).now
         step = engine.uncancel(current, now)
-        return (await record(uow, caller, before=current, step=step, action="uncanceled", at=now)).subscription
+        return (
+            await record(uow, caller, before=current, step=step, action="uncanceled", at=now)
+        ).subscription
 
     return (await deps.runner.run(caller, command, action)).value
 
@@ -423,7 +433,9 @@ async def list_pending_items(
     return ItemPage(shown, token)
 
 
-async def get_entitlements(deps: SubscriptionDeps, caller: Caller, account_id: str) -> list[domain.Entitlement]:
+async def get_entitlements(
+    deps: SubscriptionDeps, caller: Caller, account_id: str
+) -> list[domain.Entitlement]:
     """Flags are on if any entitled subscription turns them on; a limit is the largest granted."""
     require_id(account_id, "account_id")
     if caller.customer_account is not None and caller.customer_account != account_id:
