@@ -366,3 +366,24 @@ def total_minor(items: Sequence[PendingItem]) -> int:
 def replace_scheduled(subscription: Subscription, now: datetime) -> Subscription:
     """The subscription with its scheduled change dropped."""
     return _touch(subscription, now, scheduled_change=None)
+
+
+# Payment outcomes (invoicing and payments call these): state changes only, no items.
+
+
+def activate(subscription: Subscription, now: datetime) -> Step:
+    """The first payment of an incomplete subscription succeeded."""
+    require(subscription, Transition.ACTIVATE)
+    return Step(_touch(subscription, now, state=State.ACTIVE))
+
+
+def mark_past_due(subscription: Subscription, now: datetime) -> Step:
+    """A payment failed: still billed and entitled while it is retried."""
+    require(subscription, Transition.MARK_PAST_DUE)
+    return Step(_touch(subscription, now, state=State.PAST_DUE))
+
+
+def mark_paid(subscription: Subscription, now: datetime) -> Step:
+    """The overdue payment came in."""
+    require(subscription, Transition.MARK_PAID)
+    return Step(_touch(subscription, now, state=State.ACTIVE))

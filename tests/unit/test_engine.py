@@ -278,3 +278,25 @@ def test_jpy_and_kwd_fees_are_whole_minor_units_of_their_exponent() -> None:
         expected_credit = -round(Decimal(base) * 20 / 30)
         assert step.items[0].amount_minor == int(expected_credit)
         assert step.items[0].currency_code == currency
+
+
+def test_payment_outcomes_move_between_incomplete_active_and_past_due_only() -> None:
+    at = datetime(2027, 1, 20, tzinfo=UTC)
+    incomplete = start(plan(requires_payment=True)).subscription
+    active = engine.activate(incomplete, at).subscription
+    assert active.state is State.ACTIVE
+    overdue = engine.mark_past_due(active, at).subscription
+    assert overdue.state is State.PAST_DUE
+    assert engine.mark_paid(overdue, at).subscription.state is State.ACTIVE
+    for step in (engine.activate, engine.mark_paid):
+        with pytest.raises(FailedPrecondition):
+            step(active, at)
+    with pytest.raises(FailedPrecondition):
+        engine.mark_past_due(incomplete, at)
+
+
+def test_every_transition_names_the_states_it_may_leave() -> None:
+    from billing_svc.subscriptions.domain import ALLOWED, Transition
+
+    assert set(ALLOWED) == set(Transition)
+    assert all(State.CANCELED not in ALLOWED[t] for t in Transition if t is not Transition.UPDATE)
