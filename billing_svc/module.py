@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing_svc.catalog.meter_servicer import MeterServicer
+from billing_svc.catalog.meter_use_cases import MeterDeps
+from billing_svc.catalog.plan_servicer import PlanServicer
+from billing_svc.catalog.plan_use_cases import PlanDeps
+from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.subscriptions.servicer import SubscriptionServicer
@@ -28,29 +33,55 @@ from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, sub
 @dataclass(frozen=True)
 class BillingServices:
     platform: Platform
+    meters: MeterDeps
+    plans: PlanDeps
     subscriptions: SubscriptionDeps
 
 
 def build(platform: Platform) -> BillingServices:
+    # The catalog keeps infrastructure time: its records are stamped by the wall clock, never by
+    # an account's (test) clock, which belongs to no plan or meter.
+    clock = platform.wall_clock
+
+    def new_catalog_uow() -> SqlCatalogUnitOfWork:
+        return SqlCatalogUnitOfWork(platform.writers, clock=clock)
+
+    def new_catalog_reader() -> SqlCatalogUnitOfWork:
+        return SqlCatalogUnitOfWork(platform.readers, clock=clock)
+
+    def new_catalog_snapshot() -> SqlCatalogUnitOfWork:
+        # A plan is read in two statements (the plan with its version, then the features).
+        return SqlCatalogUnitOfWork(platform.snapshots, clock=clock)
+
     def subscriptions_uow(
         sessions: async_sessionmaker[AsyncSession],
     ) -> Callable[[], SqlSubscriptionsUnitOfWork]:
         return lambda: SqlSubscriptionsUnitOfWork(
-            sessions, wall_clock=platform.wall_clock, account_directory=platform.account_directory
+            sessions, wall_clock=clock, account_directory=platform.account_directory
         )
 
-    subscriptions = SubscriptionDeps(
-        new_uow=subscriptions_uow(platform.writers),
-        new_reader=subscriptions_uow(platform.readers),
-        wall_clock=platform.wall_clock,
+    meters = MeterDeps(
+        new_uow=new_catalog_uow, new_reader=new_catalog_reader, clock=clock, page_tokens=platform.page_tokens
+    )
+    plans = PlanDeps(
+        new_uow=new_catalog_uow,
+        new_reader=new_catalog_snapshot,
+        clock=clock,
         page_tokens=platform.page_tokens,
     )
-    return BillingServices(platform=platform, subscriptions=subscriptions)
+    # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
+    subscriptions = SubscriptionDeps(
+        new_uow=subscriptions_uow(platform.writers),
+        new_reader=subscriptions_uow(platform.snapshots),
+        wall_clock=clock,
+        page_tokens=platform.page_tokens,
+    )
+    return BillingServices(platform=platform, meters=meters, plans=plans, subscriptions=subscriptions)
 
 
 def register(server: grpc.aio.Server, services: BillingServices) -> None:
-    meter_pb2_grpc.add_MeterServiceServicer_to_server(meter_pb2_grpc.MeterServiceServicer(), server)  # type: ignore[abstract]
-    plan_pb2_grpc.add_PlanServiceServicer_to_server(plan_pb2_grpc.PlanServiceServicer(), server)  # type: ignore[abstract]
+    meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(services.meters), server)
+    plan_pb2_grpc.add_PlanServiceServicer_to_server(PlanServicer(services.plans), server)
     subscription_pb2_grpc.add_SubscriptionServiceServicer_to_server(
         SubscriptionServicer(services.subscriptions), server
     )
