@@ -26,7 +26,7 @@ def per_seat(price: str) -> plan_pb2.SeatPrice:
 async def new_account(
     channel: object, n: int, *, currency: str = "USD", zone: str = "", email: str = ""
 ) -> account_pb2.Account:
-    stub = account_pb2_grpc.AccountServiceStub(channel)  # type: ignore[arg-type]
+    stub = account_pb2_grpc.AccountServiceStub(channel)
     return await stub.CreateAccount(
         account_pb2.CreateAccountRequest(
             account=account_pb2.Account(
@@ -50,7 +50,7 @@ async def new_plan(
     seat_price: plan_pb2.SeatPrice | None = None,
     features: list[plan_pb2.Feature] | None = None,
 ) -> plan_pb2.Plan:
-    stub = plan_pb2_grpc.PlanServiceStub(channel)  # type: ignore[arg-type]
+    stub = plan_pb2_grpc.PlanServiceStub(channel)
     plan = plan_pb2.Plan(
         code=code,
         display_name=code.replace("-", " ").title(),

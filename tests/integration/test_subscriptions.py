@@ -4,6 +4,7 @@ preview, pending items, entitlements, customer isolation, idempotency, audit and
 from __future__ import annotations
 
 from datetime import UTC, time
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -103,7 +104,7 @@ async def test_preview_returns_exactly_what_the_change_makes(
     assert len(await items_of(subs, account.id)) == 2  # the preview changed nothing
     changed = await subs.ChangeSubscription(pb.ChangeSubscriptionRequest(**fields))  # type: ignore[arg-type]
 
-    def shape(items: object) -> list[tuple[object, ...]]:
+    def shape(items: Any) -> list[tuple[object, ...]]:
         return [
             (
                 i.kind,
@@ -115,7 +116,7 @@ async def test_preview_returns_exactly_what_the_change_makes(
                 i.plan_id,
             )
             for i in items
-        ]  # type: ignore[attr-defined]
+        ]
 
     assert shape(changed.items) == shape(preview.items)
     assert all(not i.id for i in preview.items) and all(i.id.startswith("pii_") for i in changed.items)
