@@ -8,9 +8,11 @@ clocks/ (test clocks and the account time billing reads).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing_svc.catalog.meter_servicer import MeterServicer
 from billing_svc.catalog.meter_use_cases import MeterDeps
@@ -19,7 +21,10 @@ from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
+from billing_svc.subscriptions.servicer import SubscriptionServicer
+from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
+from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
@@ -30,6 +35,7 @@ class BillingServices:
     platform: Platform
     meters: MeterDeps
     plans: PlanDeps
+    subscriptions: SubscriptionDeps
 
 
 def build(platform: Platform) -> BillingServices:
@@ -47,6 +53,13 @@ def build(platform: Platform) -> BillingServices:
         # A plan is read in two statements (the plan with its version, then the features).
         return SqlCatalogUnitOfWork(platform.snapshots, clock=clock)
 
+    def subscriptions_uow(
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> Callable[[], SqlSubscriptionsUnitOfWork]:
+        return lambda: SqlSubscriptionsUnitOfWork(
+            sessions, wall_clock=clock, account_directory=platform.account_directory
+        )
+
     meters = MeterDeps(
         new_uow=new_catalog_uow, new_reader=new_catalog_reader, clock=clock, page_tokens=platform.page_tokens
     )
@@ -56,17 +69,25 @@ def build(platform: Platform) -> BillingServices:
         clock=clock,
         page_tokens=platform.page_tokens,
     )
-    return BillingServices(platform=platform, meters=meters, plans=plans)
+    # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
+    subscriptions = SubscriptionDeps(
+        new_uow=subscriptions_uow(platform.writers),
+        new_reader=subscriptions_uow(platform.snapshots),
+        wall_clock=clock,
+        page_tokens=platform.page_tokens,
+    )
+    return BillingServices(platform=platform, meters=meters, plans=plans, subscriptions=subscriptions)
 
 
 def register(server: grpc.aio.Server, services: BillingServices) -> None:
     meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(services.meters), server)
     plan_pb2_grpc.add_PlanServiceServicer_to_server(PlanServicer(services.plans), server)
     subscription_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-        subscription_pb2_grpc.SubscriptionServiceServicer(), server  # type: ignore[abstract]
+        SubscriptionServicer(services.subscriptions), server
     )
     test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
-        test_clock_pb2_grpc.TestClockServiceServicer(), server  # type: ignore[abstract]
+        test_clock_pb2_grpc.TestClockServiceServicer(),  # type: ignore[abstract]
+        server,
     )
 
 
