@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from core import currencies
@@ -20,6 +22,7 @@ ID_PREFIX = "acct"
 # with these): checked before any query, so no database ever sees a longer value.
 MAX_DISPLAY_NAME = 200
 MAX_TIME_ZONE = 64  # IANA names are at most 30-odd characters; room to spare
+DEFAULT_TIME_ZONE = "UTC"  # what an empty billing_time_zone means
 MAX_EMAIL = 254  # the email and its email_key (the normalised form, which may be longer)
 MAX_FILTER = 1000
 MAX_METADATA_ENTRIES = 50
@@ -56,6 +59,7 @@ UPDATABLE_FIELDS = (
     "currency_code",
     "status",
     "metadata",
+    "billing_time_zone",
 )
 OUTPUT_ONLY_FIELDS = ("id", "create_time", "update_time", "delete_time", "etag")
 
@@ -85,6 +89,7 @@ class AccountFields:
     currency_code: str = ""
     status: AccountStatus | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    billing_time_zone: str = ""  # empty means DEFAULT_TIME_ZONE
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Account:
     phone: str
     billing_address: PostalAddress | None
     currency_code: str
+    billing_time_zone: str  # IANA name
     status: AccountStatus
     metadata: Mapping[str, str]
     create_time: datetime
@@ -131,6 +137,8 @@ class Account:
             phone=data["phone"],
             billing_address=address_from_dict(address) if address else None,
             currency_code=data["currency_code"],
+            # Responses stored under a request id before the field existed lack it.
+            billing_time_zone=data.get("billing_time_zone", DEFAULT_TIME_ZONE),
             status=AccountStatus(data["status"]),
             metadata=dict(data["metadata"]),
             create_time=datetime.fromisoformat(data["create_time"]),
@@ -225,6 +233,33 @@ def check_email(violations: Violations, path: str, value: str) -> None:
         violations.add(path, f"{excerpt(value)!r} is not a valid email address")
 
 
+@cache
+def _known_time_zones() -> frozenset[str]:
+    # `localtime` is the server's own zone and `Factory` a placeholder, not places; both are files
+    # in some zoneinfo directories. Membership, not ZoneInfo() alone, decides: ZoneInfo follows the
+    # file system, which is case-insensitive on macOS, and loads `posix/` and `right/` copies.
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory", "posixrules"})
+
+
+def check_time_zone(violations: Violations, path: str, value: str) -> None:
+    """An IANA name as the tz database spells it (case included), or empty for the default."""
+    if not value:
+        return
+    if len(value) > MAX_TIME_ZONE:
+        violations.add(path, f"must be at most {MAX_TIME_ZONE} characters, got {len(value)}")
+    elif problem := text_problem(value):
+        violations.add(path, problem)
+    elif value not in _known_time_zones():
+        hint = next((name for name in _known_time_zones() if name.casefold() == value.casefold()), None)
+        suffix = f"; did you mean {hint!r}?" if hint else " such as America/New_York or UTC"
+        violations.add(path, f"{excerpt(value)!r} is not an IANA time zone name{suffix}")
+    else:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            violations.add(path, f"{excerpt(value)!r} cannot be loaded from the time zone database")
+
+
 def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "account") -> None:
     """Validate the named fields, raising one InvalidArgument that lists every bad one."""
     violations = Violations()
@@ -250,6 +285,8 @@ def check_fields(fields: AccountFields, names: Iterable[str], *, prefix: str = "
                 violations.add(path, "must be STATUS_ACTIVE or STATUS_SUSPENDED")
         elif name == "metadata":
             _check_metadata(violations, path, value)
+        elif name == "billing_time_zone":
+            check_time_zone(violations, path, value)
         elif name == "billing_address" and value is not None:
             _check_address(violations, path, value)
     violations.raise_if_any()
@@ -282,7 +319,11 @@ def apply_update(account: Account, fields: AccountFields, names: Iterable[str]) 
     changes: dict[str, Any] = {}
     for name in names:
         value = getattr(fields, name)
-        changes[name] = dict(value) if name == "metadata" else value
+        if name == "metadata":
+            value = dict(value)
+        elif name == "billing_time_zone":
+            value = value or DEFAULT_TIME_ZONE
+        changes[name] = value
     return replace(account, **changes)
 
 

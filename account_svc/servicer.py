@@ -72,6 +72,7 @@ def fields_from_proto(message: account_pb2.Account) -> AccountFields:
         currency_code=message.currency_code,
         status=_status_from_proto(message.status),
         metadata=dict(message.metadata),
+        billing_time_zone=message.billing_time_zone,
     )
 
 
@@ -88,6 +89,7 @@ def account_to_proto(account: Account) -> account_pb2.Account:
         email=account.email,
         phone=account.phone,
         currency_code=account.currency_code,
+        billing_time_zone=account.billing_time_zone,
         status=_STATUS_TO_PROTO[account.status],
         metadata=dict(account.metadata),
         etag=account.etag,

@@ -150,7 +150,13 @@ def _check_etag(account: Account, etag: str) -> None:
 
 
 async def create_account(deps: AccountDeps, caller: Caller, fields: AccountFields) -> Account:
-    command = CreateAccount(replace(fields, status=fields.status or AccountStatus.ACTIVE))
+    command = CreateAccount(
+        replace(
+            fields,
+            status=fields.status or AccountStatus.ACTIVE,
+            billing_time_zone=fields.billing_time_zone or domain.DEFAULT_TIME_ZONE,
+        )
+    )
     domain.check_fields(command.fields, domain.UPDATABLE_FIELDS)
 
     async def action(uow: AccountsUnitOfWork) -> Account:
@@ -165,6 +171,7 @@ async def create_account(deps: AccountDeps, caller: Caller, fields: AccountField
             phone=new.phone,
             billing_address=new.billing_address,
             currency_code=new.currency_code,
+            billing_time_zone=new.billing_time_zone,
             status=new.status or AccountStatus.ACTIVE,
             metadata=dict(new.metadata),
             create_time=now,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from account_svc.domain import (
+    Account,
     AccountFields,
     AccountStatus,
     PostalAddress,
+    apply_update,
     check_fields,
     check_update_mask,
     parse_filter,
@@ -16,7 +20,16 @@ from core import currencies
 from core.errors import InvalidArgument
 from core.pagination import MAX_PAGE_SIZE, PageTokens, page_size
 
-ALL = ("display_name", "email", "phone", "billing_address", "currency_code", "status", "metadata")
+ALL = (
+    "display_name",
+    "email",
+    "phone",
+    "billing_address",
+    "currency_code",
+    "status",
+    "metadata",
+    "billing_time_zone",
+)
 VALID = AccountFields(
     display_name="Acme", email="billing@acme.test", currency_code="USD", status=AccountStatus.ACTIVE
 )
@@ -62,12 +75,48 @@ def test_valid_account_passes() -> None:
             "account.billing_address.address_lines",
             "at most 5",
         ),
+        ({"billing_time_zone": "Mars/Olympus_Mons"}, "account.billing_time_zone", "IANA"),
+        # zoneinfo is case-sensitive on Linux and not on macOS: wrong case is refused everywhere.
+        ({"billing_time_zone": "america/new_york"}, "account.billing_time_zone", "'America/New_York'"),
+        ({"billing_time_zone": "/etc/passwd"}, "account.billing_time_zone", "IANA"),
+        ({"billing_time_zone": "../../etc/passwd"}, "account.billing_time_zone", "IANA"),
+        ({"billing_time_zone": "right/UTC"}, "account.billing_time_zone", "IANA"),
+        ({"billing_time_zone": "localtime"}, "account.billing_time_zone", "IANA"),
+        ({"billing_time_zone": "Europe/\x00Berlin"}, "account.billing_time_zone", "control characters"),
+        ({"billing_time_zone": "Europe/" + "x" * 60}, "account.billing_time_zone", "at most 64"),
     ],
 )
 def test_each_bad_field_is_named(change: dict[str, object], field: str, fragment: str) -> None:
     found = violations(AccountFields(**{**VALID.__dict__, **change}))
     assert field in found, found
     assert fragment in found[field]
+
+
+@pytest.mark.parametrize("zone", ["", "UTC", "America/New_York", "Asia/Kolkata", "US/Eastern", "Etc/GMT+5"])
+def test_time_zones_that_pass(zone: str) -> None:
+    assert violations(AccountFields(**{**VALID.__dict__, "billing_time_zone": zone})) == {}
+
+
+def test_an_emptied_time_zone_is_utc() -> None:
+    account = Account(
+        id="acct_1",
+        display_name="Acme",
+        email="billing@acme.test",
+        phone="",
+        billing_address=None,
+        currency_code="USD",
+        billing_time_zone="Europe/Berlin",
+        status=AccountStatus.ACTIVE,
+        metadata={},
+        create_time=datetime(2026, 1, 1, tzinfo=UTC),
+        update_time=datetime(2026, 1, 1, tzinfo=UTC),
+        delete_time=None,
+        revision=1,
+    )
+    assert apply_update(account, AccountFields(), ["billing_time_zone"]).billing_time_zone == "UTC"
+    assert Account.from_dict(account.to_dict()) == account
+    stored_before_the_field = {k: v for k, v in account.to_dict().items() if k != "billing_time_zone"}
+    assert Account.from_dict(stored_before_the_field).billing_time_zone == "UTC"
 
 
 def test_currency_exponents() -> None:
