@@ -40,7 +40,7 @@ class TestClock:
     id: str
     display_name: str
     frozen_time: datetime  # simulated
-    account_ids: tuple[str, ...]  # in the order they were attached
+    account_ids: tuple[str, ...]  # sorted
     create_time: datetime  # wall
     update_time: datetime  # wall
     revision: int

@@ -55,7 +55,7 @@ class SqlTestClockRepository:
         statement = (
             select(TestClockAccountRow.test_clock_id, TestClockAccountRow.account_id)
             .where(TestClockAccountRow.test_clock_id.in_(clock_ids))
-            .order_by(TestClockAccountRow.attach_time, TestClockAccountRow.account_id)
+            .order_by(TestClockAccountRow.account_id)
         )
         found: dict[str, list[str]] = defaultdict(list)
         for clock_id, account_id in (await self._session.execute(statement)).all():

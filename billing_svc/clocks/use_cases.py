@@ -207,7 +207,7 @@ async def attach_account(deps: TestClockDeps, caller: Caller, clock_id: str, acc
         await uow.test_clocks.attach(clock.id, command.account_id, now)
         attached = replace(
             clock,
-            account_ids=(*clock.account_ids, command.account_id),
+            account_ids=tuple(sorted((*clock.account_ids, command.account_id))),
             update_time=now,
             revision=clock.revision + 1,
         )
@@ -231,7 +231,7 @@ async def delete_test_clock(deps: TestClockDeps, caller: Caller, clock_id: str) 
 
     async def action(uow: TestClocksUnitOfWork) -> Deleted:
         clock = await load(uow, command.id)
-        # Each account locked for update, in one order (no deadlock between two deletes): a
+        # Each account locked for update, in id order (no deadlock between two such writers): a
         # subscription being created for one commits first and is deleted here, or waits and then
         # finds the account on the wall clock.
         for account_id in sorted(clock.account_ids):
