@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from sqlalchemy import text
 
 from app.server import App
@@ -88,7 +89,7 @@ async def test_bad_input_names_the_field(clocks: test_clock_pb2_grpc.TestClockSe
     assert set(details(error).violations) == {"test_clock.display_name", "test_clock.frozen_time"}
 
     # Past the Timestamp range: refused by field, not an internal error.
-    out_of_range = pb.TestClock(frozen_time={"seconds": 253_402_300_800})
+    out_of_range = pb.TestClock(frozen_time=timestamp_pb2.Timestamp(seconds=253_402_300_800))
     error = await failing(clocks.CreateTestClock(pb.CreateTestClockRequest(test_clock=out_of_range)))
     assert set(details(error).violations) == {"test_clock.frozen_time"}
 
