@@ -11,22 +11,30 @@ tests use to stand in for the subscriptions' work while they drive AdvanceTestCl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import cast
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing_svc.catalog.meter_servicer import MeterServicer
+from billing_svc.catalog.meter_use_cases import MeterDeps
+from billing_svc.catalog.plan_servicer import PlanServicer
+from billing_svc.catalog.plan_use_cases import PlanDeps
+from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
-from billing_svc.clocks.ports import DoneWork, RunDueWork
+from billing_svc.clocks.ports import RunDueWork
 from billing_svc.clocks.servicer import TestClockServicer
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.subscriptions.servicer import SubscriptionServicer
+from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
-from core.errors import FailedPrecondition
+from billing_svc.subscriptions.use_cases import SubscriptionDeps
+from billing_svc.subscriptions.work import run_due_work
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
@@ -35,59 +43,87 @@ from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, sub
 @dataclass(frozen=True)
 class BillingServices:
     platform: Platform
+    meters: MeterDeps
+    plans: PlanDeps
+    subscriptions: SubscriptionDeps
     test_clocks: TestClockDeps
-
-
-async def _no_subscription_work(
-    uow: TestClocksUnitOfWork, subscription_id: str, now: datetime
-) -> Sequence[DoneWork]:
-    # Stands in until billing_svc/subscriptions/work.py (run_due_work) is on this branch: nothing
-    # creates subscriptions before it, so no advance finds work to run.
-    raise FailedPrecondition(
-        "subscription work is not available in this build",
-        reason="SUBSCRIPTION_WORK_UNAVAILABLE",
-        metadata={"subscription_id": subscription_id},
-    )
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
-    def new_uow() -> SqlTestClocksUnitOfWork:
-        return SqlTestClocksUnitOfWork(
-            platform.writers, wall_clock=wall, account_directory=platform.account_directory
+    def test_clocks_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlTestClocksUnitOfWork]:
+        return lambda: SqlTestClocksUnitOfWork(
+            sessions, wall_clock=wall, account_directory=platform.account_directory
         )
 
-    def new_reader() -> SqlTestClocksUnitOfWork:
-        return SqlTestClocksUnitOfWork(
-            platform.snapshots, wall_clock=wall, account_directory=platform.account_directory
-        )
-
-    run_due_work = cast(
-        RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or _no_subscription_work
-    )
+    work = cast(RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or run_due_work)
     return TestClockDeps(
-        new_uow=new_uow,
-        new_reader=new_reader,
+        new_uow=test_clocks_uow(platform.writers),
+        new_reader=test_clocks_uow(platform.snapshots),  # a clock and its accounts: one snapshot
         clock=wall,
         page_tokens=platform.page_tokens,
-        run_due_work=run_due_work,
+        run_due_work=work,
     )
 
 
 def build(platform: Platform) -> BillingServices:
-    return BillingServices(platform=platform, test_clocks=_test_clocks(platform))
+    # The catalog keeps infrastructure time: its records are stamped by the wall clock, never by
+    # an account's (test) clock, which belongs to no plan or meter.
+    clock = platform.wall_clock
+
+    def new_catalog_uow() -> SqlCatalogUnitOfWork:
+        return SqlCatalogUnitOfWork(platform.writers, clock=clock)
+
+    def new_catalog_reader() -> SqlCatalogUnitOfWork:
+        return SqlCatalogUnitOfWork(platform.readers, clock=clock)
+
+    def new_catalog_snapshot() -> SqlCatalogUnitOfWork:
+        # A plan is read in two statements (the plan with its version, then the features).
+        return SqlCatalogUnitOfWork(platform.snapshots, clock=clock)
+
+    def subscriptions_uow(
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> Callable[[], SqlSubscriptionsUnitOfWork]:
+        return lambda: SqlSubscriptionsUnitOfWork(
+            sessions, wall_clock=clock, account_directory=platform.account_directory
+        )
+
+    meters = MeterDeps(
+        new_uow=new_catalog_uow, new_reader=new_catalog_reader, clock=clock, page_tokens=platform.page_tokens
+    )
+    plans = PlanDeps(
+        new_uow=new_catalog_uow,
+        new_reader=new_catalog_snapshot,
+        clock=clock,
+        page_tokens=platform.page_tokens,
+    )
+    # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
+    subscriptions = SubscriptionDeps(
+        new_uow=subscriptions_uow(platform.writers),
+        new_reader=subscriptions_uow(platform.snapshots),
+        wall_clock=clock,
+        page_tokens=platform.page_tokens,
+    )
+    return BillingServices(
+        platform=platform,
+        meters=meters,
+        plans=plans,
+        subscriptions=subscriptions,
+        test_clocks=_test_clocks(platform),
+    )
 
 
 def register(server: grpc.aio.Server, services: BillingServices) -> None:
-    meter_pb2_grpc.add_MeterServiceServicer_to_server(meter_pb2_grpc.MeterServiceServicer(), server)  # type: ignore[abstract]
-    plan_pb2_grpc.add_PlanServiceServicer_to_server(plan_pb2_grpc.PlanServiceServicer(), server)  # type: ignore[abstract]
+    meter_pb2_grpc.add_MeterServiceServicer_to_server(MeterServicer(services.meters), server)
+    plan_pb2_grpc.add_PlanServiceServicer_to_server(PlanServicer(services.plans), server)
     subscription_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-        subscription_pb2_grpc.SubscriptionServiceServicer(), server  # type: ignore[abstract]
+        SubscriptionServicer(services.subscriptions), server
     )
-    test_clocks = TestClockServicer(services.test_clocks)
-    test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(test_clocks, server)
+    test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
+        TestClockServicer(services.test_clocks), server
+    )
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(

@@ -5,17 +5,23 @@ currency's exponent (core.currencies) saying what a minor unit is (JPY 0,
 USD 2, KWD 3). A unit price that needs more precision than that (0.000125 USD
 per request) is a `decimal.Decimal` read by `parse_unit_price`.
 
-Rounding happens in exactly one function, `to_minor_units`, and every invoice
-line is rounded exactly once with it: a line is computed exactly as a Decimal
-in major units (price times quantity, in DECIMAL_CONTEXT), then rounded to
-Money. Totals are sums of Money, which are exact. The rule is ROUND_HALF_UP
-as the decimal module defines it: to the nearest minor unit, and a tie goes
-away from zero, so 0.125 USD is 0.13 and -0.125 USD is -0.13. Rounding a
-credit therefore gives exactly the negation of rounding the matching debit.
+There is one rounding rule, and every invoice line is rounded exactly once
+with it: a line is computed exactly in major units, then rounded to Money.
+Totals are sums of Money, which are exact. The rule is ROUND_HALF_UP as the
+decimal module defines it: to the nearest minor unit, and a tie goes away from
+zero, so 0.125 USD is 0.13 and -0.125 USD is -0.13. Rounding a credit
+therefore gives exactly the negation of rounding the matching debit.
+
+The rule has two entry points, one per kind of exact amount, and the tests
+hold them to the same answers: `to_minor_units` for a Decimal (price times
+quantity, computed in DECIMAL_CONTEXT), and `fraction_to_minor_units` for a
+fractions.Fraction, for amounts no finite decimal can hold, such as a price
+prorated by seconds remaining over seconds in the period (10 USD x 1/3).
 
 No float touches money: every entry point takes `int` or `Decimal` (the parser
-takes `str`) and raises TypeError for a float or a bool, so a float cannot slip
-in and be converted silently. Nothing here knows about gRPC or protobuf;
+takes `str`, fraction_to_minor_units a Fraction or an int) and raises
+TypeError for a float or a bool, so a float cannot slip in and be converted
+silently. Nothing here knows about gRPC or protobuf;
 core.money_proto converts to and from the wire.
 """
 
@@ -26,6 +32,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Final
 
 from core import currencies
@@ -90,12 +97,13 @@ def _shift(amount: Decimal, places: int) -> Decimal:
 
 
 def to_minor_units(amount: Decimal | int, currency_code: str) -> int:
-    """Round an amount in major units to whole minor units: the only rounding in Tally.
+    """Round an amount in major units to whole minor units: the rounding rule of Tally.
 
     ROUND_HALF_UP: to the nearest minor unit; a value exactly halfway goes away
     from zero (USD 0.125 -> 13 cents, -0.125 -> -13 cents), so
     to_minor_units(-x) == -to_minor_units(x) always. Each invoice line is
-    rounded exactly once, here, and never again; totals add rounded lines.
+    rounded exactly once, here (or, for an exact fraction, by the same rule in
+    fraction_to_minor_units), and never again; totals add rounded lines.
     """
     value = _require_amount(amount, "amount")
     places = _exponent(currency_code)
@@ -105,6 +113,25 @@ def to_minor_units(amount: Decimal | int, currency_code: str) -> int:
     # Inexact, so this is the one rounding and the trap stays quiet.
     rounded = _shift(value, places).to_integral_value(rounding=decimal.ROUND_HALF_UP, context=DECIMAL_CONTEXT)
     return int(rounded)
+
+
+def fraction_to_minor_units(value: Fraction | int, currency_code: str) -> int:
+    """Round an exact rational amount in major units to whole minor units, by the one rule.
+
+    The same ROUND_HALF_UP as to_minor_units (nearest minor unit, a tie away from
+    zero, so fraction_to_minor_units(-x) == -fraction_to_minor_units(x)), for
+    amounts that are exact only as fractions: USD 10 x 1/3 is 333 cents and
+    USD 1/8 is 13. Integer arithmetic only; a Decimal goes to to_minor_units,
+    and a float or a bool is refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, Fraction | int):
+        raise TypeError(f"amount must be a Fraction or an int, not {type(value).__name__}")
+    minor_per_major: int = 10 ** _exponent(currency_code)
+    scaled = Fraction(value) * minor_per_major
+    numerator, denominator = abs(scaled.numerator), scaled.denominator
+    # floor(|x| + 1/2), with x = numerator / denominator: a tie goes up in magnitude.
+    magnitude = (2 * numerator + denominator) // (2 * denominator)
+    return -magnitude if scaled < 0 else magnitude
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKeyConstraint, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from billing_svc.catalog.domain import MAX_CODE, MAX_DESCRIPTION, MAX_DISPLAY_NAME, MAX_UNIT_LABEL
 from core import ids
 from core.db import Base, UtcDateTime
-
-MAX_CODE = 64
-MAX_DISPLAY_NAME = 200
-MAX_UNIT_LABEL = 40
-MAX_DESCRIPTION = 2000
 
 
 class MeterRow(Base):

@@ -116,7 +116,7 @@ async def _step(
         # A subscription due before the clock's time (it cannot go back) runs at the clock's time.
         at = max(due.due_time, clock.frozen_time)
         moved = await _move(deps, uow, caller, clock, at, target)
-        done = [_reported(report) for report in await deps.run_due_work(uow, due.id, at)]
+        done = [_reported(report) for report in await deps.run_due_work(uow, due.id, at, caller=caller)]
         await uow.commit()
     return _Step(moved, done, (due.due_time, due.id))
 

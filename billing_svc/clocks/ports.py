@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from billing_svc.clocks.domain import DueSubscription, TestClock
+from core.principal import Caller
 
 
 class TestClockRepository(Protocol):
@@ -75,6 +76,9 @@ U_contra = TypeVar("U_contra", contravariant=True)
 
 class RunDueWork(Protocol[U_contra]):
     """billing_svc.subscriptions.work.run_due_work: every piece of work of one subscription due at or
-    before `now`, inside the unit of work's open transaction, which it does not commit."""
+    before `now`, inside the unit of work's open transaction, which it does not commit. `caller` is
+    who the work's audit events name: whoever advanced the clock."""
 
-    async def __call__(self, uow: U_contra, subscription_id: str, now: datetime, /) -> Sequence[DoneWork]: ...
+    async def __call__(
+        self, uow: U_contra, subscription_id: str, now: datetime, /, *, caller: Caller
+    ) -> Sequence[DoneWork]: ...

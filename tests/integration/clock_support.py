@@ -24,6 +24,7 @@ from core.audit import AuditEventRow
 from core.clock import FrozenClock
 from core.errors import Unavailable
 from core.outbox import OutboxEvent, read_events
+from core.principal import Caller
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.billing.v1 import test_clock_pb2
@@ -79,7 +80,7 @@ class FakeWork:
     fail_at: int | None = None
 
     async def __call__(
-        self, uow: TestClocksUnitOfWork, subscription_id: str, now: datetime
+        self, uow: TestClocksUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller
     ) -> Sequence[DoneWork]:
         session = cast(SqlTestClocksUnitOfWork, uow).session
         row = await session.get(SubscriptionRow, subscription_id)

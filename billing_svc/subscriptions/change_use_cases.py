@@ -1,0 +1,139 @@
+"""Changing a subscription's plan or seat quantity: now with prorations, at the period end, or a preview.
+
+PreviewChange runs the very computation ChangeSubscription runs, in a read-only transaction, and
+returns its result instead of writing it: the preview is the change, not an estimate of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from billing_svc.catalog.domain import PlanVersion
+from billing_svc.subscriptions import engine
+from billing_svc.subscriptions.domain import Subscription
+from billing_svc.subscriptions.recording import record
+from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
+from billing_svc.subscriptions.use_cases import (
+    ChangeResult,
+    SubscriptionDeps,
+    check_etag,
+    check_quantity,
+    load,
+    plan_of,
+    require_id,
+    subscribable_plan,
+)
+from core.errors import FailedPrecondition, InvalidArgument
+from core.principal import Caller
+
+
+class Timing(StrEnum):
+    IMMEDIATELY = "immediately"
+    PERIOD_END = "period_end"
+
+
+@dataclass(frozen=True)
+class ChangeSubscription:
+    id: str
+    plan_id: str  # "" keeps the plan
+    quantity: int | None  # None keeps the quantity
+    timing: Timing
+    prorate: bool
+    etag: str
+
+
+@dataclass(frozen=True)
+class CancelScheduledChange:
+    id: str
+
+
+async def _target(
+    uow: SubscriptionsUnitOfWork, command: ChangeSubscription, current_plan: PlanVersion, quantity: int
+) -> tuple[PlanVersion, int]:
+    if command.plan_id:
+        plan = await subscribable_plan(uow, command.plan_id, current_plan.currency_code, "plan_id")
+    else:
+        plan = current_plan
+    wanted = quantity if command.quantity is None else command.quantity
+    if command.quantity is None and plan.terms.seat_price is None:
+        wanted = 0  # moving to a plan without seats drops them
+    return plan, check_quantity(plan, wanted, "quantity")
+
+
+@dataclass(frozen=True)
+class _Computed:
+    step: engine.Step
+    action: str
+    before: Subscription
+    plan: PlanVersion
+    now: datetime
+
+
+async def _compute(uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription) -> _Computed:
+    current = await load(uow, caller, command.id)
+    check_etag(current, command.etag)
+    current_plan = await plan_of(uow, current)
+    plan, quantity = await _target(uow, command, current_plan, current.quantity)
+    if (plan.plan_id, plan.version, quantity) == (current.plan_id, current.plan_version, current.quantity):
+        raise InvalidArgument.field(
+            "plan_id" if command.plan_id else "quantity",
+            "changes nothing: the subscription is already on this plan version and quantity",
+        )
+    now = (await uow.clocks.time_for(current.account_id)).now
+    if command.timing is Timing.PERIOD_END:
+        step = engine.schedule_change(current, plan, quantity, now)
+        return _Computed(step, "change_scheduled", current, plan, now)
+    step = engine.change_now(current, current_plan, plan, quantity, now, prorate=command.prorate)
+    return _Computed(step, "changed", current, plan, now)
+
+
+async def change_subscription(
+    deps: SubscriptionDeps, caller: Caller, command: ChangeSubscription
+) -> ChangeResult:
+    require_id(command.id)
+
+    async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
+        computed = await _compute(uow, caller, command)
+        await uow.plans.mark_in_use(computed.plan.plan_id, computed.plan.version)
+        written = await record(
+            uow, caller, before=computed.before, step=computed.step, action=computed.action, at=computed.now
+        )
+        return ChangeResult(written.subscription, written.items)
+
+    return (await deps.change_runner.run(caller, command, action)).value
+
+
+async def preview_change(deps: SubscriptionDeps, caller: Caller, command: ChangeSubscription) -> ChangeResult:
+    """What change_subscription would return now, items without ids; nothing is written."""
+    require_id(command.id)
+    async with deps.new_reader() as uow:
+        computed = await _compute(uow, caller, command)
+    return ChangeResult(computed.step.subscription, computed.step.items)
+
+
+async def cancel_scheduled_change(
+    deps: SubscriptionDeps, caller: Caller, subscription_id: str
+) -> ChangeResult:
+    require_id(subscription_id)
+    command = CancelScheduledChange(subscription_id)
+
+    async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
+        current = await load(uow, caller, command.id)
+        if current.scheduled_change is None:
+            raise FailedPrecondition(
+                "no change is scheduled for this subscription",
+                reason="NO_SCHEDULED_CHANGE",
+                metadata={"id": current.id},
+            )
+        now = (await uow.clocks.time_for(current.account_id)).now
+        dropped = engine.Step(
+            engine.replace_scheduled(current, now),
+        )
+        written = await record(
+            uow, caller, before=current, step=dropped, action="scheduled_change_canceled", at=now
+        )
+        return ChangeResult(written.subscription, ())
+
+    return (await deps.change_runner.run(caller, command, action)).value

@@ -1,0 +1,85 @@
+"""Due billing work of one subscription: trial ends, renewals, scheduled changes, period-end cancels.
+
+`run_due_work` is what the billing worker runs for a claimed subscription and what
+AdvanceTestClock runs at each due time on a test clock: everything due at or before `now`,
+each boundary at its own time, in order, inside the caller's transaction (it does not commit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from billing_svc.catalog.domain import PlanVersion
+from billing_svc.subscriptions import engine
+from billing_svc.subscriptions.recording import record
+from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
+from core.principal import SYSTEM, Caller
+
+# One call never does more than this many boundaries (a daily plan ten years overdue).
+MAX_BOUNDARIES = 5000
+
+
+class WorkKind(StrEnum):
+    TRIAL_END = "trial_end"
+    RENEWAL = "renewal"
+    SCHEDULED_CHANGE = "scheduled_change"
+    CANCELLATION = "cancellation"
+
+
+_ACTIONS = {
+    WorkKind.TRIAL_END: "trial_ended",
+    WorkKind.RENEWAL: "renewed",
+    WorkKind.SCHEDULED_CHANGE: "scheduled_change_applied",
+    WorkKind.CANCELLATION: "canceled",
+}
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    kind: WorkKind
+    due_time: datetime
+    account_id: str
+    subscription_id: str
+    item_ids: tuple[str, ...]
+
+
+async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> PlanVersion:
+    plan = await uow.plans.version(plan_id, version)
+    if plan is None:  # plan versions are never deleted; a missing one is corrupt data
+        raise LookupError(f"plan {plan_id} version {version} is missing")
+    return plan
+
+
+async def run_due_work(
+    uow: SubscriptionsUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller = SYSTEM
+) -> list[WorkDone]:
+    subscription = await uow.subscriptions.get(subscription_id, for_update=True)
+    done: list[WorkDone] = []
+    while subscription is not None and len(done) < MAX_BOUNDARIES:
+        due = subscription.due_time
+        if due is None or due > now:
+            break
+        plan = await _plan(uow, subscription.plan_id, subscription.plan_version)
+        scheduled = subscription.scheduled_change
+        scheduled_plan = None
+        if scheduled is not None:
+            scheduled_plan = await _plan(uow, scheduled.plan_id, scheduled.plan_version)
+        steps, _ = engine.boundary(subscription, plan, scheduled_plan, due)
+        before = subscription
+        for kind_name, step in steps:
+            kind = WorkKind(kind_name)
+            written = await record(uow, caller, before=before, step=step, action=_ACTIONS[kind], at=due)
+            before = written.subscription
+            done.append(
+                WorkDone(
+                    kind=kind,
+                    due_time=due,
+                    account_id=before.account_id,
+                    subscription_id=before.id,
+                    item_ids=tuple(item.id for item in written.items),
+                )
+            )
+        subscription = before
+    return done
