@@ -71,8 +71,10 @@ class _Computed:
     now: datetime
 
 
-async def _compute(uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription) -> _Computed:
-    current = await load(uow, caller, command.id)
+async def _compute(
+    uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription, *, write: bool = True
+) -> _Computed:
+    current = await load(uow, caller, command.id, for_update=write)
     check_etag(current, command.etag)
     current_plan = await plan_of(uow, current)
     plan, quantity = await _target(uow, command, current_plan, current.quantity)
@@ -109,7 +111,7 @@ async def preview_change(deps: SubscriptionDeps, caller: Caller, command: Change
     """What change_subscription would return now, items without ids; nothing is written."""
     require_id(command.id)
     async with deps.new_reader() as uow:
-        computed = await _compute(uow, caller, command)
+        computed = await _compute(uow, caller, command, write=False)
     return ChangeResult(computed.step.subscription, computed.step.items)
 
 

@@ -145,10 +145,12 @@ def visible(caller: Caller, subscription: Subscription) -> bool:
     return own is None or own == subscription.account_id
 
 
-async def load(uow: SubscriptionsUnitOfWork, caller: Caller, subscription_id: str) -> Subscription:
+async def load(
+    uow: SubscriptionsUnitOfWork, caller: Caller, subscription_id: str, *, for_update: bool = True
+) -> Subscription:
     subscription = None
     if len(subscription_id) <= ids.MAX_LENGTH:
-        subscription = await uow.subscriptions.get(subscription_id, for_update=True)
+        subscription = await uow.subscriptions.get(subscription_id, for_update=for_update)
     if subscription is None or not visible(caller, subscription):
         raise not_found(subscription_id)
     return subscription

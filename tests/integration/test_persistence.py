@@ -27,6 +27,7 @@ def make_account(n: int = 0, *, email: str | None = None, created: datetime = T0
         phone="",
         billing_address=PostalAddress(region_code="GB", address_lines=("1 High St", "Flat 2")),
         currency_code="GBP",
+        billing_time_zone="UTC",
         status=AccountStatus.ACTIVE,
         metadata={"n": str(n)},
         create_time=created,
