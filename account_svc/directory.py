@@ -14,7 +14,9 @@ class SqlAccountDirectory:
     def __init__(self, session: AsyncSession):
         self._session = session
 
-    async def terms(self, account_id: str, *, lock: bool = False) -> AccountTerms | None:
+    async def terms(
+        self, account_id: str, *, lock: bool = False, exclusive: bool = False
+    ) -> AccountTerms | None:
         if not account_id or len(account_id) > ids.MAX_LENGTH:
             return None
         statement = select(
@@ -22,8 +24,9 @@ class SqlAccountDirectory:
         ).where(AccountRow.id == account_id)
         if lock:
             # A share lock: concurrent subscriptions to one account do not block each other, while a
-            # delete or currency change waits for them (and they for it). SQLite ignores it (one writer).
-            statement = statement.with_for_update(read=True)
+            # delete or currency change waits for them (and they for it). An exclusive one also waits
+            # for the share lockers. SQLite ignores both (one writer).
+            statement = statement.with_for_update(read=not exclusive)
         row = (await self._session.execute(statement)).one_or_none()
         if row is None:
             return None

@@ -13,6 +13,7 @@ import logging
 import secrets
 import signal
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,10 @@ async def build_components(
     clock: Clock | None = None,
     passwords: object | None = None,
     modules: tuple[ServiceModule[Any], ...] = MODULES,
+    overrides: Mapping[str, object] | None = None,
 ) -> Components:
-    """The platform, then every service module on it. `passwords` replaces the password hasher."""
+    """The platform, then every service module on it. `passwords` replaces the password hasher;
+    `overrides` are handed to the modules as `Platform.overrides` (each documents the names it reads)."""
     clock = clock or SystemClock()
     engine = db.create_engine(settings)
     try:
@@ -212,7 +215,7 @@ async def build_components(
             server_key=ServerKey(secret),
             known_scopes=known_scopes(modules),
             account_directory=SqlAccountDirectory,
-            overrides={"passwords": passwords} if passwords is not None else {},
+            overrides={**(overrides or {}), **({"passwords": passwords} if passwords is not None else {})},
         )
         services = {module.name: module.build(platform) for module in modules}
     except BaseException:
@@ -325,9 +328,12 @@ async def build(
     passwords: object | None = None,
     tracer_provider: TracerProvider | None = None,
     modules: tuple[ServiceModule[Any], ...] = MODULES,
+    overrides: Mapping[str, object] | None = None,
 ) -> App:
     """The whole server for `modules` (every service module, unless a test serves fewer or more)."""
-    components = await build_components(settings, clock=clock, passwords=passwords, modules=modules)
+    components = await build_components(
+        settings, clock=clock, passwords=passwords, modules=modules, overrides=overrides
+    )
     try:
         metrics = Metrics()
         metrics.watch_pool(components.engine)

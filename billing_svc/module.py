@@ -4,12 +4,16 @@ Serves tally.billing.v1 (MeterService, TestClockService) and tally.subscription.
 SubscriptionService). One package per domain, each with the account module's layers:
 catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration, entitlements),
 clocks/ (test clocks and the account time billing reads).
+
+Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
+tests use to stand in for the subscriptions' work while they drive AdvanceTestClock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,11 +24,17 @@ from billing_svc.catalog.plan_servicer import PlanServicer
 from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
+from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.servicer import TestClockServicer
+from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
+from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
+from billing_svc.clocks.use_cases import TestClockDeps
 from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
+from billing_svc.subscriptions.work import run_due_work
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
@@ -36,6 +46,26 @@ class BillingServices:
     meters: MeterDeps
     plans: PlanDeps
     subscriptions: SubscriptionDeps
+    test_clocks: TestClockDeps
+
+
+def _test_clocks(platform: Platform) -> TestClockDeps:
+    # Records are stamped with the wall clock; frozen_time is the only simulated time here.
+    wall = platform.wall_clock
+
+    def test_clocks_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlTestClocksUnitOfWork]:
+        return lambda: SqlTestClocksUnitOfWork(
+            sessions, wall_clock=wall, account_directory=platform.account_directory
+        )
+
+    work = cast(RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or run_due_work)
+    return TestClockDeps(
+        new_uow=test_clocks_uow(platform.writers),
+        new_reader=test_clocks_uow(platform.snapshots),  # a clock and its accounts: one snapshot
+        clock=wall,
+        page_tokens=platform.page_tokens,
+        run_due_work=work,
+    )
 
 
 def build(platform: Platform) -> BillingServices:
@@ -76,7 +106,13 @@ def build(platform: Platform) -> BillingServices:
         wall_clock=clock,
         page_tokens=platform.page_tokens,
     )
-    return BillingServices(platform=platform, meters=meters, plans=plans, subscriptions=subscriptions)
+    return BillingServices(
+        platform=platform,
+        meters=meters,
+        plans=plans,
+        subscriptions=subscriptions,
+        test_clocks=_test_clocks(platform),
+    )
 
 
 def register(server: grpc.aio.Server, services: BillingServices) -> None:
@@ -86,8 +122,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
         SubscriptionServicer(services.subscriptions), server
     )
     test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
-        test_clock_pb2_grpc.TestClockServiceServicer(),  # type: ignore[abstract]
-        server,
+        TestClockServicer(services.test_clocks), server
     )
 
 

@@ -25,9 +25,14 @@ class AccountTerms:
 
 
 class AccountDirectory(Protocol):
-    async def terms(self, account_id: str, *, lock: bool = False) -> AccountTerms | None:
+    async def terms(
+        self, account_id: str, *, lock: bool = False, exclusive: bool = False
+    ) -> AccountTerms | None:
         """The account's billing terms, or None if no such account. `lock` takes a share lock on
-        PostgreSQL, held to the end of the transaction, so the terms cannot change under a write."""
+        PostgreSQL, held to the end of the transaction, so the terms cannot change under a write.
+        `exclusive` (with `lock`) takes the row lock instead: for a write that must also wait for
+        the share lockers (attaching the account to a test clock waits for, and then sees, a
+        subscription being created for it)."""
         ...
 
 

@@ -265,11 +265,7 @@ class IdempotentRunner(Generic[U, T]):
             if stored is None:
                 continue  # expired (or purged) since the claim was refused: claim anew
             if stored.fingerprint != digest:
-                raise FailedPrecondition(
-                    "request_id was already used for a different request",
-                    reason="REQUEST_ID_REUSED",
-                    metadata={"request_id": excerpt(request_id)},
-                )
+                raise _reused(request_id)
             if stored.response is not None:
                 return Outcome(self._codec.decode(stored.response, where), replayed=True)
         raise Aborted(
@@ -277,6 +273,38 @@ class IdempotentRunner(Generic[U, T]):
             reason="REQUEST_ID_IN_USE",
             metadata={"request_id": excerpt(request_id)},
         )
+
+    async def replay(self, caller: Caller, command: DataclassInstance) -> Outcome[T] | None:
+        """The stored response of an earlier run of `command` under the caller's request_id, or None
+        when there is none yet (no request_id, a new key, or a run still in flight); a different
+        command under the key fails with FAILED_PRECONDITION.
+
+        For operations of several transactions, which cannot claim their key in the transaction of
+        their change: they look here first, so a completed request is not run again and a reused
+        key changes nothing, then run, then store the response with `run`.
+        """
+        request_id = caller.request_id
+        check_request_id(request_id)
+        if not request_id:
+            return None
+        scope = caller.idempotency_scope(type(command).__name__)
+        async with self._new_uow() as uow:
+            stored = await uow.idempotency.find(scope, request_id, self._clock.now())
+        if stored is None:
+            return None
+        if stored.fingerprint != fingerprint(command):
+            raise _reused(request_id)
+        if stored.response is None:
+            return None
+        return Outcome(self._codec.decode(stored.response, StoredUnder(scope, request_id)), replayed=True)
+
+
+def _reused(request_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "request_id was already used for a different request",
+        reason="REQUEST_ID_REUSED",
+        metadata={"request_id": excerpt(request_id)},
+    )
 
 
 async def purge_expired_keys(

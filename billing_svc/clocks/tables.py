@@ -7,10 +7,9 @@ from datetime import datetime
 from sqlalchemy import ForeignKeyConstraint, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from billing_svc.clocks.domain import MAX_DISPLAY_NAME
 from core import ids
 from core.db import Base, UtcDateTime
-
-MAX_DISPLAY_NAME = 200
 
 
 class TestClockRow(Base):

@@ -1,0 +1,162 @@
+"""AdvanceTestClock: move a clock forward, running the billing work that falls due on the way.
+
+One transaction per piece of work. Each step locks the clock row, finds the clock's subscription
+that falls due first (due_time, then id) at or before the target, moves `frozen_time` to that due
+time, runs that subscription's work at it (billing_svc/subscriptions/work.py) and commits. When
+nothing more is due by the target, the last step moves the clock to the target. So:
+
+- the work runs in time order, each piece at its own due time, across every subscription and
+  account of the clock; other clocks' and wall-clock accounts' subscriptions are never read;
+- a crash, a cancelled call or a failing piece of work leaves the clock at the due time of the
+  last piece that committed, with exactly that work done; the same advance called again goes on
+  from there. Advancing is idempotent per target: at the target, nothing is due and nothing runs;
+- one call runs at most `max_work_per_advance` pieces (MAX_WORK_PER_ADVANCE) and then fails with
+  FAILED_PRECONDITION ADVANCE_WORK_LIMIT, the clock at the last committed step; calling again with
+  the same target goes on. A failure rather than a partial success, so that a request id's
+  stored response is always that of a complete advance.
+
+Request ids: an IdempotentRunner claims its key in the transaction of the change, and an advance
+has many. So an advance with a request_id first looks for a stored response (a replay returns it,
+and a different request under the key is refused before anything moves), then runs the steps, then
+stores its answer under the key in one more transaction. A call that dies before that last
+transaction stored nothing; its retry runs the advance again, which goes on from where the clock
+stopped. Its response then lists the work that call ran: the work a crashed attempt committed is
+not in it (the subscriptions' own records have it). The same holds for two concurrent duplicates:
+they take turns step by step, and the response stored (and replayed to both) is the first to
+finish's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from billing_svc.clocks import domain
+from billing_svc.clocks.domain import Advanced, BillingWork, TestClock
+from billing_svc.clocks.ports import DoneWork
+from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
+from billing_svc.clocks.use_cases import TestClockDeps, audit, load, require_id
+from core.principal import Caller
+
+
+@dataclass(frozen=True)
+class AdvanceTestClock:
+    id: str
+    frozen_time: datetime  # the target
+
+
+@dataclass(frozen=True)
+class _Step:
+    clock: TestClock
+    work: list[BillingWork]
+    ran: tuple[datetime, str] | None  # (due time, subscription id) of the work run; None: finished
+
+
+async def advance_test_clock(
+    deps: TestClockDeps, caller: Caller, clock_id: str, target: datetime | None
+) -> Advanced:
+    require_id(clock_id)
+    command = AdvanceTestClock(clock_id, domain.check_target(target))
+    replayed = await deps.advance_runner.replay(caller, command)
+    if replayed is not None:
+        return replayed.value
+    result = await _run_steps(deps, caller, command)
+    if not caller.request_id:
+        return result
+
+    async def store(uow: TestClocksUnitOfWork) -> Advanced:
+        return result
+
+    # A concurrent duplicate may have stored its answer first: the runner then replays that one.
+    return (await deps.advance_runner.run(caller, command, store)).value
+
+
+async def _run_steps(deps: TestClockDeps, caller: Caller, command: AdvanceTestClock) -> Advanced:
+    work: list[BillingWork] = []
+    ran: tuple[datetime, str] | None = None
+    steps = 0
+    while True:
+        step = await _step(
+            deps, caller, command, first=steps == 0, previous=ran, may_work=steps < deps.max_work_per_advance
+        )
+        work += step.work
+        if step.ran is None:
+            return Advanced(step.clock, tuple(work))
+        ran, steps = step.ran, steps + 1
+
+
+async def _step(
+    deps: TestClockDeps,
+    caller: Caller,
+    command: AdvanceTestClock,
+    *,
+    first: bool,
+    previous: tuple[datetime, str] | None,
+    may_work: bool,
+) -> _Step:
+    target = command.frozen_time
+    async with deps.new_uow() as uow:
+        clock = await load(uow, command.id)
+        if first:
+            domain.check_advance(clock, target)
+        elif clock.frozen_time >= target:
+            # A concurrent advance to a later time went past the target; the work due by then is
+            # done, since every advance runs the earliest due work first.
+            return _Step(clock, [], None)
+        due = await uow.test_clocks.next_due(clock.id, target)
+        if due is None:
+            moved = await _move(deps, uow, caller, clock, target, target)
+            await uow.commit()
+            return _Step(moved, [], None)
+        if not may_work:
+            raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
+        if previous == (due.due_time, due.id):
+            # The work ran and left the subscription due when it was: running it again would loop.
+            raise RuntimeError(f"subscription {due.id} is still due at {due.due_time} after its work ran")
+        # A subscription due before the clock's time (it cannot go back) runs at the clock's time.
+        at = max(due.due_time, clock.frozen_time)
+        moved = await _move(deps, uow, caller, clock, at, target)
+        done = [_reported(report) for report in await deps.run_due_work(uow, due.id, at, caller=caller)]
+        await uow.commit()
+    return _Step(moved, done, (due.due_time, due.id))
+
+
+def _reported(report: DoneWork) -> BillingWork:
+    kind = str(report.kind)
+    if kind not in domain.WORK_KINDS:
+        # Checked before the commit: work the contract cannot report must not be done silently.
+        raise RuntimeError(f"the subscriptions module reported work of an unknown kind {kind!r}")
+    return BillingWork(
+        kind, report.due_time, report.account_id, report.subscription_id, tuple(report.item_ids)
+    )
+
+
+async def _move(
+    deps: TestClockDeps,
+    uow: TestClocksUnitOfWork,
+    caller: Caller,
+    clock: TestClock,
+    to: datetime,
+    target: datetime,
+) -> TestClock:
+    """The clock at `to`, saved, audited and announced in this transaction; unchanged if it shows `to`.
+
+    Every committed move is its own audit and outbox event, so a reader of either sees each time
+    the clock stood at, including the intermediate ones of an advance that stopped half-way.
+    """
+    if to == clock.frozen_time:
+        return clock
+    moved = replace(clock, frozen_time=to, update_time=deps.clock.now(), revision=clock.revision + 1)
+    await uow.test_clocks.save(moved)
+    await audit(uow, caller, "advance", clock, moved)
+    uow.emit(
+        "test_clock.advanced",
+        (domain.RESOURCE_TYPE, clock.id),
+        {
+            "id": clock.id,
+            "from": clock.frozen_time.isoformat(),
+            "to": to.isoformat(),
+            "target": target.isoformat(),
+        },
+    )
+    return moved
