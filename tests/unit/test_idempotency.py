@@ -123,3 +123,20 @@ def test_fingerprint_is_the_commands_content() -> None:
     assert fingerprint(AddNumber(1)) == fingerprint(AddNumber(1, Nested(("a",))))
     assert fingerprint(AddNumber(1)) != fingerprint(AddNumber(1, Nested(("a", "b"))))
     assert len(fingerprint(AddNumber(1))) == 64
+
+
+async def test_replay_looks_without_running_or_claiming(
+    runner: IdempotentRunner[FakeUnitOfWork, int], store: Store
+) -> None:
+    """For operations of several transactions: look first, run, then store with run()."""
+    alice = as_caller(ALICE, "multi")
+    assert await runner.replay(as_caller(ALICE, ""), AddNumber(1)) is None  # no request id
+    assert await runner.replay(alice, AddNumber(1)) is None  # a new key: nothing claimed by looking
+    assert store.commits == 0
+
+    await runner.run(alice, AddNumber(1), Counter())
+    assert await runner.replay(alice, AddNumber(1)) == Outcome(1, replayed=True)
+    assert await runner.replay(as_caller(BOB, "multi"), AddNumber(1)) is None  # another caller's scope
+    with pytest.raises(FailedPrecondition) as caught:
+        await runner.replay(alice, AddNumber(2))
+    assert caught.value.reason == "REQUEST_ID_REUSED"
