@@ -95,6 +95,7 @@ def test_export_holds_our_protos_and_exactly_their_google_imports(tmp_path: Path
         "google/protobuf/field_mask.proto",
         "google/protobuf/struct.proto",
         "google/protobuf/timestamp.proto",
+        "google/type/decimal.proto",
         "google/type/postal_address.proto",
     }
     index = (contracts / "README.md").read_text()
