@@ -40,7 +40,7 @@ from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
 from core import db, telemetry
-from core.clock import BillingClocks, Clock, SystemClock, WallBillingClocks
+from core.clock import Clock, SystemClock
 from core.forwarding import ClientForwarding, GatewayProof
 from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
@@ -120,10 +120,6 @@ class Components:
     @property
     def clock(self) -> Clock:
         return self.platform.wall_clock
-
-    @property
-    def billing_clocks(self) -> BillingClocks:
-        return self.platform.billing_clocks
 
     # The identity parts the composition root wires into the auth interceptor, JWKS and CLI.
     @property
@@ -210,7 +206,6 @@ async def build_components(
             readers=db.session_factory(db.read_only(engine)),
             snapshots=db.session_factory(db.snapshot_reader(engine)),
             wall_clock=clock,
-            billing_clocks=WallBillingClocks(clock),
             page_tokens=PageTokens(secret),
             server_key=ServerKey(secret),
             known_scopes=known_scopes(modules),

@@ -1,6 +1,7 @@
 """Time comes from clock objects so tests (and per-account test clocks) can move it.
 
-Two kinds: the wall clock for infrastructure, and `BillingClocks` resolving a clock per account.
+Infrastructure uses the wall clock (Platform.wall_clock). Billing reads an account's time inside
+its own transaction (billing_svc/clocks/account_time.py): the account's test clock, or the wall clock.
 """
 
 from __future__ import annotations
@@ -33,24 +34,3 @@ class FrozenClock:
 
     def advance(self, delta: timedelta) -> None:
         self._now += delta
-
-
-class BillingClocks(Protocol):
-    """Where billing logic gets its time, per account.
-
-    Infrastructure (tokens, keys, sessions, idempotency retention, rate limits) uses the
-    wall clock. Billing (periods, renewals, proration) asks for the clock of the account
-    it works on, so that moving one customer's test clock moves nobody else's time.
-    """
-
-    async def clock_for(self, account_id: str) -> Clock: ...
-
-
-class WallBillingClocks:
-    """Every account on the wall clock: the only kind there is until test clocks exist."""
-
-    def __init__(self, wall: Clock):
-        self._wall = wall
-
-    async def clock_for(self, account_id: str) -> Clock:
-        return self._wall

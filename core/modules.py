@@ -19,7 +19,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.accounts import AccountDirectoryFactory
-from core.clock import BillingClocks, Clock
+from core.clock import Clock
 from core.db import Base
 from core.pagination import PageTokens
 from core.sealing import ServerKey
@@ -41,7 +41,6 @@ class Platform:
     readers: async_sessionmaker[AsyncSession]  # single-statement reads, no BEGIN/COMMIT
     snapshots: async_sessionmaker[AsyncSession]  # several reads that must agree: one snapshot
     wall_clock: Clock  # infrastructure time: tokens, sessions, retention, rate limits
-    billing_clocks: BillingClocks  # per-account time for billing logic (test clocks)
     page_tokens: PageTokens
     server_key: ServerKey  # seals values kept at rest (a replayable secret), per purpose
     # Every scope an access policy of a served RPC names: grants of other scopes are refused.

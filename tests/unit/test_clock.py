@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.clock import BillingClocks, FrozenClock, SystemClock, WallBillingClocks
+from core.clock import FrozenClock, SystemClock
 
 START = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -25,15 +25,6 @@ def test_frozen_clock_refuses_naive_start() -> None:
 
 def test_system_clock_is_utc() -> None:
     assert SystemClock().now().tzinfo is UTC
-
-
-async def test_every_account_is_on_the_wall_clock_until_test_clocks_exist() -> None:
-    wall = FrozenClock(START)
-    clocks: BillingClocks = WallBillingClocks(wall)
-    first, second = await clocks.clock_for("acct_a"), await clocks.clock_for("acct_b")
-    assert first is wall and second is wall
-    wall.advance(timedelta(hours=1))
-    assert (await clocks.clock_for("acct_a")).now() == START + timedelta(hours=1)
 
 
 def test_no_code_reads_the_time_behind_the_clocks_back() -> None:
