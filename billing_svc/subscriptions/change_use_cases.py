@@ -18,9 +18,8 @@ from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from billing_svc.subscriptions.use_cases import (
     ChangeResult,
     SubscriptionDeps,
-    check_etag,
     check_quantity,
-    load,
+    load_current,
     plan_of,
     require_id,
     subscribable_plan,
@@ -74,8 +73,7 @@ class _Computed:
 async def _compute(
     uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription, *, write: bool = True
 ) -> _Computed:
-    current = await load(uow, caller, command.id, for_update=write)
-    check_etag(current, command.etag)
+    current, now = await load_current(uow, caller, command.id, etag=command.etag, write=write)
     current_plan = await plan_of(uow, current)
     plan, quantity = await _target(uow, command, current_plan, current.quantity)
     if (plan.plan_id, plan.version, quantity) == (current.plan_id, current.plan_version, current.quantity):
@@ -83,7 +81,6 @@ async def _compute(
             "plan_id" if command.plan_id else "quantity",
             "changes nothing: the subscription is already on this plan version and quantity",
         )
-    now = (await uow.clocks.time_for(current.account_id)).now
     if command.timing is Timing.PERIOD_END:
         step = engine.schedule_change(current, plan, quantity, now)
         return _Computed(step, "change_scheduled", current, plan, now)
@@ -122,14 +119,13 @@ async def cancel_scheduled_change(
     command = CancelScheduledChange(subscription_id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
-        current = await load(uow, caller, command.id)
+        current, now = await load_current(uow, caller, command.id)
         if current.scheduled_change is None:
             raise FailedPrecondition(
                 "no change is scheduled for this subscription",
                 reason="NO_SCHEDULED_CHANGE",
                 metadata={"id": current.id},
             )
-        now = (await uow.clocks.time_for(current.account_id)).now
         dropped = engine.Step(
             engine.replace_scheduled(current, now),
         )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from billing_svc.catalog.domain import PlanVersion
-from billing_svc.subscriptions import domain, engine
+from billing_svc.subscriptions import domain, engine, work
 from billing_svc.subscriptions.domain import PendingItem, Subscription
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
@@ -154,6 +155,25 @@ async def load(
     if subscription is None or not visible(caller, subscription):
         raise not_found(subscription_id)
     return subscription
+
+
+async def load_current(
+    uow: SubscriptionsUnitOfWork, caller: Caller, subscription_id: str, *, etag: str = "", write: bool = True
+) -> tuple[Subscription, datetime]:
+    """The subscription (checked against `etag` as the caller read it) brought up to its account's
+    time, and that time. A boundary that has passed but whose work has not run yet (the worker is
+    behind) is run first, in this transaction, so that no change is ever made to a stale period;
+    a read-only caller (a preview) gets the same result computed, not written."""
+    current = await load(uow, caller, subscription_id, for_update=write)
+    check_etag(current, etag)
+    now = (await uow.clocks.time_for(current.account_id)).now
+    due = current.due_time
+    if due is None or due > now:
+        return current, now
+    if not write:
+        return await work.caught_up(uow, current, now), now
+    await work.run_due_work(uow, current.id, now)
+    return await load(uow, caller, subscription_id), now
 
 
 async def plan_of(uow: SubscriptionsUnitOfWork, subscription: Subscription) -> PlanVersion:
@@ -313,17 +333,13 @@ async def update_subscription(
     command = UpdateSubscription(subscription_id, check_metadata(metadata, "subscription.metadata"), etag)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current = await load(uow, caller, command.id)
-        check_etag(current, command.etag)
+        current, now = await load_current(uow, caller, command.id, etag=command.etag)
         if dict(command.metadata) == dict(current.metadata):
             return current
-        time = await uow.clocks.time_for(current.account_id)
         updated = replace(
-            current, metadata=dict(command.metadata), update_time=time.now, revision=current.revision + 1
+            current, metadata=dict(command.metadata), update_time=now, revision=current.revision + 1
         )
-        step = await record(
-            uow, caller, before=current, step=engine.Step(updated), action="updated", at=time.now
-        )
+        step = await record(uow, caller, before=current, step=engine.Step(updated), action="updated", at=now)
         return step.subscription
 
     return (await deps.runner.run(caller, command, action)).value
@@ -342,9 +358,7 @@ async def cancel_subscription(
     command = CancelSubscription(subscription_id, at_period_end, prorate, etag)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current = await load(uow, caller, command.id)
-        check_etag(current, command.etag)
-        now = (await uow.clocks.time_for(current.account_id)).now
+        current, now = await load_current(uow, caller, command.id, etag=command.etag)
         if command.at_period_end:
             step = engine.schedule_cancel(current, now)
             action_name = "cancel_scheduled"
@@ -364,14 +378,13 @@ async def uncancel_subscription(deps: SubscriptionDeps, caller: Caller, subscrip
     command = UncancelSubscription(subscription_id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current = await load(uow, caller, command.id)
+        current, now = await load_current(uow, caller, command.id)
         if not current.cancel_at_period_end:
             raise FailedPrecondition(
                 "no cancel is scheduled for this subscription",
                 reason="NO_SCHEDULED_CANCEL",
                 metadata={"id": current.id, "state": current.state.value},
             )
-        now = (await uow.clocks.time_for(current.account_id)).now
         step = engine.uncancel(current, now)
         return (
             await record(uow, caller, before=current, step=step, action="uncanceled", at=now)
@@ -387,8 +400,7 @@ async def pause_subscription(
     command = PauseSubscription(subscription_id, prorate)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current = await load(uow, caller, command.id)
-        now = (await uow.clocks.time_for(current.account_id)).now
+        current, now = await load_current(uow, caller, command.id)
         step = engine.pause(current, await plan_of(uow, current), now, prorate=command.prorate)
         return (await record(uow, caller, before=current, step=step, action="paused", at=now)).subscription
 
@@ -402,8 +414,7 @@ async def resume_subscription(
     command = ResumeSubscription(subscription_id, prorate)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current = await load(uow, caller, command.id)
-        now = (await uow.clocks.time_for(current.account_id)).now
+        current, now = await load_current(uow, caller, command.id)
         step = engine.resume(current, await plan_of(uow, current), now, prorate=command.prorate)
         return (await record(uow, caller, before=current, step=step, action="resumed", at=now)).subscription
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import engine
+from billing_svc.subscriptions.domain import Subscription
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from core.principal import SYSTEM, Caller
@@ -52,6 +53,29 @@ async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> Pla
     return plan
 
 
+async def _boundary_steps(
+    uow: SubscriptionsUnitOfWork, subscription: Subscription, due: datetime
+) -> list[tuple[str, engine.Step]]:
+    plan = await _plan(uow, subscription.plan_id, subscription.plan_version)
+    scheduled = subscription.scheduled_change
+    scheduled_plan = None
+    if scheduled is not None:
+        scheduled_plan = await _plan(uow, scheduled.plan_id, scheduled.plan_version)
+    steps, _ = engine.boundary(subscription, plan, scheduled_plan, due)
+    return steps
+
+
+async def caught_up(uow: SubscriptionsUnitOfWork, subscription: Subscription, now: datetime) -> Subscription:
+    """The subscription as its due work up to `now` would leave it, computed and not written:
+    what a preview starts from when the worker has not yet run a boundary that has passed."""
+    for _ in range(MAX_BOUNDARIES):
+        due = subscription.due_time
+        if due is None or due > now:
+            break
+        subscription = (await _boundary_steps(uow, subscription, due))[-1][1].subscription
+    return subscription
+
+
 async def run_due_work(
     uow: SubscriptionsUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller = SYSTEM
 ) -> list[WorkDone]:
@@ -61,12 +85,7 @@ async def run_due_work(
         due = subscription.due_time
         if due is None or due > now:
             break
-        plan = await _plan(uow, subscription.plan_id, subscription.plan_version)
-        scheduled = subscription.scheduled_change
-        scheduled_plan = None
-        if scheduled is not None:
-            scheduled_plan = await _plan(uow, scheduled.plan_id, scheduled.plan_version)
-        steps, _ = engine.boundary(subscription, plan, scheduled_plan, due)
+        steps = await _boundary_steps(uow, subscription, due)
         before = subscription
         for kind_name, step in steps:
             kind = WorkKind(kind_name)
