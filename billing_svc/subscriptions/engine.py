@@ -143,20 +143,28 @@ def _proration_items(
     new: tuple[PlanVersion, int] | None,
     now: datetime,
 ) -> tuple[PendingItem, ...]:
-    """Credits for the unused time of `old`'s fees and charges for the rest of `new`'s."""
+    """Credits for the unused time of `old`'s fees and charges for the rest of `new`'s.
+
+    The use cases bring a subscription up to its account's time first (use_cases.load_current),
+    so `now` lies in the current period; a step outside it would prorate against the wrong
+    period, which is a bug, not nothing to prorate.
+    """
     period = current_period(subscription)
     if not period.start <= now < period.end:
-        return ()
-    old_fees = fees_for(*old) if old else []
-    new_fees = fees_for(*new) if new else []
-    currency = (old or new or (None,))[0]
-    assert currency is not None
-    lines = proration.change_lines(old_fees, new_fees, period, now, currency.currency_code)
+        raise ValueError(f"{now.isoformat()} is outside the current period of {subscription.id}")
+    old_plan = old[0] if old else None
+    new_plan = new[0] if new else None
+    either = old_plan or new_plan
+    assert either is not None, "a proration needs an old or a new side"
+    lines = proration.change_lines(
+        fees_for(*old) if old else [], fees_for(*new) if new else [], period, now, either.currency_code
+    )
     items = []
     for line in lines:
-        credit = line.kind == "credit"
-        plan = old[0] if credit and old else new[0] if new else currency
-        kind = ItemKind.PRORATION_CREDIT if credit else ItemKind.PRORATION_CHARGE
+        if line.kind == "credit":
+            plan, kind = old_plan or either, ItemKind.PRORATION_CREDIT
+        else:
+            plan, kind = new_plan or either, ItemKind.PRORATION_CHARGE
         items.append(_item(subscription, plan, kind=kind, line=line, now=now))
     return tuple(items)
 
