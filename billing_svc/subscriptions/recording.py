@@ -66,7 +66,9 @@ async def record(
 ) -> Step:
     """Persist `step` (made from `before`, None for a new subscription); returns it with item ids."""
     after = step.subscription
-    items = tuple(replace(item, id=ids.new_id(ITEM_ID_PREFIX)) for item in step.items)
+    # Items share their create_time (the step's instant) and are listed by (create_time, id):
+    # ordered ids keep them in the order the step made them (credits, then charges).
+    items = tuple(replace(item, id=ids.new_ordered_id(ITEM_ID_PREFIX, at)) for item in step.items)
     if before is None:
         await uow.subscriptions.add(after)
     else:
