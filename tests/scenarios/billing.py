@@ -31,8 +31,8 @@ CANCELLATION = "CANCELLATION"
 SCHEDULED_CHANGE = "SCHEDULED_CHANGE"
 
 
-def utc(*fields: int) -> datetime:
-    return datetime(*fields, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:
