@@ -20,6 +20,9 @@ from tests.scenarios.billing import RENEWAL, Ledger, Work, at, fee, utc
 
 pytestmark = pytest.mark.scenario
 
+# Berlin's 2027 changes (28 March to CEST, 31 October back to CET):
+# https://www.timeanddate.com/time/change/germany/berlin?year=2027
+# Minor units: JPY has none, KWD three (ISO 4217, https://www.iso.org/iso-4217-currency-codes.html).
 BERLIN = ZoneInfo("Europe/Berlin")
 
 

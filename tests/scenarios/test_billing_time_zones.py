@@ -18,6 +18,9 @@ from tests.scenarios.billing import CHARGE, CREDIT, DAY, RENEWAL, Item, Ledger, 
 
 pytestmark = pytest.mark.scenario
 
+# New York's 2027 changes (14 March 02:00 EST -> EDT, 7 November 02:00 EDT -> EST):
+# https://www.timeanddate.com/time/change/usa/new-york?year=2027
+# Kathmandu is UTC+05:45 all year: https://www.timeanddate.com/time/zone/nepal/kathmandu
 NEW_YORK = "America/New_York"
 
 
@@ -52,9 +55,9 @@ async def test_new_york_across_both_daylight_saving_changes(channel: grpc.aio.Ch
     # -> 6384. (Counting 24-hour days, 528/744, would give 2129 and 6387.)
     assert await ledger.advance(utc(2027, 3, 10, 5)) == []
     upgrade = await ledger.change(monthly.id, plan_id=pro.id)
-    assert [(i.amount.amount_minor, at(i.period_start), at(i.period_end)) for i in upgrade.items] == [
-        (-2128, utc(2027, 3, 10, 5), march[1]),
-        (6384, utc(2027, 3, 10, 5), march[1]),
+    assert [item(message) for message in upgrade.items] == [
+        Item(CREDIT, "base", -2128, "1", utc(2027, 3, 10, 5), march[1]),
+        Item(CHARGE, "base", 6384, "1", utc(2027, 3, 10, 5), march[1]),
     ]
 
     # A daily plan over 14 March: that day runs from 05:00Z to 04:00Z the next day, 23 hours.
