@@ -138,12 +138,6 @@ class Ledger:
     async def items(self, account_id: str) -> list[Item]:
         return [item(message) for message in await self.messages(account_id)]
 
-    async def unordered(self, account_id: str) -> list[Item]:
-        """The account's pending items, sorted. The listing orders them by create time, then id:
-        the lines that one change or renewal records share a create time and have random ids, so
-        among them the listing does not keep the order they were recorded in."""
-        return sorted(await self.items(account_id))
-
     async def advance(self, to: datetime, request_id: str = "") -> list[Work]:
         reply = await self.clocks.AdvanceTestClock(
             cpb.AdvanceTestClockRequest(id=self.clock.id, frozen_time=ts(to), request_id=request_id)
