@@ -26,6 +26,13 @@ from core.text import excerpt
 MAX_METADATA_ENTRIES = 50
 MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
+# Fields an update may carry only as they are (a client sending the subscription back whole), and
+# what changes each instead.
+ECHO_ONLY = {
+    "account_id": "cannot change: a subscription stays with its account",
+    "plan_id": "changes with ChangeSubscription, not UpdateSubscription",
+    "quantity": "changes with ChangeSubscription, not UpdateSubscription",
+}
 SUBSCRIPTION_CODEC = Codec(Subscription.to_dict, Subscription.from_dict)
 
 
@@ -79,6 +86,7 @@ class UpdateSubscription:
     id: str
     metadata: tuple[tuple[str, str], ...]
     etag: str
+    echoed: tuple[tuple[str, object], ...] = ()  # fields sent back, which must keep their value
 
 
 @dataclass(frozen=True)
@@ -305,16 +313,23 @@ async def update_subscription(
     metadata: Mapping[str, str],
     mask: tuple[str, ...],
     etag: str = "",
+    echoed: Mapping[str, object] | None = None,
 ) -> Subscription:
+    """Changes the metadata. `echoed` holds what the request carries for the other fields the
+    mask names (AIP-134: a client may send the resource back whole): each must be empty or its
+    current value, as they change by other methods; output-only names are ignored (AIP-203)."""
     require_id(subscription_id, "subscription.id")
-    for name in mask:
-        if name not in ("metadata", "*"):
-            raise InvalidArgument.field("update_mask", f"{excerpt(name)!r} cannot be updated; only metadata")
-    command = UpdateSubscription(subscription_id, check_metadata(metadata, "subscription.metadata"), etag)
+    kept = _check_update_mask(mask, echoed or {})
+    command = UpdateSubscription(
+        subscription_id, check_metadata(metadata, "subscription.metadata"), etag, tuple(sorted(kept.items()))
+    )
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
         current = await load(uow, caller, command.id)
         check_etag(current, command.etag)
+        for name, value in command.echoed:
+            if value != getattr(current, name):
+                raise InvalidArgument.field(f"subscription.{name}", ECHO_ONLY[name])
         if dict(command.metadata) == dict(current.metadata):
             return current
         time = await uow.clocks.time_for(current.account_id)
@@ -327,6 +342,22 @@ async def update_subscription(
         return step.subscription
 
     return (await deps.runner.run(caller, command, action)).value
+
+
+def _check_update_mask(mask: tuple[str, ...], echoed: Mapping[str, object]) -> dict[str, object]:
+    """The echoed fields the mask names whose value is set (empty and zero mean left alone);
+    INVALID_ARGUMENT for a name that is neither updatable, echoed nor output only."""
+    kept: dict[str, object] = {}
+    for name in mask:
+        if name in ECHO_ONLY:
+            value = echoed.get(name)
+            if value:
+                kept[name] = value
+        elif name not in ("metadata", "*") and name.split(".", 1)[0] not in domain.OUTPUT_ONLY_FIELDS:
+            raise InvalidArgument.field(
+                "update_mask", f"{excerpt(name)!r} is not a field of a subscription that can be updated"
+            )
+    return kept
 
 
 async def cancel_subscription(
