@@ -441,6 +441,13 @@ async def resume_subscription(
     return (await deps.runner.run(caller, command, action)).value
 
 
+async def _require_account(uow: SubscriptionsUnitOfWork, account_id: str) -> None:
+    """An account that never existed has no billing to read: NOT_FOUND, not an empty answer (a
+    deleted one keeps its records, readable)."""
+    if len(account_id) > ids.MAX_LENGTH or await uow.accounts.terms(account_id) is None:
+        raise account_not_found(account_id, "account_id")
+
+
 async def list_pending_items(
     deps: SubscriptionDeps,
     caller: Caller,
@@ -456,6 +463,7 @@ async def list_pending_items(
     scope = {"account_id": account_id, "subscription_id": subscription_id}
     page = deps.page_tokens.keyset_page(size, page_token, scope)
     async with deps.new_reader() as uow:
+        await _require_account(uow, account_id)
         rows = await uow.items.list(
             account_id=account_id,
             subscription_id=subscription_id or None,
@@ -474,7 +482,8 @@ async def get_entitlements(
     if caller.customer_account is not None and caller.customer_account != account_id:
         raise account_not_found(account_id, "account_id")
     async with deps.new_reader() as uow:
-        rows = await uow.subscriptions.entitlements(account_id) if len(account_id) <= ids.MAX_LENGTH else []
+        await _require_account(uow, account_id)
+        rows = await uow.subscriptions.entitlements(account_id)
     merged: dict[str, domain.Entitlement] = {}
     for row in rows:
         if row.enabled is False:

@@ -273,6 +273,13 @@ async def test_entitlements_come_from_entitled_subscriptions(
     await subs.PauseSubscription(pb.PauseSubscriptionRequest(id=second.id))
     got = await subs.GetEntitlements(pb.GetEntitlementsRequest(account_id=account.id))
     assert {e.feature_code: e.limit for e in got.entitlements if e.HasField("limit")} == {"projects": 5}
+    # An account that does not exist has no entitlements or items to list: NOT_FOUND, not empty.
+    for call in (
+        subs.GetEntitlements(pb.GetEntitlementsRequest(account_id="acct_missing")),
+        subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id="acct_missing")),
+    ):
+        error = await failing(call)
+        assert (error.code(), reason(error)) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
 
 
 async def test_customers_see_only_their_own_and_cannot_change_anything(
