@@ -243,7 +243,7 @@ def build_openapi(
     names (lowerCamelCase) unless `use_proto_names`. `strict` is the gateway's:
     unknown fields are refused, so objects say `additionalProperties: false`.
     `rules` states what the servers check beyond the proto types; None is
-    Tally's own (gateway/constraints.py).
+    Tally's own (gateway/constraints/).
     """
     outputs: set[str] = set()
     for service in services:

@@ -194,7 +194,7 @@ class SchemaBuilder:
 
     `strict` (the gateway's TALLY_GATEWAY_STRICT) closes every object with
     `additionalProperties: false`, as the gateway refuses unknown fields. `rules`
-    adds what the server checks beyond the proto types (gateway/constraints.py).
+    adds what the server checks beyond the proto types (gateway/constraints/).
     `outputs` names the messages that appear in responses: one of them sent whole
     gets a `<name>.Create` component listing its required fields; a message only
     ever sent lists them in its own component.

@@ -28,6 +28,28 @@ from core.errors import FailedPrecondition
 ID_PREFIX = "sub"
 ITEM_ID_PREFIX = "pii"
 MAX_QUANTITY = 1_000_000
+# Fields of the Subscription message only the server sets: an update mask naming them is not
+# refused, they are left alone (AIP-203). `etag` is a precondition, never a change.
+OUTPUT_ONLY_FIELDS = frozenset(
+    {
+        "id",
+        "plan_version",
+        "state",
+        "billing_time_zone",
+        "billing_cycle_anchor",
+        "start_time",
+        "trial_end_time",
+        "current_period_start",
+        "current_period_end",
+        "cancel_at_period_end",
+        "cancel_time",
+        "pause_time",
+        "scheduled_change",
+        "create_time",
+        "update_time",
+        "etag",
+    }
+)
 
 
 class State(StrEnum):

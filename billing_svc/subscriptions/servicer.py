@@ -195,6 +195,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             metadata=dict(request.subscription.metadata),
             mask=mask or ("metadata",),
             etag=request.subscription.etag,
+            echoed={name: getattr(request.subscription, name) for name in use_cases.ECHO_ONLY},
         )
         return subscription_to_proto(subscription)
 

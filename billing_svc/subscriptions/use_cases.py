@@ -27,6 +27,13 @@ from core.text import excerpt
 MAX_METADATA_ENTRIES = 50
 MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
+# Fields an update may carry only as they are (a client sending the subscription back whole), and
+# what changes each instead.
+ECHO_ONLY = {
+    "account_id": "cannot change: a subscription stays with its account",
+    "plan_id": "changes with ChangeSubscription, not UpdateSubscription",
+    "quantity": "changes with ChangeSubscription, not UpdateSubscription",
+}
 SUBSCRIPTION_CODEC = Codec(Subscription.to_dict, Subscription.from_dict)
 
 
@@ -80,6 +87,7 @@ class UpdateSubscription:
     id: str
     metadata: tuple[tuple[str, str], ...]
     etag: str
+    echoed: tuple[tuple[str, object], ...] = ()  # fields sent back, which must keep their value
 
 
 @dataclass(frozen=True)
@@ -325,15 +333,22 @@ async def update_subscription(
     metadata: Mapping[str, str],
     mask: tuple[str, ...],
     etag: str = "",
+    echoed: Mapping[str, object] | None = None,
 ) -> Subscription:
+    """Changes the metadata. `echoed` holds what the request carries for the other fields the
+    mask names (AIP-134: a client may send the resource back whole): each must be empty or its
+    current value, as they change by other methods; output-only names are ignored (AIP-203)."""
     require_id(subscription_id, "subscription.id")
-    for name in mask:
-        if name not in ("metadata", "*"):
-            raise InvalidArgument.field("update_mask", f"{excerpt(name)!r} cannot be updated; only metadata")
-    command = UpdateSubscription(subscription_id, check_metadata(metadata, "subscription.metadata"), etag)
+    kept = _check_update_mask(mask, echoed or {})
+    command = UpdateSubscription(
+        subscription_id, check_metadata(metadata, "subscription.metadata"), etag, tuple(sorted(kept.items()))
+    )
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
         current, now = await load_current(uow, caller, command.id, etag=command.etag)
+        for name, value in command.echoed:
+            if value != getattr(current, name):
+                raise InvalidArgument.field(f"subscription.{name}", ECHO_ONLY[name])
         if dict(command.metadata) == dict(current.metadata):
             return current
         updated = replace(
@@ -343,6 +358,22 @@ async def update_subscription(
         return step.subscription
 
     return (await deps.runner.run(caller, command, action)).value
+
+
+def _check_update_mask(mask: tuple[str, ...], echoed: Mapping[str, object]) -> dict[str, object]:
+    """The echoed fields the mask names whose value is set (empty and zero mean left alone);
+    INVALID_ARGUMENT for a name that is neither updatable, echoed nor output only."""
+    kept: dict[str, object] = {}
+    for name in mask:
+        if name in ECHO_ONLY:
+            value = echoed.get(name)
+            if value:
+                kept[name] = value
+        elif name not in ("metadata", "*") and name.split(".", 1)[0] not in domain.OUTPUT_ONLY_FIELDS:
+            raise InvalidArgument.field(
+                "update_mask", f"{excerpt(name)!r} is not a field of a subscription that can be updated"
+            )
+    return kept
 
 
 async def cancel_subscription(
@@ -421,6 +452,13 @@ async def resume_subscription(
     return (await deps.runner.run(caller, command, action)).value
 
 
+async def _require_account(uow: SubscriptionsUnitOfWork, account_id: str) -> None:
+    """An account that never existed has no billing to read: NOT_FOUND, not an empty answer (a
+    deleted one keeps its records, readable)."""
+    if len(account_id) > ids.MAX_LENGTH or await uow.accounts.terms(account_id) is None:
+        raise account_not_found(account_id, "account_id")
+
+
 async def list_pending_items(
     deps: SubscriptionDeps,
     caller: Caller,
@@ -436,6 +474,7 @@ async def list_pending_items(
     scope = {"account_id": account_id, "subscription_id": subscription_id}
     page = deps.page_tokens.keyset_page(size, page_token, scope)
     async with deps.new_reader() as uow:
+        await _require_account(uow, account_id)
         rows = await uow.items.list(
             account_id=account_id,
             subscription_id=subscription_id or None,
@@ -454,7 +493,8 @@ async def get_entitlements(
     if caller.customer_account is not None and caller.customer_account != account_id:
         raise account_not_found(account_id, "account_id")
     async with deps.new_reader() as uow:
-        rows = await uow.subscriptions.entitlements(account_id) if len(account_id) <= ids.MAX_LENGTH else []
+        await _require_account(uow, account_id)
+        rows = await uow.subscriptions.entitlements(account_id)
     merged: dict[str, domain.Entitlement] = {}
     for row in rows:
         if row.enabled is False:

@@ -41,8 +41,8 @@ from app.server import App, build
 from core.settings import RateLimit, Settings
 from gateway.routes import Route
 from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
-from tally.billing.v1 import meter_pb2, meter_pb2_grpc
-from tally.subscription.v1 import plan_pb2, plan_pb2_grpc
+from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
 from tests.hostile.cases import (
     Case,
     baseline_message,
@@ -75,6 +75,8 @@ class Seeds:
     client_secret: str = ""
     meter_id: str = ""
     plan_id: str = ""
+    subscription_id: str = ""
+    test_clock_id: str = ""
 
 
 @dataclass
@@ -143,6 +145,24 @@ async def create_catalog(backend: Backend) -> tuple[str, str]:
     return meter.id, plan.id
 
 
+async def create_billing(backend: Backend, account_id: str, plan_id: str) -> tuple[str, str]:
+    """A subscription of the seeded account to the seeded plan, and a test clock (the
+    SubscriptionService and TestClockService cases name them)."""
+    metadata = tuple(backend.headers.items())
+    subscription = await subscription_pb2_grpc.SubscriptionServiceStub(backend.channel).CreateSubscription(
+        subscription_pb2.CreateSubscriptionRequest(
+            subscription=subscription_pb2.Subscription(account_id=account_id, plan_id=plan_id)
+        ),
+        metadata=metadata,
+    )
+    frozen = test_clock_pb2.TestClock(display_name="Seed")
+    frozen.frozen_time.FromJsonString("2030-01-01T00:00:00Z")
+    clock = await test_clock_pb2_grpc.TestClockServiceStub(backend.channel).CreateTestClock(
+        test_clock_pb2.CreateTestClockRequest(test_clock=frozen), metadata=metadata
+    )
+    return subscription.id, clock.id
+
+
 async def seed(backend: Backend) -> Seeds:
     """Fresh resources for one method's cases (its baselines may delete or revoke them)."""
     metadata = tuple(backend.headers.items())
@@ -162,10 +182,14 @@ async def seed(backend: Backend) -> Seeds:
         metadata=metadata,
     )
     meter, plan = await create_catalog(backend)
+    account = await create_account(backend)
+    subscription, clock = await create_billing(backend, account, plan)
     return Seeds(
         meter_id=meter,
         plan_id=plan,
-        account_id=await create_account(backend),
+        subscription_id=subscription,
+        test_clock_id=clock,
+        account_id=account,
         user_id=user.id,
         user_email=email,
         refresh_token=tokens.refresh_token,
@@ -224,8 +248,12 @@ class Samples:
             return self.seeds.account_id
         if field.name == "meter_id" or service == "MeterService":
             return self.seeds.meter_id
-        if service == "PlanService":
+        if service == "PlanService" or field.name == "plan_id":
             return self.seeds.plan_id
+        if service == "SubscriptionService":
+            return self.seeds.subscription_id
+        if service == "TestClockService":
+            return self.seeds.test_clock_id
         if "ServiceAccount" in method.name:
             return self.seeds.service_account_id
         if "User" in method.name:

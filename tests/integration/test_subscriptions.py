@@ -95,6 +95,48 @@ async def test_bad_subscriptions_are_refused_naming_the_field(
     assert await items_of(subs, account.id) == []  # nothing half-written
 
 
+async def test_an_update_may_echo_the_subscription_but_changes_only_metadata(
+    channel: grpc.aio.Channel, subs: SubscriptionServiceStub
+) -> None:
+    """AIP-134/AIP-203: a mask may name fields sent back as they are (or left empty) and output-only
+    ones; a real change of plan, quantity or account is refused, naming the field and the method."""
+    account = await new_account(channel, 20)
+    plan = await new_plan(channel, "echo", seat_price=per_seat("5"))
+    other = await new_plan(channel, "echo-other")
+    created = await subscribe(subs, account.id, plan.id, quantity=3)
+
+    def update(mask: list[str], **fields: object) -> Any:
+        subscription = Sub(id=created.id, **fields)  # type: ignore[arg-type]
+        request = pb.UpdateSubscriptionRequest(subscription=subscription)
+        request.update_mask.paths.extend(mask)
+        return subs.UpdateSubscription(request)
+
+    echoed = ["account_id", "plan_id", "quantity", "metadata", "state", "create_time"]
+    same = await update(
+        echoed,
+        account_id=account.id,
+        plan_id=plan.id,
+        quantity=3,
+        metadata={"a": "1"},
+        state=Sub.STATE_PAUSED,
+    )
+    assert (same.metadata, same.quantity, same.state) == ({"a": "1"}, 3, Sub.STATE_ACTIVE)
+    empty = await update(echoed, metadata={"a": "2"})  # empty and zero: left alone
+    assert (empty.plan_id, empty.quantity, empty.metadata) == (plan.id, 3, {"a": "2"})
+    for field, value, words in (
+        ("plan_id", other.id, "ChangeSubscription"),
+        ("quantity", 4, "ChangeSubscription"),
+        ("account_id", "acct_other", "cannot change"),
+    ):
+        error = await failing(update([field, "metadata"], metadata={"a": "3"}, **{field: value}))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in details(error).violations[f"subscription.{field}"]
+    error = await failing(update(["billing_address"]))
+    assert "update_mask" in details(error).violations
+    got = await subs.GetSubscription(pb.GetSubscriptionRequest(id=created.id))
+    assert (got.plan_id, got.quantity, got.metadata) == (plan.id, 3, {"a": "2"})  # nothing half-made
+
+
 async def test_preview_returns_exactly_what_the_change_makes(
     app: App, channel: grpc.aio.Channel, subs: SubscriptionServiceStub
 ) -> None:
@@ -231,6 +273,13 @@ async def test_entitlements_come_from_entitled_subscriptions(
     await subs.PauseSubscription(pb.PauseSubscriptionRequest(id=second.id))
     got = await subs.GetEntitlements(pb.GetEntitlementsRequest(account_id=account.id))
     assert {e.feature_code: e.limit for e in got.entitlements if e.HasField("limit")} == {"projects": 5}
+    # An account that does not exist has no entitlements or items to list: NOT_FOUND, not empty.
+    for call in (
+        subs.GetEntitlements(pb.GetEntitlementsRequest(account_id="acct_missing")),
+        subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id="acct_missing")),
+    ):
+        error = await failing(call)
+        assert (error.code(), reason(error)) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
 
 
 async def test_customers_see_only_their_own_and_cannot_change_anything(

@@ -1,4 +1,4 @@
-"""The catalog's rules in the OpenAPI document agree with the server's (gateway/constraints.py)."""
+"""The catalog's rules in the OpenAPI document agree with the server's (gateway/constraints/)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from billing_svc.catalog import rules
 from billing_svc.catalog.domain import Aggregation, MeterFields
 from core.errors import InvalidArgument
 from core.money import parse_unit_price
-from gateway.constraints import _digits_up_to
+from gateway.constraints import digits_up_to
 from gateway.openapi import build_openapi
 
 JSON = dict[str, Any]
@@ -54,7 +54,7 @@ def test_the_unit_price_pattern_is_parse_unit_price(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0, max_value=2**64) | st.integers(min_value=0, max_value=10**20))
 def test_unsigned_int64_digits(value: int) -> None:
-    pattern = re.compile(_digits_up_to(2**63 - 1))
+    pattern = re.compile(digits_up_to(2**63 - 1))
     assert bool(pattern.fullmatch(str(value))) == (value <= 2**63 - 1)
     assert bool(pattern.fullmatch(f"00{value}")) == (value <= 2**63 - 1)
 
