@@ -1,0 +1,298 @@
+"""Who may call each billing RPC, read from the descriptors, over gRPC and REST, on each backend.
+
+Every method of billing_svc.module.MODULE.services needs a case in CASES, so a new RPC without
+one fails `test_every_billing_method_has_a_case`. The rules come from each method's
+(tally.options.v1.access) policy: customers are refused methods without customer access and get
+NOT_FOUND (never PERMISSION_DENIED) for another account's resources; service tokens need the
+method's scopes; calls without a token are UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from app.server import App
+from billing_svc.module import MODULE
+from core.principal import Role
+from gateway.routes import Route, routes_of
+from interceptors.policy import MethodPolicy, PolicyTable
+from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.subscription.v1 import subscription_pb2, subscription_pb2_grpc
+from tests.billing_support import new_account, new_plan
+from tests.integration.test_gateway import Gateway
+from tests.support import channel_as, mint
+
+SERVICES = MODULE.services
+POLICIES = PolicyTable.from_services(SERVICES)
+METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
+ALL_SCOPES = POLICIES.scopes()
+HTTP_OF = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+}
+
+
+@dataclass(frozen=True)
+class Seed:
+    account_a: str
+    account_b: str
+    meter: str
+    plan: str
+    sub_a: str
+    sub_b: str
+    clock: str
+
+
+Case = Callable[[Seed], dict[str, Any]]
+SUB = "/tally.subscription.v1.SubscriptionService/"
+PLAN = "/tally.subscription.v1.PlanService/"
+METER = "/tally.billing.v1.MeterService/"
+CLOCK = "/tally.billing.v1.TestClockService/"
+
+# One request per method, naming account A's resources (a customer of A calls with these).
+CASES: dict[str, Case] = {
+    METER + "CreateMeter": lambda s: {
+        "meter": {"code": "api-calls", "displayName": "API calls", "aggregation": "AGGREGATION_SUM"}
+    },
+    METER + "GetMeter": lambda s: {"id": s.meter},
+    METER + "ListMeters": lambda s: {},
+    METER + "UpdateMeter": lambda s: {
+        "meter": {"id": s.meter, "displayName": "Seats"},
+        "updateMask": "displayName",
+    },
+    METER + "ArchiveMeter": lambda s: {"id": s.meter},
+    PLAN + "CreatePlan": lambda s: {
+        "plan": {
+            "code": "other",
+            "displayName": "Other",
+            "currencyCode": "USD",
+            "billingInterval": {"unit": "UNIT_MONTH", "count": 1},
+            "baseFee": {"currencyCode": "USD", "amountMinor": "1000"},
+        }
+    },
+    PLAN + "GetPlan": lambda s: {"id": s.plan},
+    PLAN + "ListPlans": lambda s: {},
+    PLAN + "UpdatePlan": lambda s: {
+        "plan": {"id": s.plan, "displayName": "Pro"},
+        "updateMask": "displayName",
+    },
+    PLAN + "ArchivePlan": lambda s: {"id": s.plan},
+    SUB + "CreateSubscription": lambda s: {"subscription": {"accountId": s.account_a, "planId": s.plan}},
+    SUB + "GetSubscription": lambda s: {"id": s.sub_a},
+    SUB + "ListSubscriptions": lambda s: {"accountId": s.account_a},
+    SUB + "UpdateSubscription": lambda s: {
+        "subscription": {"id": s.sub_a, "quantity": 2},
+        "updateMask": "quantity",
+    },
+    SUB + "CancelSubscription": lambda s: {"id": s.sub_a, "atPeriodEnd": True},
+    SUB + "UncancelSubscription": lambda s: {"id": s.sub_a},
+    SUB + "ChangeSubscription": lambda s: {"id": s.sub_a, "quantity": 2},
+    SUB + "PreviewChange": lambda s: {"id": s.sub_a, "quantity": 2},
+    SUB + "CancelScheduledChange": lambda s: {"id": s.sub_a},
+    SUB + "PauseSubscription": lambda s: {"id": s.sub_a},
+    SUB + "ResumeSubscription": lambda s: {"id": s.sub_a},
+    SUB + "ListPendingInvoiceItems": lambda s: {"accountId": s.account_a},
+    SUB + "GetEntitlements": lambda s: {"accountId": s.account_a},
+    CLOCK + "CreateTestClock": lambda s: {"testClock": {"frozenTime": "2027-01-15T00:00:00Z"}},
+    CLOCK + "GetTestClock": lambda s: {"id": s.clock},
+    CLOCK + "ListTestClocks": lambda s: {},
+    CLOCK + "DeleteTestClock": lambda s: {"id": s.clock},
+    CLOCK + "AttachAccount": lambda s: {"id": s.clock, "accountId": s.account_a},
+    CLOCK + "AdvanceTestClock": lambda s: {"id": s.clock, "frozenTime": "2027-02-15T00:00:00Z"},
+}
+
+# The same methods naming account B's resources: a customer of A must get NOT_FOUND.
+FOREIGN: dict[str, Case] = {
+    SUB + "GetSubscription": lambda s: {"id": s.sub_b},
+    SUB + "ListPendingInvoiceItems": lambda s: {"accountId": s.account_b},
+    SUB + "GetEntitlements": lambda s: {"accountId": s.account_b},
+}
+
+
+def policy(method: str) -> MethodPolicy:
+    found = POLICIES.get(method)
+    assert found is not None, f"{method} has no access policy"
+    return found
+
+
+def request_of(method: str, fields: dict[str, Any]) -> Message:
+    message = json_format.ParseDict(fields, _class(method)())
+    return message
+
+
+def _class(method: str) -> type[Message]:
+    return GetMessageClass(METHODS[method].input_type)
+
+
+async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, Any]) -> grpc.StatusCode:
+    output = METHODS[method].output_type
+    reply_class = GetMessageClass(output)
+    async with channel_as(app, token) as channel:
+        call = channel.unary_unary(
+            method,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reply_class.FromString,
+        )
+        try:
+            await call(request_of(method, fields))
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def _value_at(message: dict[str, Any], path: str) -> str:
+    value: Any = message
+    for name in path.split("."):
+        value = value[name]
+    return str(value)
+
+
+def http_request(route: Route, message: Message) -> tuple[str, dict[str, Any]]:
+    """The path and aiohttp arguments a REST client sends for `message` on `route`."""
+    proto_names = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    json_names = json_format.MessageToDict(message)
+    path = re.sub(r"\{([^}=]+)(=[^}]*)?\}", lambda m: _value_at(proto_names, m.group(1)), route.path)
+    top_path_fields = {f.split(".")[0] for f in route.path_fields}
+    rest = {
+        message.DESCRIPTOR.fields_by_name[k].json_name: v
+        for k, v in proto_names.items()
+        if k not in top_path_fields
+    }
+    if route.body == "*":
+        return path, {"json": rest}
+    if route.body:
+        return path, {"json": json_names[message.DESCRIPTOR.fields_by_name[route.body].json_name]}
+    return path, {"params": {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in rest.items()}}
+
+
+async def http_status(
+    http: aiohttp.ClientSession, route: Route, token: str | None, fields: dict[str, Any]
+) -> int:
+    path, kwargs = http_request(route, request_of(route.grpc_method, fields))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(route.http_method, path, headers=headers, **kwargs) as response:
+        await response.read()
+        return response.status
+
+
+async def seed(app: App) -> Seed:
+    async with channel_as(app, mint(app)) as channel:
+        a, b = await new_account(channel, 1), await new_account(channel, 2)
+        meter = await meter_pb2_grpc.MeterServiceStub(channel).CreateMeter(
+            meter_pb2.CreateMeterRequest(
+                meter=meter_pb2.Meter(
+                    code="seats-used", display_name="Seats used", aggregation=meter_pb2.Meter.AGGREGATION_SUM
+                )
+            )
+        )
+        plan = await new_plan(channel, "pro")
+        subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        sub_a, sub_b = [
+            await subs.CreateSubscription(
+                subscription_pb2.CreateSubscriptionRequest(
+                    subscription=subscription_pb2.Subscription(account_id=account.id, plan_id=plan.id)
+                )
+            )
+            for account in (a, b)
+        ]
+        clock = await test_clock_pb2_grpc.TestClockServiceStub(channel).CreateTestClock(
+            test_clock_pb2.CreateTestClockRequest(
+                test_clock=json_format.ParseDict(
+                    {"frozenTime": "2027-01-15T00:00:00Z"}, test_clock_pb2.TestClock()
+                )
+            )
+        )
+    return Seed(a.id, b.id, meter.id, plan.id, sub_a.id, sub_b.id, clock.id)
+
+
+def test_every_billing_method_has_a_case() -> None:
+    assert set(CASES) == set(METHODS)
+    assert set(FOREIGN) == {m for m in METHODS if policy(m).customers_allowed} - {SUB + "ListSubscriptions"}
+    assert all(policy(m) for m in METHODS)
+
+
+def tokens(app: App, seeded: Seed, method: str) -> dict[str, str]:
+    needed = set(policy(method).scopes)
+    return {
+        "customer": mint(app, Role.CUSTOMER, account_id=seeded.account_a),
+        "unscoped": mint(app, Role.SERVICE, scopes=frozenset(ALL_SCOPES - needed)),
+        "scoped": mint(app, Role.SERVICE, scopes=frozenset(needed)),
+    }
+
+
+def expected_for_customer(method: str) -> grpc.StatusCode:
+    return grpc.StatusCode.OK if policy(method).customers_allowed else grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_access_matrix_over_grpc_and_rest(app: App) -> None:
+    seeded = await seed(app)
+    routes = [r for r in routes_of(SERVICES)]
+    assert {r.grpc_method for r in routes} == set(METHODS), "every billing RPC has a REST binding"
+    exercised: set[str] = set()
+    async with Gateway(app) as http:
+        # Refusals first: they change nothing, so every customer success still sees the seed.
+        for method, case in CASES.items():
+            fields, keys = case(seeded), tokens(app, seeded, method)
+            want = expected_for_customer(method)
+            assert await grpc_code(app, None, method, fields) == grpc.StatusCode.UNAUTHENTICATED, method
+            assert await grpc_code(app, keys["customer"], method, fields) == want, method
+            assert (
+                await grpc_code(app, keys["unscoped"], method, fields) == grpc.StatusCode.PERMISSION_DENIED
+            ), method
+            if method in FOREIGN:
+                foreign = FOREIGN[method](seeded)
+                assert await grpc_code(app, keys["customer"], method, foreign) == grpc.StatusCode.NOT_FOUND, (
+                    method
+                )
+            for route in (r for r in routes if r.grpc_method == method):
+                where = (method, route.http_method, route.path)
+                assert await http_status(http, route, None, fields) == 401, where
+                assert await http_status(http, route, keys["customer"], fields) == HTTP_OF[want], where
+                assert await http_status(http, route, keys["unscoped"], fields) == 403, where
+                if method in FOREIGN:
+                    assert await http_status(http, route, keys["customer"], FOREIGN[method](seeded)) == 404, (
+                        where
+                    )
+            exercised.add(method)
+        await _customer_lists_only_their_own(app, http, seeded)
+        # Then the scoped calls, which may change the seed (archive, cancel, delete the clock).
+        for method, case in CASES.items():
+            fields, keys = case(seeded), tokens(app, seeded, method)
+            assert (
+                await grpc_code(app, keys["scoped"], method, fields) != grpc.StatusCode.PERMISSION_DENIED
+            ), method
+            for route in (r for r in routes if r.grpc_method == method):
+                status = await http_status(http, route, keys["scoped"], fields)
+                assert status not in (401, 403), (method, route.http_method, route.path, status)
+    assert exercised == set(METHODS)
+
+
+async def _customer_lists_only_their_own(app: App, http: aiohttp.ClientSession, seeded: Seed) -> None:
+    """ListSubscriptions confines a customer: naming B's account lists nothing, as for no account."""
+    customer = mint(app, Role.CUSTOMER, account_id=seeded.account_a)
+    async with channel_as(app, customer) as channel:
+        subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        own = await subs.ListSubscriptions(subscription_pb2.ListSubscriptionsRequest())
+        assert [s.id for s in own.subscriptions] == [seeded.sub_a]
+        for account_id in (seeded.account_b, "acct_does_not_exist"):
+            listed = await subs.ListSubscriptions(
+                subscription_pb2.ListSubscriptionsRequest(account_id=account_id)
+            )
+            assert list(listed.subscriptions) == []
+    headers = {"Authorization": f"Bearer {customer}"}
+    async with http.get(
+        "/v1/subscriptions", params={"accountId": seeded.account_b}, headers=headers
+    ) as response:
+        assert response.status == 200
+        assert (await response.json()).get("subscriptions", []) == []
