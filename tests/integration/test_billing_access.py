@@ -222,6 +222,25 @@ def test_every_billing_method_has_a_case() -> None:
     assert all(policy(m) for m in METHODS)
 
 
+# The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
+# items and entitlements, nothing else. The matrix above follows the descriptors; this pins them,
+# so widening a policy in a proto is a deliberate change to this list too.
+CUSTOMER_METHODS = {
+    SUB + "GetSubscription",
+    SUB + "ListSubscriptions",
+    SUB + "ListPendingInvoiceItems",
+    SUB + "GetEntitlements",
+}
+
+
+def test_customers_may_call_only_the_reviewed_billing_methods() -> None:
+    assert {m for m in METHODS if policy(m).customers_allowed} == CUSTOMER_METHODS
+    assert not [m for m in METHODS if policy(m).public]
+    assert all(policy(m).scopes for m in METHODS)
+    writes = {m for m in METHODS if any(scope.endswith(":write") for scope in policy(m).scopes)}
+    assert not writes & CUSTOMER_METHODS
+
+
 def tokens(app: App, seeded: Seed, method: str) -> dict[str, str]:
     needed = set(policy(method).scopes)
     return {

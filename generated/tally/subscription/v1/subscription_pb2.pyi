@@ -557,7 +557,12 @@ class UpdateSubscriptionRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: `metadata` (or `*`). When empty, `metadata`."""
+        """Fields to change: `metadata` (or `*`). When empty, `metadata`. It may
+        also name `account_id`, `plan_id` and `quantity` when the request carries
+        them empty or unchanged (any other value is INVALID_ARGUMENT naming the
+        field and the method that changes it), and output-only fields, which are
+        ignored. Any other name is INVALID_ARGUMENT naming `update_mask`.
+        """
 
     def __init__(
         self,

@@ -152,7 +152,10 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSubscription(self, request, context):
-        """Changes the subscription's `metadata` (the only field the mask may name).
+        """Changes the subscription's `metadata`, the one field this method changes.
+        A client may send the subscription back whole (a read-modify-write): the
+        mask may also name `account_id`, `plan_id` and `quantity` as long as each
+        is empty or its current value, and output-only fields, which are ignored.
         Plan and quantity change with ChangeSubscription, cancellation with
         CancelSubscription.
         """

@@ -57,7 +57,10 @@ class SubscriptionServiceStub:
     only their own account's.
     """
     UpdateSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_pb2.UpdateSubscriptionRequest, _subscription_pb2.Subscription]
-    """Changes the subscription's `metadata` (the only field the mask may name).
+    """Changes the subscription's `metadata`, the one field this method changes.
+    A client may send the subscription back whole (a read-modify-write): the
+    mask may also name `account_id`, `plan_id` and `quantity` as long as each
+    is empty or its current value, and output-only fields, which are ignored.
     Plan and quantity change with ChangeSubscription, cancellation with
     CancelSubscription.
     """
@@ -134,7 +137,10 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     only their own account's.
     """
     UpdateSubscription: _aio.UnaryUnaryMultiCallable[_subscription_pb2.UpdateSubscriptionRequest, _subscription_pb2.Subscription]  # type: ignore[assignment]
-    """Changes the subscription's `metadata` (the only field the mask may name).
+    """Changes the subscription's `metadata`, the one field this method changes.
+    A client may send the subscription back whole (a read-modify-write): the
+    mask may also name `account_id`, `plan_id` and `quantity` as long as each
+    is empty or its current value, and output-only fields, which are ignored.
     Plan and quantity change with ChangeSubscription, cancellation with
     CancelSubscription.
     """
@@ -232,7 +238,10 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscription_pb2.UpdateSubscriptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_pb2.Subscription, _abc.Awaitable[_subscription_pb2.Subscription]]:
-        """Changes the subscription's `metadata` (the only field the mask may name).
+        """Changes the subscription's `metadata`, the one field this method changes.
+        A client may send the subscription back whole (a read-modify-write): the
+        mask may also name `account_id`, `plan_id` and `quantity` as long as each
+        is empty or its current value, and output-only fields, which are ignored.
         Plan and quantity change with ChangeSubscription, cancellation with
         CancelSubscription.
         """
