@@ -49,13 +49,14 @@ from core.pagination import PageTokens
 from core.sealing import ServerKey
 from core.settings import ListenError, Settings, SettingsError, check_can_listen
 from gateway.app import gateway_routes
-from interceptors.auth import AuthInterceptor
-from interceptors.errors import ErrorMappingInterceptor
-from interceptors.observability import ObservabilityInterceptor
+from interceptors.auth import AuthStage
+from interceptors.errors import ErrorStage
+from interceptors.observability import ObservabilityStage
+from interceptors.pipeline import Pipeline
 from interceptors.policy import PolicyTable
-from interceptors.rate_limit import RateLimiter, RateLimitInterceptor
-from interceptors.tracing import TracingInterceptor
-from interceptors.validation import TextPolicyInterceptor
+from interceptors.rate_limit import RateLimiter, RateLimitStage
+from interceptors.tracing import TracingStage
+from interceptors.validation import check_request
 
 log = logging.getLogger("tally.server")
 
@@ -342,27 +343,30 @@ async def build(
         services = components.service_descriptors
         policies = PolicyTable.from_services(services)
         gateway_proof = _gateway_proof(settings)
-        # The chain, outermost first. Tracing sees everything; observability logs and counts every
-        # call with its final code; error mapping turns domain errors (including the auth and
-        # rate-limit refusals below it) into statuses; auth decides who is calling; the rate
-        # limit is charged to that principal. Deadlines need no interceptor: grpc.aio cancels the
-        # handler's task when the caller's deadline passes, which cancels the pending database
-        # statement on the server and any Redis call (tests/integration/test_concurrency.py).
+        # The chain, as one interceptor (interceptors.pipeline), outermost stage first. Tracing sees
+        # everything; observability logs and counts every call with its final code; error mapping
+        # turns domain errors (including the auth and rate-limit refusals below it) into statuses;
+        # auth decides who is calling; the rate limit is charged to that principal; the text policy
+        # checks every string of the request, before the handler. Deadlines need no stage: grpc.aio
+        # cancels the handler's task when the caller's deadline passes, which cancels the pending
+        # database statement on the server and any Redis call (tests/integration/test_concurrency.py).
         # A second, home-made timeout would cancel the task twice and break that clean-up.
         interceptors = [
-            TracingInterceptor(tracer),
-            ObservabilityInterceptor(metrics),
-            ErrorMappingInterceptor(),
-            AuthInterceptor(
-                policies,
-                components.verifier,
-                session_is_live=components.sessions.is_live,
-                on_failure=metrics.auth_failed,
-            ),
-            RateLimitInterceptor(
-                _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
-            ),
-            TextPolicyInterceptor(),  # every string of the request, before the handler
+            Pipeline(
+                tracing=TracingStage(tracer),
+                observability=ObservabilityStage(metrics),
+                errors=ErrorStage(),
+                auth=AuthStage(
+                    policies,
+                    components.verifier,
+                    session_is_live=components.sessions.is_live,
+                    on_failure=metrics.auth_failed,
+                ),
+                rate_limit=RateLimitStage(
+                    _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
+                ),
+                text_policy=check_request,
+            )
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         for module in components.modules:

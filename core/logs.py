@@ -23,6 +23,20 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
 
 
+def log_fields(
+    logger: logging.Logger, level: int, msg: str, fields: dict[str, Any], *, where: tuple[str, int, str]
+) -> None:
+    """`logger.log(level, msg, extra=fields)` for a hot path, where `where` is the (pathname,
+    lineno, funcName) to report: the same record (through the record factory, the logger's
+    filters, handlers and propagation), without `Logger.findCaller` walking the stack for the
+    caller's file and line, which costs more than the rest of the record together. The caller
+    checks `logger.isEnabledFor(level)` first; `fields` must not name LogRecord attributes."""
+    pathname, lineno, func = where
+    record = logging.getLogRecordFactory()(logger.name, level, pathname, lineno, msg, None, None, func)
+    record.__dict__.update(fields)
+    logger.handle(record)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

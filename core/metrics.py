@@ -105,6 +105,11 @@ class Metrics:
         self.rpc_requests.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
 
+    def for_method(self, method: str) -> RpcMethodMetrics:
+        """The RPC series of one method, with their label children looked up once (the pipeline
+        keeps one per method): the same series rpc_started/rpc_finished update."""
+        return RpcMethodMetrics(self, method)
+
     def http_finished(self, method: str, route: str, status: int, seconds: float) -> None:
         """`method` and `route` from fixed sets (a route template, never the path itself)."""
         self.http_requests.labels(method, route, str(status)).inc()
@@ -142,6 +147,30 @@ class Metrics:
     def render(self) -> bytes:
         """Everything in the Prometheus text format 0.0.4 (`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+class RpcMethodMetrics:
+    """tally_rpc_in_flight, tally_rpc_duration_seconds and tally_rpc_requests_total of one method."""
+
+    __slots__ = ("_by_code", "_duration", "_in_flight", "_method", "_requests")
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        self._method = method
+        self._in_flight = metrics.rpc_in_flight.labels(method)
+        self._duration = metrics.rpc_duration.labels(method)
+        self._requests = metrics.rpc_requests
+        self._by_code: dict[str, Counter] = {}
+
+    def started(self) -> None:
+        self._in_flight.inc()
+
+    def finished(self, code: str, seconds: float) -> None:
+        self._in_flight.dec()
+        counter = self._by_code.get(code)
+        if counter is None:  # at most one per status code
+            counter = self._by_code[code] = self._requests.labels(self._method, code)
+        counter.inc()
+        self._duration.observe(seconds)
 
 
 class _PoolCollector(Collector):

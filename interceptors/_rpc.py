@@ -21,8 +21,8 @@ string field) arrives as a `MalformedRequest` in place of the request, which the
 mapping answers INVALID_ARGUMENT (reason MALFORMED_MESSAGE) before anything else reads it;
 in a request stream the parse error is raised as that INVALID_ARGUMENT from the iterator.
 
-`observe(details, hook)` adapts a plain context-manager hook that receives an `RpcCall`;
-when the hook's block ends, `RpcCall.code` holds the status the client will see. How that
+`CallState` is one call as interceptors.pipeline's stages see it; once the handler has
+finished, `CallState.code` holds the status the client will see (`finish_code`). How that
 code is found in grpc.aio (checked by the tests):
 
 * a handler that returns normally: `context.code()`, None unless `set_code`
@@ -45,8 +45,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -99,54 +99,9 @@ def text_metadata(metadata: Iterable[Any] | None) -> dict[str, str]:
     return result
 
 
-@dataclass(eq=False)
-class RpcCall:
-    """One call as the hooks see it; `code` and `error` are filled in when the handler finishes."""
-
-    full_method: str
-    metadata: dict[str, str]
-    context: grpc.aio.ServicerContext
-    name: str = field(init=False)
-    service: str = field(init=False)
-    method: str = field(init=False)
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    error: BaseException | None = None  # an exception grpc.aio would report as UNKNOWN
-    budget: float | None = field(init=False)  # seconds to the deadline when the call started
-
-    def __post_init__(self) -> None:
-        self.name, self.service, self.method = split_method(self.full_method)
-        self.budget = self.context.time_remaining()
-
-    def peer(self) -> str:
-        try:
-            return str(self.context.peer() or "")
-        except Exception:  # the peer is informational; never fail a call over it
-            return ""
-
-    def finish(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self.code = as_status_code(self.context.code()) or grpc.StatusCode.OK
-        elif isinstance(exc, grpc.aio.AbortError):
-            self.code = as_status_code(self.context.code()) or grpc.StatusCode.UNKNOWN
-        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self.code = (
-                grpc.StatusCode.DEADLINE_EXCEEDED if self._deadline_passed() else grpc.StatusCode.CANCELLED
-            )
-        else:
-            self.code = grpc.StatusCode.UNKNOWN
-            self.error = exc
-
-    def _deadline_passed(self) -> bool:
-        remaining = self.context.time_remaining()
-        if remaining is None or self.budget is None:
-            return False
-        return bool(remaining <= _DEADLINE_MARGIN + _DEADLINE_SHARE * self.budget)
-
-
-Hook = Callable[[RpcCall], AbstractContextManager[object]]
 Around = Callable[[Any, grpc.aio.ServicerContext], AbstractAsyncContextManager[object]]
 
-_KINDS = (
+KINDS = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler),
     ("stream_unary", grpc.stream_unary_rpc_method_handler),
     ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -176,7 +131,7 @@ def malformed_message() -> InvalidArgument:
 Deserializer = Callable[[bytes], Any]
 
 
-def _safe_deserializer(deserializer: Deserializer | None, streaming: bool) -> Deserializer | None:
+def safe_deserializer(deserializer: Deserializer | None, streaming: bool) -> Deserializer | None:
     if deserializer is None or getattr(deserializer, "_tally_safe", False):
         return deserializer
 
@@ -192,15 +147,89 @@ def _safe_deserializer(deserializer: Deserializer | None, streaming: bool) -> De
     return parse
 
 
+@dataclass(frozen=True, slots=True)
+class MethodNames:
+    """A method's names, split once: 'pkg.Service/Method', 'pkg.Service', 'Method'."""
+
+    full_method: str  # '/pkg.Service/Method', as grpc names it
+    name: str
+    service: str
+    method: str
+
+    @classmethod
+    def of(cls, full_method: str) -> MethodNames:
+        return cls(full_method, *split_method(full_method))
+
+
+class CallState:
+    """One call as the pipeline's stages see it (interceptors.pipeline), for every stage at once;
+    `code` and `error` are filled in by `finish` when the handler has finished."""
+
+    __slots__ = ("_peer", "budget", "code", "context", "error", "metadata", "names")
+
+    def __init__(self, names: MethodNames, context: grpc.aio.ServicerContext) -> None:
+        self.names = names
+        self.context = context
+        self.metadata = text_metadata(context.invocation_metadata())
+        self.code: grpc.StatusCode = grpc.StatusCode.OK
+        self.error: BaseException | None = None
+        self.budget: float | None = context.time_remaining()
+        self._peer: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.names.name
+
+    @property
+    def service(self) -> str:
+        return self.names.service
+
+    @property
+    def method(self) -> str:
+        return self.names.method
+
+    def peer(self) -> str:
+        """`context.peer()`, asked once per call ('' if it cannot be had)."""
+        if self._peer is None:
+            try:
+                self._peer = str(self.context.peer() or "")
+            except Exception:  # the peer is informational; never fail a call over it
+                self._peer = ""
+        return self._peer
+
+    def finish(self, exc: BaseException | None) -> None:
+        self.code, self.error = finish_code(self.context, self.budget, exc)
+
+
+def finish_code(
+    context: grpc.aio.ServicerContext, budget: float | None, exc: BaseException | None
+) -> tuple[grpc.StatusCode, BaseException | None]:
+    """The status the client sees for a call that ended with `exc` (None: returned normally), and
+    the exception grpc.aio reports as UNKNOWN, if that is what happened (see the module doc)."""
+    if exc is None:
+        return as_status_code(context.code()) or grpc.StatusCode.OK, None
+    if isinstance(exc, grpc.aio.AbortError):
+        return as_status_code(context.code()) or grpc.StatusCode.UNKNOWN, None
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        passed = (
+            remaining is not None
+            and budget is not None
+            and remaining <= _DEADLINE_MARGIN + _DEADLINE_SHARE * budget
+        )
+        return (grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED), None
+    return grpc.StatusCode.UNKNOWN, exc
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler, around: Around, *, enforce: bool = False
 ) -> grpc.RpcMethodHandler:
     """The same handler with `around(request, context)` entered around every call (any kind)."""
-    for attribute, make in _KINDS:
+    for attribute, make in KINDS:
         behavior = getattr(handler, attribute)
         if behavior is not None:
             wrapped = _wrap(behavior, around, enforce)
-            deserializer = _safe_deserializer(handler.request_deserializer, handler.request_streaming)
+            deserializer = safe_deserializer(handler.request_deserializer, handler.request_streaming)
             return make(wrapped, deserializer, handler.response_serializer)
     return handler
 
@@ -230,22 +259,3 @@ def _wrap(behavior: Callable[..., Any], around: Around, enforce: bool) -> Callab
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "synchronous handlers are not supported")
 
     return refused
-
-
-def observe(details: grpc.HandlerCallDetails, hook: Hook) -> Around:
-    """An `around` that enters `hook(call)` for each call and fills in the call's final status."""
-    full_method = details.method
-    metadata = text_metadata(details.invocation_metadata)
-
-    @asynccontextmanager
-    async def around(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        call = RpcCall(full_method, metadata, context)
-        with hook(call):
-            try:
-                yield
-            except BaseException as exc:
-                call.finish(exc)
-                raise
-            call.finish(None)
-
-    return around

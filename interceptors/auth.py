@@ -11,17 +11,14 @@ to inner interceptors through core.principal.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
-
-import grpc
 
 from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.principal import Principal, reset_principal, set_principal
 from core.request_context import request_info
 from core.text import excerpt
-from interceptors._rpc import wrap_handler
+from interceptors.pipeline import Pipeline
 from interceptors.policy import MethodPolicy, PolicyTable
 
 _MAX_HEADER = 16 * 1024
@@ -35,15 +32,23 @@ SessionCheck = Callable[[str], Awaitable[bool]]
 
 
 def bearer_token(metadata: Any) -> str | None:
+    """The bearer token of raw invocation metadata (the first text `authorization` entry)."""
     for key, value in metadata or ():
         if key.lower() == "authorization" and isinstance(value, str):
-            if len(value) > _MAX_HEADER:
-                raise Unauthenticated("the authorization header is too large", reason="TOKEN_TOO_LARGE")
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("use `authorization: Bearer <token>`", reason="TOKEN_MALFORMED")
-            return token.strip()
+            return bearer_value(value)
     return None
+
+
+def bearer_value(value: str | None) -> str | None:
+    """The token of an `authorization` header value; None without one."""
+    if value is None:
+        return None
+    if len(value) > _MAX_HEADER:
+        raise Unauthenticated("the authorization header is too large", reason="TOKEN_TOO_LARGE")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("use `authorization: Bearer <token>`", reason="TOKEN_MALFORMED")
+    return token.strip()
 
 
 def field_value(message: Any, path: str) -> str:
@@ -54,7 +59,10 @@ def field_value(message: Any, path: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthStage:
+    """What interceptors.pipeline calls: the policy of a method (once), then per call `admit`,
+    which makes the admitted principal current, and `release` when the handler has finished."""
+
     def __init__(
         self,
         policies: PolicyTable,
@@ -68,29 +76,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._session_is_live = session_is_live
         self._on_failure = on_failure
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        policy = self._policies.get(method)
-        metadata = details.invocation_metadata
+    def policy(self, full_method: str) -> MethodPolicy | None:
+        return self._policies.get(full_method)
 
-        return wrap_handler(
-            handler,
-            lambda request, _context: self._admitted(method, policy, metadata, request),
-            enforce=True,
-        )
-
-    @asynccontextmanager
-    async def _admitted(
-        self, method: str, policy: MethodPolicy | None, metadata: Any, request: Any
-    ) -> AsyncIterator[None]:
-        """The principal admitted for this call, current while its handler runs."""
+    async def admit(
+        self, method: str, policy: MethodPolicy | None, metadata: Mapping[str, str], request: Any
+    ) -> object:
+        """Admit the caller (or raise Unauthenticated, PermissionDenied, NotFound); the principal is
+        then current and named in the call's RequestInfo. Returns the token for `release`."""
         # Client-streaming calls pass an iterator, not a message: they get no field check.
         message = request if hasattr(request, "DESCRIPTOR") else None
         try:
@@ -98,21 +91,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except (Unauthenticated, PermissionDenied, NotFound) as exc:
             self._on_failure(exc.reason)
             raise
-        info = request_info()  # the access log (outside this interceptor) names the caller
+        info = request_info()  # the access log (outside this stage) names the caller
         if info is not None:
             info.principal = principal
-        token = set_principal(principal)
-        try:
-            yield
-        finally:
-            reset_principal(token)
+        return set_principal(principal)
+
+    def release(self, token: object) -> None:
+        reset_principal(token)
 
     async def _admit(
-        self, method: str, policy: MethodPolicy | None, metadata: Any, request: Any
+        self, method: str, policy: MethodPolicy | None, metadata: Mapping[str, str], request: Any
     ) -> Principal | None:
         if policy is None:
             raise PermissionDenied(f"{method} declares no access policy", reason="NO_POLICY")
-        token = bearer_token(metadata)
+        token = bearer_value(metadata.get("authorization"))
         if policy.public:
             return None
         if token is None:
@@ -145,3 +137,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         metadata={"id": excerpt(wanted)},
                     )
         return principal
+
+
+class AuthInterceptor(Pipeline):
+    """The auth stage alone, as an interceptor (inside error mapping)."""
+
+    def __init__(
+        self,
+        policies: PolicyTable,
+        verifier: Verifier,
+        *,
+        session_is_live: SessionCheck | None = None,
+        on_failure: Callable[[str], None] = lambda reason: None,
+    ):
+        super().__init__(
+            auth=AuthStage(policies, verifier, session_is_live=session_is_live, on_failure=on_failure)
+        )

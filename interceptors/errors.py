@@ -12,14 +12,13 @@ without a traceback, since the fault is the caller's.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import grpc
 from grpc_status import rpc_status
 
 from core import errors, status
-from interceptors._rpc import MalformedRequest, wrap_handler
+from interceptors._rpc import MalformedRequest
+from interceptors.pipeline import Pipeline
 
 log = logging.getLogger("tally.errors")
 
@@ -32,27 +31,21 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
     await context.abort_with_status(rpc_status.to_status(status.internal_status()))
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return wrap_handler(handler, lambda request, context: _mapped(request, context, method))
+class ErrorStage:
+    """What interceptors.pipeline calls: refuse a malformed request, map an escaped exception."""
 
-
-@asynccontextmanager
-async def _mapped(request: object, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-    if isinstance(request, MalformedRequest):
+    async def malformed(
+        self, context: grpc.aio.ServicerContext, request: MalformedRequest, method: str
+    ) -> None:
         log.warning("malformed request for %s: %s", method, request.problem)
         await abort(context, request.error(), method)
-    try:
-        yield
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:
+
+    async def abort(self, context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
         await abort(context, exc, method)
+
+
+class ErrorMappingInterceptor(Pipeline):
+    """The error mapping alone, as an interceptor (inside tracing and observability)."""
+
+    def __init__(self) -> None:
+        super().__init__(errors=ErrorStage())

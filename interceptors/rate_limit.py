@@ -27,8 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -41,8 +40,8 @@ from core import errors
 from core.forwarding import FORWARDED_FOR, GATEWAY_PROOF, GatewayProof, parse_address
 from core.principal import current_principal
 from core.settings import RateLimit
-from interceptors._rpc import wrap_handler
 from interceptors.peer import IpAddress, parse_peer
+from interceptors.pipeline import Pipeline
 
 log = logging.getLogger("tally.rate_limit")
 
@@ -370,12 +369,13 @@ def method_groups(
     return group_for
 
 
-class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the limiter for every call, keyed by principal subject, else by peer address (or the
-    client the gateway forwarded, proven with `gateway_proof`).
+class RateLimitStage:
+    """What interceptors.pipeline calls: a method's (group, cost) once, then per call `charge`.
 
-    `group_for(full_method)` gives the call's (group, cost); a cost of 0 exempts the method
-    (health checks, reflection). The cost is charged once per call, streams included.
+    Keyed by principal subject, else by peer address (or the client the gateway forwarded,
+    proven with `gateway_proof`). `group_for(full_method)` gives the call's (group, cost); a
+    cost of 0 exempts the method (health checks, reflection). The cost is charged once per
+    call, streams included.
     """
 
     def __init__(
@@ -389,36 +389,24 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         self._group_for = group_for
         self._gateway_proof = gateway_proof
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        group, cost = self._group_for(handler_call_details.method)
-        if cost <= 0:
-            return handler
-        return wrap_handler(
-            handler, lambda _request, context: self._charged(group, cost, context), enforce=True
-        )
+    def for_method(self, full_method: str) -> tuple[str, int] | None:
+        """(group, cost) of a method; None when it is exempt."""
+        group, cost = self._group_for(full_method)
+        return (group, cost) if cost > 0 else None
 
-    @asynccontextmanager
-    async def _charged(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        await self._check(group, cost, context)
-        yield
-
-    async def _check(self, group: str, cost: int, context: grpc.aio.ServicerContext) -> None:
+    async def charge(
+        self, rate: tuple[str, int], context: grpc.aio.ServicerContext, metadata: Mapping[str, str]
+    ) -> None:
+        """Take the call's tokens, or raise ResourceExhausted (or Unavailable, fail-closed groups)."""
+        group, cost = rate
         principal = current_principal()
         if principal is not None:
             key, kind = principal.subject, "principal"
         else:
-            metadata = context.invocation_metadata() or ()
             key = "peer:" + client_key(
                 context.peer(),
-                _text(metadata, FORWARDED_FOR),
-                _text(metadata, GATEWAY_PROOF),
+                metadata.get(FORWARDED_FOR),
+                metadata.get(GATEWAY_PROOF),
                 self._gateway_proof,
             )
             kind = "peer"
@@ -443,7 +431,16 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-def _text(metadata: Sequence[tuple[str, str | bytes]], name: str) -> str | None:
-    """The first value of `name`, when it is text (a -bin value never is)."""
-    value = next((v for k, v in metadata if k == name), None)
-    return value if isinstance(value, str) else None
+class RateLimitInterceptor(Pipeline):
+    """The rate-limit stage alone, as an interceptor. It runs inside the wrapped behaviour, at call
+    time, because the principal it keys on is set by the auth stage outside it; it raises
+    core.errors exceptions, so it must sit inside the error mapping."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        group_for: Callable[[str], tuple[str, int]],
+        *,
+        gateway_proof: GatewayProof | None = None,
+    ) -> None:
+        super().__init__(rate_limit=RateLimitStage(limiter, group_for, gateway_proof=gateway_proof))

@@ -13,18 +13,16 @@ never reach the database.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from core.errors import FieldViolation, InvalidArgument
 from core.text import excerpt, text_problem
-from interceptors._rpc import wrap_handler
+from interceptors.pipeline import Pipeline
 from tally.options.v1 import text_pb2
 
 # Enough to fix a request by; more would only swell the error (10,000 bad entries of a
@@ -105,22 +103,15 @@ def check_text(request: Message) -> None:
         raise InvalidArgument(violations, reason="INVALID_TEXT")
 
 
-class TextPolicyInterceptor(grpc.aio.ServerInterceptor):
-    """Runs `check_text` on every unary request before the handler (the innermost interceptor)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        return wrap_handler(handler, _checked)
-
-
-@asynccontextmanager
-async def _checked(request: Any, _context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+def check_request(request: object) -> None:
+    """`check_text` for whatever a unary handler receives (only messages are walked): the text
+    stage of interceptors.pipeline."""
     if isinstance(request, Message):
         check_text(request)
-    yield
+
+
+class TextPolicyInterceptor(Pipeline):
+    """Runs `check_text` on every unary request before the handler (the innermost stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(text_policy=check_request)
