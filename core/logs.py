@@ -38,9 +38,28 @@ def log_fields(
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, msg, the extra fields, exc when there is one.
+
+    Made for one line per call: the encoder is built once, and the time's text up to the second
+    is kept for the next record of the same second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder = json.JSONEncoder(default=str)
+        self._second = -1
+        self._prefix = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        millis = int((created - second) * 1000)
+        return f"{self._prefix}.{millis:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -48,7 +67,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(extra_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encoder.encode(entry)
 
 
 class TextFormatter(logging.Formatter):

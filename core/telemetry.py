@@ -15,15 +15,23 @@ Variables honoured:
   read by the OTLP/gRPC exporter itself. Only the gRPC protocol is installed.
 * OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) overrides
   the service name given in code; OTEL_RESOURCE_ATTRIBUTES adds attributes.
-* OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG: read by the SDK
-  (default parentbased_always_on). OTEL_SDK_DISABLED=true: no spans at all.
+* OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG: which calls are recorded
+  (`sampler_from_env`): always_on, always_off, traceidratio, parentbased_always_on,
+  parentbased_always_off or parentbased_traceidratio, the ratio in [0, 1] as the
+  argument (default 1.0). Default parentbased_always_on: every call is recorded unless
+  its caller sent an unsampled traceparent. Production under load should use
+  parentbased_traceidratio with a small ratio (0.01-0.1): a caller's sampled trace is
+  always continued, and an unsampled call pays for no span attributes and no SQL spans.
+  OTEL_SDK_DISABLED=true: no spans at all.
 * OTEL_BSP_*: batch processor queue, batch size and delays.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import redis.asyncio
 from opentelemetry import trace
@@ -32,7 +40,7 @@ from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.instrumentation.sqlalchemy.version import __version__ as _sqlalchemy_version
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -78,6 +86,40 @@ def exporters_from_env(environ: Mapping[str, str] | None = None) -> list[SpanExp
     return exporters
 
 
+_SAMPLERS: dict[str, Callable[[float], sampling.Sampler]] = {
+    "always_on": lambda ratio: sampling.ALWAYS_ON,
+    "always_off": lambda ratio: sampling.ALWAYS_OFF,
+    "traceidratio": sampling.TraceIdRatioBased,
+    "parentbased_always_on": lambda ratio: sampling.ParentBased(sampling.ALWAYS_ON),
+    "parentbased_always_off": lambda ratio: sampling.ParentBased(sampling.ALWAYS_OFF),
+    "parentbased_traceidratio": lambda ratio: sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
+}
+DEFAULT_SAMPLER = "parentbased_always_on"
+
+
+def sampler_from_env(environ: Mapping[str, str] | None = None) -> sampling.Sampler:
+    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name (see the module doc);
+    raises TracingConfigError for a name or ratio Tally cannot honour, where the SDK would
+    quietly sample everything."""
+    env = os.environ if environ is None else environ
+    name = (env.get("OTEL_TRACES_SAMPLER") or DEFAULT_SAMPLER).strip().lower()
+    make = _SAMPLERS.get(name)
+    if make is None:
+        raise TracingConfigError(
+            f"OTEL_TRACES_SAMPLER: unsupported sampler {name!r}; use one of {', '.join(_SAMPLERS)}"
+        )
+    argument = (env.get("OTEL_TRACES_SAMPLER_ARG") or "").strip()
+    try:
+        ratio = float(argument) if argument else 1.0
+    except ValueError:
+        ratio = math.nan
+    if not 0.0 <= ratio <= 1.0:
+        raise TracingConfigError(
+            f"OTEL_TRACES_SAMPLER_ARG: the sampling ratio must be a number from 0 to 1, got {argument!r}"
+        )
+    return make(ratio)
+
+
 def _resource(service_name: str) -> Resource:
     # Resource.create() lets attributes given in code win over the environment, so only
     # pass ours when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names the service.
@@ -101,7 +143,7 @@ def setup_tracing(
     flush. With no exporter at all spans are still created (trace ids reach the
     logs and are propagated) but go nowhere.
     """
-    provider = TracerProvider(resource=_resource(service_name))
+    provider = TracerProvider(resource=_resource(service_name), sampler=sampler_from_env())
     for env_exporter in exporters_from_env():
         provider.add_span_processor(BatchSpanProcessor(env_exporter))
     if exporter is not None:
@@ -130,12 +172,27 @@ def instrument_engine(engine: AsyncEngine, provider: trace.TracerProvider) -> No
 
     `EngineTracer` is what `SQLAlchemyInstrumentor` attaches to an engine; using it directly
     instruments this engine alone, where the instrumentor would also patch
-    `create_engine` for the whole process, once.
+    `create_engine` for the whole process, once. A statement run while the current span is
+    valid but not sampled gets no span at all.
     """
     tracer = trace.get_tracer(_SQLALCHEMY_TRACER, _sqlalchemy_version, tracer_provider=provider)
     # The instrumentation also counts pool connections; Tally's Prometheus pool gauges do that.
     connections = NoOpMeterProvider().get_meter(_SQLALCHEMY_TRACER).create_up_down_counter("unused")
-    EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+    _SampledEngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+
+
+class _SampledEngineTracer(EngineTracer):
+    """OpenTelemetry's engine tracer, skipping statements run under an unsampled span: a call the
+    sampler dropped pays for no SQL span (no attributes, no operation name, no span ids). With
+    no span current (a background job), the sampler decides, as before."""
+
+    def _before_cur_exec(
+        self, conn: Any, cursor: Any, statement: Any, params: Any, context: Any, executemany: Any
+    ) -> Any:
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid and not span_context.trace_flags.sampled:
+            return statement, params
+        return super()._before_cur_exec(conn, cursor, statement, params, context, executemany)  # type: ignore[no-untyped-call]
 
 
 def instrument_redis(client: redis.asyncio.Redis, provider: trace.TracerProvider) -> None:

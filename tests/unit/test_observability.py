@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -359,3 +360,13 @@ def test_trace_context_filter(tracer: Tracer) -> None:
         TraceContextFilter().filter(inside)
     assert inside.__dict__["trace_id"] == f"{span.get_span_context().trace_id:032x}"
     assert inside.__dict__["span_id"] == f"{span.get_span_context().span_id:016x}"
+
+
+@pytest.mark.parametrize("created", [1764650000.0, 1764650000.999, 1764650001.5004, 1764653999.0421])
+def test_json_formatter_time_is_iso_utc_to_the_millisecond(created: float) -> None:
+    formatter = JsonFormatter()  # one formatter for every record: its second cache must not go stale
+    for offset in (0.0, 1.0, 3600.25):
+        rec = record()
+        rec.created = created + offset
+        expected = datetime.fromtimestamp(created + offset, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(rec))["time"] == expected
