@@ -31,7 +31,8 @@ from pathlib import Path
 import chain
 import h2load_runner
 import pgdb
-from processes import BenchError, migrate_tally, mint_token, start_tally, tally_env
+import processes
+from processes import BenchError, migrate_tally, mint_token, start_tally
 from scenarios import GET_METHOD, auth_header, create_account, get_request_body, progress
 
 LOOP = "uvloop"
@@ -86,7 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
     parser.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
     parser.add_argument("--output", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra variable for tally serve, e.g. OTEL_TRACES_SAMPLER=always_off (repeatable)",
+    )
+    parser.add_argument("--no-spy", action="store_true", help="only the h2load figures, no py-spy")
     args = parser.parse_args(argv)
+    extra = dict(item.partition("=")[::2] for item in args.env)
+    if extra:
+        # tally_env drops the caller's OTEL_* and TALLY_* variables; these are added after it.
+        plain_env = processes.tally_env
+        processes.tally_env = lambda *a, **k: {**plain_env(*a, **k), **extra}
     h2load = h2load_runner.find_h2load()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if h2load is None:
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(pgdb.drop, database)
         migrate_tally(database, data_dir)
         redis_url = chain.redis_url()
-        env = tally_env(database, data_dir, LOOP, redis_url=redis_url, traces_exporter="console")
+        env = processes.tally_env(database, data_dir, LOOP, redis_url=redis_url, traces_exporter="console")
         token = mint_token(env, "bench-profile")
         progress(f"starting tally serve with the full chain ({LOOP}, Redis {redis_url}, spans exported)...")
         server = start_tally(
@@ -131,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(1.5)  # connected and warmed up
         raw = workdir / "profile.txt"
+        if args.no_spy:
+            output, _ = load.communicate(timeout=args.seconds + 60)
+            summary = [line for line in output.splitlines() if line.startswith(("finished in", "requests:"))]
+            print("\n".join([f"tally serve, full chain, GetAccount, extra env {extra or 'none'}", *summary]))
+            return 0
         spy = subprocess.run(
             [
                 py_spy,
