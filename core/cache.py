@@ -158,7 +158,12 @@ class RedisReadCache:
 
     @staticmethod
     def _key(name: str) -> str:
-        return PREFIX + name
+        """A generation counter's key (entries live apart, under _entry_key)."""
+        return PREFIX + "g:" + name
+
+    @staticmethod
+    def _entry_key(name: str) -> str:
+        return PREFIX + "e:" + name
 
     def _usable(self) -> bool:
         return not self._down or self._clock() >= self._down_until
@@ -191,12 +196,12 @@ class RedisReadCache:
             async with asyncio.timeout(self._timeout):
                 if self._lost_invalidation or self._down:
                     await self._recovered()
-                found = await self._client.mget([*keys, self._key(entry.key)])
+                found = await self._client.mget([*keys, self._entry_key(entry.key)])
+            seen = [int(value) if value is not None else 0 for value in found[:-1]]
         except Exception as exc:
             self._failed("read", exc)
             self._events.cache_result(entry.kind, "bypass")
             return await load()
-        seen = [int(value) if value is not None else 0 for value in found[:-1]]
         stored = found[-1]
         if stored is not None:
             try:
@@ -214,7 +219,7 @@ class RedisReadCache:
         try:
             async with asyncio.timeout(self._timeout):
                 stored_now = await self._fill(
-                    keys=[*keys, self._key(entry.key)], args=[self._ttl_ms, payload, *map(str, seen)]
+                    keys=[*keys, self._entry_key(entry.key)], args=[self._ttl_ms, payload, *map(str, seen)]
                 )
         except Exception as exc:
             self._failed("fill", exc)
