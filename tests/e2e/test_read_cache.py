@@ -78,7 +78,10 @@ def test_a_write_on_one_replica_is_read_on_the_other(
             call(
                 first.addr,
                 f"{ACCOUNTS}/UpdateAccount",
-                {"account": {"id": account_id, "displayName": "After"}, "update_mask": {"paths": ["display_name"]}},
+                {
+                    "account": {"id": account_id, "displayName": "After"},
+                    "update_mask": {"paths": ["display_name"]},
+                },
             )
             # The first replica's commit invalidated the shared entry: the second reads the write.
             assert call(second.addr, f"{ACCOUNTS}/GetAccount", get)["display_name"] == "After"
