@@ -54,7 +54,7 @@ def build(platform: Platform) -> AccountServices:
     passwords = cast(PasswordHasher, platform.overrides.get("passwords") or Argon2Hasher())
 
     def new_uow() -> SqlAccountsUnitOfWork:
-        return SqlAccountsUnitOfWork(platform.writers, clock=clock)
+        return SqlAccountsUnitOfWork(platform.writers, clock=clock, cache=platform.cache)
 
     def new_reader() -> SqlAccountsUnitOfWork:
         return SqlAccountsUnitOfWork(platform.readers, clock=clock)
@@ -83,6 +83,7 @@ def build(platform: Platform) -> AccountServices:
         clock=clock,
         page_tokens=platform.page_tokens,
         on_session_revoked=sessions.forget,
+        cache=platform.cache,
     )
     return AccountServices(
         accounts=accounts,

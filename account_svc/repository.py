@@ -3,12 +3,12 @@ through the unit of work's session and never commits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import JSON, Index, Integer, String, select, text, update
+from sqlalchemy import JSON, Index, Integer, String, Table, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -82,6 +82,40 @@ def _to_domain(row: AccountRow) -> Account:
     )
 
 
+def _from_columns(row: Mapping[str, Any]) -> Account:
+    """An account from a row of the table's columns (by column name: `metadata`, not `metadata_`)."""
+    address = row["billing_address"]
+    return Account(
+        id=row["id"],
+        display_name=row["display_name"],
+        email=row["email"],
+        phone=row["phone"],
+        billing_address=address_from_dict(address) if address else None,
+        currency_code=row["currency_code"],
+        billing_time_zone=row["billing_time_zone"],
+        status=AccountStatus(row["status"]),
+        metadata=dict(row["metadata"]),
+        create_time=_utc(row["create_time"]),
+        update_time=_utc(row["update_time"]),
+        delete_time=_utc(row["delete_time"]) if row["delete_time"] is not None else None,
+        revision=row["revision"],
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The read by primary key, the hottest read there is. The ORM's session.get (identity map,
+# instance state, attribute events) costs several times the statement; a Core select compiled
+# once (SQLAlchemy caches its compiled form) skips all that, and on PostgreSQL the same SQL goes
+# straight to asyncpg, which prepares it once per connection (bench/read_path.py has the figures).
+_TABLE = cast(Table, AccountRow.__table__)
+_BY_ID = select(_TABLE).where(_TABLE.c.id == bindparam("id"))
+_COLUMNS = ", ".join(f'"{column.name}"' for column in _TABLE.columns)
+_PG_BY_ID = f"SELECT {_COLUMNS} FROM accounts WHERE id = $1"  # noqa: S608 (the table's own column names)
+
+
 def _columns(account: Account) -> dict[str, Any]:
     """Every column but the id, as written by add() and save()."""
     address = account.billing_address
@@ -118,8 +152,25 @@ class SqlAccountRepository:
         self._session = session
 
     async def get(self, account_id: str, *, for_update: bool = False) -> Account | None:
-        row = await self._session.get(AccountRow, account_id, with_for_update=for_update)
-        return _to_domain(row) if row is not None else None
+        if for_update:
+            row = await self._session.get(AccountRow, account_id, with_for_update=True)
+            return _to_domain(row) if row is not None else None
+        connection = await self._session.connection()
+        options = connection.sync_connection.get_execution_options() if connection.sync_connection else {}
+        if options.get("isolation_level") == "AUTOCOMMIT" and connection.dialect.name == "postgresql":
+            # A reader (no transaction to take part in): the driver itself. Its JSON and
+            # timestamptz codecs are the ones SQLAlchemy registered on the connection.
+            raw = await connection.get_raw_connection()
+            try:
+                record = await raw.driver_connection.fetchrow(_PG_BY_ID, account_id)  # type: ignore[union-attr]
+            except Exception:  # noqa: S110 (asked again below, through SQLAlchemy)
+                # A driver error (a dead connection, a restarted server): SQLAlchemy's execution
+                # meets it again, invalidates the pool as it should and raises what core.db classifies.
+                pass
+            else:
+                return _from_columns(record) if record is not None else None
+        found = (await connection.execute(_BY_ID, {"id": account_id})).mappings().first()
+        return _from_columns(dict(found)) if found is not None else None
 
     async def email_in_use(self, email: str, *, excluding: str | None = None) -> bool:
         statement = select(AccountRow.id).where(

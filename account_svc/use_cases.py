@@ -11,6 +11,7 @@ from account_svc.domain import Account, AccountFields, AccountStatus, email_take
 from account_svc.unit_of_work import AccountsUnitOfWork
 from core import ids
 from core.audit import changes_between
+from core.cache import Entry, EntryCodec, NoCache, ReadCache
 from core.clock import Clock
 from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from core.idempotency import Codec, IdempotentRunner
@@ -24,6 +25,16 @@ from core.text import excerpt
 CUSTOMER_WRITABLE = frozenset({"display_name", "email", "phone", "billing_address"})
 _AUDITED = (*domain.UPDATABLE_FIELDS, "delete_time")
 ACCOUNT_CODEC = Codec(Account.to_dict, Account.from_dict)
+_CACHED_ACCOUNT = EntryCodec(Account.to_dict, Account.from_dict)
+
+
+def account_generation(account_id: str) -> str:
+    """The read cache's generation of one account: every write to the account bumps it."""
+    return f"account:{account_id}"
+
+
+def account_entry(account_id: str) -> Entry[Account]:
+    return Entry("accounts", f"account:{account_id}", (account_generation(account_id),), _CACHED_ACCOUNT)
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class AccountDeps:
     page_tokens: PageTokens
     # Told, after commit, of each login session that deleting an account ended (the session cache).
     on_session_revoked: Callable[[str], None] = lambda session_id: None
+    # GetAccount reads through it, after the caller's access is checked; writes invalidate.
+    cache: ReadCache = field(default_factory=NoCache)
     # Every account write runs through this one runner: it stores and replays an Account.
     runner: IdempotentRunner[AccountsUnitOfWork, Account] = field(init=False, repr=False)
 
@@ -192,8 +205,15 @@ async def get_account(
     _require_id(account_id)
     if not _visible(caller, account_id):
         raise _not_found(account_id)
-    async with deps.new_reader() as uow:
-        account = await uow.accounts.get(account_id) if len(account_id) <= ids.MAX_LENGTH else None
+    account = None
+    if len(account_id) <= ids.MAX_LENGTH:
+
+        async def load() -> Account | None:
+            async with deps.new_reader() as uow:
+                return await uow.accounts.get(account_id)
+
+        # After the visibility check: a customer never reaches another account's entry.
+        account = await deps.cache.read(account_entry(account_id), load)
     if account is None or (account.is_deleted and not show_deleted):
         raise _not_found(account_id)
     return account
@@ -252,6 +272,7 @@ async def update_account(
             return current
         updated = replace(updated, update_time=deps.clock.now(), revision=current.revision + 1)
         await uow.accounts.save(updated)
+        uow.invalidate_after_commit(account_generation(updated.id))
         await _audit(uow, caller, "update", current, updated)
         return updated
 
@@ -274,6 +295,7 @@ async def delete_account(deps: AccountDeps, caller: Caller, account_id: str, *, 
         now = deps.clock.now()
         deleted = replace(current, delete_time=now, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(deleted)
+        uow.invalidate_after_commit(account_generation(deleted.id))
         for session_id in await uow.sessions.revoke_account_sessions(current.id, now, "account_deleted"):
             uow.after_commit(functools.partial(deps.on_session_revoked, session_id))
         await _audit(uow, caller, "delete", current, deleted)
@@ -302,6 +324,7 @@ async def undelete_account(deps: AccountDeps, caller: Caller, account_id: str) -
         now = deps.clock.now()
         restored = replace(current, delete_time=None, update_time=now, revision=current.revision + 1)
         await uow.accounts.save(restored)
+        uow.invalidate_after_commit(account_generation(restored.id))
         await _audit(uow, caller, "undelete", current, restored)
         return restored
 

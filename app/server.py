@@ -40,6 +40,7 @@ from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
 from core import db, telemetry
+from core.cache import NoCache, RedisReadCache
 from core.clock import Clock, SystemClock
 from core.forwarding import ClientForwarding, GatewayProof
 from core.idempotency import ExpiredKeyPurger
@@ -106,6 +107,7 @@ class Components:
     platform: Platform
     services: dict[str, Any]
     modules: tuple[ServiceModule[Any], ...]
+    cache: RedisReadCache | None = None  # the read cache's own Redis client, when caching is on
 
     @property
     def service_descriptors(self) -> tuple[ServiceDescriptor, ...]:
@@ -153,6 +155,8 @@ class Components:
         return self._accounts.verifier
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         await self.engine.dispose()
 
 
@@ -197,6 +201,7 @@ async def build_components(
     `overrides` are handed to the modules as `Platform.overrides` (each documents the names it reads)."""
     clock = clock or SystemClock()
     engine = db.create_engine(settings)
+    cache = _read_cache(settings)
     try:
         await prepare_database(settings, engine)
         secret = page_token_secret(settings)
@@ -212,12 +217,30 @@ async def build_components(
             known_scopes=known_scopes(modules),
             account_directory=SqlAccountDirectory,
             overrides={**(overrides or {}), **({"passwords": passwords} if passwords is not None else {})},
+            cache=cache or NoCache(),
         )
         services = {module.name: module.build(platform) for module in modules}
     except BaseException:
+        if cache is not None:
+            await cache.close()
         await engine.dispose()
         raise
-    return Components(settings=settings, platform=platform, services=services, modules=modules)
+    return Components(settings=settings, platform=platform, services=services, modules=modules, cache=cache)
+
+
+def _read_cache(settings: Settings) -> RedisReadCache | None:
+    """The read-through cache (core/cache.py) on a Redis client of its own, whose socket timeouts
+    are the cache's bound: a slow Redis costs a read at most that, then the database answers."""
+    if not settings.cache_enabled or settings.redis_url is None:
+        return None
+    timeout = settings.cache_timeout_ms / 1000
+    client = redis_asyncio.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisReadCache(client, ttl_seconds=settings.cache_ttl_seconds, timeout_seconds=timeout)
 
 
 @dataclass
@@ -333,6 +356,8 @@ async def build(
     try:
         metrics = Metrics()
         metrics.watch_pool(components.engine)
+        if components.cache is not None:
+            components.cache.report_to(metrics)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)

@@ -55,7 +55,7 @@ def _test_clocks(platform: Platform) -> TestClockDeps:
 
     def test_clocks_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlTestClocksUnitOfWork]:
         return lambda: SqlTestClocksUnitOfWork(
-            sessions, wall_clock=wall, account_directory=platform.account_directory
+            sessions, wall_clock=wall, account_directory=platform.account_directory, cache=platform.cache
         )
 
     work = cast(RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or run_due_work)
@@ -74,7 +74,7 @@ def build(platform: Platform) -> BillingServices:
     clock = platform.wall_clock
 
     def new_catalog_uow() -> SqlCatalogUnitOfWork:
-        return SqlCatalogUnitOfWork(platform.writers, clock=clock)
+        return SqlCatalogUnitOfWork(platform.writers, clock=clock, cache=platform.cache)
 
     def new_catalog_reader() -> SqlCatalogUnitOfWork:
         return SqlCatalogUnitOfWork(platform.readers, clock=clock)
@@ -87,7 +87,7 @@ def build(platform: Platform) -> BillingServices:
         sessions: async_sessionmaker[AsyncSession],
     ) -> Callable[[], SqlSubscriptionsUnitOfWork]:
         return lambda: SqlSubscriptionsUnitOfWork(
-            sessions, wall_clock=clock, account_directory=platform.account_directory
+            sessions, wall_clock=clock, account_directory=platform.account_directory, cache=platform.cache
         )
 
     meters = MeterDeps(
@@ -98,6 +98,7 @@ def build(platform: Platform) -> BillingServices:
         new_reader=new_catalog_snapshot,
         clock=clock,
         page_tokens=platform.page_tokens,
+        cache=platform.cache,
     )
     # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
     subscriptions = SubscriptionDeps(
@@ -105,6 +106,7 @@ def build(platform: Platform) -> BillingServices:
         new_reader=subscriptions_uow(platform.snapshots),
         wall_clock=clock,
         page_tokens=platform.page_tokens,
+        cache=platform.cache,
     )
     return BillingServices(
         platform=platform,

@@ -31,6 +31,7 @@ from core.errors import Aborted, InvalidArgument, TallyError, Unavailable
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from core.cache import ReadCache
     from core.outbox import PendingEvent
 
 log = logging.getLogger("tally.db")
@@ -247,9 +248,16 @@ class UnitOfWork:
 
     session: AsyncSession
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock | None = None):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Clock | None = None,
+        cache: ReadCache | None = None,
+    ):
         self._sessions = sessions
         self._clock = clock or SystemClock()  # stamps outbox events
+        self._cache = cache  # the read cache whose entries this transaction's writes retire
         self._after_commit: list[AfterCommit] = []
         self._events: list[PendingEvent] = []
 
@@ -286,6 +294,17 @@ class UnitOfWork:
         order at the end of `commit()`; one that raises is logged, and the commit stands.
         """
         self._after_commit.append(callback)
+
+    def invalidate_after_commit(self, *generations: str) -> None:
+        """Once committed, retire the read cache's entries that depend on `generations`
+        (core/cache.py); nothing when the transaction rolls back or caching is off."""
+        cache = self._cache
+        if cache is not None and generations:
+
+            async def invalidate() -> None:
+                await cache.invalidate(*generations)
+
+            self.after_commit(invalidate)
 
     def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None:
         """Record an event in the outbox, in this transaction: it exists if and only if the

@@ -90,6 +90,22 @@ class Metrics:
             "1 while this process takes traffic (started, not draining, database answering), else 0.",
             registry=r,
         )
+        self.cache_reads = Counter(
+            "tally_cache_reads",
+            "Read-through cache reads, by resource kind and result (hit, miss, stale_fill, bypass: "
+            "Redis unusable, served from the database).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "tally_cache_errors",
+            "Failed or timed-out cache calls to Redis, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_up_gauge = Gauge(
+            "tally_cache_up", "1 while the read cache reaches Redis; 0 when it is down or off.", registry=r
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
@@ -136,6 +152,16 @@ class Metrics:
                 self.rate_limiter_fallbacks.inc()
             self._redis_is_up = False
             self.redis_up_gauge.set(0)
+
+    # The read cache (core.cache.CacheEvents).
+    def cache_result(self, kind: str, result: str) -> None:
+        self.cache_reads.labels(kind, result).inc()
+
+    def cache_error(self, operation: str) -> None:
+        self.cache_errors.labels(operation).inc()
+
+    def cache_up(self, up: bool) -> None:
+        self.cache_up_gauge.set(1 if up else 0)
 
     def set_ready(self, ready: bool) -> None:
         self.ready_gauge.set(1 if ready else 0)

@@ -19,6 +19,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.accounts import AccountDirectoryFactory
+from core.cache import NoCache, ReadCache
 from core.clock import Clock
 from core.db import Base
 from core.pagination import PageTokens
@@ -50,6 +51,8 @@ class Platform:
     # Replacements for parts a module would otherwise make itself (tests pass cheap password
     # hashing this way), looked up by name; modules document the names they read.
     overrides: Mapping[str, object] = field(default_factory=dict)
+    # The read-through cache of hot reads (core/cache.py); NoCache when caching is off.
+    cache: ReadCache = field(default_factory=NoCache)
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,17 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis://HOST:PORT/DB for shared rate limits; unset: in-process buckets."
     )
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Read-through cache of accounts, plans and entitlements in Redis: auto (on when "
+        "redis_url is set), on (redis_url required) or off.",
+    )
+    cache_ttl_seconds: float = Field(
+        300, gt=0, le=86_400, description="Longest a cache entry lives (a safety net: writes invalidate)."
+    )
+    cache_timeout_ms: int = Field(
+        50, ge=1, le=5_000, description="Longest a cache call to Redis may take before the database answers."
+    )
     jwt_issuer: str = Field("tally", min_length=1, description="`iss` of issued tokens, required on verify.")
     jwt_audience: str = Field(
         "tally", min_length=1, description="`aud` of issued tokens, required on verify."
@@ -340,6 +351,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limits(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
         return {**DEFAULT_RATE_LIMITS, **value}
+
+    @field_validator("cache")
+    @classmethod
+    def _check_cache(cls, value: str, info: ValidationInfo) -> str:
+        if value == "on" and not info.data.get("redis_url"):
+            raise ValueError("on needs TALLY_REDIS_URL (the cache lives in Redis)")
+        return value
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.cache != "off" and self.redis_url is not None
 
     @property
     def effective_database_url(self) -> str:

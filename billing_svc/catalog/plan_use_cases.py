@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from billing_svc.catalog import domain, rules
+from billing_svc.catalog.cache_keys import CATALOG_FEATURES, plan_generation
 from billing_svc.catalog.domain import PlanFields, PlanTerms, PlanVersion
 from billing_svc.catalog.pricing import Percentage
 from billing_svc.catalog.unit_of_work import CatalogUnitOfWork
 from core import ids
 from core.audit import changes_between
+from core.cache import Entry, EntryCodec, NoCache, ReadCache
 from core.clock import Clock
 from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Violations
 from core.idempotency import Codec, IdempotentRunner
@@ -25,6 +27,12 @@ from core.principal import Caller
 from core.text import excerpt
 
 PLAN_CODEC = Codec(PlanVersion.to_dict, PlanVersion.from_dict)
+_CACHED_PLAN = EntryCodec(PlanVersion.to_dict, PlanVersion.from_dict)
+
+
+def plan_entry(plan_id: str, version: int) -> Entry[PlanVersion]:
+    """GetPlan's entry: one per version asked for (0: the latest), all on the plan's generation."""
+    return Entry("plans", f"plan:{plan_id}:{version}", (plan_generation(plan_id),), _CACHED_PLAN)
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class PlanDeps:
     new_reader: Callable[[], CatalogUnitOfWork]
     clock: Clock  # the wall clock: the catalog keeps infrastructure time, not an account's
     page_tokens: PageTokens
+    cache: ReadCache = field(default_factory=NoCache)  # GetPlan reads through it
     runner: IdempotentRunner[CatalogUnitOfWork, PlanVersion] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -183,14 +192,19 @@ async def get_plan(deps: PlanDeps, caller: Caller, plan_id: str, version: int = 
     _require_id(plan_id)
     if version < 0:
         raise InvalidArgument.field("version", "must not be negative (0 is the latest version)")
-    async with deps.new_reader() as uow:
-        plan = await uow.plans.get(plan_id, version or None)
-        if plan is None and version and await uow.plans.exists(plan_id):
-            raise NotFound(
-                f"plan {plan_id!r} has no version {version}",
-                reason="PLAN_VERSION_NOT_FOUND",
-                metadata={"id": plan_id, "version": str(version)},
-            )
+
+    async def load() -> PlanVersion | None:
+        async with deps.new_reader() as uow:
+            found = await uow.plans.get(plan_id, version or None)
+            if found is None and version and await uow.plans.exists(plan_id):
+                raise NotFound(
+                    f"plan {plan_id!r} has no version {version}",
+                    reason="PLAN_VERSION_NOT_FOUND",
+                    metadata={"id": plan_id, "version": str(version)},
+                )
+        return found
+
+    plan = await deps.cache.read(plan_entry(plan_id, version), load)
     if plan is None:
         raise plan_not_found(plan_id)
     return plan
@@ -266,6 +280,9 @@ async def _apply_update(
     now = deps.clock.now()
     revision = current.revision + 1
     features_changed = edited.features != current.features
+    # Features change in place: every account's entitlements may depend on them.
+    features_generation = (CATALOG_FEATURES,) if features_changed else ()
+    uow.invalidate_after_commit(plan_generation(current.plan_id), *features_generation)
     if terms == current.terms or not current.in_use:
         updated = replace(edited, terms=terms, update_time=now, revision=revision)
         await uow.plans.save(updated, terms=terms != current.terms, features=features_changed)
@@ -307,6 +324,7 @@ async def archive_plan(deps: PlanDeps, caller: Caller, plan_id: str) -> PlanVers
         now = deps.clock.now()
         archived = replace(current, archive_time=now, update_time=now, revision=current.revision + 1)
         await uow.plans.save(archived, terms=False, features=False)
+        uow.invalidate_after_commit(plan_generation(archived.plan_id))
         await _audit(uow, caller, "archive", current, archived)
         _emit(uow, "plan.archived", archived)
         return archived

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from billing_svc.catalog.cache_keys import plan_generation
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import engine
 from billing_svc.subscriptions.domain import Subscription
@@ -96,6 +97,7 @@ async def change_subscription(
     async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
         computed = await _compute(uow, caller, command)
         await uow.plans.mark_in_use(computed.plan.plan_id, computed.plan.version)
+        uow.invalidate_after_commit(plan_generation(computed.plan.plan_id))  # GetPlan shows in_use
         written = await record(
             uow, caller, before=computed.before, step=computed.step, action=computed.action, at=computed.now
         )

@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from billing_svc.catalog.cache_keys import entitlements_generation
 from billing_svc.subscriptions.domain import ITEM_ID_PREFIX, PendingItem, Subscription
 from billing_svc.subscriptions.engine import Step
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
@@ -76,6 +77,8 @@ async def record(
     if before is None or phase_changed or _phase_key(before) != _phase_key(after):
         await uow.subscriptions.record_phase(after, at)
     await uow.items.add_all(items)
+    # Whatever the step, the account's entitlements may have changed with it.
+    uow.invalidate_after_commit(entitlements_generation(after.account_id))
     await uow.audit.record(
         caller,
         time=at,

@@ -10,6 +10,7 @@ from billing_svc.subscriptions.ports import PendingItemRepository, PlanVersions,
 from billing_svc.subscriptions.repository import SqlPendingItemRepository, SqlSubscriptionRepository
 from core.accounts import AccountDirectory, AccountDirectoryFactory
 from core.audit import AuditLog, SqlAuditLog
+from core.cache import ReadCache
 from core.clock import Clock
 from core.db import UnitOfWork
 from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
@@ -32,8 +33,9 @@ class SqlSubscriptionsUnitOfWork(UnitOfWork):
         *,
         wall_clock: Clock,
         account_directory: AccountDirectoryFactory,
+        cache: ReadCache | None = None,
     ):
-        super().__init__(sessions, clock=wall_clock)
+        super().__init__(sessions, clock=wall_clock, cache=cache)
         self._wall_clock = wall_clock
         self._account_directory = account_directory
 

@@ -6,17 +6,19 @@ transaction. Changes of plan or quantity are in change_use_cases.py; due work in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from billing_svc.catalog.cache_keys import CATALOG_FEATURES, entitlements_generation, plan_generation
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import domain, engine, work
 from billing_svc.subscriptions.domain import PendingItem, Subscription
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from core import ids
+from core.cache import Entry, EntryCodec, NoCache, ReadCache
 from core.clock import Clock
 from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Violations
 from core.idempotency import Codec, IdempotentRunner
@@ -59,6 +61,7 @@ class SubscriptionDeps:
     new_reader: Callable[[], SubscriptionsUnitOfWork]
     wall_clock: Clock  # idempotency retention only; billing time is the account's clock
     page_tokens: PageTokens
+    cache: ReadCache = field(default_factory=NoCache)  # GetEntitlements reads through it
     runner: IdempotentRunner[SubscriptionsUnitOfWork, Subscription] = field(init=False, repr=False)
     change_runner: IdempotentRunner[SubscriptionsUnitOfWork, ChangeResult] = field(init=False, repr=False)
 
@@ -284,6 +287,7 @@ async def create_subscription(
             metadata=dict(command.metadata),
         )
         await uow.plans.mark_in_use(plan.plan_id, plan.version)
+        uow.invalidate_after_commit(plan_generation(plan.plan_id))  # GetPlan shows in_use
         written = await record(uow, caller, before=None, step=step, action="created", at=time.now)
         return written.subscription
 
@@ -485,6 +489,17 @@ async def list_pending_items(
     return ItemPage(shown, token)
 
 
+_CACHED_ENTITLEMENTS = EntryCodec(
+    lambda found: [[e.feature_code, e.display_name, e.enabled, e.limit] for e in found],
+    lambda data: [domain.Entitlement(code, name, enabled, limit) for code, name, enabled, limit in data],
+)
+
+
+def entitlements_entry(account_id: str) -> Entry[list[domain.Entitlement]]:
+    generations = (entitlements_generation(account_id), CATALOG_FEATURES)
+    return Entry("entitlements", f"entitlements:{account_id}", generations, _CACHED_ENTITLEMENTS)
+
+
 async def get_entitlements(
     deps: SubscriptionDeps, caller: Caller, account_id: str
 ) -> list[domain.Entitlement]:
@@ -492,9 +507,18 @@ async def get_entitlements(
     require_id(account_id, "account_id")
     if caller.customer_account is not None and caller.customer_account != account_id:
         raise account_not_found(account_id, "account_id")
-    async with deps.new_reader() as uow:
-        await _require_account(uow, account_id)
-        rows = await uow.subscriptions.entitlements(account_id)
+
+    async def load() -> list[domain.Entitlement]:
+        async with deps.new_reader() as uow:
+            await _require_account(uow, account_id)
+            return _merge(await uow.subscriptions.entitlements(account_id))
+
+    # After the access check above: a customer never reaches another account's entry.
+    found = await deps.cache.read(entitlements_entry(account_id), load)
+    return found if found is not None else []
+
+
+def _merge(rows: Sequence[domain.Entitlement]) -> list[domain.Entitlement]:
     merged: dict[str, domain.Entitlement] = {}
     for row in rows:
         if row.enabled is False:

@@ -136,6 +136,9 @@ class FakeUnitOfWork:
     def after_commit(self, callback: AfterCommit) -> None:
         self._after_commit.append(callback)
 
+    def invalidate_after_commit(self, *generations: str) -> None:
+        return None  # the use-case tests run without a read cache
+
     def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None:
         # The real checks, so a use-case test catches an event the outbox would refuse.
         self._working.events.append(pending_event(event_type, resource, payload, self._clock.now()))
