@@ -234,6 +234,7 @@ class App:
     policies: PolicyTable
     readiness: Readiness
     purger: ExpiredKeyPurger | None = None
+    limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -285,6 +286,8 @@ class App:
         self._jobs.clear()
         await self.gateway_channel.close()
         if self.redis is not None:
+            if self.limiter is not None:
+                await self.limiter.settle()  # unspent reserved tokens go back to the shared buckets
             await self.redis.aclose()
         self.tracer_provider.shutdown()
         await self.components.close()
@@ -306,6 +309,10 @@ def _rate_limiter(settings: Settings, metrics: Metrics, client: redis_asyncio.Re
         on_reject=lambda group, decision: metrics.rate_limited(group),
         on_redis_down=metrics.redis_down,
         on_redis_up=metrics.redis_up,
+        on_redis_call=metrics.rate_limiter_redis_call,
+        batch=settings.rate_limit_batch,
+        batch_fraction=settings.rate_limit_batch_fraction,
+        lease=settings.rate_limit_lease_seconds,
     )
 
 
@@ -349,6 +356,7 @@ async def build(
         # handler's task when the caller's deadline passes, which cancels the pending database
         # statement on the server and any Redis call (tests/integration/test_concurrency.py).
         # A second, home-made timeout would cancel the task twice and break that clean-up.
+        limiter = _rate_limiter(settings, metrics, client)
         interceptors = [
             TracingInterceptor(tracer),
             ObservabilityInterceptor(metrics),
@@ -359,9 +367,7 @@ async def build(
                 session_is_live=components.sessions.is_live,
                 on_failure=metrics.auth_failed,
             ),
-            RateLimitInterceptor(
-                _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
-            ),
+            RateLimitInterceptor(limiter, policies.rate, gateway_proof=gateway_proof),
             TextPolicyInterceptor(),  # every string of the request, before the handler
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
@@ -407,6 +413,7 @@ async def build(
         metrics=metrics,
         tracer_provider=provider,
         redis=client,
+        limiter=limiter,
         gateway_channel=gateway_channel,
         port=port,
         policies=policies,
