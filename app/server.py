@@ -258,6 +258,7 @@ class App:
     policies: PolicyTable
     readiness: Readiness
     purger: ExpiredKeyPurger | None = None
+    limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -309,6 +310,8 @@ class App:
         self._jobs.clear()
         await self.gateway_channel.close()
         if self.redis is not None:
+            if self.limiter is not None:
+                await self.limiter.settle()  # unspent reserved tokens go back to the shared buckets
             await self.redis.aclose()
         self.tracer_provider.shutdown()
         await self.components.close()
@@ -330,6 +333,10 @@ def _rate_limiter(settings: Settings, metrics: Metrics, client: redis_asyncio.Re
         on_reject=lambda group, decision: metrics.rate_limited(group),
         on_redis_down=metrics.redis_down,
         on_redis_up=metrics.redis_up,
+        on_redis_call=metrics.rate_limiter_redis_call,
+        batch=settings.rate_limit_batch,
+        batch_fraction=settings.rate_limit_batch_fraction,
+        lease=settings.rate_limit_lease_seconds,
     )
 
 
@@ -376,6 +383,7 @@ async def build(
         # cancels the handler's task when the caller's deadline passes, which cancels the pending
         # database statement on the server and any Redis call (tests/integration/test_concurrency.py).
         # A second, home-made timeout would cancel the task twice and break that clean-up.
+        limiter = _rate_limiter(settings, metrics, client)
         interceptors = [
             Pipeline(
                 tracing=TracingStage(tracer),
@@ -387,9 +395,7 @@ async def build(
                     session_is_live=components.sessions.is_live,
                     on_failure=metrics.auth_failed,
                 ),
-                rate_limit=RateLimitStage(
-                    _rate_limiter(settings, metrics, client), policies.rate, gateway_proof=gateway_proof
-                ),
+                rate_limit=RateLimitStage(limiter, policies.rate, gateway_proof=gateway_proof),
                 text_policy=check_request,
             )
         ]
@@ -436,6 +442,7 @@ async def build(
         metrics=metrics,
         tracer_provider=provider,
         redis=client,
+        limiter=limiter,
         gateway_channel=gateway_channel,
         port=port,
         policies=policies,

@@ -141,6 +141,8 @@ def tally_env(
         TALLY_SECRET_KEY=_SIGNING_KEY,
         TALLY_JWT_HS256_SECRET=_JWT_SECRET,
         TALLY_RATE_LIMITS=RATE_LIMITS,
+        # Per-call mode: bench/chain.py checks that every call ran the script.
+        TALLY_RATE_LIMIT_BATCH="0",
         TALLY_DATA_DIR=str(data_dir),
         TALLY_EVENT_LOOP=loop,
         TALLY_SHUTDOWN_GRACE_SECONDS="2",

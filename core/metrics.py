@@ -10,6 +10,7 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_rate_limited_total{group}            calls refused by the rate limiter
     tally_rate_limiter_redis_up                1 while Redis answers, 0 when down or not configured
     tally_rate_limiter_fallbacks_total         switches from Redis to in-process buckets
+    tally_rate_limiter_redis_calls_total       rate limit script calls to Redis (round trips)
     tally_auth_failures_total{reason}          rejected credentials, by a fixed reason constant
     tally_db_pool_size{pool}                   configured pool size
     tally_db_pool_checked_out{pool}            connections in use
@@ -82,6 +83,11 @@ class Metrics:
             "Times the rate limiter lost Redis and fell back to in-process buckets.",
             registry=r,
         )
+        self.rate_limiter_redis_calls = Counter(
+            "tally_rate_limiter_redis_calls",
+            "Rate limit script calls to Redis (round trips); checks served from a reservation make none.",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "tally_auth_failures", "Rejected credentials, by reason.", ["reason"], registry=r
         )
@@ -135,6 +141,9 @@ class Metrics:
 
     def rate_limited(self, group: str) -> None:
         self.rate_limited_total.labels(group).inc()
+
+    def rate_limiter_redis_call(self) -> None:
+        self.rate_limiter_redis_calls.inc()
 
     def auth_failed(self, reason: str) -> None:
         """`reason`: a fixed constant such as 'expired', 'bad_signature', 'missing'; never token text."""

@@ -272,6 +272,20 @@ class Settings(BaseSettings):
         "buckets while Redis is unreachable.",
         examples=['["auth"]'],
     )
+    rate_limit_batch: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Most tokens a process reserves from a Redis bucket at once and spends without a "
+        "round trip (also capped by rate_limit_batch_fraction of the burst); 0: one Redis call per "
+        "check.",
+    )
+    rate_limit_batch_fraction: float = Field(
+        0.1, gt=0, le=0.5, description="A reservation holds at most this fraction of its bucket's burst."
+    )
+    rate_limit_lease_seconds: float = Field(
+        0.5, gt=0, le=60, description="A reservation is spent for at most this long, then settled with Redis."
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -8,6 +8,32 @@ burst), except for the groups named fail-closed, which are refused with UNAVAILA
 failure Redis is tried again at most once per `probe_interval`, and used again as soon as a
 probe succeeds.
 
+Reservations (TALLY_RATE_LIMIT_BATCH > 0, the default; 0 is the per-call mode). Far from
+the limit, a process takes more than a call's cost in one script call: up to B tokens,
+B = min(TALLY_RATE_LIMIT_BATCH, floor(burst * TALLY_RATE_LIMIT_BATCH_FRACTION)), sized to
+what this process spent on the bucket over one lease, and only while at least B tokens stay
+in the bucket after it. Later checks on that bucket are served from the reservation without
+a round trip, for at most TALLY_RATE_LIMIT_LEASE_SECONDS (on the local clock, counted from
+before the request was sent). When it is spent, too small for a call, or its lease is over,
+the next call settles it in the same script call that takes its cost: the unspent tokens go
+back into the bucket, and a new reservation is taken if the bucket still has plenty. Near
+the limit (fewer than cost + B + 1 tokens seen) every call is checked in Redis, exactly, and
+refusals (with their Retry-After) are always computed there. One reserving call per bucket
+is in flight per process; the others on that bucket wait for it and use its tokens.
+
+The bound. Redis keeps `held` (the reserved tokens not yet settled) beside `tokens`, and
+refills only up to burst - held, so tokens + held <= burst at all times; a token is admitted
+only after Redis gave it out. Hence over any window of Redis time T, the admitted cost is at
+most burst + rate * T, exactly as with a single bucket: reservations never let a client
+exceed its limit. With P processes, at most P * B tokens are reserved and unspent at any
+moment. A call is refused only when the bucket holds fewer than `cost` tokens outside
+reservations, and this process then holds none (it settled in that call), so it is refused
+at most (P - 1) * B tokens early; over a window of saturating demand, the admitted cost is at
+least burst + rate * T - P * B - cost. A reservation that is never settled (its process
+crashed, lost Redis or stopped calling on the key) expires in Redis
+TALLY_RATE_LIMIT_LEASE_SECONDS + 1 s after it was taken, and its unspent tokens (at most B)
+are then lost, never minted. `RateLimiter.settle()` returns all of them at shutdown.
+
 `RateLimitInterceptor` applies the limiter to every RPC, keyed by principal, else by address:
 the peer's, or the client the REST gateway forwarded with its proof (core.forwarding), never
 one a caller names itself. It runs inside the wrapped
@@ -26,11 +52,12 @@ import ipaddress
 import logging
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio
@@ -50,6 +77,11 @@ DEFAULT_KEY_PREFIX = "tally:rl"
 NEVER_RETRY_AFTER = 24 * 3600.0
 _EPSILON = 1e-9  # float rounding: 0.1 + 0.2 tokens pay for a cost of 0.3
 _MAX_TTL_MS = 366 * 24 * 3600 * 1000
+# A reservation's expiry in Redis is its local lease plus this: the holder stops spending it
+# (on its own clock, started before the request was sent) well before Redis forgets it.
+DEFAULT_HOLD_GRACE = 1.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +166,8 @@ class RedisBuckets:
     """Token buckets in Redis under `{prefix}:{group}:{key}`, taken with one atomic script.
 
     The script runs by EVALSHA; on NOSCRIPT (first use, a restarted or flushed Redis) it is
-    sent once by EVAL, which also caches it on the server for the next EVALSHA.
+    sent once by EVAL, which also caches it on the server for the next EVALSHA. `calls`
+    counts the script's round trips (EVALSHA and EVAL alike) made by this object.
     """
 
     def __init__(self, client: redis.asyncio.Redis, *, prefix: str = DEFAULT_KEY_PREFIX) -> None:
@@ -142,25 +175,54 @@ class RedisBuckets:
         self._prefix = prefix
         self._script = _script_source()
         self._sha = hashlib.sha1(self._script.encode(), usedforsecurity=False).hexdigest()
+        self.calls = 0
 
     def key(self, group: str, key: str) -> str:
         return f"{self._prefix}:{group}:{key}"
 
     async def take(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
+        """Take `cost` tokens, exactly, in one round trip (no reservation)."""
+        decision, _ = await self.take_and_reserve(group, key, limit, cost)
+        return decision
+
+    async def take_and_reserve(
+        self,
+        group: str,
+        key: str,
+        limit: RateLimit,
+        cost: int,
+        *,
+        holder: str = "",
+        refund: int = 0,
+        want: int = 0,
+        hold_ms: int = 0,
+        floor: int = 0,
+    ) -> tuple[Decision, int]:
+        """Take `cost` tokens; for `holder`, first settle its previous reservation (returning
+        `refund` unspent tokens), then, if the cost was taken and more than `floor` tokens are
+        left, reserve up to `want` more for `hold_ms` milliseconds.
+
+        Returns the decision (`remaining`: tokens in the bucket outside reservations) and the
+        number of tokens reserved (0 without `holder`, or when the bucket is near its floor).
+        """
         _check_cost(cost)
         name = self.key(group, key)
-        args = (repr(float(limit.rate)), limit.burst, cost, bucket_ttl_ms(limit))
+        ttl_ms = bucket_ttl_ms(limit)
+        args = (repr(float(limit.rate)), limit.burst, cost, ttl_ms, holder, refund, want, hold_ms, floor)
+        self.calls += 1
         try:
             reply: Any = await self._redis.evalsha(self._sha, 1, name, *args)
         except NoScriptError:
+            self.calls += 1
             reply = await self._redis.eval(self._script, 1, name, *args)
         allowed, remaining, retry_ms = int(reply[0]), float(reply[1]), int(reply[2])
+        reserved = int(reply[3]) if len(reply) > 3 else 0
         if retry_ms < 0:
-            return Decision(allowed=False, remaining=remaining, retry_after=math.inf)
-        return Decision(allowed=allowed == 1, remaining=remaining, retry_after=retry_ms / 1000)
+            return Decision(allowed=False, remaining=remaining, retry_after=math.inf), 0
+        return Decision(allowed=allowed == 1, remaining=remaining, retry_after=retry_ms / 1000), reserved
 
 
-async def _bounded(call: Coroutine[Any, Any, Decision], within: float) -> Decision:
+async def _bounded(call: Coroutine[Any, Any, _T], within: float) -> _T:
     """Await `call` for at most `within` seconds, then raise TimeoutError.
 
     Unlike `asyncio.timeout`, this returns on time even if the call swallows its
@@ -197,6 +259,32 @@ def _call_hook(hook: Callable[..., None] | None, *args: object) -> None:
         log.exception("rate limit hook %r failed", hook)
 
 
+@dataclass(slots=True)
+class _Hold:
+    """Tokens this process reserved in Redis for one bucket, spent here without a round trip."""
+
+    left: int  # not spent yet
+    granted: int
+    since: float  # local clock, read before the request that reserved them was sent
+    until: float  # end of the lease on the local clock: nothing is spent from it after that
+    remaining: float  # tokens the bucket held outside reservations when they were granted
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What this process knows of one bucket when it reserves tokens from it."""
+
+    hold: _Hold | None = None
+    settling: asyncio.Future[None] | None = None  # a reserving or settling call in flight
+    want: int = 0  # size of the next reservation (0: not adapted yet)
+    seen: float = math.inf  # tokens outside reservations at the last answer (inf: never asked)
+    seen_at: float = 0.0
+
+
+# The first reservation of a bucket: small, until this process's rate on it is known.
+_FIRST_WANT = 8
+
+
 class RateLimiter:
     """Token buckets per (group, key): in Redis when given one, else (or while it is down) local.
 
@@ -207,7 +295,13 @@ class RateLimiter:
     core.errors.Unavailable (reason RATE_LIMITER_UNAVAILABLE). From then on Redis is probed
     by at most one call per `probe_interval` seconds of `clock`; the first that succeeds
     logs, calls `on_redis_up()` and makes Redis the source again. `on_reject(group,
-    decision)` is called for every refused check.
+    decision)` is called for every refused check, `on_redis_call()` for every script call.
+
+    Reservations (`batch` > 0, with Redis): see the module docstring. A group's batch is
+    `min(batch, floor(burst * batch_fraction))` tokens at most (0: that group is checked per
+    call); a reservation is spent for at most `lease` seconds, and Redis forgets an unsettled
+    one `hold_grace` seconds after that. `batch=0` is the per-call mode: one script call per
+    check, as before reservations existed.
     """
 
     def __init__(
@@ -219,11 +313,17 @@ class RateLimiter:
         on_reject: Callable[[str, Decision], None] | None = None,
         on_redis_down: Callable[[], None] | None = None,
         on_redis_up: Callable[[], None] | None = None,
+        on_redis_call: Callable[[], None] | None = None,
         local: LocalBuckets | None = None,
         redis_timeout: float = 0.1,
         probe_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         key_prefix: str = DEFAULT_KEY_PREFIX,
+        batch: int = 0,
+        batch_fraction: float = 0.1,
+        lease: float = 0.5,
+        hold_grace: float = DEFAULT_HOLD_GRACE,
+        max_slots: int = 100_000,
     ) -> None:
         if "default" not in limits:
             raise ValueError('rate limits need a "default" entry')
@@ -231,12 +331,23 @@ class RateLimiter:
             raise ValueError(f"redis_timeout must be in (0, 5] seconds, got {redis_timeout}")
         if probe_interval < 0:
             raise ValueError(f"probe_interval must be 0 or more, got {probe_interval}")
+        if batch < 0:
+            raise ValueError(f"batch must be 0 (check every call in Redis) or more, got {batch}")
+        if not 0 < batch_fraction <= 0.5:
+            raise ValueError(f"batch_fraction must be in (0, 0.5], got {batch_fraction}")
+        if not 0 < lease <= 60:
+            raise ValueError(f"lease must be in (0, 60] seconds, got {lease}")
+        if hold_grace < 0:
+            raise ValueError(f"hold_grace must be 0 or more, got {hold_grace}")
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1, got {max_slots}")
         self._limits = dict(limits)
         self._remote = RedisBuckets(redis, prefix=key_prefix) if redis is not None else None
         self._fail_closed = frozenset(fail_closed_groups)
         self._on_reject = on_reject
         self._on_redis_down = on_redis_down
         self._on_redis_up = on_redis_up
+        self._on_redis_call = on_redis_call
         self._local = local if local is not None else LocalBuckets()
         self._redis_timeout = redis_timeout
         self._probe_interval = probe_interval
@@ -244,14 +355,39 @@ class RateLimiter:
         self._redis_up = True
         self._down_since = 0.0
         self._next_probe = 0.0
+        self._batch = batch
+        self._batch_fraction = batch_fraction
+        self._lease = lease
+        self._hold_ms = math.ceil((lease + hold_grace) * 1000)
+        self._max_slots = max_slots
+        self._slots: OrderedDict[tuple[str, str], _Slot] = OrderedDict()
+        # Names this process's reservations in Redis; unique per limiter, so per process.
+        self.holder = uuid.uuid4().hex[:16]
 
     @property
     def uses_redis(self) -> bool:
         """True when Redis is configured and not in an outage (the buckets are shared)."""
         return self._remote is not None and self._redis_up
 
+    @property
+    def redis_calls(self) -> int:
+        """Script round trips to Redis made so far by this limiter (0 without Redis)."""
+        return self._remote.calls if self._remote is not None else 0
+
     def limit_for(self, group: str) -> RateLimit:
         return self._limits.get(group, self._limits["default"])
+
+    def batch_for(self, limit: RateLimit) -> int:
+        """The most tokens one reservation may hold for a bucket of `limit` (0: per-call checks)."""
+        return min(self._batch, math.floor(limit.burst * self._batch_fraction))
+
+    def held(self, group: str, key: str) -> int:
+        """Tokens this process holds unspent for `group` and `key` (0 if its lease has ended)."""
+        slot = self._slots.get((group, key))
+        hold = slot.hold if slot is not None else None
+        if hold is None or self._clock() >= hold.until:
+            return 0
+        return hold.left
 
     async def check(self, group: str, key: str, cost: int) -> Decision:
         """Take `cost` tokens from the bucket of `group` and `key` (cost 0: only look)."""
@@ -261,24 +397,137 @@ class RateLimiter:
             _call_hook(self._on_reject, group, decision)
         return decision
 
+    async def settle(self) -> None:
+        """Return every reservation's unspent tokens to Redis (at shutdown; best effort)."""
+        remote = self._remote
+        if remote is None:
+            return
+        for (group, key), slot in list(self._slots.items()):
+            hold, slot.hold = slot.hold, None
+            if hold is None or slot.settling is not None:
+                continue
+            call = remote.take_and_reserve(
+                group, key, self.limit_for(group), 0, holder=self.holder, refund=hold.left
+            )
+            try:
+                _call_hook(self._on_redis_call)
+                await _bounded(call, self._redis_timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("could not return reserved rate limit tokens to Redis: %r", exc)
+                return
+
     async def _take(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
-        if self._remote is None:
+        remote = self._remote
+        if remote is None:
             return self._local.take(group, key, limit, cost)
+        batch = self.batch_for(limit) if cost > 0 else 0
+        if batch > 0:
+            return await self._take_batched(remote, group, key, limit, cost, batch)
+        answer = await self._ask(remote.take_and_reserve(group, key, limit, cost))
+        if answer is None:
+            return self._fallback(group, key, limit, cost)
+        return answer[0]
+
+    async def _take_batched(
+        self, remote: RedisBuckets, group: str, key: str, limit: RateLimit, cost: int, batch: int
+    ) -> Decision:
+        name = (group, key)
+        while True:
+            slot = self._slot(name)
+            hold = slot.hold
+            if hold is not None and hold.left >= cost and self._clock() < hold.until:
+                hold.left -= cost
+                return Decision(allowed=True, remaining=hold.remaining + hold.left, retry_after=0.0)
+            if slot.settling is None:
+                break
+            # One reserving call per bucket at a time: wait for it, then try its tokens.
+            await asyncio.wait((slot.settling,))
+        now = self._clock()
+        # Reserve only far from the limit: at least a batch must stay in the bucket after it.
+        plenty = slot.seen + max(0.0, now - slot.seen_at) * limit.rate >= cost + batch + 1
+        if not plenty and hold is None:
+            # Near the limit: an exact check per call, and calls may overlap.
+            answer = await self._ask(remote.take_and_reserve(group, key, limit, cost))
+            if answer is None:
+                return self._fallback(group, key, limit, cost)
+            slot.seen, slot.seen_at = answer[0].remaining, now
+            return answer[0]
+        refund = 0
+        if hold is not None:
+            # Settle the old reservation in the same call; size the next one to this process's
+            # rate on the bucket: what it spent over the lease, at most `batch`.
+            slot.hold = None
+            # Unspent tokens are final once the lease is over (nothing is spent after it), and
+            # Redis returns none of a reservation it already let expire.
+            refund = hold.left
+            spent = hold.granted - hold.left
+            per_lease = spent / max(now - hold.since, 1e-3) * self._lease
+            slot.want = max(1, min(batch, math.ceil(per_lease)))
+        want = (slot.want or min(batch, _FIRST_WANT)) if plenty else 0
+        settling: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.settling = settling
+        try:
+            answer = await self._ask(
+                remote.take_and_reserve(
+                    group,
+                    key,
+                    limit,
+                    cost,
+                    holder=self.holder,
+                    refund=refund,
+                    want=want,
+                    hold_ms=self._hold_ms,
+                    floor=batch,
+                )
+            )
+        finally:
+            slot.settling = None
+            settling.set_result(None)
+        if answer is None:
+            return self._fallback(group, key, limit, cost)
+        decision, reserved = answer
+        slot.seen, slot.seen_at = decision.remaining, now
+        if reserved > 0:
+            slot.hold = _Hold(
+                left=reserved,
+                granted=reserved,
+                since=now,
+                until=now + self._lease,
+                remaining=decision.remaining,
+            )
+            decision = Decision(allowed=True, remaining=decision.remaining + reserved, retry_after=0.0)
+        return decision
+
+    def _slot(self, name: tuple[str, str]) -> _Slot:
+        slot = self._slots.get(name)
+        if slot is None:
+            slot = self._slots[name] = _Slot()
+            if len(self._slots) > self._max_slots:
+                # Forgetting a bucket forgets its reservation: Redis lets it expire, unspent.
+                self._slots.popitem(last=False)
+        else:
+            self._slots.move_to_end(name)
+        return slot
+
+    async def _ask(self, call: Coroutine[Any, Any, tuple[Decision, int]]) -> tuple[Decision, int] | None:
+        """Redis's answer to `call`, or None when Redis is down (not probed now) or fails."""
         probing = not self._redis_up
         if probing:
             now = self._clock()
             if now < self._next_probe:
-                return self._fallback(group, key, limit, cost)
+                call.close()
+                return None
             # This call is the probe; the others stay local until it is answered or the next interval.
             self._next_probe = now + self._probe_interval
+        _call_hook(self._on_redis_call)
         try:
-            decision = await _bounded(self._remote.take(group, key, limit, cost), self._redis_timeout)
+            answer = await _bounded(call, self._redis_timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
-            return self._fallback(group, key, limit, cost)
+            return None
         if probing and not self._redis_up:
             self._mark_up()
-        return decision
+        return answer
 
     def _fallback(self, group: str, key: str, limit: RateLimit, cost: int) -> Decision:
         if group in self._fail_closed:

@@ -9,10 +9,12 @@ polls with a deadline, never fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -691,3 +693,291 @@ async def test_fail_closed_group_is_unavailable_while_redis_is_down(
 
 async def _collect(call: Any) -> list[bytes]:
     return [message async for message in call]
+
+
+# --- Reservations: batches of tokens per process, settled with Redis ------------------------
+
+# Burst 100 and TALLY_RATE_LIMIT_BATCH_FRACTION's default 0.1: reservations of up to 10 tokens.
+ROOMY = RateLimit(rate=0.01, burst=100)
+
+
+def batched_limiter(client: Redis, prefix: str, limit: RateLimit, **kwargs: Any) -> RateLimiter:
+    def down() -> None:
+        pytest.fail("the limiter fell back to local buckets")
+
+    return RateLimiter(
+        {"default": limit},
+        client,
+        set(),
+        key_prefix=prefix,
+        redis_timeout=5,
+        on_redis_down=down,
+        **{"batch": 64, **kwargs},
+    )
+
+
+async def bucket_state(client: Redis, key: str) -> tuple[float, int]:
+    """(tokens outside reservations, tokens reserved) as stored in Redis."""
+    state = await client.hgetall(key)
+    return float(state[b"tokens"]), int(state.get(b"held", b"0"))
+
+
+@pytest.mark.redis
+async def test_a_reservation_serves_checks_without_round_trips(shared_redis: Redis, key_prefix: str) -> None:
+    limiter = batched_limiter(shared_redis, key_prefix, ROOMY)
+    assert limiter.batch_for(ROOMY) == 10
+    decisions = [await limiter.check("g", "k", 1) for _ in range(60)]
+    assert all(d.allowed for d in decisions)
+    # The first call takes 1 and reserves 8, later ones 1 and the whole batch of 10: 9 + 5 * 11.
+    assert limiter.redis_calls == 6
+    assert limiter.held("g", "k") == 64 - 60
+    # Redis counts what this process holds as taken from the bucket, not as spent.
+    tokens, held = await bucket_state(shared_redis, f"{key_prefix}:g:k")
+    assert held >= limiter.held("g", "k") > 0
+    assert tokens + limiter.held("g", "k") == pytest.approx(ROOMY.burst - 60, abs=0.1)
+    assert tokens + held <= ROOMY.burst
+    # Remaining, for a check served locally: the bucket at the reservation, plus what is held.
+    assert decisions[-1].remaining == pytest.approx(ROOMY.burst - 60, abs=0.1)
+    # In per-call mode the same checks cost one round trip each.
+    per_call = shared_limiter(shared_redis, key_prefix, ROOMY)
+    for _ in range(5):
+        assert (await per_call.check("g", "other", 1)).allowed
+    assert per_call.redis_calls == 5
+    assert per_call.batch_for(ROOMY) == 0
+
+
+@pytest.mark.redis
+async def test_reserved_tokens_count_as_in_the_bucket(shared_redis: Redis, key_prefix: str) -> None:
+    """The bucket refills only up to burst - reserved: a full bucket beside a reservation would
+    let a client spend more than the burst."""
+    fast = RateLimit(rate=1000, burst=100)
+    holder = batched_limiter(shared_redis, key_prefix, fast)
+    peeker = shared_limiter(shared_redis, key_prefix, fast)
+    assert (await holder.check("g", "k", 1)).allowed
+    assert holder.held("g", "k") == 8
+    peeks: list[float] = []
+
+    async def refilled() -> bool:
+        peeks.append((await peeker.check("g", "k", 0)).remaining)
+        return peeks[-1] >= fast.burst - 8
+
+    await eventually(refilled, what="the bucket to refill")
+    assert max(peeks) == fast.burst - 8
+    await holder.settle()  # returns the 8, which fills the bucket exactly
+    assert (await peeker.check("g", "k", 0)).remaining == fast.burst
+    assert await bucket_state(shared_redis, f"{key_prefix}:g:k") == (fast.burst, 0)
+
+
+@pytest.mark.redis
+async def test_refusals_near_the_limit_are_exact(shared_redis: Redis, key_prefix: str) -> None:
+    other = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        replicas = [
+            batched_limiter(shared_redis, key_prefix, ROOMY),
+            batched_limiter(other, key_prefix, ROOMY),
+        ]
+        admitted = 0
+        refusals: list[Decision] = []
+        for turn in range(300):
+            decision = await replicas[turn % 2].check("g", "k", 1)
+            admitted += decision.allowed
+            if not decision.allowed:
+                refusals.append(decision)
+        # Each replica settled its reservation in the call that was refused: nothing is held,
+        # and exactly the burst got through (the refill of 0.01/s adds no whole token here).
+        assert [replica.held("g", "k") for replica in replicas] == [0, 0]
+        assert admitted == ROOMY.burst
+        assert await bucket_state(shared_redis, f"{key_prefix}:g:k") == pytest.approx((0, 0), abs=0.05)
+        # The refusals came from Redis: its tokens and its Retry-After.
+        assert all(r.remaining < 1 for r in refusals)
+        assert refusals[-1].retry_after == pytest.approx((1 - refusals[-1].remaining) / ROOMY.rate, abs=1)
+        assert 0 < refusals[-1].retry_after <= 1 / ROOMY.rate
+        # Past the first refusals, near the limit, every check was a round trip.
+        calls = [replica.redis_calls for replica in replicas]
+        assert (await replicas[0].check("g", "k", 1)).allowed is False
+        assert replicas[0].redis_calls == calls[0] + 1
+        # A cost above the burst is still "never".
+        assert (await replicas[1].check("g", "k", 101)).never
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.redis
+async def test_settling_returns_unspent_tokens_another_process_can_use(
+    shared_redis: Redis, key_prefix: str
+) -> None:
+    other = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        holder = batched_limiter(shared_redis, key_prefix, ROOMY)
+        drainer = batched_limiter(other, key_prefix, ROOMY)
+        assert (await holder.check("g", "k", 1)).allowed
+        held = holder.held("g", "k")
+        assert held == 8
+        drained = 0
+        while (await drainer.check("g", "k", 1)).allowed:
+            drained += 1
+        assert drained == ROOMY.burst - 1 - held  # refused early by exactly what the other holds
+        await holder.settle()
+        assert holder.held("g", "k") == 0
+        assert await bucket_state(shared_redis, f"{key_prefix}:g:k") == pytest.approx((held, 0), abs=0.05)
+        regained = 0
+        while (await drainer.check("g", "k", 1)).allowed:
+            regained += 1
+        assert regained == held
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.redis
+async def test_a_reservation_is_settled_when_its_lease_ends(shared_redis: Redis, key_prefix: str) -> None:
+    clock = FakeMonotonic()
+    limiter = batched_limiter(shared_redis, key_prefix, ROOMY, clock=clock, lease=0.5)
+    key = f"{key_prefix}:g:k"
+    assert (await limiter.check("g", "k", 1)).allowed
+    assert (await limiter.check("g", "k", 1)).allowed
+    assert (limiter.redis_calls, limiter.held("g", "k")) == (1, 7)
+    clock.advance(0.5)  # the lease is over: the 7 tokens left are not spent any more
+    assert limiter.held("g", "k") == 0
+    assert (await limiter.check("g", "k", 1)).allowed
+    assert limiter.redis_calls == 2
+    # That call returned the 7, took 1, and reserved anew, sized to the rate seen: 1 spent from
+    # the reservation in its lease.
+    tokens, held = await bucket_state(shared_redis, key)
+    assert held == limiter.held("g", "k") == 1
+    assert tokens == pytest.approx(ROOMY.burst - 3 - held, abs=0.05)
+
+
+@pytest.mark.redis
+async def test_an_unsettled_reservation_expires_in_redis_without_minting(
+    shared_redis: Redis, key_prefix: str
+) -> None:
+    key = f"{key_prefix}:g:k"
+    crashed = batched_limiter(shared_redis, key_prefix, ROOMY, lease=0.05, hold_grace=0)
+    assert (await crashed.check("g", "k", 1)).allowed
+    assert await bucket_state(shared_redis, key) == pytest.approx((91, 8), abs=0.05)
+    survivor = batched_limiter(shared_redis, key_prefix, ROOMY)
+
+    async def expired() -> bool:
+        await survivor.check("g", "k", 0)  # any call on the bucket purges what has expired
+        return (await bucket_state(shared_redis, key))[1] == 0
+
+    await eventually(expired, what="the abandoned reservation to expire")
+    # Its 8 tokens are gone (they may have been spent), not back in the bucket.
+    assert (await bucket_state(shared_redis, key))[0] == pytest.approx(91, abs=0.05)
+    assert await shared_redis.hget(key, f"h:{crashed.holder}") is None
+    # The holder's late settlement cannot return them either.
+    await crashed.settle()
+    assert (await bucket_state(shared_redis, key))[0] == pytest.approx(91, abs=0.05)
+
+
+@pytest.mark.redis
+async def test_concurrent_checks_share_one_reserving_call(shared_redis: Redis, key_prefix: str) -> None:
+    limiter = batched_limiter(shared_redis, key_prefix, RateLimit(rate=0.01, burst=1000))
+    decisions = await asyncio.gather(*(limiter.check("g", "k", 1) for _ in range(50)))
+    assert all(d.allowed for d in decisions)
+    assert limiter.redis_calls < 50
+    tokens, held = await bucket_state(shared_redis, f"{key_prefix}:g:k")
+    assert held >= limiter.held("g", "k")
+    assert tokens + limiter.held("g", "k") == pytest.approx(1000 - 50, abs=0.1)
+
+
+@pytest.mark.redis
+def test_two_processes_stay_within_the_stated_bound(key_prefix: str) -> None:
+    """Two OS processes, each its own limiter and Redis client, hammer one bucket for a second:
+    the admitted total never exceeds burst + rate * elapsed, and falls short of it by at most
+    P * B + cost (module docstring of interceptors.rate_limit)."""
+    rate, burst, batch, processes = 200.0, 400, 64, 2
+    bound = processes * min(batch, int(burst * 0.1))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "tests.integration.limiter_hammer", REDIS_URL, key_prefix]
+    command += [str(rate), str(burst), str(batch), "1.0", "4"]
+    workers = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        for _ in range(processes)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [json.loads(worker.communicate(timeout=60)[0].splitlines()[-1]) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert [worker.returncode for worker in workers] == [0, 0]
+    assert all(result["downs"] == 0 and result["admitted"] > 0 for result in results)
+    admitted = sum(result["admitted"] for result in results)
+    checks = admitted + sum(result["refused"] for result in results)
+    ceiling = burst + rate * (max(result["last_end"] for result in results) - started)
+    floor = burst + rate * (
+        max(result["last_redis_start"] for result in results) - min(result["first_end"] for result in results)
+    )
+    assert admitted <= ceiling
+    assert admitted >= floor - bound - 1
+    assert sum(result["redis_calls"] for result in results) < checks  # reservations were used
+
+
+async def test_redis_failing_while_a_reservation_is_held(private_redis: RedisProcess) -> None:
+    clock = FakeMonotonic()
+    downs: list[int] = []
+    ups: list[int] = []
+    client = fast_client(private_redis.port)
+    admin = fast_client(private_redis.port)
+    limiter = RateLimiter(
+        {"default": ROOMY},
+        client,
+        {"closed"},
+        on_redis_down=lambda: downs.append(1),
+        on_redis_up=lambda: ups.append(1),
+        clock=clock,
+        local=LocalBuckets(clock=clock),
+        redis_timeout=2,
+        probe_interval=1.0,
+        batch=64,
+        lease=60,
+    )
+    try:
+        assert (await limiter.check("open", "k", 1)).allowed
+        assert (await limiter.check("closed", "k", 1)).allowed
+        assert limiter.held("open", "k") == limiter.held("closed", "k") == 8
+        calls = limiter.redis_calls
+
+        private_redis.stop()
+
+        # Tokens already taken from Redis are still spent here, without noticing the outage.
+        for _ in range(8):
+            assert (await limiter.check("open", "k", 1)).allowed
+            assert (await limiter.check("closed", "k", 1)).allowed
+        assert (limiter.redis_calls, downs) == (calls, [])
+        # Spent: the next check needs Redis, fails, and falls back as without reservations.
+        fallback = await limiter.check("open", "k", 1)
+        assert (fallback.allowed, fallback.remaining) == (True, ROOMY.burst - 1)  # a fresh local bucket
+        assert downs == [1]
+        assert not limiter.uses_redis
+        with pytest.raises(errors.Unavailable):
+            await limiter.check("closed", "k", 1)
+        assert limiter.held("open", "k") == 0
+
+        private_redis.start()  # empty: the reservations it held are gone with it
+        await private_redis.wait_ready()
+
+        async def recovered() -> bool:
+            clock.advance(1.1)
+            await limiter.check("open", "k", 1)
+            return bool(ups)
+
+        await eventually(recovered, what="the limiter to use Redis again")
+        # A fresh bucket: the probe took 1 and reserved; nothing was returned from before.
+        key = RedisBuckets(client).key("open", "k")
+        tokens, held = await bucket_state(admin, key)
+        assert held == limiter.held("open", "k") > 0
+        assert tokens + held == pytest.approx(ROOMY.burst - 1, abs=0.05)
+        assert (await limiter.check("closed", "k", 1)).allowed
+    finally:
+        await client.aclose()
+        await admin.aclose()
