@@ -384,7 +384,11 @@ async def build(
         )
         readiness = Readiness(health_servicer, components.service_names(), metrics)
         # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
-        gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, port))
+        # A worker of `--workers N` gives its gateway a private loopback port of its own gRPC server:
+        # on the shared port the kernel would hand the channel's one connection to any worker, so
+        # every worker's REST calls could end up on one of them.
+        own_port = _bind_grpc(server, _loopback(settings.grpc_addr, 0)) if reuse_port else port
+        gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, own_port))
         http = HttpServer(
             settings.http_addr,
             metrics=metrics,

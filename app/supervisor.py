@@ -117,7 +117,7 @@ class Supervisor:
         await asyncio.gather(*(self._keep(worker) for worker in self.workers))
         if self.failed is not None:
             return self.failed
-        codes = [worker.exit_code for worker in self.workers]
+        codes = [worker.exit_code for worker in self.workers if worker.exit_code is not None]
         if any(codes):
             log.error("stopped; worker exit codes %s", codes)
             return 1
@@ -139,9 +139,8 @@ class Supervisor:
         failures_before_ready = 0
         delay = BACKOFF_START_SECONDS
         while not self.stopping:
-            code = await self._run_once(worker)
+            code = worker.exit_code = await self._run_once(worker)
             if self.stopping:
-                worker.exit_code = code
                 return
             pid = worker.proc.pid if worker.proc else 0
             if not worker.ready:
@@ -156,7 +155,6 @@ class Supervisor:
                     )
                     self.failed = code or 1
                     self.signal(signal.SIGTERM)
-                    worker.exit_code = code
                     return
             else:
                 failures_before_ready = 0
@@ -172,6 +170,8 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+            if self.stopping and self.failed is None:
+                worker.exit_code = None  # stopped while waiting to restart: nothing ran to drain
             delay = min(delay * 2, BACKOFF_CAP_SECONDS)
 
     async def _run_once(self, worker: _Worker) -> int:

@@ -35,7 +35,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import h2load_runner
@@ -385,8 +384,9 @@ def measure_baseline(
                     report.cpu[rest_name(count)] = cpu.describe()
                 else:
                     progress(f"GET account, {baseline_name(count)} ({label})...")
+                    processes = _tree(baseline.process.pid)
+                    baseline.worker_pids = processes[1:] or processes  # uvicorn's workers, if any
                     groups = cpu_groups(baseline, "uvicorn")
-                    groups["uvicorn (all)"] = partial(_tree, baseline.process.pid)
                     with sampling(groups) as cpu:
                         row = measure_baseline_get(
                             bench, Target(baseline, LOOP, label), account_id, token, baseline_name(count)
@@ -425,7 +425,8 @@ class OpenLoop:
     seconds: float
     started: int
     replies: int
-    errors: int
+    errors: int  # calls that finished without a reply
+    unfinished: int  # calls still in flight when the duration ended
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -505,7 +506,8 @@ def measure_open_loop(
         seconds=seconds,
         started=started,
         replies=replies,
-        errors=started - replies,
+        errors=done - replies,
+        unfinished=started - done,
         p50_ms=percentile(latencies, 50),
         p95_ms=percentile(latencies, 95),
         p99_ms=percentile(latencies, 99),

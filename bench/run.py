@@ -361,7 +361,8 @@ def print_cores_report(rows: list[report.Measurement], info: CoresReport) -> Non
         )
         print(
             f"  achieved {loop.achieved:,.0f}/s ({loop.replies:,} replies of {loop.started:,} calls "
-            f"started), errors or unanswered {loop.errors:,};\n  p50 {loop.p50_ms:.1f} ms, "
+            f"started), {loop.errors:,} errors, {loop.unfinished:,} still in flight at the end;\n"
+            f"  p50 {loop.p50_ms:.1f} ms, "
             f"P95 {loop.p95_ms:.1f} ms, P99 {loop.p99_ms:.1f} ms"
         )
         print(f"  CPU: {loop.cpu}")
