@@ -1,9 +1,10 @@
 """End to end: `tally serve --workers 2`, a supervisor and two worker processes sharing the ports.
 
 Both workers answer calls (each connection goes to one of them; /metrics tells which process
-answered in its X-Tally-Pid header, and counts that process's calls); SIGTERM drains them all
-and the supervisor exits 0; a worker killed with SIGKILL is replaced and serving goes on; a
-port in use is refused, with one worker or several, even when its holder set SO_REUSEPORT.
+answered in its X-Tally-Pid header, and counts that process's calls), REST ones through their
+own gRPC server; SIGTERM drains them all and the supervisor exits 0; a worker killed with
+SIGKILL is replaced and serving goes on; a port in use is refused, with one worker or several,
+even when its holder set SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.harness import (
     RunningServer,
+    admin_token,
     launched_server,
     parse_log_line,
     run_tally,
@@ -145,3 +148,53 @@ def test_a_port_in_use_is_refused_even_if_its_holder_shares_it(tmp_path: Path, c
     assert f"cannot listen on {address} (TALLY_GRPC_ADDR)" in result.stderr
     assert "address already in use" in result.stderr
     assert not (tmp_path / "tally.db").exists(), "the database was migrated before the bind failed"
+
+
+def rest_and_grpc_counts(server: RunningServer) -> tuple[int, float, float]:
+    """(pid, REST GETs of an account answered 404, GetAccount calls answered NOT_FOUND) of the worker
+    that answers this GET /metrics."""
+    with urllib.request.urlopen(f"http://{server.http_addr}/metrics", timeout=10) as response:
+        body = response.read().decode()
+        pid = int(response.headers["X-Tally-Pid"])
+
+    def total(prefix: str, *parts: str) -> float:
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in body.splitlines()
+            if line.startswith(prefix) and all(part in line for part in parts)
+        )
+
+    rest = total("tally_http_requests_total{", 'route="/v1/accounts/{id}"', 'status="404"')
+    grpc_calls = total("tally_rpc_requests_total{", "AccountService/GetAccount", 'code="NOT_FOUND"')
+    return pid, rest, grpc_calls
+
+
+def rest_get_missing_account(server: RunningServer) -> int:
+    request = urllib.request.Request(
+        f"http://{server.http_addr}/v1/accounts/acct_missing",
+        headers={"Authorization": f"Bearer {admin_token()}"},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310 (http://127.0.0.1 only)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return 200
+
+
+async def test_each_worker_answers_its_rest_calls_through_its_own_grpc_server(tmp_path: Path) -> None:
+    """The gateway of a worker calls its own gRPC server (a private loopback port), not the shared
+    port, where its one connection could land on the other worker."""
+    with workers(tmp_path) as (server, pids):
+        for _ in range(30):
+            assert await asyncio.to_thread(rest_get_missing_account, server) == 404
+        counts: dict[int, tuple[float, float]] = {}
+
+        async def every_worker_answered() -> bool:
+            pid, rest, grpc_calls = await asyncio.to_thread(rest_and_grpc_counts, server)
+            counts[pid] = (rest, grpc_calls)
+            return set(pids) <= set(counts)
+
+        await eventually(every_worker_answered, within=30, what=f"/metrics answered by each of {pids}")
+        assert sum(rest for rest, _ in counts.values()) == 30, counts
+        for pid, (rest, grpc_calls) in counts.items():
+            assert rest == grpc_calls, f"worker {pid}: {rest} REST GETs but {grpc_calls} GetAccount calls"
