@@ -63,8 +63,13 @@ pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## bench: throughput and latency against loopback (needs h2load: apt-get install nghttp2-client)
-bench: install
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py
+
+# The bench's own extra (the FastAPI baseline); `make run` and `make test` do not need it.
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) build .tally .pytest_cache .mypy_cache .ruff_cache

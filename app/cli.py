@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = _subcommand(commands, "serve", help="run the gRPC server (and the REST gateway on the HTTP port)")
     setting_flags(serve, _SETTING_FLAGS["serve"])
+    # Set by the supervisor of `--workers N` on the workers it starts (app/supervisor.py).
+    serve.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     migrate = _subcommand(commands, "migrate", help="apply database migrations, then exit")
     setting_flags(migrate, _SETTING_FLAGS["migrate"])
 
@@ -288,6 +290,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[str, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     command, overrides, extra = parse_command_line(argv)
     if command == "protos":
         _protos_main(extra)
@@ -300,10 +303,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     logs.configure(settings.log_level, settings.log_format)
     try:
-        if command == "serve":
+        if command == "serve" and settings.workers > 1 and extra["worker_ready_fd"] is None:
+            from app.supervisor import supervise
+
+            sys.exit(supervise(settings, argv[argv.index("serve") + 1 :]))
+        elif command == "serve":
             from app.server import serve
 
-            _run(settings, serve(settings))
+            _run(settings, serve(settings, ready_fd=extra["worker_ready_fd"]))
         elif command == "migrate":
             _run(settings, _migrate(settings))
         elif command == "user":

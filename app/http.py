@@ -28,6 +28,7 @@ its RequestHandler (tests/integration/test_gateway_edge.py fails if an upgrade b
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -77,6 +78,7 @@ class HttpServer:
         health: Callable[[], Awaitable[bool]] | None = None,
         routes: Iterable[web.AbstractRouteDef] = (),
         shutdown_timeout: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
         """`addr` is HOST:PORT (port 0 picks a free one); `health` None means healthy while running;
         `jwks` None serves no /.well-known/jwks.json (a stand-alone gateway holds no keys)."""
@@ -87,6 +89,7 @@ class HttpServer:
         self._jwks = jwks
         self._health = health
         self._shutdown_timeout = shutdown_timeout
+        self._reuse_port = reuse_port
         self._runner: _Runner | None = None
         self._bound_port: int | None = None
         self.app = web.Application(middlewares=[_Edge(metrics)])
@@ -124,7 +127,7 @@ class HttpServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port, reuse_port=False)
+            site = web.TCPSite(runner, self._host, self._port, reuse_port=self._reuse_port)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -142,7 +145,10 @@ class HttpServer:
             await runner.cleanup()
 
     async def _get_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        # The pid tells which process answered: with `tally serve --workers N` each worker has its own
+        # counters, and the kernel hands each connection to one of them.
+        headers = {"Content-Type": CONTENT_TYPE, "X-Tally-Pid": str(os.getpid())}
+        return web.Response(body=self._metrics.render(), headers=headers)
 
     async def _get_jwks(self, _request: web.Request) -> web.Response:
         assert self._jwks is not None  # the route exists only with jwks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sqlite3
@@ -62,8 +63,9 @@ from interceptors.validation import check_request
 log = logging.getLogger("tally.server")
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Deliberate transport limits: message size, streams, keepalive and connection age."""
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Deliberate transport limits: message size, streams, keepalive and connection age.
+    `reuse_port` only for a worker of `tally serve --workers N` (app/supervisor.py)."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -72,8 +74,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # UNAUTHENTICATED instead of gRPC's random soft-limit rejections between 8 and 16 KiB.
         ("grpc.max_metadata_size", 16 * 1024),
         # gRPC sets SO_REUSEPORT by default: a second server on a busy port would start and
-        # silently take half the connections. Fail to bind instead.
-        ("grpc.so_reuseport", 0),
+        # silently take half the connections. Fail to bind instead, except in the workers of
+        # `--workers N`, which share the port deliberately (the supervisor checked it was free).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # Ping idle clients every 2 minutes and drop them if they do not answer in 20 s.
         ("grpc.keepalive_time_ms", 120_000),
         ("grpc.keepalive_timeout_ms", 20_000),
@@ -355,8 +358,10 @@ async def build(
     tracer_provider: TracerProvider | None = None,
     modules: tuple[ServiceModule[Any], ...] = MODULES,
     overrides: Mapping[str, object] | None = None,
+    reuse_port: bool = False,
 ) -> App:
-    """The whole server for `modules` (every service module, unless a test serves fewer or more)."""
+    """The whole server for `modules` (every service module, unless a test serves fewer or more).
+    `reuse_port`: bind both ports with SO_REUSEPORT (the workers of `--workers N` only)."""
     components = await build_components(
         settings, clock=clock, passwords=passwords, modules=modules, overrides=overrides
     )
@@ -399,7 +404,9 @@ async def build(
                 text_policy=check_request,
             )
         ]
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+        server = grpc.aio.server(
+            interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port)
+        )
         for module in components.modules:
             module.register(server, components.services[module.name])
         health_servicer = HealthService()
@@ -412,13 +419,18 @@ async def build(
         )
         readiness = Readiness(health_servicer, components.service_names(), metrics)
         # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
-        gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, port))
+        # A worker of `--workers N` gives its gateway a private loopback port of its own gRPC server:
+        # on the shared port the kernel would hand the channel's one connection to any worker, so
+        # every worker's REST calls could end up on one of them.
+        own_port = _bind_grpc(server, _loopback(settings.grpc_addr, 0)) if reuse_port else port
+        gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, own_port))
         http = HttpServer(
             settings.http_addr,
             metrics=metrics,
             jwks=components.keyring.jwks,
             health=readiness.check,
             shutdown_timeout=settings.shutdown_grace_seconds,
+            reuse_port=reuse_port,
             routes=gateway_routes(
                 services,
                 gateway_channel,
@@ -471,11 +483,16 @@ def _listen_address(address: str, port: int) -> str:
     return f"{address.rpartition(':')[0]}:{port}"
 
 
-async def serve(settings: Settings) -> None:
-    # Both addresses first: a busy port is refused before the database is migrated or keys made.
-    check_can_listen("TALLY_GRPC_ADDR", settings.grpc_addr)
-    check_can_listen("TALLY_HTTP_ADDR", settings.http_addr)
-    app = await build(settings)
+async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. `ready_fd` set: this is a worker of `tally serve --workers N`
+    (app/supervisor.py): the ports are shared (SO_REUSEPORT; the supervisor checked them and holds
+    them), one byte on `ready_fd` says it serves, and it stops when the supervisor goes away."""
+    worker = ready_fd is not None
+    if not worker:
+        # Both addresses first: a busy port is refused before the database is migrated or keys made.
+        check_can_listen("TALLY_GRPC_ADDR", settings.grpc_addr)
+        check_can_listen("TALLY_HTTP_ADDR", settings.http_addr)
+    app = await build(settings, reuse_port=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -483,19 +500,39 @@ async def serve(settings: Settings) -> None:
     await app.start()
     grpc_addr = _listen_address(settings.grpc_addr, app.port)
     http_addr = _listen_address(settings.http_addr, app.http_port)
-    log.info(
-        "tally serving gRPC on %s and HTTP on %s (database: %s; rate limits: %s)",
-        grpc_addr,
-        http_addr,
-        settings.describe_database(),
-        "Redis" if settings.redis_url else "in-process",
-        extra={"grpc_addr": grpc_addr, "http_addr": http_addr, "data_dir": str(Path(settings.data_dir))},
-    )
+    where = {"grpc_addr": grpc_addr, "http_addr": http_addr, "data_dir": str(Path(settings.data_dir))}
+    orphaned: asyncio.Task[None] | None = None
+    if ready_fd is not None:
+        log.info(
+            "worker %d serving gRPC on %s and HTTP on %s", os.getpid(), grpc_addr, http_addr, extra=where
+        )
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+        orphaned = asyncio.create_task(_stop_when_orphaned(os.getppid(), stop), name="supervisor-watch")
+    else:
+        log.info(
+            "tally serving gRPC on %s and HTTP on %s (database: %s; rate limits: %s)",
+            grpc_addr,
+            http_addr,
+            settings.describe_database(),
+            "Redis" if settings.redis_url else "in-process",
+            extra=where,
+        )
     await stop.wait()
+    if orphaned is not None:
+        orphaned.cancel()
     await drain(app, settings.shutdown_drain_seconds, stop)
     log.info("shutting down: finishing in-flight calls (up to %g s)", settings.shutdown_grace_seconds)
     await app.stop()
     log.info("stopped")
+
+
+async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, no forwarding) stops as if signalled."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 (no event to wait for: polling the parent)
+        await asyncio.sleep(1.0)
+    log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
+    stop.set()
 
 
 async def drain(app: App, seconds: float, signalled: asyncio.Event) -> None:

@@ -55,6 +55,7 @@ from interceptors.rate_limit import DEFAULT_KEY_PREFIX
 LOOP = "uvloop"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 FULL = "tally, full chain"
+FULL_NO_CACHE = "tally, full chain, cache off"
 BARE = "tally, no interceptors"
 BODY_LABEL = "chain-get"  # one body file for both targets
 REDIS_DOWN_LOG = "Redis for rate limits failed"  # interceptors.rate_limit: fell back to local buckets
@@ -81,6 +82,14 @@ class ChainReport:
     bucket_keys: int = 0  # rate-limit keys of the subject found in Redis after the runs
     redis_down_logs: int = 0
     spans_dropped_logs: int = 0
+    cache_setting: bool = False  # TALLY_CACHE exists: the cache-off target ran
+
+
+def cache_setting_exists() -> bool:
+    """TALLY_CACHE (on|off|auto) is a setting of this Tally: the full chain runs with it off too."""
+    from core.settings import Settings
+
+    return "cache" in Settings.model_fields
 
 
 class BenchKeys:
@@ -180,8 +189,23 @@ def measure_chain(
     check_setup(full, bare, database, account_id, token)
     report.database = full.database
     servers = {BARE: bare, FULL: full}
+    report.cache_setting = cache_setting_exists()
+    if report.cache_setting:
+        progress(f"starting tally serve with the full chain and TALLY_CACHE=off ({LOOP})...")
+        servers[FULL_NO_CACHE] = start_tally(
+            database,
+            data_dir,
+            LOOP,
+            label="chain-no-cache",
+            redis_url=report.redis_url,
+            traces_exporter="console",
+            extra_env={"TALLY_CACHE": "off"},
+        )
+        stack.callback(servers[FULL_NO_CACHE].stop)
+        check_get(servers[FULL_NO_CACHE], get_request_body(account_id), account_id, token)
+    names = list(servers)
     for number in range(report.rounds):
-        order = [BARE, FULL] if number % 2 == 0 else [FULL, BARE]
+        order = names if number % 2 == 0 else names[::-1]
         for name in order:
             target = Target(servers[name], LOOP, f"round {number + 1}/{report.rounds}")
             progress(f"GetAccount via h2load, {name} ({target.describe()})...")
@@ -199,8 +223,8 @@ def measure_chain(
     )
     report.fallbacks = int(metric_total(metrics, "tally_rate_limiter_fallbacks_total"))
     report.refused = int(metric_total(metrics, "tally_rate_limited_total"))
-    full.stop()
-    bare.stop()
+    for server in servers.values():
+        server.stop()
     report.redis_down_logs = log_lines_containing(full, REDIS_DOWN_LOG)
     report.spans_dropped_logs = log_lines_containing(full, SPANS_DROPPED_LOG)
     flushed = keys.flush()

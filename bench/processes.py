@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +46,7 @@ class Server:
     address: str = ""
     database: str = ""  # the database it serves, as it described it at start-up (tally only)
     http_address: str = ""  # tally serve's HTTP side (/metrics)
+    worker_pids: list[int] = field(default_factory=list)  # `tally serve --workers N`: the workers
 
     def log_tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -193,14 +194,19 @@ def start_tally(
     label: str = "",
     redis_url: str | None = None,
     traces_exporter: str = "none",
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
-    """`tally serve`; with traces_exporter="console" its stdout (the spans) goes to /dev/null."""
+    """`tally serve`; with traces_exporter="console" its stdout (the spans) goes to /dev/null.
+    `workers` > 1: `tally serve --workers N`, which announces itself once every worker serves."""
     label = label or loop
+    env = tally_env(database, data_dir, loop, redis_url=redis_url, traces_exporter=traces_exporter)
+    env.update(extra_env or {})
     server = _spawn(
         f"tally serve ({label})",
-        [str(TALLY_BIN), "serve"],
+        [str(TALLY_BIN), "serve", *(["--workers", str(workers)] if workers > 1 else [])],
         data_dir / f"tally-{label}.log",
-        env=tally_env(database, data_dir, loop, redis_url=redis_url, traces_exporter=traces_exporter),
+        env=env,
         discard_stdout=traces_exporter == "console",
     )
     entry = _wait_for_entry(
@@ -212,6 +218,7 @@ def start_tally(
     server.address = str(entry["grpc_addr"])
     server.http_address = str(entry.get("http_addr", ""))
     server.database = _database_in(str(entry["msg"]))
+    server.worker_pids = [int(pid) for pid in entry.get("workers", [server.process.pid])]
     return server
 
 

@@ -8,7 +8,10 @@ CreateAccount; then, on uvloop, GetAccount through the full interceptor chain
 (bench/chain.py); then GetAccount over REST (the gateway, HTTP/1.1) against
 over gRPC on one uvloop server (bench/rest.py); print the tables; stop every
 process, drop the database and delete the bench's Redis keys, also on failure or
-Ctrl-C. `--only rest` runs just the REST vs gRPC part. Every call carries a
+Ctrl-C; then every core (bench/cores.py): `tally serve --workers 2` against 1 on
+the echo-like path, Tally's REST face against the hand-written FastAPI baseline on
+1 and 2 workers, and 1,000 GetAccount/s offered open-loop from 500 streams; and
+the ratios of issue 11 in one table. `--only NAME` runs one part. Every call carries a
 bearer token minted by `tally token`. Every main measurement runs --rounds times,
 the two event loops alternating in order (A B, B A, ...) so drift on the machine
 does not favour one of them. See bench/README.md.
@@ -28,12 +31,14 @@ from pathlib import Path
 from types import FrameType
 
 import chain
+import cores
 import h2load_runner
 import pgdb
 import report
 import rest
 import scenarios
 from chain import ChainReport
+from cores import CoresReport
 from h2load_runner import H2loadError
 from processes import (
     BenchError,
@@ -91,8 +96,11 @@ def create_database(stack: ExitStack, data_dir: Path) -> pgdb.BenchDatabase:
     return database
 
 
-def measure_rest_only(bench: Bench, stack: ExitStack) -> RestReport:
-    """`--only rest`: a database, an account made over gRPC, then the REST vs gRPC part alone."""
+CORES_PARTS = {"workers", "baseline", "open-loop"}
+
+
+def database_and_account(bench: Bench, stack: ExitStack) -> tuple[pgdb.BenchDatabase, str]:
+    """For `--only`: a database and an account made over gRPC."""
     database = create_database(stack, bench.data_dir)
     progress("starting tally serve (uvloop) to create the account...")
     setup = start_tally(database, bench.data_dir, "uvloop", label="setup")
@@ -100,10 +108,23 @@ def measure_rest_only(bench: Bench, stack: ExitStack) -> RestReport:
     account_id = scenarios.create_account(setup, bench.token)
     setup.stop()
     progress(f"created account {account_id} for GetAccount")
+    return database, account_id
+
+
+def measure_rest_only(bench: Bench, stack: ExitStack) -> RestReport:
+    """`--only rest`: a database, an account made over gRPC, then the REST vs gRPC part alone."""
+    database, account_id = database_and_account(bench, stack)
     return rest.measure_rest(bench, stack, database, bench.data_dir, account_id)
 
 
-def measure_tally(bench: Bench, stack: ExitStack) -> tuple[ChainReport, RestReport]:
+def measure_cores_only(bench: Bench, stack: ExitStack) -> CoresReport:
+    """`--only workers|baseline|open-loop|cores`: those parts of bench/cores.py alone."""
+    database, account_id = database_and_account(bench, stack)
+    parts = CORES_PARTS if bench.options.only == "cores" else {bench.options.only}
+    return cores.measure_cores(bench, stack, database, account_id, parts)
+
+
+def measure_tally(bench: Bench, stack: ExitStack) -> tuple[ChainReport, RestReport, CoresReport]:
     data_dir = bench.data_dir
     database = create_database(stack, data_dir)
     servers = {}
@@ -123,7 +144,8 @@ def measure_tally(bench: Bench, stack: ExitStack) -> tuple[ChainReport, RestRepo
     for server in servers.values():
         server.stop()
     chain_report = chain.measure_chain(bench, stack, database, data_dir, account_id)
-    return chain_report, rest.measure_rest(bench, stack, database, data_dir, account_id)
+    rest_report = rest.measure_rest(bench, stack, database, data_dir, account_id)
+    return chain_report, rest_report, cores.measure_cores(bench, stack, database, account_id, CORES_PARTS)
 
 
 @contextmanager
@@ -152,11 +174,23 @@ Every call carries `authorization: Bearer <admin token from tally serve's settin
 tally serve here: every interceptor, rate limits in-process and never reached, spans created, not exported."""
 
 
-def print_report(bench: Bench, chain_report: ChainReport | None, rest_report: RestReport) -> None:
-    if chain_report is None:  # --only rest
+def print_report(
+    bench: Bench,
+    chain_report: ChainReport | None,
+    rest_report: RestReport | None,
+    cores_report: CoresReport | None,
+) -> None:
+    if chain_report is None:  # --only
         print()
-        print_rest_report(report.merge_rounds(bench.rest_results), rest_report, bench.options)
+        if rest_report is not None:
+            print_rest_report(report.merge_rounds(bench.rest_results), rest_report, bench.options)
+        if cores_report is not None:
+            print_cores_report(report.merge_rounds(bench.cores_results), cores_report)
+            print()
+            print_targets(bench, cores_report)
         return
+    assert rest_report is not None
+    assert cores_report is not None
     rows = report.merge_rounds(bench.results)
     print()
     print(report.table(rows))
@@ -170,6 +204,10 @@ def print_report(bench: Bench, chain_report: ChainReport | None, rest_report: Re
     print_chain_report(rows, report.merge_rounds(bench.chain_results), chain_report)
     print()
     print_rest_report(report.merge_rounds(bench.rest_results), rest_report, bench.options)
+    print()
+    print_cores_report(report.merge_rounds(bench.cores_results), cores_report)
+    print()
+    print_targets(bench, cores_report)
 
 
 def print_rest_report(rows: list[report.Measurement], info: RestReport, options: Options) -> None:
@@ -212,18 +250,20 @@ def print_chain_report(
     if echo is None or bare is None or full is None:
         print("  not measured")
         return
+    off = report.find(rows, chain.FULL_NO_CACHE, "GetAccount", "h2load", chain.LOOP)
+    targets = [("echo (ceiling, main rounds)", echo), (chain.BARE, bare), (chain.FULL, full)]
+    ratios = [
+        ("full chain ÷ no interceptors", full, bare),
+        ("full chain ÷ echo", full, echo),
+        ("no interceptors ÷ echo", bare, echo),
+    ]
+    if off is not None:
+        targets.append((chain.FULL_NO_CACHE, off))
+        ratios += [("cache off ÷ no interceptors", off, bare), ("cache off ÷ echo", off, echo)]
     print()
-    print(report.chain_table([("echo (ceiling, main rounds)", echo), (chain.BARE, bare), (chain.FULL, full)]))
+    print(report.chain_table(targets))
     print()
-    print(
-        report.ratio_table(
-            [
-                ("full chain ÷ no interceptors", full, bare),
-                ("full chain ÷ echo", full, echo),
-                ("no interceptors ÷ echo", bare, echo),
-            ]
-        )
-    )
+    print(report.ratio_table(ratios))
     print()
     print(
         f"""\
@@ -244,10 +284,173 @@ def print_chain_report(
 Both on {info.database}
   (the database of the main rounds); {info.rounds} run(s) per target, alternating order.
 echo: the uvloop h2load row of the main table, every run there pooled.
-Each run is checked with a gRPC client before and after (the full chain with the token)."""
+Each run is checked with a gRPC client before and after (the full chain with the token).
+Cache: {
+            "the full chain runs with TALLY_CACHE as its default (on with Redis); the cache-off row with "
+            "TALLY_CACHE=off"
+            if info.cache_setting
+            else "TALLY_CACHE is not a setting of this Tally (no cache): no cache-off row; "
+            "the full-chain row stands for both"
+        }."""
     )
     for problem in chain.chain_problems(info):
         print(f"warning: {problem}")
+
+
+def print_cores_report(rows: list[report.Measurement], info: CoresReport) -> None:
+    print(f"Every core (bench/cores.py, servers on {cores.LOOP}, {os.cpu_count()} CPUs):")
+    one = report.find(rows, cores.workers_name(1), "Health/Check", "h2load", cores.LOOP)
+    two = report.find(rows, cores.workers_name(2), "Health/Check", "h2load", cores.LOOP)
+    if one is not None and two is not None:
+        print()
+        print(report.chain_table([(cores.workers_name(1), one), (cores.workers_name(2), two)]))
+        print()
+        print(report.ratio_table([("2 workers ÷ 1 worker", two, one)]))
+        print()
+        for name in (cores.workers_name(1), cores.workers_name(2)):
+            print(f"  CPU during {name}: {info.cpu.get(name, '?')}")
+        print(f"  calls per worker (--workers 2): {info.split.get(cores.workers_name(2), '?')}")
+        print(
+            f"  h2load: {cores.WORKER_CONNECTIONS} connections (the kernel gives each connection to one "
+            "worker), one thread; PostgreSQL idle (Health/Check reads nothing)."
+        )
+    if info.skipped:
+        print(f"  baseline and open loop not measured: {info.skipped}")
+        return
+    baseline_rows = [
+        (name, row)
+        for count in (1, 2)
+        for name in (cores.rest_name(count), cores.baseline_name(count))
+        if (
+            row := report.find(
+                rows, name, "GetAccount" if "tally" in name else "GET account", "h2load", cores.LOOP
+            )
+        )
+    ]
+    if baseline_rows:
+        found = dict(baseline_rows)
+        print()
+        print(report.chain_table(baseline_rows))
+        ratios = []
+        for count in (1, 2):
+            tally, base = found.get(cores.rest_name(count)), found.get(cores.baseline_name(count))
+            if tally is not None and base is not None:
+                ratios.append((f"tally REST ÷ baseline, --workers {count}", tally, base))
+        for name in (cores.rest_name, cores.baseline_name):
+            if name(1) in found and name(2) in found:
+                ratios.append((f"{name(2)} ÷ {name(1)}", found[name(2)], found[name(1)]))
+        print()
+        print(report.ratio_table(ratios))
+        print()
+        for name, _ in baseline_rows:
+            print(f"  CPU during {name}: {info.cpu.get(name, '?')}")
+        print(
+            "  GET /v1/accounts/<id> with the bearer token, h2load --h1, one request in flight per\n"
+            "  connection; tally: the whole chain (rate limits in Redis, spans exported to /dev/null,\n"
+            "  access log, metrics); baseline: bench/baseline_fastapi.py (FastAPI, PyJWT, Redis\n"
+            "  INCR+EXPIRE window, SQLAlchemy ORM session.get, Pydantic model, one JSON access line),\n"
+            "  uvicorn with uvloop and httptools."
+        )
+    loop = info.open_loop
+    if loop is not None:
+        print()
+        print(
+            f"Open loop: {loop.offered:,}/s GetAccount offered from {loop.streams} concurrent streams "
+            f"({loop.streams} HTTP/2 connections, h2load --rps) for {loop.seconds:g} s against "
+            "`tally serve --workers 2` (whole chain):"
+        )
+        print(
+            f"  achieved {loop.achieved:,.0f}/s ({loop.replies:,} replies of {loop.started:,} calls "
+            f"started), {loop.errors:,} errors, {loop.unfinished:,} still in flight at the end;\n"
+            f"  p50 {loop.p50_ms:.1f} ms, "
+            f"P95 {loop.p95_ms:.1f} ms, P99 {loop.p99_ms:.1f} ms"
+        )
+        print(f"  CPU: {loop.cpu}")
+        print(f"  calls per worker: {info.split.get('open loop', '?')}")
+
+
+def _ratio(
+    rows: list[report.Measurement], top: tuple[str, str], bottom: tuple[str, str], loop: str
+) -> float | None:
+    a = report.find(rows, top[0], top[1], "h2load", loop)
+    b = report.find(rows, bottom[0], bottom[1], "h2load", loop)
+    return a.rps / b.rps if a is not None and b is not None and b.rps else None
+
+
+def print_targets(bench: Bench, info: CoresReport) -> None:
+    """Issue 11's figures and ratios, measured in this run, against its targets."""
+    main = report.merge_rounds(bench.results)
+    chained = report.merge_rounds(bench.chain_results)
+    cored = report.merge_rounds(bench.cores_results)
+    everything = main + chained + cored
+    echo = ("echo", "Echo")
+    bare, full = (chain.BARE, "GetAccount"), (chain.FULL, "GetAccount")
+    off = (chain.FULL_NO_CACHE, "GetAccount")
+    lines: list[tuple[str, float | None, float | None]] = []
+
+    def rps(name: tuple[str, str], loop: str = chain.LOOP) -> None:
+        row = report.find(everything, name[0], name[1], "h2load", loop)
+        print(
+            f"  {name[0]:<44} {name[1]:<13} {row.rps:>8,.0f} req/s"
+            if row
+            else f"  {name[0]:<44} not measured"
+        )
+
+    print("Issue 11, figures and ratios of this run (h2load, req/s):")
+    for name in (echo, bare, full, off):
+        rps(name)
+    lines = [
+        ("full chain ÷ no interceptors (>= 0.7)", _ratio(everything, full, bare, chain.LOOP), 0.7),
+        ("full chain, cache on ÷ echo (>= 0.3)", _ratio(everything, full, echo, chain.LOOP), 0.3),
+        ("full chain, cache off ÷ echo (>= 0.2)", _ratio(everything, off, echo, chain.LOOP), 0.2),
+        (
+            "--workers 2 ÷ 1, Health/Check (>= 1.6 on free cores)",
+            _ratio(
+                everything,
+                (cores.workers_name(2), "Health/Check"),
+                (cores.workers_name(1), "Health/Check"),
+                cores.LOOP,
+            ),
+            1.6,
+        ),
+        (
+            "tally REST ÷ FastAPI baseline, 1 worker (>= 1.5)",
+            _ratio(
+                everything,
+                (cores.rest_name(1), "GetAccount"),
+                (cores.baseline_name(1), "GET account"),
+                cores.LOOP,
+            ),
+            1.5,
+        ),
+        (
+            "tally REST ÷ FastAPI baseline, 2 workers (>= 1.5)",
+            _ratio(
+                everything,
+                (cores.rest_name(2), "GetAccount"),
+                (cores.baseline_name(2), "GET account"),
+                cores.LOOP,
+            ),
+            1.5,
+        ),
+    ]
+    for label, value, goal in lines:
+        if value is None:
+            print(f"  {label:<58} not measured")
+        else:
+            print(f"  {label:<58} {value:5.2f}x  {'met' if value >= (goal or 0) else 'not met'}")
+    loop = info.open_loop
+    if loop is not None:
+        verdict = (
+            "met"
+            if loop.achieved >= 0.98 * loop.offered and loop.p95_ms < 200 and not loop.errors
+            else "not met"
+        )
+        print(
+            f"  open loop, {loop.offered:,}/s offered, {loop.streams} streams, --workers 2 (P95 < 200 ms):\n"
+            f"    {loop.achieved:,.0f}/s achieved, P95 {loop.p95_ms:.1f} ms, P99 {loop.p99_ms:.1f} ms, "
+            f"{loop.errors} errors  {verdict}"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -275,9 +478,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--only",
-        choices=["rest"],
+        choices=["rest", "workers", "baseline", "open-loop", "cores"],
         default="",
-        help="run only this part (rest: GetAccount over REST vs gRPC, about 20 s)",
+        help="run only this part: rest (GetAccount over REST vs gRPC, about 20 s); workers (--workers 2 vs 1 "
+        "on Health/Check); baseline (Tally REST vs the FastAPI baseline, 1 and 2 workers); open-loop "
+        "(1,000 GetAccount/s offered, 500 streams, --workers 2); cores (those three)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 300 calls or 1.5 s per run, 16 in flight"
@@ -334,11 +539,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mint_bench_token(bench)
             chain_report: ChainReport | None = None
+            rest_report: RestReport | None = None
+            cores_report: CoresReport | None = None
             if options.only == "rest":
                 rest_report = measure_rest_only(bench, stack)
+            elif options.only:
+                cores_report = measure_cores_only(bench, stack)
             else:
                 measure_echo(bench, stack)
-                chain_report, rest_report = measure_tally(bench, stack)
+                chain_report, rest_report, cores_report = measure_tally(bench, stack)
         except (BenchError, H2loadError) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
@@ -346,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: interrupted; cleaning up", file=sys.stderr)
             return 130
     # Leaving the `with` stopped every server, dropped the database and deleted the Redis keys.
-    print_report(bench, chain_report, rest_report)
+    print_report(bench, chain_report, rest_report, cores_report)
     print()
     print(f"load average at the end: {load_average()} ({os.cpu_count()} CPUs)")
     return 0

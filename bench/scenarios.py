@@ -50,7 +50,7 @@ class Options:
     rounds: int  # each measurement this many times, loops alternating in order
     chain_rounds: int  # runs per target of the interceptor-chain part
     rest_rounds: int = 1  # runs per protocol of the REST vs gRPC part
-    only: str = ""  # "rest": only the REST vs gRPC part
+    only: str = ""  # run only this part (run.py's --only)
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Bench:
     results: list[Measurement] = field(default_factory=list)
     chain_results: list[Measurement] = field(default_factory=list)  # the interceptor-chain part
     rest_results: list[Measurement] = field(default_factory=list)  # the REST vs gRPC part
+    cores_results: list[Measurement] = field(default_factory=list)  # workers, baseline (bench/cores.py)
 
     @property
     def data_dir(self) -> Path:

@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "Unset: generated once into the data directory.",
     )
     db_pool_size: int = Field(10, ge=1, le=200, description="PostgreSQL connections per process.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes of `tally serve`, sharing the gRPC and HTTP ports (SO_REUSEPORT), "
+        "each with its own event loop, pool and limiter client; 1 serves in the one process.",
+    )
     shutdown_grace_seconds: float = Field(
         15.0, ge=0, le=300, description="How long in-flight calls may run on once the drain has ended."
     )
