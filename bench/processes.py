@@ -118,6 +118,24 @@ def echo_served_total(server: Server) -> int | None:
     return int(totals[-1]) if totals else None
 
 
+@dataclass
+class Tracing:
+    """The trace sampling every tally process of one run uses (run.py's --trace-ratio)."""
+
+    ratio: float = 0.1
+
+
+TRACING = Tracing()
+
+
+def sampler_env(ratio: float) -> dict[str, str]:
+    """OpenTelemetry's production sampler at `ratio`: a root call is sampled with that chance and a
+    call whose parent was sampled always is; 1 is every call (the SDK's default, parentbased_always_on)."""
+    if ratio >= 1:
+        return {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    return {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{ratio:g}"}
+
+
 def tally_env(
     database: BenchDatabase | None,
     data_dir: Path,
@@ -142,13 +160,12 @@ def tally_env(
         TALLY_SECRET_KEY=_SIGNING_KEY,
         TALLY_JWT_HS256_SECRET=_JWT_SECRET,
         TALLY_RATE_LIMITS=RATE_LIMITS,
-        # Per-call mode: bench/chain.py checks that every call ran the script.
-        TALLY_RATE_LIMIT_BATCH="0",
         TALLY_DATA_DIR=str(data_dir),
         TALLY_EVENT_LOOP=loop,
         TALLY_SHUTDOWN_GRACE_SECONDS="2",
         TALLY_SHUTDOWN_DRAIN_SECONDS="0",
         OTEL_TRACES_EXPORTER=traces_exporter,
+        **sampler_env(TRACING.ratio),
     )
     if database is not None:
         env["TALLY_DATABASE_URL"] = database.sqlalchemy_url

@@ -34,6 +34,7 @@ import chain
 import cores
 import h2load_runner
 import pgdb
+import processes
 import report
 import rest
 import scenarios
@@ -171,7 +172,8 @@ DATA bytes, and the same request succeeded with a gRPC client before and after e
 python: closed loop in one process (uvloop), warm-up calls not counted; CreateAccount successes are
 new rows in the accounts table.
 Every call carries `authorization: Bearer <admin token from tally serve's settings>` (echo included);
-tally serve here: every interceptor, rate limits in-process and never reached, spans created, not exported."""
+tally serve here: every interceptor, rate limits in-process and never reached, spans created (as
+sampled) and not exported."""
 
 
 def print_report(
@@ -270,12 +272,13 @@ def print_chain_report(
 {chain.FULL}: `tally serve` with Tracing, Observability, ErrorMapping, Auth, RateLimit;
   auth: an HS256 admin token (subject cli:{info.subject}) verified on every call;
   rate limit: token bucket in Redis ({info.redis_url}), limits far above the load so nothing is
-  refused; every call runs the Lua script in Redis unless a Redis call takes over 100 ms (the limiter
-  then uses in-process buckets until a probe, once a second, succeeds): {info.fallbacks} such fallback(s)
-  by the server's own counter, {info.refused} refused; Redis ran {info.script_calls:,} EVALSHA/EVAL meanwhile
-  (server-wide counter, other clients included) for {info.ok_calls:,} OK GetAccount calls;
-  tracing: OTEL_TRACES_EXPORTER=console: a span per RPC and per SQL statement, created, batched (background
-  thread) and serialised to JSON on the server's stdout, which goes to /dev/null{
+  refused; tokens reserved from Redis in batches (TALLY_RATE_LIMIT_BATCH, default 64): the server made
+  {info.limiter_calls:,} rate-limit calls to Redis for {info.ok_calls:,} OK GetAccount calls
+  ({per_thousand(info.limiter_calls, info.ok_calls)} per 1,000); Redis ran {info.script_calls:,} EVALSHA/EVAL
+  meanwhile (server-wide counter, other clients included); {info.fallbacks} fallback(s) to in-process
+  buckets (a Redis call over 100 ms), {info.refused} refused;
+  tracing: {tracing_text()}; OTEL_TRACES_EXPORTER=console: every sampled span (the RPC's and one per SQL
+  statement) batched (background thread) and serialised to JSON on stdout, which goes to /dev/null{
             "; the batch queue overflowed, so some spans were dropped" if info.spans_dropped_logs else ""
         };
   access log: one JSON line per call at INFO to a log file; metrics on.
@@ -295,6 +298,17 @@ Cache: {
     )
     for problem in chain.chain_problems(info):
         print(f"warning: {problem}")
+
+
+def per_thousand(part: int, whole: int) -> str:
+    return f"{1000 * part / whole:.1f}" if whole else "-"
+
+
+def tracing_text() -> str:
+    ratio = processes.TRACING.ratio
+    if ratio >= 1:
+        return "OTEL_TRACES_SAMPLER=parentbased_always_on (every call traced)"
+    return f"OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={ratio:g} (--trace-ratio)"
 
 
 def print_cores_report(rows: list[report.Measurement], info: CoresReport) -> None:
@@ -485,9 +499,19 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "(1,000 GetAccount/s offered, 500 streams, --workers 2); cores (those three)",
     )
     parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=0.1,
+        help="the share of calls every tally process traces (parentbased_traceidratio, the production "
+        "sampler; 1 traces every call; default 0.1)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 300 calls or 1.5 s per run, 16 in flight"
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.trace_ratio <= 1:
+        parser.error("--trace-ratio must be between 0 and 1")
+    processes.TRACING.ratio = args.trace_ratio
     requests, seconds, concurrency = (300, 1.5, 16) if args.quick else (20_000, 5.0, 64)
     requests = args.requests or requests
     concurrency = args.concurrency or concurrency
