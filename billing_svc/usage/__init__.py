@@ -1,0 +1,1 @@
+"""Usage metering: recording usage events exactly once, and reading them back aggregated and priced."""
