@@ -1,0 +1,67 @@
+"""Usage records and results to and from their protos; shared by every UsageService method."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from decimal import Decimal
+
+from billing_svc.usage.domain import Outcome, RecordResult, UsageInput, UsageRecord
+from core.status import to_status
+from tally.billing.v1 import usage_pb2
+
+_OUTCOME_TO_PROTO = {
+    Outcome.STORED: usage_pb2.UsageRecordResult.OUTCOME_STORED,
+    Outcome.REPLAY: usage_pb2.UsageRecordResult.OUTCOME_REPLAY,
+    Outcome.FAILED: usage_pb2.UsageRecordResult.OUTCOME_FAILED,
+}
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain notation, no exponent and no trailing zeros after the point: `3`, `0.25`, `-1.5`."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def input_from_proto(request: usage_pb2.CreateUsageRecordRequest) -> UsageInput:
+    """The event as sent; nothing is checked here (the use cases check it, naming the field)."""
+    record = request.usage_record
+    return UsageInput(
+        account_id=request.account_id,
+        service=record.service,
+        units=record.units_consumed.value,
+        price_per_unit=record.price_per_unit.value,
+        event_time=record.event_time.ToDatetime(tzinfo=UTC) if record.HasField("event_time") else None,
+        properties=dict(record.properties),
+        event_id=record.event_id,
+        request_id=request.request_id,
+    )
+
+
+def record_to_proto(record: UsageRecord) -> usage_pb2.UsageRecord:
+    message = usage_pb2.UsageRecord(
+        id=record.id,
+        account_id=record.account_id,
+        service=record.service,
+        properties=dict(record.properties),
+        event_id=record.event_id,
+        meter_id=record.meter_id,
+    )
+    message.units_consumed.value = decimal_text(record.units)
+    if record.price_per_unit is not None:
+        message.price_per_unit.value = decimal_text(record.price_per_unit)
+    message.event_time.FromDatetime(record.event_time)
+    message.create_time.FromDatetime(record.create_time)
+    return message
+
+
+def result_to_proto(result: RecordResult, index: int) -> usage_pb2.UsageRecordResult:
+    message = usage_pb2.UsageRecordResult(
+        outcome=_OUTCOME_TO_PROTO[result.outcome], index=index, event_id_assigned=result.event_id_assigned
+    )
+    if result.record is not None:
+        message.usage_record.CopyFrom(record_to_proto(result.record))
+    if result.error is not None:
+        message.error.CopyFrom(to_status(result.error))
+    return message
