@@ -35,6 +35,7 @@ from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWor
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from billing_svc.subscriptions.work import run_due_work
+from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
@@ -147,6 +148,8 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         PendingInvoiceItemRow,
         TestClockRow,
         TestClockAccountRow,
+        UsageRecordRow,
+        UsageEventIdRow,
     ),
     build=build,
     register=register,
