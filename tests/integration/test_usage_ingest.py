@@ -352,3 +352,38 @@ async def test_rows_land_in_their_monthly_partition(pg_app: App) -> None:
         assert made == [partitions.partition_name(partitions.month_start(now, n)) for n in (4, 5)]
         assert await partitions.ensure_partitions(connection, now, months_ahead=5) == []
         await connection.rollback()
+
+
+async def _create(
+    app: App, request: usage_pb2.CreateUsageRecordRequest
+) -> usage_pb2.CreateUsageRecordResponse:
+    # A token minted now: the frozen clock moved past the last one's expiry.
+    async with channel_as(app, mint(app)) as channel:
+        return await usage_pb2_grpc.UsageServiceStub(channel).CreateUsageRecord(request)
+
+
+async def test_upkeep_purges_event_ids_past_retention(frozen: tuple[App, FrozenClock]) -> None:
+    app, clock = frozen
+    upkeep = app.usage_upkeep
+    assert upkeep is not None
+    await upkeep.wait_for_passes(1)  # the pass at start
+    async with channel_as(app, mint(app)) as channel:
+        await meter(channel, "api_calls")
+        account = (await new_account(channel, 1)).id
+    await _create(app, event(account, event_id="kept-35-days"))
+    clock.advance(timedelta(days=35) - timedelta(seconds=1))
+    made_first, purged_first = await upkeep.run_once()
+    assert purged_first == 0
+    assert (await _create(app, event(account, event_id="kept-35-days"))).replay
+    clock.advance(timedelta(seconds=2))
+    made, purged = await upkeep.run_once()
+    assert purged == 1
+    assert await event_id_count(app) == 0
+    # Past retention the id is free again: the same event is a new one.
+    assert not (await _create(app, event(account, event_id="kept-35-days"))).replay
+    assert len(await rows(app)) == 2
+    if app.engine.dialect.name == "postgresql":
+        # A month later, the partitions three months ahead of the new month were made.
+        assert partitions.partition_name(partitions.month_start(clock.now(), 3)) in made_first + made
+    else:
+        assert made_first == made == []
