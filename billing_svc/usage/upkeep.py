@@ -8,7 +8,6 @@ once. A failed pass (the database away) is logged and the next one tried.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -18,11 +17,12 @@ from billing_svc.usage import partitions
 from billing_svc.usage.unit_of_work import UsageUnitOfWork
 from billing_svc.usage.use_cases import purge_event_ids
 from core.clock import Clock
+from core.periodic import PeriodicPasses
 
 log = logging.getLogger("tally.usage")
 
 
-class UsageUpkeep:
+class UsageUpkeep(PeriodicPasses):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -32,15 +32,11 @@ class UsageUpkeep:
         *,
         months_ahead: int = 3,
     ):
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
+        super().__init__(interval_seconds, what="usage upkeep", log=log)
         self._engine = engine
         self._new_uow = new_uow
         self._clock = clock
-        self._interval = interval_seconds
         self._months_ahead = months_ahead
-        self.passes = 0
-        self._passed = asyncio.Condition()
 
     async def run_once(self) -> tuple[list[str], int]:
         """One pass: the partitions made, and how many event ids were purged."""
@@ -50,24 +46,9 @@ class UsageUpkeep:
         purged = await purge_event_ids(self._new_uow, now)
         return made, purged
 
-    async def run(self) -> None:
-        """Passes until cancelled."""
-        while True:
-            try:
-                made, purged = await self.run_once()
-            except Exception as exc:
-                log.warning("usage upkeep failed; next try in %g s: %s", self._interval, exc)
-            else:
-                if made:
-                    log.info("made usage partitions %s", ", ".join(made), extra={"partitions": made})
-                if purged:
-                    log.info("purged %d usage event ids past retention", purged, extra={"purged": purged})
-            async with self._passed:
-                self.passes += 1
-                self._passed.notify_all()
-            await asyncio.sleep(self._interval)
-
-    async def wait_for_passes(self, count: int) -> None:
-        """Return once `count` passes have finished, failed ones included."""
-        async with self._passed:
-            await self._passed.wait_for(lambda: self.passes >= count)
+    async def run_pass(self) -> None:
+        made, purged = await self.run_once()
+        if made:
+            log.info("made usage partitions %s", ", ".join(made), extra={"partitions": made})
+        if purged:
+            log.info("purged %d usage event ids past retention", purged, extra={"purged": purged})
