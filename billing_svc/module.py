@@ -12,7 +12,7 @@ tests use to stand in for the subscriptions' work while they drive AdvanceTestCl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import grpc
@@ -35,10 +35,11 @@ from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWor
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from billing_svc.subscriptions.work import run_due_work
+from billing_svc.usage.coalescer import Coalescer
 from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
-from billing_svc.usage.use_cases import UsageDeps, window_from
+from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
     meter_pb2,
@@ -89,11 +90,16 @@ def _usage(platform: Platform) -> UsageDeps:
             platform.writers, wall_clock=platform.wall_clock, account_directory=platform.account_directory
         )
 
-    return UsageDeps(
+    deps = UsageDeps(
         new_uow=new_usage_uow,
         clock=platform.wall_clock,
         window=window_from(settings.usage_late_window_hours, settings.usage_future_skew_seconds),
     )
+    if not settings.usage_coalesce:
+        return deps
+    # Group commit: CreateUsageRecord calls that arrive together are recorded as one batch.
+    coalescer = Coalescer(lambda caller, items: record_usage_batch(deps, caller, items))
+    return replace(deps, coalesce=coalescer.record)
 
 
 def build(platform: Platform) -> BillingServices:

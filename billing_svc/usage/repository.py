@@ -103,10 +103,13 @@ class SqlUsageRepository:
         was stored now, else what the id already holds. The events' keys must be distinct."""
         if not events:
             return []
+        # In key order: two batches sharing keys then wait on each other in one order, never in a
+        # cycle (a deadlock) when each holds a key the other wants.
+        ordered = sorted(events, key=lambda event: (event.record.account_id, event.record.event_id))
         if self._session.get_bind().dialect.name == "postgresql":
-            stored = await self._insert_postgres(events)
+            stored = await self._insert_postgres(ordered)
         else:
-            stored = await self._insert_sqlite(events)
+            stored = await self._insert_sqlite(ordered)
         taken = [event.record for event in events if event.record.id not in stored]
         earlier = await self._earlier({(record.account_id, record.event_id) for record in taken})
         return [

@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.type import decimal_pb2
 from sqlalchemy import func, select, text
 
 from app.server import App, build
+from billing_svc.module import BillingServices
 from billing_svc.usage import partitions
+from billing_svc.usage.domain import NewUsage, UsageRecord
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
 from core import db
 from core.clock import FrozenClock
@@ -23,8 +27,9 @@ from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, usage_pb2, usage_pb2_grpc
 from tests.billing_support import new_account
+from tests.integration.test_concurrency import waits_on_lock
 from tests.integration.test_gateway import Gateway, bearer, call
-from tests.support import channel_as, cheap_passwords, details, failing, mint, unpack
+from tests.support import asyncpg_dsn, channel_as, cheap_passwords, details, failing, mint, unpack
 
 Meter = meter_pb2.Meter
 Result = usage_pb2.UsageRecordResult
@@ -387,3 +392,42 @@ async def test_upkeep_purges_event_ids_past_retention(frozen: tuple[App, FrozenC
         assert partitions.partition_name(partitions.month_start(clock.now(), 3)) in made_first + made
     else:
         assert made_first == made == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first_commits", [True, False])
+async def test_a_duplicate_waits_for_the_transaction_holding_its_id(
+    pg_app: App, postgres_url: str, first_commits: bool
+) -> None:
+    async with channel_as(pg_app, mint(pg_app)) as channel:
+        api = await meter(channel, "api_calls")
+        account = (await new_account(channel, 1)).id
+        usage = usage_pb2_grpc.UsageServiceStub(channel)
+        billing = pg_app.components.services["billing"]
+        assert isinstance(billing, BillingServices)
+        now = datetime.now(UTC)
+        held = UsageRecord(
+            id="usg_heldbyanothertransaction", account_id=account, meter_id=api.id, service="api_calls",
+            units=Decimal(99), price_per_unit=None, event_time=now, properties={}, event_id="race",
+            create_time=now,
+        )  # fmt: skip
+        watcher = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            async with billing.usage.new_uow() as uow:
+                assert await uow.usage.insert_new([NewUsage(held, "f" * 64)]) == [None]
+                racing = asyncio.ensure_future(usage.CreateUsageRecord(event(account, "1", event_id="race")))
+                assert await waits_on_lock(watcher, postgres_url)
+                assert not racing.done()
+                if first_commits:
+                    await uow.commit()
+        finally:
+            await watcher.close()
+        if first_commits:
+            error = await failing(racing)
+            assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert held.id in (error.details() or "")
+            assert [row.id for row in await rows(pg_app)] == [held.id]
+        else:
+            reply = await racing
+            assert not reply.replay
+            assert [row.id for row in await rows(pg_app)] == [reply.usage_record.id]

@@ -7,7 +7,6 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from alembic import op
 
 from billing_svc.usage import partitions
 from billing_svc.usage.tables import ExactDecimal
+from core.clock import SystemClock
 from core.db import UtcDateTime
 
 revision = "0006"
@@ -48,7 +48,7 @@ def upgrade() -> None:
     if postgres:
         # Three months back to three ahead of the day of the migration; `tally serve` keeps
         # them coming (billing_svc.usage.partitions.ensure_partitions).
-        now = datetime.now(UTC)
+        now = SystemClock().now()
         op.execute(partitions.default_partition_ddl())
         for offset in range(-partitions.MONTHS_BEHIND, 4):
             op.execute(partitions.month_partition_ddl(partitions.month_start(now, offset)))
