@@ -356,6 +356,11 @@ async def test_rows_land_in_their_monthly_partition(pg_app: App) -> None:
         made = await partitions.ensure_partitions(connection, now, months_ahead=5)
         assert made == [partitions.partition_name(partitions.month_start(now, n)) for n in (4, 5)]
         assert await partitions.ensure_partitions(connection, now, months_ahead=5) == []
+        # Archiving: months that end by the cutoff leave the table, rows and all; later ones stay.
+        detached = await partitions.detach_partitions_before(connection, partitions.month_start(now, -1))
+        assert detached == [partitions.partition_name(partitions.month_start(now, n)) for n in (-3, -2)]
+        left = (await connection.execute(text("SELECT count(*) FROM usage_records"))).scalar_one()
+        assert left == 2  # both events are in this month or the last, which stay attached
         await connection.rollback()
 
 
