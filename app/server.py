@@ -375,6 +375,9 @@ async def build(
         metrics.watch_pool(components.engine)
         if components.cache is not None:
             components.cache.report_to(metrics)
+        billing = components.services.get("billing")
+        if isinstance(billing, BillingServices):
+            billing.usage.outcomes.report_to(metrics.usage_recorded)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)

@@ -42,6 +42,25 @@ MAX_BATCH = 1000
 RecordOne = Callable[[Caller, UsageInput], Awaitable[RecordResult]]
 
 
+class OutcomeCounts:
+    """Where the outcomes of recorded events are counted: nowhere until the composition root
+    hands it the app's metrics (`report_to`), which are made after the modules."""
+
+    def __init__(self) -> None:
+        self._sink: Callable[[str, int], None] | None = None
+
+    def report_to(self, sink: Callable[[str, int], None]) -> None:
+        self._sink = sink
+
+    def count(self, results: Sequence[RecordResult]) -> None:
+        if self._sink is None:
+            return
+        for outcome in Outcome:
+            found = sum(1 for result in results if result.outcome is outcome)
+            if found:
+                self._sink(outcome.value, found)
+
+
 @dataclass(frozen=True)
 class UsageDeps:
     new_uow: Callable[[], UsageUnitOfWork]
@@ -49,6 +68,7 @@ class UsageDeps:
     window: Window
     # When set, record_usage hands its event to it (a Coalescer) instead of storing it alone.
     coalesce: RecordOne | None = field(default=None, compare=False)
+    outcomes: OutcomeCounts = field(default_factory=OutcomeCounts, compare=False)
 
 
 def account_not_found(account_id: str) -> NotFound:
@@ -172,6 +192,7 @@ async def record_usage_batch(
                 )
             )
         claimed.add(event.key)
+    deps.outcomes.count(results)
     return results
 
 

@@ -246,6 +246,9 @@ async def test_batch_answers_each_event(
     assert not results[6].HasField("usage_record")
     stored = {row.event_id for row in await rows(app)}
     assert stored == {"old", "b-new", "b-twice", "b-last"}
+    exposition = app.metrics.render().decode()
+    for outcome, count in (("stored", 4), ("replay", 2), ("failed", 5)):
+        assert f'tally_usage_events_total{{outcome="{outcome}"}} {count}.0' in exposition
 
 
 async def test_batch_size_is_checked(usage: usage_pb2_grpc.UsageServiceStub, account_id: str) -> None:
