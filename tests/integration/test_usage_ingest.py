@@ -18,17 +18,19 @@ from sqlalchemy import func, select, text
 from app.server import App, build
 from billing_svc.module import BillingServices
 from billing_svc.usage import partitions
-from billing_svc.usage.domain import NewUsage, UsageRecord
+from billing_svc.usage.domain import NewUsage, UsageInput, UsageRecord
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
+from billing_svc.usage.use_cases import record_usage_batch
 from core import db
 from core.clock import FrozenClock
-from core.principal import Role
+from core.principal import SYSTEM, Role
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, usage_pb2, usage_pb2_grpc
 from tests.billing_support import new_account
 from tests.integration.test_concurrency import waits_on_lock
 from tests.integration.test_gateway import Gateway, bearer, call
+from tests.integration.test_statement_count import counting
 from tests.support import asyncpg_dsn, channel_as, cheap_passwords, details, failing, mint, unpack
 
 Meter = meter_pb2.Meter
@@ -439,3 +441,23 @@ async def test_a_duplicate_waits_for_the_transaction_holding_its_id(
             reply = await racing
             assert not reply.replay
             assert [row.id for row in await rows(pg_app)] == [reply.usage_record.id]
+
+
+async def test_a_batch_costs_the_same_statements_for_10_events_as_for_1000(app: App, account_id: str) -> None:
+    billing = app.components.services["billing"]
+    assert isinstance(billing, BillingServices)
+
+    def batch(size: int, tag: str) -> list[UsageInput]:
+        return [UsageInput(account_id, "api_calls", str(n), event_id=f"{tag}-{n}") for n in range(size)]
+
+    counts: list[tuple[int, int]] = []  # (statements, commits) per batch
+    for size, tag in ((10, "small"), (1000, "full"), (1000, "full")):  # the last: every event a replay
+        with counting(app.engine) as seen:
+            results = await record_usage_batch(billing.usage, SYSTEM, batch(size, tag))
+        counts.append((len(seen.sql), seen.commits))
+        assert len(results) == size
+    small, full, replayed = counts
+    assert small == full, counts  # set-based: the batch's size does not add statements
+    assert full[1] == replayed[1] == 1  # one commit each
+    assert replayed[0] <= full[0] + 1, counts  # the originals: one more select at most
+    assert len(await rows(app)) == 1010
