@@ -40,6 +40,8 @@ from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
+from billing_svc.module import BillingServices
+from billing_svc.usage.upkeep import UsageUpkeep
 from core import db, telemetry
 from core.cache import NoCache, RedisReadCache
 from core.clock import Clock, SystemClock
@@ -261,6 +263,7 @@ class App:
     policies: PolicyTable
     readiness: Readiness
     purger: ExpiredKeyPurger | None = None
+    usage_upkeep: UsageUpkeep | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -282,6 +285,8 @@ class App:
         await self.readiness.started()
         if self.purger is not None:
             self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
+        if self.usage_upkeep is not None:
+            self._jobs.append(asyncio.create_task(self.usage_upkeep.run(), name="usage-upkeep"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -370,6 +375,9 @@ async def build(
         metrics.watch_pool(components.engine)
         if components.cache is not None:
             components.cache.report_to(metrics)
+        billing = components.services.get("billing")
+        if isinstance(billing, BillingServices):
+            billing.usage.outcomes.report_to(metrics.usage_recorded)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)
@@ -417,6 +425,7 @@ async def build(
         purger = (
             ExpiredKeyPurger(components.platform.writers, components.clock, interval) if interval else None
         )
+        usage_upkeep = _usage_upkeep(components)
         readiness = Readiness(health_servicer, components.service_names(), metrics)
         # The REST face calls this very server over gRPC, so it passes the same interceptor chain.
         # A worker of `--workers N` gives its gateway a private loopback port of its own gRPC server:
@@ -460,7 +469,17 @@ async def build(
         policies=policies,
         readiness=readiness,
         purger=purger,
+        usage_upkeep=usage_upkeep,
     )
+
+
+def _usage_upkeep(components: Components) -> UsageUpkeep | None:
+    """The usage tables' periodic upkeep, when the billing module is served and it is not disabled."""
+    interval = components.settings.usage_upkeep_interval_seconds
+    billing = components.services.get("billing")
+    if not interval or not isinstance(billing, BillingServices):
+        return None
+    return UsageUpkeep(components.engine, billing.usage.new_uow, components.clock, interval)
 
 
 def _bind_grpc(server: grpc.aio.Server, address: str) -> int:

@@ -1,9 +1,9 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.billing.v1 (MeterService, TestClockService) and tally.subscription.v1 (PlanService,
+Serves tally.billing.v1 (MeterService, TestClockService, UsageService) and tally.subscription.v1 (PlanService,
 SubscriptionService). One package per domain, each with the account module's layers:
 catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration, entitlements),
-clocks/ (test clocks and the account time billing reads).
+clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly once).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock.
@@ -12,7 +12,7 @@ tests use to stand in for the subscriptions' work while they drive AdvanceTestCl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import grpc
@@ -35,8 +35,20 @@ from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWor
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from billing_svc.subscriptions.work import run_due_work
+from billing_svc.usage.coalescer import Coalescer
+from billing_svc.usage.servicer import UsageServicer
+from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
+from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
+from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
 from core.modules import Platform, ServiceModule
-from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.billing.v1 import (
+    meter_pb2,
+    meter_pb2_grpc,
+    test_clock_pb2,
+    test_clock_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
 
 
@@ -47,6 +59,7 @@ class BillingServices:
     plans: PlanDeps
     subscriptions: SubscriptionDeps
     test_clocks: TestClockDeps
+    usage: UsageDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -66,6 +79,27 @@ def _test_clocks(platform: Platform) -> TestClockDeps:
         page_tokens=platform.page_tokens,
         run_due_work=work,
     )
+
+
+def _usage(platform: Platform) -> UsageDeps:
+    # Events are timed against their receipt on the wall clock, whatever an account's test clock says.
+    settings = platform.settings
+
+    def new_usage_uow() -> SqlUsageUnitOfWork:
+        return SqlUsageUnitOfWork(
+            platform.writers, wall_clock=platform.wall_clock, account_directory=platform.account_directory
+        )
+
+    deps = UsageDeps(
+        new_uow=new_usage_uow,
+        clock=platform.wall_clock,
+        window=window_from(settings.usage_late_window_hours, settings.usage_future_skew_seconds),
+    )
+    if not settings.usage_coalesce:
+        return deps
+    # Group commit: CreateUsageRecord calls that arrive together are recorded as one batch.
+    coalescer = Coalescer(lambda caller, items: record_usage_batch(deps, caller, items))
+    return replace(deps, coalesce=coalescer.record)
 
 
 def build(platform: Platform) -> BillingServices:
@@ -114,6 +148,7 @@ def build(platform: Platform) -> BillingServices:
         plans=plans,
         subscriptions=subscriptions,
         test_clocks=_test_clocks(platform),
+        usage=_usage(platform),
     )
 
 
@@ -126,6 +161,10 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
         TestClockServicer(services.test_clocks), server
     )
+    # The reading methods (List, Summary) and the stream are still the generated UNIMPLEMENTED ones
+    # until their mixins join UsageServicer; mypy sees them as abstract until then.
+    usage = UsageServicer(services.usage)  # type: ignore[abstract]
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -136,6 +175,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         plan_pb2.DESCRIPTOR.services_by_name["PlanService"],
         subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
+        usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
     ),
     models=(
         MeterRow,
@@ -147,6 +187,8 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         PendingInvoiceItemRow,
         TestClockRow,
         TestClockAccountRow,
+        UsageRecordRow,
+        UsageEventIdRow,
     ),
     build=build,
     register=register,

@@ -20,7 +20,6 @@ bounded batches so the table does not grow forever.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -40,6 +39,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.clock import Clock
 from core.db import Base, UnitOfWork, UtcDateTime
 from core.errors import Aborted, FailedPrecondition, InvalidArgument
+from core.periodic import PeriodicPasses
 from core.principal import Caller
 from core.text import excerpt
 
@@ -322,35 +322,16 @@ async def purge_expired_keys(
             return total
 
 
-class ExpiredKeyPurger:
+class ExpiredKeyPurger(PeriodicPasses):
     """The background job of `tally serve` that deletes expired keys: one pass at start, then one
     every `interval_seconds`. Every replica may run it; passes that overlap delete each row once."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock, interval_seconds: float):
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
+        super().__init__(interval_seconds, what="purging expired request ids", log=log)
         self._sessions = sessions
         self._clock = clock
-        self._interval = interval_seconds
-        self.passes = 0
-        self._passed = asyncio.Condition()
 
-    async def run(self) -> None:
-        """Purge until cancelled. A failed pass (the database away) is logged and the next one tried."""
-        while True:
-            try:
-                purged = await purge_expired_keys(self._sessions, self._clock.now())
-            except Exception as exc:
-                log.warning("purging expired request ids failed; next try in %g s: %s", self._interval, exc)
-            else:
-                if purged:
-                    log.info("purged %d expired request ids", purged, extra={"purged": purged})
-            async with self._passed:
-                self.passes += 1
-                self._passed.notify_all()
-            await asyncio.sleep(self._interval)
-
-    async def wait_for_passes(self, count: int) -> None:
-        """Return once `count` passes have finished, failed ones included."""
-        async with self._passed:
-            await self._passed.wait_for(lambda: self.passes >= count)
+    async def run_pass(self) -> None:
+        purged = await purge_expired_keys(self._sessions, self._clock.now())
+        if purged:
+            log.info("purged %d expired request ids", purged, extra={"purged": purged})

@@ -16,6 +16,7 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_db_pool_checked_out{pool}            connections in use
     tally_db_pool_checked_in{pool}             idle connections in the pool
     tally_db_pool_overflow{pool}               connections open beyond the pool size
+    tally_usage_events_total{outcome}          usage events answered: stored, replay, failed
     tally_ready                                1 while this process takes traffic (started, not
                                                draining, database answering), else 0
 
@@ -112,12 +113,21 @@ class Metrics:
         self.cache_up_gauge = Gauge(
             "tally_cache_up", "1 while the read cache reaches Redis; 0 when it is down or off.", registry=r
         )
+        self.usage_events = Counter(
+            "tally_usage_events",
+            "Usage events answered, by outcome: stored, replay (stored before), failed (refused).",
+            ["outcome"],
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
         self._redis_is_up: bool | None = None
 
     # --- RPCs (the observability interceptor; the REST gateway may use them too) --------------------
+
+    def usage_recorded(self, outcome: str, count: int) -> None:
+        self.usage_events.labels(outcome).inc(count)
 
     def rpc_started(self, method: str) -> None:
         self.rpc_in_flight.labels(method).inc()

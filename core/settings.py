@@ -261,6 +261,32 @@ class Settings(BaseSettings):
         le=86_400,
         description="How often `tally serve` deletes expired request ids (kept 24 h); 0 disables it.",
     )
+    usage_late_window_hours: float = Field(
+        72,
+        gt=0,
+        le=24 * 34,
+        description="Usage events older than this (hours before their receipt) are refused, naming the "
+        "window; kept below the 35 days event ids are remembered, so a late retry is still a replay.",
+    )
+    usage_future_skew_seconds: float = Field(
+        300,
+        ge=0,
+        le=86_400,
+        description="Usage events timed more than this many seconds after their receipt are refused "
+        "(the producers' clock skew allowed).",
+    )
+    usage_upkeep_interval_seconds: float = Field(
+        86_400,
+        ge=0,
+        le=7 * 86_400,
+        description="How often `tally serve` makes the monthly usage partitions ahead (PostgreSQL) and "
+        "deletes usage event ids past their 35-day retention; also once at start. 0 disables it.",
+    )
+    usage_coalesce: bool = Field(
+        True,
+        description="Concurrent CreateUsageRecord calls share one transaction and commit (group "
+        "commit, up to 1000 events); each is answered once its event is committed.",
+    )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
         description="JSON list of networks (CIDR) whose proxies in front of the REST face are believed "

@@ -39,7 +39,7 @@ def unique_code(table: str, error: AlreadyExists) -> Iterator[None]:
         raise
 
 
-def _to_domain(row: MeterRow) -> Meter:
+def meter_from_row(row: MeterRow) -> Meter:
     return Meter(
         id=row.id,
         code=row.code,
@@ -77,14 +77,14 @@ class SqlMeterRepository:
         if len(meter_id) > ids.MAX_LENGTH:
             return None  # no such id can exist; the database need not be asked
         row = await self._session.get(MeterRow, meter_id, with_for_update=for_update)
-        return _to_domain(row) if row is not None else None
+        return meter_from_row(row) if row is not None else None
 
     async def get_many(self, meter_ids: Collection[str]) -> dict[str, Meter]:
         wanted = [meter_id for meter_id in set(meter_ids) if len(meter_id) <= ids.MAX_LENGTH]
         if not wanted:
             return {}
         rows = (await self._session.execute(select(MeterRow).where(MeterRow.id.in_(wanted)))).scalars()
-        return {row.id: _to_domain(row) for row in rows}
+        return {row.id: meter_from_row(row) for row in rows}
 
     async def add(self, meter: Meter) -> None:
         self._session.add(MeterRow(id=meter.id, **_columns(meter)))
@@ -110,4 +110,4 @@ class SqlMeterRepository:
         if not show_archived:
             statement = statement.where(MeterRow.archive_time.is_(None))
         rows = (await self._session.execute(statement)).scalars().all()
-        return [_to_domain(row) for row in rows]
+        return [meter_from_row(row) for row in rows]

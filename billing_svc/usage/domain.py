@@ -65,3 +65,20 @@ class RecordResult:
     record: UsageRecord | None = None
     error: TallyError | None = None
     event_id_assigned: bool = False
+
+
+@dataclass(frozen=True)
+class NewUsage:
+    """A checked event, ready to store: its record and the fingerprint of its content."""
+
+    record: UsageRecord
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EarlierUsage:
+    """What an (account, event id) already holds: the fingerprint of the content stored under it,
+    and its record (None when the record's partition has been detached for archiving)."""
+
+    fingerprint: str
+    record: UsageRecord | None

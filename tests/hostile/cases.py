@@ -114,6 +114,11 @@ def _own_message(field: FieldDescriptor) -> Descriptor | None:
     return kind
 
 
+def _walks_one(field: FieldDescriptor) -> bool:
+    """A required list of messages (the events of a batch): walked as a list of one."""
+    return field.is_repeated and field_behavior_pb2.REQUIRED in behaviors(field)
+
+
 @dataclass(frozen=True)
 class Slot:
     """Where a hostile value goes: a field path (proto names), and for a map whether key or value."""
@@ -141,7 +146,7 @@ def slots(descriptor: Descriptor, path_bound: frozenset[str], prefix: tuple[str,
             if kind.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING:
                 yield Slot(path, field, "value")
         elif (inner := _own_message(field)) is not None:
-            if len(path) < MAX_DEPTH and not field.is_repeated:
+            if len(path) < MAX_DEPTH and (not field.is_repeated or _walks_one(field)):
                 yield from slots(inner, path_bound, path)
         elif (
             kind is None
@@ -240,7 +245,9 @@ def _fill(
     for field in descriptor_of(message).fields:
         path = (*prefix, field.name)
         wanted = field_behavior_pb2.REQUIRED in behaviors(field) or ".".join(path) in bound
-        if _own_message(field) is not None and not field.is_repeated:
+        if _own_message(field) is not None and _walks_one(field):
+            _fill(getattr(message, field.name).add(), method, sample, bound, path, around)
+        elif _own_message(field) is not None and not field.is_repeated:
             if wanted or path in around:
                 _fill(getattr(message, field.name), method, sample, bound, path, around)
                 getattr(message, field.name).SetInParent()
@@ -255,7 +262,8 @@ def _fill(
 def _set(message: Message, slot: Slot, value: Any) -> None:
     target = message
     for name in slot.path[:-1]:
-        target = getattr(target, name)
+        repeated = descriptor_of(target).fields_by_name[name].is_repeated
+        target = getattr(target, name)[0] if repeated else getattr(target, name)  # the one element
     name = slot.path[-1]
     if slot.map_part == "key":
         getattr(target, name)[value] = "v"
@@ -369,6 +377,8 @@ def _where(slot: Slot | None, route: Route) -> str | None:
 def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for name in path[:-1]:
         data = data.setdefault(name, {})
+        if isinstance(data, list):
+            data = data[0]
     if isinstance(data.get(path[-1]), list):
         data[path[-1]] = [value]
     else:

@@ -59,6 +59,7 @@ SUB = "/tally.subscription.v1.SubscriptionService/"
 PLAN = "/tally.subscription.v1.PlanService/"
 METER = "/tally.billing.v1.MeterService/"
 CLOCK = "/tally.billing.v1.TestClockService/"
+USAGE = "/tally.billing.v1.UsageService/"
 
 # One request per method, naming account A's resources (a customer of A calls with these).
 CASES: dict[str, Case] = {
@@ -110,6 +111,18 @@ CASES: dict[str, Case] = {
     CLOCK + "DeleteTestClock": lambda s: {"id": s.clock},
     CLOCK + "AttachAccount": lambda s: {"id": s.clock, "accountId": s.account_a},
     CLOCK + "AdvanceTestClock": lambda s: {"id": s.clock, "frozenTime": "2027-02-15T00:00:00Z"},
+    USAGE + "CreateUsageRecord": lambda s: {
+        "accountId": s.account_a,
+        "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}},
+    },
+    USAGE + "BatchCreateUsageRecords": lambda s: {
+        "requests": [
+            {
+                "accountId": s.account_a,
+                "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}},
+            }
+        ]
+    },
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.

@@ -1,0 +1,197 @@
+"""SQL for usage records: the adapter for `billing_svc.usage.ports.UsageRepository`. It reads and
+writes through the unit of work's session and never commits.
+
+Recording is set-based. On PostgreSQL one statement stores a whole batch: the events' columns
+travel as one array per column, `unnest` turns them into rows, the event ids are claimed with
+INSERT ... ON CONFLICT DO NOTHING, and only the records whose id was claimed are inserted. A
+concurrent transaction holding one of the ids makes the statement wait for it to end (then the id
+is taken, or free again if it rolled back), so concurrent duplicates store one row. SQLite, whose
+writers queue behind BEGIN IMMEDIATE, does the same in three executemany-sized steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, text, tuple_
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing_svc.usage.domain import EarlierUsage, NewUsage, UsageRecord
+from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
+
+PURGE_BATCH = 1000
+
+_POSTGRES_INSERT = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:account_ids AS varchar[]), CAST(:event_ids AS varchar[]), CAST(:ids AS varchar[]),
+            CAST(:event_times AS timestamptz[]), CAST(:fingerprints AS varchar[]),
+            CAST(:meter_ids AS varchar[]), CAST(:services AS varchar[]), CAST(:units AS numeric[]),
+            CAST(:prices AS numeric[]), CAST(:properties AS text[]), CAST(:create_times AS timestamptz[])
+        ) AS t(account_id, event_id, id, event_time, fingerprint, meter_id, service, units, price,
+               properties, create_time)
+    ),
+    claimed AS (
+        INSERT INTO usage_event_ids (account_id, event_id, record_id, event_time, fingerprint, create_time)
+        SELECT account_id, event_id, id, event_time, fingerprint, create_time FROM input
+        ON CONFLICT DO NOTHING
+        RETURNING record_id
+    )
+    INSERT INTO usage_records (account_id, event_time, id, meter_id, service, units, price_per_unit,
+                               properties, event_id, create_time)
+    SELECT input.account_id, input.event_time, input.id, input.meter_id, input.service, input.units,
+           input.price, CAST(input.properties AS json), input.event_id, input.create_time
+    FROM input JOIN claimed ON claimed.record_id = input.id
+    RETURNING id
+    """
+)
+
+
+def _record_columns(record: UsageRecord) -> dict[str, Any]:
+    return {
+        "account_id": record.account_id,
+        "event_time": record.event_time,
+        "id": record.id,
+        "meter_id": record.meter_id,
+        "service": record.service,
+        "units": record.units,
+        "price_per_unit": record.price_per_unit,
+        "properties": dict(record.properties),
+        "event_id": record.event_id,
+        "create_time": record.create_time,
+    }
+
+
+def _event_id_columns(event: NewUsage) -> dict[str, Any]:
+    record = event.record
+    return {
+        "account_id": record.account_id,
+        "event_id": record.event_id,
+        "record_id": record.id,
+        "event_time": record.event_time,
+        "fingerprint": event.fingerprint,
+        "create_time": record.create_time,
+    }
+
+
+def to_domain(row: UsageRecordRow) -> UsageRecord:
+    return UsageRecord(
+        id=row.id,
+        account_id=row.account_id,
+        meter_id=row.meter_id,
+        service=row.service,
+        units=row.units,
+        price_per_unit=row.price_per_unit,
+        event_time=row.event_time,
+        properties=dict(row.properties),
+        event_id=row.event_id,
+        create_time=row.create_time,
+    )
+
+
+class SqlUsageRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def insert_new(self, events: Sequence[NewUsage]) -> list[EarlierUsage | None]:
+        """Store the events whose (account, event id) is free; per event, in order, None when it
+        was stored now, else what the id already holds. The events' keys must be distinct."""
+        if not events:
+            return []
+        # In key order: two batches sharing keys then wait on each other in one order, never in a
+        # cycle (a deadlock) when each holds a key the other wants.
+        ordered = sorted(events, key=lambda event: (event.record.account_id, event.record.event_id))
+        if self._session.get_bind().dialect.name == "postgresql":
+            stored = await self._insert_postgres(ordered)
+        else:
+            stored = await self._insert_sqlite(ordered)
+        taken = [event.record for event in events if event.record.id not in stored]
+        earlier = await self._earlier({(record.account_id, record.event_id) for record in taken})
+        return [
+            None
+            if event.record.id in stored
+            else earlier.get((event.record.account_id, event.record.event_id), _GONE)
+            for event in events
+        ]
+
+    async def _insert_postgres(self, events: Sequence[NewUsage]) -> set[str]:
+        records = [event.record for event in events]
+        parameters = {
+            "account_ids": [r.account_id for r in records],
+            "event_ids": [r.event_id for r in records],
+            "ids": [r.id for r in records],
+            "event_times": [r.event_time for r in records],
+            "fingerprints": [event.fingerprint for event in events],
+            "meter_ids": [r.meter_id for r in records],
+            "services": [r.service for r in records],
+            "units": [r.units for r in records],
+            "prices": [r.price_per_unit for r in records],
+            "properties": [json.dumps(dict(r.properties), sort_keys=True) for r in records],
+            "create_times": [r.create_time for r in records],
+        }
+        result = await self._session.execute(_POSTGRES_INSERT, parameters)
+        return {row[0] for row in result}
+
+    async def _insert_sqlite(self, events: Sequence[NewUsage]) -> set[str]:
+        claim = sqlite_insert(UsageEventIdRow).on_conflict_do_nothing()
+        await self._session.execute(claim, [_event_id_columns(event) for event in events])
+        keys = [(event.record.account_id, event.record.event_id) for event in events]
+        owners = await self._session.execute(
+            select(UsageEventIdRow.record_id).where(
+                tuple_(UsageEventIdRow.account_id, UsageEventIdRow.event_id).in_(keys)
+            )
+        )
+        stored = set(owners.scalars()) & {event.record.id for event in events}
+        rows = [_record_columns(event.record) for event in events if event.record.id in stored]
+        if rows:
+            await self._session.execute(insert(UsageRecordRow), rows)
+        return stored
+
+    async def _earlier(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], EarlierUsage]:
+        """What the keys hold, with their records: one query."""
+        if not keys:
+            return {}
+        statement = (
+            select(
+                UsageEventIdRow.account_id,
+                UsageEventIdRow.event_id,
+                UsageEventIdRow.fingerprint,
+                UsageRecordRow,
+            )
+            .outerjoin(
+                UsageRecordRow,
+                (UsageRecordRow.account_id == UsageEventIdRow.account_id)
+                & (UsageRecordRow.event_time == UsageEventIdRow.event_time)
+                & (UsageRecordRow.id == UsageEventIdRow.record_id),
+            )
+            .where(tuple_(UsageEventIdRow.account_id, UsageEventIdRow.event_id).in_(sorted(keys)))
+        )
+        rows = await self._session.execute(statement)
+        return {
+            (account_id, event_id): EarlierUsage(fingerprint, to_domain(row) if row is not None else None)
+            for account_id, event_id, fingerprint, row in rows
+        }
+
+    async def purge_event_ids(self, before: datetime, *, limit: int = PURGE_BATCH) -> int:
+        """Delete up to `limit` event ids stored before `before`; how many went. Their records stay."""
+        batch = (
+            select(UsageEventIdRow.account_id, UsageEventIdRow.event_id)
+            .where(UsageEventIdRow.create_time < before)
+            .limit(limit)
+        )
+        result = await self._session.execute(
+            delete(UsageEventIdRow)
+            .where(tuple_(UsageEventIdRow.account_id, UsageEventIdRow.event_id).in_(batch.scalar_subquery()))
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0))
+
+
+# An id row whose record cannot be found can only be one that vanished between the two statements
+# (purged at that very moment): the event is treated as stored before, with nothing to show.
+_GONE = EarlierUsage(fingerprint="", record=None)

@@ -1,0 +1,42 @@
+"""Background work that `tally serve` runs in passes: one at start, then one every interval.
+
+A pass that fails (the database away) is logged and the next one tried; `passes` counts the
+finished ones, failed ones included, so tests wait for a pass instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+
+class PeriodicPasses:
+    """Subclasses do one pass in `run_pass`; `run` repeats it until cancelled."""
+
+    def __init__(self, interval_seconds: float, *, what: str, log: logging.Logger):
+        if interval_seconds <= 0:
+            raise ValueError("interval_seconds must be positive")
+        self._interval = interval_seconds
+        self._what = what
+        self._log = log
+        self.passes = 0
+        self._passed = asyncio.Condition()
+
+    async def run_pass(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_pass()
+            except Exception as exc:
+                self._log.warning("%s failed; next try in %g s: %s", self._what, self._interval, exc)
+            async with self._passed:
+                self.passes += 1
+                self._passed.notify_all()
+            await asyncio.sleep(self._interval)
+
+    async def wait_for_passes(self, count: int) -> None:
+        """Return once `count` passes have finished, failed ones included."""
+        async with self._passed:
+            await self._passed.wait_for(lambda: self.passes >= count)
