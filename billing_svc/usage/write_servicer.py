@@ -6,10 +6,13 @@ and is turned into a gRPC status by interceptors.errors; a batch answers every e
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+
 import grpc
 
 from billing_svc.usage import use_cases
-from billing_svc.usage.domain import Outcome
+from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
+from billing_svc.usage.stream import UsageStream
 from billing_svc.usage.usage_proto import input_from_proto, record_to_proto, result_to_proto
 from billing_svc.usage.use_cases import UsageDeps
 from core.principal import Caller, caller_for
@@ -23,7 +26,8 @@ def usage_caller(method: str) -> Caller:
 
 
 class UsageWriteMethods:
-    """CreateUsageRecord and BatchCreateUsageRecords; mixed into billing_svc.usage.servicer."""
+    """CreateUsageRecord, BatchCreateUsageRecords and StreamUsageRecords; mixed into
+    billing_svc.usage.servicer."""
 
     def __init__(self, deps: UsageDeps):
         self._deps = deps
@@ -56,3 +60,16 @@ class UsageWriteMethods:
             replay_count=outcomes.count(Outcome.REPLAY),
             failed_count=outcomes.count(Outcome.FAILED),
         )
+
+    async def StreamUsageRecords(
+        self,
+        request_iterator: AsyncIterable[usage_pb2.StreamUsageRecordsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[usage_pb2.StreamUsageRecordsResponse]:
+        caller = usage_caller("StreamUsageRecords")
+
+        async def record(items: Sequence[UsageInput]) -> list[RecordResult]:
+            return await use_cases.record_usage_batch(self._deps, caller, items)
+
+        async for response in UsageStream(record).run(request_iterator):
+            yield response
