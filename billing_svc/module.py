@@ -35,8 +35,19 @@ from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWor
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from billing_svc.subscriptions.work import run_due_work
+from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
+from billing_svc.usage.read_use_cases import UsageReadDeps
+from billing_svc.usage.servicer import UsageServicer
+from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
 from core.modules import Platform, ServiceModule
-from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.billing.v1 import (
+    meter_pb2,
+    meter_pb2_grpc,
+    test_clock_pb2,
+    test_clock_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
 
 
@@ -47,6 +58,7 @@ class BillingServices:
     plans: PlanDeps
     subscriptions: SubscriptionDeps
     test_clocks: TestClockDeps
+    usage_reads: UsageReadDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -108,8 +120,17 @@ def build(platform: Platform) -> BillingServices:
         page_tokens=platform.page_tokens,
         cache=platform.cache,
     )
+    # A summary reads records, meters, the subscription, its plan and the account's clock: one snapshot.
+    usage_reads = UsageReadDeps(
+        new_reader=lambda: SqlUsageReadUnitOfWork(
+            platform.snapshots, wall_clock=clock, account_directory=platform.account_directory
+        ),
+        clock=clock,
+        page_tokens=platform.page_tokens,
+    )
     return BillingServices(
         platform=platform,
+        usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
@@ -126,6 +147,10 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
         TestClockServicer(services.test_clocks), server
     )
+    # The write methods join UsageServicer from the ingestion branch; until then the generated
+    # base answers them UNIMPLEMENTED.
+    usage = UsageServicer(services.usage_reads)  # type: ignore[abstract]
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -136,6 +161,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         plan_pb2.DESCRIPTOR.services_by_name["PlanService"],
         subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
+        usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
     ),
     models=(
         MeterRow,
@@ -147,6 +173,8 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         PendingInvoiceItemRow,
         TestClockRow,
         TestClockAccountRow,
+        UsageRecordRow,
+        UsageEventIdRow,
     ),
     build=build,
     register=register,
