@@ -59,6 +59,8 @@ SUB = "/tally.subscription.v1.SubscriptionService/"
 PLAN = "/tally.subscription.v1.PlanService/"
 METER = "/tally.billing.v1.MeterService/"
 CLOCK = "/tally.billing.v1.TestClockService/"
+USAGE = "/tally.billing.v1.UsageService/"
+_EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
 CASES: dict[str, Case] = {
@@ -110,6 +112,11 @@ CASES: dict[str, Case] = {
     CLOCK + "DeleteTestClock": lambda s: {"id": s.clock},
     CLOCK + "AttachAccount": lambda s: {"id": s.clock, "accountId": s.account_a},
     CLOCK + "AdvanceTestClock": lambda s: {"id": s.clock, "frozenTime": "2027-02-15T00:00:00Z"},
+    USAGE + "CreateUsageRecord": lambda s: {**_EVENT, "accountId": s.account_a},
+    USAGE + "BatchCreateUsageRecords": lambda s: {"requests": [{**_EVENT, "accountId": s.account_a}]},
+    USAGE + "StreamUsageRecords": lambda s: {"sequence": 1, "request": {**_EVENT, "accountId": s.account_a}},
+    USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_a},
+    USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -117,6 +124,8 @@ FOREIGN: dict[str, Case] = {
     SUB + "GetSubscription": lambda s: {"id": s.sub_b},
     SUB + "ListPendingInvoiceItems": lambda s: {"accountId": s.account_b},
     SUB + "GetEntitlements": lambda s: {"accountId": s.account_b},
+    USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_b},
+    USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -223,13 +232,15 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items and entitlements, nothing else. The matrix above follows the descriptors; this pins them,
+# items, entitlements and usage, nothing else. The matrix above follows the descriptors; this pins them,
 # so widening a policy in a proto is a deliberate change to this list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
     SUB + "ListPendingInvoiceItems",
     SUB + "GetEntitlements",
+    USAGE + "ListUsageRecords",
+    USAGE + "GetUsageSummary",
 }
 
 
