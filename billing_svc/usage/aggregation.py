@@ -14,10 +14,13 @@ Inexact); only WEIGHTED_SUM divides, and it rounds once, as stated below.
   WEIGHTED_SUM  every event moves a running level by its units (a gauge: +5 GB stored, -2 GB
                 deleted). The level at `start` is the sum of every earlier event. The quantity is
                 the time-weighted mean level over the period: the integral of the level over
-                [start, end), in microseconds, divided by the period's length in microseconds.
-                It is computed as an exact Fraction, then rounded once to UNITS_SCALE (12)
-                decimal places, half-up (a tie away from zero), the rule core.money applies to
-                every amount, so that a quantity and its price round alike.
+                [start, end) divided by the period's length, time counted to the microsecond.
+                The integral is level_before x length + the sum of units x (end - event_time)
+                over the events inside (each change holds to the end), so the store can sum it
+                in SQL without fetching the events. It is computed as an exact Fraction, then
+                rounded once to UNITS_SCALE (12) decimal places, half-up (a tie away from
+                zero), the rule core.money applies to every amount, so that a quantity and its
+                price round alike.
 
 The store does COUNT, SUM and MAX in SQL where it can (PostgreSQL's NUMERIC is exact); what it
 fetches for the others goes through `weighted_mean` and friends here, and SQLite, which stores
@@ -26,7 +29,7 @@ units as text, gives its rows to `aggregate`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -82,22 +85,30 @@ def round_units(value: Fraction) -> Decimal:
     return Decimal(-magnitude if scaled < 0 else magnitude).scaleb(-UNITS_SCALE)
 
 
-def weighted_mean(
-    level_before: Decimal, changes: Sequence[tuple[datetime, Decimal]], start: datetime, end: datetime
-) -> Decimal:
-    """The mean level over [start, end): `level_before` at `start`, then each (time, units) change
-    in time order, every time in [start, end). Rounded once, as the module doc says."""
+def weighted_area(changes: Iterable[tuple[datetime, Decimal]], end: datetime) -> Fraction:
+    """The part of the level's integral up to `end` that changes inside the period add: each
+    (time, units) holds its units from its time to `end`, so it adds units x (end - time), in
+    unit-seconds. Order does not matter; the store computes the same sum in SQL."""
+    area = Fraction(0)
+    for time, units in changes:
+        area += Fraction(units) * Fraction((end - time) // _MICROSECOND, 10**6)
+    return area
+
+
+def weighted_quantity(level_before: Decimal, area: Fraction, start: datetime, end: datetime) -> Decimal:
+    """The mean level over [start, end): (level_before x length + area) / length, rounded once."""
     if end <= start:
         raise ValueError(f"empty period: end {end} is not after start {start}")
-    level = Fraction(level_before)
-    area = Fraction(0)
-    since = start
-    for time, units in changes:
-        area += level * ((time - since) // _MICROSECOND)
-        level += Fraction(units)
-        since = time
-    area += level * ((end - since) // _MICROSECOND)
-    return round_units(area / ((end - start) // _MICROSECOND))
+    length = Fraction((end - start) // _MICROSECOND, 10**6)
+    return round_units((Fraction(level_before) * length + area) / length)
+
+
+def weighted_mean(
+    level_before: Decimal, changes: Iterable[tuple[datetime, Decimal]], start: datetime, end: datetime
+) -> Decimal:
+    """The mean level over [start, end): `level_before` at `start`, then each (time, units) change,
+    every time in [start, end). Rounded once, as the module doc says."""
+    return weighted_quantity(level_before, weighted_area(changes, end), start, end)
 
 
 def aggregate(
@@ -126,6 +137,5 @@ def aggregate(
         return latest(inside)
     if aggregation is Aggregation.WEIGHTED_SUM:
         before = total(event.units for event in every if event.event_time < start)
-        ordered = sorted(inside, key=lambda event: (event.event_time, event.id))
-        return weighted_mean(before, [(event.event_time, event.units) for event in ordered], start, end)
+        return weighted_mean(before, [(event.event_time, event.units) for event in inside], start, end)
     raise ValueError(f"unknown aggregation {aggregation!r}")

@@ -3,9 +3,9 @@
 PostgreSQL stores units as NUMERIC(38, 12), so COUNT, SUM and MAX (and the recorded prices'
 sum of units x price, scale 24, still exact) are computed by the database, and only what the
 other aggregations need is fetched: the number of distinct property values, the latest row,
-the level before the period and the changes inside it. SQLite stores units as text, which its
-SUM would read as floats, so there the rows are fetched and summed in Python
-(billing_svc.usage.aggregation). Either way the results are the same exact Decimals.
+the level before the period, and the weighted area of the changes inside it (also a SQL sum).
+SQLite stores units as text, which its SUM would read as floats, so there the rows are fetched
+and summed in Python (billing_svc.usage.aggregation). Either way the results are the same exact Decimals.
 
 Reads only; it never commits. Every query leads with account_id and bounds event_time, so it
 stays on the account's (and, once partitioned, the period's) part of the table.
@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, func, select
+from sqlalchemy import ColumnElement, Numeric, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.usage import aggregation
@@ -183,6 +184,18 @@ class SqlUsageReader:
         return aggregation.total(
             (await self._session.scalars(select(UsageRecordRow.units).where(where))).all()
         )
+
+    async def weighted_area(self, account_id: str, meter_id: str, start: datetime, end: datetime) -> Fraction:
+        """The sum of units x (end - event_time), in unit-seconds, over the plan-priced records in
+        [start, end) (billing_svc.usage.aggregation.weighted_area). PostgreSQL sums it: extract()
+        of an interval is an exact NUMERIC there, to the microsecond."""
+        if not self._exact_sql:
+            return aggregation.weighted_area(await self.changes(account_id, meter_id, start, end), end)
+        held = func.extract("epoch", literal(end, UsageRecordRow.event_time.type) - UsageRecordRow.event_time)
+        statement = select(func.sum(UsageRecordRow.units * held, type_=_EXACT)).where(
+            _plan_priced(account_id, meter_id, start, end)
+        )
+        return Fraction(_decimal(await self._session.scalar(statement)))
 
     async def changes(
         self, account_id: str, meter_id: str, start: datetime, end: datetime

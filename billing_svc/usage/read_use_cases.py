@@ -16,7 +16,7 @@ from billing_svc.catalog.pricing import Percentage
 from billing_svc.subscriptions.domain import State, Subscription
 from billing_svc.subscriptions.use_cases import account_not_found
 from billing_svc.usage import summary as priced
-from billing_svc.usage.aggregation import weighted_mean
+from billing_svc.usage.aggregation import weighted_quantity
 from billing_svc.usage.domain import UsageRecord
 from billing_svc.usage.read_repository import PeriodTotals
 from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
@@ -186,8 +186,8 @@ async def _quantity(
     if aggregation is Aggregation.LATEST:
         return await uow.usage.latest_units(account_id, meter.id, start, end)
     level = await uow.usage.level_before(account_id, meter.id, start)
-    changes = await uow.usage.changes(account_id, meter.id, start, end)
-    return weighted_mean(level, changes, start, end)
+    area = await uow.usage.weighted_area(account_id, meter.id, start, end)
+    return weighted_quantity(level, area, start, end)
 
 
 async def _meter_usage(

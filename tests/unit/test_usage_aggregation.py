@@ -167,3 +167,22 @@ def test_max_and_latest_are_values_of_events_in_the_period(events: list[Ev]) -> 
     assert quantity(Aggregation.MAX, events) == max(inside, default=Decimal(0))
     latest = quantity(Aggregation.LATEST, events)
     assert latest in inside or (not inside and latest == 0)
+
+
+def _stepwise_mean(events: list[Ev]) -> Fraction:
+    """The level integrated step by step, event after event: the definition, spelled out."""
+    micro = timedelta(microseconds=1)
+    level = sum((Fraction(e.units) for e in events if e.event_time < START), Fraction(0))
+    area, since = Fraction(0), START
+    for event in sorted((e for e in events if START <= e.event_time < END), key=lambda e: e.event_time):
+        area += level * ((event.event_time - since) // micro)
+        level += Fraction(event.units)
+        since = event.event_time
+    area += level * ((END - since) // micro)
+    return area / ((END - START) // micro)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=_events())
+def test_weighted_sum_is_the_stepwise_integral_rounded_once(events: list[Ev]) -> None:
+    assert quantity(Aggregation.WEIGHTED_SUM, events) == round_units(_stepwise_mean(events))
