@@ -23,6 +23,7 @@ from billing_svc.usage import aggregation
 from billing_svc.usage.tables import UsageRecordRow
 from core import ids
 from core.principal import Role
+from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
 from tally.billing.v1 import usage_pb2 as pb
 from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
@@ -344,3 +345,18 @@ async def test_a_service_token_needs_usage_read(app: App, channel: grpc.aio.Chan
         reader = UsageServiceStub(reader_channel)
         assert list((await reader.ListUsageRecords(request)).usage_records) == []
         assert list((await summary_of(reader, account.id, START, END)).meters) == []
+
+
+async def test_a_deleted_account_keeps_its_records_listed_but_has_no_summary(
+    app: App, channel: grpc.aio.Channel, usage: UsageServiceStub
+) -> None:
+    account = await new_account(channel, 10)
+    meter = await new_meter(channel, "api", M.AGGREGATION_SUM)
+    [stored] = await record(app, account.id, meter, [(day(1), "2")])
+    await account_pb2_grpc.AccountServiceStub(channel).DeleteAccount(
+        account_pb2.DeleteAccountRequest(id=account.id)
+    )
+    listed = await usage.ListUsageRecords(pb.ListUsageRecordsRequest(account_id=account.id))
+    assert [r.id for r in listed.usage_records] == [stored]
+    error = await failing(summary_of(usage, account.id, START, END))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and reason(error) == "ACCOUNT_NOT_FOUND"
