@@ -14,7 +14,6 @@ stays on the account's (and, once partitioned, the period's) part of the table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -25,24 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.usage import aggregation
 from billing_svc.usage.domain import UsageRecord
+from billing_svc.usage.read_ports import PeriodTotals
 from billing_svc.usage.tables import UsageRecordRow
 from core.money import DECIMAL_CONTEXT
 from core.pagination import Position, keyset_after
 
 _ZERO = Decimal(0)
 _EXACT = Numeric(asdecimal=True)
-
-
-@dataclass(frozen=True)
-class PeriodTotals:
-    """One meter's records over a period: what SQL can add up for every aggregation."""
-
-    record_count: int  # every record
-    plan_count: int  # records without their own price (the plan prices them)
-    plan_sum: Decimal  # their units
-    plan_max: Decimal  # their largest units; 0 without any
-    recorded_units: Decimal  # units of the records with their own price
-    recorded_amount: Decimal  # sum of units x price_per_unit, exact
 
 
 def _to_domain(row: UsageRecordRow) -> UsageRecord:

@@ -16,6 +16,8 @@ from core.db import UnitOfWork
 
 
 class SqlUsageReadUnitOfWork(UnitOfWork):
+    """Fills billing_svc.usage.read_ports.UsageReadUnitOfWork."""
+
     usage: SqlUsageReader
     meters: SqlMeterRepository
     subscriptions: SqlSubscriptionRepository

@@ -18,8 +18,7 @@ from billing_svc.subscriptions.use_cases import account_not_found
 from billing_svc.usage import summary as priced
 from billing_svc.usage.aggregation import weighted_quantity
 from billing_svc.usage.domain import UsageRecord
-from billing_svc.usage.read_repository import PeriodTotals
-from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
+from billing_svc.usage.read_ports import PeriodTotals, UsageReadUnitOfWork
 from billing_svc.usage.summary import MeterUsage, UsageCharge, UsageSummary
 from billing_svc.usage.tables import MAX_SERVICE
 from core import ids
@@ -38,7 +37,7 @@ _SUBSCRIPTIONS_READ = 100  # an account has a handful; more than this is not a b
 
 @dataclass(frozen=True)
 class UsageReadDeps:
-    new_reader: Callable[[], SqlUsageReadUnitOfWork]  # one snapshot
+    new_reader: Callable[[], UsageReadUnitOfWork]  # one snapshot
     clock: Clock  # the wall clock: read_time
     page_tokens: PageTokens
 
@@ -167,7 +166,7 @@ def _covering(subscriptions: Sequence[Subscription], start: datetime, end: datet
 
 
 async def _quantity(
-    uow: SqlUsageReadUnitOfWork,
+    uow: UsageReadUnitOfWork,
     account_id: str,
     meter: Meter,
     totals: PeriodTotals,
@@ -191,7 +190,7 @@ async def _quantity(
 
 
 async def _meter_usage(
-    uow: SqlUsageReadUnitOfWork,
+    uow: UsageReadUnitOfWork,
     account_id: str,
     meter: Meter,
     totals: PeriodTotals,
@@ -221,6 +220,28 @@ async def _meter_usage(
     )
 
 
+async def _current_period(
+    uow: UsageReadUnitOfWork, account_id: str, subscriptions: Sequence[Subscription]
+) -> tuple[datetime, datetime]:
+    """The current billing period, by the account's clock (a test clock's frozen time, if any)."""
+    now = (await uow.clocks.time_for(account_id)).now
+    current = _current(subscriptions, now)
+    if current is None:
+        raise FailedPrecondition(
+            "the account has no subscription in a billing period: give start_time and end_time",
+            reason="NO_CURRENT_PERIOD",
+            metadata={"field": "start_time", "account_id": account_id},
+        )
+    return current.current_period_start, current.current_period_end
+
+
+def _charges_by_meter(plan: PlanVersion | None) -> dict[str, list[MeteredCharge]]:
+    found: dict[str, list[MeteredCharge]] = {}
+    for charge in plan.terms.metered_charges if plan is not None else ():
+        found.setdefault(charge.meter_id, []).append(charge)
+    return found
+
+
 _NO_RECORDS = PeriodTotals(0, 0, Decimal(0), Decimal(0), Decimal(0), Decimal(0))
 
 
@@ -245,23 +266,13 @@ async def get_usage_summary(
             account_id=account_id, show_canceled=False, after=None, limit=_SUBSCRIPTIONS_READ
         )
         if start is None or end is None:
-            now = (await uow.clocks.time_for(account_id)).now
-            current = _current(subscriptions, now)
-            if current is None:
-                raise FailedPrecondition(
-                    "the account has no subscription in a billing period: give start_time and end_time",
-                    reason="NO_CURRENT_PERIOD",
-                    metadata={"field": "start_time", "account_id": account_id},
-                )
-            start, end = current.current_period_start, current.current_period_end
+            start, end = await _current_period(uow, account_id, subscriptions)
         subscription = _covering(subscriptions, start, end)
-        plan: PlanVersion | None = None
+        plan = None
         if subscription is not None:
             plan = await uow.plans.version(subscription.plan_id, subscription.plan_version)
         currency = plan.currency_code if plan is not None else terms.currency_code
-        charges_by_meter: dict[str, list[MeteredCharge]] = {}
-        for charge in plan.terms.metered_charges if plan is not None else ():
-            charges_by_meter.setdefault(charge.meter_id, []).append(charge)
+        charges_by_meter = _charges_by_meter(plan)
         totals = await uow.usage.period_totals(account_id, start, end)
         meters = await uow.meters.get_many(set(totals) | set(charges_by_meter))
         usage = [
