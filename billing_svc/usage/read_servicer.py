@@ -3,12 +3,10 @@ case, encode; no SQL and no business rules. A mixin: UsageServicer composes it w
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import grpc
-from google.protobuf import timestamp_pb2
 
 from billing_svc.catalog.meter_servicer import aggregation_to_proto
+from billing_svc.clocks.servicer import timestamp_from_proto
 from billing_svc.usage import read_use_cases as use_cases
 from billing_svc.usage.read_use_cases import RecordFilter, UsageReadDeps
 from billing_svc.usage.summary import MeterUsage, UsageCharge, UsageSummary
@@ -22,10 +20,6 @@ _SERVICE = usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 
 def _caller(method: str) -> Caller:
     return caller_for(f"/{_SERVICE}/{method}")
-
-
-def _time(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
 
 
 def _charge_to_proto(charge: UsageCharge) -> usage_pb2.UsageCharge:
@@ -71,8 +65,8 @@ class UsageReadMethods:
     ) -> usage_pb2.ListUsageRecordsResponse:
         filters = RecordFilter(
             service=request.service,
-            start=_time(request.start_time, request.HasField("start_time")),
-            end=_time(request.end_time, request.HasField("end_time")),
+            start=timestamp_from_proto(request.start_time, request.HasField("start_time"), "start_time"),
+            end=timestamp_from_proto(request.end_time, request.HasField("end_time"), "end_time"),
             properties=tuple(request.properties),
         )
         page = await use_cases.list_usage_records(
@@ -95,7 +89,7 @@ class UsageReadMethods:
             self._read_deps,
             _caller("GetUsageSummary"),
             request.account_id,
-            start=_time(request.start_time, request.HasField("start_time")),
-            end=_time(request.end_time, request.HasField("end_time")),
+            start=timestamp_from_proto(request.start_time, request.HasField("start_time"), "start_time"),
+            end=timestamp_from_proto(request.end_time, request.HasField("end_time"), "end_time"),
         )
         return summary_to_proto(summary)

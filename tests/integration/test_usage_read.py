@@ -360,3 +360,39 @@ async def test_a_deleted_account_keeps_its_records_listed_but_has_no_summary(
     assert [r.id for r in listed.usage_records] == [stored]
     error = await failing(summary_of(usage, account.id, START, END))
     assert error.code() == grpc.StatusCode.NOT_FOUND and reason(error) == "ACCOUNT_NOT_FOUND"
+
+
+async def test_garbage_is_refused_naming_the_field(
+    channel: grpc.aio.Channel, usage: UsageServiceStub
+) -> None:
+    account = await new_account(channel, 11)
+    far = timestamp_pb2.Timestamp(seconds=10**12)  # past year 9999
+    for call, field in (
+        (
+            usage.ListUsageRecords(pb.ListUsageRecordsRequest(account_id=account.id, start_time=far)),
+            "start_time",
+        ),
+        (
+            usage.GetUsageSummary(
+                pb.GetUsageSummaryRequest(account_id=account.id, start_time=ts(START), end_time=far)
+            ),
+            "end_time",
+        ),
+        (
+            usage.ListUsageRecords(pb.ListUsageRecordsRequest(account_id=account.id, page_size=-1)),
+            "page_size",
+        ),
+        (
+            usage.ListUsageRecords(pb.ListUsageRecordsRequest(account_id=account.id, page_token="garbage")),
+            "page_token",
+        ),
+        (usage.ListUsageRecords(pb.ListUsageRecordsRequest()), "account_id"),
+        (usage.GetUsageSummary(pb.GetUsageSummaryRequest()), "account_id"),
+    ):
+        error = await failing(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in details(error).violations, field
+    long_id = pb.ListUsageRecordsRequest(account_id="acct_" + "x" * 500, service="s" * 500)
+    assert (await failing(usage.ListUsageRecords(long_id))).code() == grpc.StatusCode.NOT_FOUND
+    long_service = pb.ListUsageRecordsRequest(account_id=account.id, service="s" * 500)
+    assert list((await usage.ListUsageRecords(long_service)).usage_records) == []
