@@ -36,6 +36,8 @@ from billing_svc.subscriptions.tables import PendingInvoiceItemRow, Subscription
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
 from billing_svc.subscriptions.work import run_due_work
 from billing_svc.usage.coalescer import Coalescer
+from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
+from billing_svc.usage.read_use_cases import UsageReadDeps
 from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
@@ -60,6 +62,7 @@ class BillingServices:
     subscriptions: SubscriptionDeps
     test_clocks: TestClockDeps
     usage: UsageDeps
+    usage_reads: UsageReadDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -142,8 +145,17 @@ def build(platform: Platform) -> BillingServices:
         page_tokens=platform.page_tokens,
         cache=platform.cache,
     )
+    # A summary reads records, meters, the subscription, its plan and the account's clock: one snapshot.
+    usage_reads = UsageReadDeps(
+        new_reader=lambda: SqlUsageReadUnitOfWork(
+            platform.snapshots, wall_clock=clock, account_directory=platform.account_directory
+        ),
+        clock=clock,
+        page_tokens=platform.page_tokens,
+    )
     return BillingServices(
         platform=platform,
+        usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
@@ -161,9 +173,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     test_clock_pb2_grpc.add_TestClockServiceServicer_to_server(
         TestClockServicer(services.test_clocks), server
     )
-    # The reading methods (List, Summary) and the stream are still the generated UNIMPLEMENTED ones
-    # until their mixins join UsageServicer; mypy sees them as abstract until then.
-    usage = UsageServicer(services.usage)  # type: ignore[abstract]
+    usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
 
 

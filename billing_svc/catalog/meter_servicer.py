@@ -26,6 +26,10 @@ _AGGREGATION_TO_PROTO = {
 _AGGREGATION_FROM_PROTO = {value: key for key, value in _AGGREGATION_TO_PROTO.items()}
 
 
+def aggregation_to_proto(value: Aggregation) -> meter_pb2.Meter.Aggregation.ValueType:
+    return _AGGREGATION_TO_PROTO[value]
+
+
 def _aggregation_from_proto(value: int) -> Aggregation | None:
     if value == meter_pb2.Meter.AGGREGATION_UNSPECIFIED:
         return None

@@ -60,6 +60,7 @@ PLAN = "/tally.subscription.v1.PlanService/"
 METER = "/tally.billing.v1.MeterService/"
 CLOCK = "/tally.billing.v1.TestClockService/"
 USAGE = "/tally.billing.v1.UsageService/"
+_EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
 CASES: dict[str, Case] = {
@@ -111,18 +112,11 @@ CASES: dict[str, Case] = {
     CLOCK + "DeleteTestClock": lambda s: {"id": s.clock},
     CLOCK + "AttachAccount": lambda s: {"id": s.clock, "accountId": s.account_a},
     CLOCK + "AdvanceTestClock": lambda s: {"id": s.clock, "frozenTime": "2027-02-15T00:00:00Z"},
-    USAGE + "CreateUsageRecord": lambda s: {
-        "accountId": s.account_a,
-        "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}},
-    },
-    USAGE + "BatchCreateUsageRecords": lambda s: {
-        "requests": [
-            {
-                "accountId": s.account_a,
-                "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}},
-            }
-        ]
-    },
+    USAGE + "CreateUsageRecord": lambda s: {**_EVENT, "accountId": s.account_a},
+    USAGE + "BatchCreateUsageRecords": lambda s: {"requests": [{**_EVENT, "accountId": s.account_a}]},
+    USAGE + "StreamUsageRecords": lambda s: {"sequence": 1, "request": {**_EVENT, "accountId": s.account_a}},
+    USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_a},
+    USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -130,6 +124,8 @@ FOREIGN: dict[str, Case] = {
     SUB + "GetSubscription": lambda s: {"id": s.sub_b},
     SUB + "ListPendingInvoiceItems": lambda s: {"accountId": s.account_b},
     SUB + "GetEntitlements": lambda s: {"accountId": s.account_b},
+    USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_b},
+    USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -151,14 +147,24 @@ def _class(method: str) -> type[Message]:
 async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, Any]) -> grpc.StatusCode:
     output = METHODS[method].output_type
     reply_class = GetMessageClass(output)
+    request = request_of(method, fields)
     async with channel_as(app, token) as channel:
-        call = channel.unary_unary(
-            method,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=reply_class.FromString,
-        )
         try:
-            await call(request_of(method, fields))
+            if METHODS[method].client_streaming:  # the stream: one request, every answer read
+                stream = channel.stream_stream(
+                    method,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=reply_class.FromString,
+                )
+                async for _ in stream(iter([request])):
+                    pass
+            else:
+                call = channel.unary_unary(
+                    method,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=reply_class.FromString,
+                )
+                await call(request)
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK
@@ -236,13 +242,15 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items and entitlements, nothing else. The matrix above follows the descriptors; this pins them,
+# items, entitlements and usage, nothing else. The matrix above follows the descriptors; this pins them,
 # so widening a policy in a proto is a deliberate change to this list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
     SUB + "ListPendingInvoiceItems",
     SUB + "GetEntitlements",
+    USAGE + "ListUsageRecords",
+    USAGE + "GetUsageSummary",
 }
 
 

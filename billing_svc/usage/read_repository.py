@@ -1,0 +1,219 @@
+"""SQL for reading usage records: listings, and what a meter's aggregation needs over a period.
+
+PostgreSQL stores units as NUMERIC(38, 12), so COUNT, SUM and MAX (and the recorded prices'
+sum of units x price, scale 24, still exact) are computed by the database, and only what the
+other aggregations need is fetched: the number of distinct property values, the latest row,
+the level before the period, and the weighted area of the changes inside it (also a SQL sum).
+SQLite stores units as text, which its SUM would read as floats, so there the rows are fetched
+and summed in Python (billing_svc.usage.aggregation). Either way the results are the same exact Decimals.
+
+Reads only; it never commits. Every query leads with account_id and bounds event_time, so it
+stays on the account's (and, once partitioned, the period's) part of the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import ColumnElement, Numeric, and_, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing_svc.usage import aggregation
+from billing_svc.usage.domain import UsageRecord
+from billing_svc.usage.read_ports import PeriodTotals
+from billing_svc.usage.tables import UsageRecordRow
+from core.money import DECIMAL_CONTEXT
+from core.pagination import Position, keyset_after
+
+_ZERO = Decimal(0)
+_EXACT = Numeric(asdecimal=True)
+
+
+def _to_domain(row: UsageRecordRow) -> UsageRecord:
+    return UsageRecord(
+        id=row.id,
+        account_id=row.account_id,
+        meter_id=row.meter_id,
+        service=row.service,
+        units=row.units,
+        price_per_unit=row.price_per_unit,
+        event_time=row.event_time,
+        properties=dict(row.properties),
+        event_id=row.event_id,
+        create_time=row.create_time,
+    )
+
+
+def _in_period(account_id: str, start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        UsageRecordRow.account_id == account_id,
+        UsageRecordRow.event_time >= start,
+        UsageRecordRow.event_time < end,
+    )
+
+
+def _plan_priced(account_id: str, meter_id: str, start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(
+        _in_period(account_id, start, end),
+        UsageRecordRow.meter_id == meter_id,
+        UsageRecordRow.price_per_unit.is_(None),
+    )
+
+
+class SqlUsageReader:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+        # Exact SQL arithmetic on units only where they are NUMERIC (see the module doc).
+        self._exact_sql = session.get_bind().dialect.name == "postgresql"
+
+    async def records(
+        self,
+        account_id: str,
+        *,
+        service: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        properties: Mapping[str, str],
+        after: Position | None,
+        limit: int,
+    ) -> list[UsageRecord]:
+        """Up to `limit` records in (event_time, id) order after `after`, matching every filter."""
+        statement = select(UsageRecordRow).where(UsageRecordRow.account_id == account_id)
+        if service is not None:
+            statement = statement.where(UsageRecordRow.service == service)
+        if start is not None:
+            statement = statement.where(UsageRecordRow.event_time >= start)
+        if end is not None:
+            statement = statement.where(UsageRecordRow.event_time < end)
+        for key, value in properties.items():
+            statement = statement.where(UsageRecordRow.properties[key].as_string() == value)
+        statement = keyset_after(statement, UsageRecordRow.event_time, UsageRecordRow.id, after)
+        rows = (await self._session.scalars(statement.limit(limit))).all()
+        return [_to_domain(row) for row in rows]
+
+    async def period_totals(self, account_id: str, start: datetime, end: datetime) -> dict[str, PeriodTotals]:
+        """Per meter with records in [start, end), by meter id."""
+        if self._exact_sql:
+            return await self._sql_totals(account_id, start, end)
+        statement = select(
+            UsageRecordRow.meter_id, UsageRecordRow.units, UsageRecordRow.price_per_unit
+        ).where(_in_period(account_id, start, end))
+        by_meter: dict[str, list[tuple[Decimal, Decimal | None]]] = {}
+        for meter_id, units, price in (await self._session.execute(statement)).all():
+            by_meter.setdefault(meter_id, []).append((units, price))
+        return {meter_id: _python_totals(rows) for meter_id, rows in by_meter.items()}
+
+    async def _sql_totals(self, account_id: str, start: datetime, end: datetime) -> dict[str, PeriodTotals]:
+        planned = UsageRecordRow.price_per_unit.is_(None)
+        recorded = UsageRecordRow.price_per_unit.is_not(None)
+        units = UsageRecordRow.units
+        statement = (
+            select(
+                UsageRecordRow.meter_id,
+                func.count(),
+                func.count().filter(planned),
+                func.sum(units, type_=_EXACT).filter(planned),
+                func.max(units, type_=_EXACT).filter(planned),
+                func.sum(units, type_=_EXACT).filter(recorded),
+                func.sum(units * UsageRecordRow.price_per_unit, type_=_EXACT).filter(recorded),
+            )
+            .where(_in_period(account_id, start, end))
+            .group_by(UsageRecordRow.meter_id)
+        )
+        result: dict[str, PeriodTotals] = {}
+        for meter_id, count, plan_count, plan_sum, plan_max, recorded_units, amount in (
+            await self._session.execute(statement)
+        ).all():
+            result[meter_id] = PeriodTotals(
+                record_count=count,
+                plan_count=plan_count,
+                plan_sum=_decimal(plan_sum),
+                plan_max=_decimal(plan_max),
+                recorded_units=_decimal(recorded_units),
+                recorded_amount=_decimal(amount),
+            )
+        return result
+
+    async def unique_count(
+        self, account_id: str, meter_id: str, property_name: str, start: datetime, end: datetime
+    ) -> int:
+        """Distinct values of `property_name` among the plan-priced records (those that have it)."""
+        value = UsageRecordRow.properties[property_name].as_string()
+        where = and_(_plan_priced(account_id, meter_id, start, end), value.is_not(None))
+        return int(await self._session.scalar(select(func.count(value.distinct())).where(where)) or 0)
+
+    async def latest_units(self, account_id: str, meter_id: str, start: datetime, end: datetime) -> Decimal:
+        """The units of the plan-priced record with the latest (event_time, id); 0 without any."""
+        statement = (
+            select(UsageRecordRow.units)
+            .where(_plan_priced(account_id, meter_id, start, end))
+            .order_by(UsageRecordRow.event_time.desc(), UsageRecordRow.id.desc())
+            .limit(1)
+        )
+        found = await self._session.scalar(statement)
+        return found if found is not None else _ZERO
+
+    async def level_before(self, account_id: str, meter_id: str, start: datetime) -> Decimal:
+        """The sum of the plan-priced records' units before `start`: a WEIGHTED_SUM's level there."""
+        where = and_(
+            UsageRecordRow.account_id == account_id,
+            UsageRecordRow.meter_id == meter_id,
+            UsageRecordRow.event_time < start,
+            UsageRecordRow.price_per_unit.is_(None),
+        )
+        if self._exact_sql:
+            return _decimal(
+                await self._session.scalar(select(func.sum(UsageRecordRow.units, type_=_EXACT)).where(where))
+            )
+        return aggregation.total(
+            (await self._session.scalars(select(UsageRecordRow.units).where(where))).all()
+        )
+
+    async def weighted_area(self, account_id: str, meter_id: str, start: datetime, end: datetime) -> Fraction:
+        """The sum of units x (end - event_time), in unit-seconds, over the plan-priced records in
+        [start, end) (billing_svc.usage.aggregation.weighted_area). PostgreSQL sums it: extract()
+        of an interval is an exact NUMERIC there, to the microsecond."""
+        if not self._exact_sql:
+            return aggregation.weighted_area(await self.changes(account_id, meter_id, start, end), end)
+        held = func.extract("epoch", literal(end, UsageRecordRow.event_time.type) - UsageRecordRow.event_time)
+        statement = select(func.sum(UsageRecordRow.units * held, type_=_EXACT)).where(
+            _plan_priced(account_id, meter_id, start, end)
+        )
+        return Fraction(_decimal(await self._session.scalar(statement)))
+
+    async def changes(
+        self, account_id: str, meter_id: str, start: datetime, end: datetime
+    ) -> list[tuple[datetime, Decimal]]:
+        """(event_time, units) of the plan-priced records in [start, end), in (event_time, id) order."""
+        statement = (
+            select(UsageRecordRow.event_time, UsageRecordRow.units)
+            .where(_plan_priced(account_id, meter_id, start, end))
+            .order_by(UsageRecordRow.event_time, UsageRecordRow.id)
+        )
+        return [(time, units) for time, units in (await self._session.execute(statement)).all()]
+
+
+def _decimal(value: Any) -> Decimal:
+    """A NUMERIC aggregate as an exact Decimal (NULL, for no rows, is 0)."""
+    if value is None:
+        return _ZERO
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _python_totals(rows: Sequence[tuple[Decimal, Decimal | None]]) -> PeriodTotals:
+    planned = [units for units, price in rows if price is None]
+    recorded = [(units, price) for units, price in rows if price is not None]
+    return PeriodTotals(
+        record_count=len(rows),
+        plan_count=len(planned),
+        plan_sum=aggregation.total(planned),
+        plan_max=max(planned, default=_ZERO),
+        recorded_units=aggregation.total(units for units, _ in recorded),
+        recorded_amount=aggregation.total(
+            DECIMAL_CONTEXT.multiply(units, price) for units, price in recorded
+        ),
+    )
