@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing_svc.catalog.meter_reader import SqlMeterReader
+from billing_svc.clocks.account_time import AccountClocks, SqlAccountClocks
 from billing_svc.usage.ports import MeterLookup, UsageRepository
 from billing_svc.usage.repository import SqlUsageRepository
 from core.accounts import AccountDirectory, AccountDirectoryFactory
@@ -18,6 +19,7 @@ class SqlUsageUnitOfWork(UnitOfWork):
     usage: UsageRepository
     meters: MeterLookup
     accounts: AccountDirectory
+    clocks: AccountClocks
 
     def __init__(
         self,
@@ -28,8 +30,10 @@ class SqlUsageUnitOfWork(UnitOfWork):
     ):
         super().__init__(sessions, clock=wall_clock)
         self._account_directory = account_directory
+        self._wall = wall_clock
 
     def _bind(self, session: AsyncSession) -> None:
         self.usage = SqlUsageRepository(session)
         self.meters = SqlMeterReader(session)
         self.accounts = self._account_directory(session)
+        self.clocks = SqlAccountClocks(session, self._wall)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Protocol, Self
 
+from billing_svc.clocks.account_time import AccountClocks
 from billing_svc.usage.ports import MeterLookup, UsageRepository
 from core.accounts import AccountDirectory
 
 
 class UsageUnitOfWork(Protocol):
-    """Usage records, the meters they name and the accounts they belong to, in one transaction."""
+    """Usage records, the meters they name, the accounts they belong to and those accounts' billing
+    time (a test clock's, or the wall clock), in one transaction."""
 
     @property
     def usage(self) -> UsageRepository: ...
@@ -23,6 +25,9 @@ class UsageUnitOfWork(Protocol):
 
     @property
     def accounts(self) -> AccountDirectory: ...
+
+    @property
+    def clocks(self) -> AccountClocks: ...
 
     async def __aenter__(self) -> Self: ...
 

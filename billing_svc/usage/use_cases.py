@@ -124,10 +124,19 @@ async def _checked(
     meters = await uow.meters.by_codes({item.service for item in items if item.service})
     unknown = any(item.service and not _active(meters.get(item.service)) for item in items)
     active = await uow.meters.active_codes(rules.MAX_LISTED_SERVICES + 1) if unknown else []
+    # An event's time (its default, and the window it must fall in) is its account's billing time:
+    # a test clock's frozen time for an account on one, so a rehearsal's usage lands in its periods.
+    account_now: dict[str, datetime] = {}
+    for account_id in sorted(
+        {item.account_id for item in items if 0 < len(item.account_id) <= ids.MAX_LENGTH}
+    ):
+        account_now[account_id] = (await uow.clocks.time_for(account_id)).now
     checked: list[CheckedEvent | TallyError] = []
     for item in items:
         try:
-            checked.append(rules.check_event(item, meters, active, now, window))
+            checked.append(
+                rules.check_event(item, meters, active, account_now.get(item.account_id, now), window)
+            )
         except TallyError as exc:
             checked.append(exc)
     # Each distinct account once, in a fixed order, share-locked against a concurrent delete.

@@ -26,7 +26,14 @@ from core.clock import FrozenClock
 from core.principal import SYSTEM, Role
 from core.settings import Settings
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tally.billing.v1 import meter_pb2, meter_pb2_grpc, usage_pb2, usage_pb2_grpc
+from tally.billing.v1 import (
+    meter_pb2,
+    meter_pb2_grpc,
+    test_clock_pb2,
+    test_clock_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from tests.billing_support import new_account
 from tests.integration.test_concurrency import waits_on_lock
 from tests.integration.test_gateway import Gateway, bearer, call
@@ -114,7 +121,7 @@ async def test_create_then_replay_then_reuse(
     assert record.id in (error.details() or "")
     stored = await rows(app)
     assert [(row.id, str(row.units)) for row in stored] == [(record.id, str(stored[0].units))]
-    assert stored[0].units == 2.5 and await event_id_count(app) == 1
+    assert stored[0].units == Decimal("2.5") and await event_id_count(app) == 1
 
 
 async def test_omitted_event_time_and_ids(
@@ -461,3 +468,25 @@ async def test_a_batch_costs_the_same_statements_for_10_events_as_for_1000(app: 
     assert full[1] == replayed[1] == 1  # one commit each
     assert replayed[0] <= full[0] + 1, counts  # the originals: one more select at most
     assert len(await rows(app)) == 1010
+
+
+async def test_an_account_on_a_test_clock_records_usage_at_the_clocks_time(
+    app: App, channel: grpc.aio.Channel, usage: usage_pb2_grpc.UsageServiceStub, account_id: str
+) -> None:
+    frozen = datetime(2027, 3, 1, 12, tzinfo=UTC)  # months after the wall clock
+    clocks = test_clock_pb2_grpc.TestClockServiceStub(channel)
+    test_clock = test_clock_pb2.TestClock()
+    test_clock.frozen_time.FromDatetime(frozen)
+    clock = await clocks.CreateTestClock(test_clock_pb2.CreateTestClockRequest(test_clock=test_clock))
+    await clocks.AttachAccount(test_clock_pb2.AttachAccountRequest(id=clock.id, account_id=account_id))
+    stamped = await usage.CreateUsageRecord(event(account_id, event_id="no-time"))
+    assert stamped.usage_record.event_time.ToDatetime(tzinfo=UTC) == frozen
+    earlier = await usage.CreateUsageRecord(
+        event(account_id, event_id="an-hour-ago", at=frozen - timedelta(hours=1))
+    )
+    assert not earlier.replay
+    # The wall clock's now is months before the clock's: far outside its late window.
+    error = await failing(usage.CreateUsageRecord(event(account_id, event_id="wall", at=datetime.now(UTC))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "usage_record.event_time" in details(error).violations
+    assert sorted(row.event_time for row in await rows(app)) == [frozen - timedelta(hours=1), frozen]
