@@ -257,6 +257,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tally-usage-bench-") as workdir, ExitStack() as stack:
         bench = Bench(options, Path(workdir), h2load)
         try:
+            bench.data_dir.mkdir()
             database = pgdb.create()
             stack.callback(pgdb.drop, database)
             progress(f"database {database.name}: migrating...")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from core import ids
 
 NOW = datetime(2027, 3, 14, 6, 59, 59, 999000, tzinfo=UTC)
@@ -29,3 +32,9 @@ def test_they_have_the_shape_of_every_other_id() -> None:
     assert re.fullmatch(pattern, made)
     assert re.fullmatch(pattern, plain)
     assert len(made) == len(plain) <= ids.MAX_LENGTH
+
+
+@given(st.integers(min_value=0, max_value=2**200), st.sampled_from([1, 2, 5, 9, 12, 26]))
+def test_base32_writes_the_low_bits_five_at_a_time_most_significant_first(value: int, width: int) -> None:
+    digits = [(value >> (5 * place)) & 31 for place in reversed(range(width))]
+    assert ids._base32(value, width) == "".join(ids.ALPHABET[digit] for digit in digits)
