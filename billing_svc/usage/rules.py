@@ -7,7 +7,6 @@ so one error names every bad field of it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -149,17 +148,21 @@ def fingerprint(item: UsageInput, units: Decimal, price: Decimal | None, event_i
     """sha256 over the event's canonical content: the same event sent again has the same one.
 
     The event time is the one sent (None when omitted, not the time of receipt, which differs on
-    a retry); numbers are normalised (`1.50` and `1.5` are one event); properties are sorted."""
-    content = {
-        "account_id": item.account_id,
-        "service": item.service,
-        "units": format(units.normalize(), "f"),
-        "price_per_unit": format(price.normalize(), "f") if price is not None else None,
-        "event_time": item.event_time.isoformat() if item.event_time is not None else None,
-        "properties": sorted(item.properties.items()),
-        "event_id": event_id,
-    }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    a retry); numbers are normalised (`1.50` and `1.5` are one event); properties are sorted.
+    Every part is written with its length in front, so no two contents share a text. Stored with
+    each event id: changing this function makes every stored event look changed to a retry, so
+    it is pinned by a test (tests/unit/test_usage_rules.py)."""
+    parts = [
+        item.account_id,
+        item.service,
+        format(units.normalize(), "f"),
+        "" if price is None else "=" + format(price.normalize(), "f"),
+        "" if item.event_time is None else "=" + item.event_time.isoformat(),
+        str(len(item.properties)),
+        *(text for pair in sorted(item.properties.items()) for text in pair),
+        event_id,
+    ]
+    canonical = "".join(f"{len(part)}:{part}" for part in parts)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

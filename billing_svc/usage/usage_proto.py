@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
+
+from google.protobuf import timestamp_pb2
 
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput, UsageRecord
 from core.status import to_status
 from tally.billing.v1 import usage_pb2
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OUTCOME_TO_PROTO = {
     Outcome.STORED: usage_pb2.UsageRecordResult.OUTCOME_STORED,
     Outcome.REPLAY: usage_pb2.UsageRecordResult.OUTCOME_REPLAY,
@@ -51,9 +54,16 @@ def record_to_proto(record: UsageRecord) -> usage_pb2.UsageRecord:
     message.units_consumed.value = decimal_text(record.units)
     if record.price_per_unit is not None:
         message.price_per_unit.value = decimal_text(record.price_per_unit)
-    message.event_time.FromDatetime(record.event_time)
-    message.create_time.FromDatetime(record.create_time)
+    _set_time(message.event_time, record.event_time)
+    _set_time(message.create_time, record.create_time)
     return message
+
+
+def _set_time(field: timestamp_pb2.Timestamp, instant: datetime) -> None:
+    """Timestamp.FromDatetime's result, in a few field stores (a batch answers 1,000 records)."""
+    since = instant - _EPOCH
+    field.seconds = since.days * 86_400 + since.seconds
+    field.nanos = since.microseconds * 1000
 
 
 def result_to_proto(result: RecordResult, index: int) -> usage_pb2.UsageRecordResult:

@@ -88,9 +88,9 @@ def event_id_reused(event_id: str, record_id: str) -> AlreadyExists:
     )
 
 
-def _record(event: CheckedEvent, now: datetime) -> UsageRecord:
+def _record(event: CheckedEvent, record_id: str, now: datetime) -> UsageRecord:
     return UsageRecord(
-        id=ids.new_ordered_id(RECORD_PREFIX, now),
+        id=record_id,
         account_id=event.account_id,
         meter_id=event.meter.id,
         service=event.meter.code,
@@ -173,11 +173,16 @@ async def record_usage_batch(
     async with deps.new_uow() as uow:
         checked = await _checked(uow, caller, items, now, deps.window)
         first: dict[tuple[str, str], int] = {}  # key -> position among `new`
-        new: list[NewUsage] = []
+        unique: list[CheckedEvent] = []
         for event in checked:
             if isinstance(event, CheckedEvent) and event.key not in first:
-                first[event.key] = len(new)
-                new.append(NewUsage(_record(event, now), event.fingerprint))
+                first[event.key] = len(unique)
+                unique.append(event)
+        record_ids = ids.new_ordered_ids(RECORD_PREFIX, now, len(unique))
+        new = [
+            NewUsage(_record(event, record_id, now), event.fingerprint)
+            for event, record_id in zip(unique, record_ids, strict=True)
+        ]
         earlier = await uow.usage.insert_new(new)
         if new:
             await uow.commit()

@@ -46,6 +46,24 @@ def test_the_same_event_written_differently_has_one_fingerprint() -> None:
     assert check(units="2").fingerprint != a.fingerprint
 
 
+def test_the_fingerprint_is_pinned_because_stored_fingerprints_must_keep_matching_retries() -> None:
+    # Stored with every event id: a change here would answer a retry of an event recorded before
+    # it ALREADY_EXISTS. Computed once from the definition in rules.fingerprint; change only with
+    # a migration of usage_event_ids.fingerprint.
+    event = check(units="1.50", properties={"a": "1", "b": "2"}, price_per_unit="0.10")
+    assert event.fingerprint == "583bc788cfc768db02752f396aea0efff801a106fec2abd3aca88a0f23c21a3d"
+    assert check().fingerprint == "36e317b4ac6e4408e3b9ff31eec374223fdeeeabbdbe657446f7cfe74e2081e7"
+
+
+def test_parts_are_length_prefixed_so_shifting_text_between_fields_changes_the_fingerprint() -> None:
+    assert check(properties={"ab": "c"}).fingerprint != check(properties={"a": "bc"}).fingerprint
+    assert (
+        check(account_id="acct_1", event_id="e12").fingerprint
+        != check(account_id="acct_1e", event_id="12").fingerprint
+    )
+    assert check(price_per_unit="").fingerprint != check(price_per_unit="0").fingerprint
+
+
 def test_an_omitted_event_time_is_the_receipt_but_fingerprints_as_none() -> None:
     omitted = check()
     assert omitted.event_time == NOW
