@@ -478,16 +478,19 @@ class _DocumentBuilder:
                 description = schema.pop("description", "")
         if method.client_streaming:
             # The gateway takes one message per line (gateway/transcoder.py build_stream_requests).
+            # `application/json` too: the gateway reads it the same way, and a body of one object is
+            # a stream of one message, which JSON-only tools can send.
             line = "One JSON object per line (newline-delimited JSON), each one message of the stream."
             description = f"{line}\n\n{description}" if description else line
-            content = {"application/x-ndjson": {"schema": schema}}
+            content = {kind: {"schema": schema} for kind in ("application/x-ndjson", "application/json")}
         else:
             content = {"application/json": {"schema": schema}}
         # The gateway reads an absent body as an empty message (gateway/transcoder.py decode_json),
         # so a `*` body that asks for no field (a custom method's optional request_id) may be left out.
         # and `null` as no body at all.
-        required = binding.body != "*" or method.client_streaming or self._asks_for_something(schema)
-        if not required:
+        # A client-streaming body may be empty: a stream of no messages (build_stream_requests).
+        required = not method.client_streaming and (binding.body != "*" or self._asks_for_something(schema))
+        if not required and not method.client_streaming:
             content = {kind: {"schema": nullable(entry["schema"])} for kind, entry in content.items()}
         request_body: JSON = {"required": required, "content": content}
         if description:

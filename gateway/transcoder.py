@@ -464,12 +464,11 @@ def build_stream_requests(
     """The request messages of a client-streaming call: one per non-blank line of an NDJSON body.
 
     Each line is parsed like the body of `build_request`; the path variables, query
-    parameters and idempotency key apply to every message. 400 for an empty body, and
-    for a bad line with `line N: ` in the message.
+    parameters and idempotency key apply to every message. An empty (or blank) body is a
+    stream of no messages, which gRPC allows: the call decides (auth first, so a caller without
+    a token hears 401, not 400). 400 for a bad line, with `line N: ` in the message.
     """
     lines = _json_lines(body)
-    if not lines:
-        raise GatewayError.invalid("body", "no messages: expected one JSON object per line")
     # The path and the query once: their errors are not a line's.
     from_path = _path_message(route, variables) if variables else None
     from_query = route.request_class()

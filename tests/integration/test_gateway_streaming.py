@@ -409,10 +409,11 @@ async def test_client_streaming_bad_value_names_the_line(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("body", ["", "\n", " \n\r\n\t"], ids=["empty", "newline", "blank"])
-async def test_client_streaming_without_messages_is_refused(stack: Stack, body: str) -> None:
-    status, _, error = await post(stack, "/v1/sum", body)
-    assert status == 400, error
-    assert error["message"] == "body: no messages: expected one JSON object per line"
+async def test_client_streaming_without_messages_is_a_stream_of_none(stack: Stack, body: str) -> None:
+    """gRPC allows a stream of no messages: the call runs (and, on Tally, checks the token first)."""
+    status, _, reply = await post(stack, "/v1/sum", body)
+    assert status == 200, reply
+    assert reply == {}
 
 
 async def test_client_streaming_query_parameters_follow_the_body_rules(stack: Stack) -> None:
@@ -486,7 +487,7 @@ async def test_client_streaming_is_documented(stack: Stack) -> None:
         assert response.status == 200
         doc = await response.json()
     body = doc["paths"]["/v1/sum"]["post"]["requestBody"]
-    assert list(body["content"]) == [NDJSON]
+    assert list(body["content"]) == [NDJSON, "application/json"]  # JSON: one object, one message
     assert body["content"][NDJSON]["schema"] == {
         "$ref": "#/components/schemas/tally_test.streaming.v1.SumRequest"
     }

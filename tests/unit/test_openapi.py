@@ -414,7 +414,13 @@ def test_rule_shapes(widgets: ServiceDescriptor) -> None:
     upload = paths["/v1/widgets:upload"]["post"]["requestBody"]
     # Widget is also a response message, so the body schema is its own component (as for unary).
     body_schema = {"$ref": SCHEMAS + "tally.testing.v1.WidgetService.UploadWidgetsBody"}
-    assert upload["content"] == {"application/x-ndjson": {"schema": body_schema}}
+    # Also as application/json (read the same way; one object is a stream of one message), and
+    # not required: an empty body is a stream of no messages.
+    assert upload["content"] == {
+        "application/x-ndjson": {"schema": body_schema},
+        "application/json": {"schema": body_schema},
+    }
+    assert upload["required"] is False
     assert upload["description"].startswith("One JSON object per line")
     assert set(paths["/v1/widgets:upload"]["post"]["responses"]["200"]["content"]) == {"application/json"}
 
