@@ -157,12 +157,26 @@ class AsyncClient:
         self,
         account: account_pb2.Account | None = None,
         *,
+        display_name: str = "",
+        email: str = "",
+        currency_code: str = "",
+        billing_time_zone: str = "",
+        phone: str = "",
+        metadata: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-        **fields: Any,
     ) -> account_pb2.Account:
         request = account_pb2.CreateAccountRequest(
-            account=account_message(account, fields), request_id=self._request_id(request_id)
+            account=account_message(
+                account,
+                display_name=display_name,
+                email=email,
+                currency_code=currency_code,
+                billing_time_zone=billing_time_zone,
+                phone=phone,
+                metadata=metadata,
+            ),
+            request_id=self._request_id(request_id),
         )
         account_reply: account_pb2.Account = await self._call(
             "CreateAccount",

@@ -139,11 +139,30 @@ def batch_result(response: usage_pb2.BatchCreateUsageRecordsResponse) -> BatchRe
     )
 
 
-def account_message(account: account_pb2.Account | None, fields: Mapping[str, object]) -> account_pb2.Account:
-    """`account`, or one built from keyword fields (display_name=..., email=..., currency_code=...)."""
-    if account is not None and fields:
+def account_message(
+    account: account_pb2.Account | None,
+    *,
+    display_name: str,
+    email: str,
+    currency_code: str,
+    billing_time_zone: str,
+    phone: str,
+    metadata: Mapping[str, str] | None,
+) -> account_pb2.Account:
+    """`account`, or one built from the fields given one by one (not both)."""
+    built = account_pb2.Account(
+        display_name=display_name,
+        email=email,
+        currency_code=currency_code,
+        billing_time_zone=billing_time_zone,
+        phone=phone,
+        metadata=dict(metadata or {}),
+    )
+    if account is None:
+        return built
+    if built != account_pb2.Account():
         raise TypeError("give an Account or its fields, not both")
-    return account if account is not None else account_pb2.Account(**fields)  # type: ignore[arg-type]
+    return account
 
 
 def update_request(
