@@ -143,10 +143,12 @@ def test_a_server_killed_mid_call_and_restarted_stores_each_create_once(tally):
                         results.append(client.create_account(fields(name)))
                 except BaseException as exc:
                     failure.append(exc)
+                    held.set()
 
             worker = threading.Thread(target=run)
             worker.start()
             assert held.wait(BOUND_SECONDS)
+            assert failure == []
             proxy.hold()
             go_on.set()
             tally.wait_for_row("SELECT 1 FROM accounts WHERE display_name = ?", "kill-10")

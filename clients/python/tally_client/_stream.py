@@ -11,13 +11,15 @@ At most `window` events wait for acknowledgement: send() blocks past that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from tally.billing.v1 import usage_pb2
 from tally_client._config import Config
@@ -312,15 +314,16 @@ class AsyncUsageStream:
         if self._ledger.error is not None:
             raise self._ledger.error
 
-    async def _requests(self, outbox: asyncio.Queue[Message | None]) -> AsyncIterator[Message]:
-        message = await outbox.get()
-        if message is None:
-            return
-        yield self._ledger.first(message)
-        while (message := await outbox.get()) is not None:
-            yield message
+    async def _write(self, call: Any, outbox: asyncio.Queue[Message | None]) -> None:
+        """Write the outbox to the call, the first message naming the producer, until closing."""
+        first = True
+        with contextlib.suppress(grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            while (message := await outbox.get()) is not None:
+                await call.write(self._ledger.first(message) if first else message)
+                first = False
+            await call.done_writing()
 
-    async def _open(self) -> Any:
+    async def _open(self) -> tuple[Any, asyncio.Task[None]]:
         async with self._changed:
             outbox: asyncio.Queue[Message | None] = asyncio.Queue()
             for message in self._ledger.opening():
@@ -328,15 +331,16 @@ class AsyncUsageStream:
             if self._ledger.closing:
                 outbox.put_nowait(None)
             self._outbox = outbox
-        return self._rpc(self._requests(outbox), metadata=await self._metadata())
+        call = self._rpc(metadata=await self._metadata())
+        return call, asyncio.get_running_loop().create_task(self._write(call, outbox))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         state = RetryState(self._config.retry, True, loop.time())
         while True:
             state.attempts += 1
+            call, writing = await self._open()
             try:
-                call = await self._open()
                 async for response in call:
                     async with self._changed:
                         if self._ledger.acknowledge(response):
@@ -345,6 +349,9 @@ class AsyncUsageStream:
                 error = _broken()
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
+            finally:
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
             async with self._changed:
                 if self._ledger.closing and not self._ledger.pending:
                     return
