@@ -6,11 +6,12 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: run test install generate check-generated check-contracts contracts-baseline lint typecheck pytest bench clean
 
-$(VENV)/.installed: pyproject.toml
-	@echo "==> installing Tally and its dev tools into $(VENV)"
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	@echo "==> installing Tally, its Python client and the dev tools into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --editable clients/python
 	@touch $@
 
 # buf resolves the Google imports from build/proto-deps (git-ignored, buf.yaml's second module),
