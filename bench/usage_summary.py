@@ -5,7 +5,8 @@
 On a throw-away PostgreSQL database (`TALLY_BENCH_POSTGRES_URL`, see bench/pgdb.py): one account
 on a monthly plan with a graduated charge on a SUM meter, `--events` records spread over its
 current period across four meters (SUM, COUNT, UNIQUE_COUNT, WEIGHTED_SUM; a tenth of the SUM
-meter's records with their own price), written with SQLAlchemy Core as the ingestion writes them.
+meter's records with their own price), written with SQLAlchemy Core as the ingestion writes them,
+then the account's hourly rollup (usage_hourly) built from them, as the ingestion keeps it.
 Prints the mean and the slowest of `--calls` sequential GetUsageSummary calls over gRPC (after 3
 warm-up calls), on the schema as migrated, then again with a covering index on (account_id,
 event_time) INCLUDE (meter_id, units, price_per_unit), a candidate for the migration.
@@ -35,6 +36,7 @@ from sqlalchemy import insert  # noqa: E402
 
 from app.server import App, build  # noqa: E402
 from bench import pgdb  # noqa: E402
+from billing_svc.usage.repository import rebuild_rollup  # noqa: E402
 from billing_svc.usage.tables import UsageRecordRow  # noqa: E402
 from core import ids  # noqa: E402
 from core.principal import Principal, Role, scopes_for  # noqa: E402
@@ -121,6 +123,7 @@ async def _seed(app: App, channel: grpc.aio.Channel, events: int) -> str:
     async with app.engine.begin() as connection:
         for offset in range(0, len(rows), _BATCH):
             await connection.execute(insert(UsageRecordRow), rows[offset : offset + _BATCH])
+        await rebuild_rollup(connection, str(account.id))  # the hourly rollup the ingestion keeps
     return str(account.id)
 
 
@@ -135,6 +138,7 @@ async def _vacuum(app: App, covering: bool) -> None:
                 " INCLUDE (meter_id, units, price_per_unit)"
             )
         await connection.exec_driver_sql("VACUUM ANALYZE usage_records")
+        await connection.exec_driver_sql("VACUUM ANALYZE usage_hourly")
 
 
 async def _measure(stub: usage_pb2_grpc.UsageServiceStub, account_id: str, calls: int) -> tuple[float, float]:

@@ -40,7 +40,7 @@ from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
 from billing_svc.usage.read_use_cases import UsageReadDeps
 from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
-from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
+from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
@@ -199,6 +199,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         TestClockAccountRow,
         UsageRecordRow,
         UsageEventIdRow,
+        UsageHourlyRow,
     ),
     build=build,
     register=register,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
 from app.modules import table_names
-from app.server import App
+from app.server import App, build
 from core import db
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
@@ -30,6 +30,7 @@ from tests.support import (
     TEST_SECRET,
     asyncpg_dsn,
     channel_as,
+    cheap_passwords,
     mint,
     serving,
     unavailable,
@@ -139,6 +140,17 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def pg_app(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[App]:
+    """The real server on the suite's PostgreSQL database, emptied first (tests of real concurrency)."""
+    app = await build(postgres_settings, passwords=cheap_passwords())
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace=0)
 
 
 @pytest.fixture

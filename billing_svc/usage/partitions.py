@@ -11,7 +11,8 @@ A monthly partition cannot be created while the DEFAULT partition holds rows of 
 (PostgreSQL refuses the overlap): such a month is skipped and logged, for an operator to move
 the rows. Archiving: `detach_partitions_before` detaches the monthly partitions older than a
 month; each becomes a plain table (same name) to dump and drop, and is no longer read by
-queries of `usage_records`. Their event ids stay in `usage_event_ids` until the purge.
+queries of `usage_records`; the hourly rollup (usage_hourly) loses those months' hours too.
+Their event ids stay in `usage_event_ids` until the purge.
 
 SQLite keeps one plain table; every function here does nothing there.
 """
@@ -112,7 +113,9 @@ async def detach_partitions_before(connection: AsyncConnection, month: datetime)
     """Detach every monthly partition of usage_records that ends at or before the start of
     `month`'s month; their names. Each stays a plain table of the same name, out of the
     partitioned table (queries of usage_records no longer see it): dump it, then drop it.
-    Run it only for months that were invoiced. The caller commits."""
+    The hourly rollup's hours of those months are deleted with it, in the same transaction, so
+    that a summary never counts records it cannot read (the rollup can be rebuilt from the
+    dumped rows). Run it only for months that were invoiced. The caller commits."""
     if connection.dialect.name != "postgresql":
         return []
     cutoff = month_start(month)
@@ -124,5 +127,9 @@ async def detach_partitions_before(connection: AsyncConnection, month: datetime)
         start = datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC)
         if month_start(start, 1) <= cutoff:
             await connection.execute(text(f"ALTER TABLE {TABLE} DETACH PARTITION {name}"))
+            await connection.execute(
+                text("DELETE FROM usage_hourly WHERE hour >= :start AND hour < :end"),
+                {"start": start, "end": month_start(start, 1)},
+            )
             detached.append(name)
     return detached

@@ -4,6 +4,11 @@ PostgreSQL stores units as NUMERIC(38, 12), so COUNT, SUM and MAX (and the recor
 sum of units x price, scale 24, still exact) are computed by the database, and only what the
 other aggregations need is fetched: the number of distinct property values, the latest row,
 the level before the period, and the weighted area of the changes inside it (also a SQL sum).
+For the plan-priced records, COUNT, SUM, MAX, the level before and the weighted area read the
+whole UTC hours of the range from the hourly rollup (usage_hourly) and only the partial hours at
+each end from usage_records, so their cost follows the number of hours, not of events.
+UNIQUE_COUNT (distinct values do not add up across hours) and LATEST (one indexed row) read raw
+rows, as do the recorded-price records (a partial index holds them).
 SQLite stores units as text, which its SUM would read as floats, so there the rows are fetched
 and summed in Python (billing_svc.usage.aggregation). Either way the results are the same exact Decimals.
 
@@ -14,23 +19,27 @@ stays on the account's (and, once partitioned, the period's) part of the table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, func, literal, select
+from sqlalchemy import ColumnElement, Numeric, and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.usage import aggregation
 from billing_svc.usage.domain import UsageRecord
 from billing_svc.usage.read_ports import PeriodTotals
-from billing_svc.usage.tables import UsageRecordRow
+from billing_svc.usage.tables import UsageHourlyRow, UsageRecordRow
 from core.money import DECIMAL_CONTEXT
 from core.pagination import Position, keyset_after
 
 _ZERO = Decimal(0)
 _EXACT = Numeric(asdecimal=True)
+_C = DECIMAL_CONTEXT
+_HOUR = timedelta(hours=1)
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _to_domain(row: UsageRecordRow) -> UsageRecord:
@@ -108,35 +117,85 @@ class SqlUsageReader:
         return {meter_id: _python_totals(rows) for meter_id, rows in by_meter.items()}
 
     async def _sql_totals(self, account_id: str, start: datetime, end: datetime) -> dict[str, PeriodTotals]:
-        planned = UsageRecordRow.price_per_unit.is_(None)
-        recorded = UsageRecordRow.price_per_unit.is_not(None)
+        """Three grouped reads in one statement: the recorded-price records over the whole range
+        (a partial index holds them), the plan-priced ones of the partial hours at each end, and
+        the rollup's whole hours in between; added up per meter here."""
         units = UsageRecordRow.units
-        statement = (
+        recorded = (
             select(
                 UsageRecordRow.meter_id,
-                func.count(),
-                func.count().filter(planned),
-                func.sum(units, type_=_EXACT).filter(planned),
-                func.max(units, type_=_EXACT).filter(planned),
-                func.sum(units, type_=_EXACT).filter(recorded),
-                func.sum(units * UsageRecordRow.price_per_unit, type_=_EXACT).filter(recorded),
+                literal(0).label("plan_count"),
+                literal(None, _EXACT).label("plan_sum"),
+                literal(None, _EXACT).label("plan_max"),
+                func.count().label("recorded_count"),
+                func.sum(units, type_=_EXACT).label("recorded_units"),
+                func.sum(units * UsageRecordRow.price_per_unit, type_=_EXACT).label("amount"),
             )
-            .where(_in_period(account_id, start, end))
+            .where(_in_period(account_id, start, end), UsageRecordRow.price_per_unit.is_not(None))
             .group_by(UsageRecordRow.meter_id)
         )
-        result: dict[str, PeriodTotals] = {}
-        for meter_id, count, plan_count, plan_sum, plan_max, recorded_units, amount in (
-            await self._session.execute(statement)
-        ).all():
-            result[meter_id] = PeriodTotals(
-                record_count=count,
-                plan_count=plan_count,
-                plan_sum=_decimal(plan_sum),
-                plan_max=_decimal(plan_max),
-                recorded_units=_decimal(recorded_units),
-                recorded_amount=_decimal(amount),
+        first, last = _whole_hours(start, end)
+        parts = [recorded]
+        edges = [
+            _in_period(account_id, low, high) for low, high in ((start, first), (last, end)) if low < high
+        ]
+        if edges:
+            parts.append(
+                select(
+                    UsageRecordRow.meter_id,
+                    func.count(),
+                    func.sum(units, type_=_EXACT),
+                    func.max(units, type_=_EXACT),
+                    literal(0),
+                    literal(None, _EXACT),
+                    literal(None, _EXACT),
+                )
+                .where(or_(*edges), UsageRecordRow.price_per_unit.is_(None))
+                .group_by(UsageRecordRow.meter_id)
             )
-        return result
+        if first < last:
+            parts.append(
+                select(
+                    UsageHourlyRow.meter_id,
+                    func.sum(UsageHourlyRow.record_count),
+                    func.sum(UsageHourlyRow.units_sum, type_=_EXACT),
+                    func.max(UsageHourlyRow.units_max, type_=_EXACT),
+                    literal(0),
+                    literal(None, _EXACT),
+                    literal(None, _EXACT),
+                )
+                .where(_hours(account_id, first, last))
+                .group_by(UsageHourlyRow.meter_id)
+            )
+        rows = (await self._session.execute(union_all(*parts))).all()
+        by_meter: dict[str, list[Any]] = {}
+        for meter_id, plan_count, plan_sum, plan_max, recorded_count, recorded_units, amount in rows:
+            totals = by_meter.setdefault(meter_id, [0, _ZERO, None, 0, _ZERO, _ZERO])
+            totals[0] += int(plan_count)
+            totals[1] = _C.add(totals[1], _decimal(plan_sum))
+            if plan_max is not None:
+                totals[2] = _decimal(plan_max) if totals[2] is None else max(totals[2], _decimal(plan_max))
+            totals[3] += int(recorded_count)
+            totals[4] = _C.add(totals[4], _decimal(recorded_units))
+            totals[5] = _C.add(totals[5], _decimal(amount))
+        return {
+            meter_id: PeriodTotals(
+                record_count=plan_count + recorded_count,
+                plan_count=plan_count,
+                plan_sum=plan_sum,
+                plan_max=plan_max if plan_max is not None else _ZERO,
+                recorded_units=recorded_units,
+                recorded_amount=amount,
+            )
+            for meter_id, (
+                plan_count,
+                plan_sum,
+                plan_max,
+                recorded_count,
+                recorded_units,
+                amount,
+            ) in by_meter.items()
+        }
 
     async def unique_count(
         self, account_id: str, meter_id: str, property_name: str, start: datetime, end: datetime
@@ -158,32 +217,57 @@ class SqlUsageReader:
         return found if found is not None else _ZERO
 
     async def level_before(self, account_id: str, meter_id: str, start: datetime) -> Decimal:
-        """The sum of the plan-priced records' units before `start`: a WEIGHTED_SUM's level there."""
-        where = and_(
-            UsageRecordRow.account_id == account_id,
-            UsageRecordRow.meter_id == meter_id,
-            UsageRecordRow.event_time < start,
-            UsageRecordRow.price_per_unit.is_(None),
-        )
-        if self._exact_sql:
-            return _decimal(
-                await self._session.scalar(select(func.sum(UsageRecordRow.units, type_=_EXACT)).where(where))
+        """The sum of the plan-priced records' units before `start`: a WEIGHTED_SUM's level there.
+        On PostgreSQL the rollup's hours before start's hour, plus the raw rows of that hour."""
+        if not self._exact_sql:
+            where = and_(
+                UsageRecordRow.account_id == account_id,
+                UsageRecordRow.meter_id == meter_id,
+                UsageRecordRow.event_time < start,
+                UsageRecordRow.price_per_unit.is_(None),
             )
-        return aggregation.total(
-            (await self._session.scalars(select(UsageRecordRow.units).where(where))).all()
+            return aggregation.total(
+                (await self._session.scalars(select(UsageRecordRow.units).where(where))).all()
+            )
+        hour = _hour_floor(start)
+        rolled = select(func.sum(UsageHourlyRow.units_sum, type_=_EXACT)).where(
+            UsageHourlyRow.account_id == account_id,
+            UsageHourlyRow.meter_id == meter_id,
+            UsageHourlyRow.hour < hour,
         )
+        raw = select(func.sum(UsageRecordRow.units, type_=_EXACT)).where(
+            _plan_priced(account_id, meter_id, hour, start)
+        )
+        rows = (await self._session.execute(union_all(rolled, raw))).scalars().all()
+        return aggregation.total(_decimal(value) for value in rows)
 
     async def weighted_area(self, account_id: str, meter_id: str, start: datetime, end: datetime) -> Fraction:
         """The sum of units x (end - event_time), in unit-seconds, over the plan-priced records in
         [start, end) (billing_svc.usage.aggregation.weighted_area). PostgreSQL sums it: extract()
-        of an interval is an exact NUMERIC there, to the microsecond."""
+        of an interval is an exact NUMERIC there, to the microsecond; whole hours come from the
+        rollup as sum(units) x end - sum(units x event_time), in microseconds."""
         if not self._exact_sql:
             return aggregation.weighted_area(await self.changes(account_id, meter_id, start, end), end)
+        first, last = _whole_hours(start, end)
         held = func.extract("epoch", literal(end, UsageRecordRow.event_time.type) - UsageRecordRow.event_time)
-        statement = select(func.sum(UsageRecordRow.units * held, type_=_EXACT)).where(
-            _plan_priced(account_id, meter_id, start, end)
-        )
-        return Fraction(_decimal(await self._session.scalar(statement)))
+        area = Fraction(0)
+        for low, high in ((start, first), (last, end)):
+            if low < high:
+                statement = select(func.sum(UsageRecordRow.units * held, type_=_EXACT)).where(
+                    _plan_priced(account_id, meter_id, low, high)
+                )
+                area += Fraction(_decimal(await self._session.scalar(statement)))
+        if first < last:
+            hourly = select(
+                func.sum(UsageHourlyRow.units_sum, type_=_EXACT),
+                func.sum(UsageHourlyRow.units_time_sum, type_=_EXACT),
+            ).where(_hours(account_id, first, last), UsageHourlyRow.meter_id == meter_id)
+            units_sum, units_time_sum = (await self._session.execute(hourly)).one()
+            end_us = (end - _EPOCH) // _MICROSECOND
+            area += Fraction(
+                Fraction(_decimal(units_sum)) * end_us - Fraction(_decimal(units_time_sum)), 10**6
+            )
+        return area
 
     async def changes(
         self, account_id: str, meter_id: str, start: datetime, end: datetime
@@ -195,6 +279,30 @@ class SqlUsageReader:
             .order_by(UsageRecordRow.event_time, UsageRecordRow.id)
         )
         return [(time, units) for time, units in (await self._session.execute(statement)).all()]
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC hours inside [start, end), as [first, last): start rounded up, end down.
+    When no whole hour fits, (end, end): no hours, and [start, end) is all one raw edge."""
+    first = _hour_floor(start)
+    if first < start:
+        first += _HOUR
+    last = _hour_floor(end)
+    if last <= first:
+        return end, end
+    return first, last
+
+
+def _hours(account_id: str, first: datetime, last: datetime) -> ColumnElement[bool]:
+    return and_(
+        UsageHourlyRow.account_id == account_id,
+        UsageHourlyRow.hour >= first,
+        UsageHourlyRow.hour < last,
+    )
 
 
 def _decimal(value: Any) -> Decimal:

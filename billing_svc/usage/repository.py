@@ -3,10 +3,13 @@ writes through the unit of work's session and never commits.
 
 Recording is set-based. On PostgreSQL one statement stores a whole batch: the events' columns
 travel as one array per column, `unnest` turns them into rows, the event ids are claimed with
-INSERT ... ON CONFLICT DO NOTHING, and only the records whose id was claimed are inserted. A
+INSERT ... ON CONFLICT DO NOTHING, only the records whose id was claimed are inserted, and those
+without their own price are added to the hourly rollup (usage_hourly: an upsert per account,
+meter and hour, in key order so two batches on the same hours wait in one order). A
 concurrent transaction holding one of the ids makes the statement wait for it to end (then the id
 is taken, or free again if it rolled back), so concurrent duplicates store one row. SQLite, whose
-writers queue behind BEGIN IMMEDIATE, does the same in three executemany-sized steps.
+writers queue behind BEGIN IMMEDIATE, does the same in three executemany-sized steps, and keeps
+no rollup (its reads add up raw rows).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, text, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billing_svc.usage.domain import EarlierUsage, NewUsage, UsageRecord
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
@@ -41,15 +44,58 @@ _POSTGRES_INSERT = text(
         SELECT account_id, event_id, id, event_time, fingerprint, create_time FROM input
         ON CONFLICT DO NOTHING
         RETURNING record_id
+    ),
+    stored AS (
+        INSERT INTO usage_records (account_id, event_time, id, meter_id, service, units, price_per_unit,
+                                   properties, event_id, create_time)
+        SELECT input.account_id, input.event_time, input.id, input.meter_id, input.service, input.units,
+               input.price, CAST(input.properties AS json), input.event_id, input.create_time
+        FROM input JOIN claimed ON claimed.record_id = input.id
+        RETURNING id, account_id, meter_id, event_time, units, price_per_unit
+    ),
+    rolled AS (
+        INSERT INTO usage_hourly (account_id, meter_id, hour, record_count, units_sum, units_max,
+                                  units_time_sum)
+        SELECT account_id, meter_id, date_trunc('hour', event_time, 'UTC'), count(*), sum(units),
+               max(units), sum(units * extract(epoch FROM event_time) * 1000000)
+        FROM stored
+        WHERE price_per_unit IS NULL
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT (account_id, meter_id, hour) DO UPDATE SET
+            record_count = usage_hourly.record_count + excluded.record_count,
+            units_sum = usage_hourly.units_sum + excluded.units_sum,
+            units_max = GREATEST(usage_hourly.units_max, excluded.units_max),
+            units_time_sum = usage_hourly.units_time_sum + excluded.units_time_sum
     )
-    INSERT INTO usage_records (account_id, event_time, id, meter_id, service, units, price_per_unit,
-                               properties, event_id, create_time)
-    SELECT input.account_id, input.event_time, input.id, input.meter_id, input.service, input.units,
-           input.price, CAST(input.properties AS json), input.event_id, input.create_time
-    FROM input JOIN claimed ON claimed.record_id = input.id
-    RETURNING id
+    SELECT id FROM stored
     """
 )
+
+_REBUILD_ROLLUP = (
+    text("DELETE FROM usage_hourly WHERE account_id = :account_id"),
+    text(
+        """
+        INSERT INTO usage_hourly (account_id, meter_id, hour, record_count, units_sum, units_max,
+                                  units_time_sum)
+        SELECT account_id, meter_id, date_trunc('hour', event_time, 'UTC'), count(*), sum(units),
+               max(units), sum(units * extract(epoch FROM event_time) * 1000000)
+        FROM usage_records
+        WHERE account_id = :account_id AND price_per_unit IS NULL
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        """
+    ),
+)
+
+
+async def rebuild_rollup(connection: AsyncConnection, account_id: str) -> None:
+    """Recompute an account's hourly rollup from its records (PostgreSQL; nothing on SQLite): for
+    records written past the ingestion (imports, tests). The caller commits."""
+    if connection.dialect.name != "postgresql":
+        return
+    for statement in _REBUILD_ROLLUP:
+        await connection.execute(statement, {"account_id": account_id})
 
 
 def _record_columns(record: UsageRecord) -> dict[str, Any]:

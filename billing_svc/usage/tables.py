@@ -11,7 +11,16 @@ It points at its record (record_id and event_time find the row in its partition)
 fingerprint of the event's content, to tell a replay from a reused id. Rows are kept at least
 EVENT_ID_RETENTION (35 days) after they were stored.
 
-Every key and index leads with account_id, so both tables can be distributed by account.
+`usage_hourly` is a rollup of the plan-priced records (those without price_per_unit) per account,
+meter and UTC hour, kept on PostgreSQL only, in the transaction that stores them
+(billing_svc.usage.repository): their count, sum and largest units, and the sum of units x
+event_time in epoch microseconds, from which a WEIGHTED_SUM's area over whole hours follows
+(area to `end` = sum(units) x end - sum(units x t)). Events are never updated or deleted
+(corrections are new events), so it only ever grows. A summary reads whole hours from it and
+the partial hours at each end from `usage_records` (billing_svc.usage.read_repository). SQLite,
+the small-scale embedded default, has the table but leaves it empty and reads raw rows.
+
+Every key and index leads with account_id, so the tables can be distributed by account.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Index, String
+from sqlalchemy import JSON, BigInteger, Index, String, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TEXT, Numeric, TypeDecorator, TypeEngine
@@ -78,6 +87,14 @@ class UsageRecordRow(Base):
     __table_args__ = (
         # Aggregation per account, meter and period.
         Index("ix_usage_records_account_meter_time", "account_id", "meter_id", "event_time"),
+        # The records with their own price, which the rollup leaves out: a summary reads them raw.
+        Index(
+            "ix_usage_records_account_time_recorded",
+            "account_id",
+            "event_time",
+            postgresql_where=text("price_per_unit IS NOT NULL"),
+            sqlite_where=text("price_per_unit IS NOT NULL"),
+        ),
         {"postgresql_partition_by": "RANGE (event_time)"},
     )
 
@@ -91,3 +108,18 @@ class UsageEventIdRow(Base):
     event_time: Mapped[datetime] = mapped_column(UtcDateTime)
     fingerprint: Mapped[str] = mapped_column(String(FINGERPRINT_LENGTH))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)  # for the purge
+
+
+class UsageHourlyRow(Base):
+    """The plan-priced records of one account, meter and UTC hour, added up (see the module doc)."""
+
+    __tablename__ = "usage_hourly"
+
+    account_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    meter_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)  # the hour's start
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    units_sum: Mapped[Decimal] = mapped_column(ExactDecimal)
+    units_max: Mapped[Decimal] = mapped_column(ExactDecimal)
+    # sum of units x event_time (epoch microseconds): up to 26 + 16 integer digits, so unbounded.
+    units_time_sum: Mapped[Decimal] = mapped_column(Numeric(asdecimal=True))

@@ -316,16 +316,6 @@ async def test_rest_idempotency_key_is_the_event_id(app: App, account_id: str) -
 # --- PostgreSQL: races and partitions ------------------------------------------------------------
 
 
-@pytest.fixture
-async def pg_app(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[App]:
-    app = await build(postgres_settings, passwords=cheap_passwords())
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0)
-
-
 @pytest.mark.postgres
 async def test_concurrent_duplicates_store_one_row(pg_app: App) -> None:
     async with channel_as(pg_app, mint(pg_app)) as channel:

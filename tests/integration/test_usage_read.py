@@ -20,6 +20,7 @@ from sqlalchemy import insert
 
 from app.server import App
 from billing_svc.usage import aggregation
+from billing_svc.usage.repository import rebuild_rollup
 from billing_svc.usage.tables import UsageRecordRow
 from core import ids
 from core.principal import Role
@@ -90,6 +91,7 @@ async def record(
         )
     async with app.engine.begin() as connection:
         await connection.execute(insert(UsageRecordRow), rows)
+        await rebuild_rollup(connection, account_id)  # the ingestion keeps it in step
     return [row["id"] for row in rows]
 
 

@@ -1,4 +1,4 @@
-"""usage: usage records (monthly partitions on PostgreSQL) and their event ids
+"""usage: usage records (monthly partitions on PostgreSQL), their event ids, and the hourly rollup
 
 Revision ID: 0006
 Revises: 0005
@@ -45,6 +45,13 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_usage_records_account_meter_time", ["account_id", "meter_id", "event_time"], unique=False
         )
+        batch_op.create_index(
+            "ix_usage_records_account_time_recorded",
+            ["account_id", "event_time"],
+            unique=False,
+            postgresql_where=sa.text("price_per_unit IS NOT NULL"),
+            sqlite_where=sa.text("price_per_unit IS NOT NULL"),
+        )
     if postgres:
         # Three months back to three ahead of the day of the migration; `tally serve` keeps
         # them coming (billing_svc.usage.partitions.ensure_partitions).
@@ -66,11 +73,26 @@ def upgrade() -> None:
     with op.batch_alter_table("usage_event_ids", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_usage_event_ids_create_time"), ["create_time"], unique=False)
 
+    # The hourly rollup of plan-priced records (billing_svc.usage.tables); filled on PostgreSQL only.
+    op.create_table(
+        "usage_hourly",
+        sa.Column("account_id", sa.String(length=40), nullable=False),
+        sa.Column("meter_id", sa.String(length=40), nullable=False),
+        sa.Column("hour", UtcDateTime(), nullable=False),
+        sa.Column("record_count", sa.BigInteger(), nullable=False),
+        sa.Column("units_sum", ExactDecimal(), nullable=False),
+        sa.Column("units_max", ExactDecimal(), nullable=False),
+        sa.Column("units_time_sum", sa.Numeric(), nullable=False),
+        sa.PrimaryKeyConstraint("account_id", "meter_id", "hour", name=op.f("pk_usage_hourly")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("usage_hourly")
     with op.batch_alter_table("usage_event_ids", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_usage_event_ids_create_time"))
     op.drop_table("usage_event_ids")
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_records_account_time_recorded")
         batch_op.drop_index("ix_usage_records_account_meter_time")
     op.drop_table("usage_records")  # its partitions go with it
