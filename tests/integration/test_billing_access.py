@@ -156,8 +156,16 @@ async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, 
                     request_serializer=lambda m: m.SerializeToString(),
                     response_deserializer=reply_class.FromString,
                 )
-                async for _ in stream(iter([request])):
-                    pass
+                try:
+                    async for _ in stream(iter([request])):
+                        pass
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.INTERNAL:
+                        raise
+                    # A refusal before the server reads races the client's write, which grpc.aio
+                    # reports as INTERNAL ("Internal error from Core"): ask again sending nothing.
+                    async for _ in stream(iter([])):
+                        pass
             else:
                 call = channel.unary_unary(
                     method,

@@ -93,9 +93,9 @@ async def _drain(call: grpc.aio.StreamStreamCall, acks: list[usage_pb2.StreamUsa
 async def test_a_customer_cannot_stream_usage(app: App, account: str) -> None:
     async with channel_as(app, mint(app, role=Role.CUSTOMER, account_id=account)) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
-        error = await failing(
-            _drain(stub.StreamUsageRecords(sent(requests(account, 2, producer_id="c"))), [])
-        )
+        # The refusal comes before the server reads anything; a client still writing then races
+        # the close (grpc.aio reports that as INTERNAL), so this stream sends nothing.
+        error = await failing(_drain(stub.StreamUsageRecords(sent([])), []))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await rows(app) == []
 
