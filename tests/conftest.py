@@ -31,8 +31,10 @@ from tests.support import (
     asyncpg_dsn,
     channel_as,
     cheap_passwords,
+    emptying_statement,
     mint,
     serving,
+    truncate_statement,
     unavailable,
 )
 
@@ -74,7 +76,10 @@ async def postgres_url() -> AsyncIterator[str]:
 async def _truncate(url: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await connection.execute(f"TRUNCATE {', '.join(table_names())}")
+        holding = [row["name"] for row in await connection.fetch(emptying_statement(table_names()))]
+        statement = truncate_statement(holding)
+        if statement is not None:
+            await connection.execute(statement)
     finally:
         await connection.close()
 

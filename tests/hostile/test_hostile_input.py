@@ -52,7 +52,14 @@ from tests.hostile.cases import (
     methods_of,
     rest_request,
 )
-from tests.support import JWT_SECRET, TEST_SECRET, cheap_passwords, mint
+from tests.support import (
+    JWT_SECRET,
+    TEST_SECRET,
+    cheap_passwords,
+    emptying_statement,
+    mint,
+    truncate_statement,
+)
 
 METHODS = methods_of(SERVICES)
 PASSWORD = "correct horse battery staple"
@@ -104,7 +111,10 @@ async def start(name: str, settings: Settings) -> Backend:
     backend = Backend(name, app, channel, http, {"authorization": f"Bearer {token}"})
     if not settings.is_sqlite:
         async with app.engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {', '.join(table_names())}"))
+            result = await connection.execute(text(emptying_statement(table_names())))
+            statement = truncate_statement([row.name for row in result])
+            if statement is not None:
+                await connection.execute(text(statement))
     backend.health_account_id = await create_account(backend)
     return backend
 
