@@ -151,7 +151,9 @@ async def test_a_stream_resumed_after_the_server_was_killed_stores_every_event_o
 
         broken = await stream(address, account_id, 1, on_ack=kill_mid_stream)
     assert killed
-    assert broken.broke_with == grpc.StatusCode.UNAVAILABLE, broken
+    # The stream broke. A kill while the client is writing is INTERNAL in grpc.aio ("Internal error
+    # from Core", the failed write), while it is reading UNAVAILABLE: either way the producer resumes.
+    assert broken.broke_with in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), broken
     assert KILL_AFTER_ACKNOWLEDGED <= broken.acknowledged < EVENTS
     rows_before_resume, _, ids = await counts(migrated_postgres, account_id)
     durable = {f"{PRODUCER}:{sequence}" for sequence in range(1, broken.acknowledged + 1)}
