@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 
 from tally.billing.v1 import usage_pb2, usage_pb2_grpc
 from tally_client import AsyncClient, Client, InvalidArgument, PermissionDenied, RetryPolicy, UsageEvent
+from tally_client._stream import LOCAL_WRITE_FAILURE, stream_error
 from tests.client.live import BOUND_SECONDS, retry_log
 
 QUICK = RetryPolicy(max_attempts=20, initial_backoff=0.01, max_backoff=0.05, total_budget=BOUND_SECONDS)
@@ -178,3 +179,31 @@ async def test_the_async_producer_resends_after_a_lost_stream(serve):
     assert fake.streams == 3
     assert log.codes() == ["UNAVAILABLE", "UNAVAILABLE"]
     assert stream.acknowledged_sequence == 12
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "expected"),
+    [
+        # grpc.aio's own status when a write meets a stream the server already ended: a lost stream.
+        (grpc.StatusCode.INTERNAL, LOCAL_WRITE_FAILURE, grpc.StatusCode.UNAVAILABLE),
+        # An INTERNAL the server answered stays what it is, and is not retried.
+        (grpc.StatusCode.INTERNAL, "the ledger is inconsistent", grpc.StatusCode.INTERNAL),
+        (grpc.StatusCode.PERMISSION_DENIED, LOCAL_WRITE_FAILURE, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_only_grpc_aios_local_write_failure_counts_as_a_lost_stream(code, details, expected):
+    assert stream_error(_RpcError(code, details)).code is expected

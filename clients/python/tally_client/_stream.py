@@ -83,6 +83,23 @@ def _broken() -> TallyError:
     return Unavailable(grpc.StatusCode.UNAVAILABLE, "the stream ended before every event was acknowledged")
 
 
+# When a write fails because the stream is already gone (the server refused it or went away
+# while the message was on its way), grpc.aio ends the call with a status of its own making,
+# INTERNAL with these details, and the server's status is lost. Nothing was answered: the
+# stream is lost like any other, and resending is safe because every event keeps its id.
+LOCAL_WRITE_FAILURE = "Internal error from Core"
+
+
+def stream_error(exc: grpc.RpcError) -> TallyError:
+    """The error a broken stream's RpcError stands for."""
+    if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == LOCAL_WRITE_FAILURE:
+        return Unavailable(
+            grpc.StatusCode.UNAVAILABLE,
+            "the stream was lost while an event was being written (grpc.aio: INTERNAL, Internal error from Core)",
+        )
+    return error_from_rpc(exc)
+
+
 def _log_reconnect(config: Config, error: TallyError, attempt: int, delay: float, pending: int) -> None:
     config.logger.warning(
         "tally usage stream broke with %s (attempt %d); resending %d events in %.3f s",
@@ -348,7 +365,7 @@ class AsyncUsageStream:
                         self._changed.notify_all()
                 error = _broken()
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
+                error = stream_error(exc)
             finally:
                 writing.cancel()
                 await asyncio.gather(writing, return_exceptions=True)
