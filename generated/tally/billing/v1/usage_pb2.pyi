@@ -339,18 +339,45 @@ class StreamUsageRecordsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SEQUENCE_FIELD_NUMBER: _builtins.int
-    REQUEST_FIELD_NUMBER: _builtins.int
     PRODUCER_ID_FIELD_NUMBER: _builtins.int
-    sequence: _builtins.int
-    """The event's sequence number on this producer's stream: at least 1, and
-    larger than the previous request's.
-    """
+    RECORDS_FIELD_NUMBER: _builtins.int
     producer_id: _builtins.str
     """Names the producer (1 to 64 printable ASCII characters); only read on
     the first message of the stream. An event without an id then gets
     `<producer_id>:<sequence>`, so a producer that resends after a lost
     stream resends the same ids. Without it, every event needs an id.
+    """
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequencedUsageRecord]:
+        """The events, at most 1000, in the order of their sequence numbers. A
+        message may carry none (a first message that only names the producer).
+        """
+
+    def __init__(
+        self,
+        *,
+        producer_id: _builtins.str = ...,
+        records: _abc.Iterable[Global___SequencedUsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["producer_id", b"producer_id", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamUsageRecordsRequest: _TypeAlias = StreamUsageRecordsRequest  # noqa: Y015
+
+@_typing.final
+class SequencedUsageRecord(_message.Message):
+    """An event on a StreamUsageRecords call, with its place on the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The event's sequence number on this producer's stream: at least 1, and
+    larger than the previous event's.
     """
     @_builtins.property
     def request(self) -> Global___CreateUsageRecordRequest:
@@ -361,15 +388,14 @@ class StreamUsageRecordsRequest(_message.Message):
         *,
         sequence: _builtins.int = ...,
         request: Global___CreateUsageRecordRequest | None = ...,
-        producer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["producer_id", b"producer_id", "request", b"request", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StreamUsageRecordsRequest: _TypeAlias = StreamUsageRecordsRequest  # noqa: Y015
+Global___SequencedUsageRecord: _TypeAlias = SequencedUsageRecord  # noqa: Y015
 
 @_typing.final
 class StreamUsageRecordsResponse(_message.Message):

@@ -107,16 +107,17 @@ class UsageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamUsageRecords(self, request_iterator, context):
-        """Records a stream of usage events. Each request carries a sequence
-        number, larger than the previous one on the stream. The server stores
-        events in batches and answers each batch with the largest sequence number
-        that is durable (committed) and the events of the batch it refused; it
-        stops reading once a bounded number of events is unacknowledged, so a
-        fast producer waits instead of filling the server's memory. A producer
-        that lost its stream sends again everything after the last acknowledged
-        sequence number: every streamed event has an event id (its own, or
-        `producer_id` and the sequence number), so what was stored already is a
-        replay, never a second record. Over REST: an NDJSON body, NDJSON answers.
+        """Records a stream of usage events. Each request carries up to 1000
+        events, each with a sequence number larger than the one before it on
+        the stream. The server stores events in batches and answers each batch
+        with the largest sequence number that is durable (committed) and the
+        events of the batch it refused; it stops reading once a bounded number
+        of events is unacknowledged, so a fast producer waits instead of filling
+        the server's memory. A producer that lost its stream sends again
+        everything after the last acknowledged sequence number: every streamed
+        event has an event id (its own, or `producer_id` and the sequence
+        number), so what was stored already is a replay, never a second record.
+        Over REST: an NDJSON body, NDJSON answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,16 +57,17 @@ class UsageServiceStub:
     whole (no events, more than 1000) fails with INVALID_ARGUMENT.
     """
     StreamUsageRecords: _grpc.StreamStreamMultiCallable[_usage_pb2.StreamUsageRecordsRequest, _usage_pb2.StreamUsageRecordsResponse]
-    """Records a stream of usage events. Each request carries a sequence
-    number, larger than the previous one on the stream. The server stores
-    events in batches and answers each batch with the largest sequence number
-    that is durable (committed) and the events of the batch it refused; it
-    stops reading once a bounded number of events is unacknowledged, so a
-    fast producer waits instead of filling the server's memory. A producer
-    that lost its stream sends again everything after the last acknowledged
-    sequence number: every streamed event has an event id (its own, or
-    `producer_id` and the sequence number), so what was stored already is a
-    replay, never a second record. Over REST: an NDJSON body, NDJSON answers.
+    """Records a stream of usage events. Each request carries up to 1000
+    events, each with a sequence number larger than the one before it on
+    the stream. The server stores events in batches and answers each batch
+    with the largest sequence number that is durable (committed) and the
+    events of the batch it refused; it stops reading once a bounded number
+    of events is unacknowledged, so a fast producer waits instead of filling
+    the server's memory. A producer that lost its stream sends again
+    everything after the last acknowledged sequence number: every streamed
+    event has an event id (its own, or `producer_id` and the sequence
+    number), so what was stored already is a replay, never a second record.
+    Over REST: an NDJSON body, NDJSON answers.
     """
     ListUsageRecords: _grpc.UnaryUnaryMultiCallable[_usage_pb2.ListUsageRecordsRequest, _usage_pb2.ListUsageRecordsResponse]
     """Lists an account's usage records, oldest event first, one page at a
@@ -108,16 +109,17 @@ class UsageServiceAsyncStub(UsageServiceStub):
     whole (no events, more than 1000) fails with INVALID_ARGUMENT.
     """
     StreamUsageRecords: _aio.StreamStreamMultiCallable[_usage_pb2.StreamUsageRecordsRequest, _usage_pb2.StreamUsageRecordsResponse]  # type: ignore[assignment]
-    """Records a stream of usage events. Each request carries a sequence
-    number, larger than the previous one on the stream. The server stores
-    events in batches and answers each batch with the largest sequence number
-    that is durable (committed) and the events of the batch it refused; it
-    stops reading once a bounded number of events is unacknowledged, so a
-    fast producer waits instead of filling the server's memory. A producer
-    that lost its stream sends again everything after the last acknowledged
-    sequence number: every streamed event has an event id (its own, or
-    `producer_id` and the sequence number), so what was stored already is a
-    replay, never a second record. Over REST: an NDJSON body, NDJSON answers.
+    """Records a stream of usage events. Each request carries up to 1000
+    events, each with a sequence number larger than the one before it on
+    the stream. The server stores events in batches and answers each batch
+    with the largest sequence number that is durable (committed) and the
+    events of the batch it refused; it stops reading once a bounded number
+    of events is unacknowledged, so a fast producer waits instead of filling
+    the server's memory. A producer that lost its stream sends again
+    everything after the last acknowledged sequence number: every streamed
+    event has an event id (its own, or `producer_id` and the sequence
+    number), so what was stored already is a replay, never a second record.
+    Over REST: an NDJSON body, NDJSON answers.
     """
     ListUsageRecords: _aio.UnaryUnaryMultiCallable[_usage_pb2.ListUsageRecordsRequest, _usage_pb2.ListUsageRecordsResponse]  # type: ignore[assignment]
     """Lists an account's usage records, oldest event first, one page at a
@@ -174,16 +176,17 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_usage_pb2.StreamUsageRecordsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_usage_pb2.StreamUsageRecordsResponse], _abc.AsyncIterator[_usage_pb2.StreamUsageRecordsResponse]]:
-        """Records a stream of usage events. Each request carries a sequence
-        number, larger than the previous one on the stream. The server stores
-        events in batches and answers each batch with the largest sequence number
-        that is durable (committed) and the events of the batch it refused; it
-        stops reading once a bounded number of events is unacknowledged, so a
-        fast producer waits instead of filling the server's memory. A producer
-        that lost its stream sends again everything after the last acknowledged
-        sequence number: every streamed event has an event id (its own, or
-        `producer_id` and the sequence number), so what was stored already is a
-        replay, never a second record. Over REST: an NDJSON body, NDJSON answers.
+        """Records a stream of usage events. Each request carries up to 1000
+        events, each with a sequence number larger than the one before it on
+        the stream. The server stores events in batches and answers each batch
+        with the largest sequence number that is durable (committed) and the
+        events of the batch it refused; it stops reading once a bounded number
+        of events is unacknowledged, so a fast producer waits instead of filling
+        the server's memory. A producer that lost its stream sends again
+        everything after the last acknowledged sequence number: every streamed
+        event has an event id (its own, or `producer_id` and the sequence
+        number), so what was stored already is a replay, never a second record.
+        Over REST: an NDJSON body, NDJSON answers.
         """
 
     @_abc_1.abstractmethod
