@@ -6,7 +6,8 @@ its own event id (`<tag>-<n>`), so the server deduplicates each one, in one of t
   batch   BatchCreateUsageRecords calls of `--batch-size` events, `--concurrency` in flight
           over `--connections` channels
   stream  `--concurrency` StreamUsageRecords calls, each sending its share of the events as
-          fast as the server's flow control lets it, each with its own producer id
+          fast as the server's flow control lets it, `--batch-size` events a message, each
+          with its own producer id
 
 and prints one JSON object: events the server acknowledged as stored or replayed, events it
 refused, calls that failed (by status), and the seconds from the first send to the last answer.
@@ -83,11 +84,16 @@ async def run_streams(
         numbers = range(index, args.events, args.concurrency)
 
         async def requests() -> AsyncIterator[usage_pb2.StreamUsageRecordsRequest]:
-            for sequence, number in enumerate(numbers, start=1):
+            # --batch-size events a message, each with its sequence number on this stream.
+            for first in range(0, len(numbers), args.batch_size):
                 yield usage_pb2.StreamUsageRecordsRequest(
-                    sequence=sequence,
-                    request=event(args, number),
-                    producer_id=f"{args.tag}-p{index}" if sequence == 1 else "",
+                    producer_id=f"{args.tag}-p{index}" if first == 0 else "",
+                    records=[
+                        usage_pb2.SequencedUsageRecord(
+                            sequence=sequence, request=event(args, numbers[sequence - 1])
+                        )
+                        for sequence in range(first + 1, min(first + args.batch_size, len(numbers)) + 1)
+                    ],
                 )
 
         call = stubs[index % len(stubs)].StreamUsageRecords(

@@ -1,29 +1,36 @@
 """StreamUsageRecords: usage events in, acknowledgements out, with a bound on what is unacknowledged.
 
-A reader task takes requests off the stream into a queue; the writer takes everything queued
-(at least one request, at most `max_batch`), records it as one batch (one transaction, one
-commit) and answers with the largest sequence number of the batch: everything up to it is
-durable or refused. While a batch commits, the reader goes on filling the queue, so a busy
-stream gets large batches and an idle one an answer per event. The queue is bounded: once it
-holds `max_unacknowledged - max_batch` requests the reader stops reading, gRPC's flow control
-stops the producer, and the server never holds more than `max_unacknowledged` events of one
-stream that it has not acknowledged.
+A request message carries up to `max_message` events, each with its sequence number. A reader
+task takes messages off the stream into a queue; the writer takes the queued messages (at least
+one, then whole messages while the batch stays within `max_batch` events), records their events
+as one batch (one transaction, one commit) and answers with the largest sequence number of the
+batch: everything up to it is durable or refused. While a batch commits, the reader goes on
+filling the queue, so a busy stream gets large batches and an idle one an answer per message.
 
-Event ids: an event with its own id keeps it. On a stream whose first request names a
+The bound is counted in events: the batch being recorded (at most `max_batch`), the queue (the
+reader waits while another message would take it past `max_unacknowledged - max_batch -
+max_message`) and the one message the reader holds while it waits (at most `max_message`).
+While the reader waits, gRPC's flow control stops the producer, so the server never holds more
+than `max_unacknowledged` events of one stream that it has not acknowledged.
+
+Event ids: an event with its own id keeps it. On a stream whose first message names a
 `producer_id`, an event without an id gets `<producer_id>:<sequence>`, so a producer that lost
 its stream and sends everything after the last acknowledgement again sends the same ids, and
 what was stored already is a replay. On a stream without a producer_id, an event without an id
 is refused (the server would have to invent one, and a resent event would be stored twice).
 
-A sequence number that does not increase, or is below 1, ends the stream with INVALID_ARGUMENT
-after the events before it are recorded and acknowledged.
+A sequence number that does not increase, or is below 1, or a message with more than
+`max_message` events, ends the stream with INVALID_ARGUMENT after the events before it are
+recorded and acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import re
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
@@ -33,11 +40,12 @@ from tally.billing.v1 import usage_pb2
 
 RecordBatch = Callable[[Sequence[UsageInput]], Awaitable[list[RecordResult]]]
 
-MAX_BATCH = 500
-MAX_UNACKNOWLEDGED = 2000
+MAX_MESSAGE = 1000  # events in one request message, as in BatchCreateUsageRecords
+MAX_BATCH = 1000
+MAX_UNACKNOWLEDGED = 4000
 MAX_PRODUCER_ID = 64
 _PRODUCER_ID = re.compile(f"^[ -~]{{1,{MAX_PRODUCER_ID}}}$")
-_END = object()  # the producer closed its side
+Message = usage_pb2.StreamUsageRecordsRequest
 
 
 class _StreamError(Exception):
@@ -83,18 +91,26 @@ class UsageStream:
         record_batch: RecordBatch,
         *,
         max_batch: int = MAX_BATCH,
+        max_message: int = MAX_MESSAGE,
         max_unacknowledged: int = MAX_UNACKNOWLEDGED,
     ) -> None:
-        if not 1 <= max_batch < max_unacknowledged:
-            raise ValueError("need 1 <= max_batch < max_unacknowledged")
+        if not 1 <= max_message <= max_batch or max_unacknowledged < max_batch + 2 * max_message:
+            raise ValueError(
+                "need 1 <= max_message <= max_batch and max_unacknowledged >= max_batch + 2 * max_message"
+            )
         self._record_batch = record_batch
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[object] = asyncio.Queue(max_unacknowledged - max_batch)
+        self._max_message = max_message
+        self._capacity = max_unacknowledged - max_batch - max_message
+        self._queue: deque[Message | None] = deque()  # None: the producer closed its side
+        self._queued = 0  # events in the queue
+        self._changed = asyncio.Condition()
+        self._first = True
         self._producer_id = ""
         self._previous = 0
 
     async def run(
-        self, requests: AsyncIterable[usage_pb2.StreamUsageRecordsRequest]
+        self, requests: AsyncIterable[Message]
     ) -> AsyncIterator[usage_pb2.StreamUsageRecordsResponse]:
         reader = asyncio.create_task(self._read(requests))
         try:
@@ -110,52 +126,84 @@ class UsageStream:
         finally:
             reader.cancel()
 
-    async def _read(self, requests: AsyncIterable[usage_pb2.StreamUsageRecordsRequest]) -> None:
+    async def _read(self, requests: AsyncIterable[Message]) -> None:
         try:
             async for request in requests:
-                await self._queue.put(request)
+                size = len(request.records)
+                async with self._changed:
+                    # An empty queue takes any message, so one too large is read (and refused).
+                    await self._changed.wait_for(functools.partial(self._has_room, size))
+                    self._queue.append(request)
+                    self._queued += size
+                    self._changed.notify_all()
         finally:
-            await self._queue.put(_END)
+            async with self._changed:
+                self._queue.append(None)
+                self._changed.notify_all()
+
+    def _has_room(self, size: int) -> bool:
+        return not self._queue or self._queued + size <= self._capacity
 
     async def _next_batch(self) -> tuple[_Batch, bool]:
-        """Everything queued, waiting for the first; stops at max_batch, the end, or a bad sequence."""
+        """Whole queued messages, waiting for the first, up to max_batch events; stops at the end
+        of the stream or at a bad message."""
+        messages: list[Message] = []
+        ended = False
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._queue))
+            taken = 0
+            while self._queue:
+                message = self._queue[0]
+                if message is None:
+                    ended = True
+                    break
+                size = len(message.records)
+                if messages and taken + size > self._max_batch:
+                    break
+                self._queue.popleft()
+                self._queued -= size
+                taken += size
+                messages.append(message)
+            self._changed.notify_all()
         batch = _Batch()
-        item = await self._queue.get()
-        while True:
-            if item is _END:
-                return batch, True
-            assert isinstance(item, usage_pb2.StreamUsageRecordsRequest)
+        for message in messages:
             try:
-                self._take(batch, item)
+                self._take(batch, message)
             except _StreamError as exc:
                 batch.error = exc
                 return batch, True
-            if len(batch.sequences) + len(batch.refused) >= self._max_batch or self._queue.empty():
-                return batch, False
-            item = self._queue.get_nowait()
+        return batch, ended
 
-    def _take(self, batch: _Batch, request: usage_pb2.StreamUsageRecordsRequest) -> None:
-        if self._previous == 0:
+    def _take(self, batch: _Batch, message: Message) -> None:
+        if self._first:
+            self._first = False
             try:
-                self._producer_id = _check_producer_id(request.producer_id)
+                self._producer_id = _check_producer_id(message.producer_id)
             except InvalidArgument as exc:
                 raise _StreamError(exc) from None
-        if request.sequence <= self._previous:
+        if len(message.records) > self._max_message:
             raise _StreamError(
                 InvalidArgument.field(
-                    "sequence",
-                    f"must be larger than the previous request's ({self._previous}); got {request.sequence}",
+                    "records", f"at most {self._max_message} events a message; got {len(message.records)}"
                 )
             )
-        self._previous = batch.last = request.sequence
-        item = input_from_proto(request.request)
-        if not item.event_id and not item.request_id:
-            if not self._producer_id:
-                batch.refused[request.sequence] = _missing_id()
-                return
-            item = dataclasses.replace(item, event_id=f"{self._producer_id}:{request.sequence}")
-        batch.sequences.append(request.sequence)
-        batch.inputs.append(item)
+        for index, record in enumerate(message.records):
+            if record.sequence <= self._previous:
+                raise _StreamError(
+                    InvalidArgument.field(
+                        f"records[{index}].sequence",
+                        f"must be larger than the previous event's ({self._previous}); got {record.sequence}",
+                    )
+                )
+            self._previous = batch.last = record.sequence
+            item = input_from_proto(record.request)
+            if not item.event_id and not item.request_id:
+                if not self._producer_id:
+                    batch.refused[record.sequence] = _missing_id()
+                    continue
+                item = dataclasses.replace(item, event_id=f"{self._producer_id}:{record.sequence}")
+            batch.sequences.append(record.sequence)
+            batch.inputs.append(item)
 
     async def _record(self, batch: _Batch) -> usage_pb2.StreamUsageRecordsResponse:
         results = await self._record_batch(batch.inputs) if batch.inputs else []

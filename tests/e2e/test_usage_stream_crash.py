@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 EVENTS = 20_000
 KILL_AFTER_ACKNOWLEDGED = 3_000
 PRODUCER = "crash-test-producer"
+PER_MESSAGE = 50
 
 
 @pytest.fixture
@@ -43,14 +44,12 @@ def metadata() -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {admin_token()}"),)
 
 
-def event(account_id: str, sequence: int) -> usage_pb2.StreamUsageRecordsRequest:
-    message = usage_pb2.StreamUsageRecordsRequest(sequence=sequence)
-    if sequence == 1:
-        message.producer_id = PRODUCER
-    message.request.account_id = account_id
-    message.request.usage_record.service = "api_calls"
-    message.request.usage_record.units_consumed.value = "1"
-    return message
+def event(account_id: str, sequence: int) -> usage_pb2.SequencedUsageRecord:
+    record = usage_pb2.SequencedUsageRecord(sequence=sequence)
+    record.request.account_id = account_id
+    record.request.usage_record.service = "api_calls"
+    record.request.usage_record.units_consumed.value = "1"
+    return record
 
 
 async def set_up(address: str) -> str:
@@ -92,10 +91,12 @@ async def stream(
     result = Streamed(acknowledged=first - 1)
 
     async def requests() -> AsyncIterator[usage_pb2.StreamUsageRecordsRequest]:
-        for sequence in range(first, EVENTS + 1):
-            message = event(account_id, sequence)
-            if sequence == first:
-                message.producer_id = PRODUCER  # a resumed stream names its producer again
+        for start in range(first, EVENTS + 1, PER_MESSAGE):
+            message = usage_pb2.StreamUsageRecordsRequest(
+                records=[event(account_id, n) for n in range(start, min(start + PER_MESSAGE, EVENTS + 1))]
+            )
+            if start == first:
+                message.producer_id = PRODUCER  # every stream, a resumed one too, names its producer
             yield message
 
     async with grpc.aio.insecure_channel(address) as channel:

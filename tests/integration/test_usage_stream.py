@@ -26,15 +26,20 @@ async def account(channel: grpc.aio.Channel) -> str:
 
 
 def requests(
-    account: str, count: int, *, producer_id: str = "", first: int = 1
+    account: str, count: int, *, producer_id: str = "", first: int = 1, per_message: int = 1
 ) -> list[usage_pb2.StreamUsageRecordsRequest]:
+    """`count` events from sequence `first` on, `per_message` to a message; the first names the producer."""
     return [
         usage_pb2.StreamUsageRecordsRequest(
-            sequence=sequence,
-            request=event(account, str(sequence % 5 + 1)),
-            producer_id=producer_id if sequence == first else "",
+            producer_id=producer_id if start == first else "",
+            records=[
+                usage_pb2.SequencedUsageRecord(
+                    sequence=sequence, request=event(account, str(sequence % 5 + 1))
+                )
+                for sequence in range(start, min(start + per_message, first + count))
+            ],
         )
-        for sequence in range(first, first + count)
+        for start in range(first, first + count, per_message)
     ]
 
 
@@ -49,13 +54,16 @@ async def test_a_stream_stores_every_event_and_a_resend_is_all_replays(app: App,
     async with channel_as(app, mint(app)) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         acks = [
-            ack async for ack in stub.StreamUsageRecords(sent(requests(account, 1200, producer_id="p-1")))
+            ack
+            async for ack in stub.StreamUsageRecords(
+                sent(requests(account, 1200, producer_id="p-1", per_message=300))
+            )
         ]
         assert acks[-1].acknowledged_sequence == 1200
         assert sum(ack.stored_count for ack in acks) == 1200
         assert not any(ack.failures for ack in acks)
         # The producer "lost" the stream after 1000: it sends 1001.. again, plus 50 new ones.
-        resent = requests(account, 250, producer_id="p-1", first=1001)
+        resent = requests(account, 250, producer_id="p-1", first=1001, per_message=7)
         again = [ack async for ack in stub.StreamUsageRecords(sent(resent))]
     assert again[-1].acknowledged_sequence == 1250
     assert sum(ack.replay_count for ack in again) == 200
@@ -71,7 +79,7 @@ async def test_a_bad_event_is_refused_alone_and_a_bad_sequence_ends_the_stream(
     async with channel_as(app, mint(app)) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         messages = requests(account, 3, producer_id="p-2")
-        messages[1].request.usage_record.service = "no_such_meter"
+        messages[1].records[0].request.usage_record.service = "no_such_meter"
         messages.append(requests(account, 1, first=2)[0])  # sequence 2 again
         call = stub.StreamUsageRecords(sent(messages))
         acks: list[usage_pb2.StreamUsageRecordsResponse] = []
@@ -106,15 +114,20 @@ async def test_over_rest_an_ndjson_body_is_a_stream_and_the_answers_are_ndjson(
     lines = [
         json.dumps(
             {
-                "sequence": n,
-                **({"producerId": "rest-producer"} if n == 1 else {}),
-                "request": {
-                    "accountId": account,
-                    "usageRecord": {"service": "api_calls", "unitsConsumed": {"value": "2"}},
-                },
+                **({"producerId": "rest-producer"} if start == 1 else {}),
+                "records": [
+                    {
+                        "sequence": n,
+                        "request": {
+                            "accountId": account,
+                            "usageRecord": {"service": "api_calls", "unitsConsumed": {"value": "2"}},
+                        },
+                    }
+                    for n in range(start, start + 5)
+                ],
             }
         )
-        for n in range(1, 21)
+        for start in range(1, 21, 5)
     ]
     async with (
         Gateway(app) as http,

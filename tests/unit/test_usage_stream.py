@@ -55,13 +55,27 @@ class Store:
         return results
 
 
+def record(sequence: int, event_id: str = "") -> usage_pb2.SequencedUsageRecord:
+    event = usage_pb2.SequencedUsageRecord(sequence=sequence)
+    event.request.account_id = "acct_1"
+    event.request.usage_record.service = "api_calls"
+    event.request.usage_record.units_consumed.value = "1"
+    event.request.usage_record.event_id = event_id
+    return event
+
+
 def request(sequence: int, event_id: str = "", producer_id: str = "") -> usage_pb2.StreamUsageRecordsRequest:
-    message = usage_pb2.StreamUsageRecordsRequest(sequence=sequence, producer_id=producer_id)
-    message.request.account_id = "acct_1"
-    message.request.usage_record.service = "api_calls"
-    message.request.usage_record.units_consumed.value = "1"
-    message.request.usage_record.event_id = event_id
-    return message
+    """A message carrying one event."""
+    return usage_pb2.StreamUsageRecordsRequest(producer_id=producer_id, records=[record(sequence, event_id)])
+
+
+def carrying(
+    sequences: range, producer_id: str = "", event_ids: bool = False
+) -> usage_pb2.StreamUsageRecordsRequest:
+    """A message carrying one event for each sequence number."""
+    return usage_pb2.StreamUsageRecordsRequest(
+        producer_id=producer_id, records=[record(n, f"e{n}" if event_ids else "") for n in sequences]
+    )
 
 
 async def feed(
@@ -80,7 +94,9 @@ async def collect(
 async def test_every_event_is_acknowledged_once_and_the_last_ack_is_the_last_sequence() -> None:
     store = Store()
     messages = [request(n, producer_id="p1" if n == 1 else "") for n in range(1, 1201)]
-    acks = await collect(UsageStream(store.record, max_batch=500, max_unacknowledged=2000), messages)
+    acks = await collect(
+        UsageStream(store.record, max_batch=500, max_message=10, max_unacknowledged=2000), messages
+    )
     assert acks[-1].acknowledged_sequence == 1200
     assert sum(ack.stored_count for ack in acks) == 1200
     assert [ack.acknowledged_sequence for ack in acks] == sorted({ack.acknowledged_sequence for ack in acks})
@@ -123,7 +139,7 @@ async def test_a_sequence_that_does_not_increase_ends_the_stream_after_acknowled
             feed([request(1, "a"), request(2, "b"), request(2, "c"), request(3, "d")])
         ):
             acks.append(ack)
-    assert raised.value.violations[0].field == "sequence"
+    assert raised.value.violations[0].field == "records[0].sequence"
     assert acks[-1].acknowledged_sequence == 2
     assert set(store.rows) == {("acct_1", "a"), ("acct_1", "b")}
 
@@ -143,19 +159,81 @@ async def test_the_server_stops_reading_once_the_unacknowledged_bound_is_reached
 
     async def producer() -> AsyncIterator[usage_pb2.StreamUsageRecordsRequest]:
         nonlocal read
-        for n in range(1, 1001):
-            read += 1
-            yield request(n, f"e{n}")
+        for start in range(1, 1001, 5):
+            read += 5
+            yield carrying(range(start, start + 5), event_ids=True)
 
-    stream = UsageStream(store.record, max_batch=10, max_unacknowledged=50)
+    stream = UsageStream(store.record, max_batch=10, max_message=5, max_unacknowledged=30)
     acks = stream.run(producer())
     first = asyncio.ensure_future(acks.__anext__())
     await store.entered.wait()  # the first batch is being recorded
     for _ in range(200):  # scheduling turns (not time): the reader runs until it must wait
         await asyncio.sleep(0)
-    # In flight: one batch (10) being recorded, the queue (40) full, one request held by the reader.
-    assert read <= 50 + 1
+    # In flight, in events: one batch (10) being recorded, the queue (30 - 10 - 5 = 15) full,
+    # one message (5) held by the reader.
+    assert read == 30
     store.gate.set()
     answers = [await first] + [ack async for ack in acks]
     assert answers[-1].acknowledged_sequence == 1000
     assert len(store.rows) == 1000
+    assert max(store.batches) <= 10
+
+
+async def test_messages_of_many_events_are_recorded_in_batches_of_whole_messages() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    messages = [carrying(range(1, 401), producer_id="p1")] + [
+        carrying(range(start, start + 400)) for start in range(401, 2001, 400)
+    ]
+
+    async def opened() -> list[usage_pb2.StreamUsageRecordsResponse]:
+        return await collect(UsageStream(store.record), messages)
+
+    answers = asyncio.ensure_future(opened())
+    await store.entered.wait()  # the first batch holds the commit while the rest queue
+    store.gate.set()
+    acks = await answers
+    # Whole messages of 400, as many as fit in 1000: two a batch, the last one alone.
+    assert store.batches == [800, 800, 400]
+    assert [ack.acknowledged_sequence for ack in acks] == [800, 1600, 2000]
+    assert sum(ack.stored_count for ack in acks) == 2000
+    assert ("acct_1", "p1:1999") in store.rows
+
+
+async def test_a_message_of_no_events_only_names_the_producer() -> None:
+    store = Store()
+    acks = await collect(
+        UsageStream(store.record),
+        [usage_pb2.StreamUsageRecordsRequest(producer_id="p9"), carrying(range(1, 4))],
+    )
+    assert [ack.acknowledged_sequence for ack in acks] == [3]
+    assert set(store.rows) == {("acct_1", f"p9:{n}") for n in range(1, 4)}
+
+
+async def test_a_message_of_too_many_events_ends_the_stream_after_what_came_before() -> None:
+    store = Store()
+    acks: list[usage_pb2.StreamUsageRecordsResponse] = []
+    stream = UsageStream(store.record, max_batch=10, max_message=5, max_unacknowledged=20)
+    with pytest.raises(InvalidArgument) as raised:
+        async for ack in stream.run(feed([carrying(range(1, 4), "p"), carrying(range(4, 10))])):
+            acks.append(ack)
+    assert raised.value.violations[0].field == "records"
+    assert "at most 5" in raised.value.violations[0].description
+    assert acks[-1].acknowledged_sequence == 3
+    assert len(store.rows) == 3
+
+
+async def test_a_sequence_out_of_order_inside_a_message_names_its_place() -> None:
+    store = Store()
+    broken = carrying(range(1, 4), "p")
+    broken.records.append(record(2))
+    with pytest.raises(InvalidArgument) as raised:
+        await collect(UsageStream(store.record), [broken])
+    assert raised.value.violations[0].field == "records[3].sequence"
+    # The events before it in the same message are recorded (one batch), then the stream ends.
+    assert len(store.rows) == 3
+
+
+def test_the_bounds_must_leave_room_for_a_batch_and_two_messages() -> None:
+    with pytest.raises(ValueError, match="max_unacknowledged"):
+        UsageStream(Store().record, max_batch=10, max_message=5, max_unacknowledged=19)
