@@ -1,40 +1,58 @@
-"""The asyncio client: the blocking client's methods, awaited; `_call` owns retries, deadlines and auth."""
+"""The asyncio client: the blocking client's methods, awaited; `_call` owns retries, deadlines and auth.
+
+What each call sends and returns is described once, in _calls, for both clients.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
-from tally.account.v1 import account_pb2, account_pb2_grpc, auth_pb2, auth_pb2_grpc
-from tally.billing.v1 import usage_pb2, usage_pb2_grpc
+from tally.account.v1 import auth_pb2
+from tally_client import _calls
+from tally_client._calls import Attempts, Page, Stubs, Unary, make_config, method_signature
 from tally_client._channels import AsyncChannelLease
-from tally_client._client import log_retry, make_config
 from tally_client._config import Config
-from tally_client._core import (
-    BatchResult,
-    CachedToken,
-    Units,
-    UsageEvent,
-    UsageResult,
-    account_message,
-    batch_result,
-    bearer,
-    new_id,
-    service_token_request,
-    update_request,
-    usage_request,
-    usage_result,
-)
-from tally_client._errors import TallyError, error_from_rpc
-from tally_client._retry import RetryState
+from tally_client._core import CachedToken, bearer
 from tally_client._stream import AsyncUsageStream
 
+_P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def awaiting(
+    describe: Callable[Concatenate[Config, _P], Unary[_R]],
+) -> Callable[Concatenate[AsyncClient, _P], Coroutine[Any, Any, _R]]:
+    """The AsyncClient method that makes the call `describe` describes."""
+
+    async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await self._call(describe(self.config, *args, **kwargs))
+
+    method_signature(method, describe, "AsyncClient")
+    return method
+
+
+def awaiting_pages(
+    describe: Callable[Concatenate[Config, _P], Callable[[str], Unary[Page[_R]]]],
+) -> Callable[Concatenate[AsyncClient, _P], AsyncIterator[_R]]:
+    """The AsyncClient method that iterates the pages of the list `describe` describes."""
+
+    async def method(self: AsyncClient, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncIterator[_R]:
+        page = describe(self.config, *args, **kwargs)
+        token = ""
+        while True:
+            items, token = await self._call(page(token))
+            for item in items:
+                yield item
+            if not token:
+                return
+
+    method_signature(method, describe, "AsyncClient")
+    return method
 
 
 class AsyncServiceAccountTokens:
@@ -59,7 +77,7 @@ class AsyncServiceAccountTokens:
         self._token = None
 
 
-class AsyncClient:
+class AsyncClient(Stubs):
     """An asyncio Tally client, made inside a running loop; `await close()` (or `async with`) when done.
 
     `AsyncClient("localhost:50051", token=...)` or `AsyncClient(Config(...))`. A token_provider
@@ -67,22 +85,14 @@ class AsyncClient:
     """
 
     def __init__(self, target: str | Config, /, **options: Any) -> None:
-        self.config = make_config(target, options)
-        self._lease = AsyncChannelLease(self.config)
-        channel = self._lease.channel
-        self._accounts = account_pb2_grpc.AccountServiceStub(channel)
-        self._auth = auth_pb2_grpc.AuthServiceStub(channel)
-        self._usage = usage_pb2_grpc.UsageServiceStub(channel)
+        config = make_config(target, options)
+        self._lease = AsyncChannelLease(config)
+        super().__init__(config, self._lease.channel)
         self._service_tokens: AsyncServiceAccountTokens | None = None
-        if self.config.service_account is not None:
-            request = service_token_request(self.config.service_account, self.config.service_account_scopes)
-            loop = asyncio.get_running_loop()
-            self._service_tokens = AsyncServiceAccountTokens(
-                issue=lambda: self._call(
-                    "IssueServiceToken", self._auth.IssueServiceToken, request, idempotent=True, auth=False
-                ),
-                clock=loop.time,
-            )
+        if config.service_account is not None:
+            issue = _calls.issue_service_token(config, config.service_account)
+            clock = asyncio.get_running_loop().time
+            self._service_tokens = AsyncServiceAccountTokens(issue=lambda: self._call(issue), clock=clock)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -98,49 +108,19 @@ class AsyncClient:
             return bearer(await self._service_tokens())
         return ()
 
-    async def _call(
-        self,
-        method: str,
-        rpc: Callable[..., Awaitable[_R]],
-        request: object,
-        *,
-        idempotent: bool,
-        timeout: float | None = None,
-        auth: bool = True,
-    ) -> _R:
-        """Call `rpc` until it answers, fails for good, or the retry budget is spent."""
-        loop = asyncio.get_running_loop()
-        state = RetryState(self.config.retry, idempotent, loop.time())
-        renewed = False
+    async def _call(self, call: Unary[_R]) -> _R:
+        """Make `call` until it answers, fails for good, or the retry budget is spent."""
+        rpc = self._rpc(call)
+        attempts = Attempts(self.config, call, self._service_tokens, asyncio.get_running_loop().time)
         while True:
-            state.attempts += 1
-            deadline = state.attempt_timeout(timeout or self.config.default_timeout, loop.time())
-            error: TallyError
+            deadline = attempts.deadline()
             try:
-                metadata = await self._metadata() if auth else ()
-                return await rpc(request, timeout=deadline, metadata=metadata)
+                metadata = await self._metadata() if call.auth else ()
+                return call.decode(await rpc(call.request, timeout=deadline, metadata=metadata))
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
-                cause: BaseException = exc
-            if (
-                error.code == grpc.StatusCode.UNAUTHENTICATED
-                and auth
-                and self._service_tokens is not None
-                and not renewed
-            ):
-                renewed = True
-                self._service_tokens.invalidate()
-                continue
-            delay = state.next_delay(error, loop.time())
-            if delay is None:
-                raise error from cause
-            log_retry(self.config, method, error, state.attempts, delay)
-            await self.sleep(delay)
-
-    def _request_id(self, given: str | None) -> str:
-        if given:
-            return given
-        return new_id("req") if self.config.generate_ids else ""
+                delay = attempts.wait_after(exc)
+            if delay is not None:
+                await self.sleep(delay)
 
     async def close(self) -> None:
         await self._lease.close()
@@ -151,135 +131,16 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # --- accounts ---------------------------------------------------------------------------------
+    # --- the calls (see _calls) -------------------------------------------------------------------
 
-    async def create_account(
-        self,
-        account: account_pb2.Account | None = None,
-        *,
-        display_name: str = "",
-        email: str = "",
-        currency_code: str = "",
-        billing_time_zone: str = "",
-        phone: str = "",
-        metadata: Mapping[str, str] | None = None,
-        request_id: str | None = None,
-        timeout: float | None = None,
-    ) -> account_pb2.Account:
-        request = account_pb2.CreateAccountRequest(
-            account=account_message(
-                account,
-                display_name=display_name,
-                email=email,
-                currency_code=currency_code,
-                billing_time_zone=billing_time_zone,
-                phone=phone,
-                metadata=metadata,
-            ),
-            request_id=self._request_id(request_id),
-        )
-        account_reply: account_pb2.Account = await self._call(
-            "CreateAccount",
-            self._accounts.CreateAccount,
-            request,
-            idempotent=bool(request.request_id),
-            timeout=timeout,
-        )
-        return account_reply
-
-    async def get_account(
-        self, account_id: str, *, show_deleted: bool = False, timeout: float | None = None
-    ) -> account_pb2.Account:
-        request = account_pb2.GetAccountRequest(id=account_id, show_deleted=show_deleted)
-        account_reply: account_pb2.Account = await self._call(
-            "GetAccount", self._accounts.GetAccount, request, idempotent=False, timeout=timeout
-        )
-        return account_reply
-
-    async def list_accounts(
-        self,
-        *,
-        filter: str = "",  # the request's own field name
-        page_size: int = 0,
-        show_deleted: bool = False,
-        timeout: float | None = None,
-    ) -> AsyncIterator[account_pb2.Account]:
-        token = ""
-        while True:
-            request = account_pb2.ListAccountsRequest(
-                page_size=page_size, page_token=token, filter=filter, show_deleted=show_deleted
-            )
-            page = await self._call(
-                "ListAccounts", self._accounts.ListAccounts, request, idempotent=False, timeout=timeout
-            )
-            for account in page.accounts:
-                yield account
-            token = page.next_page_token
-            if not token:
-                return
-
-    async def update_account(
-        self,
-        account: account_pb2.Account,
-        update_mask: Sequence[str],
-        *,
-        request_id: str | None = None,
-        timeout: float | None = None,
-    ) -> account_pb2.Account:
-        request = update_request(account, update_mask, self._request_id(request_id))
-        account_reply: account_pb2.Account = await self._call(
-            "UpdateAccount",
-            self._accounts.UpdateAccount,
-            request,
-            idempotent=bool(request.request_id),
-            timeout=timeout,
-        )
-        return account_reply
-
-    # --- usage ------------------------------------------------------------------------------------
-
-    async def record_usage(
-        self,
-        account_id: str,
-        service: str,
-        units: Units,
-        *,
-        price_per_unit: Units | None = None,
-        event_time: dt.datetime | None = None,
-        properties: Mapping[str, str] | None = None,
-        event_id: str | None = None,
-        timeout: float | None = None,
-    ) -> UsageResult:
-        event = UsageEvent(account_id, service, units, price_per_unit, event_time, properties, event_id)
-        request = usage_request(event, generate_id=self.config.generate_ids)
-        response: usage_pb2.CreateUsageRecordResponse = await self._call(
-            "CreateUsageRecord",
-            self._usage.CreateUsageRecord,
-            request,
-            idempotent=bool(request.usage_record.event_id),
-            timeout=timeout,
-        )
-        return usage_result(response)
-
-    async def record_usage_batch(
-        self, events: Sequence[UsageEvent], *, timeout: float | None = None
-    ) -> BatchResult:
-        requests = [usage_request(event, generate_id=self.config.generate_ids) for event in events]
-        request = usage_pb2.BatchCreateUsageRecordsRequest(requests=requests)
-        response: usage_pb2.BatchCreateUsageRecordsResponse = await self._call(
-            "BatchCreateUsageRecords",
-            self._usage.BatchCreateUsageRecords,
-            request,
-            idempotent=all(item.usage_record.event_id for item in requests),
-            timeout=timeout,
-        )
-        return batch_result(response)
+    create_account = awaiting(_calls.create_account)
+    get_account = awaiting(_calls.get_account)
+    list_accounts = awaiting_pages(_calls.list_accounts)
+    update_account = awaiting(_calls.update_account)
+    record_usage = awaiting(_calls.record_usage)
+    record_usage_batch = awaiting(_calls.record_usage_batch)
 
     def usage_stream(self, *, producer_id: str | None = None, window: int = 1000) -> AsyncUsageStream:
-        return AsyncUsageStream(
-            self._usage.StreamUsageRecords,
-            self._metadata,
-            self.config,
-            producer_id=producer_id,
-            window=window,
-        )
+        """A streaming producer (see AsyncUsageStream); `await close()` waits for the last acknowledgement."""
+        rpc = self._usage.StreamUsageRecords
+        return AsyncUsageStream(rpc, self._metadata, self.config, producer_id=producer_id, window=window)

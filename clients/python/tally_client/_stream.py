@@ -1,11 +1,15 @@
 """Streaming producers: send events on one StreamUsageRecords call, resend what a lost stream lost.
 
-Each event gets the producer's next sequence number. The server acknowledges a sequence number
-once every event up to it is committed (or refused, with the reason); the producer keeps the
-events it has not seen acknowledged and, when the stream breaks, opens another and sends them
-again, in order, with the same sequence numbers. An event without an id of its own gets
-`<producer_id>:<sequence>` from the server, so a resent event is a replay, never a second record.
-At most `window` events wait for acknowledgement: send() blocks past that.
+Each event gets the producer's next sequence number. A message carries every event waiting to
+be written when the writer gets to it, up to MAX_RECORDS_PER_MESSAGE: an idle producer sends
+one event a message, a busy one full messages, so grpc's cost per message is paid per batch
+rather than per event. The first message of a stream names the producer. The server
+acknowledges a sequence number once every event up to it is committed (or refused, with the
+reason); the producer keeps the events it has not seen acknowledged and, when the stream
+breaks, opens another and sends them again, in order, with the same sequence numbers, packed
+the same way. An event without an id of its own gets `<producer_id>:<sequence>` from the
+server, so a resent event is a replay, never a second record. At most `window` events wait
+for acknowledgement: send() blocks past that.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from tally_client._errors import TallyError, Unavailable, error_from_rpc
 from tally_client._retry import RetryState
 
 Message = usage_pb2.StreamUsageRecordsRequest
+Record = usage_pb2.SequencedUsageRecord
+
+# The contract's limit on the events of one StreamUsageRecordsRequest.
+MAX_RECORDS_PER_MESSAGE = 1000
 
 
 class _Ledger:
@@ -40,7 +48,7 @@ class _Ledger:
             raise ValueError("producer_id must be 1 to 64 printable ASCII characters")
         self.producer_id = producer_id or new_id("prd")
         self.window = window
-        self.pending: dict[int, Message] = {}
+        self.pending: dict[int, Record] = {}
         self.next_sequence = 1
         self.acknowledged = 0
         self.stored_count = 0
@@ -49,12 +57,12 @@ class _Ledger:
         self.error: TallyError | None = None
         self.closing = False
 
-    def add(self, event: UsageEvent) -> Message:
+    def add(self, event: UsageEvent) -> Record:
         # No id made here: the server's `<producer_id>:<sequence>` is just as stable.
-        message = Message(sequence=self.next_sequence, request=usage_request(event, generate_id=False))
-        self.pending[message.sequence] = message
+        record = Record(sequence=self.next_sequence, request=usage_request(event, generate_id=False))
+        self.pending[record.sequence] = record
         self.next_sequence += 1
-        return message
+        return record
 
     def acknowledge(self, response: usage_pb2.StreamUsageRecordsResponse) -> bool:
         """Apply an acknowledgement; True when it moved the acknowledged sequence on."""
@@ -67,16 +75,28 @@ class _Ledger:
             del self.pending[sequence]
         return moved
 
-    def opening(self) -> list[Message]:
-        """What a new stream sends first: every unacknowledged event, the first naming the producer."""
-        messages = list(self.pending.values())
-        return messages
+    def opening(self) -> list[Record]:
+        """What a new stream sends first: every unacknowledged event, in sequence order."""
+        return list(self.pending.values())
 
-    def first(self, message: Message) -> Message:
-        named = Message()
-        named.CopyFrom(message)
-        named.producer_id = self.producer_id
-        return named
+    def message(self, records: list[Record], first: bool) -> Message:
+        """One message of `records`; the first of a stream names the producer."""
+        return Message(producer_id=self.producer_id if first else "", records=records)
+
+
+def _waiting(first: Record, take: Callable[[], Record | None]) -> tuple[list[Record], bool]:
+    """`first` and the records already waiting behind it in the outbox (`take` does not wait),
+    up to a message's worth; the flag is False once the outbox's end (None) was met."""
+    records = [first]
+    while len(records) < MAX_RECORDS_PER_MESSAGE:
+        try:
+            record = take()
+        except (queue.Empty, asyncio.QueueEmpty):
+            break
+        if record is None:
+            return records, False
+        records.append(record)
+    return records, True
 
 
 def _broken() -> TallyError:
@@ -95,7 +115,8 @@ def stream_error(exc: grpc.RpcError) -> TallyError:
     if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == LOCAL_WRITE_FAILURE:
         return Unavailable(
             grpc.StatusCode.UNAVAILABLE,
-            "the stream was lost while an event was being written (grpc.aio: INTERNAL, Internal error from Core)",
+            "the stream was lost while an event was being written"
+            " (grpc.aio: INTERNAL, Internal error from Core)",
         )
     return error_from_rpc(exc)
 
@@ -138,7 +159,7 @@ class UsageStream:
         self._config = config
         self._ledger = _Ledger(producer_id, window)
         self._changed = threading.Condition()
-        self._outbox: queue.Queue[Message | None] = queue.Queue()
+        self._outbox: queue.Queue[Record | None] = queue.Queue()
         self._stopped = threading.Event()
         self._call: Any = None
         self._thread = threading.Thread(target=self._run, name="tally-usage-stream", daemon=True)
@@ -172,9 +193,9 @@ class UsageStream:
             self._raise_error()
             if ledger.closing:
                 raise RuntimeError("the stream is closed")
-            message = ledger.add(event)
-            self._outbox.put(message)
-            return message.sequence
+            record = ledger.add(event)
+            self._outbox.put(record)
+            return record.sequence
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every sent event is acknowledged; False if `timeout` passed first."""
@@ -205,19 +226,19 @@ class UsageStream:
         if self._ledger.error is not None:
             raise self._ledger.error
 
-    def _requests(self, outbox: queue.Queue[Message | None]) -> Iterator[Message]:
-        message = outbox.get()
-        if message is None:
-            return
-        yield self._ledger.first(message)
-        while (message := outbox.get()) is not None:
-            yield message
+    def _requests(self, outbox: queue.Queue[Record | None]) -> Iterator[Message]:
+        """The call's messages: each packs what waits in the outbox when grpc asks for the next."""
+        first, more = True, True
+        while more and (record := outbox.get()) is not None:
+            records, more = _waiting(record, outbox.get_nowait)
+            yield self._ledger.message(records, first)
+            first = False
 
     def _open(self) -> Iterator[usage_pb2.StreamUsageRecordsResponse]:
         with self._changed:
-            outbox: queue.Queue[Message | None] = queue.Queue()
-            for message in self._ledger.opening():
-                outbox.put(message)
+            outbox: queue.Queue[Record | None] = queue.Queue()
+            for record in self._ledger.opening():
+                outbox.put(record)
             if self._ledger.closing:
                 outbox.put(None)
             self._outbox = outbox
@@ -268,7 +289,7 @@ class AsyncUsageStream:
         self._config = config
         self._ledger = _Ledger(producer_id, window)
         self._changed = asyncio.Condition()
-        self._outbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Record | None] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -300,9 +321,9 @@ class AsyncUsageStream:
             self._raise_error()
             if ledger.closing:
                 raise RuntimeError("the stream is closed")
-            message = ledger.add(event)
-            self._outbox.put_nowait(message)
-            return message.sequence
+            record = ledger.add(event)
+            self._outbox.put_nowait(record)
+            return record.sequence
 
     async def flush(self) -> None:
         async with self._changed:
@@ -331,20 +352,21 @@ class AsyncUsageStream:
         if self._ledger.error is not None:
             raise self._ledger.error
 
-    async def _write(self, call: Any, outbox: asyncio.Queue[Message | None]) -> None:
-        """Write the outbox to the call, the first message naming the producer, until closing."""
-        first = True
+    async def _write(self, call: Any, outbox: asyncio.Queue[Record | None]) -> None:
+        """Write the outbox to the call until closing, each message packing what waits in it."""
+        first, more = True, True
         with contextlib.suppress(grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            while (message := await outbox.get()) is not None:
-                await call.write(self._ledger.first(message) if first else message)
+            while more and (record := await outbox.get()) is not None:
+                records, more = _waiting(record, outbox.get_nowait)
+                await call.write(self._ledger.message(records, first))
                 first = False
             await call.done_writing()
 
     async def _open(self) -> tuple[Any, asyncio.Task[None]]:
         async with self._changed:
-            outbox: asyncio.Queue[Message | None] = asyncio.Queue()
-            for message in self._ledger.opening():
-                outbox.put_nowait(message)
+            outbox: asyncio.Queue[Record | None] = asyncio.Queue()
+            for record in self._ledger.opening():
+                outbox.put_nowait(record)
             if self._ledger.closing:
                 outbox.put_nowait(None)
             self._outbox = outbox
