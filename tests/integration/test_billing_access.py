@@ -114,7 +114,9 @@ CASES: dict[str, Case] = {
     CLOCK + "AdvanceTestClock": lambda s: {"id": s.clock, "frozenTime": "2027-02-15T00:00:00Z"},
     USAGE + "CreateUsageRecord": lambda s: {**_EVENT, "accountId": s.account_a},
     USAGE + "BatchCreateUsageRecords": lambda s: {"requests": [{**_EVENT, "accountId": s.account_a}]},
-    USAGE + "StreamUsageRecords": lambda s: {"sequence": 1, "request": {**_EVENT, "accountId": s.account_a}},
+    USAGE + "StreamUsageRecords": lambda s: {
+        "records": [{"sequence": 1, "request": {**_EVENT, "accountId": s.account_a}}]
+    },
     USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_a},
     USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
 }
