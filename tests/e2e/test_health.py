@@ -71,7 +71,8 @@ def refuses_connections(server: RunningServer) -> bool:
     try:
         with socket.create_connection((host, int(port)), timeout=2):
             return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection reached the backlog of a listener that closed before accepting it.
         return True
 
 
