@@ -36,7 +36,9 @@ def input_from_proto(request: usage_pb2.CreateUsageRecordRequest) -> UsageInput:
         units=record.units_consumed.value,
         price_per_unit=record.price_per_unit.value,
         event_time=record.event_time.ToDatetime(tzinfo=UTC) if record.HasField("event_time") else None,
-        properties=dict(record.properties),
+        # dict() of a map field walks it through Python's Mapping mixin: 8% of a stream's time
+        # when every map was empty (py-spy), so an empty one is not walked.
+        properties=dict(record.properties) if len(record.properties) else {},
         event_id=record.event_id,
         request_id=request.request_id,
     )
