@@ -152,17 +152,20 @@ def fingerprint(item: UsageInput, units: Decimal, price: Decimal | None, event_i
     Every part is written with its length in front, so no two contents share a text. Stored with
     each event id: changing this function makes every stored event look changed to a retry, so
     it is pinned by a test (tests/unit/test_usage_rules.py)."""
+    properties = item.properties
     parts = [
         item.account_id,
         item.service,
         format(units.normalize(), "f"),
         "" if price is None else "=" + format(price.normalize(), "f"),
         "" if item.event_time is None else "=" + item.event_time.isoformat(),
-        str(len(item.properties)),
-        *(text for pair in sorted(item.properties.items()) for text in pair),
-        event_id,
+        str(len(properties)),
     ]
-    canonical = "".join(f"{len(part)}:{part}" for part in parts)
+    if properties:
+        for pair in sorted(properties.items()):
+            parts.extend(pair)
+    parts.append(event_id)
+    canonical = "".join([f"{len(part)}:{part}" for part in parts])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
