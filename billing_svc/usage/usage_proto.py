@@ -45,20 +45,25 @@ def input_from_proto(request: usage_pb2.CreateUsageRecordRequest) -> UsageInput:
 
 
 def record_to_proto(record: UsageRecord) -> usage_pb2.UsageRecord:
-    message = usage_pb2.UsageRecord(
-        id=record.id,
-        account_id=record.account_id,
-        service=record.service,
-        properties=dict(record.properties),
-        event_id=record.event_id,
-        meter_id=record.meter_id,
-    )
+    message = usage_pb2.UsageRecord()
+    _fill_record(message, record)
+    return message
+
+
+def _fill_record(message: usage_pb2.UsageRecord, record: UsageRecord) -> None:
+    """Write `record` into an empty message in place (a batch's results are filled, not copied)."""
+    message.id = record.id
+    message.account_id = record.account_id
+    message.service = record.service
+    if record.properties:
+        message.properties.update(record.properties)
+    message.event_id = record.event_id
+    message.meter_id = record.meter_id
     message.units_consumed.value = decimal_text(record.units)
     if record.price_per_unit is not None:
         message.price_per_unit.value = decimal_text(record.price_per_unit)
     _set_time(message.event_time, record.event_time)
     _set_time(message.create_time, record.create_time)
-    return message
 
 
 def _set_time(field: timestamp_pb2.Timestamp, instant: datetime) -> None:
@@ -73,7 +78,7 @@ def result_to_proto(result: RecordResult, index: int) -> usage_pb2.UsageRecordRe
         outcome=_OUTCOME_TO_PROTO[result.outcome], index=index, event_id_assigned=result.event_id_assigned
     )
     if result.record is not None:
-        message.usage_record.CopyFrom(record_to_proto(result.record))
+        _fill_record(message.usage_record, result.record)
     if result.error is not None:
         message.error.CopyFrom(to_status(result.error))
     return message
