@@ -1,106 +1,23 @@
 """The text policy at the gRPC boundary: every string in a request is checked before its use case.
 
-`text_violations(request)` walks the request by its descriptor (nested messages, repeated
-fields, map keys and values) and applies `core.text.text_problem` to each string, with the
-field's `(tally.options.v1.text)` rule when it has one. A bad request is refused with
-INVALID_ARGUMENT naming every bad field by its path (`account.display_name`,
-`account.metadata['k']`), so no RPC, present or future, has to remember to do it. REST
-calls come through the gateway's gRPC channel and meet the same check.
+`check_request` runs `core.text_policy.check_text` on each unary request (the text stage of
+interceptors.pipeline): a bad request is refused with INVALID_ARGUMENT naming every bad field
+by its path, so no RPC, present or future, has to remember to do it. REST calls come through
+the gateway's gRPC channel and meet the same check.
 
-Client-streaming requests are not walked: Tally serves none, and reflection's requests
-never reach the database.
+Client-streaming requests are not walked here: a stream's handler checks each event it reads
+with the same walk (billing_svc/usage/stream.py), so one bad event is refused alone instead of
+ending the stream. Reflection's requests never reach the database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import cache
-from typing import Any
-
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from core.errors import FieldViolation, InvalidArgument
-from core.text import excerpt, text_problem
+from core.text_policy import MAX_VIOLATIONS, check_text, text_violations
 from interceptors.pipeline import Pipeline
-from tally.options.v1 import text_pb2
 
-# Enough to fix a request by; more would only swell the error (10,000 bad entries of a
-# repeated field must not make a 10,000-line trailer).
-MAX_VIOLATIONS = 10
-
-
-@cache
-def _rule(field: FieldDescriptor) -> tuple[bool, int]:
-    """(allow_control, max_length) of a string field, from its option; (False, 0) without one."""
-    options = field.GetOptions()
-    if not options.HasExtension(text_pb2.text):
-        return False, 0
-    rule = options.Extensions[text_pb2.text]
-    return rule.allow_control, rule.max_length
-
-
-def _string_problem(field: FieldDescriptor, value: str) -> str | None:
-    allow_control, max_length = _rule(field)
-    if max_length and len(value) > max_length:
-        return f"must be at most {max_length} characters, got {len(value)}"
-    return text_problem(value, allow_control=allow_control)
-
-
-def _walk(message: Message, prefix: str) -> Iterator[FieldViolation]:
-    for field, value in message.ListFields():
-        path = f"{prefix}{field.name}"
-        if field.type == FieldDescriptor.TYPE_STRING:
-            items = enumerate(value) if field.is_repeated else [(None, value)]
-            for index, item in items:
-                problem = _string_problem(field, item)
-                if problem:
-                    yield FieldViolation(path if index is None else f"{path}[{index}]", problem)
-        elif field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                yield from _walk_map(field, value, path)
-            elif field.is_repeated:
-                for index, item in enumerate(value):
-                    yield from _walk(item, f"{path}[{index}].")
-            else:
-                yield from _walk(value, f"{path}.")
-
-
-def _walk_map(field: FieldDescriptor, entries: Any, path: str) -> Iterator[FieldViolation]:
-    entry_type = field.message_type
-    assert entry_type is not None  # a map field's entry message
-    key_field = entry_type.fields_by_name["key"]
-    value_field = entry_type.fields_by_name["value"]
-    for key, value in entries.items():
-        if isinstance(key, str):
-            problem = _string_problem(key_field, key)
-            if problem:
-                yield FieldViolation(path, f"keys {problem}")
-                continue
-        entry = f"{path}[{excerpt(key)!r}]" if isinstance(key, str) else f"{path}[{key}]"
-        if value_field.type == FieldDescriptor.TYPE_STRING:
-            problem = _string_problem(value_field, value)
-            if problem:
-                yield FieldViolation(entry, problem)
-        elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
-            yield from _walk(value, f"{entry}.")
-
-
-def text_violations(request: Message) -> list[FieldViolation]:
-    """The request's strings that break the text policy, at most MAX_VIOLATIONS of them."""
-    found: list[FieldViolation] = []
-    for violation in _walk(request, ""):
-        found.append(violation)
-        if len(found) == MAX_VIOLATIONS:
-            break
-    return found
-
-
-def check_text(request: Message) -> None:
-    """Raise INVALID_ARGUMENT (reason INVALID_TEXT) naming every field that breaks the policy."""
-    violations = text_violations(request)
-    if violations:
-        raise InvalidArgument(violations, reason="INVALID_TEXT")
+__all__ = ["MAX_VIOLATIONS", "TextPolicyInterceptor", "check_request", "check_text", "text_violations"]
 
 
 def check_request(request: object) -> None:

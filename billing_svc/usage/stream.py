@@ -13,14 +13,17 @@ max_message`) and the one message the reader holds while it waits (at most `max_
 While the reader waits, gRPC's flow control stops the producer, so the server never holds more
 than `max_unacknowledged` events of one stream that it has not acknowledged.
 
+Every event meets the text policy that interceptors/validation.py applies to unary requests
+(core.text_policy): an event with a bad string is refused alone, naming the field.
+
 Event ids: an event with its own id keeps it. On a stream whose first message names a
 `producer_id`, an event without an id gets `<producer_id>:<sequence>`, so a producer that lost
 its stream and sends everything after the last acknowledgement again sends the same ids, and
 what was stored already is a replay. On a stream without a producer_id, an event without an id
 is refused (the server would have to invent one, and a resent event would be stored twice).
 
-A sequence number that does not increase, or is below 1, or a message with more than
-`max_message` events, ends the stream with INVALID_ARGUMENT after the events before it are
+A sequence number that does not increase, or is below 1, or a message with no events or more
+than `max_message`, ends the stream with INVALID_ARGUMENT after the events before it are
 recorded and acknowledged.
 """
 
@@ -36,6 +39,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
 from billing_svc.usage.usage_proto import input_from_proto, result_to_proto
 from core.errors import InvalidArgument
+from core.text_policy import text_violations
 from tally.billing.v1 import usage_pb2
 
 RecordBatch = Callable[[Sequence[UsageInput]], Awaitable[list[RecordResult]]]
@@ -181,10 +185,11 @@ class UsageStream:
                 self._producer_id = _check_producer_id(message.producer_id)
             except InvalidArgument as exc:
                 raise _StreamError(exc) from None
-        if len(message.records) > self._max_message:
+        if not 1 <= len(message.records) <= self._max_message:
             raise _StreamError(
                 InvalidArgument.field(
-                    "records", f"at most {self._max_message} events a message; got {len(message.records)}"
+                    "records",
+                    f"must hold 1 to {self._max_message} events a message; got {len(message.records)}",
                 )
             )
         for index, record in enumerate(message.records):
@@ -196,6 +201,12 @@ class UsageStream:
                     )
                 )
             self._previous = batch.last = record.sequence
+            # The text policy the interceptor applies to unary requests, event by event here.
+            violations = text_violations(record.request)
+            if violations:
+                error = InvalidArgument(violations, reason="INVALID_TEXT")
+                batch.refused[record.sequence] = RecordResult(Outcome.FAILED, error=error)
+                continue
             item = input_from_proto(record.request)
             if not item.event_id and not item.request_id:
                 if not self._producer_id:

@@ -26,9 +26,9 @@ USAGE_FIELDS: dict[str, JSON] = {
     f"{_USAGE}.UsageRecord.event_id": {"maxLength": MAX_EVENT_ID, "pattern": "^[ -~]*$"},
     # rules.batch_size: 1 to 1000 events.
     f"{_USAGE}.BatchCreateUsageRecordsRequest.requests": {"minItems": 1, "maxItems": use_cases.MAX_BATCH},
-    # stream.UsageStream._take: at most 1000 events a message; sequence numbers start at 1;
+    # stream.UsageStream._take: 1 to 1000 events a message; sequence numbers start at 1;
     # producer ids are printable ASCII.
-    f"{_USAGE}.StreamUsageRecordsRequest.records": {"maxItems": stream.MAX_MESSAGE},
+    f"{_USAGE}.StreamUsageRecordsRequest.records": {"minItems": 1, "maxItems": stream.MAX_MESSAGE},
     f"{_USAGE}.SequencedUsageRecord.sequence": {"minimum": 1},
     f"{_USAGE}.StreamUsageRecordsRequest.producer_id": {
         "maxLength": stream.MAX_PRODUCER_ID,

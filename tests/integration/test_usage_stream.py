@@ -161,3 +161,25 @@ async def test_without_ids_or_producer_every_event_is_refused_by_name(
     else:
         assert [failure.index for failure in failures] == [1, 2, 3]
         assert await rows(app) == []
+
+
+async def test_an_event_breaking_the_text_policy_is_refused_alone_by_name(app: App, account: str) -> None:
+    """The text policy the unary methods get from the interceptor holds for streamed events too:
+    a NUL (which PostgreSQL cannot store) or a control character is the event's refusal, naming
+    the field, and the events around it are stored."""
+    messages = requests(account, 4, producer_id="p-text", per_message=4)
+    records = messages[0].records
+    records[1].request.usage_record.properties["region"] = "eu\x00west"
+    records[2].request.usage_record.event_id = ""
+    records[2].request.usage_record.properties["note"] = "line\x1bbreak"
+    async with channel_as(app, mint(app)) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        acks = [ack async for ack in stub.StreamUsageRecords(sent(messages))]
+    failures = {failure.index: failure for ack in acks for failure in ack.failures}
+    assert sorted(failures) == [2, 3]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert all(failure.error.code == invalid for failure in failures.values())
+    assert failures[2].error.message.startswith("usage_record.properties['region']: must not contain control")
+    assert failures[3].error.message.startswith("usage_record.properties['note']: must not contain control")
+    assert acks[-1].acknowledged_sequence == 4
+    assert {row.event_id for row in await rows(app)} == {"p-text:1", "p-text:4"}

@@ -200,12 +200,15 @@ async def test_messages_of_many_events_are_recorded_in_batches_of_whole_messages
     assert ("acct_1", "p1:1999") in store.rows
 
 
-async def test_a_message_of_no_events_only_names_the_producer() -> None:
+async def test_a_message_of_no_events_ends_the_stream_after_what_came_before() -> None:
     store = Store()
-    acks = await collect(
-        UsageStream(store.record),
-        [usage_pb2.StreamUsageRecordsRequest(producer_id="p9"), carrying(range(1, 4))],
-    )
+    acks: list[usage_pb2.StreamUsageRecordsResponse] = []
+    with pytest.raises(InvalidArgument) as raised:
+        async for ack in UsageStream(store.record).run(
+            feed([carrying(range(1, 4), "p9"), usage_pb2.StreamUsageRecordsRequest()])
+        ):
+            acks.append(ack)
+    assert raised.value.violations[0].field == "records"
     assert [ack.acknowledged_sequence for ack in acks] == [3]
     assert set(store.rows) == {("acct_1", f"p9:{n}") for n in range(1, 4)}
 
@@ -218,7 +221,7 @@ async def test_a_message_of_too_many_events_ends_the_stream_after_what_came_befo
         async for ack in stream.run(feed([carrying(range(1, 4), "p"), carrying(range(4, 10))])):
             acks.append(ack)
     assert raised.value.violations[0].field == "records"
-    assert "at most 5" in raised.value.violations[0].description
+    assert "1 to 5 events" in raised.value.violations[0].description
     assert acks[-1].acknowledged_sequence == 3
     assert len(store.rows) == 3
 

@@ -349,9 +349,7 @@ class StreamUsageRecordsRequest(_message.Message):
     """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequencedUsageRecord]:
-        """The events, at most 1000, in the order of their sequence numbers. A
-        message may carry none (a first message that only names the producer).
-        """
+        """The events, 1 to 1000, in the order of their sequence numbers."""
 
     def __init__(
         self,
