@@ -215,6 +215,17 @@ PACKED = [
 ]
 
 
+def assert_packed(fake: FakeUsage, stream: Any, producer: str, messages: list[list[int]]) -> None:
+    """A busy producer's `BUSY` events came as `messages` (records per message, per stream), once each."""
+    assert fake.messages == messages
+    assert fake.message_count < BUSY
+    assert fake.producers == [producer] * len(messages)
+    assert fake.named_later == 0
+    assert sorted(fake.stored) == sorted(f"{producer}:{n}" for n in range(1, BUSY + 1))
+    assert stream.acknowledged_sequence == BUSY
+    assert (stream.stored_count, stream.replay_count) == (BUSY - fake.lost_stored, fake.lost_stored)
+
+
 @pytest.mark.parametrize(("lose_at", "messages"), PACKED)
 def test_a_busy_producer_packs_waiting_events_into_messages_of_at_most_1000(serve, lose_at, messages):
     fake = fake_usage(lose_at=lose_at)
@@ -231,13 +242,7 @@ def test_a_busy_producer_packs_waiting_events_into_messages_of_at_most_1000(serv
             stream.send(event)
         may_open.set()
         stream.close()
-    assert fake.messages == messages
-    assert fake.message_count < BUSY
-    assert fake.producers == ["busy"] * len(messages)
-    assert fake.named_later == 0
-    assert sorted(fake.stored) == sorted(f"busy:{n}" for n in range(1, BUSY + 1))
-    assert stream.acknowledged_sequence == BUSY
-    assert (stream.stored_count, stream.replay_count) == (BUSY - fake.lost_stored, fake.lost_stored)
+    assert_packed(fake, stream, "busy", messages)
     assert fake.lost_stored == len(lose_at)
 
 
@@ -259,13 +264,7 @@ async def test_a_busy_async_producer_packs_waiting_events_into_messages_of_at_mo
             await stream.send(event)
         may_open.set()
         await stream.close()
-    assert fake.messages == messages
-    assert fake.message_count < BUSY
-    assert fake.producers == ["async-busy"] * len(messages)
-    assert fake.named_later == 0
-    assert sorted(fake.stored) == sorted(f"async-busy:{n}" for n in range(1, BUSY + 1))
-    assert stream.acknowledged_sequence == BUSY
-    assert (stream.stored_count, stream.replay_count) == (BUSY - fake.lost_stored, fake.lost_stored)
+    assert_packed(fake, stream, "async-busy", messages)
 
 
 async def test_an_idle_async_producer_sends_one_event_a_message(serve):
