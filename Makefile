@@ -6,10 +6,13 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: run test install generate check-generated check-contracts contracts-baseline lint typecheck pytest bench clean
 
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
-	@echo "==> installing Tally, its Python client and the dev tools into $(VENV)"
+# The stubs' distribution (clients/python-protos, tally-protos) first: it is on no package index,
+# so pip must find it installed when it resolves the server's and the client's dependency on it.
+$(VENV)/.installed: pyproject.toml clients/python-protos/pyproject.toml clients/python/pyproject.toml
+	@echo "==> installing Tally, its stubs, its Python client and the dev tools into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable clients/python-protos
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
 	$(BIN)/python -m pip install --quiet --editable clients/python
 	@touch $@
