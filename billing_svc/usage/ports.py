@@ -14,7 +14,8 @@ from billing_svc.usage.domain import EarlierUsage, NewUsage
 class UsageRepository(Protocol):
     async def insert_new(self, events: Sequence[NewUsage]) -> list[EarlierUsage | None]:
         """Store the events whose (account, event id) is free, set-based; per event, in order,
-        None when stored now, else what the id held already. Keys must be distinct."""
+        None when stored now, else what the id held already. Keys must be distinct, and the
+        records' create_time one."""
         ...
 
     async def purge_event_ids(self, before: datetime, *, limit: int) -> int:

@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import re
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
 from billing_svc.usage.usage_proto import input_from_proto, result_to_proto
@@ -50,6 +50,10 @@ MAX_UNACKNOWLEDGED = 4000
 MAX_PRODUCER_ID = 64
 _PRODUCER_ID = re.compile(f"^[ -~]{{1,{MAX_PRODUCER_ID}}}$")
 Message = usage_pb2.StreamUsageRecordsRequest
+
+
+def _first(pair: tuple[int, RecordResult]) -> int:
+    return pair[0]
 
 
 class _StreamError(Exception):
@@ -207,22 +211,24 @@ class UsageStream:
                 error = InvalidArgument(violations, reason="INVALID_TEXT")
                 batch.refused[record.sequence] = RecordResult(Outcome.FAILED, error=error)
                 continue
-            item = input_from_proto(record.request)
-            if not item.event_id and not item.request_id:
-                if not self._producer_id:
-                    batch.refused[record.sequence] = _missing_id()
-                    continue
-                item = dataclasses.replace(item, event_id=f"{self._producer_id}:{record.sequence}")
+            request = record.request
+            if request.usage_record.event_id or request.request_id:
+                item = input_from_proto(request)
+            elif self._producer_id:
+                item = input_from_proto(request, event_id=f"{self._producer_id}:{record.sequence}")
+            else:
+                batch.refused[record.sequence] = _missing_id()
+                continue
             batch.sequences.append(record.sequence)
             batch.inputs.append(item)
 
     async def _record(self, batch: _Batch) -> usage_pb2.StreamUsageRecordsResponse:
         results = await self._record_batch(batch.inputs) if batch.inputs else []
         response = usage_pb2.StreamUsageRecordsResponse(acknowledged_sequence=batch.last)
-        by_sequence = dict(zip(batch.sequences, results, strict=True))
-        by_sequence.update(batch.refused)
-        for sequence in sorted(by_sequence):
-            result = by_sequence[sequence]
+        answered: Iterable[tuple[int, RecordResult]] = zip(batch.sequences, results, strict=True)
+        if batch.refused:  # else the answers are in sequence order already
+            answered = sorted([*answered, *batch.refused.items()], key=_first)
+        for sequence, result in answered:
             if result.outcome is Outcome.FAILED:
                 response.failures.append(result_to_proto(result, sequence))
             elif result.outcome is Outcome.REPLAY:

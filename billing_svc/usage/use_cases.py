@@ -12,6 +12,7 @@ usage_event_ids for EVENT_ID_RETENTION (35 days), with the fingerprint of the ev
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,10 +56,8 @@ class OutcomeCounts:
     def count(self, results: Sequence[RecordResult]) -> None:
         if self._sink is None:
             return
-        for outcome in Outcome:
-            found = sum(1 for result in results if result.outcome is outcome)
-            if found:
-                self._sink(outcome.value, found)
+        for outcome, found in Counter(result.outcome for result in results).items():
+            self._sink(outcome.value, found)
 
 
 @dataclass(frozen=True)
@@ -175,9 +174,11 @@ async def record_usage_batch(
         first: dict[tuple[str, str], int] = {}  # key -> position among `new`
         unique: list[CheckedEvent] = []
         for event in checked:
-            if isinstance(event, CheckedEvent) and event.key not in first:
-                first[event.key] = len(unique)
-                unique.append(event)
+            if isinstance(event, CheckedEvent):
+                key = event.key
+                if key not in first:
+                    first[key] = len(unique)
+                    unique.append(event)
         record_ids = ids.new_ordered_ids(RECORD_PREFIX, now, len(unique))
         new = [
             NewUsage(_record(event, record_id, now), event.fingerprint)
@@ -192,9 +193,10 @@ async def record_usage_batch(
         if not isinstance(event, CheckedEvent):
             results.append(RecordResult(Outcome.FAILED, error=event))
             continue
-        position = first[event.key]
+        key = event.key
+        position = first[key]
         held = earlier[position]
-        if event.key in claimed or held is not None:
+        if key in claimed or held is not None:
             # A later event of this batch with the key, or a key held before this batch.
             results.append(
                 _against(event, held or EarlierUsage(new[position].fingerprint, new[position].record))
@@ -205,7 +207,7 @@ async def record_usage_batch(
                     Outcome.STORED, record=new[position].record, event_id_assigned=event.event_id_assigned
                 )
             )
-        claimed.add(event.key)
+        claimed.add(key)
     deps.outcomes.count(results)
     return results
 

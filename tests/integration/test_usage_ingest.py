@@ -124,6 +124,35 @@ async def test_create_then_replay_then_reuse(
     assert stored[0].units == Decimal("2.5") and await event_id_count(app) == 1
 
 
+async def test_a_batch_stores_its_numbers_and_times_exactly(
+    app: App, usage: usage_pb2_grpc.UsageServiceStub, account_id: str
+) -> None:
+    # PostgreSQL receives units and prices as text and event times as microseconds since 1970
+    # (billing_svc/usage/repository.py): the extremes the checks allow come back unchanged.
+    at = datetime.now(UTC).replace(microsecond=123457) - timedelta(hours=1)
+    sent = {
+        "big": ("999999999999999999", "", at),
+        "tiny": ("0.000000000001", "12345678.000000000001", at - timedelta(microseconds=1)),
+        "negative": ("-2.5", "0", at + timedelta(microseconds=999999)),
+        "exponent": ("1.5E+3", "2.5e-3", at - timedelta(hours=2, microseconds=7)),
+    }
+    requests = [
+        event(account_id, units, event_id=key, at=when, price_per_unit=decimal_pb2.Decimal(value=price))
+        for key, (units, price, when) in sent.items()
+    ]
+    reply = await usage.BatchCreateUsageRecords(usage_pb2.BatchCreateUsageRecordsRequest(requests=requests))
+    assert [result.outcome for result in reply.results] == [Result.OUTCOME_STORED] * len(sent)
+    assert reply.results[3].usage_record.units_consumed.value == "1500"
+    stored = {row.event_id: row for row in await rows(app)}
+    assert set(stored) == set(sent)
+    for key, (units, price, when) in sent.items():
+        row = stored[key]
+        assert row.units == Decimal(units)
+        assert row.price_per_unit == (Decimal(price) if price else None)
+        assert row.event_time == when
+    assert len({row.create_time for row in stored.values()}) == 1  # one batch, one time of receipt
+
+
 async def test_omitted_event_time_and_ids(
     app: App, usage: usage_pb2_grpc.UsageServiceStub, account_id: str
 ) -> None:

@@ -19,6 +19,19 @@ def test_ids_made_at_one_instant_sort_in_the_order_they_were_made() -> None:
     assert len(set(made)) == len(made)
 
 
+def test_a_batch_of_ids_sorts_in_order_and_its_random_characters_use_the_whole_alphabet() -> None:
+    made = ids.new_ordered_ids("usg", NOW, 1000)
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    pattern = f"usg_[{ids.ALPHABET}]{{{ids.BODY_LENGTH}}}"
+    assert all(re.fullmatch(pattern, made_id) for made_id in made)
+    # The time is the same in all of them; the last 12 characters are the random ones.
+    assert len({made_id[: 4 + 9] for made_id in made}) == 1
+    assert made[0][4:13] == ids.new_ordered_id("usg", NOW)[4:13]
+    tails = "".join(made_id[-12:] for made_id in made)
+    assert set(tails) == set(ids.ALPHABET)  # 12,000 characters: every one of the 32 appears
+
+
 def test_a_later_instant_sorts_after_an_earlier_one_whatever_the_counter() -> None:
     later = ids.new_ordered_id("pii", NOW + timedelta(milliseconds=1))
     earlier = ids.new_ordered_id("pii", NOW)
