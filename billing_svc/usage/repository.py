@@ -15,7 +15,7 @@ no rollup (its reads add up raw rows).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,18 +33,12 @@ _MICROSECOND = timedelta(microseconds=1)
 _POSTGRES_INSERT = text(
     """
     WITH input AS (
-        SELECT account_id, event_id, id,
-               timestamptz 'epoch' + event_micros * interval '1 microsecond' AS event_time,
-               fingerprint, meter_id, service, CAST(units AS numeric) AS units,
-               CAST(price AS numeric) AS price, properties,
+        SELECT e->>0 AS account_id, e->>1 AS event_id, e->>2 AS id,
+               timestamptz 'epoch' + CAST(e->>3 AS bigint) * interval '1 microsecond' AS event_time,
+               e->>4 AS fingerprint, e->>5 AS meter_id, e->>6 AS service,
+               CAST(e->>7 AS numeric) AS units, CAST(e->>8 AS numeric) AS price, e->9 AS properties,
                CAST(:create_time AS timestamptz) AS create_time
-        FROM unnest(
-            CAST(:account_ids AS varchar[]), CAST(:event_ids AS varchar[]), CAST(:ids AS varchar[]),
-            CAST(:event_micros AS bigint[]), CAST(:fingerprints AS varchar[]),
-            CAST(:meter_ids AS varchar[]), CAST(:services AS varchar[]), CAST(:units AS text[]),
-            CAST(:prices AS text[]), CAST(:properties AS text[])
-        ) AS t(account_id, event_id, id, event_micros, fingerprint, meter_id, service, units, price,
-               properties)
+        FROM json_array_elements(CAST(:rows AS json)) AS e
     ),
     claimed AS (
         INSERT INTO usage_event_ids (account_id, event_id, record_id, event_time, fingerprint, create_time)
@@ -105,8 +99,8 @@ async def rebuild_rollup(connection: AsyncConnection, account_id: str) -> None:
         await connection.execute(statement, {"account_id": account_id})
 
 
-def _json(properties: Mapping[str, str]) -> str:
-    return json.dumps(dict(properties), sort_keys=True) if properties else "{}"  # most have none
+# Keys sorted so that a record's properties are stored as the SQLite path stores them.
+_ROWS_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _record_columns(record: UsageRecord) -> dict[str, Any]:
@@ -183,22 +177,27 @@ class SqlUsageRepository:
         if len(create_times) != 1:
             raise ValueError("the events of one insert_new share one create_time (the batch's)")
         (create_time,) = create_times
-        # Numbers travel as their exact text and times as microseconds since 1970: asyncpg encodes
-        # numeric and timestamptz elements several times slower, and PostgreSQL reads both exactly
-        # (a bigint below 2**53 times one microsecond is exact: every time before the year 2255).
-        parameters = {
-            "account_ids": [r.account_id for r in records],
-            "event_ids": [r.event_id for r in records],
-            "ids": [r.id for r in records],
-            "event_micros": [(r.event_time - _EPOCH) // _MICROSECOND for r in records],
-            "fingerprints": [event.fingerprint for event in events],
-            "meter_ids": [r.meter_id for r in records],
-            "services": [r.service for r in records],
-            "units": [str(r.units) for r in records],
-            "prices": [None if r.price_per_unit is None else str(r.price_per_unit) for r in records],
-            "properties": [_json(r.properties) for r in records],
-            "create_time": create_time,
-        }
+        # The rows travel as one JSON document, a list per event (json.dumps writes it at C speed;
+        # asyncpg checks and encodes each element of an array parameter in turn): numbers as their
+        # exact text, times as microseconds since 1970 (a bigint below 2**53 times one microsecond
+        # is exact: every time before the year 2255), properties as an object.
+        rows = [
+            [
+                r.account_id,
+                r.event_id,
+                r.id,
+                (r.event_time - _EPOCH) // _MICROSECOND,
+                event.fingerprint,
+                r.meter_id,
+                r.service,
+                str(r.units),
+                None if r.price_per_unit is None else str(r.price_per_unit),
+                dict(r.properties),
+            ]
+            for event in events
+            for r in (event.record,)
+        ]
+        parameters = {"rows": _ROWS_JSON.encode(rows), "create_time": create_time}
         result = await self._session.execute(_POSTGRES_INSERT, parameters)
         return {row[0] for row in result}
 

@@ -127,8 +127,9 @@ async def test_create_then_replay_then_reuse(
 async def test_a_batch_stores_its_numbers_and_times_exactly(
     app: App, usage: usage_pb2_grpc.UsageServiceStub, account_id: str
 ) -> None:
-    # PostgreSQL receives units and prices as text and event times as microseconds since 1970
-    # (billing_svc/usage/repository.py): the extremes the checks allow come back unchanged.
+    # PostgreSQL receives a batch as one JSON document, units and prices as text and event times as
+    # microseconds since 1970 (billing_svc/usage/repository.py): the extremes the checks allow come
+    # back unchanged.
     at = datetime.now(UTC).replace(microsecond=123457) - timedelta(hours=1)
     sent = {
         "big": ("999999999999999999", "", at),
@@ -136,8 +137,17 @@ async def test_a_batch_stores_its_numbers_and_times_exactly(
         "negative": ("-2.5", "0", at + timedelta(microseconds=999999)),
         "exponent": ("1.5E+3", "2.5e-3", at - timedelta(hours=2, microseconds=7)),
     }
+    # And properties as an object inside that document: quotes, backslashes, non-ASCII text.
+    properties = {"région": "東京", "quote": 'a"b\\c', "z": ""}
     requests = [
-        event(account_id, units, event_id=key, at=when, price_per_unit=decimal_pb2.Decimal(value=price))
+        event(
+            account_id,
+            units,
+            event_id=key,
+            at=when,
+            price_per_unit=decimal_pb2.Decimal(value=price),
+            properties=properties if key == "big" else {},
+        )
         for key, (units, price, when) in sent.items()
     ]
     reply = await usage.BatchCreateUsageRecords(usage_pb2.BatchCreateUsageRecordsRequest(requests=requests))
@@ -150,6 +160,7 @@ async def test_a_batch_stores_its_numbers_and_times_exactly(
         assert row.units == Decimal(units)
         assert row.price_per_unit == (Decimal(price) if price else None)
         assert row.event_time == when
+        assert row.properties == (properties if key == "big" else {})
     assert len({row.create_time for row in stored.values()}) == 1  # one batch, one time of receipt
 
 
