@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
-from billing_svc.usage.usage_proto import input_from_proto, result_to_proto
+from billing_svc.usage.usage_proto import add_result, input_from_proto
 from core.errors import InvalidArgument
 from core.text_policy import text_violations
 from tally.billing.v1 import usage_pb2
@@ -230,7 +230,7 @@ class UsageStream:
             answered = sorted([*answered, *batch.refused.items()], key=_first)
         for sequence, result in answered:
             if result.outcome is Outcome.FAILED:
-                response.failures.append(result_to_proto(result, sequence))
+                add_result(response.failures, result, sequence)
             elif result.outcome is Outcome.REPLAY:
                 response.replay_count += 1
             else:

@@ -13,7 +13,7 @@ import grpc
 from billing_svc.usage import use_cases
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
 from billing_svc.usage.stream import UsageStream
-from billing_svc.usage.usage_proto import input_from_proto, record_to_proto, result_to_proto
+from billing_svc.usage.usage_proto import add_result, input_from_proto, record_to_proto
 from billing_svc.usage.use_cases import UsageDeps
 from core.principal import Caller, caller_for
 from tally.billing.v1 import usage_pb2
@@ -54,12 +54,14 @@ class UsageWriteMethods:
             [input_from_proto(item) for item in request.requests],
         )
         outcomes = [result.outcome for result in results]
-        return usage_pb2.BatchCreateUsageRecordsResponse(
-            results=[result_to_proto(result, index) for index, result in enumerate(results)],
+        response = usage_pb2.BatchCreateUsageRecordsResponse(
             stored_count=outcomes.count(Outcome.STORED),
             replay_count=outcomes.count(Outcome.REPLAY),
             failed_count=outcomes.count(Outcome.FAILED),
         )
+        for index, result in enumerate(results):
+            add_result(response.results, result, index)
+        return response
 
     async def StreamUsageRecords(
         self,
