@@ -1,8 +1,9 @@
 """SQL for usage records: the adapter for `billing_svc.usage.ports.UsageRepository`. It reads and
 writes through the unit of work's session and never commits.
 
-Recording is set-based. On PostgreSQL one statement stores a whole batch: the events' columns
-travel as one array per column, `unnest` turns them into rows, the event ids are claimed with
+Recording is set-based. On PostgreSQL one statement stores a whole batch: the events travel as
+one JSON document (a list per event), `json_array_elements` turns it into rows, the event ids are
+claimed with
 INSERT ... ON CONFLICT DO NOTHING, only the records whose id was claimed are inserted, and those
 without their own price are added to the hourly rollup (usage_hourly: an upsert per account,
 meter and hour, in key order so two batches on the same hours wait in one order). A
