@@ -15,7 +15,9 @@ One run, loopback only, bounded counts:
    own event ids (so each is deduplicated) as BatchCreateUsageRecords of 1,000 (4 in flight)
    and as 4 StreamUsageRecords calls; then the same number of rows goes into usage_records with
    asyncpg's executemany (1,000 rows a call and a transaction, 4 connections at once), no
-   dedup. Events/s of each, the ratios, and rows counted after each.
+   dedup, and then again with each row's event id into usage_event_ids as well (what a store
+   that deduplicates across partitions writes at the least, nothing checked). Events/s of
+   each, the ratios, and rows counted after each.
 4. Memory: the server's resident set (VmRSS) before and after streaming --memory-events more
    events, sampled once a second meanwhile.
 
@@ -146,8 +148,18 @@ def run_load(tally: Server, token: str, account_id: str, mode: str, events: int,
     return outcome
 
 
-async def raw_insert(database: pgdb.BenchDatabase, account_id: str, meter_id: str, events: int) -> float:
-    """The same rows as the ingestion stores, by executemany, without any dedup; seconds taken."""
+RAW_IDS_STATEMENT = (
+    "INSERT INTO usage_event_ids (account_id, event_id, record_id, event_time, fingerprint, create_time)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+
+
+async def raw_insert(
+    database: pgdb.BenchDatabase, account_id: str, meter_id: str, events: int, *, tag: str, with_ids: bool
+) -> float:
+    """The same rows as the ingestion stores, by executemany, without any dedup; seconds taken.
+    `with_ids`: each row's event id too (usage_event_ids, in the same transaction), the least a
+    store that deduplicates across partitions writes, still without checking anything."""
     now = datetime.now(UTC)
     statement = (
         "INSERT INTO usage_records (account_id, event_time, id, meter_id, service, units, price_per_unit,"
@@ -168,13 +180,16 @@ async def raw_insert(database: pgdb.BenchDatabase, account_id: str, meter_id: st
                     SERVICE,
                     Decimal(1 + n % 7),
                     "{}",
-                    f"raw-{n}",
+                    f"{tag}-{n}",
                     now,
                 )
                 for n in chunk
             ]
             async with connection.transaction():
                 await connection.executemany(statement, batch)
+                if with_ids:
+                    ids_rows = [(row[0], row[7], row[2], row[1], "0" * 64, now) for row in batch]
+                    await connection.executemany(RAW_IDS_STATEMENT, ids_rows)
 
     began = time.perf_counter()
     try:
@@ -288,8 +303,14 @@ def main() -> int:
                 f"({RAW_CONNECTIONS} connections, {RAW_CHUNK} a call)..."
             )
             before = rows(database)
-            raw_seconds = asyncio.run(raw_insert(database, account_id, meter_id, args.events))
+            raw_seconds = asyncio.run(
+                raw_insert(database, account_id, meter_id, args.events, tag="raw", with_ids=False)
+            )
             raw_rows = rows(database) - before
+            progress(f"raw again with each row's event id (usage_event_ids), {args.events:,} rows...")
+            raw_ids_seconds = asyncio.run(
+                raw_insert(database, account_id, meter_id, args.events, tag="raw-ids", with_ids=True)
+            )
             memory = (
                 measure_memory(tally, bench.token, account_id, args.memory_events)
                 if args.memory_events
@@ -298,7 +319,8 @@ def main() -> int:
         except (BenchError, h2load_runner.H2loadError) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
-    print_report(args, unary_figures, loads, args.events / raw_seconds, raw_rows, memory)
+    raw_rates = (args.events / raw_seconds, args.events / raw_ids_seconds)
+    print_report(args, unary_figures, loads, raw_rates, raw_rows, memory)
     print(
         f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)"
     )
@@ -313,7 +335,7 @@ def print_report(
     args: argparse.Namespace,
     unary_figures: dict[str, Any],
     loads: dict[str, dict[str, Any]],
-    raw_rate: float,
+    raw_rates: tuple[float, float],
     raw_rows: int,
     memory: dict[str, Any] | None,
 ) -> None:
@@ -333,6 +355,7 @@ def print_report(
         f"  CreateUsageRecord ÷ echo: {ratio:.2f}x (>= 0.5: {met(ratio >= 0.5)}); "
         f"p99 < 50 ms: {met(create['p99'] < 50)}"
     )
+    raw_rate, raw_ids_rate = raw_rates
     print(f"\nBatch and stream ({args.events:,} events each, every event with its own id):")
     for mode, outcome in loads.items():
         rate = events_per_second(outcome)
@@ -344,6 +367,11 @@ def print_report(
             f">= 25,000/s: {met(rate >= 25_000)}"
         )
     print(f"  raw    {raw_rate:10,.0f} rows/s    (asyncpg executemany, no dedup, {raw_rows:,} new rows)")
+    print(
+        f"  raw+id {raw_ids_rate:10,.0f} rows/s    (the same with each row's event id, nothing checked;"
+        f" batch {events_per_second(loads['batch']) / raw_ids_rate:.2f}x, "
+        f"stream {events_per_second(loads['stream']) / raw_ids_rate:.2f}x of it)"
+    )
     if memory is not None:
         print(
             f"\nMemory: VmRSS {memory['before'] / 1024:.1f} MiB "
