@@ -62,7 +62,6 @@ def new_ordered_ids(prefix: str, now: datetime, count: int) -> list[str]:
     randomness = base64.b32encode(secrets.token_bytes(random_bytes)).decode().translate(_FROM_RFC4648)
     made = []
     for start in range(0, _RANDOM_CHARS * count, _RANDOM_CHARS):
-        ordinal = next(_ordinal)  # its low 25 bits, as _base32(ordinal, 5) writes them
-        counter = f"{ALPHABET[ordinal >> 20 & 31]}{_PAIRS[ordinal >> 10 & 1023]}{_PAIRS[ordinal & 1023]}"
+        counter = _base32(next(_ordinal), _ORDER_COUNTER_CHARS)
         made.append(f"{head}{counter}{randomness[start : start + _RANDOM_CHARS]}")
     return made

@@ -3,14 +3,13 @@ writes through the unit of work's session and never commits.
 
 Recording is set-based. On PostgreSQL one statement stores a whole batch: the events travel as
 one JSON document (a list per event), `json_array_elements` turns it into rows, the event ids are
-claimed with
-INSERT ... ON CONFLICT DO NOTHING, only the records whose id was claimed are inserted, and those
-without their own price are added to the hourly rollup (usage_hourly: an upsert per account,
-meter and hour, in key order so two batches on the same hours wait in one order). A
-concurrent transaction holding one of the ids makes the statement wait for it to end (then the id
-is taken, or free again if it rolled back), so concurrent duplicates store one row. SQLite, whose
-writers queue behind BEGIN IMMEDIATE, does the same in three executemany-sized steps, and keeps
-no rollup (its reads add up raw rows).
+claimed with INSERT ... ON CONFLICT DO NOTHING, only the records whose id was claimed are
+inserted, and those without their own price are added to the hourly rollup (usage_hourly: an
+upsert per account, meter and hour, in key order so two batches on the same hours wait in one
+order). A concurrent transaction holding one of the ids makes the statement wait for it to end
+(then the id is taken, or free again if it rolled back), so concurrent duplicates store one row.
+SQLite, whose writers queue behind BEGIN IMMEDIATE, does the same in three executemany-sized
+steps, and keeps no rollup (its reads add up raw rows).
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ async def rebuild_rollup(connection: AsyncConnection, account_id: str) -> None:
         await connection.execute(statement, {"account_id": account_id})
 
 
-# Keys sorted so that a record's properties are stored as the SQLite path stores them.
+# Property keys sorted, as the statement's text[] parameter had them before it became JSON.
 _ROWS_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
