@@ -30,6 +30,16 @@ from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.invoices.servicer import InvoiceServicer
+from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
+from billing_svc.invoices.tables import (
+    CreditBalanceEntryRow,
+    CreditBalanceRow,
+    InvoiceLineRow,
+    InvoiceNumberSequenceRow,
+    InvoiceRow,
+)
+from billing_svc.invoices.use_cases import InvoiceDeps
 from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
@@ -44,6 +54,8 @@ from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecor
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
+    invoice_pb2,
+    invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
     test_clock_pb2,
@@ -63,6 +75,7 @@ class BillingServices:
     test_clocks: TestClockDeps
     usage: UsageDeps
     usage_reads: UsageReadDeps
+    invoices: InvoiceDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -103,6 +116,22 @@ def _usage(platform: Platform) -> UsageDeps:
     # Group commit: CreateUsageRecord calls that arrive together are recorded as one batch.
     coalescer = Coalescer(lambda caller, items: record_usage_batch(deps, caller, items))
     return replace(deps, coalesce=coalescer.record)
+
+
+def _invoices(platform: Platform) -> InvoiceDeps:
+    def invoices_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlInvoicesUnitOfWork]:
+        return lambda: SqlInvoicesUnitOfWork(
+            sessions, wall_clock=platform.wall_clock, account_directory=platform.account_directory
+        )
+
+    return InvoiceDeps(
+        new_uow=invoices_uow(platform.writers),
+        new_reader=invoices_uow(platform.snapshots),  # an invoice and its lines: one snapshot
+        clock=platform.wall_clock,
+        page_tokens=platform.page_tokens,
+        number_prefix=platform.settings.invoice_number_prefix,
+        days_until_due=platform.settings.invoice_days_until_due,
+    )
 
 
 def build(platform: Platform) -> BillingServices:
@@ -161,6 +190,7 @@ def build(platform: Platform) -> BillingServices:
         subscriptions=subscriptions,
         test_clocks=_test_clocks(platform),
         usage=_usage(platform),
+        invoices=_invoices(platform),
     )
 
 
@@ -175,6 +205,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     )
     usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
+    invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -186,6 +217,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
+        invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
     ),
     models=(
         MeterRow,
@@ -200,6 +232,11 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         UsageRecordRow,
         UsageEventIdRow,
         UsageHourlyRow,
+        InvoiceRow,
+        InvoiceLineRow,
+        InvoiceNumberSequenceRow,
+        CreditBalanceRow,
+        CreditBalanceEntryRow,
     ),
     build=build,
     register=register,

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import DateTime, MetaData, event, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
@@ -228,6 +229,13 @@ async def add_all_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping
     """
     if rows:
         await session.execute(insert(model), list(rows))
+
+
+def upsert_into(session: AsyncSession, model: Any) -> Any:
+    """INSERT for `model` in the session's dialect, with `on_conflict_do_update`/`_nothing`:
+    PostgreSQL and SQLite spell the upsert the same way, from different modules."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
 
 async def run_after_commit(callbacks: Sequence[AfterCommit]) -> None:

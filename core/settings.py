@@ -287,6 +287,18 @@ class Settings(BaseSettings):
         description="Concurrent CreateUsageRecord calls share one transaction and commit (group "
         "commit, up to 1000 events); each is answered once its event is committed.",
     )
+    invoice_number_prefix: str = Field(
+        "INV",
+        pattern=r"^[A-Z0-9][A-Z0-9-]{0,19}$",
+        description="Finalized invoices are numbered <prefix>-000001, -000002, ... with no gaps; each "
+        "prefix is its own sequence.",
+    )
+    invoice_days_until_due: int = Field(
+        0,
+        ge=0,
+        le=365,
+        description="Days from finalization to an invoice's due time.",
+    )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
         description="JSON list of networks (CIDR) whose proxies in front of the REST face are believed "

@@ -88,7 +88,7 @@ def _columns(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-def _item_to_domain(row: PendingInvoiceItemRow) -> PendingItem:
+def pending_item_from_row(row: PendingInvoiceItemRow) -> PendingItem:
     return PendingItem(
         id=row.id,
         account_id=row.account_id,
@@ -247,4 +247,4 @@ class SqlPendingItemRepository:
             statement, PendingInvoiceItemRow.create_time, PendingInvoiceItemRow.id, after
         )
         rows = (await self._session.scalars(statement.limit(limit))).all()
-        return [_item_to_domain(row) for row in rows]
+        return [pending_item_from_row(row) for row in rows]

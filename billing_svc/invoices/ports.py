@@ -1,0 +1,94 @@
+"""What the invoice use cases need from storage, as protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from billing_svc.clocks.account_time import AccountClocks
+from billing_svc.invoices.domain import Invoice, InvoiceStatus
+from billing_svc.subscriptions.domain import PendingItem
+from core.accounts import AccountDirectory
+from core.audit import AuditLog
+from core.idempotency import IdempotencyRepository
+
+
+class InvoiceRepository(Protocol):
+    async def get(self, invoice_id: str, *, for_update: bool = False) -> Invoice | None: ...
+
+    async def add(self, invoice: Invoice, *, cycle_key: str | None = None) -> None: ...
+
+    async def save(self, invoice: Invoice, *, lines_changed: bool = False) -> None: ...
+
+    async def list_for_account(
+        self,
+        *,
+        account_id: str,
+        statuses: Sequence[InvoiceStatus],
+        subscription_id: str,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Invoice]: ...
+
+    async def take_pending_items(
+        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+    ) -> list[PendingItem]:
+        """The account's pending items that start before `before` and are on no invoice, now marked
+        as on `invoice_id`, oldest first. An item a concurrent invoice took is not returned."""
+        ...
+
+    async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
+
+    async def next_number(self, prefix: str) -> int:
+        """The sequence's next number, taken under its row lock until the transaction ends."""
+        ...
+
+
+class CreditBalances(Protocol):
+    async def balance(self, account_id: str, currency_code: str) -> int:
+        """The balance, its row locked until the transaction ends (0 when the account has none)."""
+        ...
+
+    async def change(
+        self,
+        account_id: str,
+        currency_code: str,
+        amount_minor: int,
+        *,
+        source: tuple[str, str],
+        now: datetime,
+    ) -> int:
+        """Adds `amount_minor` (negative to use credit) and records the entry; the new balance."""
+        ...
+
+
+class InvoicesUnitOfWork(Protocol):
+    @property
+    def invoices(self) -> InvoiceRepository: ...
+
+    @property
+    def balances(self) -> CreditBalances: ...
+
+    @property
+    def accounts(self) -> AccountDirectory: ...
+
+    @property
+    def clocks(self) -> AccountClocks: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None: ...

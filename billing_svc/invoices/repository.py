@@ -1,0 +1,292 @@
+"""Invoices and credit balances on SQL. Repositories never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing_svc.invoices.domain import (
+    Invoice,
+    InvoiceLine,
+    InvoiceReason,
+    InvoiceStatus,
+    LineKind,
+    LineTier,
+)
+from billing_svc.invoices.tables import (
+    CreditBalanceEntryRow,
+    CreditBalanceRow,
+    InvoiceLineRow,
+    InvoiceNumberSequenceRow,
+    InvoiceRow,
+)
+from billing_svc.subscriptions.domain import PendingItem
+from billing_svc.subscriptions.repository import pending_item_from_row
+from billing_svc.subscriptions.tables import PendingInvoiceItemRow
+from core import ids
+from core.db import add_all_rows, upsert_into
+from core.pagination import keyset_after
+
+
+def _invoice_values(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "account_id": invoice.account_id,
+        "subscription_id": invoice.subscription_id,
+        "number": invoice.number or None,
+        "status": invoice.status.value,
+        "reason": invoice.reason.value,
+        "currency_code": invoice.currency_code,
+        "period_start": invoice.period_start,
+        "period_end": invoice.period_end,
+        "description": invoice.description,
+        "subtotal_minor": invoice.subtotal_minor,
+        "total_minor": invoice.total_minor,
+        "credits_applied_minor": invoice.credits_applied_minor,
+        "amount_paid_minor": invoice.amount_paid_minor,
+        "create_time": invoice.create_time,
+        "update_time": invoice.update_time,
+        "finalize_time": invoice.finalize_time,
+        "due_time": invoice.due_time,
+        "paid_time": invoice.paid_time,
+        "void_time": invoice.void_time,
+        "revision": invoice.revision,
+        "metadata_": dict(invoice.metadata),
+    }
+
+
+def _line_rows(invoice: Invoice) -> list[dict[str, Any]]:
+    return [
+        {
+            "invoice_id": invoice.id,
+            "position": position,
+            "id": line.id,
+            "account_id": invoice.account_id,
+            "kind": line.kind.value,
+            "description": line.description,
+            "quantity": format(line.quantity, "f"),
+            "unit_price": None if line.unit_price is None else format(line.unit_price, "f"),
+            "amount_minor": line.amount_minor,
+            "period_start": line.period_start,
+            "period_end": line.period_end,
+            "subscription_id": line.subscription_id,
+            "pending_item_id": line.pending_item_id,
+            "meter_id": line.meter_id,
+            "tiers": [tier.to_dict() for tier in line.tiers],
+        }
+        for position, line in enumerate(invoice.lines)
+    ]
+
+
+def _line(row: InvoiceLineRow) -> InvoiceLine:
+    return InvoiceLine(
+        id=row.id,
+        kind=LineKind(row.kind),
+        description=row.description,
+        quantity=Decimal(row.quantity),
+        unit_price=None if row.unit_price is None else Decimal(row.unit_price),
+        amount_minor=row.amount_minor,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        subscription_id=row.subscription_id,
+        pending_item_id=row.pending_item_id,
+        meter_id=row.meter_id,
+        tiers=tuple(LineTier.from_dict(tier) for tier in row.tiers),
+    )
+
+
+def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine]) -> Invoice:
+    return Invoice(
+        id=row.id,
+        account_id=row.account_id,
+        subscription_id=row.subscription_id,
+        number=row.number or "",
+        status=InvoiceStatus(row.status),
+        reason=InvoiceReason(row.reason),
+        currency_code=row.currency_code,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        lines=tuple(lines),
+        description=row.description,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        credits_applied_minor=row.credits_applied_minor,
+        amount_paid_minor=row.amount_paid_minor,
+        finalize_time=row.finalize_time,
+        due_time=row.due_time,
+        paid_time=row.paid_time,
+        void_time=row.void_time,
+        revision=row.revision,
+        metadata=dict(row.metadata_),
+    )
+
+
+class SqlInvoiceRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def _lines_of(self, invoice_ids: Sequence[str]) -> dict[str, list[InvoiceLine]]:
+        found: dict[str, list[InvoiceLine]] = {invoice_id: [] for invoice_id in invoice_ids}
+        if not invoice_ids:
+            return found
+        statement = (
+            select(InvoiceLineRow)
+            .where(InvoiceLineRow.invoice_id.in_(invoice_ids))
+            .order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position)
+        )
+        for row in (await self._session.scalars(statement)).all():
+            found[row.invoice_id].append(_line(row))
+        return found
+
+    async def get(self, invoice_id: str, *, for_update: bool = False) -> Invoice | None:
+        row = await self._session.get(InvoiceRow, invoice_id, with_for_update=for_update)
+        if row is None:
+            return None
+        return _invoice(row, (await self._lines_of([row.id]))[row.id])
+
+    async def add(self, invoice: Invoice, *, cycle_key: str | None = None) -> None:
+        await self._session.execute(
+            insert(InvoiceRow).values(id=invoice.id, cycle_key=cycle_key, **_invoice_values(invoice))
+        )
+        await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
+
+    async def save(self, invoice: Invoice, *, lines_changed: bool = False) -> None:
+        await self._session.execute(
+            update(InvoiceRow).where(InvoiceRow.id == invoice.id).values(**_invoice_values(invoice))
+        )
+        if lines_changed:  # only a draft's lines change: rewritten whole, in their new order
+            await self._session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice.id))
+            await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
+
+    async def list_for_account(
+        self,
+        *,
+        account_id: str,
+        statuses: Sequence[InvoiceStatus],
+        subscription_id: str,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Invoice]:
+        statement = select(InvoiceRow).where(InvoiceRow.account_id == account_id)
+        if statuses:
+            statement = statement.where(InvoiceRow.status.in_([status.value for status in statuses]))
+        if subscription_id:
+            statement = statement.where(InvoiceRow.subscription_id == subscription_id)
+        statement = keyset_after(statement, InvoiceRow.create_time, InvoiceRow.id, after, descending=True)
+        rows = (await self._session.scalars(statement.limit(limit))).all()
+        lines = await self._lines_of([row.id for row in rows])
+        return [_invoice(row, lines[row.id]) for row in rows]
+
+    async def take_pending_items(
+        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+    ) -> list[PendingItem]:
+        items = PendingInvoiceItemRow
+        chosen = (
+            select(items.id)
+            .where(items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before)
+            .order_by(items.create_time, items.id)
+            .limit(limit)
+        )
+        # The UPDATE re-checks `invoice_id IS NULL` on each row it locks, so an item a concurrent
+        # invoice took first is skipped rather than taken twice.
+        statement = (
+            update(items)
+            .where(items.id.in_(chosen), items.invoice_id.is_(None))
+            .values(invoice_id=invoice_id)
+            .returning(items)
+        )
+        rows = (await self._session.scalars(statement)).all()
+        return sorted(
+            (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
+        )
+
+    async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
+        if not item_ids:
+            return
+        items = PendingInvoiceItemRow
+        await self._session.execute(
+            update(items)
+            .where(items.invoice_id == invoice_id, items.id.in_(item_ids))
+            .values(invoice_id=None)
+        )
+
+    async def next_number(self, prefix: str) -> int:
+        sequence = InvoiceNumberSequenceRow
+        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=1)
+        await self._session.execute(start.on_conflict_do_nothing(index_elements=["prefix"]))
+        taken = (
+            update(sequence)
+            .where(sequence.prefix == prefix)
+            .values(next_value=sequence.next_value + 1)
+            .returning(sequence.next_value - 1)
+        )
+        return int((await self._session.execute(taken)).scalar_one())
+
+
+class SqlCreditBalances:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def balance(self, account_id: str, currency_code: str) -> int:
+        statement = (
+            select(CreditBalanceRow.balance_minor)
+            .where(CreditBalanceRow.account_id == account_id, CreditBalanceRow.currency_code == currency_code)
+            .with_for_update()
+        )
+        return int((await self._session.scalar(statement)) or 0)
+
+    async def change(
+        self,
+        account_id: str,
+        currency_code: str,
+        amount_minor: int,
+        *,
+        source: tuple[str, str],
+        now: datetime,
+    ) -> int:
+        balances = CreditBalanceRow
+        upsert = upsert_into(self._session, balances).values(
+            account_id=account_id, currency_code=currency_code, balance_minor=amount_minor, update_time=now
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["account_id", "currency_code"],
+            set_={"balance_minor": balances.balance_minor + amount_minor, "update_time": now},
+        ).returning(balances.balance_minor)
+        after = int((await self._session.execute(upsert)).scalar_one())
+        source_type, source_id = source
+        await self._session.execute(
+            insert(CreditBalanceEntryRow).values(
+                id=ids.new_id("cbe"),
+                account_id=account_id,
+                currency_code=currency_code,
+                amount_minor=amount_minor,
+                balance_after_minor=after,
+                source_type=source_type,
+                source_id=source_id,
+                create_time=now,
+            )
+        )
+        return after
+
+
+def count_mismatched_totals() -> Any:
+    """A statement counting invoices whose stored total is not the sum of their line rows (the
+    invariant tests/conftest.py checks after every test on PostgreSQL and SQLite)."""
+    sums = (
+        select(InvoiceLineRow.invoice_id, func.sum(InvoiceLineRow.amount_minor).label("amount"))
+        .group_by(InvoiceLineRow.invoice_id)
+        .subquery()
+    )
+    return (
+        select(func.count())
+        .select_from(InvoiceRow)
+        .outerjoin(sums, sums.c.invoice_id == InvoiceRow.id)
+        .where(
+            (InvoiceRow.total_minor != func.coalesce(sums.c.amount, 0))
+            | (InvoiceRow.subtotal_minor != InvoiceRow.total_minor)
+        )
+    )

@@ -1,0 +1,44 @@
+"""The invoices' unit of work on SQL: one transaction, every repository on its session."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from billing_svc.clocks.account_time import AccountClocks, SqlAccountClocks
+from billing_svc.invoices.ports import CreditBalances, InvoiceRepository
+from billing_svc.invoices.repository import SqlCreditBalances, SqlInvoiceRepository
+from core.accounts import AccountDirectory, AccountDirectoryFactory
+from core.audit import AuditLog, SqlAuditLog
+from core.clock import Clock
+from core.db import UnitOfWork
+from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
+
+
+class SqlInvoicesUnitOfWork(UnitOfWork):
+    """Fills InvoicesUnitOfWork (billing_svc.invoices.ports)."""
+
+    invoices: InvoiceRepository
+    balances: CreditBalances
+    accounts: AccountDirectory
+    clocks: AccountClocks
+    idempotency: IdempotencyRepository
+    audit: AuditLog
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        wall_clock: Clock,
+        account_directory: AccountDirectoryFactory,
+    ):
+        super().__init__(sessions, clock=wall_clock)
+        self._wall_clock = wall_clock
+        self._account_directory = account_directory
+
+    def _bind(self, session: AsyncSession) -> None:
+        self.invoices = SqlInvoiceRepository(session)
+        self.balances = SqlCreditBalances(session)
+        self.accounts = self._account_directory(session)
+        self.clocks = SqlAccountClocks(session, self._wall_clock)
+        self.idempotency = SqlIdempotencyRepository(session)
+        self.audit = SqlAuditLog(session)
