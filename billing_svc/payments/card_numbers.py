@@ -12,22 +12,28 @@ import re
 MIN_DIGITS = 13
 MAX_DIGITS = 19
 
-# Runs of digit groups not touching a word character; a card may be one group of a longer run
-# ("order 12 4111 1111 1111 1111 exp 12 27"), so every span of whole groups is tried.
-_RUN = re.compile(r"(?<!\w)\d+(?:[ -]\d+)*(?!\w)")
+# Runs of digit groups not preceded by a word character; a card may be one group of a longer run
+# ("order 12 4111 1111 1111 1111 exp 12 27"), so every span of whole groups is tried. No
+# lookahead: a run's last group glued to a word is dropped in code, which keeps matching linear.
+_RUN = re.compile(r"(?<!\w)[0-9]+(?:[ -][0-9]+)*")
 _SEPARATORS = re.compile(r"[ -]")
 
 
 def contains_card_number(text: str) -> bool:
-    return any(_run_has_card(match.group()) for match in _RUN.finditer(text))
+    for match in _RUN.finditer(text):
+        groups = _SEPARATORS.split(match.group())
+        glued = match.end() < len(text) and (text[match.end()].isalnum() or text[match.end()] == "_")
+        if _has_card(groups[:-1] if glued else groups):
+            return True
+    return False
 
 
-def _run_has_card(run: str) -> bool:
-    groups = _SEPARATORS.split(run)
+def _has_card(groups: list[str]) -> bool:
     for start in range(len(groups)):
         digits = ""
-        for group in groups[start:]:
-            digits += group
+        # Indexes, not a slice of the rest: a run can be as long as the text.
+        for end in range(start, len(groups)):
+            digits += groups[end]
             if len(digits) > MAX_DIGITS:
                 break
             if len(digits) >= MIN_DIGITS and luhn_valid(digits):

@@ -59,3 +59,7 @@ def test_digits_glued_to_a_word_are_not_a_number() -> None:
 
 def test_a_card_inside_a_longer_run_of_groups_is_found() -> None:
     assert contains_card_number("order 12 4242-4242-4242-4242 77")
+
+
+def test_only_ascii_digits_count() -> None:
+    assert not contains_card_number("\u0664\u0662" * 8)  # Arabic-Indic digits
