@@ -165,3 +165,18 @@ async def test_concurrent_duplicates_charge_once(gateway, sandbox_url) -> None:
     results = await asyncio.gather(*(gateway.charge(request) for _ in range(5)))
     assert {result.reference for result in results} == {results[0].reference}
     assert (await stats(sandbox_url))["charges_executed"][request.idempotency_key] == 1
+
+
+async def test_the_breaker_stops_calling_a_failing_sandbox(gateway, sandbox_url) -> None:
+    from datetime import UTC, datetime
+
+    from billing_svc.payments.gateways.breaker import CircuitBreaker, CircuitState
+    from core.clock import FrozenClock
+
+    breaker = CircuitBreaker(gateway, FrozenClock(datetime(2026, 1, 1, tzinfo=UTC)), failure_threshold=2)
+    results = [await breaker.charge(charge_of("tok_error")) for _ in range(2)]
+    assert [r.status for r in results] == [ChargeStatus.FAILED, ChargeStatus.FAILED]
+    assert breaker.state is CircuitState.OPEN
+    refused = await breaker.charge(charge_of("tok_success"))
+    assert refused.status is ChargeStatus.FAILED and "circuit open" in refused.message
+    assert refused.reference is None
