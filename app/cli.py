@@ -119,7 +119,24 @@ def parser() -> argparse.ArgumentParser:
     )
     setting_flags(token, _SETTING_FLAGS["token"])
     _protos_parser(commands)
+    _sandbox_gateway_parser(commands)
     return root
+
+
+def _sandbox_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sandbox = commands.add_parser(
+        "sandbox-gateway",
+        help="run the sandbox payment gateway, for development and tests",
+        description="Serve a fake payment gateway over HTTP, state in memory; the payment-method token "
+        "decides each outcome (tok_success, tok_decline, tok_insufficient_funds, tok_timeout, tok_error, "
+        "tok_delayed). Prints its address once listening.",
+    )
+    sandbox.add_argument("--listen", required=True, help="HOST:PORT (port 0 picks a free one)")
+    sandbox.add_argument("--timeout-delay", type=float, default=30.0, help="seconds tok_timeout waits")
+    sandbox.add_argument(
+        "--pending-delay", type=float, default=10.0, help="seconds before tok_delayed succeeds"
+    )
+    sandbox.add_argument("--allow-remote", action="store_true", help="allow an address other than loopback")
 
 
 def _protos_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -295,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     if command == "protos":
         _protos_main(extra)
         return
+    if command == "sandbox-gateway":
+        _sandbox_gateway_main(extra)
+        return
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
@@ -352,6 +372,27 @@ def _protos_main(options: dict[str, Any]) -> None:
         _export_protos(options["dir"])
     except UsageError as exc:
         print(f"tally protos {options['protos_command']}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _sandbox_gateway_main(options: dict[str, Any]) -> None:
+    """`tally sandbox-gateway` needs no settings: it is a stand-in for someone else's service."""
+    from billing_svc.payments.gateways import sandbox_server
+    from core.settings import parse_host_port
+
+    try:
+        host, port = parse_host_port(options["listen"])
+    except ValueError as exc:
+        print(f"tally sandbox-gateway: --listen: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not (options["allow_remote"] or sandbox_server.is_loopback(host)):
+        print(f"tally sandbox-gateway: --listen {host}: not loopback; add --allow-remote", file=sys.stderr)
+        sys.exit(2)
+    delays = {"timeout_delay": options["timeout_delay"], "pending_delay": options["pending_delay"]}
+    try:
+        asyncio.run(sandbox_server.serve(host, port, **delays))
+    except OSError as exc:
+        print(f"tally sandbox-gateway: --listen {options['listen']}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,0 +1,1 @@
+"""Payments: collecting invoices through pluggable payment gateways (gateways/)."""
