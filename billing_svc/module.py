@@ -42,6 +42,12 @@ from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
 from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
+from billing_svc.webhooks.tables import (
+    WebhookAttemptRow,
+    WebhookCursorRow,
+    WebhookDeliveryRow,
+    WebhookEndpointRow,
+)
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
     meter_pb2,
@@ -200,6 +206,10 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         UsageRecordRow,
         UsageEventIdRow,
         UsageHourlyRow,
+        WebhookEndpointRow,
+        WebhookDeliveryRow,
+        WebhookAttemptRow,
+        WebhookCursorRow,
     ),
     build=build,
     register=register,
