@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.webhooks import domain
@@ -57,22 +58,21 @@ class SqlWebhookRepository:
         result = await self._session.execute(statement.values(enabled=enabled))
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def cursor(self, *, lock: bool) -> int:
+    async def cursor(self) -> int:
+        """The fan-out cursor, its row locked to the end of the transaction (made at 0, the start
+        of the outbox, by the first pass; a concurrent first pass's insert does nothing)."""
+        dialect = self._session.get_bind().dialect.name
+        upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        made = upsert(WebhookCursorRow).values(name=CURSOR, position=0).on_conflict_do_nothing()
+        await self._session.execute(made)
         statement = select(WebhookCursorRow.position).where(WebhookCursorRow.name == CURSOR)
-        if lock:
-            statement = statement.with_for_update()
-        found = (await self._session.execute(statement)).scalar_one_or_none()
-        if found is None:
-            # The first pass starts from the beginning of the outbox.
-            await self._session.execute(insert(WebhookCursorRow).values(name=CURSOR, position=0))
-            return 0
-        return int(found)
+        return int((await self._session.execute(statement.with_for_update())).scalar_one())
 
     async def fan_out(self, now: datetime, limit: int) -> int:
         """Deliveries for outbox events after the cursor, one per matching enabled endpoint; the
         cursor moves past them. In the caller's transaction, which locks the cursor row first so
         two passes never fan out the same events."""
-        after = await self.cursor(lock=True)
+        after = await self.cursor()
         events = await outbox.read_events(self._session, after, limit)
         if not events:
             return 0
