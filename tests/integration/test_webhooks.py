@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from billing_svc.webhooks import domain
-from billing_svc.webhooks.delivery import WebhookDeliverer, secret_associated_data
+from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer, secret_associated_data
 from billing_svc.webhooks.repository import Endpoint, SqlWebhookRepository
 from billing_svc.webhooks.tables import WebhookAttemptRow, WebhookDeliveryRow
 from core import db
 from core.clock import FrozenClock
 from core.sealing import Sealer
+from core.settings import Settings
+from tests.support import eventually, serving
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 SEALER = Sealer(b"k" * 32, "webhook-secret")
@@ -186,3 +188,28 @@ async def test_two_workers_never_send_one_delivery_twice(pg_engine: AsyncEngine,
     sent = await asyncio.gather(first.run_pass(), second.run_pass())
     assert sum(sent) == 20 == len(receiver.got)
     assert len({event_id for event_id, _ in receiver.got}) == 20
+
+
+async def test_tally_serve_runs_the_delivery_job(settings: Settings, receiver: Receiver) -> None:
+    receiver.fail_first, receiver.check_time = 0, True
+    configured = settings.model_copy(
+        update={"webhook_allow_private_targets": True, "webhook_delivery_interval_seconds": 0.05}
+    )
+    async with serving(configured) as app:
+        assert app.webhooks is not None
+        sealer = app.components.platform.server_key.sealer(SEALING_PURPOSE)
+        sealed = sealer.seal(receiver.secret.encode(), secret_associated_data("whe_served"))
+        async with db.UnitOfWork(app.components.platform.writers) as uow:
+            await SqlWebhookRepository(uow.session).add_endpoint(
+                Endpoint("whe_served", receiver.url, (), "served", sealed, True, T0)
+            )
+            await uow.commit()
+        async with db.UnitOfWork(app.components.platform.writers) as uow:
+            uow.emit("invoice.created", ("invoice", "in_served"), {"amount_minor": 1250})
+            await uow.commit()
+
+        async def arrived() -> bool:
+            return len(receiver.got) == 1
+
+        await eventually(arrived, within=10, what="the served job delivers the event")
+    assert receiver.got[0][1]["data"] == {"amount_minor": 1250}
