@@ -42,12 +42,15 @@ from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
 from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
+from billing_svc.webhooks.delivery import SEALING_PURPOSE
+from billing_svc.webhooks.servicer import WebhookServicer
 from billing_svc.webhooks.tables import (
     WebhookAttemptRow,
     WebhookCursorRow,
     WebhookDeliveryRow,
     WebhookEndpointRow,
 )
+from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
     meter_pb2,
@@ -56,6 +59,8 @@ from tally.billing.v1 import (
     test_clock_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
 )
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
 
@@ -69,6 +74,7 @@ class BillingServices:
     test_clocks: TestClockDeps
     usage: UsageDeps
     usage_reads: UsageReadDeps
+    webhooks: WebhookDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -167,6 +173,13 @@ def build(platform: Platform) -> BillingServices:
         subscriptions=subscriptions,
         test_clocks=_test_clocks(platform),
         usage=_usage(platform),
+        webhooks=WebhookDeps(
+            platform.writers,
+            clock,
+            platform.server_key.sealer(SEALING_PURPOSE),
+            platform.page_tokens,
+            allow_private_targets=platform.settings.webhook_allow_private_targets,
+        ),
     )
 
 
@@ -181,6 +194,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     )
     usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
+    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -192,6 +206,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"],
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
+        webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
     ),
     models=(
         MeterRow,

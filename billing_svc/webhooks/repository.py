@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from billing_svc.webhooks.tables import (
     WebhookEndpointRow,
 )
 from core import ids, outbox
+from core.pagination import keyset_after
 
 CURSOR = "fanout"
 
@@ -46,6 +48,18 @@ class SqlWebhookRepository:
         if enabled_only:
             statement = statement.where(WebhookEndpointRow.enabled.is_(True))
         rows = (await self._session.execute(statement)).scalars().all()
+        return [
+            Endpoint(
+                r.id, r.url, tuple(r.event_types), r.description, r.secret_sealed, r.enabled, r.create_time
+            )
+            for r in rows
+        ]
+
+    async def list_endpoints(self, *, after: tuple[datetime, str] | None, limit: int) -> list[Endpoint]:
+        statement = keyset_after(
+            select(WebhookEndpointRow), WebhookEndpointRow.create_time, WebhookEndpointRow.id, after
+        )
+        rows = (await self._session.execute(statement.limit(limit))).scalars().all()
         return [
             Endpoint(
                 r.id, r.url, tuple(r.event_types), r.description, r.secret_sealed, r.enabled, r.create_time
@@ -162,3 +176,24 @@ def _delivery(endpoint_id: str, event: outbox.OutboxEvent, now: datetime) -> dic
         "claimed_by": None,
         "lease_until": None,
     }
+
+
+def endpoint_to_dict(endpoint: Endpoint) -> dict[str, Any]:
+    """For the idempotency record: the secret stays sealed (bound to the endpoint id)."""
+    return {
+        **endpoint.__dict__,
+        "event_types": list(endpoint.event_types),
+        "create_time": endpoint.create_time.isoformat(),
+    }
+
+
+def endpoint_from_dict(data: Mapping[str, Any]) -> Endpoint:
+    return Endpoint(
+        data["id"],
+        data["url"],
+        tuple(data["event_types"]),
+        data["description"],
+        data["secret_sealed"],
+        data["enabled"],
+        datetime.fromisoformat(data["create_time"]),
+    )
