@@ -44,6 +44,7 @@ from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecor
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
 from billing_svc.webhooks.delivery import SEALING_PURPOSE
 from billing_svc.webhooks.servicer import WebhookServicer
+from billing_svc.webhooks.sql_unit_of_work import SqlWebhooksUnitOfWork
 from billing_svc.webhooks.tables import (
     WebhookAttemptRow,
     WebhookCursorRow,
@@ -174,7 +175,7 @@ def build(platform: Platform) -> BillingServices:
         test_clocks=_test_clocks(platform),
         usage=_usage(platform),
         webhooks=WebhookDeps(
-            platform.writers,
+            lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
             platform.server_key.sealer(SEALING_PURPOSE),
             platform.page_tokens,

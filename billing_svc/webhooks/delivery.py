@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from billing_svc.webhooks import domain, targets
+from billing_svc.webhooks.domain import secret_associated_data
 from billing_svc.webhooks.repository import SqlWebhookRepository
 from billing_svc.webhooks.tables import WebhookDeliveryRow
 from core.claims import WorkQueue, new_worker_id
@@ -38,10 +39,6 @@ LEASE = timedelta(minutes=2)
 BLOCKED_RETRY = timedelta(seconds=1)
 DISABLED_RETRY = timedelta(minutes=5)
 SEALING_PURPOSE = "webhook-secret"
-
-
-def secret_associated_data(endpoint_id: str) -> bytes:
-    return f"webhook-endpoint:{endpoint_id}".encode()
 
 
 class WebhookDeliverer:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 ENDPOINT_PREFIX = "whe"
 DELIVERY_PREFIX = "whd"
@@ -41,5 +44,42 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
+def secret_associated_data(endpoint_id: str) -> bytes:
+    """What a sealed secret is bound to: moved to another endpoint's row, it does not open."""
+    return f"webhook-endpoint:{endpoint_id}".encode()
+
+
 def is_success(status: int) -> bool:
     return 200 <= status < 300
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url: str
+    event_types: tuple[str, ...]
+    description: str
+    secret_sealed: str
+    enabled: bool
+    create_time: datetime
+
+
+def endpoint_to_dict(endpoint: Endpoint) -> dict[str, Any]:
+    """For the idempotency record: the secret stays sealed (bound to the endpoint id)."""
+    return {
+        **endpoint.__dict__,
+        "event_types": list(endpoint.event_types),
+        "create_time": endpoint.create_time.isoformat(),
+    }
+
+
+def endpoint_from_dict(data: Mapping[str, Any]) -> Endpoint:
+    return Endpoint(
+        data["id"],
+        data["url"],
+        tuple(data["event_types"]),
+        data["description"],
+        data["secret_sealed"],
+        data["enabled"],
+        datetime.fromisoformat(data["create_time"]),
+    )

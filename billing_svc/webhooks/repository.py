@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.webhooks import domain
+from billing_svc.webhooks.domain import Endpoint
 from billing_svc.webhooks.tables import (
     WebhookAttemptRow,
     WebhookCursorRow,
@@ -22,17 +21,6 @@ from core import ids, outbox
 from core.pagination import keyset_after
 
 CURSOR = "fanout"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    id: str
-    url: str
-    event_types: tuple[str, ...]
-    description: str
-    secret_sealed: str
-    enabled: bool
-    create_time: datetime
 
 
 class SqlWebhookRepository:
@@ -176,24 +164,3 @@ def _delivery(endpoint_id: str, event: outbox.OutboxEvent, now: datetime) -> dic
         "claimed_by": None,
         "lease_until": None,
     }
-
-
-def endpoint_to_dict(endpoint: Endpoint) -> dict[str, Any]:
-    """For the idempotency record: the secret stays sealed (bound to the endpoint id)."""
-    return {
-        **endpoint.__dict__,
-        "event_types": list(endpoint.event_types),
-        "create_time": endpoint.create_time.isoformat(),
-    }
-
-
-def endpoint_from_dict(data: Mapping[str, Any]) -> Endpoint:
-    return Endpoint(
-        data["id"],
-        data["url"],
-        tuple(data["event_types"]),
-        data["description"],
-        data["secret_sealed"],
-        data["enabled"],
-        datetime.fromisoformat(data["create_time"]),
-    )

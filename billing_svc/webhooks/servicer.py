@@ -6,7 +6,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from billing_svc.webhooks import use_cases
-from billing_svc.webhooks.repository import Endpoint
+from billing_svc.webhooks.domain import Endpoint
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.principal import caller_for
 from tally.billing.v1 import webhook_pb2, webhook_pb2_grpc

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from billing_svc.webhooks import domain, targets
-from billing_svc.webhooks.delivery import secret_associated_data
-from billing_svc.webhooks.repository import (
-    Endpoint,
-    SqlWebhookRepository,
-    endpoint_from_dict,
-    endpoint_to_dict,
-)
+from billing_svc.webhooks.domain import Endpoint, endpoint_from_dict, endpoint_to_dict, secret_associated_data
+from billing_svc.webhooks.ports import WebhooksUnitOfWork
 from core import ids
 from core.clock import Clock
-from core.db import UnitOfWork
 from core.errors import InvalidArgument, NotFound
-from core.idempotency import Codec, IdempotencyRepository, IdempotentRunner, SqlIdempotencyRepository
+from core.idempotency import Codec, IdempotentRunner
 from core.pagination import PageTokens
 from core.principal import Caller
 from core.sealing import Sealer
@@ -28,26 +21,14 @@ MAX_DESCRIPTION = 500
 MAX_EVENT_TYPES = 50
 
 
-class SqlWebhooksUnitOfWork(UnitOfWork):
-    webhooks: SqlWebhookRepository
-    idempotency: IdempotencyRepository
-
-    def _bind(self, session: AsyncSession) -> None:
-        self.webhooks = SqlWebhookRepository(session)
-        self.idempotency = SqlIdempotencyRepository(session)
-
-
 @dataclass(frozen=True)
 class WebhookDeps:
-    sessions: async_sessionmaker[AsyncSession]
+    new_uow: Callable[[], WebhooksUnitOfWork]
     clock: Clock
     sealer: Sealer
     page_tokens: PageTokens
     allow_private_targets: bool = False
-    runner: IdempotentRunner[SqlWebhooksUnitOfWork, Endpoint] = field(init=False, repr=False)
-
-    def new_uow(self) -> SqlWebhooksUnitOfWork:
-        return SqlWebhooksUnitOfWork(self.sessions, clock=self.clock)
+    runner: IdempotentRunner[WebhooksUnitOfWork, Endpoint] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         codec = Codec(endpoint_to_dict, endpoint_from_dict)
@@ -93,7 +74,7 @@ async def create_endpoint(
     await targets.refuse_private(url, allow_private=deps.allow_private_targets)
     command = CreateWebhookEndpoint(url, tuple(sorted(set(event_types))), description)
 
-    async def action(uow: SqlWebhooksUnitOfWork) -> Endpoint:
+    async def action(uow: WebhooksUnitOfWork) -> Endpoint:
         endpoint_id = ids.new_id(domain.ENDPOINT_PREFIX)
         sealed = deps.sealer.seal(domain.new_secret().encode(), secret_associated_data(endpoint_id))
         endpoint = Endpoint(
@@ -124,7 +105,7 @@ async def list_endpoints(deps: WebhookDeps, *, size: int, page_token: str) -> tu
 async def set_enabled(deps: WebhookDeps, caller: Caller, endpoint_id: str, enabled: bool) -> Endpoint:
     command = SetWebhookEndpointEnabled(endpoint_id, enabled)
 
-    async def action(uow: SqlWebhooksUnitOfWork) -> Endpoint:
+    async def action(uow: WebhooksUnitOfWork) -> Endpoint:
         found = await uow.webhooks.endpoint(command.id) if 0 < len(command.id) <= ids.MAX_LENGTH else None
         if found is None:
             raise not_found(command.id)

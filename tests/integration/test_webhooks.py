@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from billing_svc.webhooks import domain
-from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer, secret_associated_data
-from billing_svc.webhooks.repository import Endpoint, SqlWebhookRepository
+from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
+from billing_svc.webhooks.domain import Endpoint, secret_associated_data
+from billing_svc.webhooks.repository import SqlWebhookRepository
 from billing_svc.webhooks.tables import WebhookAttemptRow, WebhookDeliveryRow
 from core import db
 from core.clock import FrozenClock
