@@ -43,6 +43,7 @@ from app.modules import MODULES
 from app.reflection import enable_reflection
 from billing_svc.module import BillingServices
 from billing_svc.usage.upkeep import UsageUpkeep
+from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
 from core import db, telemetry
 from core.cache import NoCache, RedisReadCache
 from core.clock import Clock, SystemClock
@@ -265,6 +266,7 @@ class App:
     readiness: Readiness
     purger: ExpiredKeyPurger | None = None
     usage_upkeep: UsageUpkeep | None = None
+    webhooks: WebhookDeliverer | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -288,6 +290,8 @@ class App:
             self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
         if self.usage_upkeep is not None:
             self._jobs.append(asyncio.create_task(self.usage_upkeep.run(), name="usage-upkeep"))
+        if self.webhooks is not None:
+            self._jobs.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -471,6 +475,7 @@ async def build(
         readiness=readiness,
         purger=purger,
         usage_upkeep=usage_upkeep,
+        webhooks=_webhooks(components),
     )
 
 
@@ -481,6 +486,20 @@ def _usage_upkeep(components: Components) -> UsageUpkeep | None:
     if not interval or not isinstance(billing, BillingServices):
         return None
     return UsageUpkeep(components.engine, billing.usage.new_uow, components.clock, interval)
+
+
+def _webhooks(components: Components) -> WebhookDeliverer | None:
+    """Webhook delivery (TALLY_WEBHOOK_DELIVERY), on the wall clock; the billing worker takes it later."""
+    settings = components.settings
+    if not settings.webhook_delivery or "billing" not in components.services:
+        return None
+    return WebhookDeliverer(
+        components.platform.writers,
+        components.clock,
+        components.platform.server_key.sealer(SEALING_PURPOSE),
+        interval_seconds=settings.webhook_delivery_interval_seconds,
+        allow_private_targets=settings.webhook_allow_private_targets,
+    )
 
 
 def _bind_grpc(server: grpc.aio.Server, address: str) -> int:

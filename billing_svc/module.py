@@ -1,9 +1,11 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.billing.v1 (MeterService, TestClockService, UsageService) and tally.subscription.v1 (PlanService,
-SubscriptionService). One package per domain, each with the account module's layers:
-catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration, entitlements),
-clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly once).
+Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, WebhookService) and
+tally.subscription.v1 (PlanService, SubscriptionService). One package per domain, each with the account
+module's layers: catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration,
+entitlements), clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly
+once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), payments/
+(gateway adapters; not wired to a service yet).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock.
@@ -52,6 +54,16 @@ from billing_svc.usage.servicer import UsageServicer
 from billing_svc.usage.sql_unit_of_work import SqlUsageUnitOfWork
 from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from billing_svc.usage.use_cases import UsageDeps, record_usage_batch, window_from
+from billing_svc.webhooks.delivery import SEALING_PURPOSE
+from billing_svc.webhooks.servicer import WebhookServicer
+from billing_svc.webhooks.sql_unit_of_work import SqlWebhooksUnitOfWork
+from billing_svc.webhooks.tables import (
+    WebhookAttemptRow,
+    WebhookCursorRow,
+    WebhookDeliveryRow,
+    WebhookEndpointRow,
+)
+from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
     invoice_pb2,
@@ -62,6 +74,8 @@ from tally.billing.v1 import (
     test_clock_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
 )
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc, subscription_pb2, subscription_pb2_grpc
 
@@ -76,6 +90,7 @@ class BillingServices:
     usage: UsageDeps
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
+    webhooks: WebhookDeps
 
 
 def _test_clocks(platform: Platform) -> TestClockDeps:
@@ -191,6 +206,13 @@ def build(platform: Platform) -> BillingServices:
         test_clocks=_test_clocks(platform),
         usage=_usage(platform),
         invoices=_invoices(platform),
+        webhooks=WebhookDeps(
+            lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
+            clock,
+            platform.server_key.sealer(SEALING_PURPOSE),
+            platform.page_tokens,
+            allow_private_targets=platform.settings.webhook_allow_private_targets,
+        ),
     )
 
 
@@ -206,6 +228,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
     invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices), server)
+    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -218,6 +241,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
+        webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
     ),
     models=(
         MeterRow,
@@ -237,6 +261,10 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         InvoiceNumberSequenceRow,
         CreditBalanceRow,
         CreditBalanceEntryRow,
+        WebhookEndpointRow,
+        WebhookDeliveryRow,
+        WebhookAttemptRow,
+        WebhookCursorRow,
     ),
     build=build,
     register=register,

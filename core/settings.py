@@ -282,6 +282,19 @@ class Settings(BaseSettings):
         description="How often `tally serve` makes the monthly usage partitions ahead (PostgreSQL) and "
         "deletes usage event ids past their 35-day retention; also once at start. 0 disables it.",
     )
+    webhook_delivery: bool = Field(
+        True,
+        description="`tally serve` fans outbox events out to webhook endpoints and sends them (signed, "
+        "retried for over three days).",
+    )
+    webhook_delivery_interval_seconds: float = Field(
+        1.0, gt=0, le=3600, description="Seconds between webhook delivery passes."
+    )
+    webhook_allow_private_targets: bool = Field(
+        False,
+        description="Let webhooks go to loopback, private and link-local addresses (tests, closed "
+        "networks); off, such targets are refused at create and at send, after DNS resolution.",
+    )
     usage_coalesce: bool = Field(
         True,
         description="Concurrent CreateUsageRecord calls share one transaction and commit (group "

@@ -25,7 +25,14 @@ from billing_svc.module import MODULE
 from core.principal import Role
 from gateway.routes import Route, routes_of
 from interceptors.policy import MethodPolicy, PolicyTable
-from tally.billing.v1 import meter_pb2, meter_pb2_grpc, test_clock_pb2, test_clock_pb2_grpc
+from tally.billing.v1 import (
+    meter_pb2,
+    meter_pb2_grpc,
+    test_clock_pb2,
+    test_clock_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
+)
 from tally.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
 from tests.integration.test_gateway import Gateway
@@ -52,6 +59,7 @@ class Seed:
     sub_a: str
     sub_b: str
     clock: str
+    webhook: str
 
 
 Case = Callable[[Seed], dict[str, Any]]
@@ -60,6 +68,7 @@ PLAN = "/tally.subscription.v1.PlanService/"
 METER = "/tally.billing.v1.MeterService/"
 CLOCK = "/tally.billing.v1.TestClockService/"
 USAGE = "/tally.billing.v1.UsageService/"
+HOOK = "/tally.billing.v1.WebhookService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -119,6 +128,11 @@ CASES: dict[str, Case] = {
     },
     USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_a},
     USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
+    HOOK + "CreateWebhookEndpoint": lambda s: {"webhookEndpoint": {"url": "https://93.184.216.34/hook"}},
+    HOOK + "GetWebhookEndpoint": lambda s: {"id": s.webhook},
+    HOOK + "ListWebhookEndpoints": lambda s: {},
+    HOOK + "DisableWebhookEndpoint": lambda s: {"id": s.webhook},
+    HOOK + "EnableWebhookEndpoint": lambda s: {"id": s.webhook},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -242,7 +256,12 @@ async def seed(app: App) -> Seed:
                 )
             )
         )
-    return Seed(a.id, b.id, meter.id, plan.id, sub_a.id, sub_b.id, clock.id)
+        hook = await webhook_pb2_grpc.WebhookServiceStub(channel).CreateWebhookEndpoint(
+            webhook_pb2.CreateWebhookEndpointRequest(
+                webhook_endpoint=webhook_pb2.WebhookEndpoint(url="https://93.184.216.34/hook")
+            )
+        )
+    return Seed(a.id, b.id, meter.id, plan.id, sub_a.id, sub_b.id, clock.id, hook.id)
 
 
 def test_every_billing_method_has_a_case() -> None:
