@@ -60,7 +60,7 @@ from gateway.errors import (
     status_json,
 )
 from gateway.routes import Route, RouteTable
-from gateway.transcoder import build_request, build_stream_requests, parse_query, response_json
+from gateway.transcoder import build_request, build_stream_requests, is_http_body, parse_query, response_json
 
 log = logging.getLogger("tally.gateway")
 
@@ -302,6 +302,10 @@ class Gateway:
             extra = metadata_headers(error.initial_metadata(), error.trailing_metadata())
             return self._rpc_error(route, error, {**common, **extra}, request)
         extra = metadata_headers(await call.initial_metadata(), await call.trailing_metadata())
+        if is_http_body(response.DESCRIPTOR):
+            kind = response.content_type or "application/octet-stream"
+            body = response.data
+            return web.Response(body=body, status=200, headers={**common, **extra, "Content-Type": kind})
         return self._json(
             response_json(route, response, use_proto_names=self.use_proto_names),
             200,

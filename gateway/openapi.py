@@ -48,6 +48,7 @@ from gateway.schemas import (
     ref,
 )
 from gateway.templates import PathTemplate, parameter_names
+from gateway.transcoder import is_http_body
 from tally.options.v1 import access_pb2
 
 OPENAPI_VERSION = "3.1.0"
@@ -507,6 +508,16 @@ class _DocumentBuilder:
 
     def responses(self, method: MethodDescriptor, response_body: str) -> JSON:
         description = "OK"
+        if is_http_body(method.output_type) and not method.server_streaming:
+            # The method chooses the media type per call (google.api.HttpBody.content_type).
+            body = {"schema": {"type": "string", "format": "binary"}}
+            return self._with_errors(
+                {
+                    "description": "The body as the method made it; Content-Type says what it is.",
+                    "headers": response_headers(),
+                    "content": {"*/*": body},
+                }
+            )
         if response_body:
             schema = self.schemas.field(resolve(method.output_type, response_body)[-1], in_message=False)
             description = schema.pop("description", description)
@@ -523,9 +534,13 @@ class _DocumentBuilder:
             description = f"{description} (a stream of messages)"
         else:
             content = {"application/json": {"schema": schema}}
-        responses: JSON = {
-            "200": {"description": description, "headers": response_headers(), "content": content}
-        }
+        return self._with_errors(
+            {"description": description, "headers": response_headers(), "content": content}
+        )
+
+    @staticmethod
+    def _with_errors(ok: JSON) -> JSON:
+        responses: JSON = {"200": ok}
         for status, (name, _) in ERROR_RESPONSES.items():
             responses[status] = {"$ref": f"#/components/responses/{name}"}
         return responses

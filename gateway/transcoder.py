@@ -74,6 +74,14 @@ REQUEST_ID_FIELD = "request_id"
 UPDATE_MASK_FIELD = "update_mask"
 
 
+HTTP_BODY = "google.api.HttpBody"
+
+
+def is_http_body(descriptor: Descriptor) -> bool:
+    """A google.api.HttpBody: answered as its own bytes and content type, not as JSON."""
+    return descriptor.full_name == HTTP_BODY
+
+
 def parse_query(raw: str) -> list[tuple[str, str]]:
     """The (name, value) pairs of a raw query string, `+` as a space; 400 naming the parameter when
     its percent-escapes are not UTF-8 (a URL library would put U+FFFD in their place, changing the

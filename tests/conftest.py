@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import migrate
 from app.modules import table_names
 from app.server import App, build
+from billing_svc.invoices.repository import count_mismatched_totals
 from core import db
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
@@ -82,6 +83,13 @@ async def _truncate(url: str) -> None:
             await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def _check_invoice_totals(application: App) -> None:
+    """The invariant over every invoice a test stored: its total is the sum of its line rows."""
+    async with application.engine.connect() as connection:
+        mismatched = (await connection.execute(count_mismatched_totals())).scalar_one()
+    assert mismatched == 0, f"{mismatched} stored invoice(s) whose total is not the sum of their lines"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -163,6 +171,7 @@ async def app(settings: Settings) -> AsyncIterator[App]:
     """The real server, built by the composition root, on a free loopback port."""
     async with serving(settings) as application:
         yield application
+        await _check_invoice_totals(application)
 
 
 @pytest.fixture

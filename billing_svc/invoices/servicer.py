@@ -215,6 +215,11 @@ class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
     async def RenderInvoice(
         self, request: invoice_pb2.RenderInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
-        raise FailedPrecondition(
-            "rendering is not available yet", reason="RENDER_UNAVAILABLE", metadata={"id": request.id}
+        formats = invoice_pb2.RenderInvoiceRequest.Format
+        if request.format not in formats.values():
+            raise InvalidArgument.field("format", f"must be one of {', '.join(formats.keys())}")
+        pdf = request.format == formats.Value("FORMAT_PDF")
+        rendered = await use_cases.render_invoice(
+            self._deps, _caller("RenderInvoice"), request.id, pdf=pdf, locale=request.locale
         )
+        return httpbody_pb2.HttpBody(content_type=rendered.content_type, data=rendered.data)

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
-from billing_svc.invoices import domain
+from billing_svc.invoices import domain, render
 from billing_svc.invoices.domain import Action, Invoice, InvoiceReason, InvoiceStatus
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import InvoicesUnitOfWork
@@ -445,3 +446,24 @@ async def list_invoices(
         )
     shown, token = page.slice(rows, key=lambda invoice: (invoice.create_time, invoice.id))
     return InvoicePage(shown, token)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    content_type: str
+    data: bytes
+
+
+async def render_invoice(
+    deps: InvoiceDeps, caller: Caller, invoice_id: str, *, pdf: bool, locale: str
+) -> Rendered:
+    require_id(invoice_id)
+    chosen = render.parse_locale(locale)
+    async with deps.new_reader() as uow:
+        invoice = await load(uow, caller, invoice_id, for_update=False)
+        terms = await uow.accounts.terms(invoice.account_id)
+    zone = ZoneInfo(terms.billing_time_zone if terms is not None else "UTC")
+    fmt = render.Formatter(invoice.currency_code, chosen, zone)
+    if pdf:
+        return Rendered("application/pdf", render.render_pdf(invoice, fmt))
+    return Rendered("text/html; charset=utf-8", render.render_html(invoice, fmt).encode())

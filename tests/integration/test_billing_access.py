@@ -26,6 +26,8 @@ from core.principal import Role
 from gateway.routes import Route, routes_of
 from interceptors.policy import MethodPolicy, PolicyTable
 from tally.billing.v1 import (
+    invoice_pb2,
+    invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
     test_clock_pb2,
@@ -60,6 +62,9 @@ class Seed:
     sub_b: str
     clock: str
     webhook: str
+    invoice_a: str
+    invoice_b: str
+    line_a: str
 
 
 Case = Callable[[Seed], dict[str, Any]]
@@ -68,6 +73,8 @@ PLAN = "/tally.subscription.v1.PlanService/"
 METER = "/tally.billing.v1.MeterService/"
 CLOCK = "/tally.billing.v1.TestClockService/"
 USAGE = "/tally.billing.v1.UsageService/"
+INVOICE = "/tally.billing.v1.InvoiceService/"
+_LINE = {"description": "Setup", "unitPrice": {"value": "10"}}
 HOOK = "/tally.billing.v1.WebhookService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
@@ -128,6 +135,16 @@ CASES: dict[str, Case] = {
     },
     USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_a},
     USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
+    INVOICE + "CreateInvoice": lambda s: {"accountId": s.account_a, "lines": [_LINE]},
+    INVOICE + "GetInvoice": lambda s: {"id": s.invoice_a},
+    INVOICE + "ListInvoices": lambda s: {"accountId": s.account_a},
+    INVOICE + "AddInvoiceLine": lambda s: {"invoiceId": s.invoice_a, "line": _LINE},
+    INVOICE + "RemoveInvoiceLine": lambda s: {"invoiceId": s.invoice_a, "lineId": s.line_a},
+    INVOICE + "FinalizeInvoice": lambda s: {"id": s.invoice_a},
+    INVOICE + "VoidInvoice": lambda s: {"id": s.invoice_a},
+    INVOICE + "MarkInvoiceUncollectible": lambda s: {"id": s.invoice_a},
+    INVOICE + "PayInvoice": lambda s: {"id": s.invoice_a, "paidOutOfBand": True},
+    INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_a},
     HOOK + "CreateWebhookEndpoint": lambda s: {"webhookEndpoint": {"url": "https://93.184.216.34/hook"}},
     HOOK + "GetWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "ListWebhookEndpoints": lambda s: {},
@@ -142,6 +159,9 @@ FOREIGN: dict[str, Case] = {
     SUB + "GetEntitlements": lambda s: {"accountId": s.account_b},
     USAGE + "ListUsageRecords": lambda s: {"accountId": s.account_b},
     USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_b},
+    INVOICE + "GetInvoice": lambda s: {"id": s.invoice_b},
+    INVOICE + "ListInvoices": lambda s: {"accountId": s.account_b},
+    INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_b},
 }
 
 
@@ -261,7 +281,28 @@ async def seed(app: App) -> Seed:
                 webhook_endpoint=webhook_pb2.WebhookEndpoint(url="https://93.184.216.34/hook")
             )
         )
-    return Seed(a.id, b.id, meter.id, plan.id, sub_a.id, sub_b.id, clock.id, hook.id)
+        invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+        inv_a, inv_b = [
+            await invoices.CreateInvoice(
+                json_format.ParseDict(
+                    {"accountId": account.id, "lines": [_LINE]}, invoice_pb2.CreateInvoiceRequest()
+                )
+            )
+            for account in (a, b)
+        ]
+    return Seed(
+        a.id,
+        b.id,
+        meter.id,
+        plan.id,
+        sub_a.id,
+        sub_b.id,
+        clock.id,
+        hook.id,
+        inv_a.id,
+        inv_b.id,
+        inv_a.lines[0].id,
+    )
 
 
 def test_every_billing_method_has_a_case() -> None:
@@ -280,6 +321,9 @@ CUSTOMER_METHODS = {
     SUB + "GetEntitlements",
     USAGE + "ListUsageRecords",
     USAGE + "GetUsageSummary",
+    INVOICE + "GetInvoice",
+    INVOICE + "ListInvoices",
+    INVOICE + "RenderInvoice",
 }
 
 

@@ -8,9 +8,11 @@ credited to the customer and applied to the next finalized invoices): https://do
 from __future__ import annotations
 
 import asyncio
+import io
 from datetime import UTC, datetime
 
 import grpc
+import pypdf
 import pytest
 from google.type import decimal_pb2
 
@@ -22,6 +24,7 @@ from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
 from tests.integration.clock_support import ts
+from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, details, failing, mint, reason
 
 Status = pb.Invoice.Status
@@ -237,3 +240,39 @@ async def test_concurrent_finalizations_share_one_gapless_sequence(channel: grpc
     )
     numbers = sorted(invoice.number for invoice in done)
     assert numbers == [f"INV-{n:06d}" for n in range(1, len(drafts) + 1)]
+
+
+async def test_an_invoice_renders_as_html_and_pdf_over_grpc_and_rest(
+    app: App, channel: grpc.aio.Channel
+) -> None:
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    account = await new_account(channel, 20, zone="America/New_York")
+    done = await invoices.CreateInvoice(one_off(account.id, line("Onboarding <b>", "150.00"), finalize=True))
+    page = await invoices.RenderInvoice(pb.RenderInvoiceRequest(id=done.id))
+    assert page.content_type == "text/html; charset=utf-8"
+    assert done.number in page.data.decode() and "Onboarding &lt;b&gt;" in page.data.decode()
+    pdf = await invoices.RenderInvoice(
+        pb.RenderInvoiceRequest(id=done.id, format=pb.RenderInvoiceRequest.FORMAT_PDF)
+    )
+    assert pdf.content_type == "application/pdf" and pdf.data.startswith(b"%PDF-")
+    text = "\n".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(pdf.data)).pages)
+    assert done.number in text and "$150.00" in text
+    error = await failing(invoices.RenderInvoice(pb.RenderInvoiceRequest(id=done.id, locale="no such")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "locale" in details(error).violations
+
+    customer = mint(app, Role.CUSTOMER, account_id=account.id)
+    async with Gateway(app) as http:
+        headers = {"Authorization": f"Bearer {customer}"}
+        async with http.get(
+            f"/v1/invoices/{done.id}:render", params={"format": "FORMAT_PDF"}, headers=headers
+        ) as got:
+            assert got.status == 200 and got.headers["Content-Type"] == "application/pdf"
+            assert await got.read() == pdf.data  # the bytes exactly, not JSON
+        async with http.get(
+            f"/v1/invoices/{done.id}:render", params={"locale": "de_DE"}, headers=headers
+        ) as got:
+            assert got.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert "150,00" in await got.text()
+        async with http.get("/v1/invoices/inv_nope:render", headers=headers) as got:
+            assert got.status == 404 and got.headers["Content-Type"].startswith("application/json")
+            assert (await got.json())["code"] == grpc.StatusCode.NOT_FOUND.value[0]

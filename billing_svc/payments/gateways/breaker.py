@@ -5,7 +5,7 @@ gateway working), lets one trial call through once `cool_down` has passed (half-
 closes on any definite answer. While open, calls return FAILED without reaching the gateway.
 
 Written here rather than taken from purgatory or aiobreaker: both read the wall clock themselves
-(time.time(), datetime.now()) so a FrozenClock cannot drive them, and both count raised
+(the time module and datetime directly) so a FrozenClock cannot drive them, and both count raised
 exceptions while our adapters return results.
 """
 
