@@ -9,6 +9,7 @@ such as Japanese text, is written as "?" in the PDF (the HTML keeps it).
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from babel import Locale, UnknownLocaleError
+from babel import localedata
 from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal
 from fpdf import FPDF
@@ -30,14 +31,19 @@ _UNIT_PRICE_FORMAT = "¤#,##0.############"  # every place a unit price has, up 
 _PDF_EPOCH = datetime(2000, 1, 1, tzinfo=ZoneInfo("UTC"))  # a fixed creation date: same input, same bytes
 
 
+@functools.cache
+def known_locales() -> frozenset[str]:
+    """The CLDR locale identifiers Babel holds data for (`en_US`, `de_DE`, `ja`, ...)."""
+    return frozenset(localedata.locale_identifiers())
+
+
 def parse_locale(text: str, field: str = "locale") -> str:
-    """A CLDR locale identifier such as `de_DE`; INVALID_ARGUMENT naming `field` otherwise."""
+    """One of known_locales(), `en_US` when empty; INVALID_ARGUMENT naming `field` otherwise."""
     if not text:
         return DEFAULT_LOCALE
-    try:
-        return str(Locale.parse(text.replace("-", "_")))
-    except (ValueError, UnknownLocaleError):
-        raise InvalidArgument.field(field, "must be a locale such as en_US or de_DE") from None
+    if text not in known_locales():
+        raise InvalidArgument.field(field, "must be a CLDR locale identifier such as en_US or de_DE")
+    return text
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
 
 def new_line_from_proto(message: invoice_pb2.NewInvoiceLine, path: str) -> NewLine:
     quantity = Decimal(1)
-    if message.HasField("quantity"):
+    if message.quantity.value:  # unset, null or empty: 1
         quantity = decimal_from_proto(message.quantity, field=f"{path}.quantity")
     if not message.HasField("unit_price"):
         raise InvalidArgument.field(f"{path}.unit_price", "is required")

@@ -21,6 +21,7 @@ from gateway.constraints.accounts import ACCOUNT_FIELDS, ACCOUNT_MESSAGES, SERVI
 from gateway.constraints.billing import BILLING_FIELDS, BILLING_MESSAGES
 from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
+from gateway.constraints.invoices import INVOICE_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
 from gateway.schemas import JSON, Rules
 
@@ -37,7 +38,7 @@ _SHARED_NAMES: dict[str, JSON] = {
 }
 
 RULES = Rules(
-    fields={**ACCOUNT_FIELDS, **CATALOG_FIELDS, **BILLING_FIELDS, **USAGE_FIELDS},
+    fields={**ACCOUNT_FIELDS, **CATALOG_FIELDS, **BILLING_FIELDS, **USAGE_FIELDS, **INVOICE_FIELDS},
     names=_SHARED_NAMES,
     messages={**ACCOUNT_MESSAGES, **CATALOG_MESSAGES, **BILLING_MESSAGES},
 )

@@ -23,7 +23,7 @@ _NOT_IN_UPDATE: JSON = {"update": {"replace": {"not": {}}}}
 _DESCRIPTION: JSON = {"maxLength": catalog.MAX_DISPLAY_NAME, "pattern": NO_CONTROL}
 # core.money.parse_unit_price: ASCII digits, an optional point and 1 to 12 digits, an optional
 # "+", below 10^18 (at most 18 digits once leading zeros are gone), no sign, exponent or space.
-_DECIMAL_TEXT = f"\\+?0*[0-9]{{1,18}}(\\.[0-9]{{1,{MAX_UNIT_PRICE_PLACES}}})?"
+DECIMAL_TEXT = f"\\+?0*[0-9]{{1,18}}(\\.[0-9]{{1,{MAX_UNIT_PRICE_PLACES}}})?"
 _ZERO_TEXT = "^\\+?0+(\\.0+)?$"
 # pricing.validate: a percentage rate from 0 to 100.
 _RATE_TEXT = (
@@ -31,7 +31,7 @@ _RATE_TEXT = (
 )
 
 
-def _decimal(*, required: bool, pattern: str = f"^{_DECIMAL_TEXT}$") -> JSON:
+def decimal_field(*, required: bool, pattern: str = f"^{DECIMAL_TEXT}$") -> JSON:
     """A google.type.Decimal field: required ones need a value (plan_proto._Decoder.decimal);
     an optional one may be left out, null, or have an empty value, all of which mean unset."""
     if required:
@@ -142,22 +142,22 @@ CATALOG_FIELDS: dict[str, JSON] = {
     f"{_SUB}.Feature.enabled": {"nullable": False},
     f"{_SUB}.Feature.limit": {"nullable": False},
     f"{_SUB}.TieredPrice.tiers": _TIERS,
-    f"{_SUB}.Tier.up_to": _decimal(required=False),
-    f"{_SUB}.Tier.unit_price": _decimal(required=True),
-    f"{_SUB}.Tier.flat_fee": _decimal(required=False),
-    f"{_SUB}.PerUnitPrice.unit_price": _decimal(required=True),
+    f"{_SUB}.Tier.up_to": decimal_field(required=False),
+    f"{_SUB}.Tier.unit_price": decimal_field(required=True),
+    f"{_SUB}.Tier.flat_fee": decimal_field(required=False),
+    f"{_SUB}.PerUnitPrice.unit_price": decimal_field(required=True),
     f"{_SUB}.PackagePrice.size": {
-        **_decimal(required=True),
-        "not": _decimal(required=True, pattern=_ZERO_TEXT),
+        **decimal_field(required=True),
+        "not": decimal_field(required=True, pattern=_ZERO_TEXT),
     },
-    f"{_SUB}.PackagePrice.price": _decimal(required=True),
-    f"{_SUB}.PackagePrice.free_units": _decimal(required=False),
-    f"{_SUB}.PercentagePrice.rate": _decimal(required=True, pattern=_RATE_TEXT),
-    f"{_SUB}.PercentagePrice.fixed_fee": _decimal(required=False),
+    f"{_SUB}.PackagePrice.price": decimal_field(required=True),
+    f"{_SUB}.PackagePrice.free_units": decimal_field(required=False),
+    f"{_SUB}.PercentagePrice.rate": decimal_field(required=True, pattern=_RATE_TEXT),
+    f"{_SUB}.PercentagePrice.fixed_fee": decimal_field(required=False),
     f"{_SUB}.PercentagePrice.free_events": {"pattern": UNSIGNED_INT64["pattern"]},
-    f"{_SUB}.PercentagePrice.free_amount": _decimal(required=False),
-    f"{_SUB}.PercentagePrice.min_per_event": _decimal(required=False),
-    f"{_SUB}.PercentagePrice.max_per_event": _decimal(required=False),
+    f"{_SUB}.PercentagePrice.free_amount": decimal_field(required=False),
+    f"{_SUB}.PercentagePrice.min_per_event": decimal_field(required=False),
+    f"{_SUB}.PercentagePrice.max_per_event": decimal_field(required=False),
 }
 CATALOG_MESSAGES = {
     _METER: {"create": _meter_properties},

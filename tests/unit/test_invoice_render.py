@@ -118,7 +118,8 @@ def test_a_long_invoice_spans_pages_with_the_totals_on_the_last() -> None:
 
 
 def test_a_bad_locale_names_the_field() -> None:
-    assert parse_locale("") == "en_US" and parse_locale("de-DE") == "de_DE"
-    with pytest.raises(InvalidArgument) as raised:
-        parse_locale("xx_NOPE!")
-    assert raised.value.violations[0].field == "locale"
+    assert parse_locale("") == "en_US" and parse_locale("de_DE") == "de_DE"
+    for bad in ("xx_NOPE!", "de-DE", "DE_de"):
+        with pytest.raises(InvalidArgument) as raised:
+            parse_locale(bad)
+        assert raised.value.violations[0].field == "locale"
