@@ -475,7 +475,7 @@ async def build(
         readiness=readiness,
         purger=purger,
         usage_upkeep=usage_upkeep,
-        webhooks=_webhooks(components),
+        webhooks=_webhooks(components, metrics),
     )
 
 
@@ -488,7 +488,7 @@ def _usage_upkeep(components: Components) -> UsageUpkeep | None:
     return UsageUpkeep(components.engine, billing.usage.new_uow, components.clock, interval)
 
 
-def _webhooks(components: Components) -> WebhookDeliverer | None:
+def _webhooks(components: Components, metrics: Metrics) -> WebhookDeliverer | None:
     """Webhook delivery (TALLY_WEBHOOK_DELIVERY), on the wall clock; the billing worker takes it later."""
     settings = components.settings
     if not settings.webhook_delivery or "billing" not in components.services:
@@ -499,6 +499,7 @@ def _webhooks(components: Components) -> WebhookDeliverer | None:
         components.platform.server_key.sealer(SEALING_PURPOSE),
         interval_seconds=settings.webhook_delivery_interval_seconds,
         allow_private_targets=settings.webhook_allow_private_targets,
+        on_outcome=metrics.webhook_delivered,
     )
 
 

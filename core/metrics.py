@@ -17,6 +17,8 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_db_pool_checked_in{pool}             idle connections in the pool
     tally_db_pool_overflow{pool}               connections open beyond the pool size
     tally_usage_events_total{outcome}          usage events answered: stored, replay, failed
+    tally_webhook_deliveries_total{outcome}    webhook attempts recorded: succeeded, retried (due
+                                               again), failed (the retry schedule spent)
     tally_ready                                1 while this process takes traffic (started, not
                                                draining, database answering), else 0
 
@@ -119,6 +121,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "tally_webhook_deliveries",
+            "Webhook delivery attempts recorded, by outcome: succeeded (2xx), retried (due again), "
+            "failed (the retry schedule spent).",
+            ["outcome"],
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
@@ -148,6 +157,10 @@ class Metrics:
         self.http_duration.labels(method, route).observe(seconds)
 
     # --- events other parts report ------------------------------------------------------------------
+
+    def webhook_delivered(self, outcome: str) -> None:
+        """`outcome`: "succeeded", "retried" or "failed" (billing_svc.webhooks.delivery)."""
+        self.webhook_deliveries.labels(outcome).inc()
 
     def rate_limited(self, group: str) -> None:
         self.rate_limited_total.labels(group).inc()

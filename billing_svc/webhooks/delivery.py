@@ -61,7 +61,7 @@ class WebhookDeliverer:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._batch = batch
         self._allow_private = allow_private_targets
-        self._on_outcome = on_outcome  # metrics: "delivered", "retry", "failed", "refused"
+        self._on_outcome = on_outcome  # metrics, once per attempt recorded: "succeeded", "retried", "failed"
         self.worker = new_worker_id("webhooks")
 
     async def fan_out(self) -> int:
@@ -149,7 +149,7 @@ class WebhookDeliverer:
         attempts = delivery.attempt_count + 1
         ok = domain.is_success(status)
         next_time: datetime | None = None if ok else domain.next_due(attempts, now)
-        outcome = "delivered" if ok else ("retry" if next_time is not None else "failed")
+        outcome = "succeeded" if ok else ("retried" if next_time is not None else "failed")
         async with UnitOfWork(self._sessions) as uow:
             repo = SqlWebhookRepository(uow.session)
             await repo.record_attempt(delivery.id, now, status, error, duration_ms)

@@ -83,3 +83,78 @@ def endpoint_from_dict(data: Mapping[str, Any]) -> Endpoint:
         data["enabled"],
         datetime.fromisoformat(data["create_time"]),
     )
+
+
+# What a delivery shows (ListWebhookDeliveries): its stored status, and whether it was attempted.
+VIEW_PENDING = "pending"
+VIEW_SUCCEEDED = "succeeded"
+VIEW_FAILED = "failed"
+VIEW_RETRYING = "retrying"
+VIEWS = (VIEW_PENDING, VIEW_SUCCEEDED, VIEW_FAILED, VIEW_RETRYING)
+DELIVERY_RESOURCE_TYPE = "webhook_delivery"
+ENDPOINT_RESOURCE_TYPE = "webhook_endpoint"
+MAX_SHOWN_ERROR = 200
+
+
+def view_of(status: str, attempt_count: int) -> str:
+    if status == DELIVERED:
+        return VIEW_SUCCEEDED
+    if status == FAILED:
+        return VIEW_FAILED
+    return VIEW_RETRYING if attempt_count > 0 else VIEW_PENDING
+
+
+def shown_error(error: str, url: str) -> str:
+    """An attempt's error as a listing may show it: the endpoint's URL (which may carry a token in
+    its query or user info) left out, at most MAX_SHOWN_ERROR characters."""
+    shown = error.replace(url, "<endpoint url>") if url else error
+    return shown if len(shown) <= MAX_SHOWN_ERROR else shown[: MAX_SHOWN_ERROR - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    resource_type: str
+    resource_id: str
+    status: str  # PENDING, DELIVERED or FAILED, as stored
+    attempt_count: int
+    next_attempt_time: datetime | None
+    last_response_status_code: int
+    last_error: str  # already shortened by shown_error
+    last_attempt_time: datetime | None
+    event_time: datetime
+    create_time: datetime
+
+    @property
+    def view(self) -> str:
+        return view_of(self.status, self.attempt_count)
+
+
+def _time_or_none(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def delivery_to_dict(delivery: Delivery) -> dict[str, Any]:
+    return {
+        **delivery.__dict__,
+        **{
+            name: value.isoformat() if value else None
+            for name in ("next_attempt_time", "last_attempt_time", "event_time", "create_time")
+            for value in [getattr(delivery, name)]
+        },
+    }
+
+
+def delivery_from_dict(data: Mapping[str, Any]) -> Delivery:
+    return Delivery(
+        **{
+            **data,
+            "next_attempt_time": _time_or_none(data["next_attempt_time"]),
+            "last_attempt_time": _time_or_none(data["last_attempt_time"]),
+            "event_time": datetime.fromisoformat(data["event_time"]),
+            "create_time": datetime.fromisoformat(data["create_time"]),
+        }
+    )

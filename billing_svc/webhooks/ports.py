@@ -6,7 +6,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from billing_svc.webhooks.domain import Endpoint
+from billing_svc.webhooks.domain import Delivery, Endpoint
+from core.audit import AuditLog
 from core.idempotency import IdempotencyRepository
 
 
@@ -21,6 +22,19 @@ class WebhookRepository(Protocol):
 
     async def set_enabled(self, endpoint_id: str, enabled: bool) -> bool: ...
 
+    async def delivery(self, delivery_id: str, *, for_update: bool = False) -> Delivery | None: ...
+
+    async def list_deliveries(
+        self, endpoint_id: str, *, view: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Delivery]:
+        """Up to `limit` deliveries of the endpoint in (create_time, id) order, after `after`; of one
+        view (domain.VIEWS) unless `view` is empty."""
+        ...
+
+    async def reschedule(self, delivery_id: str, due: datetime) -> None:
+        """Pending and due at `due`, its claim (a send in flight) let go."""
+        ...
+
 
 class WebhooksUnitOfWork(Protocol):
     @property
@@ -28,6 +42,9 @@ class WebhooksUnitOfWork(Protocol):
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
     async def __aenter__(self) -> Self: ...
 

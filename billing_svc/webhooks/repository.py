@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import ColumnElement, and_, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.webhooks import domain
-from billing_svc.webhooks.domain import Endpoint
+from billing_svc.webhooks.domain import Delivery, Endpoint
 from billing_svc.webhooks.tables import (
     WebhookAttemptRow,
     WebhookCursorRow,
@@ -144,6 +145,79 @@ class SqlWebhookRepository:
             .where(WebhookDeliveryRow.id == delivery_id)
             .values(status=status, attempt_count=attempt_count)
         )
+
+    async def delivery(self, delivery_id: str, *, for_update: bool = False) -> Delivery | None:
+        statement = select(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery_id)
+        if for_update:
+            statement = statement.with_for_update()
+        rows = (await self._session.execute(statement)).scalars().all()
+        return (await self._views(rows))[0] if rows else None
+
+    async def list_deliveries(
+        self, endpoint_id: str, *, view: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Delivery]:
+        row = WebhookDeliveryRow
+        statement = keyset_after(select(row), row.create_time, row.id, after).where(
+            row.endpoint_id == endpoint_id
+        )
+        if view:
+            statement = statement.where(_of_view(view))
+        rows = (await self._session.execute(statement.limit(limit))).scalars().all()
+        return await self._views(rows)
+
+    async def reschedule(self, delivery_id: str, due: datetime) -> None:
+        await self._session.execute(
+            update(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.id == delivery_id)
+            .values(status=domain.PENDING, due_time=due, claimed_by=None, lease_until=None)
+        )
+
+    async def _views(self, rows: Sequence[WebhookDeliveryRow]) -> list[Delivery]:
+        """The deliveries with their last attempts: two statements for any number of rows."""
+        if not rows:
+            return []
+        owners = select(WebhookEndpointRow.id, WebhookEndpointRow.url).where(
+            WebhookEndpointRow.id.in_({r.endpoint_id for r in rows})
+        )
+        urls = {endpoint_id: url for endpoint_id, url in (await self._session.execute(owners)).all()}
+        attempts = (
+            await self._session.execute(
+                select(WebhookAttemptRow)
+                .where(WebhookAttemptRow.delivery_id.in_([r.id for r in rows]))
+                .order_by(WebhookAttemptRow.attempt_time, WebhookAttemptRow.id)
+            )
+        ).scalars()
+        last = {attempt.delivery_id: attempt for attempt in attempts}
+        return [_view(r, last.get(r.id), urls.get(r.endpoint_id, "")) for r in rows]
+
+
+def _of_view(view: str) -> ColumnElement[bool]:
+    row = WebhookDeliveryRow
+    if view == domain.VIEW_SUCCEEDED:
+        return row.status == domain.DELIVERED
+    if view == domain.VIEW_FAILED:
+        return row.status == domain.FAILED
+    attempted = row.attempt_count > 0 if view == domain.VIEW_RETRYING else row.attempt_count == 0
+    return and_(row.status == domain.PENDING, attempted)
+
+
+def _view(row: WebhookDeliveryRow, attempt: WebhookAttemptRow | None, url: str) -> Delivery:
+    return Delivery(
+        id=row.id,
+        endpoint_id=row.endpoint_id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        resource_type=row.resource_type,
+        resource_id=row.resource_id,
+        status=row.status,
+        attempt_count=row.attempt_count,
+        next_attempt_time=row.due_time if row.status == domain.PENDING else None,
+        last_response_status_code=attempt.http_status if attempt else 0,
+        last_error=domain.shown_error(attempt.error, url) if attempt else "",
+        last_attempt_time=attempt.attempt_time if attempt else None,
+        event_time=row.event_time,
+        create_time=row.create_time,
+    )
 
 
 def _delivery(endpoint_id: str, event: outbox.OutboxEvent, now: datetime) -> dict[str, Any]:

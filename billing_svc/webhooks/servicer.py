@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import grpc
 from google.protobuf import timestamp_pb2
 
-from billing_svc.webhooks import use_cases
-from billing_svc.webhooks.domain import Endpoint
+from billing_svc.webhooks import domain, use_cases
+from billing_svc.webhooks.domain import Delivery, Endpoint
 from billing_svc.webhooks.use_cases import WebhookDeps
+from core.errors import InvalidArgument
 from core.principal import caller_for
 from tally.billing.v1 import webhook_pb2, webhook_pb2_grpc
 
@@ -26,6 +29,53 @@ def endpoint_to_proto(endpoint: Endpoint, secret: str = "") -> webhook_pb2.Webho
         secret=secret,
         create_time=created,
     )
+
+
+_Status = webhook_pb2.WebhookDelivery.Status
+STATUS_OF_VIEW: dict[str, _Status.ValueType] = {
+    domain.VIEW_PENDING: _Status.STATUS_PENDING,
+    domain.VIEW_SUCCEEDED: _Status.STATUS_SUCCEEDED,
+    domain.VIEW_FAILED: _Status.STATUS_FAILED,
+    domain.VIEW_RETRYING: _Status.STATUS_RETRYING,
+}
+VIEW_OF_STATUS = {status: view for view, status in STATUS_OF_VIEW.items()}
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def delivery_to_proto(delivery: Delivery) -> webhook_pb2.WebhookDelivery:
+    return webhook_pb2.WebhookDelivery(
+        id=delivery.id,
+        endpoint_id=delivery.endpoint_id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        resource_type=delivery.resource_type,
+        resource_id=delivery.resource_id,
+        status=STATUS_OF_VIEW[delivery.view],
+        attempt_count=delivery.attempt_count,
+        next_attempt_time=_timestamp(delivery.next_attempt_time),
+        last_response_status_code=delivery.last_response_status_code,
+        last_error=delivery.last_error,
+        last_attempt_time=_timestamp(delivery.last_attempt_time),
+        event_time=_timestamp(delivery.event_time),
+        create_time=_timestamp(delivery.create_time),
+    )
+
+
+def _view_of(status: int) -> str:
+    """The listing's status filter: unset means every status; an unknown number is refused."""
+    if status == _Status.STATUS_UNSPECIFIED:
+        return ""
+    view = VIEW_OF_STATUS.get(_Status.ValueType(status))
+    if view is None:
+        raise InvalidArgument.field("status", f"unknown status {status}")
+    return view
 
 
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
@@ -68,3 +118,28 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     ) -> webhook_pb2.WebhookEndpoint:
         caller = caller_for(f"/{_SERVICE}/EnableWebhookEndpoint", request.request_id)
         return endpoint_to_proto(await use_cases.set_enabled(self._deps, caller, request.id, True))
+
+    async def ListWebhookDeliveries(
+        self, request: webhook_pb2.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> webhook_pb2.ListWebhookDeliveriesResponse:
+        deliveries, token = await use_cases.list_deliveries(
+            self._deps,
+            request.endpoint_id,
+            view=_view_of(request.status),
+            size=request.page_size,
+            page_token=request.page_token,
+        )
+        return webhook_pb2.ListWebhookDeliveriesResponse(
+            webhook_deliveries=[delivery_to_proto(d) for d in deliveries], next_page_token=token
+        )
+
+    async def GetWebhookDelivery(
+        self, request: webhook_pb2.GetWebhookDeliveryRequest, context: grpc.aio.ServicerContext
+    ) -> webhook_pb2.WebhookDelivery:
+        return delivery_to_proto(await use_cases.get_delivery(self._deps, request.id))
+
+    async def RedeliverWebhook(
+        self, request: webhook_pb2.RedeliverWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> webhook_pb2.WebhookDelivery:
+        caller = caller_for(f"/{_SERVICE}/RedeliverWebhook", request.request_id)
+        return delivery_to_proto(await use_cases.redeliver(self._deps, caller, request.delivery_id))

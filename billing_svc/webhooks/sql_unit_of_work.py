@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.webhooks.ports import WebhookRepository
 from billing_svc.webhooks.repository import SqlWebhookRepository
+from core.audit import AuditLog, SqlAuditLog
 from core.db import UnitOfWork
 from core.idempotency import IdempotencyRepository, SqlIdempotencyRepository
 
@@ -15,7 +16,9 @@ class SqlWebhooksUnitOfWork(UnitOfWork):
 
     webhooks: WebhookRepository
     idempotency: IdempotencyRepository
+    audit: AuditLog
 
     def _bind(self, session: AsyncSession) -> None:
         self.webhooks = SqlWebhookRepository(session)
         self.idempotency = SqlIdempotencyRepository(session)
+        self.audit = SqlAuditLog(session)

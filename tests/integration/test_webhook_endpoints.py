@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sqlalchemy import select
 
 from app.server import App
+from core import db
+from core.audit import AuditEventRow
 from tally.billing.v1 import webhook_pb2, webhook_pb2_grpc
 from tests.support import channel_as, failing, mint
 
@@ -41,6 +44,18 @@ async def test_the_secret_is_shown_once_and_a_replay_repeats_the_create(app: App
         ).enabled
         on = await hooks.EnableWebhookEndpoint(webhook_pb2.EnableWebhookEndpointRequest(id=first.id))
         assert on.enabled
+    async with db.UnitOfWork(app.components.platform.writers) as uow:
+        statement = select(AuditEventRow).where(AuditEventRow.resource_id == first.id)
+        audit = (await uow.session.execute(statement.order_by(AuditEventRow.time))).scalars().all()
+    # One row per change (the replay adds none), and never the secret, not even sealed.
+    assert [(a.action, a.resource_type) for a in audit] == [
+        ("create", "webhook_endpoint"),
+        ("disable", "webhook_endpoint"),
+        ("enable", "webhook_endpoint"),
+    ]
+    assert [a.request_id for a in audit] == ["r-1", "", ""]
+    assert audit[1].changes == {"enabled": {"before": True, "after": False}}
+    assert all("secret" not in str(a.changes) and first.secret not in str(a.changes) for a in audit)
 
 
 @pytest.mark.parametrize(

@@ -6,25 +6,31 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
+from app.server import App
 from billing_svc.webhooks import domain
 from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
 from billing_svc.webhooks.domain import Endpoint, secret_associated_data
 from billing_svc.webhooks.repository import SqlWebhookRepository
 from billing_svc.webhooks.tables import WebhookAttemptRow, WebhookDeliveryRow
 from core import db
+from core.audit import AuditEventRow
 from core.clock import FrozenClock
 from core.sealing import Sealer
 from core.settings import Settings
-from tests.support import eventually, serving
+from tally.billing.v1 import webhook_pb2
+from tally.billing.v1.webhook_pb2_grpc import WebhookServiceStub
+from tests.support import channel_as, eventually, failing, mint, serving
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 SEALER = Sealer(b"k" * 32, "webhook-secret")
@@ -214,3 +220,219 @@ async def test_tally_serve_runs_the_delivery_job(settings: Settings, receiver: R
 
         await eventually(arrived, within=10, what="the served job delivers the event")
     assert receiver.got[0][1]["data"] == {"amount_minor": 1250}
+
+
+# --- the deliveries API: listing, redelivery, metrics (the real server, the job driven by hand) ----
+
+
+@asynccontextmanager
+async def served_hooks(
+    settings: Settings, receiver: Receiver
+) -> AsyncIterator[tuple[App, WebhookServiceStub, str]]:
+    """The server without its delivery job (the test runs passes), an endpoint on the receiver
+    made through the API (its secret given to the receiver), and a stub for the admin."""
+    configured = settings.model_copy(
+        update={"webhook_allow_private_targets": True, "webhook_delivery": False}
+    )
+    async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+        hooks = WebhookServiceStub(channel)
+        made = await hooks.CreateWebhookEndpoint(
+            webhook_pb2.CreateWebhookEndpointRequest(
+                webhook_endpoint=webhook_pb2.WebhookEndpoint(url=receiver.url + "?token=s3cr3t")
+            )
+        )
+        receiver.secret = made.secret
+        yield app, hooks, made.id
+
+
+def served_deliverer(app: App, clock: FrozenClock) -> WebhookDeliverer:
+    platform = app.components.platform
+    return WebhookDeliverer(
+        platform.writers,
+        clock,
+        platform.server_key.sealer(SEALING_PURPOSE),
+        allow_private_targets=True,
+        on_outcome=app.metrics.webhook_delivered,
+    )
+
+
+async def emit_served(app: App, *resource_ids: str) -> None:
+    for number, resource_id in enumerate(resource_ids):
+        async with db.UnitOfWork(app.components.platform.writers) as uow:
+            uow.emit("invoice.created", ("invoice", resource_id), {"n": number})
+            await uow.commit()
+
+
+def outcomes(app: App) -> dict[str, float]:
+    return {
+        outcome: app.metrics.registry.get_sample_value("tally_webhook_deliveries_total", {"outcome": outcome})
+        or 0.0
+        for outcome in ("succeeded", "retried", "failed")
+    }
+
+
+Status = webhook_pb2.WebhookDelivery.Status
+
+
+def listing(
+    endpoint_id: str,
+    status: Status.ValueType = Status.STATUS_UNSPECIFIED,
+    page_size: int = 0,
+    page_token: str = "",
+) -> webhook_pb2.ListWebhookDeliveriesRequest:
+    return webhook_pb2.ListWebhookDeliveriesRequest(
+        endpoint_id=endpoint_id, status=status, page_size=page_size, page_token=page_token
+    )
+
+
+async def test_deliveries_are_listed_by_page_and_status(settings: Settings, receiver: Receiver) -> None:
+    receiver.fail_first = 0
+    async with served_hooks(settings, receiver) as (app, hooks, endpoint_id):
+        await emit_served(app, "in_a", "in_b", "in_c")
+        clock = FrozenClock(datetime.now(UTC) + timedelta(seconds=1))
+        work = served_deliverer(app, clock)
+        await work.fan_out()
+        pending = await hooks.ListWebhookDeliveries(listing(endpoint_id))
+        assert [d.status for d in pending.webhook_deliveries] == [Status.STATUS_PENDING] * 3
+        assert all(
+            d.attempt_count == 0 and d.HasField("next_attempt_time") for d in pending.webhook_deliveries
+        )
+        receiver.fail_first = 1  # the first POST fails: one delivery retries, two succeed
+        assert await work.run_pass() == 2
+        seen: list[webhook_pb2.WebhookDelivery] = []
+        token = ""
+        while True:
+            page = await hooks.ListWebhookDeliveries(listing(endpoint_id, page_size=2, page_token=token))
+            assert len(page.webhook_deliveries) <= 2
+            seen.extend(page.webhook_deliveries)
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(d.resource_id for d in seen) == ["in_a", "in_b", "in_c"]
+        assert [d.id for d in seen] == [d.id for d in pending.webhook_deliveries]
+        retrying = await hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_RETRYING))
+        (retry,) = retrying.webhook_deliveries
+        assert (retry.attempt_count, retry.last_response_status_code) == (1, 503)
+        assert retry.HasField("next_attempt_time") and retry.HasField("last_attempt_time")
+        assert "s3cr3t" not in retry.last_error
+        succeeded = await hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_SUCCEEDED))
+        assert len(succeeded.webhook_deliveries) == 2
+        assert all(not d.HasField("next_attempt_time") for d in succeeded.webhook_deliveries)
+        assert {d.last_response_status_code for d in succeeded.webhook_deliveries} == {204}
+        assert not (
+            await hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_FAILED))
+        ).webhook_deliveries
+        assert not (
+            await hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_PENDING))
+        ).webhook_deliveries
+        got = await hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id=retry.id))
+        assert got == retry
+        assert outcomes(app) == {"succeeded": 2.0, "retried": 1.0, "failed": 0.0}
+        # A token is for its own listing: another status filter refuses it.
+        page = await hooks.ListWebhookDeliveries(listing(endpoint_id, page_size=1))
+        error = await failing(
+            hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_FAILED, 1, page.next_page_token))
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        unknown = await failing(hooks.ListWebhookDeliveries(listing("whe_nope")))
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND
+        bad = await failing(hooks.ListWebhookDeliveries(listing(endpoint_id, Status.ValueType(99))))
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_succeeded_delivery_is_sent_again_once_per_request_id(
+    settings: Settings, receiver: Receiver
+) -> None:
+    receiver.fail_first, receiver.check_time = 0, True  # standardwebhooks verifies, timestamp too
+    async with served_hooks(settings, receiver) as (app, hooks, endpoint_id):
+        await emit_served(app, "in_a")
+        clock = FrozenClock(datetime.now(UTC) + timedelta(seconds=1))
+        work = served_deliverer(app, clock)
+        assert await work.run_pass() == 1
+        (delivery,) = (await hooks.ListWebhookDeliveries(listing(endpoint_id))).webhook_deliveries
+        assert delivery.status == Status.STATUS_SUCCEEDED
+        again = webhook_pb2.RedeliverWebhookRequest(delivery_id=delivery.id, request_id="redo-1")
+        first = await hooks.RedeliverWebhook(again)
+        assert first.status == Status.STATUS_RETRYING and first.HasField("next_attempt_time")
+        clock.advance(timedelta(minutes=1))
+        assert await work.run_pass() == 1
+        # A replay answers the first call's delivery and schedules nothing.
+        assert await hooks.RedeliverWebhook(again) == first
+        clock.advance(timedelta(minutes=1))
+        assert await work.run_pass() == 0
+        assert [event_id for event_id, _ in receiver.got] == [delivery.event_id] * 2
+        done = await hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id=delivery.id))
+        assert (done.status, done.attempt_count) == (Status.STATUS_SUCCEEDED, 2)
+        assert outcomes(app)["succeeded"] == 2.0
+        async with db.UnitOfWork(app.components.platform.writers) as uow:
+            audit = (
+                (
+                    await uow.session.execute(
+                        select(AuditEventRow).where(AuditEventRow.resource_id == delivery.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert [(a.action, a.request_id) for a in audit] == [("redeliver", "redo-1")]
+        assert audit[0].changes["status"] == {"before": "succeeded", "after": "retrying"}
+
+
+async def test_a_given_up_delivery_comes_back_with_a_fresh_attempt(
+    settings: Settings, receiver: Receiver
+) -> None:
+    receiver.fail_first = 10**6
+    async with served_hooks(settings, receiver) as (app, hooks, endpoint_id):
+        await emit_served(app, "in_a")
+        clock = FrozenClock(datetime.now(UTC) + timedelta(seconds=1))
+        work = served_deliverer(app, clock)
+        for _ in range(len(domain.RETRY_SCHEDULE) + 1):
+            await work.run_pass()
+            clock.advance(timedelta(days=1))
+        (failed,) = (
+            await hooks.ListWebhookDeliveries(listing(endpoint_id, Status.STATUS_FAILED))
+        ).webhook_deliveries
+        assert failed.attempt_count == len(domain.RETRY_SCHEDULE) + 1 and not failed.HasField(
+            "next_attempt_time"
+        )
+        assert outcomes(app) == {"succeeded": 0.0, "retried": len(domain.RETRY_SCHEDULE), "failed": 1.0}
+        receiver.fail_first = 0
+        back = await hooks.RedeliverWebhook(webhook_pb2.RedeliverWebhookRequest(delivery_id=failed.id))
+        assert back.status == Status.STATUS_RETRYING
+        assert await work.run_pass() == 1
+        ((event_id, message),) = receiver.got
+        assert event_id == failed.event_id and message["data"] == {"n": 0}
+        done = await hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id=failed.id))
+        assert (done.status, done.last_response_status_code, done.last_error) == (
+            Status.STATUS_SUCCEEDED,
+            204,
+            "",
+        )
+
+
+async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered(
+    settings: Settings, receiver: Receiver
+) -> None:
+    receiver.fail_first = 0
+    async with served_hooks(settings, receiver) as (app, hooks, endpoint_id):
+        await emit_served(app, "in_a")
+        clock = FrozenClock(datetime.now(UTC) + timedelta(seconds=1))
+        work = served_deliverer(app, clock)
+        assert await work.run_pass() == 1
+        (delivery,) = (await hooks.ListWebhookDeliveries(listing(endpoint_id))).webhook_deliveries
+        await hooks.DisableWebhookEndpoint(webhook_pb2.DisableWebhookEndpointRequest(id=endpoint_id))
+        error = await failing(
+            hooks.RedeliverWebhook(webhook_pb2.RedeliverWebhookRequest(delivery_id=delivery.id))
+        )
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert endpoint_id in (error.details() or "")
+        unchanged = await hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id=delivery.id))
+        assert unchanged == delivery
+        missing = await failing(
+            hooks.RedeliverWebhook(webhook_pb2.RedeliverWebhookRequest(delivery_id="whd_nope"))
+        )
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+        missing = await failing(
+            hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id="whd_nope"))
+        )
+        assert missing.code() == grpc.StatusCode.NOT_FOUND

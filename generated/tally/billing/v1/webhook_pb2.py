@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/billing/v1/webhook.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\"\xc4\x01\n\x0fWebhookEndpoint\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x15\n\x07\x65nabled\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06secret\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"u\n\x1c\x43reateWebhookEndpointRequest\x12\x41\n\x10webhook_endpoint\x18\x01 \x01(\x0b\x32!.tally.billing.v1.WebhookEndpointB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"-\n\x19GetWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"D\n\x1bListWebhookEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x1cListWebhookEndpointsResponse\x12<\n\x11webhook_endpoints\x18\x01 \x03(\x0b\x32!.tally.billing.v1.WebhookEndpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x1d\x44isableWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"D\n\x1c\x45nableWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xe6\x06\n\x0eWebhookService\x12\xae\x01\n\x15\x43reateWebhookEndpoint\x12..tally.billing.v1.CreateWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"B\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02(\"\x14/v1/webhookEndpoints:\x10webhook_endpoint\x12\x9a\x01\n\x12GetWebhookEndpoint\x12+.tally.billing.v1.GetWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"4\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/webhookEndpoints/{id}\x12\xa6\x01\n\x14ListWebhookEndpoints\x12-.tally.billing.v1.ListWebhookEndpointsRequest\x1a..tally.billing.v1.ListWebhookEndpointsResponse\"/\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/webhookEndpoints\x12\xae\x01\n\x16\x44isableWebhookEndpoint\x12/.tally.billing.v1.DisableWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"@\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02&\"!/v1/webhookEndpoints/{id}:disable:\x01*\x12\xab\x01\n\x15\x45nableWebhookEndpoint\x12..tally.billing.v1.EnableWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"?\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02%\" /v1/webhookEndpoints/{id}:enable:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/billing/v1/webhook.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\"\xc4\x01\n\x0fWebhookEndpoint\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x15\n\x07\x65nabled\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06secret\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"u\n\x1c\x43reateWebhookEndpointRequest\x12\x41\n\x10webhook_endpoint\x18\x01 \x01(\x0b\x32!.tally.billing.v1.WebhookEndpointB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"-\n\x19GetWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"D\n\x1bListWebhookEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x1cListWebhookEndpointsResponse\x12<\n\x11webhook_endpoints\x18\x01 \x03(\x0b\x32!.tally.billing.v1.WebhookEndpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x1d\x44isableWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"D\n\x1c\x45nableWebhookEndpointRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xa3\x05\n\x0fWebhookDelivery\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ndpoint_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65vent_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nevent_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rresource_type\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bresource_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12>\n\x06status\x18\x07 \x01(\x0e\x32(.tally.billing.v1.WebhookDelivery.StatusB\x04\xe2\x41\x01\x03\x12\x1b\n\rattempt_count\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12;\n\x11next_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\'\n\x19last_response_status_code\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\nlast_error\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11last_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nevent_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"r\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\x12\x13\n\x0fSTATUS_RETRYING\x10\x04\"\x9a\x01\n\x1cListWebhookDeliveriesRequest\x12\x19\n\x0b\x65ndpoint_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x06status\x18\x02 \x01(\x0e\x32(.tally.billing.v1.WebhookDelivery.Status\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n\x1dListWebhookDeliveriesResponse\x12=\n\x12webhook_deliveries\x18\x01 \x03(\x0b\x32!.tally.billing.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x19GetWebhookDeliveryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"H\n\x17RedeliverWebhookRequest\x12\x19\n\x0b\x64\x65livery_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xfa\n\n\x0eWebhookService\x12\xae\x01\n\x15\x43reateWebhookEndpoint\x12..tally.billing.v1.CreateWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"B\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02(\"\x14/v1/webhookEndpoints:\x10webhook_endpoint\x12\x9a\x01\n\x12GetWebhookEndpoint\x12+.tally.billing.v1.GetWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"4\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/webhookEndpoints/{id}\x12\xa6\x01\n\x14ListWebhookEndpoints\x12-.tally.billing.v1.ListWebhookEndpointsRequest\x1a..tally.billing.v1.ListWebhookEndpointsResponse\"/\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/webhookEndpoints\x12\xae\x01\n\x16\x44isableWebhookEndpoint\x12/.tally.billing.v1.DisableWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"@\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02&\"!/v1/webhookEndpoints/{id}:disable:\x01*\x12\xab\x01\n\x15\x45nableWebhookEndpoint\x12..tally.billing.v1.EnableWebhookEndpointRequest\x1a!.tally.billing.v1.WebhookEndpoint\"?\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02%\" /v1/webhookEndpoints/{id}:enable:\x01*\x12\xc2\x01\n\x15ListWebhookDeliveries\x12..tally.billing.v1.ListWebhookDeliveriesRequest\x1a/.tally.billing.v1.ListWebhookDeliveriesResponse\"H\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02/\x12-/v1/webhookEndpoints/{endpoint_id}/deliveries\x12\x9b\x01\n\x12GetWebhookDelivery\x12+.tally.billing.v1.GetWebhookDeliveryRequest\x1a!.tally.billing.v1.WebhookDelivery\"5\x92\x82\x19\x0f\x12\rwebhooks:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/webhookDeliveries/{id}\x12\xae\x01\n\x10RedeliverWebhook\x12).tally.billing.v1.RedeliverWebhookRequest\x1a!.tally.billing.v1.WebhookDelivery\"L\x92\x82\x19\x10\x12\x0ewebhooks:write\x82\xd3\xe4\x93\x02\x32\"-/v1/webhookDeliveries/{delivery_id}:redeliver:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +53,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISABLEWEBHOOKENDPOINTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_ENABLEWEBHOOKENDPOINTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_ENABLEWEBHOOKENDPOINTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['id']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['endpoint_id']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['endpoint_id']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_id']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_id']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_type']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_type']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['resource_type']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['resource_type']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['resource_id']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['resource_id']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['status']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['attempt_count']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['attempt_count']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['next_attempt_time']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['next_attempt_time']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_response_status_code']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_response_status_code']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_error']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_error']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_attempt_time']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['last_attempt_time']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_time']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['event_time']._serialized_options = b'\342A\001\003'
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['create_time']._loaded_options = None
+  _globals['_WEBHOOKDELIVERY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['endpoint_id']._loaded_options = None
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['endpoint_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETWEBHOOKDELIVERYREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETWEBHOOKDELIVERYREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_REDELIVERWEBHOOKREQUEST'].fields_by_name['delivery_id']._loaded_options = None
+  _globals['_REDELIVERWEBHOOKREQUEST'].fields_by_name['delivery_id']._serialized_options = b'\342A\001\002'
   _globals['_WEBHOOKSERVICE'].methods_by_name['CreateWebhookEndpoint']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['CreateWebhookEndpoint']._serialized_options = b'\222\202\031\020\022\016webhooks:write\202\323\344\223\002(\"\024/v1/webhookEndpoints:\020webhook_endpoint'
   _globals['_WEBHOOKSERVICE'].methods_by_name['GetWebhookEndpoint']._loaded_options = None
@@ -63,6 +97,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKSERVICE'].methods_by_name['DisableWebhookEndpoint']._serialized_options = b'\222\202\031\020\022\016webhooks:write\202\323\344\223\002&\"!/v1/webhookEndpoints/{id}:disable:\001*'
   _globals['_WEBHOOKSERVICE'].methods_by_name['EnableWebhookEndpoint']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['EnableWebhookEndpoint']._serialized_options = b'\222\202\031\020\022\016webhooks:write\202\323\344\223\002%\" /v1/webhookEndpoints/{id}:enable:\001*'
+  _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhookDeliveries']._loaded_options = None
+  _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhookDeliveries']._serialized_options = b'\222\202\031\017\022\rwebhooks:read\202\323\344\223\002/\022-/v1/webhookEndpoints/{endpoint_id}/deliveries'
+  _globals['_WEBHOOKSERVICE'].methods_by_name['GetWebhookDelivery']._loaded_options = None
+  _globals['_WEBHOOKSERVICE'].methods_by_name['GetWebhookDelivery']._serialized_options = b'\222\202\031\017\022\rwebhooks:read\202\323\344\223\002\034\022\032/v1/webhookDeliveries/{id}'
+  _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhook']._loaded_options = None
+  _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhook']._serialized_options = b'\222\202\031\020\022\016webhooks:write\202\323\344\223\0022\"-/v1/webhookDeliveries/{delivery_id}:redeliver:\001*'
   _globals['_WEBHOOKENDPOINT']._serialized_start=180
   _globals['_WEBHOOKENDPOINT']._serialized_end=376
   _globals['_CREATEWEBHOOKENDPOINTREQUEST']._serialized_start=378
@@ -77,6 +117,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISABLEWEBHOOKENDPOINTREQUEST']._serialized_end=802
   _globals['_ENABLEWEBHOOKENDPOINTREQUEST']._serialized_start=804
   _globals['_ENABLEWEBHOOKENDPOINTREQUEST']._serialized_end=872
-  _globals['_WEBHOOKSERVICE']._serialized_start=875
-  _globals['_WEBHOOKSERVICE']._serialized_end=1745
+  _globals['_WEBHOOKDELIVERY']._serialized_start=875
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1550
+  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_start=1436
+  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_end=1550
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1553
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1707
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1709
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1828
+  _globals['_GETWEBHOOKDELIVERYREQUEST']._serialized_start=1830
+  _globals['_GETWEBHOOKDELIVERYREQUEST']._serialized_end=1875
+  _globals['_REDELIVERWEBHOOKREQUEST']._serialized_start=1877
+  _globals['_REDELIVERWEBHOOKREQUEST']._serialized_end=1949
+  _globals['_WEBHOOKSERVICE']._serialized_start=1952
+  _globals['_WEBHOOKSERVICE']._serialized_end=3354
 # @@protoc_insertion_point(module_scope)

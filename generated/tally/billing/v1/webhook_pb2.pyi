@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -230,3 +231,232 @@ class EnableWebhookEndpointRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnableWebhookEndpointRequest: _TypeAlias = EnableWebhookEndpointRequest  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event's delivery to one endpoint, and how its attempts went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookDelivery._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: WebhookDelivery._Status.ValueType  # 0
+        """Not used."""
+        STATUS_PENDING: WebhookDelivery._Status.ValueType  # 1
+        """Not attempted yet; due at `next_attempt_time`."""
+        STATUS_SUCCEEDED: WebhookDelivery._Status.ValueType  # 2
+        """The endpoint answered 2xx."""
+        STATUS_FAILED: WebhookDelivery._Status.ValueType  # 3
+        """Every attempt of the schedule failed; RedeliverWebhook sends it again."""
+        STATUS_RETRYING: WebhookDelivery._Status.ValueType  # 4
+        """Attempted and due again at `next_attempt_time`."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper):
+        """Where a delivery stands."""
+
+    STATUS_UNSPECIFIED: WebhookDelivery.Status.ValueType  # 0
+    """Not used."""
+    STATUS_PENDING: WebhookDelivery.Status.ValueType  # 1
+    """Not attempted yet; due at `next_attempt_time`."""
+    STATUS_SUCCEEDED: WebhookDelivery.Status.ValueType  # 2
+    """The endpoint answered 2xx."""
+    STATUS_FAILED: WebhookDelivery.Status.ValueType  # 3
+    """Every attempt of the schedule failed; RedeliverWebhook sends it again."""
+    STATUS_RETRYING: WebhookDelivery.Status.ValueType  # 4
+    """Attempted and due again at `next_attempt_time`."""
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_RESPONSE_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned identifier, for example `whd_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
+    endpoint_id: _builtins.str
+    """The endpoint it is sent to."""
+    event_id: _builtins.str
+    """The event's id: the `webhook-id` header receivers deduplicate by."""
+    event_type: _builtins.str
+    """The event's type, for example `invoice.paid`."""
+    resource_type: _builtins.str
+    """The type of the resource the event is about, for example `invoice`."""
+    resource_id: _builtins.str
+    """The id of the resource the event is about."""
+    status: Global___WebhookDelivery.Status.ValueType
+    """Where the delivery stands."""
+    attempt_count: _builtins.int
+    """Attempts made so far."""
+    last_response_status_code: _builtins.int
+    """The HTTP status of the last attempt's answer; 0 when there was none
+    (not attempted, refused target, connection error, timeout).
+    """
+    last_error: _builtins.str
+    """What went wrong in the last attempt, shortened, without the endpoint's
+    URL; empty when it succeeded or was not made.
+    """
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due; unset once it succeeded or failed."""
+
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last attempt was made; unset before the first."""
+
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the delivery was made from the event."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        endpoint_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        resource_type: _builtins.str = ...,
+        resource_id: _builtins.str = ...,
+        status: Global___WebhookDelivery.Status.ValueType = ...,
+        attempt_count: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        last_response_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_time", b"event_time", "last_attempt_time", b"last_attempt_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "create_time", b"create_time", "endpoint_id", b"endpoint_id", "event_id", b"event_id", "event_time", b"event_time", "event_type", b"event_type", "id", b"id", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_response_status_code", b"last_response_status_code", "next_attempt_time", b"next_attempt_time", "resource_id", b"resource_id", "resource_type", b"resource_type", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    """Request for ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    endpoint_id: _builtins.str
+    """The endpoint id."""
+    status: Global___WebhookDelivery.Status.ValueType
+    """Only deliveries of this status; unset: all."""
+    page_size: _builtins.int
+    """Maximum number of deliveries to return: 50 when unset or 0, at most 1000."""
+    page_token: _builtins.str
+    """`next_page_token` from the previous response, to fetch the next page."""
+    def __init__(
+        self,
+        *,
+        endpoint_id: _builtins.str = ...,
+        status: Global___WebhookDelivery.Status.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_id", b"endpoint_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    """Response for ListWebhookDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def webhook_deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """The deliveries on this page."""
+
+    def __init__(
+        self,
+        *,
+        webhook_deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "webhook_deliveries", b"webhook_deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class GetWebhookDeliveryRequest(_message.Message):
+    """Request for GetWebhookDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The delivery id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookDeliveryRequest: _TypeAlias = GetWebhookDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhookRequest(_message.Message):
+    """Request for RedeliverWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The delivery id."""
+    request_id: _builtins.str
+    """Idempotency key; see CreateTestClockRequest.request_id. A replay returns
+    the first answer and schedules nothing more.
+    """
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverWebhookRequest: _TypeAlias = RedeliverWebhookRequest  # noqa: Y015

@@ -63,6 +63,21 @@ class WebhookServiceStub:
                 request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.EnableWebhookEndpointRequest.SerializeToString,
                 response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookEndpoint.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/tally.billing.v1.WebhookService/ListWebhookDeliveries',
+                request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookDelivery = channel.unary_unary(
+                '/tally.billing.v1.WebhookService/GetWebhookDelivery',
+                request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
+                _registered_method=True)
+        self.RedeliverWebhook = channel.unary_unary(
+                '/tally.billing.v1.WebhookService/RedeliverWebhook',
+                request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.RedeliverWebhookRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -108,6 +123,30 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveries(self, request, context):
+        """Lists an endpoint's deliveries, oldest first, optionally of one status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookDelivery(self, request, context):
+        """Returns one delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverWebhook(self, request, context):
+        """Sends a delivery again: it becomes due now, whatever its status (a
+        failed one, its schedule spent, gets one fresh attempt). The delivery
+        job sends it; this call only reschedules. A delivery of a disabled
+        endpoint is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +174,21 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.EnableWebhookEndpoint,
                     request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.EnableWebhookEndpointRequest.FromString,
                     response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookEndpoint.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'GetWebhookDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookDelivery,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.SerializeToString,
+            ),
+            'RedeliverWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverWebhook,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.RedeliverWebhookRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +330,87 @@ class WebhookService:
             '/tally.billing.v1.WebhookService/EnableWebhookEndpoint',
             tally_dot_billing_dot_v1_dot_webhook__pb2.EnableWebhookEndpointRequest.SerializeToString,
             tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookEndpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.WebhookService/ListWebhookDeliveries',
+            tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.WebhookService/GetWebhookDelivery',
+            tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.WebhookService/RedeliverWebhook',
+            tally_dot_billing_dot_v1_dot_webhook__pb2.RedeliverWebhookRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
             options,
             channel_credentials,
             insecure,

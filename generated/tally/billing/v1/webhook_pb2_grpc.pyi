@@ -49,6 +49,16 @@ class WebhookServiceStub:
     """Stops sending to the endpoint; its pending deliveries wait."""
     EnableWebhookEndpoint: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.EnableWebhookEndpointRequest, _webhook_pb2.WebhookEndpoint]
     """Sends to the endpoint again, events since it was disabled included."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveriesRequest, _webhook_pb2.ListWebhookDeliveriesResponse]
+    """Lists an endpoint's deliveries, oldest first, optionally of one status."""
+    GetWebhookDelivery: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.GetWebhookDeliveryRequest, _webhook_pb2.WebhookDelivery]
+    """Returns one delivery."""
+    RedeliverWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.RedeliverWebhookRequest, _webhook_pb2.WebhookDelivery]
+    """Sends a delivery again: it becomes due now, whatever its status (a
+    failed one, its schedule spent, gets one fresh attempt). The delivery
+    job sends it; this call only reschedules. A delivery of a disabled
+    endpoint is refused (FAILED_PRECONDITION).
+    """
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -71,6 +81,16 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Stops sending to the endpoint; its pending deliveries wait."""
     EnableWebhookEndpoint: _aio.UnaryUnaryMultiCallable[_webhook_pb2.EnableWebhookEndpointRequest, _webhook_pb2.WebhookEndpoint]  # type: ignore[assignment]
     """Sends to the endpoint again, events since it was disabled included."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveriesRequest, _webhook_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """Lists an endpoint's deliveries, oldest first, optionally of one status."""
+    GetWebhookDelivery: _aio.UnaryUnaryMultiCallable[_webhook_pb2.GetWebhookDeliveryRequest, _webhook_pb2.WebhookDelivery]  # type: ignore[assignment]
+    """Returns one delivery."""
+    RedeliverWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.RedeliverWebhookRequest, _webhook_pb2.WebhookDelivery]  # type: ignore[assignment]
+    """Sends a delivery again: it becomes due now, whatever its status (a
+    failed one, its schedule spent, gets one fresh attempt). The delivery
+    job sends it; this call only reschedules. A delivery of a disabled
+    endpoint is refused (FAILED_PRECONDITION).
+    """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages webhook endpoints: URLs that receive billing events as signed
@@ -120,5 +140,33 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_pb2.WebhookEndpoint, _abc.Awaitable[_webhook_pb2.WebhookEndpoint]]:
         """Sends to the endpoint again, events since it was disabled included."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _webhook_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_webhook_pb2.ListWebhookDeliveriesResponse]]:
+        """Lists an endpoint's deliveries, oldest first, optionally of one status."""
+
+    @_abc_1.abstractmethod
+    def GetWebhookDelivery(
+        self,
+        request: _webhook_pb2.GetWebhookDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.WebhookDelivery, _abc.Awaitable[_webhook_pb2.WebhookDelivery]]:
+        """Returns one delivery."""
+
+    @_abc_1.abstractmethod
+    def RedeliverWebhook(
+        self,
+        request: _webhook_pb2.RedeliverWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.WebhookDelivery, _abc.Awaitable[_webhook_pb2.WebhookDelivery]]:
+        """Sends a delivery again: it becomes due now, whatever its status (a
+        failed one, its schedule spent, gets one fresh attempt). The delivery
+        job sends it; this call only reschedules. A delivery of a disabled
+        endpoint is refused (FAILED_PRECONDITION).
+        """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
