@@ -22,6 +22,9 @@ from google.protobuf.message_factory import GetMessageClass
 
 from app.server import App
 from billing_svc.module import MODULE
+from billing_svc.webhooks import domain as webhooks
+from billing_svc.webhooks.tables import WebhookDeliveryRow
+from core import db, ids
 from core.principal import Role
 from gateway.routes import Route, routes_of
 from interceptors.policy import MethodPolicy, PolicyTable
@@ -62,6 +65,7 @@ class Seed:
     sub_b: str
     clock: str
     webhook: str
+    delivery: str  # to a disabled endpoint: a redelivery is refused, and nothing is sent
     invoice_a: str
     invoice_b: str
     line_a: str
@@ -150,6 +154,9 @@ CASES: dict[str, Case] = {
     HOOK + "ListWebhookEndpoints": lambda s: {},
     HOOK + "DisableWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "EnableWebhookEndpoint": lambda s: {"id": s.webhook},
+    HOOK + "ListWebhookDeliveries": lambda s: {"endpointId": s.webhook, "status": "STATUS_FAILED"},
+    HOOK + "GetWebhookDelivery": lambda s: {"id": s.delivery},
+    HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -281,6 +288,7 @@ async def seed(app: App) -> Seed:
                 webhook_endpoint=webhook_pb2.WebhookEndpoint(url="https://93.184.216.34/hook")
             )
         )
+        delivery = await _delivery_of_a_disabled_endpoint(app, webhook_pb2_grpc.WebhookServiceStub(channel))
         invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
         inv_a, inv_b = [
             await invoices.CreateInvoice(
@@ -299,10 +307,45 @@ async def seed(app: App) -> Seed:
         sub_b.id,
         clock.id,
         hook.id,
+        delivery,
         inv_a.id,
         inv_b.id,
         inv_a.lines[0].id,
     )
+
+
+async def _delivery_of_a_disabled_endpoint(app: App, hooks: webhook_pb2_grpc.WebhookServiceStub) -> str:
+    """A failed delivery, written as the delivery job would have left it, to a disabled endpoint."""
+    endpoint = await hooks.CreateWebhookEndpoint(
+        webhook_pb2.CreateWebhookEndpointRequest(
+            webhook_endpoint=webhook_pb2.WebhookEndpoint(
+                url="https://93.184.216.34/off", event_types=["none"]
+            )
+        )
+    )
+    await hooks.DisableWebhookEndpoint(webhook_pb2.DisableWebhookEndpointRequest(id=endpoint.id))
+    now = app.components.clock.now()
+    delivery_id = ids.new_id(webhooks.DELIVERY_PREFIX)
+    async with db.UnitOfWork(app.components.platform.writers) as uow:
+        uow.session.add(
+            WebhookDeliveryRow(
+                id=delivery_id,
+                endpoint_id=endpoint.id,
+                event_position=0,
+                event_id="evt_seed",
+                event_type="invoice.created",
+                resource_type="invoice",
+                resource_id="in_seed",
+                payload={},
+                event_time=now,
+                status=webhooks.FAILED,
+                attempt_count=12,
+                create_time=now,
+                due_time=None,
+            )
+        )
+        await uow.commit()
+    return delivery_id
 
 
 def test_every_billing_method_has_a_case() -> None:
