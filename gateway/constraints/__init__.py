@@ -23,6 +23,7 @@ from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
 from gateway.constraints.invoices import INVOICE_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
+from gateway.constraints.webhooks import WEBHOOK_FIELDS
 from gateway.schemas import JSON, Rules
 
 __all__ = ["EMAIL_PATTERN", "RULES", "digits_up_to", "id_pattern", "with_known_scopes"]
@@ -38,7 +39,14 @@ _SHARED_NAMES: dict[str, JSON] = {
 }
 
 RULES = Rules(
-    fields={**ACCOUNT_FIELDS, **CATALOG_FIELDS, **BILLING_FIELDS, **USAGE_FIELDS, **INVOICE_FIELDS},
+    fields={
+        **ACCOUNT_FIELDS,
+        **CATALOG_FIELDS,
+        **BILLING_FIELDS,
+        **USAGE_FIELDS,
+        **INVOICE_FIELDS,
+        **WEBHOOK_FIELDS,
+    },
     names=_SHARED_NAMES,
     messages={**ACCOUNT_MESSAGES, **CATALOG_MESSAGES, **BILLING_MESSAGES},
 )
