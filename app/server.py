@@ -500,6 +500,7 @@ def _webhooks(components: Components, metrics: Metrics) -> WebhookDeliverer | No
         interval_seconds=settings.webhook_delivery_interval_seconds,
         allow_private_targets=settings.webhook_allow_private_targets,
         on_outcome=metrics.webhook_delivered,
+        on_backlog=metrics.webhook_backlog,
     )
 
 

@@ -19,6 +19,8 @@ Metric names (the text exposition adds _total, _bucket, _sum and _count):
     tally_usage_events_total{outcome}          usage events answered: stored, replay, failed
     tally_webhook_deliveries_total{outcome}    webhook attempts recorded: succeeded, retried (due
                                                again), failed (the retry schedule spent)
+    tally_webhook_deliveries_due               webhook deliveries due (in flight included) at the
+                                               start of the last delivery pass
     tally_ready                                1 while this process takes traffic (started, not
                                                draining, database answering), else 0
 
@@ -128,6 +130,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_due_gauge = Gauge(
+            "tally_webhook_deliveries_due",
+            "Webhook deliveries due (in flight included) at the start of the last delivery pass.",
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
@@ -161,6 +168,9 @@ class Metrics:
     def webhook_delivered(self, outcome: str) -> None:
         """`outcome`: "succeeded", "retried" or "failed" (billing_svc.webhooks.delivery)."""
         self.webhook_deliveries.labels(outcome).inc()
+
+    def webhook_backlog(self, due: int) -> None:
+        self.webhook_due_gauge.set(due)
 
     def rate_limited(self, group: str) -> None:
         self.rate_limited_total.labels(group).inc()

@@ -53,6 +53,7 @@ class WebhookDeliverer:
         batch: int = 100,
         allow_private_targets: bool = False,
         on_outcome: Callable[[str], None] = lambda outcome: None,
+        on_backlog: Callable[[int], None] | None = None,
     ):
         self._sessions = sessions
         self._clock = clock
@@ -62,6 +63,7 @@ class WebhookDeliverer:
         self._batch = batch
         self._allow_private = allow_private_targets
         self._on_outcome = on_outcome  # metrics, once per attempt recorded: "succeeded", "retried", "failed"
+        self._on_backlog = on_backlog  # metrics: deliveries due at the start of each pass
         self.worker = new_worker_id("webhooks")
 
     async def fan_out(self) -> int:
@@ -74,6 +76,8 @@ class WebhookDeliverer:
         """Fan out, then one round of sends; how many deliveries were delivered."""
         await self.fan_out()
         async with UnitOfWork(self._sessions) as uow:
+            if self._on_backlog is not None:
+                self._on_backlog(await SqlWebhookRepository(uow.session).due_count(self._clock.now()))
             claimed = await QUEUE.claim(
                 uow.session, self.worker, now=self._clock.now(), lease=LEASE, limit=self._batch
             )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, insert, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -171,6 +171,12 @@ class SqlWebhookRepository:
             .where(WebhookDeliveryRow.id == delivery_id)
             .values(status=domain.PENDING, due_time=due, claimed_by=None, lease_until=None)
         )
+
+    async def due_count(self, now: datetime) -> int:
+        """Deliveries due by `now`, in flight included (one range of the due_time index)."""
+        row = WebhookDeliveryRow
+        statement = select(func.count()).select_from(row).where(row.due_time <= now)
+        return int((await self._session.execute(statement)).scalar_one())
 
     async def _views(self, rows: Sequence[WebhookDeliveryRow]) -> list[Delivery]:
         """The deliveries with their last attempts: two statements for any number of rows."""

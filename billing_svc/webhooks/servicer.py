@@ -18,8 +18,6 @@ _SERVICE = webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
 
 
 def endpoint_to_proto(endpoint: Endpoint, secret: str = "") -> webhook_pb2.WebhookEndpoint:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(endpoint.create_time)
     return webhook_pb2.WebhookEndpoint(
         id=endpoint.id,
         url=endpoint.url,
@@ -27,7 +25,7 @@ def endpoint_to_proto(endpoint: Endpoint, secret: str = "") -> webhook_pb2.Webho
         description=endpoint.description,
         enabled=endpoint.enabled,
         secret=secret,
-        create_time=created,
+        create_time=_timestamp(endpoint.create_time),
     )
 
 

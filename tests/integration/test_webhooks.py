@@ -219,6 +219,12 @@ async def test_tally_serve_runs_the_delivery_job(settings: Settings, receiver: R
             return len(receiver.got) == 1
 
         await eventually(arrived, within=10, what="the served job delivers the event")
+        # The served job reports to the app's metrics (the outcome is counted after its record).
+
+        async def counted() -> bool:
+            return outcomes(app)["succeeded"] == 1.0
+
+        await eventually(counted, within=10, what="the served job counts its outcome")
     assert receiver.got[0][1]["data"] == {"amount_minor": 1250}
 
 
@@ -253,6 +259,7 @@ def served_deliverer(app: App, clock: FrozenClock) -> WebhookDeliverer:
         platform.server_key.sealer(SEALING_PURPOSE),
         allow_private_targets=True,
         on_outcome=app.metrics.webhook_delivered,
+        on_backlog=app.metrics.webhook_backlog,
     )
 
 
@@ -299,6 +306,9 @@ async def test_deliveries_are_listed_by_page_and_status(settings: Settings, rece
         )
         receiver.fail_first = 1  # the first POST fails: one delivery retries, two succeed
         assert await work.run_pass() == 2
+        assert app.metrics.registry.get_sample_value("tally_webhook_deliveries_due") == 3.0
+        assert await work.run_pass() == 0  # the retry is due in 5 s, on a clock that stands still
+        assert app.metrics.registry.get_sample_value("tally_webhook_deliveries_due") == 0.0
         seen: list[webhook_pb2.WebhookDelivery] = []
         token = ""
         while True:
