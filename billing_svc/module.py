@@ -37,6 +37,8 @@ from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
     CreditBalanceRow,
+    CreditNoteLineRow,
+    CreditNoteRow,
     InvoiceLineRow,
     InvoiceNumberSequenceRow,
     InvoiceRow,
@@ -261,6 +263,8 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         InvoiceNumberSequenceRow,
         CreditBalanceRow,
         CreditBalanceEntryRow,
+        CreditNoteRow,
+        CreditNoteLineRow,
         WebhookEndpointRow,
         WebhookDeliveryRow,
         WebhookAttemptRow,

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_svc.clocks.account_time import AccountClocks
+from billing_svc.invoices.credit_notes import CreditNote
 from billing_svc.invoices.domain import Invoice, InvoiceStatus
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
@@ -64,12 +65,27 @@ class CreditBalances(Protocol):
         ...
 
 
+class CreditNoteRepository(Protocol):
+    async def add(self, note: CreditNote) -> None: ...
+
+    async def get(self, credit_note_id: str) -> CreditNote | None: ...
+
+    async def list_notes(
+        self, *, account_id: str, invoice_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[CreditNote]:
+        """Newest first; an empty account_id or invoice_id does not filter."""
+        ...
+
+
 class InvoicesUnitOfWork(Protocol):
     @property
     def invoices(self) -> InvoiceRepository: ...
 
     @property
     def balances(self) -> CreditBalances: ...
+
+    @property
+    def credit_notes(self) -> CreditNoteRepository: ...
 
     @property
     def accounts(self) -> AccountDirectory: ...

@@ -14,6 +14,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from billing_svc.invoices import domain, render
+from billing_svc.invoices.credit_notes import CreditNote
 from billing_svc.invoices.domain import Action, Invoice, InvoiceReason, InvoiceStatus
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import InvoicesUnitOfWork
@@ -27,6 +28,7 @@ from core.principal import Caller
 from core.text import excerpt
 
 INVOICE_CODEC = Codec(Invoice.to_dict, Invoice.from_dict)
+CREDIT_NOTE_CODEC = Codec(CreditNote.to_dict, CreditNote.from_dict)
 _AUDITED = ("status", "number", "total_minor", "credits_applied_minor", "amount_paid_minor", "line_count")
 
 
@@ -39,9 +41,12 @@ class InvoiceDeps:
     number_prefix: str = "INV"
     days_until_due: int = 0
     runner: IdempotentRunner[InvoicesUnitOfWork, Invoice] = field(init=False, repr=False)
+    credit_note_runner: IdempotentRunner[InvoicesUnitOfWork, CreditNote] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runner", IdempotentRunner(self.new_uow, self.clock, codec=INVOICE_CODEC))
+        runner = IdempotentRunner(self.new_uow, self.clock, codec=CREDIT_NOTE_CODEC)
+        object.__setattr__(self, "credit_note_runner", runner)
 
 
 @dataclass(frozen=True)
