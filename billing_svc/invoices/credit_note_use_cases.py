@@ -16,7 +16,7 @@ from billing_svc.invoices.ports import InvoicesUnitOfWork
 from billing_svc.invoices.use_cases import InvoiceDeps, account_not_found, load, record_change, require_id
 from core import ids
 from core.audit import changes_between
-from core.errors import InvalidArgument, Violations
+from core.errors import Violations
 from core.principal import Caller
 
 
@@ -163,10 +163,8 @@ async def list_credit_notes(
     size: int = 0,
     page_token: str = "",
 ) -> CreditNotePage:
-    if not invoice_id and not account_id:
-        if caller.customer_account is None:
-            raise InvalidArgument.field("invoice_id", "is required when account_id is not given")
-        account_id = caller.customer_account or ""
+    if not invoice_id and not account_id and caller.customer_account is not None:
+        account_id = caller.customer_account  # a customer's listing is its own account's
     if account_id and caller.customer_account not in (None, account_id):
         raise account_not_found(account_id)
     scope = {"invoice_id": invoice_id, "account_id": account_id}
@@ -176,7 +174,9 @@ async def list_credit_notes(
             invoice = await load(uow, caller, invoice_id, for_update=False)
             if account_id and invoice.account_id != account_id:
                 raise domain.invoice_not_found(invoice_id, "invoice_id")
-        elif len(account_id) > ids.MAX_LENGTH or await uow.accounts.terms(account_id) is None:
+        elif account_id and (
+            len(account_id) > ids.MAX_LENGTH or await uow.accounts.terms(account_id) is None
+        ):
             raise account_not_found(account_id)
         rows = await uow.credit_notes.list_notes(
             account_id=account_id, invoice_id=invoice_id, after=page.after, limit=page.fetch_limit

@@ -1108,9 +1108,9 @@ Global___GetCreditNoteRequest: _TypeAlias = GetCreditNoteRequest  # noqa: Y015
 
 @_typing.final
 class ListCreditNotesRequest(_message.Message):
-    """Request for ListCreditNotes. At least one of `invoice_id` and `account_id`
-    (a customer's own account when neither is given); with both, the invoice's
-    credit notes if it is the account's.
+    """Request for ListCreditNotes. With neither `invoice_id` nor `account_id`,
+    every credit note (a customer's: its own account's); with both, the
+    invoice's credit notes if it is the account's (NOT_FOUND otherwise).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

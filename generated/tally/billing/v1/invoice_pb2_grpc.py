@@ -256,7 +256,7 @@ class InvoiceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCreditNotes(self, request, context):
-        """Lists the credit notes of an invoice or of an account, newest first.
+        """Lists credit notes, newest first: an invoice's, an account's, or all.
         Customers see only their own account's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -111,7 +111,7 @@ class InvoiceServiceStub:
     GetCreditNote: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.GetCreditNoteRequest, _invoice_pb2.CreditNote]
     """Returns one credit note. Customers see only their own account's."""
     ListCreditNotes: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.ListCreditNotesRequest, _invoice_pb2.ListCreditNotesResponse]
-    """Lists the credit notes of an invoice or of an account, newest first.
+    """Lists credit notes, newest first: an invoice's, an account's, or all.
     Customers see only their own account's.
     """
 
@@ -197,7 +197,7 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     GetCreditNote: _aio.UnaryUnaryMultiCallable[_invoice_pb2.GetCreditNoteRequest, _invoice_pb2.CreditNote]  # type: ignore[assignment]
     """Returns one credit note. Customers see only their own account's."""
     ListCreditNotes: _aio.UnaryUnaryMultiCallable[_invoice_pb2.ListCreditNotesRequest, _invoice_pb2.ListCreditNotesResponse]  # type: ignore[assignment]
-    """Lists the credit notes of an invoice or of an account, newest first.
+    """Lists credit notes, newest first: an invoice's, an account's, or all.
     Customers see only their own account's.
     """
 
@@ -358,7 +358,7 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _invoice_pb2.ListCreditNotesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_invoice_pb2.ListCreditNotesResponse, _abc.Awaitable[_invoice_pb2.ListCreditNotesResponse]]:
-        """Lists the credit notes of an invoice or of an account, newest first.
+        """Lists credit notes, newest first: an invoice's, an account's, or all.
         Customers see only their own account's.
         """
 
