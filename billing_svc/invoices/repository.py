@@ -182,15 +182,19 @@ class SqlInvoiceRepository:
         return [_invoice(row, lines[row.id]) for row in rows]
 
     async def take_pending_items(
-        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+        self,
+        account_id: str,
+        invoice_id: str,
+        *,
+        before: datetime,
+        limit: int,
+        subscription_id: str | None = None,
     ) -> list[PendingItem]:
         items = PendingInvoiceItemRow
-        chosen = (
-            select(items.id)
-            .where(items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before)
-            .order_by(items.create_time, items.id)
-            .limit(limit)
-        )
+        wanted = [items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before]
+        if subscription_id is not None:
+            wanted.append(items.subscription_id == subscription_id)
+        chosen = select(items.id).where(*wanted).order_by(items.create_time, items.id).limit(limit)
         # The UPDATE re-checks `invoice_id IS NULL` on each row it locks, so an item a concurrent
         # invoice took first is skipped rather than taken twice.
         statement = (
@@ -203,6 +207,10 @@ class SqlInvoiceRepository:
         return sorted(
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
         )
+
+    async def cycle_invoice_exists(self, cycle_key: str) -> bool:
+        found = await self._session.scalar(select(InvoiceRow.id).where(InvoiceRow.cycle_key == cycle_key))
+        return found is not None
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
         if not item_ids:
