@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from app.server import App
 from billing_svc.invoices.tables import InvoiceRow
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow
-from billing_svc.worker import BillingWorker
+from billing_svc.worker import LEASE, QUEUE, BillingWorker, PassReport
 from core.clock import FrozenClock
 from core.settings import RateLimit, Settings
 from tally.subscription.v1 import subscription_pb2 as spb
@@ -119,3 +119,36 @@ async def test_tally_serve_runs_the_worker_and_counts_its_work(settings: Setting
         assert [tuple(row) for row in rows] == [(subscription_id, "open")]
         renewals = app.metrics.registry.get_sample_value("tally_billing_work_total", {"kind": "renewal"})
         assert renewals == 1
+
+
+async def test_a_worker_that_lost_its_lease_rolls_its_work_back(settings: Settings) -> None:
+    """A worker claims, stalls past its lease (a long GC pause, a partition), and another takes the
+    subscription over: the stalled one's work, when it resumes, finds the claim gone and is undone,
+    so the period is invoiced once."""
+    clock = FrozenClock(START)
+    async with serving(settings, clock) as app:
+        async with channel_as(app, mint(app)) as channel:
+            [subscription_id] = await _subscribe_many(channel, 1)
+        clock.advance(datetime(2027, 4, 1, 1, tzinfo=UTC) - START)
+        stalled, other = _worker(app, clock, "stalled"), _worker(app, clock, "other")
+        async with stalled._new_uow() as uow:
+            [row] = await QUEUE.claim(uow.session, stalled.worker, now=clock.now(), lease=LEASE, limit=10)
+            await uow.commit()
+        assert (await other.run_until_idle()).claimed == 0  # the claim holds while its lease lasts
+
+        clock.advance(LEASE + timedelta(seconds=1))
+        async with other._new_uow() as uow:  # the lease ran out: the other worker claims it
+            [taken] = await QUEUE.claim(uow.session, other.worker, now=clock.now(), lease=LEASE, limit=10)
+            await uow.commit()
+        late = PassReport()
+        await stalled._run_one(QUEUE.key_of(row), subscription_id, late)
+        assert (late.lost, late.work) == (1, {})  # it ran the renewal, then found the claim gone
+        async with app.components.platform.readers() as session:
+            assert (await session.execute(select(InvoiceRow.id))).all() == []  # and rolled it back
+        done = PassReport()
+        await other._run_one(QUEUE.key_of(taken), subscription_id, done)
+        assert (done.lost, done.work) == (0, {"renewal": 1})
+
+        async with app.components.platform.readers() as session:
+            invoices = (await session.execute(select(InvoiceRow.subscription_id))).scalars().all()
+        assert invoices == [subscription_id]
