@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pgdb
 from sqlalchemy import func, select
 
@@ -87,8 +87,8 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
             database_url=database.sqlalchemy_url,
             migrate_on_start=True,
             data_dir=Path(data_dir),
-            secret_key="bench-page-token-secret-0123456789",  # type: ignore[arg-type]
-            jwt_hs256_secret="bench-jwt-hs256-secret-0123456789abcdef",  # type: ignore[arg-type]
+            secret_key=secrets.token_hex(16),  # type: ignore[arg-type]
+            jwt_hs256_secret=secrets.token_hex(32),  # type: ignore[arg-type]
             grpc_addr="127.0.0.1:0",
             http_addr="127.0.0.1:0",
             billing_worker=False,
@@ -128,8 +128,9 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
             await app.stop(grace=0)
     ok = due == renewed == invoices == subscriptions == count and failed == 0 and last == f"INV-{count:06d}"
     print(
-        f"    {count:>6} subscriptions, {workers} workers: {seconds:6.1f} s, {renewed / seconds:7.1f} invoices/s, "
-        f"{seconds / count * 1000:5.2f} s per 1,000; every invoice once, numbers gapless: {'yes' if ok else 'NO'}",
+        f"    {count:>6} subscriptions, {workers} workers: {seconds:6.1f} s, "
+        f"{renewed / seconds:7.1f} invoices/s, {seconds / count * 1000:5.2f} s per 1,000; "
+        f"every invoice once, numbers gapless: {'yes' if ok else 'NO'}",
         flush=True,
     )
     if not ok:
