@@ -223,15 +223,13 @@ class SqlInvoiceRepository:
         )
 
     async def next_number(self, prefix: str) -> int:
+        # One upsert: the first number of a new prefix is 1 (the row is made holding 2), every later
+        # one the stored next value, which the same statement moves on under the row's lock.
         sequence = InvoiceNumberSequenceRow
-        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=1)
-        await self._session.execute(start.on_conflict_do_nothing(index_elements=["prefix"]))
-        taken = (
-            update(sequence)
-            .where(sequence.prefix == prefix)
-            .values(next_value=sequence.next_value + 1)
-            .returning(sequence.next_value - 1)
-        )
+        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=2)
+        taken = start.on_conflict_do_update(
+            index_elements=["prefix"], set_={"next_value": sequence.next_value + 1}
+        ).returning(sequence.next_value - 1)
         return int((await self._session.execute(taken)).scalar_one())
 
 
