@@ -34,13 +34,22 @@ class InvoiceRepository(Protocol):
     ) -> list[Invoice]: ...
 
     async def take_pending_items(
-        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+        self,
+        account_id: str,
+        invoice_id: str,
+        *,
+        before: datetime,
+        limit: int,
+        subscription_id: str | None = None,
     ) -> list[PendingItem]:
-        """The account's pending items that start before `before` and are on no invoice, now marked
-        as on `invoice_id`, oldest first. An item a concurrent invoice took is not returned."""
+        """The account's pending items (of one subscription, if given) that start before `before` and
+        are on no invoice, now marked as on `invoice_id`, oldest first. An item a concurrent invoice
+        took is not returned."""
         ...
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
+
+    async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 
     async def next_number(self, prefix: str) -> int:
         """The sequence's next number, taken under its row lock until the transaction ends."""

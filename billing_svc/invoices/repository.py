@@ -189,15 +189,19 @@ class SqlInvoiceRepository:
         return [_invoice(row, lines[row.id]) for row in rows]
 
     async def take_pending_items(
-        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+        self,
+        account_id: str,
+        invoice_id: str,
+        *,
+        before: datetime,
+        limit: int,
+        subscription_id: str | None = None,
     ) -> list[PendingItem]:
         items = PendingInvoiceItemRow
-        chosen = (
-            select(items.id)
-            .where(items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before)
-            .order_by(items.create_time, items.id)
-            .limit(limit)
-        )
+        wanted = [items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before]
+        if subscription_id is not None:
+            wanted.append(items.subscription_id == subscription_id)
+        chosen = select(items.id).where(*wanted).order_by(items.create_time, items.id).limit(limit)
         # The UPDATE re-checks `invoice_id IS NULL` on each row it locks, so an item a concurrent
         # invoice took first is skipped rather than taken twice.
         statement = (
@@ -211,6 +215,10 @@ class SqlInvoiceRepository:
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
         )
 
+    async def cycle_invoice_exists(self, cycle_key: str) -> bool:
+        found = await self._session.scalar(select(InvoiceRow.id).where(InvoiceRow.cycle_key == cycle_key))
+        return found is not None
+
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
         if not item_ids:
             return
@@ -222,15 +230,13 @@ class SqlInvoiceRepository:
         )
 
     async def next_number(self, prefix: str) -> int:
+        # One upsert: the first number of a new prefix is 1 (the row is made holding 2), every later
+        # one the stored next value, which the same statement moves on under the row's lock.
         sequence = InvoiceNumberSequenceRow
-        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=1)
-        await self._session.execute(start.on_conflict_do_nothing(index_elements=["prefix"]))
-        taken = (
-            update(sequence)
-            .where(sequence.prefix == prefix)
-            .values(next_value=sequence.next_value + 1)
-            .returning(sequence.next_value - 1)
-        )
+        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=2)
+        taken = start.on_conflict_do_update(
+            index_elements=["prefix"], set_={"next_value": sequence.next_value + 1}
+        ).returning(sequence.next_value - 1)
         return int((await self._session.execute(taken)).scalar_one())
 
 
