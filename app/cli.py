@@ -33,6 +33,7 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
     "migrate": _COMMON,
     "user": _COMMON,
     "token": (*_COMMON, "environment", "jwt_keys_dir", "jwt_signing_kid", "jwt_issuer", "jwt_audience"),
+    "worker": (*_COMMON, "billing_worker_interval_seconds"),
     "gateway": (
         "http_addr",
         "log_level",
@@ -118,6 +119,16 @@ def parser() -> argparse.ArgumentParser:
         "--subject", default="", help="who the token is for, recorded in audit logs as cli:<subject>"
     )
     setting_flags(token, _SETTING_FLAGS["token"])
+    worker = _subcommand(
+        commands,
+        "worker",
+        help="run the billing worker alone (tally serve runs it too)",
+        description="Renew due subscriptions and issue, number and finalize their invoices, sharing the "
+        "work with every other worker and server on the database. Runs until stopped; --once runs what is "
+        "due now and exits.",
+    )
+    worker.add_argument("--once", action="store_true", help="run what is due now, then exit")
+    setting_flags(worker, _SETTING_FLAGS["worker"])
     _protos_parser(commands)
     _sandbox_gateway_parser(commands)
     return root
@@ -181,6 +192,59 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
             uvloop.run(main)
             return
     asyncio.run(main)
+
+
+async def _worker(settings: Settings, once: bool) -> None:
+    from app.server import billing_worker, build_components
+
+    components = await build_components(settings)
+    try:
+        worker = billing_worker(components)
+        if worker is None:
+            raise UsageError("the billing module is not part of this build")
+        if not once:
+            log.info(
+                "billing worker %s started (a pass every %g s)",
+                worker.worker,
+                settings.billing_worker_interval_seconds,
+            )
+            await worker.run()
+            return
+        due = await worker.due_count()
+        progress = Progress(sys.stderr, due, what="subscriptions")
+        total = await worker.run_until_idle(progress=lambda report: progress.update(report.claimed))
+        progress.done()
+        log.info("billing worker --once: %s", total.summary())
+        if total.failed:
+            raise UsageError(f"{total.failed} subscriptions failed; see the log above") from None
+    finally:
+        await components.close()
+
+
+class Progress:
+    """A progress bar on a terminal (carriage returns); nothing on a pipe, where the log says enough."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any, total: int, *, what: str):
+        self._stream = stream
+        self._total = total
+        self._what = what
+        self._shown = stream.isatty()
+
+    def update(self, count: int) -> None:
+        if not self._shown:
+            return
+        whole = max(self._total, count, 1)
+        filled = self.WIDTH * count // whole
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self._stream.write(f"\r[{bar}] {count}/{whole} {self._what}")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._shown:
+            self._stream.write("\n")
+            self._stream.flush()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -333,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(settings, serve(settings, ready_fd=extra["worker_ready_fd"]))
         elif command == "migrate":
             _run(settings, _migrate(settings))
+        elif command == "worker":
+            _run(settings, _worker(settings, extra["once"]))
         elif command == "user":
             password = _read_password(extra["password_stdin"])
             _run(settings, _create_user(settings, extra["email"], extra["role"], extra["account"], password))

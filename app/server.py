@@ -44,6 +44,7 @@ from app.reflection import enable_reflection
 from billing_svc.module import BillingServices
 from billing_svc.usage.upkeep import UsageUpkeep
 from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
+from billing_svc.worker import BillingWorker
 from core import db, telemetry
 from core.cache import NoCache, RedisReadCache
 from core.clock import Clock, SystemClock
@@ -267,6 +268,7 @@ class App:
     purger: ExpiredKeyPurger | None = None
     usage_upkeep: UsageUpkeep | None = None
     webhooks: WebhookDeliverer | None = None
+    billing_worker: BillingWorker | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -292,6 +294,8 @@ class App:
             self._jobs.append(asyncio.create_task(self.usage_upkeep.run(), name="usage-upkeep"))
         if self.webhooks is not None:
             self._jobs.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
+        if self.billing_worker is not None:
+            self._jobs.append(asyncio.create_task(self.billing_worker.run(), name="billing-worker"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -476,6 +480,7 @@ async def build(
         purger=purger,
         usage_upkeep=usage_upkeep,
         webhooks=_webhooks(components, metrics),
+        billing_worker=billing_worker(components, metrics) if components.settings.billing_worker else None,
     )
 
 
@@ -486,6 +491,20 @@ def _usage_upkeep(components: Components) -> UsageUpkeep | None:
     if not interval or not isinstance(billing, BillingServices):
         return None
     return UsageUpkeep(components.engine, billing.usage.new_uow, components.clock, interval)
+
+
+def billing_worker(components: Components, metrics: Metrics | None = None) -> BillingWorker | None:
+    """The billing worker on the wall clock, when the billing module is served."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices):
+        return None
+    return BillingWorker(
+        billing.new_billing_uow,
+        billing.billing_work,
+        components.clock,
+        interval_seconds=components.settings.billing_worker_interval_seconds,
+        on_work=metrics.billing_work_done if metrics is not None else lambda kind, count: None,
+    )
 
 
 def _webhooks(components: Components, metrics: Metrics) -> WebhookDeliverer | None:

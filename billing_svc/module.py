@@ -20,6 +20,7 @@ from typing import cast
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing_svc.billing_work import BillingWork, SqlBillingUnitOfWork
 from billing_svc.catalog.meter_servicer import MeterServicer
 from billing_svc.catalog.meter_use_cases import MeterDeps
 from billing_svc.catalog.plan_servicer import PlanServicer
@@ -37,6 +38,8 @@ from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
     CreditBalanceRow,
+    CreditNoteLineRow,
+    CreditNoteRow,
     InvoiceLineRow,
     InvoiceNumberSequenceRow,
     InvoiceRow,
@@ -46,7 +49,6 @@ from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from billing_svc.subscriptions.use_cases import SubscriptionDeps
-from billing_svc.subscriptions.work import run_due_work
 from billing_svc.usage.coalescer import Coalescer
 from billing_svc.usage.read_unit_of_work import SqlUsageReadUnitOfWork
 from billing_svc.usage.read_use_cases import UsageReadDeps
@@ -91,9 +93,23 @@ class BillingServices:
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
     webhooks: WebhookDeps
+    new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
+    billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
 
 
-def _test_clocks(platform: Platform) -> TestClockDeps:
+def _billing_uow(
+    platform: Platform, sessions: async_sessionmaker[AsyncSession]
+) -> Callable[[], SqlBillingUnitOfWork]:
+    # Records are stamped with the wall clock; an account's test clock is read inside the transaction.
+    return lambda: SqlBillingUnitOfWork(
+        sessions,
+        wall_clock=platform.wall_clock,
+        account_directory=platform.account_directory,
+        cache=platform.cache,
+    )
+
+
+def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWork]) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
@@ -102,9 +118,11 @@ def _test_clocks(platform: Platform) -> TestClockDeps:
             sessions, wall_clock=wall, account_directory=platform.account_directory, cache=platform.cache
         )
 
-    work = cast(RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or run_due_work)
+    # An advance runs the billing worker's own work (renewals and their invoices) on one transaction
+    # per piece of work; tests may stand in for it.
+    work = cast(RunDueWork[TestClocksUnitOfWork], platform.overrides.get("run_due_work") or billing_work)
     return TestClockDeps(
-        new_uow=test_clocks_uow(platform.writers),
+        new_uow=_billing_uow(platform, platform.writers),
         new_reader=test_clocks_uow(platform.snapshots),  # a clock and its accounts: one snapshot
         clock=wall,
         page_tokens=platform.page_tokens,
@@ -197,15 +215,17 @@ def build(platform: Platform) -> BillingServices:
         clock=clock,
         page_tokens=platform.page_tokens,
     )
+    invoices = _invoices(platform)
+    billing_work = BillingWork(invoices)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
-        test_clocks=_test_clocks(platform),
+        test_clocks=_test_clocks(platform, billing_work),
         usage=_usage(platform),
-        invoices=_invoices(platform),
+        invoices=invoices,
         webhooks=WebhookDeps(
             lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
@@ -213,6 +233,8 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             allow_private_targets=platform.settings.webhook_allow_private_targets,
         ),
+        new_billing_uow=_billing_uow(platform, platform.writers),
+        billing_work=billing_work,
     )
 
 
@@ -261,6 +283,8 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         InvoiceNumberSequenceRow,
         CreditBalanceRow,
         CreditBalanceEntryRow,
+        CreditNoteRow,
+        CreditNoteLineRow,
         WebhookEndpointRow,
         WebhookDeliveryRow,
         WebhookAttemptRow,

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Row, String, Table, and_, or_, select, tuple_, update
+from sqlalchemy import Column, ColumnElement, Row, String, Table, and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -113,9 +113,17 @@ class WorkQueue:
         return and_(tuple_(*self._key_columns).in_(keys), self.claimed_by == worker)
 
     async def claim(
-        self, session: AsyncSession, worker: str, *, now: datetime, lease: timedelta, limit: int
+        self,
+        session: AsyncSession,
+        worker: str,
+        *,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        where: ColumnElement[bool] | None = None,
     ) -> list[Row[Any]]:
-        """Claim up to `limit` due rows, oldest due first, for `worker` until `now + lease`.
+        """Claim up to `limit` due rows, oldest due first, for `worker` until `now + lease`; only
+        rows that also match `where`, when given.
 
         Runs one statement in the caller's transaction; the claim holds once the caller
         commits. Returns the claimed rows (every column), oldest due first.
@@ -127,7 +135,8 @@ class WorkQueue:
         if lease <= timedelta(0):
             raise ValueError("lease must be positive")
         keys = self._key_columns
-        picked = select(*keys).where(self._is_due(now)).order_by(self.due_time, *keys).limit(limit)
+        due = self._is_due(now) if where is None else and_(self._is_due(now), where)
+        picked = select(*keys).where(due).order_by(self.due_time, *keys).limit(limit)
         claim = {self.claimed_by.name: worker, self.lease_until.name: now + lease}
         if session.get_bind().dialect.name == "postgresql":
             # A CTE runs once; `key IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` may be
@@ -139,6 +148,14 @@ class WorkQueue:
             statement = update(self.table).where(tuple_(*keys).in_(picked)).values(claim)
         result = await session.execute(statement.returning(*self.table.c))
         return sorted(result.all(), key=lambda row: (row._mapping[self.due_time], self.key_of(row)))
+
+    async def due_count(
+        self, session: AsyncSession, *, now: datetime, where: ColumnElement[bool] | None = None
+    ) -> int:
+        """How many rows (matching `where`) are due and unclaimed at `now`."""
+        due = self._is_due(now) if where is None else and_(self._is_due(now), where)
+        counted = await session.scalar(select(func.count()).select_from(self.table).where(due))
+        return int(counted or 0)
 
     async def complete(
         self, session: AsyncSession, worker: str, keys: Iterable[Key], *, next_due: datetime | None = None

@@ -135,12 +135,22 @@ class Metrics:
             "Webhook deliveries due (in flight included) at the start of the last delivery pass.",
             registry=r,
         )
+        self.billing_work = Counter(
+            "tally_billing_work",
+            "Billing worker results: boundaries run by kind (renewal, trial_end, scheduled_change, "
+            "cancellation) and subscriptions whose work failed (failed).",
+            ["kind"],
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
         self._redis_is_up: bool | None = None
 
     # --- RPCs (the observability interceptor; the REST gateway may use them too) --------------------
+
+    def billing_work_done(self, kind: str, count: int) -> None:
+        self.billing_work.labels(kind).inc(count)
 
     def usage_recorded(self, outcome: str, count: int) -> None:
         self.usage_events.labels(outcome).inc(count)

@@ -282,6 +282,14 @@ class Settings(BaseSettings):
         description="How often `tally serve` makes the monthly usage partitions ahead (PostgreSQL) and "
         "deletes usage event ids past their 35-day retention; also once at start. 0 disables it.",
     )
+    billing_worker: bool = Field(
+        True,
+        description="`tally serve` runs the billing worker: it renews due subscriptions and issues, "
+        "numbers and finalizes their invoices (`tally worker` runs it alone).",
+    )
+    billing_worker_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between the billing worker's passes."
+    )
     webhook_delivery: bool = Field(
         True,
         description="`tally serve` fans outbox events out to webhook endpoints and sends them (signed, "

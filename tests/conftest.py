@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import migrate
 from app.modules import table_names
 from app.server import App, build
-from billing_svc.invoices.repository import count_mismatched_totals
+from billing_svc.invoices.repository import count_mismatched_credit_notes, count_mismatched_totals
 from core import db
 from core.settings import Settings
 from tally.account.v1 import account_pb2_grpc
@@ -89,7 +89,11 @@ async def _check_invoice_totals(application: App) -> None:
     """The invariant over every invoice a test stored: its total is the sum of its line rows."""
     async with application.engine.connect() as connection:
         mismatched = (await connection.execute(count_mismatched_totals())).scalar_one()
+        credit_notes = (await connection.execute(count_mismatched_credit_notes())).scalar_one()
     assert mismatched == 0, f"{mismatched} stored invoice(s) whose total is not the sum of their lines"
+    # Credit notes: total = the sum of their lines = pre + post payment parts; an invoice's credited
+    # amounts are the sums of its credit notes' parts and never exceed its total.
+    assert credit_notes == 0, f"{credit_notes} credit note(s) or credited invoice(s) that do not add up"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -109,6 +113,11 @@ async def settings(database_url: str | None, tmp_path: Path) -> Settings:
         "grpc_addr": "127.0.0.1:0",
         "http_addr": "127.0.0.1:0",
         "jwt_hs256_secret": JWT_SECRET,
+        # Tests run the billing worker's and the webhook delivery's passes themselves (the tests of
+        # each turn its job on), so that no background pass races a test that moves the wall clock
+        # or counts the statements on the engine.
+        "billing_worker": False,
+        "webhook_delivery": False,
     }
     if database_url is None:
         return Settings(**common)  # type: ignore[arg-type]
@@ -127,6 +136,8 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         grpc_addr="127.0.0.1:0",
         http_addr="127.0.0.1:0",
         jwt_hs256_secret=JWT_SECRET,
+        billing_worker=False,
+        webhook_delivery=False,
     )
 
 

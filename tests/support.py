@@ -29,6 +29,7 @@ from core.principal import Principal, Role, scopes_for
 
 if TYPE_CHECKING:
     from app.server import App
+    from core.clock import Clock
     from core.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -110,11 +111,12 @@ class FakeMonotonic:
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[App]:
-    """The real server for `settings` (cheap password hashing), started, and stopped on the way out."""
+async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterator[App]:
+    """The real server for `settings` (cheap password hashing, on `clock` if given), started, and
+    stopped on the way out."""
     from app.server import build
 
-    app = await build(settings, passwords=cheap_passwords())
+    app = await build(settings, clock=clock, passwords=cheap_passwords())
     await app.start()
     try:
         yield app

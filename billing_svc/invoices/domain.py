@@ -186,6 +186,8 @@ class Invoice:
     update_time: datetime
     credits_applied_minor: int = 0
     amount_paid_minor: int = 0
+    credited_pre_payment_minor: int = 0  # credit notes' part that reduced the amount due
+    credited_post_payment_minor: int = 0  # their part beyond it (credit balance, refund)
     finalize_time: datetime | None = None
     due_time: datetime | None = None
     paid_time: datetime | None = None
@@ -203,7 +205,11 @@ class Invoice:
 
     @property
     def amount_due_minor(self) -> int:
-        return max(self.total_minor - self.credits_applied_minor, 0)
+        return max(self.total_minor - self.credits_applied_minor, 0) - self.credited_pre_payment_minor
+
+    @property
+    def amount_credited_minor(self) -> int:
+        return self.credited_pre_payment_minor + self.credited_post_payment_minor
 
     @property
     def amount_remaining_minor(self) -> int:
@@ -226,6 +232,8 @@ class Invoice:
             "update_time": self.update_time.isoformat(),
             "credits_applied_minor": self.credits_applied_minor,
             "amount_paid_minor": self.amount_paid_minor,
+            "credited_pre_payment_minor": self.credited_pre_payment_minor,
+            "credited_post_payment_minor": self.credited_post_payment_minor,
             "finalize_time": _iso(self.finalize_time),
             "due_time": _iso(self.due_time),
             "paid_time": _iso(self.paid_time),
@@ -256,6 +264,8 @@ class Invoice:
             update_time=update_time,
             credits_applied_minor=int(data["credits_applied_minor"]),
             amount_paid_minor=int(data["amount_paid_minor"]),
+            credited_pre_payment_minor=int(data.get("credited_pre_payment_minor", 0)),
+            credited_post_payment_minor=int(data.get("credited_post_payment_minor", 0)),
             finalize_time=_parse(data["finalize_time"]),
             due_time=_parse(data["due_time"]),
             paid_time=_parse(data["paid_time"]),
@@ -290,13 +300,13 @@ def invoice_not_found(invoice_id: str, field_name: str = "id") -> NotFound:
     )
 
 
-def _touch(invoice: Invoice, now: datetime, **changes: Any) -> Invoice:
+def touch(invoice: Invoice, now: datetime, **changes: Any) -> Invoice:
     return replace(invoice, update_time=now, revision=invoice.revision + 1, **changes)
 
 
 def with_lines(invoice: Invoice, lines: tuple[InvoiceLine, ...], now: datetime) -> Invoice:
     require(invoice, Action.EDIT)
-    return _touch(invoice, now, lines=lines)
+    return touch(invoice, now, lines=lines)
 
 
 def finalized(
@@ -306,7 +316,7 @@ def finalized(
     amount due is then 0 is paid at once (a credit note or a negative total leaves nothing to pay)."""
     require(invoice, Action.FINALIZE)
     credits = min(max(credit_balance_minor, 0), max(invoice.total_minor, 0))
-    opened = _touch(
+    opened = touch(
         invoice,
         now,
         number=number,
@@ -334,12 +344,18 @@ def voided(invoice: Invoice, now: datetime) -> Invoice:
             reason="INVOICE_PARTLY_PAID",
             metadata={"id": invoice.id, "amount_paid_minor": str(invoice.amount_paid_minor)},
         )
-    return _touch(invoice, now, status=InvoiceStatus.VOID, void_time=now)
+    if invoice.amount_credited_minor:
+        raise FailedPrecondition(
+            "cannot void an invoice that has credit notes",
+            reason="INVOICE_HAS_CREDIT_NOTES",
+            metadata={"id": invoice.id, "amount_credited_minor": str(invoice.amount_credited_minor)},
+        )
+    return touch(invoice, now, status=InvoiceStatus.VOID, void_time=now)
 
 
 def uncollectible(invoice: Invoice, now: datetime) -> Invoice:
     require(invoice, Action.MARK_UNCOLLECTIBLE)
-    return _touch(invoice, now, status=InvoiceStatus.UNCOLLECTIBLE)
+    return touch(invoice, now, status=InvoiceStatus.UNCOLLECTIBLE)
 
 
 def paid(invoice: Invoice, amount_minor: int, now: datetime) -> Invoice:
@@ -353,8 +369,8 @@ def paid(invoice: Invoice, amount_minor: int, now: datetime) -> Invoice:
         )
     done = invoice.amount_paid_minor + amount_minor
     if done == invoice.amount_due_minor:
-        return _touch(invoice, now, amount_paid_minor=done, status=InvoiceStatus.PAID, paid_time=now)
-    return _touch(invoice, now, amount_paid_minor=done)
+        return touch(invoice, now, amount_paid_minor=done, status=InvoiceStatus.PAID, paid_time=now)
+    return touch(invoice, now, amount_paid_minor=done)
 
 
 def number_text(prefix: str, value: int) -> str:

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_svc.clocks.account_time import AccountClocks
+from billing_svc.invoices.credit_notes import CreditNote
 from billing_svc.invoices.domain import Invoice, InvoiceStatus
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
@@ -33,13 +34,22 @@ class InvoiceRepository(Protocol):
     ) -> list[Invoice]: ...
 
     async def take_pending_items(
-        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+        self,
+        account_id: str,
+        invoice_id: str,
+        *,
+        before: datetime,
+        limit: int,
+        subscription_id: str | None = None,
     ) -> list[PendingItem]:
-        """The account's pending items that start before `before` and are on no invoice, now marked
-        as on `invoice_id`, oldest first. An item a concurrent invoice took is not returned."""
+        """The account's pending items (of one subscription, if given) that start before `before` and
+        are on no invoice, now marked as on `invoice_id`, oldest first. An item a concurrent invoice
+        took is not returned."""
         ...
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
+
+    async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 
     async def next_number(self, prefix: str) -> int:
         """The sequence's next number, taken under its row lock until the transaction ends."""
@@ -64,12 +74,27 @@ class CreditBalances(Protocol):
         ...
 
 
+class CreditNoteRepository(Protocol):
+    async def add(self, note: CreditNote) -> None: ...
+
+    async def get(self, credit_note_id: str) -> CreditNote | None: ...
+
+    async def list_notes(
+        self, *, account_id: str, invoice_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[CreditNote]:
+        """Newest first; an empty account_id or invoice_id does not filter."""
+        ...
+
+
 class InvoicesUnitOfWork(Protocol):
     @property
     def invoices(self) -> InvoiceRepository: ...
 
     @property
     def balances(self) -> CreditBalances: ...
+
+    @property
+    def credit_notes(self) -> CreditNoteRepository: ...
 
     @property
     def accounts(self) -> AccountDirectory: ...

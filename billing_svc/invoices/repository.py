@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing_svc.invoices.credit_notes import CreditNote, CreditNoteLine, CreditNoteReason, RefundMethod
 from billing_svc.invoices.domain import (
     Invoice,
     InvoiceLine,
@@ -21,6 +22,8 @@ from billing_svc.invoices.domain import (
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
     CreditBalanceRow,
+    CreditNoteLineRow,
+    CreditNoteRow,
     InvoiceLineRow,
     InvoiceNumberSequenceRow,
     InvoiceRow,
@@ -48,6 +51,8 @@ def _invoice_values(invoice: Invoice) -> dict[str, Any]:
         "total_minor": invoice.total_minor,
         "credits_applied_minor": invoice.credits_applied_minor,
         "amount_paid_minor": invoice.amount_paid_minor,
+        "credited_pre_payment_minor": invoice.credited_pre_payment_minor,
+        "credited_post_payment_minor": invoice.credited_post_payment_minor,
         "create_time": invoice.create_time,
         "update_time": invoice.update_time,
         "finalize_time": invoice.finalize_time,
@@ -116,6 +121,8 @@ def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine]) -> Invoice:
         update_time=row.update_time,
         credits_applied_minor=row.credits_applied_minor,
         amount_paid_minor=row.amount_paid_minor,
+        credited_pre_payment_minor=row.credited_pre_payment_minor,
+        credited_post_payment_minor=row.credited_post_payment_minor,
         finalize_time=row.finalize_time,
         due_time=row.due_time,
         paid_time=row.paid_time,
@@ -182,15 +189,19 @@ class SqlInvoiceRepository:
         return [_invoice(row, lines[row.id]) for row in rows]
 
     async def take_pending_items(
-        self, account_id: str, invoice_id: str, *, before: datetime, limit: int
+        self,
+        account_id: str,
+        invoice_id: str,
+        *,
+        before: datetime,
+        limit: int,
+        subscription_id: str | None = None,
     ) -> list[PendingItem]:
         items = PendingInvoiceItemRow
-        chosen = (
-            select(items.id)
-            .where(items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before)
-            .order_by(items.create_time, items.id)
-            .limit(limit)
-        )
+        wanted = [items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before]
+        if subscription_id is not None:
+            wanted.append(items.subscription_id == subscription_id)
+        chosen = select(items.id).where(*wanted).order_by(items.create_time, items.id).limit(limit)
         # The UPDATE re-checks `invoice_id IS NULL` on each row it locks, so an item a concurrent
         # invoice took first is skipped rather than taken twice.
         statement = (
@@ -204,6 +215,10 @@ class SqlInvoiceRepository:
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
         )
 
+    async def cycle_invoice_exists(self, cycle_key: str) -> bool:
+        found = await self._session.scalar(select(InvoiceRow.id).where(InvoiceRow.cycle_key == cycle_key))
+        return found is not None
+
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
         if not item_ids:
             return
@@ -215,15 +230,13 @@ class SqlInvoiceRepository:
         )
 
     async def next_number(self, prefix: str) -> int:
+        # One upsert: the first number of a new prefix is 1 (the row is made holding 2), every later
+        # one the stored next value, which the same statement moves on under the row's lock.
         sequence = InvoiceNumberSequenceRow
-        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=1)
-        await self._session.execute(start.on_conflict_do_nothing(index_elements=["prefix"]))
-        taken = (
-            update(sequence)
-            .where(sequence.prefix == prefix)
-            .values(next_value=sequence.next_value + 1)
-            .returning(sequence.next_value - 1)
-        )
+        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=2)
+        taken = start.on_conflict_do_update(
+            index_elements=["prefix"], set_={"next_value": sequence.next_value + 1}
+        ).returning(sequence.next_value - 1)
         return int((await self._session.execute(taken)).scalar_one())
 
 
@@ -273,6 +286,89 @@ class SqlCreditBalances:
         return after
 
 
+class SqlCreditNoteRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add(self, note: CreditNote) -> None:
+        await self._session.execute(
+            insert(CreditNoteRow).values(
+                id=note.id,
+                account_id=note.account_id,
+                invoice_id=note.invoice_id,
+                number=note.number,
+                currency_code=note.currency_code,
+                total_minor=note.total_minor,
+                pre_payment_minor=note.pre_payment_minor,
+                post_payment_minor=note.post_payment_minor,
+                reason=note.reason.value,
+                refund_method=note.refund_method.value,
+                memo=note.memo,
+                create_time=note.create_time,
+            )
+        )
+        rows = [
+            {
+                "credit_note_id": note.id,
+                "position": position,
+                "id": line.id,
+                "account_id": note.account_id,
+                "description": line.description,
+                "amount_minor": line.amount_minor,
+            }
+            for position, line in enumerate(note.lines)
+        ]
+        await add_all_rows(self._session, CreditNoteLineRow, rows)
+
+    async def get(self, credit_note_id: str) -> CreditNote | None:
+        row = await self._session.get(CreditNoteRow, credit_note_id)
+        if row is None:
+            return None
+        return (await self._with_lines([row]))[0]
+
+    async def list_notes(
+        self, *, account_id: str, invoice_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[CreditNote]:
+        statement = select(CreditNoteRow)
+        if account_id:
+            statement = statement.where(CreditNoteRow.account_id == account_id)
+        if invoice_id:
+            statement = statement.where(CreditNoteRow.invoice_id == invoice_id)
+        statement = keyset_after(
+            statement, CreditNoteRow.create_time, CreditNoteRow.id, after, descending=True
+        )
+        return await self._with_lines((await self._session.scalars(statement.limit(limit))).all())
+
+    async def _with_lines(self, rows: Sequence[CreditNoteRow]) -> list[CreditNote]:
+        found: dict[str, list[CreditNoteLine]] = {row.id: [] for row in rows}
+        if rows:
+            statement = (
+                select(CreditNoteLineRow)
+                .where(CreditNoteLineRow.credit_note_id.in_(list(found)))
+                .order_by(CreditNoteLineRow.credit_note_id, CreditNoteLineRow.position)
+            )
+            for line in (await self._session.scalars(statement)).all():
+                found[line.credit_note_id].append(
+                    CreditNoteLine(line.id, line.description, line.amount_minor)
+                )
+        return [
+            CreditNote(
+                id=row.id,
+                number=row.number,
+                invoice_id=row.invoice_id,
+                account_id=row.account_id,
+                currency_code=row.currency_code,
+                lines=tuple(found[row.id]),
+                reason=CreditNoteReason(row.reason),
+                memo=row.memo,
+                refund_method=RefundMethod(row.refund_method),
+                pre_payment_minor=row.pre_payment_minor,
+                create_time=row.create_time,
+            )
+            for row in rows
+        ]
+
+
 def count_mismatched_totals() -> Any:
     """A statement counting invoices whose stored total is not the sum of their line rows (the
     invariant tests/conftest.py checks after every test on PostgreSQL and SQLite)."""
@@ -290,3 +386,56 @@ def count_mismatched_totals() -> Any:
             | (InvoiceRow.subtotal_minor != InvoiceRow.total_minor)
         )
     )
+
+
+def count_mismatched_credit_notes() -> Any:
+    """A statement counting credit notes whose stored total is not the sum of their line rows or
+    not the sum of its two parts, and invoices whose credited amounts are not the sum of their credit
+    notes' parts or exceed their total (the invariant tests/conftest.py checks after every test)."""
+    sums = (
+        select(CreditNoteLineRow.credit_note_id, func.sum(CreditNoteLineRow.amount_minor).label("amount"))
+        .group_by(CreditNoteLineRow.credit_note_id)
+        .subquery()
+    )
+    notes = (
+        select(func.count())
+        .select_from(CreditNoteRow)
+        .outerjoin(sums, sums.c.credit_note_id == CreditNoteRow.id)
+        .where(
+            (CreditNoteRow.total_minor != func.coalesce(sums.c.amount, 0))
+            | (
+                CreditNoteRow.total_minor
+                != CreditNoteRow.pre_payment_minor + CreditNoteRow.post_payment_minor
+            )
+            | (CreditNoteRow.pre_payment_minor < 0)
+            | (CreditNoteRow.post_payment_minor < 0)
+        )
+        .scalar_subquery()
+    )
+    parts = (
+        select(
+            CreditNoteRow.invoice_id,
+            func.sum(CreditNoteRow.pre_payment_minor).label("pre"),
+            func.sum(CreditNoteRow.post_payment_minor).label("post"),
+        )
+        .group_by(CreditNoteRow.invoice_id)
+        .subquery()
+    )
+    invoices = (
+        select(func.count())
+        .select_from(InvoiceRow)
+        .outerjoin(parts, parts.c.invoice_id == InvoiceRow.id)
+        .where(
+            (InvoiceRow.credited_pre_payment_minor != func.coalesce(parts.c.pre, 0))
+            | (InvoiceRow.credited_post_payment_minor != func.coalesce(parts.c.post, 0))
+            | (
+                (InvoiceRow.credited_pre_payment_minor + InvoiceRow.credited_post_payment_minor > 0)
+                & (
+                    InvoiceRow.credited_pre_payment_minor + InvoiceRow.credited_post_payment_minor
+                    > InvoiceRow.total_minor
+                )
+            )
+        )
+        .scalar_subquery()
+    )
+    return select(notes + invoices)

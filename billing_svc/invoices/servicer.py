@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -10,7 +11,8 @@ from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from billing_svc.clocks.servicer import timestamp_from_proto
-from billing_svc.invoices import use_cases
+from billing_svc.invoices import credit_note_use_cases, use_cases
+from billing_svc.invoices.credit_notes import CreditNote, CreditNoteReason, RefundMethod
 from billing_svc.invoices.domain import Invoice, InvoiceLine, InvoiceStatus, LineKind
 from billing_svc.invoices.use_cases import InvoiceDeps, NewLine
 from core.errors import FailedPrecondition, InvalidArgument
@@ -29,6 +31,11 @@ _REASON = {
     "one_off": invoice_pb2.Invoice.REASON_ONE_OFF,
     "subscription_cycle": invoice_pb2.Invoice.REASON_SUBSCRIPTION_CYCLE,
 }
+_CN = invoice_pb2.CreditNote
+_CN_REASON = {reason: _CN.Reason.Value(f"REASON_{reason.name}") for reason in CreditNoteReason}
+_CN_REASON_FROM = {number: reason for reason, number in _CN_REASON.items()}
+_REFUND = {method: _CN.RefundMethod.Value(f"REFUND_METHOD_{method.name}") for method in RefundMethod}
+_REFUND_FROM = {number: method for method, number in _REFUND.items()}
 _KIND = {kind: invoice_pb2.InvoiceLine.Kind.Value(f"KIND_{kind.name}") for kind in LineKind}
 
 
@@ -67,8 +74,7 @@ def line_to_proto(line: InvoiceLine, currency_code: str) -> invoice_pb2.InvoiceL
 
 
 def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
-    def money(amount_minor: int) -> money_pb2.Money:
-        return money_to_proto(Money(invoice.currency_code, amount_minor))
+    money = _money_in(invoice.currency_code)
 
     return invoice_pb2.Invoice(
         id=invoice.id,
@@ -94,6 +100,38 @@ def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
         due_time=_timestamp(invoice.due_time),
         paid_time=_timestamp(invoice.paid_time),
         void_time=_timestamp(invoice.void_time),
+        amount_credited=money(invoice.amount_credited_minor),
+        pre_payment_credit_notes_amount=money(invoice.credited_pre_payment_minor),
+        post_payment_credit_notes_amount=money(invoice.credited_post_payment_minor),
+    )
+
+
+def _money_in(currency_code: str) -> Callable[[int], money_pb2.Money]:
+    return lambda amount_minor: money_to_proto(Money(currency_code, amount_minor))
+
+
+def credit_note_to_proto(note: CreditNote) -> invoice_pb2.CreditNote:
+    money = _money_in(note.currency_code)
+
+    return invoice_pb2.CreditNote(
+        id=note.id,
+        number=note.number,
+        invoice_id=note.invoice_id,
+        account_id=note.account_id,
+        currency_code=note.currency_code,
+        lines=[
+            invoice_pb2.CreditNoteLine(
+                id=line.id, description=line.description, amount=money(line.amount_minor)
+            )
+            for line in note.lines
+        ],
+        total=money(note.total_minor),
+        reason=_CN_REASON[note.reason],
+        memo=note.memo,
+        refund_method=_REFUND[note.refund_method],
+        pre_payment_amount=money(note.pre_payment_minor),
+        post_payment_amount=money(note.post_payment_minor),
+        create_time=_timestamp(note.create_time),
     )
 
 
@@ -223,3 +261,43 @@ class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
             self._deps, _caller("RenderInvoice"), request.id, pdf=pdf, locale=request.locale
         )
         return httpbody_pb2.HttpBody(content_type=rendered.content_type, data=rendered.data)
+
+    async def CreateCreditNote(
+        self, request: invoice_pb2.CreateCreditNoteRequest, context: grpc.aio.ServicerContext
+    ) -> invoice_pb2.CreditNote:
+        command = credit_note_use_cases.CreateCreditNote(
+            invoice_id=request.invoice_id,
+            lines=tuple(
+                credit_note_use_cases.NewCreditNoteLine(line.description, line.amount_minor)
+                for line in request.lines
+            ),
+            reason=_CN_REASON_FROM.get(request.reason),
+            memo=request.memo,
+            refund_method=_REFUND_FROM.get(request.refund_method),
+        )
+        caller = _caller("CreateCreditNote", request.request_id)
+        return credit_note_to_proto(
+            await credit_note_use_cases.create_credit_note(self._deps, caller, command)
+        )
+
+    async def GetCreditNote(
+        self, request: invoice_pb2.GetCreditNoteRequest, context: grpc.aio.ServicerContext
+    ) -> invoice_pb2.CreditNote:
+        note = await credit_note_use_cases.get_credit_note(self._deps, _caller("GetCreditNote"), request.id)
+        return credit_note_to_proto(note)
+
+    async def ListCreditNotes(
+        self, request: invoice_pb2.ListCreditNotesRequest, context: grpc.aio.ServicerContext
+    ) -> invoice_pb2.ListCreditNotesResponse:
+        page = await credit_note_use_cases.list_credit_notes(
+            self._deps,
+            _caller("ListCreditNotes"),
+            invoice_id=request.invoice_id,
+            account_id=request.account_id,
+            size=request.page_size,
+            page_token=request.page_token,
+        )
+        return invoice_pb2.ListCreditNotesResponse(
+            credit_notes=[credit_note_to_proto(note) for note in page.credit_notes],
+            next_page_token=page.next_page_token,
+        )

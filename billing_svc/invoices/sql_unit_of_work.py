@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing_svc.clocks.account_time import AccountClocks, SqlAccountClocks
-from billing_svc.invoices.ports import CreditBalances, InvoiceRepository
-from billing_svc.invoices.repository import SqlCreditBalances, SqlInvoiceRepository
+from billing_svc.invoices.ports import CreditBalances, CreditNoteRepository, InvoiceRepository
+from billing_svc.invoices.repository import SqlCreditBalances, SqlCreditNoteRepository, SqlInvoiceRepository
 from core.accounts import AccountDirectory, AccountDirectoryFactory
 from core.audit import AuditLog, SqlAuditLog
 from core.clock import Clock
@@ -19,6 +19,7 @@ class SqlInvoicesUnitOfWork(UnitOfWork):
 
     invoices: InvoiceRepository
     balances: CreditBalances
+    credit_notes: CreditNoteRepository
     accounts: AccountDirectory
     clocks: AccountClocks
     idempotency: IdempotencyRepository
@@ -38,6 +39,7 @@ class SqlInvoicesUnitOfWork(UnitOfWork):
     def _bind(self, session: AsyncSession) -> None:
         self.invoices = SqlInvoiceRepository(session)
         self.balances = SqlCreditBalances(session)
+        self.credit_notes = SqlCreditNoteRepository(session)
         self.accounts = self._account_directory(session)
         self.clocks = SqlAccountClocks(session, self._wall_clock)
         self.idempotency = SqlIdempotencyRepository(session)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from billing_svc.invoices.credit_notes import MAX_MEMO
 from billing_svc.invoices.domain import MAX_DESCRIPTION, MAX_LINE_DESCRIPTION
 from core import ids
 from core.db import Base, UtcDateTime
@@ -41,6 +42,8 @@ class InvoiceRow(Base):
     total_minor: Mapped[int] = mapped_column(BigInteger)
     credits_applied_minor: Mapped[int] = mapped_column(BigInteger)
     amount_paid_minor: Mapped[int] = mapped_column(BigInteger)
+    credited_pre_payment_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    credited_post_payment_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
     finalize_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -111,3 +114,38 @@ class CreditBalanceEntryRow(Base):
     __table_args__ = (
         Index("ix_credit_balance_entries_account_id_create_time_id", "account_id", "create_time", "id"),
     )
+
+
+class CreditNoteRow(Base):
+    """A credit note of an invoice; `total_minor` = the sum of its line rows (checked by a test)."""
+
+    __tablename__ = "credit_notes"
+
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH))
+    invoice_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH))
+    number: Mapped[str] = mapped_column(String(MAX_NUMBER), unique=True)
+    currency_code: Mapped[str] = mapped_column(String(3))
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    pre_payment_minor: Mapped[int] = mapped_column(BigInteger)
+    post_payment_minor: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(24))
+    refund_method: Mapped[str] = mapped_column(String(24))
+    memo: Mapped[str] = mapped_column(String(MAX_MEMO))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_credit_notes_account_id_create_time_id", "account_id", "create_time", "id"),
+        Index("ix_credit_notes_invoice_id_create_time_id", "invoice_id", "create_time", "id"),
+    )
+
+
+class CreditNoteLineRow(Base):
+    __tablename__ = "credit_note_lines"
+
+    credit_note_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), unique=True)
+    account_id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH))
+    description: Mapped[str] = mapped_column(String(MAX_LINE_DESCRIPTION))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)

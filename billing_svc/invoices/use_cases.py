@@ -14,6 +14,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from billing_svc.invoices import domain, render
+from billing_svc.invoices.credit_notes import CreditNote
 from billing_svc.invoices.domain import Action, Invoice, InvoiceReason, InvoiceStatus
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import InvoicesUnitOfWork
@@ -27,6 +28,7 @@ from core.principal import Caller
 from core.text import excerpt
 
 INVOICE_CODEC = Codec(Invoice.to_dict, Invoice.from_dict)
+CREDIT_NOTE_CODEC = Codec(CreditNote.to_dict, CreditNote.from_dict)
 _AUDITED = ("status", "number", "total_minor", "credits_applied_minor", "amount_paid_minor", "line_count")
 
 
@@ -39,9 +41,12 @@ class InvoiceDeps:
     number_prefix: str = "INV"
     days_until_due: int = 0
     runner: IdempotentRunner[InvoicesUnitOfWork, Invoice] = field(init=False, repr=False)
+    credit_note_runner: IdempotentRunner[InvoicesUnitOfWork, CreditNote] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runner", IdempotentRunner(self.new_uow, self.clock, codec=INVOICE_CODEC))
+        runner = IdempotentRunner(self.new_uow, self.clock, codec=CREDIT_NOTE_CODEC)
+        object.__setattr__(self, "credit_note_runner", runner)
 
 
 @dataclass(frozen=True)
@@ -283,6 +288,67 @@ async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoi
         return done
 
     return (await deps.runner.run(caller, command, action)).value
+
+
+def cycle_key(subscription_id: str, period_start: datetime) -> str:
+    """The key of a subscription's cycle invoice: one invoice per subscription per period start."""
+    return f"{subscription_id}/{period_start.isoformat()}"
+
+
+async def invoice_cycle(
+    deps: InvoiceDeps,
+    uow: InvoicesUnitOfWork,
+    caller: Caller,
+    *,
+    account_id: str,
+    subscription_id: str,
+    at: datetime,
+) -> Invoice | None:
+    """The cycle invoice of a subscription's boundary at `at` (a renewal, a trial's end), made and
+    finalized in the caller's transaction: every pending item of the subscription that starts at or
+    before `at` (the new period's fees in advance, the prorations of the period that ended).
+
+    None when the boundary's invoice exists already (the work ran before and committed) or the
+    subscription owes nothing. `cycle_key` is unique, so even two workers racing past the
+    subscription's row lock cannot store a second invoice for the period.
+    """
+    key = cycle_key(subscription_id, at)
+    if await uow.invoices.cycle_invoice_exists(key):
+        return None
+    terms = await uow.accounts.terms(account_id, lock=True)
+    if terms is None:  # subscriptions keep their account; a missing one is corrupt data
+        raise LookupError(f"account {account_id} of subscription {subscription_id} is missing")
+    invoice_id = ids.new_id(domain.ID_PREFIX)
+    # Times are stored to the microsecond, so "starts before at + 1 µs" is "starts at or before at".
+    items = await uow.invoices.take_pending_items(
+        account_id,
+        invoice_id,
+        before=at + timedelta(microseconds=1),
+        limit=domain.MAX_LINES,
+        subscription_id=subscription_id,
+    )
+    if not items:
+        return None
+    invoice = Invoice(
+        id=invoice_id,
+        account_id=account_id,
+        subscription_id=subscription_id,
+        number="",
+        status=InvoiceStatus.DRAFT,
+        reason=InvoiceReason.SUBSCRIPTION_CYCLE,
+        currency_code=terms.currency_code,
+        period_start=min(item.period_start for item in items),
+        period_end=max(item.period_end for item in items),
+        lines=tuple(line_from_item(item, ids.new_id(domain.LINE_ID_PREFIX)) for item in items),
+        description="",
+        create_time=at,
+        update_time=at,
+    )
+    await uow.invoices.add(invoice, cycle_key=key)
+    await record_change(uow, caller, "created", None, invoice)
+    done = await finalize(deps, uow, invoice, at)
+    await record_change(uow, caller, "finalized", invoice, done)
+    return done
 
 
 def _one_off(line: NewLine, currency_code: str) -> domain.InvoiceLine:

@@ -220,6 +220,7 @@ class PendingItem:
     plan_version: int
     create_time: datetime
     details: Mapping[str, str] = field(default_factory=dict)  # the exact fraction and full amount
+    invoice_id: str = ""  # the invoice it is on; "" while pending
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +251,7 @@ class PendingItem:
             plan_version=data["plan_version"],
             create_time=datetime.fromisoformat(data["create_time"]),
             details=dict(data["details"]),
+            invoice_id=data.get("invoice_id", ""),
         )
 
 

@@ -30,7 +30,13 @@ class PendingItemRepository(Protocol):
     async def add_all(self, items: Sequence[PendingItem]) -> None: ...
 
     async def list(
-        self, *, account_id: str, subscription_id: str | None, after: tuple[datetime, str] | None, limit: int
+        self,
+        *,
+        account_id: str,
+        subscription_id: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        show_invoiced: bool = False,
     ) -> list[PendingItem]: ...
 
 

@@ -105,6 +105,7 @@ def pending_item_from_row(row: PendingInvoiceItemRow) -> PendingItem:
         plan_version=row.plan_version,
         create_time=row.create_time,
         details=dict(row.details),
+        invoice_id=row.invoice_id or "",
     )
 
 
@@ -237,10 +238,11 @@ class SqlPendingItemRepository:
         subscription_id: str | None,
         after: tuple[datetime, str] | None,
         limit: int,
+        show_invoiced: bool = False,
     ) -> list[PendingItem]:
-        statement = select(PendingInvoiceItemRow).where(
-            PendingInvoiceItemRow.account_id == account_id, PendingInvoiceItemRow.invoice_id.is_(None)
-        )
+        statement = select(PendingInvoiceItemRow).where(PendingInvoiceItemRow.account_id == account_id)
+        if not show_invoiced:
+            statement = statement.where(PendingInvoiceItemRow.invoice_id.is_(None))
         if subscription_id is not None:
             statement = statement.where(PendingInvoiceItemRow.subscription_id == subscription_id)
         statement = keyset_after(

@@ -92,6 +92,7 @@ def item_to_proto(item: PendingItem) -> pb.PendingInvoiceItem:
         quantity=decimal_to_proto(item.quantity),
         plan_id=item.plan_id,
         plan_version=item.plan_version,
+        invoice_id=item.invoice_id,
     )
     message.period_start.CopyFrom(_timestamp(item.period_start))
     message.period_end.CopyFrom(_timestamp(item.period_end))
@@ -278,6 +279,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             _caller("ListPendingInvoiceItems"),
             account_id=request.account_id,
             subscription_id=request.subscription_id,
+            show_invoiced=request.show_invoiced,
             size=request.page_size,
             page_token=request.page_token,
         )

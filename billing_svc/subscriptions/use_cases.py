@@ -469,13 +469,14 @@ async def list_pending_items(
     *,
     account_id: str,
     subscription_id: str = "",
+    show_invoiced: bool = False,
     size: int = 0,
     page_token: str = "",
 ) -> ItemPage:
     require_id(account_id, "account_id")
     if caller.customer_account is not None and caller.customer_account != account_id:
         raise account_not_found(account_id, "account_id")
-    scope = {"account_id": account_id, "subscription_id": subscription_id}
+    scope = {"account_id": account_id, "subscription_id": subscription_id, "show_invoiced": show_invoiced}
     page = deps.page_tokens.keyset_page(size, page_token, scope)
     async with deps.new_reader() as uow:
         await _require_account(uow, account_id)
@@ -484,6 +485,7 @@ async def list_pending_items(
             subscription_id=subscription_id or None,
             after=page.after,
             limit=page.fetch_limit,
+            show_invoiced=show_invoiced,
         )
     shown, token = page.slice(rows, key=lambda item: (item.create_time, item.id))
     return ItemPage(shown, token)

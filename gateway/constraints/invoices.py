@@ -1,8 +1,9 @@
-"""Invoices' rules (billing_svc/invoices/use_cases.py, servicer.py, render.py)."""
+"""Invoices' rules (billing_svc/invoices/use_cases.py, credit_note_use_cases.py, servicer.py, render.py)."""
 
 from __future__ import annotations
 
 from account_svc import domain as accounts
+from billing_svc.invoices import credit_notes
 from billing_svc.invoices import domain as invoices
 from billing_svc.invoices.render import known_locales
 from billing_svc.subscriptions import domain as subscriptions
@@ -15,6 +16,12 @@ _INVOICE_ID: JSON = {"pattern": id_pattern(invoices.ID_PREFIX)}
 _ACCOUNT_ID: JSON = {"pattern": id_pattern(accounts.ID_PREFIX)}
 # A quantity is a decimal above 0 (use_cases.check_new_lines): at least one digit that is not 0.
 _POSITIVE = f"^(?=[^1-9]*[1-9]){DECIMAL_TEXT}$"
+# credit_note_use_cases._check_create: 1 to MAX_LINE_AMOUNT_MINOR (10^15), as json_format reads an
+# int64 (leading zeros allowed). No lookahead: a generator would filter too much.
+_CREDIT_AMOUNT: JSON = {"type": "string", "pattern": "^0*([1-9][0-9]{0,14}|1000000000000000)$"}
+assert credit_notes.MAX_LINE_AMOUNT_MINOR == 10**15
+_REASONS = tuple(f"REASON_{reason.name}" for reason in credit_notes.CreditNoteReason)
+_REFUND_METHODS = tuple(f"REFUND_METHOD_{method.name}" for method in credit_notes.RefundMethod)
 _STATUSES = ("STATUS_DRAFT", "STATUS_OPEN", "STATUS_PAID", "STATUS_VOID", "STATUS_UNCOLLECTIBLE")
 
 INVOICE_FIELDS: dict[str, JSON] = {
@@ -32,6 +39,20 @@ INVOICE_FIELDS: dict[str, JSON] = {
     # servicer.PayInvoice: only a payment made outside Tally can be recorded for now.
     f"{_PKG}.PayInvoiceRequest.paid_out_of_band": {"enum": [True]},
     f"{_PKG}.RemoveInvoiceLineRequest.line_id": {"pattern": id_pattern(invoices.LINE_ID_PREFIX)},
+    f"{_PKG}.CreateCreditNoteRequest.invoice_id": _INVOICE_ID,
+    f"{_PKG}.CreateCreditNoteRequest.lines": {"minItems": 1, "maxItems": credit_notes.MAX_LINES},
+    f"{_PKG}.CreateCreditNoteRequest.memo": {"maxLength": credit_notes.MAX_MEMO},
+    f"{_PKG}.CreateCreditNoteRequest.reason": {
+        "enum": enum_values(_REASONS, tuple(range(1, len(_REASONS) + 1)))
+    },
+    f"{_PKG}.CreateCreditNoteRequest.refund_method": {
+        "enum": enum_values(_REFUND_METHODS, tuple(range(1, len(_REFUND_METHODS) + 1)))
+    },
+    f"{_PKG}.NewCreditNoteLine.description": {"minLength": 1, "maxLength": invoices.MAX_LINE_DESCRIPTION},
+    f"{_PKG}.NewCreditNoteLine.amount_minor": _CREDIT_AMOUNT,
+    f"{_PKG}.GetCreditNoteRequest.id": {"pattern": id_pattern(credit_notes.ID_PREFIX)},
+    f"{_PKG}.ListCreditNotesRequest.invoice_id": {"pattern": f"^({_INVOICE_ID['pattern'][1:-1]})?$"},
+    f"{_PKG}.ListCreditNotesRequest.account_id": {"pattern": f"^({_ACCOUNT_ID['pattern'][1:-1]})?$"},
     f"{_PKG}.RenderInvoiceRequest.locale": {"enum": ["", *sorted(known_locales())]},
     # Path ids: another id is simply not found (404), never malformed.
     **{

@@ -91,6 +91,7 @@ def test_export_holds_our_protos_and_exactly_their_google_imports(tmp_path: Path
         "google/api/annotations.proto",
         "google/api/field_behavior.proto",
         "google/api/http.proto",
+        "google/api/httpbody.proto",
         "google/protobuf/descriptor.proto",
         "google/protobuf/any.proto",
         "google/protobuf/field_mask.proto",

@@ -69,6 +69,9 @@ class Seed:
     invoice_a: str
     invoice_b: str
     line_a: str
+    credited_a: str  # a finalized invoice of A with a credit note
+    credit_note_a: str
+    credit_note_b: str
 
 
 Case = Callable[[Seed], dict[str, Any]]
@@ -79,6 +82,11 @@ CLOCK = "/tally.billing.v1.TestClockService/"
 USAGE = "/tally.billing.v1.UsageService/"
 INVOICE = "/tally.billing.v1.InvoiceService/"
 _LINE = {"description": "Setup", "unitPrice": {"value": "10"}}
+_CREDIT = {
+    "lines": [{"description": "Refund", "amountMinor": "1"}],
+    "reason": "REASON_OTHER",
+    "refundMethod": "REFUND_METHOD_CREDIT_BALANCE",
+}
 HOOK = "/tally.billing.v1.WebhookService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
@@ -149,6 +157,9 @@ CASES: dict[str, Case] = {
     INVOICE + "MarkInvoiceUncollectible": lambda s: {"id": s.invoice_a},
     INVOICE + "PayInvoice": lambda s: {"id": s.invoice_a, "paidOutOfBand": True},
     INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_a},
+    INVOICE + "CreateCreditNote": lambda s: {"invoiceId": s.credited_a, **_CREDIT},
+    INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_a},
+    INVOICE + "ListCreditNotes": lambda s: {"invoiceId": s.credited_a},
     HOOK + "CreateWebhookEndpoint": lambda s: {"webhookEndpoint": {"url": "https://93.184.216.34/hook"}},
     HOOK + "GetWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "ListWebhookEndpoints": lambda s: {},
@@ -169,6 +180,8 @@ FOREIGN: dict[str, Case] = {
     INVOICE + "GetInvoice": lambda s: {"id": s.invoice_b},
     INVOICE + "ListInvoices": lambda s: {"accountId": s.account_b},
     INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_b},
+    INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_b},
+    INVOICE + "ListCreditNotes": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -298,6 +311,24 @@ async def seed(app: App) -> Seed:
             )
             for account in (a, b)
         ]
+        credited_a, credited_b = [
+            await invoices.CreateInvoice(
+                json_format.ParseDict(
+                    {"accountId": account.id, "lines": [_LINE], "finalize": True},
+                    invoice_pb2.CreateInvoiceRequest(),
+                )
+            )
+            for account in (a, b)
+        ]
+        note_a, note_b = [
+            await invoices.CreateCreditNote(
+                json_format.ParseDict(
+                    {"invoiceId": invoice.id, **_CREDIT},
+                    invoice_pb2.CreateCreditNoteRequest(),
+                )
+            )
+            for invoice in (credited_a, credited_b)
+        ]
     return Seed(
         a.id,
         b.id,
@@ -311,6 +342,9 @@ async def seed(app: App) -> Seed:
         inv_a.id,
         inv_b.id,
         inv_a.lines[0].id,
+        credited_a.id,
+        note_a.id,
+        note_b.id,
     )
 
 
@@ -355,8 +389,8 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items, entitlements and usage, nothing else. The matrix above follows the descriptors; this pins them,
-# so widening a policy in a proto is a deliberate change to this list too.
+# items, entitlements, usage, invoices and credit notes, nothing else. The matrix above follows the
+# descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
@@ -367,6 +401,8 @@ CUSTOMER_METHODS = {
     INVOICE + "GetInvoice",
     INVOICE + "ListInvoices",
     INVOICE + "RenderInvoice",
+    INVOICE + "GetCreditNote",
+    INVOICE + "ListCreditNotes",
 }
 
 

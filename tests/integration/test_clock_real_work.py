@@ -63,7 +63,9 @@ async def test_an_advance_runs_the_subscriptions_boundaries_in_order(channel: gr
     assert now.state == spb.Subscription.STATE_ACTIVE
     assert at(now.current_period_start) == dues[-1] <= TARGET < at(now.current_period_end)
     # Every item the work reported is one SubscriptionService lists for the account.
-    listed = await subs.ListPendingInvoiceItems(spb.ListPendingInvoiceItemsRequest(account_id=account.id))
+    listed = await subs.ListPendingInvoiceItems(
+        spb.ListPendingInvoiceItemsRequest(account_id=account.id, show_invoiced=True, page_size=1000)
+    )
     reported = {item_id for w in work for item_id in w.pending_invoice_item_ids}
     assert reported and reported <= {item.id for item in listed.items}
 

@@ -15,7 +15,7 @@ import pytest
 from google.type import decimal_pb2
 from sqlalchemy import func, select, text
 
-from app.server import App, build
+from app.server import App
 from billing_svc.module import BillingServices
 from billing_svc.usage import partitions
 from billing_svc.usage.domain import NewUsage, UsageInput, UsageRecord
@@ -38,7 +38,7 @@ from tests.billing_support import new_account
 from tests.integration.test_concurrency import waits_on_lock
 from tests.integration.test_gateway import Gateway, bearer, call
 from tests.integration.test_statement_count import counting
-from tests.support import asyncpg_dsn, channel_as, cheap_passwords, details, failing, mint, unpack
+from tests.support import asyncpg_dsn, channel_as, details, failing, mint, serving, unpack
 
 Meter = meter_pb2.Meter
 Result = usage_pb2.UsageRecordResult
@@ -311,12 +311,8 @@ async def test_batch_size_is_checked(usage: usage_pb2_grpc.UsageServiceStub, acc
 @pytest.fixture
 async def frozen(settings: Settings) -> AsyncIterator[tuple[App, FrozenClock]]:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
-    app = await build(settings, clock=clock, passwords=cheap_passwords())
-    await app.start()
-    try:
+    async with serving(settings, clock) as app:
         yield app, clock
-    finally:
-        await app.stop(grace=0)
 
 
 async def test_event_time_window_bounds(frozen: tuple[App, FrozenClock]) -> None:

@@ -200,7 +200,11 @@ async def test_two_workers_never_send_one_delivery_twice(pg_engine: AsyncEngine,
 async def test_tally_serve_runs_the_delivery_job(settings: Settings, receiver: Receiver) -> None:
     receiver.fail_first, receiver.check_time = 0, True
     configured = settings.model_copy(
-        update={"webhook_allow_private_targets": True, "webhook_delivery_interval_seconds": 0.05}
+        update={
+            "webhook_delivery": True,
+            "webhook_allow_private_targets": True,
+            "webhook_delivery_interval_seconds": 0.05,
+        }
     )
     async with serving(configured) as app:
         assert app.webhooks is not None

@@ -131,7 +131,7 @@ class Ledger:
 
     async def messages(self, account_id: str) -> list[spb.PendingInvoiceItem]:
         reply = await self.subs.ListPendingInvoiceItems(
-            spb.ListPendingInvoiceItemsRequest(account_id=account_id, page_size=1000)
+            spb.ListPendingInvoiceItemsRequest(account_id=account_id, page_size=1000, show_invoiced=True)
         )
         return list(reply.items)
 

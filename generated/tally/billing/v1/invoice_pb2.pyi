@@ -113,6 +113,9 @@ class Invoice(_message.Message):
     DUE_TIME_FIELD_NUMBER: _builtins.int
     PAID_TIME_FIELD_NUMBER: _builtins.int
     VOID_TIME_FIELD_NUMBER: _builtins.int
+    AMOUNT_CREDITED_FIELD_NUMBER: _builtins.int
+    PRE_PAYMENT_CREDIT_NOTES_AMOUNT_FIELD_NUMBER: _builtins.int
+    POST_PAYMENT_CREDIT_NOTES_AMOUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `inv_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
     account_id: _builtins.str
@@ -157,7 +160,9 @@ class Invoice(_message.Message):
 
     @_builtins.property
     def amount_due(self) -> _money_pb2.Money:
-        """What is to be paid: total - credits_applied, never below 0."""
+        """What is to be paid: total - credits_applied (never below 0) -
+        pre_payment_credit_notes_amount.
+        """
 
     @_builtins.property
     def amount_paid(self) -> _money_pb2.Money:
@@ -191,6 +196,20 @@ class Invoice(_message.Message):
     def void_time(self) -> _timestamp_pb2.Timestamp:
         """When it was voided."""
 
+    @_builtins.property
+    def amount_credited(self) -> _money_pb2.Money:
+        """The sum of the invoice's credit notes: never more than `total`."""
+
+    @_builtins.property
+    def pre_payment_credit_notes_amount(self) -> _money_pb2.Money:
+        """The part of the credit notes that reduced the amount due."""
+
+    @_builtins.property
+    def post_payment_credit_notes_amount(self) -> _money_pb2.Money:
+        """The part of the credit notes beyond what was owed: credited to the
+        account's balance or refunded outside Tally.
+        """
+
     def __init__(
         self,
         *,
@@ -217,10 +236,13 @@ class Invoice(_message.Message):
         due_time: _timestamp_pb2.Timestamp | None = ...,
         paid_time: _timestamp_pb2.Timestamp | None = ...,
         void_time: _timestamp_pb2.Timestamp | None = ...,
+        amount_credited: _money_pb2.Money | None = ...,
+        pre_payment_credit_notes_amount: _money_pb2.Money | None = ...,
+        post_payment_credit_notes_amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "amount_paid", b"amount_paid", "amount_remaining", b"amount_remaining", "create_time", b"create_time", "credits_applied", b"credits_applied", "due_time", b"due_time", "finalize_time", b"finalize_time", "paid_time", b"paid_time", "period_end", b"period_end", "period_start", b"period_start", "subtotal", b"subtotal", "total", b"total", "update_time", b"update_time", "void_time", b"void_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_credited", b"amount_credited", "amount_due", b"amount_due", "amount_paid", b"amount_paid", "amount_remaining", b"amount_remaining", "create_time", b"create_time", "credits_applied", b"credits_applied", "due_time", b"due_time", "finalize_time", b"finalize_time", "paid_time", b"paid_time", "period_end", b"period_end", "period_start", b"period_start", "post_payment_credit_notes_amount", b"post_payment_credit_notes_amount", "pre_payment_credit_notes_amount", b"pre_payment_credit_notes_amount", "subtotal", b"subtotal", "total", b"total", "update_time", b"update_time", "void_time", b"void_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_due", b"amount_due", "amount_paid", b"amount_paid", "amount_remaining", b"amount_remaining", "create_time", b"create_time", "credits_applied", b"credits_applied", "currency_code", b"currency_code", "description", b"description", "due_time", b"due_time", "finalize_time", b"finalize_time", "id", b"id", "lines", b"lines", "number", b"number", "paid_time", b"paid_time", "period_end", b"period_end", "period_start", b"period_start", "reason", b"reason", "status", b"status", "subscription_id", b"subscription_id", "subtotal", b"subtotal", "total", b"total", "update_time", b"update_time", "void_time", b"void_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_credited", b"amount_credited", "amount_due", b"amount_due", "amount_paid", b"amount_paid", "amount_remaining", b"amount_remaining", "create_time", b"create_time", "credits_applied", b"credits_applied", "currency_code", b"currency_code", "description", b"description", "due_time", b"due_time", "finalize_time", b"finalize_time", "id", b"id", "lines", b"lines", "number", b"number", "paid_time", b"paid_time", "period_end", b"period_end", "period_start", b"period_start", "post_payment_credit_notes_amount", b"post_payment_credit_notes_amount", "pre_payment_credit_notes_amount", b"pre_payment_credit_notes_amount", "reason", b"reason", "status", b"status", "subscription_id", b"subscription_id", "subtotal", b"subtotal", "total", b"total", "update_time", b"update_time", "void_time", b"void_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -811,3 +833,344 @@ class RenderInvoiceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderInvoiceRequest: _TypeAlias = RenderInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class CreditNote(_message.Message):
+    """A credit note: a correction of a finalized invoice, which never changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[CreditNote._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: CreditNote._Reason.ValueType  # 0
+        """Never returned; refused in requests."""
+        REASON_DUPLICATE: CreditNote._Reason.ValueType  # 1
+        """The invoice charged twice for the same thing."""
+        REASON_FRAUDULENT: CreditNote._Reason.ValueType  # 2
+        """The charge was fraudulent."""
+        REASON_ORDER_CHANGE: CreditNote._Reason.ValueType  # 3
+        """The order changed after the invoice."""
+        REASON_PRODUCT_UNSATISFACTORY: CreditNote._Reason.ValueType  # 4
+        """The customer was not satisfied with the product."""
+        REASON_OTHER: CreditNote._Reason.ValueType  # 5
+        """Another reason (see `memo`)."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the credit was given."""
+
+    REASON_UNSPECIFIED: CreditNote.Reason.ValueType  # 0
+    """Never returned; refused in requests."""
+    REASON_DUPLICATE: CreditNote.Reason.ValueType  # 1
+    """The invoice charged twice for the same thing."""
+    REASON_FRAUDULENT: CreditNote.Reason.ValueType  # 2
+    """The charge was fraudulent."""
+    REASON_ORDER_CHANGE: CreditNote.Reason.ValueType  # 3
+    """The order changed after the invoice."""
+    REASON_PRODUCT_UNSATISFACTORY: CreditNote.Reason.ValueType  # 4
+    """The customer was not satisfied with the product."""
+    REASON_OTHER: CreditNote.Reason.ValueType  # 5
+    """Another reason (see `memo`)."""
+
+    class _RefundMethod:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _RefundMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[CreditNote._RefundMethod.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REFUND_METHOD_UNSPECIFIED: CreditNote._RefundMethod.ValueType  # 0
+        """Never returned; refused in requests."""
+        REFUND_METHOD_CREDIT_BALANCE: CreditNote._RefundMethod.ValueType  # 1
+        """Added to the account's credit balance, which the next finalized
+        invoices take.
+        """
+        REFUND_METHOD_OUT_OF_BAND_REFUND: CreditNote._RefundMethod.ValueType  # 2
+        """Refunded outside Tally (a bank transfer, say), recorded here. A refund
+        through a payment gateway is not available yet.
+        """
+
+    class RefundMethod(_RefundMethod, metaclass=_RefundMethodEnumTypeWrapper):
+        """Where the part of the credit beyond the invoice's amount remaining goes."""
+
+    REFUND_METHOD_UNSPECIFIED: CreditNote.RefundMethod.ValueType  # 0
+    """Never returned; refused in requests."""
+    REFUND_METHOD_CREDIT_BALANCE: CreditNote.RefundMethod.ValueType  # 1
+    """Added to the account's credit balance, which the next finalized
+    invoices take.
+    """
+    REFUND_METHOD_OUT_OF_BAND_REFUND: CreditNote.RefundMethod.ValueType  # 2
+    """Refunded outside Tally (a bank transfer, say), recorded here. A refund
+    through a payment gateway is not available yet.
+    """
+
+    ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
+    REFUND_METHOD_FIELD_NUMBER: _builtins.int
+    PRE_PAYMENT_AMOUNT_FIELD_NUMBER: _builtins.int
+    POST_PAYMENT_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned identifier, for example `cn_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
+    number: _builtins.str
+    """The number, for example `CN-000042`, from a gapless sequence of its own."""
+    invoice_id: _builtins.str
+    """The invoice credited."""
+    account_id: _builtins.str
+    """The invoice's account."""
+    currency_code: _builtins.str
+    """The invoice's currency."""
+    reason: Global___CreditNote.Reason.ValueType
+    """Why it was issued."""
+    memo: _builtins.str
+    """A note shown on the credit note."""
+    refund_method: Global___CreditNote.RefundMethod.ValueType
+    """Where the part beyond the invoice's amount remaining went."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditNoteLine]:
+        """The lines, in order."""
+
+    @_builtins.property
+    def total(self) -> _money_pb2.Money:
+        """The sum of the lines."""
+
+    @_builtins.property
+    def pre_payment_amount(self) -> _money_pb2.Money:
+        """The part that reduced the invoice's amount remaining."""
+
+    @_builtins.property
+    def post_payment_amount(self) -> _money_pb2.Money:
+        """The part that went to `refund_method`: total - pre_payment_amount."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was issued (the account's billing time)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        number: _builtins.str = ...,
+        invoice_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        lines: _abc.Iterable[Global___CreditNoteLine] | None = ...,
+        total: _money_pb2.Money | None = ...,
+        reason: Global___CreditNote.Reason.ValueType = ...,
+        memo: _builtins.str = ...,
+        refund_method: Global___CreditNote.RefundMethod.ValueType = ...,
+        pre_payment_amount: _money_pb2.Money | None = ...,
+        post_payment_amount: _money_pb2.Money | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "post_payment_amount", b"post_payment_amount", "pre_payment_amount", b"pre_payment_amount", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "currency_code", b"currency_code", "id", b"id", "invoice_id", b"invoice_id", "lines", b"lines", "memo", b"memo", "number", b"number", "post_payment_amount", b"post_payment_amount", "pre_payment_amount", b"pre_payment_amount", "reason", b"reason", "refund_method", b"refund_method", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNote: _TypeAlias = CreditNote  # noqa: Y015
+
+@_typing.final
+class CreditNoteLine(_message.Message):
+    """One line of a credit note."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned identifier, for example `cnl_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
+    description: _builtins.str
+    """Shown to the customer."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The amount credited (positive)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNoteLine: _TypeAlias = CreditNoteLine  # noqa: Y015
+
+@_typing.final
+class NewCreditNoteLine(_message.Message):
+    """A line to put on a new credit note."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    """Shown to the customer. Required; at most 300 characters."""
+    amount_minor: _builtins.int
+    """The amount credited in minor units of the invoice's currency: from 1 to
+    10^15. Required.
+    """
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        amount_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewCreditNoteLine: _TypeAlias = NewCreditNoteLine  # noqa: Y015
+
+@_typing.final
+class CreateCreditNoteRequest(_message.Message):
+    """Request for CreateCreditNote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
+    REFUND_METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    """The invoice credited: open, paid or uncollectible."""
+    reason: Global___CreditNote.Reason.ValueType
+    """Why it is issued. Required."""
+    memo: _builtins.str
+    """A note shown on the credit note. At most 500 characters."""
+    refund_method: Global___CreditNote.RefundMethod.ValueType
+    """Where the part beyond the invoice's amount remaining goes. Required."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155)."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewCreditNoteLine]:
+        """The lines, in order: at least 1, at most 100."""
+
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___NewCreditNoteLine] | None = ...,
+        reason: Global___CreditNote.Reason.ValueType = ...,
+        memo: _builtins.str = ...,
+        refund_method: Global___CreditNote.RefundMethod.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice_id", b"invoice_id", "lines", b"lines", "memo", b"memo", "reason", b"reason", "refund_method", b"refund_method", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCreditNoteRequest: _TypeAlias = CreateCreditNoteRequest  # noqa: Y015
+
+@_typing.final
+class GetCreditNoteRequest(_message.Message):
+    """Request for GetCreditNote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The credit note id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditNoteRequest: _TypeAlias = GetCreditNoteRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesRequest(_message.Message):
+    """Request for ListCreditNotes. With neither `invoice_id` nor `account_id`,
+    every credit note (a customer's: its own account's); with both, the
+    invoice's credit notes if it is the account's (NOT_FOUND otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    """Only this invoice's credit notes."""
+    account_id: _builtins.str
+    """Only this account's credit notes."""
+    page_size: _builtins.int
+    """Maximum number of credit notes to return: 50 when unset or 0, at most
+    1000 (larger values are lowered to 1000).
+    """
+    page_token: _builtins.str
+    """`next_page_token` from the previous response, to fetch the next page. All
+    other fields must be the same as in the request that returned the token.
+    """
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "invoice_id", b"invoice_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditNotesRequest: _TypeAlias = ListCreditNotesRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesResponse(_message.Message):
+    """Response for ListCreditNotes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def credit_notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditNote]:
+        """The credit notes on this page."""
+
+    def __init__(
+        self,
+        *,
+        credit_notes: _abc.Iterable[Global___CreditNote] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_notes", b"credit_notes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditNotesResponse: _TypeAlias = ListCreditNotesResponse  # noqa: Y015

@@ -41,6 +41,11 @@ class InvoiceServiceStub:
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
 
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
+
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
     """
@@ -101,6 +106,21 @@ class InvoiceServiceStub:
                 request_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.CreateCreditNote = channel.unary_unary(
+                '/tally.billing.v1.InvoiceService/CreateCreditNote',
+                request_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreateCreditNoteRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.FromString,
+                _registered_method=True)
+        self.GetCreditNote = channel.unary_unary(
+                '/tally.billing.v1.InvoiceService/GetCreditNote',
+                request_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.GetCreditNoteRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.FromString,
+                _registered_method=True)
+        self.ListCreditNotes = channel.unary_unary(
+                '/tally.billing.v1.InvoiceService/ListCreditNotes',
+                request_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -117,6 +137,11 @@ class InvoiceServiceServicer:
     balance taken at finalization; `amount_due` = `total` - `credits_applied`
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
+
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
 
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
@@ -203,6 +228,41 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCreditNote(self, request, context):
+        """Issues a credit note for an open, paid or uncollectible invoice (a draft
+        is edited instead; a void invoice owes nothing to credit), in the
+        semantics of Stripe's credit notes. Its total is the sum of its lines,
+        and the credit notes of an invoice never add up to more than the
+        invoice's total (FAILED_PRECONDITION, reason
+        CREDIT_NOTE_EXCEEDS_INVOICE, with the amount still creditable). The
+        credit first reduces the invoice's amount remaining (an invoice left
+        with nothing to pay is paid, and `invoice.paid` is emitted); what
+        exceeds it goes to `refund_method`: CREDIT_BALANCE adds it to the
+        account's credit balance, which the next finalized invoices take;
+        OUT_OF_BAND_REFUND records that it was refunded outside Tally. A refund
+        through a payment gateway is not available yet (there is no payment
+        service). Credit notes are numbered from their own gapless sequence
+        (`CN-000001`, ...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCreditNote(self, request, context):
+        """Returns one credit note. Customers see only their own account's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditNotes(self, request, context):
+        """Lists credit notes, newest first: an invoice's, an account's, or all.
+        Customers see only their own account's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +316,21 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     request_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
+            'CreateCreditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCreditNote,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreateCreditNoteRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.SerializeToString,
+            ),
+            'GetCreditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCreditNote,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.GetCreditNoteRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.SerializeToString,
+            ),
+            'ListCreditNotes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditNotes,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tally.billing.v1.InvoiceService', rpc_method_handlers)
@@ -278,6 +353,11 @@ class InvoiceService:
     balance taken at finalization; `amount_due` = `total` - `credits_applied`
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
+
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
 
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
@@ -543,6 +623,87 @@ class InvoiceService:
             '/tally.billing.v1.InvoiceService/RenderInvoice',
             tally_dot_billing_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCreditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.InvoiceService/CreateCreditNote',
+            tally_dot_billing_dot_v1_dot_invoice__pb2.CreateCreditNoteRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCreditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.InvoiceService/GetCreditNote',
+            tally_dot_billing_dot_v1_dot_invoice__pb2.GetCreditNoteRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_invoice__pb2.CreditNote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditNotes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.InvoiceService/ListCreditNotes',
+            tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_invoice__pb2.ListCreditNotesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ class InvoiceServiceStub:
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
 
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
+
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
     """
@@ -87,6 +92,28 @@ class InvoiceServiceStub:
     """Renders the invoice for people: HTML, or PDF. Customers render only
     their own account's.
     """
+    CreateCreditNote: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.CreateCreditNoteRequest, _invoice_pb2.CreditNote]
+    """Issues a credit note for an open, paid or uncollectible invoice (a draft
+    is edited instead; a void invoice owes nothing to credit), in the
+    semantics of Stripe's credit notes. Its total is the sum of its lines,
+    and the credit notes of an invoice never add up to more than the
+    invoice's total (FAILED_PRECONDITION, reason
+    CREDIT_NOTE_EXCEEDS_INVOICE, with the amount still creditable). The
+    credit first reduces the invoice's amount remaining (an invoice left
+    with nothing to pay is paid, and `invoice.paid` is emitted); what
+    exceeds it goes to `refund_method`: CREDIT_BALANCE adds it to the
+    account's credit balance, which the next finalized invoices take;
+    OUT_OF_BAND_REFUND records that it was refunded outside Tally. A refund
+    through a payment gateway is not available yet (there is no payment
+    service). Credit notes are numbered from their own gapless sequence
+    (`CN-000001`, ...).
+    """
+    GetCreditNote: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.GetCreditNoteRequest, _invoice_pb2.CreditNote]
+    """Returns one credit note. Customers see only their own account's."""
+    ListCreditNotes: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.ListCreditNotesRequest, _invoice_pb2.ListCreditNotesResponse]
+    """Lists credit notes, newest first: an invoice's, an account's, or all.
+    Customers see only their own account's.
+    """
 
 @_typing.type_check_only
 class InvoiceServiceAsyncStub(InvoiceServiceStub):
@@ -103,6 +130,11 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     balance taken at finalization; `amount_due` = `total` - `credits_applied`
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
+
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
 
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
@@ -146,6 +178,28 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     """Renders the invoice for people: HTML, or PDF. Customers render only
     their own account's.
     """
+    CreateCreditNote: _aio.UnaryUnaryMultiCallable[_invoice_pb2.CreateCreditNoteRequest, _invoice_pb2.CreditNote]  # type: ignore[assignment]
+    """Issues a credit note for an open, paid or uncollectible invoice (a draft
+    is edited instead; a void invoice owes nothing to credit), in the
+    semantics of Stripe's credit notes. Its total is the sum of its lines,
+    and the credit notes of an invoice never add up to more than the
+    invoice's total (FAILED_PRECONDITION, reason
+    CREDIT_NOTE_EXCEEDS_INVOICE, with the amount still creditable). The
+    credit first reduces the invoice's amount remaining (an invoice left
+    with nothing to pay is paid, and `invoice.paid` is emitted); what
+    exceeds it goes to `refund_method`: CREDIT_BALANCE adds it to the
+    account's credit balance, which the next finalized invoices take;
+    OUT_OF_BAND_REFUND records that it was refunded outside Tally. A refund
+    through a payment gateway is not available yet (there is no payment
+    service). Credit notes are numbered from their own gapless sequence
+    (`CN-000001`, ...).
+    """
+    GetCreditNote: _aio.UnaryUnaryMultiCallable[_invoice_pb2.GetCreditNoteRequest, _invoice_pb2.CreditNote]  # type: ignore[assignment]
+    """Returns one credit note. Customers see only their own account's."""
+    ListCreditNotes: _aio.UnaryUnaryMultiCallable[_invoice_pb2.ListCreditNotesRequest, _invoice_pb2.ListCreditNotesResponse]  # type: ignore[assignment]
+    """Lists credit notes, newest first: an invoice's, an account's, or all.
+    Customers see only their own account's.
+    """
 
 class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages invoices: what an account owes for a period, line by line.
@@ -161,6 +215,11 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
     balance taken at finalization; `amount_due` = `total` - `credits_applied`
     (never below 0: a negative total becomes credit on the account);
     `amount_remaining` = `amount_due` - `amount_paid`.
+
+    Credit notes correct a finalized invoice (see CreateCreditNote): the part
+    of a credit note that reduces what is still owed lowers `amount_due`
+    (`pre_payment_credit_notes_amount`); the part beyond it goes to the
+    credit note's refund method (`post_payment_credit_notes_amount`).
 
     An illegal transition (voiding a paid invoice, say) fails with
     FAILED_PRECONDITION (reason INVALID_STATE) naming the current status.
@@ -261,6 +320,46 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """Renders the invoice for people: HTML, or PDF. Customers render only
         their own account's.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCreditNote(
+        self,
+        request: _invoice_pb2.CreateCreditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoice_pb2.CreditNote, _abc.Awaitable[_invoice_pb2.CreditNote]]:
+        """Issues a credit note for an open, paid or uncollectible invoice (a draft
+        is edited instead; a void invoice owes nothing to credit), in the
+        semantics of Stripe's credit notes. Its total is the sum of its lines,
+        and the credit notes of an invoice never add up to more than the
+        invoice's total (FAILED_PRECONDITION, reason
+        CREDIT_NOTE_EXCEEDS_INVOICE, with the amount still creditable). The
+        credit first reduces the invoice's amount remaining (an invoice left
+        with nothing to pay is paid, and `invoice.paid` is emitted); what
+        exceeds it goes to `refund_method`: CREDIT_BALANCE adds it to the
+        account's credit balance, which the next finalized invoices take;
+        OUT_OF_BAND_REFUND records that it was refunded outside Tally. A refund
+        through a payment gateway is not available yet (there is no payment
+        service). Credit notes are numbered from their own gapless sequence
+        (`CN-000001`, ...).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCreditNote(
+        self,
+        request: _invoice_pb2.GetCreditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoice_pb2.CreditNote, _abc.Awaitable[_invoice_pb2.CreditNote]]:
+        """Returns one credit note. Customers see only their own account's."""
+
+    @_abc_1.abstractmethod
+    def ListCreditNotes(
+        self,
+        request: _invoice_pb2.ListCreditNotesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoice_pb2.ListCreditNotesResponse, _abc.Awaitable[_invoice_pb2.ListCreditNotesResponse]]:
+        """Lists credit notes, newest first: an invoice's, an account's, or all.
+        Customers see only their own account's.
         """
 
 def add_InvoiceServiceServicer_to_server(servicer: InvoiceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -307,7 +307,9 @@ Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
 
 @_typing.final
 class PendingInvoiceItem(_message.Message):
-    """Something a subscription owes or is owed, waiting to be invoiced."""
+    """Something a subscription owes or is owed, waiting to be invoiced (and,
+    once invoiced, the invoice it is on).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -355,6 +357,7 @@ class PendingInvoiceItem(_message.Message):
     PLAN_ID_FIELD_NUMBER: _builtins.int
     PLAN_VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `pii_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
     account_id: _builtins.str
@@ -371,6 +374,8 @@ class PendingInvoiceItem(_message.Message):
     """The plan and version whose price it is."""
     plan_version: _builtins.int
     """The plan version."""
+    invoice_id: _builtins.str
+    """The invoice the item is on; empty while it waits to be invoiced."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount, rounded once; negative for a credit."""
@@ -407,10 +412,11 @@ class PendingInvoiceItem(_message.Message):
         plan_id: _builtins.str = ...,
         plan_version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        invoice_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "description", b"description", "fee_code", b"fee_code", "id", b"id", "kind", b"kind", "period_end", b"period_end", "period_start", b"period_start", "plan_id", b"plan_id", "plan_version", b"plan_version", "quantity", b"quantity", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "description", b"description", "fee_code", b"fee_code", "id", b"id", "invoice_id", b"invoice_id", "kind", b"kind", "period_end", b"period_end", "period_start", b"period_start", "plan_id", b"plan_id", "plan_version", b"plan_version", "quantity", b"quantity", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -896,6 +902,7 @@ class ListPendingInvoiceItemsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    SHOW_INVOICED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     page_size: _builtins.int
@@ -908,6 +915,10 @@ class ListPendingInvoiceItemsRequest(_message.Message):
     """
     subscription_id: _builtins.str
     """Only items of this subscription."""
+    show_invoiced: _builtins.bool
+    """Also the items already on an invoice (each with its `invoice_id`); by
+    default only those waiting to be invoiced.
+    """
     def __init__(
         self,
         *,
@@ -915,10 +926,11 @@ class ListPendingInvoiceItemsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
+        show_invoiced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "show_invoiced", b"show_invoiced", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

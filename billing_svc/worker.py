@@ -1,0 +1,152 @@
+"""The billing worker: renews due subscriptions and issues their invoices, in any number of replicas.
+
+A pass claims up to `batch` due subscriptions (core/claims.py: `due_time` is a subscription's next
+boundary; SKIP LOCKED on PostgreSQL) and runs each one's work (billing_svc/billing_work.py) in a
+transaction of its own that also gives the claim back: the boundary, its invoice and the end of
+the claim commit together. A worker whose lease ran out (another took the row) finds it no longer
+holds the claim and rolls its work back. Work that fails is logged and the subscription is due
+again after RETRY_DELAY, so one bad subscription does not stop the others or spin the worker.
+
+Subscriptions of accounts on a test clock are not the worker's: AdvanceTestClock runs their work
+at the clock's time. Everything else runs at its account's billing time, which is the wall clock.
+
+`run_until_idle` is `tally worker --once`: passes until nothing is due, with a progress callback.
+`run` is the job `tally serve` and `tally worker` keep running, one pass every interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from billing_svc.billing_work import SqlBillingUnitOfWork
+from billing_svc.clocks.ports import RunDueWork
+from billing_svc.subscriptions.tables import SubscriptionRow
+from core.claims import WorkQueue, new_worker_id
+from core.clock import Clock
+from core.periodic import PeriodicPasses
+from core.principal import SYSTEM
+
+log = logging.getLogger("tally.billing.worker")
+
+QUEUE = WorkQueue.of(SubscriptionRow)
+ONLY_WALL_CLOCK = SubscriptionRow.test_clock_id.is_(None)
+LEASE = timedelta(minutes=5)
+RETRY_DELAY = timedelta(minutes=1)
+
+
+@dataclass
+class PassReport:
+    """What passes did: subscriptions claimed, boundaries run by kind, failures, claims lost."""
+
+    claimed: int = 0
+    work: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    lost: int = 0
+
+    def add(self, other: PassReport) -> None:
+        self.claimed += other.claimed
+        self.failed += other.failed
+        self.lost += other.lost
+        for kind, count in other.work.items():
+            self.work[kind] = self.work.get(kind, 0) + count
+
+    def summary(self) -> str:
+        work = ", ".join(f"{kind} {count}" for kind, count in sorted(self.work.items())) or "no boundaries"
+        return f"{self.claimed} subscriptions claimed; {work}; {self.failed} failed; {self.lost} claims lost"
+
+
+class BillingWorker(PeriodicPasses):
+    def __init__(
+        self,
+        new_uow: Callable[[], SqlBillingUnitOfWork],
+        work: RunDueWork[SqlBillingUnitOfWork],
+        clock: Clock,
+        *,
+        interval_seconds: float = 10.0,
+        batch: int = 100,
+        name: str = "billing",
+        on_work: Callable[[str, int], None] = lambda kind, count: None,
+    ):
+        super().__init__(interval_seconds, what="billing worker pass", log=log)
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        self._new_uow = new_uow
+        self._work = work
+        self._clock = clock
+        self._batch = batch
+        self._on_work = on_work  # metrics: (kind, count) per boundary kind, "failed" per failure
+        self.worker = new_worker_id(name)
+
+    async def run_pass(self) -> None:
+        """Batches until one comes back short: a backlog is worked through, not one batch an interval."""
+        total = PassReport()
+        while True:
+            report = await self.one_pass()
+            total.add(report)
+            if report.claimed < self._batch or report.claimed == report.failed:
+                break
+        if total.claimed:
+            log.info("billing pass: %s", total.summary())
+
+    async def due_count(self) -> int:
+        """How many subscriptions are due for this worker now (for a progress bar)."""
+        async with self._new_uow() as uow:
+            return await QUEUE.due_count(uow.session, now=self._clock.now(), where=ONLY_WALL_CLOCK)
+
+    async def one_pass(self) -> PassReport:
+        """Claim one batch of due subscriptions and run each one's work."""
+        async with self._new_uow() as uow:
+            claimed = await QUEUE.claim(
+                uow.session,
+                self.worker,
+                now=self._clock.now(),
+                lease=LEASE,
+                limit=self._batch,
+                where=ONLY_WALL_CLOCK,
+            )
+            await uow.commit()
+        report = PassReport(claimed=len(claimed))
+        for row in claimed:
+            await self._run_one(QUEUE.key_of(row), row.id, report)
+        return report
+
+    async def _run_one(self, key: tuple[object, ...], subscription_id: str, report: PassReport) -> None:
+        try:
+            async with self._new_uow() as uow:
+                now = self._clock.now()
+                done = await self._work(uow, subscription_id, now, caller=SYSTEM)
+                if not await QUEUE.release(uow.session, self.worker, [key]):
+                    # The lease ran out and another worker has the subscription: it does the work.
+                    report.lost += 1
+                    return
+                await uow.commit()
+        except Exception:
+            log.exception(
+                "billing work of subscription %s failed; due again in %s", subscription_id, RETRY_DELAY
+            )
+            report.failed += 1
+            self._on_work("failed", 1)
+            async with self._new_uow() as uow:
+                await QUEUE.release(uow.session, self.worker, [key], due=self._clock.now() + RETRY_DELAY)
+                await uow.commit()
+            return
+        for work in done:
+            kind = str(work.kind)
+            report.work[kind] = report.work.get(kind, 0) + 1
+            self._on_work(kind, 1)
+
+    async def run_until_idle(
+        self, *, max_passes: int = 100_000, progress: Callable[[PassReport], None] = lambda report: None
+    ) -> PassReport:
+        """Passes until one claims nothing (`tally worker --once`); the total, reported after each pass."""
+        total = PassReport()
+        for _ in range(max_passes):
+            report = await self.one_pass()
+            total.add(report)
+            progress(total)
+            if report.claimed == 0 or report.claimed == report.failed:
+                break
+        return total
