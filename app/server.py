@@ -504,6 +504,7 @@ def billing_worker(components: Components, metrics: Metrics | None = None) -> Bi
         components.clock,
         interval_seconds=components.settings.billing_worker_interval_seconds,
         on_work=metrics.billing_work_done if metrics is not None else lambda kind, count: None,
+        finalize=billing.billing_work.finalize_due_draft,
     )
 
 

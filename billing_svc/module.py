@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import cast
 
 import grpc
@@ -27,7 +28,7 @@ from billing_svc.catalog.plan_servicer import PlanServicer
 from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
-from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.ports import FinalizeDraft, RunDueWork
 from billing_svc.clocks.servicer import TestClockServicer
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
@@ -94,7 +95,7 @@ class BillingServices:
     invoices: InvoiceDeps
     webhooks: WebhookDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
-    billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
+    billing_work: BillingWork  # a boundary's work and its invoice; drafts finalized after grace
 
 
 def _billing_uow(
@@ -109,7 +110,7 @@ def _billing_uow(
     )
 
 
-def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWork]) -> TestClockDeps:
+def _test_clocks(platform: Platform, billing_work: BillingWork) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
@@ -127,6 +128,7 @@ def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWo
         clock=wall,
         page_tokens=platform.page_tokens,
         run_due_work=work,
+        finalize_draft=cast(FinalizeDraft[TestClocksUnitOfWork], billing_work.finalize_due_draft),
     )
 
 
@@ -164,6 +166,7 @@ def _invoices(platform: Platform) -> InvoiceDeps:
         page_tokens=platform.page_tokens,
         number_prefix=platform.settings.invoice_number_prefix,
         days_until_due=platform.settings.invoice_days_until_due,
+        grace_period=timedelta(seconds=platform.settings.invoice_grace_period_seconds),
     )
 
 
@@ -199,13 +202,18 @@ def build(platform: Platform) -> BillingServices:
         page_tokens=platform.page_tokens,
         cache=platform.cache,
     )
-    # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
+    invoices = _invoices(platform)
+    billing_work = BillingWork(invoices)
+    # Writes hold the invoices too: a new subscription's first invoice, and the invoices of the
+    # boundaries a change catches up on, commit with it. Reads of a subscription touch the plan too
+    # (a preview, the entitlements join): one snapshot.
     subscriptions = SubscriptionDeps(
-        new_uow=subscriptions_uow(platform.writers),
+        new_uow=_billing_uow(platform, platform.writers),
         new_reader=subscriptions_uow(platform.snapshots),
         wall_clock=clock,
         page_tokens=platform.page_tokens,
         cache=platform.cache,
+        boundary_work=billing_work,
     )
     # A summary reads records, meters, the subscription, its plan and the account's clock: one snapshot.
     usage_reads = UsageReadDeps(
@@ -215,8 +223,6 @@ def build(platform: Platform) -> BillingServices:
         clock=clock,
         page_tokens=platform.page_tokens,
     )
-    invoices = _invoices(platform)
-    billing_work = BillingWork(invoices)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,

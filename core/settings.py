@@ -320,6 +320,14 @@ class Settings(BaseSettings):
         le=365,
         description="Days from finalization to an invoice's due time.",
     )
+    invoice_grace_period_seconds: int = Field(
+        3600,
+        ge=0,
+        le=30 * 86400,
+        description="How long a renewal invoice that bills usage stays a draft before the billing "
+        "worker finalizes it, so that usage recorded late for the closed period lands on it (0: "
+        "finalized at once).",
+    )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
         description="JSON list of networks (CIDR) whose proxies in front of the REST face are believed "

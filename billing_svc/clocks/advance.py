@@ -13,7 +13,10 @@ nothing more is due by the target, the last step moves the clock to the target. 
 - one call runs at most `max_work_per_advance` pieces (MAX_WORK_PER_ADVANCE) and then fails with
   FAILED_PRECONDITION ADVANCE_WORK_LIMIT, the clock at the last committed step; calling again with
   the same target goes on. A failure rather than a partial success, so that a request id's
-  stored response is always that of a complete advance.
+  stored response is always that of a complete advance;
+- a draft invoice of the clock's accounts whose grace period ends on the way is finalized at that
+  time, as a piece of work of its own, in the same time order (deps.finalize_draft); it is not
+  reported as billing work (the invoice's own events have it).
 
 Request ids: an IdempotentRunner claims its key in the transaction of the change, and an advance
 has many. So an advance with a request_id first looks for a stored response (a replay returns it,
@@ -104,6 +107,19 @@ async def _step(
             # done, since every advance runs the earliest due work first.
             return _Step(clock, [], None)
         due = await uow.test_clocks.next_due(clock.id, target)
+        finalize = deps.finalize_draft
+        draft = None if finalize is None else await uow.test_clocks.next_draft_due(clock.id, target)
+        if finalize is not None and draft is not None and (due is None or draft.due_time <= due.due_time):
+            # A draft whose grace ends first (an earlier period's invoice before the next boundary).
+            if not may_work:
+                raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
+            if previous == (draft.due_time, draft.id):
+                raise RuntimeError(f"invoice {draft.id} is still a draft at {draft.due_time} after its grace")
+            at = max(draft.due_time, clock.frozen_time)
+            moved = await _move(deps, uow, caller, clock, at, target)
+            await finalize(uow, draft.id, at, caller=caller)
+            await uow.commit()
+            return _Step(moved, [], (draft.due_time, draft.id))
         if due is None:
             moved = await _move(deps, uow, caller, clock, target, target)
             await uow.commit()

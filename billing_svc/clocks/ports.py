@@ -47,6 +47,11 @@ class TestClockRepository(Protocol):
         id), or None when nothing is due by then."""
         ...
 
+    async def next_draft_due(self, clock_id: str, until: datetime) -> DueSubscription | None:
+        """The clock's accounts' draft invoice whose grace period ends first at or before `until`
+        (by that time, then id; `id` is the invoice's), or None."""
+        ...
+
     async def delete_billing(self, account_ids: Iterable[str]) -> None:
         """Every subscription, phase and pending invoice item of these accounts."""
         ...
@@ -82,3 +87,10 @@ class RunDueWork(Protocol[U_contra]):
     async def __call__(
         self, uow: U_contra, subscription_id: str, now: datetime, /, *, caller: Caller
     ) -> Sequence[DoneWork]: ...
+
+
+class FinalizeDraft(Protocol[U_contra]):
+    """billing_svc.billing_work.BillingWork.finalize_due_draft: finalize one draft invoice whose grace
+    period has ended by `now`, inside the open transaction; whether it did."""
+
+    async def __call__(self, uow: U_contra, invoice_id: str, now: datetime, /, *, caller: Caller) -> bool: ...

@@ -9,7 +9,8 @@ from typing import Any, Protocol, Self
 
 from billing_svc.clocks.account_time import AccountClocks
 from billing_svc.invoices.credit_notes import CreditNote
-from billing_svc.invoices.domain import Invoice, InvoiceStatus
+from billing_svc.invoices.domain import Invoice, InvoiceStatus, UsageBasis
+from billing_svc.invoices.usage_lines import PeriodUsage
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
@@ -86,6 +87,13 @@ class CreditNoteRepository(Protocol):
         ...
 
 
+class PeriodUsageReader(Protocol):
+    async def period_usage(self, account_id: str, basis: UsageBasis) -> PeriodUsage:
+        """The plan version's metered charges with their meters' quantities over the basis' period
+        (and the recorded-price records of that period), read in the caller's transaction."""
+        ...
+
+
 class InvoicesUnitOfWork(Protocol):
     @property
     def invoices(self) -> InvoiceRepository: ...
@@ -95,6 +103,9 @@ class InvoicesUnitOfWork(Protocol):
 
     @property
     def credit_notes(self) -> CreditNoteRepository: ...
+
+    @property
+    def period_usage(self) -> PeriodUsageReader: ...
 
     @property
     def accounts(self) -> AccountDirectory: ...

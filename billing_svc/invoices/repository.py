@@ -18,6 +18,7 @@ from billing_svc.invoices.domain import (
     InvoiceStatus,
     LineKind,
     LineTier,
+    UsageBasis,
 )
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
@@ -61,7 +62,26 @@ def _invoice_values(invoice: Invoice) -> dict[str, Any]:
         "void_time": invoice.void_time,
         "revision": invoice.revision,
         "metadata_": dict(invoice.metadata),
+        **_basis_values(invoice.usage_basis),
+        "finalize_due_time": invoice.grace_until if invoice.status is InvoiceStatus.DRAFT else None,
     }
+
+
+def _basis_values(basis: UsageBasis | None) -> dict[str, Any]:
+    return {
+        "usage_plan_id": basis.plan_id if basis else None,
+        "usage_plan_version": basis.plan_version if basis else None,
+        "usage_period_start": basis.period_start if basis else None,
+        "usage_period_end": basis.period_end if basis else None,
+    }
+
+
+def _basis(row: InvoiceRow) -> UsageBasis | None:
+    if row.usage_plan_id is None or row.usage_plan_version is None:
+        return None
+    assert row.usage_period_start is not None
+    assert row.usage_period_end is not None
+    return UsageBasis(row.usage_plan_id, row.usage_plan_version, row.usage_period_start, row.usage_period_end)
 
 
 def _line_rows(invoice: Invoice) -> list[dict[str, Any]]:
@@ -129,6 +149,8 @@ def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine]) -> Invoice:
         void_time=row.void_time,
         revision=row.revision,
         metadata=dict(row.metadata_),
+        usage_basis=_basis(row),
+        grace_until=row.finalize_due_time if row.status == InvoiceStatus.DRAFT.value else None,
     )
 
 
