@@ -4,8 +4,8 @@ finalized invoices exactly once, whoever runs the work and however often.
 The cycle invoice of a renewal holds every item of the subscription that starts at or before the
 renewal: the new period's fee in advance (Stripe's "subscription invoices are created at the start
 of each billing period": https://docs.stripe.com/billing/subscriptions/overview#subscription-lifecycle)
-and what the subscription has owed since its last cycle invoice (a prorated change; the first
-period's fee, which is not invoiced on its own at sign-up yet).
+and what the subscription has owed since its last cycle invoice (a prorated change). The first
+period's fee is invoiced at sign-up, in the CreateSubscription transaction, and finalized at once.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ async def test_each_renewal_is_one_numbered_open_invoice(simulation: Simulation)
     sub = await subs.CreateSubscription(
         spb.CreateSubscriptionRequest(subscription=spb.Subscription(account_id=account.id, plan_id=plan.id))
     )
+    # The sign-up invoice: March's fee, finalized at once, dated at the sign-up.
+    listed = await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account.id))
+    [signup] = listed.invoices
+    assert signup.status == Status.STATUS_OPEN and signup.number == "INV-000001"
+    assert [(_when(line.period_start), line.amount.amount_minor) for line in signup.lines] == [
+        (datetime(2027, 3, 1, tzinfo=UTC), 4900)
+    ]
+    assert _when(signup.create_time) == _when(sub.create_time)
     worker = _worker(simulation)
     assert (await worker.run_until_idle()).claimed == 0  # March has just begun: nothing is due
 
@@ -58,15 +66,14 @@ async def test_each_renewal_is_one_numbered_open_invoice(simulation: Simulation)
     report = await worker.run_until_idle()
     assert (report.claimed, report.work, report.failed) == (1, {"renewal": 1}, 0)
     listed = await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account.id))
-    [first] = listed.invoices
-    assert first.status == Status.STATUS_OPEN and first.number == "INV-000001"
+    first, _ = listed.invoices
+    assert first.status == Status.STATUS_OPEN and first.number == "INV-000002"
     assert first.reason == ipb.Invoice.REASON_SUBSCRIPTION_CYCLE and first.subscription_id == sub.id
-    # March's fee (from the sign-up) and April's in advance: 2 x 4900.
+    # April's fee in advance.
     assert [(_when(line.period_start), line.amount.amount_minor) for line in first.lines] == [
-        (datetime(2027, 3, 1, tzinfo=UTC), 4900),
         (datetime(2027, 4, 1, tzinfo=UTC), 4900),
     ]
-    assert first.total.amount_minor == first.amount_due.amount_minor == 9800
+    assert first.total.amount_minor == first.amount_due.amount_minor == 4900
     assert _when(first.create_time) == datetime(2027, 4, 1, tzinfo=UTC)  # dated at the boundary
     pending = await subs.ListPendingInvoiceItems(spb.ListPendingInvoiceItemsRequest(account_id=account.id))
     assert list(pending.items) == []  # everything owed is on the invoice
@@ -80,7 +87,12 @@ async def test_each_renewal_is_one_numbered_open_invoice(simulation: Simulation)
     report = await worker.run_until_idle()
     assert report.work == {"renewal": 2}
     listed = await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account.id))
-    assert [invoice.number for invoice in listed.invoices] == ["INV-000003", "INV-000002", "INV-000001"]
+    assert [invoice.number for invoice in listed.invoices] == [
+        "INV-000004",
+        "INV-000003",
+        "INV-000002",
+        "INV-000001",
+    ]
     assert [[_when(line.period_start) for line in invoice.lines] for invoice in listed.invoices[:2]] == [
         [datetime(2027, 6, 1, tzinfo=UTC)],
         [datetime(2027, 5, 1, tzinfo=UTC)],

@@ -47,14 +47,15 @@ async def test_a_change_after_a_missed_renewal_renews_first(simulation: Simulati
         (pb.PendingInvoiceItem.KIND_PRORATION_CREDIT, -1500),
         (pb.PendingInvoiceItem.KIND_PRORATION_CHARGE, 3000),
     ]
-    listed = await subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id=account.id))
-    assert len(listed.items) == 1  # the preview wrote nothing: only March's fee
+    everything = pb.ListPendingInvoiceItemsRequest(account_id=account.id, show_invoiced=True)
+    listed = await subs.ListPendingInvoiceItems(everything)
+    assert len(listed.items) == 1  # the preview wrote nothing: only March's fee (on the sign-up invoice)
 
     changed = await subs.ChangeSubscription(pb.ChangeSubscriptionRequest(id=sub.id, plan_id=large.id))
     assert [(i.kind, i.amount.amount_minor) for i in changed.items] == [
         (i.kind, i.amount.amount_minor) for i in preview.items
     ]
-    listed = await subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id=account.id))
+    listed = await subs.ListPendingInvoiceItems(everything)
     fees = [i for i in listed.items if i.kind == pb.PendingInvoiceItem.KIND_FEE]
     # March's fee, then April's, recorded at the boundary it belongs to (Apr 1), not at the change.
     assert [(_when(i.period_start), i.amount.amount_minor) for i in fees] == [
