@@ -22,9 +22,15 @@ from decimal import Decimal
 from billing_svc.catalog import pricing
 from billing_svc.catalog.domain import Meter, MeteredCharge, PlanTerms
 from billing_svc.invoices.domain import USAGE_KINDS, InvoiceLine, LineKind, LineTier, UsageBasis
-from core.money import Money
+from core.money import DECIMAL_CONTEXT, Money
 
 _ZERO = Decimal(0)
+
+
+def _plain(value: Decimal) -> Decimal:
+    """Without trailing zeros (PostgreSQL's NUMERIC(38, 12) gives 40.000000000000 for 40), exactly:
+    the context traps Inexact."""
+    return DECIMAL_CONTEXT.normalize(value) if value else _ZERO
 
 
 @dataclass(frozen=True)
@@ -59,14 +65,16 @@ def charge_line(
     usage: ChargeUsage, basis: UsageBasis, currency_code: str, *, subscription_id: str, line_id: str
 ) -> InvoiceLine:
     price = usage.charge.price
-    quantity = max(usage.quantity, _ZERO)
+    quantity = _plain(max(usage.quantity, _ZERO))
     tiers: tuple[LineTier, ...] = ()
     unit_price: Decimal | None = None
     if isinstance(price, pricing.Percentage):
         amount = pricing.percentage_amount(price, [max(units, _ZERO) for units in usage.transactions])
     else:
         parts = pricing.breakdown(price, quantity)
-        tiers = tuple(LineTier(p.tier_index, p.units, p.unit_price, p.flat_fee, p.amount) for p in parts)
+        tiers = tuple(
+            LineTier(p.tier_index, _plain(p.units), p.unit_price, p.flat_fee, _plain(p.amount)) for p in parts
+        )
         amount = pricing.amount_for(price, quantity)
         if isinstance(price, pricing.PerUnit):
             unit_price = price.unit_price
@@ -141,7 +149,7 @@ def _recorded_line(
         id=line_id,
         kind=LineKind.USAGE,
         description=f"{usage.meter.display_name} (recorded prices)",
-        quantity=usage.units,
+        quantity=_plain(usage.units),
         unit_price=None,
         amount_minor=pricing.line_minor_units(usage.amount, currency_code),
         period_start=basis.period_start,

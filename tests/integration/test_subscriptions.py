@@ -428,9 +428,8 @@ async def test_the_rest_shapes(app: App, channel: grpc.aio.Channel) -> None:
         assert patched["metadata"] == {"team": "growth"}
         entitled, _ = await call(http, "GET", f"/v1/accounts/{account.id}/entitlements", 200, headers=admin)
         assert entitled["entitlements"] == [{"featureCode": "api", "limit": "100"}]
-        items, _ = await call(
-            http, "GET", f"/v1/accounts/{account.id}/pendingInvoiceItems?showInvoiced=true", 200, headers=admin
-        )
+        listed = f"/v1/accounts/{account.id}/pendingInvoiceItems?showInvoiced=true"
+        items, _ = await call(http, "GET", listed, 200, headers=admin)
         assert [i["amount"] for i in items["items"]] == [{"currencyCode": "USD", "amountMinor": "3000"}]
         # A plan without seats refuses a quantity, naming the field (400 over REST).
         body, _ = await call(
