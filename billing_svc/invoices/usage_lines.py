@@ -1,6 +1,6 @@
 """The usage lines of a cycle invoice, billed in arrears for the period its boundary closed. No I/O.
 
-Pricing follows billing_svc.catalog.pricing, as GetUsageSummary does (billing_svc.usage.summary):
+Pricing is GetUsageSummary's (billing_svc.usage.summary.plan_charge, on billing_svc.catalog.pricing):
 one line per metered charge of the plan, its exact amount rounded once, half-up; a quantity model's
 line carries its tier breakdown (`tiers`, exact, before the rounding), a per-unit line its unit
 price. A negative net quantity (corrections exceeding usage) is billed as 0. Records sent with
@@ -22,6 +22,7 @@ from decimal import Decimal
 from billing_svc.catalog import pricing
 from billing_svc.catalog.domain import Meter, MeteredCharge, PlanTerms
 from billing_svc.invoices.domain import USAGE_KINDS, InvoiceLine, LineKind, LineTier, UsageBasis
+from billing_svc.usage.summary import plan_charge, recorded_charge
 from core.money import DECIMAL_CONTEXT, Money
 
 _ZERO = Decimal(0)
@@ -64,27 +65,24 @@ class PeriodUsage:
 def charge_line(
     usage: ChargeUsage, basis: UsageBasis, currency_code: str, *, subscription_id: str, line_id: str
 ) -> InvoiceLine:
+    """The charge priced as GetUsageSummary prices it (the same function: an invoice and the summary
+    of its period agree), with the tier breakdown of a quantity model."""
     price = usage.charge.price
+    priced = plan_charge(usage.meter, usage.charge, usage.quantity, usage.transactions, currency_code)
     quantity = _plain(max(usage.quantity, _ZERO))
     tiers: tuple[LineTier, ...] = ()
-    unit_price: Decimal | None = None
-    if isinstance(price, pricing.Percentage):
-        amount = pricing.percentage_amount(price, [max(units, _ZERO) for units in usage.transactions])
-    else:
-        parts = pricing.breakdown(price, quantity)
+    if not isinstance(price, pricing.Percentage):
         tiers = tuple(
-            LineTier(p.tier_index, _plain(p.units), p.unit_price, p.flat_fee, _plain(p.amount)) for p in parts
+            LineTier(p.tier_index, _plain(p.units), p.unit_price, p.flat_fee, _plain(p.amount))
+            for p in pricing.breakdown(price, quantity)
         )
-        amount = pricing.amount_for(price, quantity)
-        if isinstance(price, pricing.PerUnit):
-            unit_price = price.unit_price
     return InvoiceLine(
         id=line_id,
         kind=LineKind.USAGE,
-        description=usage.charge.description or usage.meter.display_name,
+        description=priced.description,
         quantity=quantity,
-        unit_price=unit_price,
-        amount_minor=pricing.line_minor_units(amount, currency_code),
+        unit_price=price.unit_price if isinstance(price, pricing.PerUnit) else None,
+        amount_minor=priced.amount.amount_minor,
         period_start=basis.period_start,
         period_end=basis.period_end,
         subscription_id=subscription_id,
@@ -145,13 +143,14 @@ def usage_lines(
 def _recorded_line(
     usage: RecordedUsage, basis: UsageBasis, currency_code: str, subscription_id: str, line_id: str
 ) -> InvoiceLine:
+    priced = recorded_charge(usage.meter, usage.units, usage.amount, currency_code)
     return InvoiceLine(
         id=line_id,
         kind=LineKind.USAGE,
-        description=f"{usage.meter.display_name} (recorded prices)",
+        description=priced.description,
         quantity=_plain(usage.units),
         unit_price=None,
-        amount_minor=pricing.line_minor_units(usage.amount, currency_code),
+        amount_minor=priced.amount.amount_minor,
         period_start=basis.period_start,
         period_end=basis.period_end,
         subscription_id=subscription_id,
