@@ -19,11 +19,13 @@ from billing_svc.worker import BillingWorker
 from core.outbox import read_events
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc
+from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
 from tests.scenarios.billing import Ledger, utc
 from tests.scenarios.conftest import Simulation
+from tests.scenarios.usage_plan import FEE, invoices_of, lines_of, record, usage_plan
 
 pytestmark = pytest.mark.scenario
 
@@ -137,3 +139,48 @@ async def test_a_test_clock_advance_invoices_the_trial_end_and_each_renewal(simu
     await ledger.advance(utc(2027, 8, 10))
     again = await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account))
     assert len(again.invoices) == 3
+
+
+async def test_the_worker_finalizes_a_usage_invoice_after_its_grace_period(simulation: Simulation) -> None:
+    """A renewal that bills usage is a draft for the grace period (1 hour by default); usage timed in
+    the closed period and received meanwhile is on it; the worker's first pass after the grace
+    finalizes it. A test clock's draft is the advance's, never the wall-clock worker's."""
+    channel = simulation.channel
+    usage = UsageServiceStub(channel)
+    _, plan = await usage_plan(channel)
+    account = await new_account(channel, 1)
+    subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+    await subs.CreateSubscription(
+        spb.CreateSubscriptionRequest(subscription=spb.Subscription(account_id=account.id, plan_id=plan.id))
+    )
+    rehearsal = await Ledger.start(channel, utc(2027, 3, 1, 9))
+    on_clock = await rehearsal.account(2)
+    await rehearsal.subscribe(on_clock, plan.id)
+    await rehearsal.advance(utc(2027, 4, 1))  # the clock's renewal: a draft until 01:00 on its time
+    await record(usage, account.id, "150", simulation.now)  # 100 + 50 x 0.50 = 125.00
+
+    worker = _worker(simulation)
+    simulation.advance(datetime(2027, 4, 1, 0, 30, tzinfo=UTC) - simulation.now)
+    report = await worker.run_until_idle()
+    assert (report.work, report.drafts, report.finalized) == ({"renewal": 1}, 0, 0)
+    draft = (await invoices_of(channel, account.id))[-1]
+    assert draft.status == Status.STATUS_DRAFT
+    assert lines_of(draft) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "150", 12500)]
+
+    await record(usage, account.id, "60", datetime(2027, 3, 31, 23, 59, tzinfo=UTC))  # late, in March
+    simulation.advance(datetime(2027, 4, 1, 1, tzinfo=UTC) - simulation.now)
+    report = await worker.run_until_idle()
+    assert (report.claimed, report.drafts, report.finalized, report.failed) == (0, 1, 1, 0)
+    done = (await invoices_of(channel, account.id))[-1]
+    assert (done.id, done.status, done.number) == (draft.id, Status.STATUS_OPEN, "INV-000003")
+    # 210 units: 100 + 50 + 1.00 = 151.00, over the minimum.
+    assert lines_of(done) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "210", 15100)]
+    assert _when(done.finalize_time) == datetime(2027, 4, 1, 1, tzinfo=UTC)
+    assert (await worker.run_until_idle()).drafts == 0  # nothing left to claim
+
+    # The test clock's draft is still a draft: its clock has not reached 01:00.
+    [_, clock_draft] = await invoices_of(channel, on_clock)
+    assert clock_draft.status == Status.STATUS_DRAFT
+    await rehearsal.advance(utc(2027, 4, 1, 1))
+    [_, finalized] = await invoices_of(channel, on_clock)
+    assert (finalized.id, finalized.status) == (clock_draft.id, Status.STATUS_OPEN)

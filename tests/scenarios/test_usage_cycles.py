@@ -20,41 +20,22 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import grpc
 import pytest
-from google.type import decimal_pb2
 
 from tally.billing.v1 import invoice_pb2 as ipb
-from tally.billing.v1 import invoice_pb2_grpc, meter_pb2, meter_pb2_grpc
-from tally.billing.v1 import usage_pb2 as upb
 from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
-from tally.subscription.v1 import plan_pb2, plan_pb2_grpc
-from tests.billing_support import new_plan, usd
-from tests.scenarios.billing import Ledger, at, ts, utc
+from tests.billing_support import new_plan
+from tests.scenarios.billing import Ledger, at, utc
 from tests.scenarios.conftest import Simulation
+from tests.scenarios.usage_plan import FEE, MINIMUM, Kind, invoices_of, lines_of, record, usage_plan
 from tests.support import details, failing
 
 pytestmark = pytest.mark.scenario
 
 Status = ipb.Invoice.Status
-Kind = ipb.InvoiceLine.Kind
 GRACE = timedelta(hours=1)  # the default invoice_grace_period_seconds
-MINIMUM = 6000  # $60.00 of usage a month
-FEE = 2000  # $20.00 a month, in advance
 # Units recorded in each month from March 2027 to February 2028 (some under the minimum).
 MONTHLY = ["40", "150", "0", "250", "100", "100.5", "30", "201", "60", "999", "5", "180"]
 LATE = {1: "20", 6: "70"}  # month index -> units recorded in the grace period, timed in the month
-
-
-def _dec(value: str) -> decimal_pb2.Decimal:
-    return decimal_pb2.Decimal(value=value)
-
-
-def _lago_tiers() -> plan_pb2.Price:
-    tiers = [
-        plan_pb2.Tier(up_to=_dec("100"), unit_price=_dec("1")),
-        plan_pb2.Tier(up_to=_dec("200"), unit_price=_dec("0.50")),
-        plan_pb2.Tier(unit_price=_dec("0.10")),
-    ]
-    return plan_pb2.Price(graduated=plan_pb2.TieredPrice(tiers=tiers))
 
 
 def expected_tiers(units: Decimal) -> list[tuple[int, Decimal, Decimal]]:
@@ -75,66 +56,6 @@ def month_start(index: int) -> datetime:
     """The start of the index-th month from March 2027 (the billing periods, in UTC)."""
     year, month = divmod(2 + index, 12)
     return utc(2027 + year, month + 1, 1)
-
-
-async def _usage_plan(channel: grpc.aio.Channel) -> tuple[meter_pb2.Meter, plan_pb2.Plan]:
-    meters = meter_pb2_grpc.MeterServiceStub(channel)
-    meter = await meters.CreateMeter(
-        meter_pb2.CreateMeterRequest(
-            meter=meter_pb2.Meter(
-                code="api-calls",
-                display_name="API calls",
-                unit_label="call",
-                aggregation=meter_pb2.Meter.AGGREGATION_SUM,
-            )
-        )
-    )
-    plan = await plan_pb2_grpc.PlanServiceStub(channel).CreatePlan(
-        plan_pb2.CreatePlanRequest(
-            plan=plan_pb2.Plan(
-                code="usage",
-                display_name="Usage",
-                currency_code="USD",
-                billing_interval=plan_pb2.BillingInterval(unit=plan_pb2.BillingInterval.UNIT_MONTH, count=1),
-                base_fee=usd(FEE),
-                metered_charges=[
-                    plan_pb2.MeteredCharge(meter_id=meter.id, description="API calls", price=_lago_tiers())
-                ],
-                minimum_spend=usd(MINIMUM),
-            )
-        )
-    )
-    return meter, plan
-
-
-async def _record(usage: UsageServiceStub, account_id: str, units: str, when: datetime) -> None:
-    await usage.CreateUsageRecord(
-        upb.CreateUsageRecordRequest(
-            account_id=account_id,
-            usage_record=upb.UsageRecord(
-                service="api-calls", units_consumed=_dec(units), event_time=ts(when)
-            ),
-        )
-    )
-
-
-async def _invoices(channel: grpc.aio.Channel, account_id: str) -> list[ipb.Invoice]:
-    stub = invoice_pb2_grpc.InvoiceServiceStub(channel)
-    listed = await stub.ListInvoices(ipb.ListInvoicesRequest(account_id=account_id, page_size=100))
-    return list(reversed(listed.invoices))  # oldest first
-
-
-def _sums(invoice: ipb.Invoice) -> tuple[int, int, int, int]:
-    """(status, total, credits applied, amount due)."""
-    amounts = (invoice.total, invoice.credits_applied, invoice.amount_due)
-    return (invoice.status, *(amount.amount_minor for amount in amounts))
-
-
-def _lines(invoice: ipb.Invoice) -> list[tuple[str, str, int]]:
-    return [
-        (Kind.Name(line.kind).removeprefix("KIND_"), line.quantity.value, line.amount.amount_minor)
-        for line in invoice.lines
-    ]
 
 
 def _expected_renewal(units: Decimal) -> tuple[list[tuple[str, str, int]], list[tuple[int, str, str]]]:
@@ -160,42 +81,42 @@ async def test_a_year_of_usage_in_arrears_with_tiers_a_minimum_and_a_grace_perio
 ) -> None:
     channel = simulation.channel
     usage = UsageServiceStub(channel)
-    meter, plan = await _usage_plan(channel)
+    meter, plan = await usage_plan(channel)
     ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
     account = await ledger.account(1)
     sub = await ledger.subscribe(account, plan.id)
 
     # The sign-up invoice: March's fee in advance, finalized at once; no usage has been billed yet.
-    [signup] = await _invoices(channel, account)
+    [signup] = await invoices_of(channel, account)
     assert signup.status == Status.STATUS_OPEN and signup.number == "INV-000001"
-    assert _lines(signup) == [("SUBSCRIPTION_FEE", "1", FEE)]
+    assert lines_of(signup) == [("SUBSCRIPTION_FEE", "1", FEE)]
 
     for index, units in enumerate(MONTHLY):
         start, end = month_start(index), month_start(index + 1)
         await ledger.advance(start + timedelta(days=10))
-        await _record(usage, account, units, start + timedelta(days=10))
+        await record(usage, account, units, start + timedelta(days=10))
         billed = Decimal(units)
 
         # The renewal: a draft with the usage recorded so far, for the grace period.
         await ledger.advance(end)
-        draft = (await _invoices(channel, account))[-1]
+        draft = (await invoices_of(channel, account))[-1]
         assert draft.status == Status.STATUS_DRAFT and draft.number == ""
         assert draft.reason == ipb.Invoice.REASON_SUBSCRIPTION_CYCLE and draft.subscription_id == sub.id
-        assert _lines(draft) == _expected_renewal(billed)[0]
+        assert lines_of(draft) == _expected_renewal(billed)[0]
 
         if index in LATE:  # usage timed in the closed month, received in the grace period
             await ledger.advance(end + GRACE / 2)
-            await _record(usage, account, LATE[index], end - timedelta(minutes=1))
+            await record(usage, account, LATE[index], end - timedelta(minutes=1))
             billed += Decimal(LATE[index])
 
         await ledger.advance(end + GRACE)  # the grace period is over: the advance finalizes it
-        invoices = await _invoices(channel, account)
+        invoices = await invoices_of(channel, account)
         assert len(invoices) == index + 2
         done = invoices[-1]
         assert done.id == draft.id and done.status == Status.STATUS_OPEN
         assert done.number == f"INV-{index + 2:06d}"
         lines, tiers = _expected_renewal(billed)
-        assert _lines(done) == lines, f"month {index}"
+        assert lines_of(done) == lines, f"month {index}"
         fee, usage_line, *true_up = done.lines
         assert (at(fee.period_start), at(fee.period_end)) == (end, month_start(index + 2))  # in advance
         assert (at(usage_line.period_start), at(usage_line.period_end)) == (start, end)  # in arrears
@@ -208,7 +129,7 @@ async def test_a_year_of_usage_in_arrears_with_tiers_a_minimum_and_a_grace_perio
         assert [line.kind for line in true_up] == ([Kind.KIND_MINIMUM_SPEND] if true_up else [])
 
     # 250 units (June): Lago's rule gives 100 + 50 + 5 = $155.00, above the minimum: no true-up.
-    june = (await _invoices(channel, account))[4]
+    june = (await invoices_of(channel, account))[4]
     assert [line.amount.amount_minor for line in june.lines] == [FEE, 15500]
 
 
@@ -217,31 +138,31 @@ async def test_usage_after_the_finalized_invoice_is_refused_for_its_period_and_b
 ) -> None:
     channel = simulation.channel
     usage = UsageServiceStub(channel)
-    _, plan = await _usage_plan(channel)
+    _, plan = await usage_plan(channel)
     ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
     account = await ledger.account(2)
     await ledger.subscribe(account, plan.id)
     await ledger.advance(utc(2027, 3, 20))
-    await _record(usage, account, "120", utc(2027, 3, 20))
+    await record(usage, account, "120", utc(2027, 3, 20))
     await ledger.advance(utc(2027, 4, 1) + GRACE)  # March's invoice is finalized
 
-    error = await failing(_record(usage, account, "5", utc(2027, 3, 31, 23)))
+    error = await failing(record(usage, account, "5", utc(2027, 3, 31, 23)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(details(error).violations) == ["usage_record.event_time"]
 
     await ledger.advance(utc(2027, 4, 1, 2))
-    await _record(usage, account, "7", utc(2027, 4, 1, 2))  # April's: accepted, billed in May
+    await record(usage, account, "7", utc(2027, 4, 1, 2))  # April's: accepted, billed in May
     await ledger.advance(utc(2027, 5, 1) + GRACE)
-    march, april = (await _invoices(channel, account))[1:]
-    assert _lines(march) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "120", 11000)]
-    assert _lines(april) == [
+    march, april = (await invoices_of(channel, account))[1:]
+    assert lines_of(march) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "120", 11000)]
+    assert lines_of(april) == [
         ("SUBSCRIPTION_FEE", "1", FEE),
         ("USAGE", "7", 700),
         ("MINIMUM_SPEND", "1", MINIMUM - 700),
     ]
 
 
-async def test_an_upgrade_and_a_downgrade_land_on_the_next_invoices(simulation: Simulation) -> None:
+async def test_an_upgrade_and_a_downgrade_land_on_the_nextinvoices_of(simulation: Simulation) -> None:
     """Prorations are pending items until the next renewal's invoice takes them (Stripe's default,
     `proration_behavior=create_prorations`): an upgrade's net charge is added to it, a downgrade's
     net credit lowers it, and a credit beyond its total becomes the account's credit balance,
@@ -258,9 +179,9 @@ async def test_an_upgrade_and_a_downgrade_land_on_the_next_invoices(simulation: 
     await ledger.advance(utc(2027, 4, 16))
     await ledger.change(sub.id, plan_id=large.id)
     await ledger.advance(utc(2027, 5, 1))
-    may = (await _invoices(channel, account))[-1]
+    may = (await invoices_of(channel, account))[-1]
     # The prorations of April (made first), then May's fee in advance.
-    assert _lines(may) == [
+    assert lines_of(may) == [
         ("PRORATION", "1", -1500),
         ("PRORATION", "1", 3000),
         ("SUBSCRIPTION_FEE", "1", 6000),
@@ -275,8 +196,8 @@ async def test_an_upgrade_and_a_downgrade_land_on_the_next_invoices(simulation: 
     await ledger.advance(utc(2027, 6, 16))
     await ledger.change(sub.id, plan_id=tiny.id)
     await ledger.advance(utc(2027, 9, 1))
-    july, august, september = (await _invoices(channel, account))[-3:]
-    assert _lines(july) == [
+    july, august, september = (await invoices_of(channel, account))[-3:]
+    assert lines_of(july) == [
         ("PRORATION", "1", -3000),
         ("PRORATION", "1", 250),
         ("SUBSCRIPTION_FEE", "1", 500),
