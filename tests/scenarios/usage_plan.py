@@ -82,8 +82,12 @@ async def invoices_of(channel: grpc.aio.Channel, account_id: str) -> list[ipb.In
 
 def sums(invoice: ipb.Invoice) -> tuple[int, int, int, int]:
     """(status, total, credits applied, amount due)."""
-    amounts = (invoice.total, invoice.credits_applied, invoice.amount_due)
-    return (invoice.status, *(amount.amount_minor for amount in amounts))
+    return (
+        invoice.status,
+        invoice.total.amount_minor,
+        invoice.credits_applied.amount_minor,
+        invoice.amount_due.amount_minor,
+    )
 
 
 def lines_of(invoice: ipb.Invoice) -> list[tuple[str, str, int]]:
