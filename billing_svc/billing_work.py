@@ -61,6 +61,12 @@ class SqlBillingUnitOfWork(SqlTestClocksUnitOfWork):
         self.period_usage = SqlPeriodUsage(session)
 
 
+def _basis(closed: ClosedPeriod | None) -> UsageBasis | None:
+    if closed is None:
+        return None
+    return UsageBasis(closed.plan_id, closed.plan_version, closed.start, closed.end)
+
+
 def _billing(uow: SubscriptionsUnitOfWork) -> SqlBillingUnitOfWork:
     if not isinstance(uow, SqlBillingUnitOfWork):  # module.py gives the subscriptions this one
         raise TypeError(f"boundary work needs a SqlBillingUnitOfWork, not {type(uow).__name__}")
@@ -89,21 +95,9 @@ class BillingWork:
                     account_id=work.account_id,
                     subscription_id=work.subscription_id,
                     at=work.due_time,
-                    usage=await self._basis(uow, work.closed),
+                    usage=_basis(work.closed),
                 )
         return done
-
-    async def _basis(self, uow: SqlBillingUnitOfWork, closed: ClosedPeriod | None) -> UsageBasis | None:
-        """The closed period's usage basis, when its plan bills usage (metered charges or a minimum)."""
-        if closed is None:
-            return None
-        plan = await uow.plans.version(closed.plan_id, closed.plan_version)
-        if plan is None:  # plan versions are never deleted; a missing one is corrupt data
-            raise LookupError(f"plan {closed.plan_id} version {closed.plan_version} is missing")
-        terms = plan.terms
-        if not terms.metered_charges and terms.minimum_spend is None:
-            return None
-        return UsageBasis(closed.plan_id, closed.plan_version, closed.start, closed.end)
 
     async def run_due_work(
         self, uow: SubscriptionsUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller

@@ -42,7 +42,7 @@ _ACTIONS = {
 @dataclass(frozen=True)
 class ClosedPeriod:
     """The period a renewal or a period-end cancel closed, with the plan version it was billed
-    by: what its invoice bills usage for, in arrears."""
+    by (one that bills usage): what its invoice bills usage for, in arrears."""
 
     plan_id: str
     plan_version: int
@@ -64,9 +64,14 @@ class WorkDone:
     closed: ClosedPeriod | None = None
 
 
-def closed_period(kind: WorkKind, before: Subscription, due: datetime) -> ClosedPeriod | None:
-    """What the boundary's invoice bills in arrears, from the subscription as it was before it."""
+def closed_period(
+    kind: WorkKind, before: Subscription, plan: PlanVersion, due: datetime
+) -> ClosedPeriod | None:
+    """What the boundary's invoice bills in arrears, from the subscription as it was before it and
+    the plan version it was on: None when that plan bills no usage (no metered charge, no minimum)."""
     if kind not in (WorkKind.RENEWAL, WorkKind.CANCELLATION) or before.state not in USAGE_STATES:
+        return None
+    if not plan.terms.metered_charges and plan.terms.minimum_spend is None:
         return None
     if not before.current_period_start < due:
         return None
@@ -82,14 +87,15 @@ async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> Pla
 
 async def _boundary_steps(
     uow: SubscriptionsUnitOfWork, subscription: Subscription, due: datetime
-) -> list[tuple[str, engine.Step]]:
+) -> tuple[list[tuple[str, engine.Step]], PlanVersion]:
+    """The boundary's steps, and the plan version of the period it closes."""
     plan = await _plan(uow, subscription.plan_id, subscription.plan_version)
     scheduled = subscription.scheduled_change
     scheduled_plan = None
     if scheduled is not None:
         scheduled_plan = await _plan(uow, scheduled.plan_id, scheduled.plan_version)
     steps, _ = engine.boundary(subscription, plan, scheduled_plan, due)
-    return steps
+    return steps, plan
 
 
 async def caught_up(uow: SubscriptionsUnitOfWork, subscription: Subscription, now: datetime) -> Subscription:
@@ -99,7 +105,7 @@ async def caught_up(uow: SubscriptionsUnitOfWork, subscription: Subscription, no
         due = subscription.due_time
         if due is None or due > now:
             break
-        subscription = (await _boundary_steps(uow, subscription, due))[-1][1].subscription
+        subscription = (await _boundary_steps(uow, subscription, due))[0][-1][1].subscription
     return subscription
 
 
@@ -112,7 +118,7 @@ async def run_due_work(
         due = subscription.due_time
         if due is None or due > now:
             break
-        steps = await _boundary_steps(uow, subscription, due)
+        steps, closing_plan = await _boundary_steps(uow, subscription, due)
         before = subscription
         for kind_name, step in steps:
             kind = WorkKind(kind_name)
@@ -125,7 +131,7 @@ async def run_due_work(
                     account_id=before.account_id,
                     subscription_id=before.id,
                     item_ids=tuple(item.id for item in written.items),
-                    closed=closed_period(kind, subscription, due),
+                    closed=closed_period(kind, subscription, closing_plan, due),
                 )
             )
         subscription = before
