@@ -1,8 +1,8 @@
 """`tally worker --once` on the embedded default: it renews what is due, invoices it and exits.
 
 The subscription is made in-process on a clock set 70 days back, on the data directory the command
-then uses; to the command, running on the real clock, the subscription's first two renewals are
-due. A second run finds nothing.
+then uses (with its sign-up invoice, INV-000001); to the command, running on the real clock, the
+subscription's first two renewals are due. A second run finds nothing.
 """
 
 from __future__ import annotations
@@ -76,9 +76,10 @@ async def test_worker_once_invoices_the_due_renewals_and_exits(tmp_path: Path) -
     assert await _invoices(tmp_path) == [
         (subscription_id, "INV-000001", "open"),
         (subscription_id, "INV-000002", "open"),
+        (subscription_id, "INV-000003", "open"),
     ]
 
     again = run_tally("worker", env, tmp_path, args=("--once",))
     assert again.returncode == 0, again.stderr
     assert "0 subscriptions claimed" in again.stderr
-    assert len(await _invoices(tmp_path)) == 2
+    assert len(await _invoices(tmp_path)) == 3
