@@ -1,4 +1,5 @@
-"""A boundary that passed before the billing worker ran it is run first by the next change.
+"""A boundary that passed before the billing worker ran it is run first by the next change, and
+invoiced as the worker would have invoiced it.
 
 On the wall clock (moved here as a FrozenClock) nothing renews a subscription until the worker
 runs its due work; a change made in between must not prorate against a period that has ended.
@@ -12,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tally.billing.v1 import invoice_pb2 as ipb
+from tally.billing.v1.invoice_pb2_grpc import InvoiceServiceStub
 from tally.subscription.v1 import subscription_pb2 as pb
 from tally.subscription.v1.subscription_pb2_grpc import SubscriptionServiceStub
 from tests.billing_support import new_account, new_plan
@@ -63,4 +66,17 @@ async def test_a_change_after_a_missed_renewal_renews_first(simulation: Simulati
         (datetime(2027, 4, 1, tzinfo=UTC), 3000),
     ]
     assert _when(fees[1].create_time) == datetime(2027, 4, 1, tzinfo=UTC)
+    # The renewal the change caught up on has its own invoice, as if the worker had run it: April's
+    # fee, dated at the boundary; the change's prorations wait for May's.
+    invoices = InvoiceServiceStub(channel)
+    listed = await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account.id))
+    april, signup = listed.invoices
+    assert [line.pending_item_id for line in signup.lines] == [fees[0].id]
+    assert [line.pending_item_id for line in april.lines] == [fees[1].id]
+    assert (_when(april.create_time), april.status) == (
+        datetime(2027, 4, 1, tzinfo=UTC),
+        ipb.Invoice.STATUS_OPEN,
+    )
+    pending = await subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id=account.id))
+    assert [i.id for i in pending.items] == [i.id for i in changed.items]
     assert simulation.now - _when(changed.subscription.update_time) < timedelta(seconds=1)
