@@ -82,7 +82,8 @@ async def invoice_cycle(
         usage_basis=usage,
         grace_until=at + deps.grace_period if grace else None,
     )
-    if usage is not None:
+    if grace:  # the usage so far, shown on the draft (finalize makes the usage lines itself)
+        assert usage is not None
         invoice = replace(invoice, lines=invoice.lines + tuple(await usage_lines_of(uow, invoice, usage)))
     await uow.invoices.add(invoice, cycle_key=key)
     await record_change(uow, caller, "created", None, invoice)

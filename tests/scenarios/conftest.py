@@ -12,6 +12,7 @@ channel here mints a fresh admin token for every call, at the simulated time.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,8 +62,9 @@ class Simulation:
         return self.now
 
 
-@pytest.fixture
-async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+@asynccontextmanager
+async def simulate(settings: Settings) -> AsyncIterator[Simulation]:
+    """The server on `settings`, its wall clock frozen at DAY_0."""
     clock = FrozenClock(DAY_0)
     app = await build(settings, clock=clock, passwords=cheap_passwords())
     await app.start()
@@ -73,3 +75,9 @@ async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
             yield Simulation(app, clock, channel)
     finally:
         await app.stop(grace=0)
+
+
+@pytest.fixture
+async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    async with simulate(settings) as simulated:
+        yield simulated

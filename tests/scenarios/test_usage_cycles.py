@@ -21,11 +21,12 @@ from decimal import ROUND_HALF_UP, Decimal
 import grpc
 import pytest
 
+from core.settings import Settings
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
 from tests.billing_support import new_plan
 from tests.scenarios.billing import Ledger, at, utc
-from tests.scenarios.conftest import Simulation
+from tests.scenarios.conftest import Simulation, simulate
 from tests.scenarios.usage_plan import FEE, MINIMUM, Kind, invoices_of, lines_of, record, usage_plan
 from tests.support import details, failing
 
@@ -215,3 +216,20 @@ async def test_an_upgrade_and_a_downgrade_land_on_the_nextinvoices_of(simulation
             september,
         )
     ] == [(500, 500, 0), (500, 500, 0)]
+
+
+async def test_without_a_grace_period_the_renewal_bills_its_usage_finalized_at_once(
+    settings: Settings,
+) -> None:
+    async with simulate(settings.model_copy(update={"invoice_grace_period_seconds": 0})) as simulation:
+        channel = simulation.channel
+        _, plan = await usage_plan(channel)
+        ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
+        account = await ledger.account(4)
+        await ledger.subscribe(account, plan.id)
+        await ledger.advance(utc(2027, 3, 15))
+        await record(UsageServiceStub(channel), account, "250", utc(2027, 3, 15))
+        await ledger.advance(utc(2027, 4, 1))
+        _, april = await invoices_of(channel, account)
+        assert april.status == Status.STATUS_OPEN and at(april.finalize_time) == utc(2027, 4, 1)
+        assert lines_of(april) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "250", 15500)]
