@@ -24,6 +24,7 @@ import pytest
 from core.settings import Settings
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
+from tally.subscription.v1 import subscription_pb2 as spb
 from tests.billing_support import new_plan
 from tests.scenarios.billing import Ledger, at, utc
 from tests.scenarios.conftest import Simulation, simulate
@@ -233,3 +234,20 @@ async def test_without_a_grace_period_the_renewal_bills_its_usage_finalized_at_o
         _, april = await invoices_of(channel, account)
         assert april.status == Status.STATUS_OPEN and at(april.finalize_time) == utc(2027, 4, 1)
         assert lines_of(april) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "250", 15500)]
+
+
+async def test_a_cancel_at_the_period_end_bills_the_last_period_s_usage(simulation: Simulation) -> None:
+    channel = simulation.channel
+    _, plan = await usage_plan(channel)
+    ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
+    account = await ledger.account(5)
+    sub = await ledger.subscribe(account, plan.id)
+    await ledger.advance(utc(2027, 3, 10))
+    await record(UsageServiceStub(channel), account, "90", utc(2027, 3, 10))
+    await ledger.subs.CancelSubscription(spb.CancelSubscriptionRequest(id=sub.id, at_period_end=True))
+    work = await ledger.advance(utc(2027, 4, 1) + GRACE)
+    assert [w.kind for w in work] == ["CANCELLATION"]
+    _, last = await invoices_of(channel, account)
+    # No fee (nothing follows); March's 90 units, above the minimum.
+    assert lines_of(last) == [("USAGE", "90", 9000)]
+    assert last.status == Status.STATUS_OPEN and last.total.amount_minor == 9000
