@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import delete, select
 
 from app.server import App, build
+from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from core.clock import FrozenClock
 from core.settings import Settings
 from tests.support import cheap_passwords, mint
@@ -79,5 +81,32 @@ async def simulate(settings: Settings) -> AsyncIterator[Simulation]:
 
 @pytest.fixture
 async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
-    async with simulate(settings) as simulated:
+    async with simulate(without_usage_upkeep(settings)) as simulated:
         yield simulated
+
+
+def without_usage_upkeep(settings: Settings) -> Settings:
+    """No usage upkeep: on a wall clock in 2027 it would make PostgreSQL partitions months ahead of
+    the real date, which outlive the tables' truncation and confuse the partition tests."""
+    return settings.model_copy(update={"usage_upkeep_interval_seconds": 0})
+
+
+async def forget_scenario_usage(app: App) -> None:
+    """Delete the usage the scenario recorded (received on its 2027 wall clock): on PostgreSQL its
+    rows sit in the DEFAULT partition of months no partition covers, which would stop the
+    partition tests from making those months' partitions."""
+    async with app.engine.begin() as connection:
+        accounts = select(UsageRecordRow.account_id).where(UsageRecordRow.create_time >= DAY_0)
+        await connection.execute(delete(UsageHourlyRow).where(UsageHourlyRow.account_id.in_(accounts)))
+        await connection.execute(delete(UsageEventIdRow).where(UsageEventIdRow.account_id.in_(accounts)))
+        await connection.execute(delete(UsageRecordRow).where(UsageRecordRow.create_time >= DAY_0))
+
+
+@pytest.fixture
+async def usage_simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    """A simulation that records usage, and forgets it afterwards."""
+    async with simulate(without_usage_upkeep(settings)) as simulated:
+        try:
+            yield simulated
+        finally:
+            await forget_scenario_usage(simulated.app)

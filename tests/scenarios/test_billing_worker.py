@@ -141,10 +141,13 @@ async def test_a_test_clock_advance_invoices_the_trial_end_and_each_renewal(simu
     assert len(again.invoices) == 3
 
 
-async def test_the_worker_finalizes_a_usage_invoice_after_its_grace_period(simulation: Simulation) -> None:
+async def test_the_worker_finalizes_a_usage_invoice_after_its_grace_period(
+    usage_simulation: Simulation,
+) -> None:
     """A renewal that bills usage is a draft for the grace period (1 hour by default); usage timed in
     the closed period and received meanwhile is on it; the worker's first pass after the grace
     finalizes it. A test clock's draft is the advance's, never the wall-clock worker's."""
+    simulation = usage_simulation
     channel = simulation.channel
     usage = UsageServiceStub(channel)
     _, plan = await usage_plan(channel)

@@ -27,7 +27,7 @@ from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tests.billing_support import new_plan
 from tests.scenarios.billing import Ledger, at, utc
-from tests.scenarios.conftest import Simulation, simulate
+from tests.scenarios.conftest import Simulation, forget_scenario_usage, simulate, without_usage_upkeep
 from tests.scenarios.usage_plan import FEE, MINIMUM, Kind, invoices_of, lines_of, record, usage_plan
 from tests.support import details, failing
 
@@ -79,8 +79,9 @@ def _same_number(text: str) -> Decimal:
 
 
 async def test_a_year_of_usage_in_arrears_with_tiers_a_minimum_and_a_grace_period(
-    simulation: Simulation,
+    usage_simulation: Simulation,
 ) -> None:
+    simulation = usage_simulation
     channel = simulation.channel
     usage = UsageServiceStub(channel)
     meter, plan = await usage_plan(channel)
@@ -136,8 +137,9 @@ async def test_a_year_of_usage_in_arrears_with_tiers_a_minimum_and_a_grace_perio
 
 
 async def test_usage_after_the_finalized_invoice_is_refused_for_its_period_and_billed_in_the_next(
-    simulation: Simulation,
+    usage_simulation: Simulation,
 ) -> None:
+    simulation = usage_simulation
     channel = simulation.channel
     usage = UsageServiceStub(channel)
     _, plan = await usage_plan(channel)
@@ -164,7 +166,7 @@ async def test_usage_after_the_finalized_invoice_is_refused_for_its_period_and_b
     ]
 
 
-async def test_an_upgrade_and_a_downgrade_land_on_the_nextinvoices_of(simulation: Simulation) -> None:
+async def test_an_upgrade_and_a_downgrade_land_on_the_next_invoices(simulation: Simulation) -> None:
     """Prorations are pending items until the next renewal's invoice takes them (Stripe's default,
     `proration_behavior=create_prorations`): an upgrade's net charge is added to it, a downgrade's
     net credit lowers it, and a credit beyond its total becomes the account's credit balance,
@@ -222,7 +224,8 @@ async def test_an_upgrade_and_a_downgrade_land_on_the_nextinvoices_of(simulation
 async def test_without_a_grace_period_the_renewal_bills_its_usage_finalized_at_once(
     settings: Settings,
 ) -> None:
-    async with simulate(settings.model_copy(update={"invoice_grace_period_seconds": 0})) as simulation:
+    no_grace = without_usage_upkeep(settings).model_copy(update={"invoice_grace_period_seconds": 0})
+    async with simulate(no_grace) as simulation:
         channel = simulation.channel
         _, plan = await usage_plan(channel)
         ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
@@ -234,10 +237,11 @@ async def test_without_a_grace_period_the_renewal_bills_its_usage_finalized_at_o
         _, april = await invoices_of(channel, account)
         assert april.status == Status.STATUS_OPEN and at(april.finalize_time) == utc(2027, 4, 1)
         assert lines_of(april) == [("SUBSCRIPTION_FEE", "1", FEE), ("USAGE", "250", 15500)]
+        await forget_scenario_usage(simulation.app)
 
 
-async def test_a_cancel_at_the_period_end_bills_the_last_period_s_usage(simulation: Simulation) -> None:
-    channel = simulation.channel
+async def test_a_cancel_at_the_period_end_bills_the_last_period_s_usage(usage_simulation: Simulation) -> None:
+    channel = usage_simulation.channel
     _, plan = await usage_plan(channel)
     ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
     account = await ledger.account(5)
