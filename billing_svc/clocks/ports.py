@@ -53,7 +53,8 @@ class TestClockRepository(Protocol):
         ...
 
     async def delete_billing(self, account_ids: Iterable[str]) -> None:
-        """Every subscription, phase and pending invoice item of these accounts."""
+        """Every subscription, phase and pending invoice item of these accounts; their draft
+        invoices are no longer finalized when a grace period ends."""
         ...
 
 

@@ -162,6 +162,14 @@ class SqlTestClockRepository:
         wanted = list(account_ids)
         if not wanted:
             return
+        # Their drafts stay drafts, finalized by hand if at all: a rehearsal's grace period is not
+        # the wall-clock worker's to end.
+        drafts = update(InvoiceRow).where(
+            InvoiceRow.account_id.in_(wanted), InvoiceRow.finalize_due_time.is_not(None)
+        )
+        await self._session.execute(
+            drafts.values(finalize_due_time=None).execution_options(synchronize_session=False)
+        )
         for statement in (
             delete(PendingInvoiceItemRow).where(PendingInvoiceItemRow.account_id.in_(wanted)),
             delete(SubscriptionPhaseRow).where(SubscriptionPhaseRow.account_id.in_(wanted)),

@@ -19,6 +19,7 @@ from billing_svc.worker import BillingWorker
 from core.outbox import read_events
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc
+from tally.billing.v1 import test_clock_pb2 as cpb
 from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
@@ -187,3 +188,22 @@ async def test_the_worker_finalizes_a_usage_invoice_after_its_grace_period(
     await rehearsal.advance(utc(2027, 4, 1, 1))
     [_, finalized] = await invoices_of(channel, on_clock)
     assert (finalized.id, finalized.status) == (clock_draft.id, Status.STATUS_OPEN)
+
+
+async def test_a_deleted_clock_s_drafts_are_left_to_be_finalized_by_hand(
+    usage_simulation: Simulation,
+) -> None:
+    simulation = usage_simulation
+    channel = simulation.channel
+    _, plan = await usage_plan(channel)
+    rehearsal = await Ledger.start(channel, utc(2027, 3, 1, 9))
+    account = await rehearsal.account(1)
+    await rehearsal.subscribe(account, plan.id)
+    await rehearsal.advance(utc(2027, 4, 1))  # April's renewal: a draft in its grace period
+    await rehearsal.clocks.DeleteTestClock(cpb.DeleteTestClockRequest(id=rehearsal.clock.id))
+
+    simulation.advance(datetime(2027, 4, 2, tzinfo=UTC) - simulation.now)  # past the grace, on the wall
+    report = await _worker(simulation).run_until_idle()
+    assert (report.drafts, report.finalized) == (0, 0)
+    _, draft = await invoices_of(channel, account)
+    assert draft.status == Status.STATUS_DRAFT
