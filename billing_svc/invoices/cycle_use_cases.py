@@ -48,7 +48,8 @@ async def invoice_cycle(
     key = cycle_key(subscription_id, at)
     if await uow.invoices.cycle_invoice_exists(key):
         return None
-    terms = await uow.accounts.terms(account_id, lock=True)
+    # Exclusive when it bills usage, as finalize locks it (taken first: no upgrade from a share lock).
+    terms = await uow.accounts.terms(account_id, lock=True, exclusive=usage is not None)
     if terms is None:  # subscriptions keep their account; a missing one is corrupt data
         raise LookupError(f"account {account_id} of subscription {subscription_id} is missing")
     invoice_id = ids.new_id(domain.ID_PREFIX)

@@ -241,6 +241,9 @@ async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice,
     now: usage that came in late for the closed period (in the grace period) is on the invoice."""
     domain.require(invoice, Action.FINALIZE)
     if invoice.usage_basis is not None:
+        # The account's row lock: usage being recorded for it (which share-locks the account) commits
+        # first and is read here, or waits and then finds the period invoiced and is refused.
+        await uow.accounts.terms(invoice.account_id, lock=True, exclusive=True)
         lines = without_usage(invoice.lines) + tuple(await usage_lines_of(uow, invoice, invoice.usage_basis))
         invoice = replace(invoice, lines=lines)
     balance = await uow.balances.balance(invoice.account_id, invoice.currency_code)
