@@ -41,6 +41,7 @@ from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
+from billing_svc.collection import CollectionWorker
 from billing_svc.module import BillingServices
 from billing_svc.usage.upkeep import UsageUpkeep
 from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
@@ -269,6 +270,7 @@ class App:
     usage_upkeep: UsageUpkeep | None = None
     webhooks: WebhookDeliverer | None = None
     billing_worker: BillingWorker | None = None
+    collection_worker: CollectionWorker | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -296,6 +298,8 @@ class App:
             self._jobs.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
         if self.billing_worker is not None:
             self._jobs.append(asyncio.create_task(self.billing_worker.run(), name="billing-worker"))
+        if self.collection_worker is not None:
+            self._jobs.append(asyncio.create_task(self.collection_worker.run(), name="collection-worker"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -481,6 +485,9 @@ async def build(
         usage_upkeep=usage_upkeep,
         webhooks=_webhooks(components, metrics),
         billing_worker=billing_worker(components, metrics) if components.settings.billing_worker else None,
+        collection_worker=(
+            collection_worker(components, metrics) if components.settings.collection_worker else None
+        ),
     )
 
 
@@ -504,6 +511,21 @@ def billing_worker(components: Components, metrics: Metrics | None = None) -> Bi
         components.clock,
         interval_seconds=components.settings.billing_worker_interval_seconds,
         on_work=metrics.billing_work_done if metrics is not None else lambda kind, count: None,
+    )
+
+
+def collection_worker(components: Components, metrics: Metrics | None = None) -> CollectionWorker | None:
+    """The collection worker on the wall clock, when the billing module is served with a collector."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices) or billing.collector is None:
+        return None
+    return CollectionWorker(
+        billing.new_billing_uow,
+        billing.collector,
+        billing.dunning,
+        components.clock,
+        interval_seconds=components.settings.collection_worker_interval_seconds,
+        on_outcome=metrics.collection_done if metrics is not None else lambda outcome: None,
     )
 
 

@@ -8,7 +8,10 @@ once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, sig
 (gateway adapters; not wired to a service yet).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
-tests use to stand in for the subscriptions' work while they drive AdvanceTestClock.
+tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
+"invoice_collector" (a billing_svc.collection.InvoiceCollector), which stands in for the payments
+module's collect_invoice: invoices are collected automatically (the collection worker, test clock
+advances) only when there is a collector.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from billing_svc.catalog.plan_servicer import PlanServicer
 from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
-from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.ports import Collections, RunDueWork
 from billing_svc.clocks.servicer import TestClockServicer
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector
 from billing_svc.invoices.servicer import InvoiceServicer
 from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
@@ -95,6 +99,8 @@ class BillingServices:
     webhooks: WebhookDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
     billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
+    collector: InvoiceCollector | None  # charges an invoice (the collection worker's); None: none
+    dunning: DunningPolicy
 
 
 def _billing_uow(
@@ -109,7 +115,9 @@ def _billing_uow(
     )
 
 
-def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWork]) -> TestClockDeps:
+def _test_clocks(
+    platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWork], collections: Collections | None
+) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
@@ -127,6 +135,7 @@ def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWo
         clock=wall,
         page_tokens=platform.page_tokens,
         run_due_work=work,
+        collections=collections,
     )
 
 
@@ -217,13 +226,22 @@ def build(platform: Platform) -> BillingServices:
     )
     invoices = _invoices(platform)
     billing_work = BillingWork(invoices)
+    settings = platform.settings
+    dunning = DunningPolicy.from_settings(
+        settings.dunning_retry_days, settings.dunning_end_state, settings.collection_retry_delay_seconds
+    )
+    collector = cast(InvoiceCollector | None, platform.overrides.get("invoice_collector"))
+    collections = None
+    if collector is not None:
+        # A rehearsal's collections are not counted in tally_collections_total (the worker's are).
+        collections = ClockCollections(_billing_uow(platform, platform.writers), collector, dunning, clock)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
-        test_clocks=_test_clocks(platform, billing_work),
+        test_clocks=_test_clocks(platform, billing_work, collections),
         usage=_usage(platform),
         invoices=invoices,
         webhooks=WebhookDeps(
@@ -235,6 +253,8 @@ def build(platform: Platform) -> BillingServices:
         ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
+        collector=collector,
+        dunning=dunning,
     )
 
 

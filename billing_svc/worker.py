@@ -20,6 +20,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row
 
 from billing_svc.billing_work import SqlBillingUnitOfWork
 from billing_svc.clocks.ports import RunDueWork
@@ -58,7 +61,55 @@ class PassReport:
         return f"{self.claimed} subscriptions claimed; {work}; {self.failed} failed; {self.lost} claims lost"
 
 
-class BillingWorker(PeriodicPasses):
+class ClaimLoop(PeriodicPasses):
+    """A worker over one WorkQueue of wall-clock rows: the billing worker's and the collection
+    worker's shared part (claiming a batch in a short transaction of its own, counting what is due)."""
+
+    def __init__(
+        self,
+        new_uow: Callable[[], SqlBillingUnitOfWork],
+        clock: Clock,
+        queue: WorkQueue,
+        where: ColumnElement[bool],
+        *,
+        lease: timedelta,
+        interval_seconds: float,
+        batch: int,
+        name: str,
+        logger: logging.Logger,
+    ):
+        super().__init__(interval_seconds, what=f"{name} worker pass", log=logger)
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        self._new_uow = new_uow
+        self._clock = clock
+        self._queue = queue
+        self._where = where
+        self._lease = lease
+        self._batch = batch
+        self.worker = new_worker_id(name)
+
+    async def due_count(self) -> int:
+        """How many rows are due for this worker now (for a progress bar)."""
+        async with self._new_uow() as uow:
+            return await self._queue.due_count(uow.session, now=self._clock.now(), where=self._where)
+
+    async def claim_batch(self) -> list[Row[Any]]:
+        """One batch of due rows claimed for this worker, committed."""
+        async with self._new_uow() as uow:
+            claimed = await self._queue.claim(
+                uow.session,
+                self.worker,
+                now=self._clock.now(),
+                lease=self._lease,
+                limit=self._batch,
+                where=self._where,
+            )
+            await uow.commit()
+        return claimed
+
+
+class BillingWorker(ClaimLoop):
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
@@ -70,15 +121,19 @@ class BillingWorker(PeriodicPasses):
         name: str = "billing",
         on_work: Callable[[str, int], None] = lambda kind, count: None,
     ):
-        super().__init__(interval_seconds, what="billing worker pass", log=log)
-        if batch <= 0:
-            raise ValueError("batch must be positive")
-        self._new_uow = new_uow
+        super().__init__(
+            new_uow,
+            clock,
+            QUEUE,
+            ONLY_WALL_CLOCK,
+            lease=LEASE,
+            interval_seconds=interval_seconds,
+            batch=batch,
+            name=name,
+            logger=log,
+        )
         self._work = work
-        self._clock = clock
-        self._batch = batch
         self._on_work = on_work  # metrics: (kind, count) per boundary kind, "failed" per failure
-        self.worker = new_worker_id(name)
 
     async def run_pass(self) -> None:
         """Batches until one comes back short: a backlog is worked through, not one batch an interval."""
@@ -91,23 +146,9 @@ class BillingWorker(PeriodicPasses):
         if total.claimed:
             log.info("billing pass: %s", total.summary())
 
-    async def due_count(self) -> int:
-        """How many subscriptions are due for this worker now (for a progress bar)."""
-        async with self._new_uow() as uow:
-            return await QUEUE.due_count(uow.session, now=self._clock.now(), where=ONLY_WALL_CLOCK)
-
     async def one_pass(self) -> PassReport:
         """Claim one batch of due subscriptions and run each one's work."""
-        async with self._new_uow() as uow:
-            claimed = await QUEUE.claim(
-                uow.session,
-                self.worker,
-                now=self._clock.now(),
-                lease=LEASE,
-                limit=self._batch,
-                where=ONLY_WALL_CLOCK,
-            )
-            await uow.commit()
+        claimed = await self.claim_batch()
         report = PassReport(claimed=len(claimed))
         for row in claimed:
             await self._run_one(QUEUE.key_of(row), row.id, report)

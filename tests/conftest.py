@@ -117,6 +117,7 @@ async def settings(database_url: str | None, tmp_path: Path) -> Settings:
         # each turn its job on), so that no background pass races a test that moves the wall clock
         # or counts the statements on the engine.
         "billing_worker": False,
+        "collection_worker": False,
         "webhook_delivery": False,
     }
     if database_url is None:
@@ -137,6 +138,7 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         http_addr="127.0.0.1:0",
         jwt_hs256_secret=JWT_SECRET,
         billing_worker=False,
+        collection_worker=False,
         webhook_delivery=False,
     )
 

@@ -4,6 +4,11 @@ Keys lead with account_id where a row belongs to one account, so the schema can 
 account. `cycle_key` is "<subscription id>/<period start>" on a subscription's cycle invoice and
 NULL otherwise: its uniqueness makes a second invoice for the same subscription period impossible,
 even when two workers race. `number` is unique and NULL on drafts.
+
+Automatic collection (billing_svc/collection.py): `next_collection_time` is when the collection
+worker (or a test clock's advance) next charges the invoice, NULL when nobody will;
+`collection_attempts` counts the declined charges; `collection_claimed_by` and
+`collection_lease_until` are the core.claims columns of the worker holding it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from billing_svc.invoices.credit_notes import MAX_MEMO
 from billing_svc.invoices.domain import MAX_DESCRIPTION, MAX_LINE_DESCRIPTION
 from core import ids
+from core.claims import MAX_WORKER_ID
 from core.db import Base, UtcDateTime
 
 MAX_NUMBER = 40
@@ -52,8 +58,15 @@ class InvoiceRow(Base):
     void_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revision: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
+    collection_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_collection_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    collection_claimed_by: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID))
+    collection_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),)
+    __table_args__ = (
+        Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),
+        Index("ix_invoices_next_collection_time", "next_collection_time"),
+    )
 
 
 class InvoiceLineRow(Base):

@@ -213,8 +213,19 @@ async def _billing_now(uow: InvoicesUnitOfWork, account_id: str) -> datetime:
     return (await uow.clocks.time_for(account_id)).now
 
 
+def collected_automatically(invoice: Invoice) -> bool:
+    """Whether a finalized invoice is charged by the collection worker: a subscription's invoice with
+    something to pay. Others wait for PayInvoice or a payment made by hand."""
+    return (
+        bool(invoice.subscription_id)
+        and invoice.status is InvoiceStatus.OPEN
+        and invoice.amount_due_minor > 0
+    )
+
+
 async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice, now: datetime) -> Invoice:
-    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction)."""
+    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction);
+    a subscription's invoice with an amount due is scheduled for collection at once."""
     domain.require(invoice, Action.FINALIZE)
     balance = await uow.balances.balance(invoice.account_id, invoice.currency_code)
     number = domain.number_text(deps.number_prefix, await uow.invoices.next_number(deps.number_prefix))
@@ -230,6 +241,8 @@ async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice,
         source = (domain.RESOURCE_TYPE, done.id)
         await uow.balances.change(done.account_id, done.currency_code, change, source=source, now=now)
     await uow.invoices.save(done)
+    if collected_automatically(done):
+        await uow.invoices.schedule_collection(done.id, now)
     return done
 
 

@@ -11,7 +11,8 @@ channel here mints a fresh admin token for every call, at the simulated time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,8 +64,17 @@ class Simulation:
 
 @pytest.fixture
 async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    async with simulated(settings) as running:
+        yield running
+
+
+@asynccontextmanager
+async def simulated(
+    settings: Settings, overrides: Mapping[str, object] | None = None
+) -> AsyncIterator[Simulation]:
+    """The app on a FrozenClock at DAY_0 with `overrides` (app.server.build's), started; stopped after."""
     clock = FrozenClock(DAY_0)
-    app = await build(settings, clock=clock, passwords=cheap_passwords())
+    app = await build(settings, clock=clock, passwords=cheap_passwords(), overrides=overrides)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(
