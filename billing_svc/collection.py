@@ -21,7 +21,7 @@ Outcomes (`Collected`):
   unpaid: no features, periods roll over without fees) and the invoice is left open: it stays
   owed, and paying it later by any path makes an unpaid subscription active again. (Marking it
   uncollectible is left to an operator, MarkInvoiceUncollectible.) Each decline emits
-  `invoice.payment_failed` with the attempt count and the next attempt's time.
+  `invoice.dunning_step` with the attempt count and the next attempt's time (`final` at the end).
 - PENDING, GATEWAY_UNAVAILABLE (or the collector raising): tried again after
   `collection_retry_delay_seconds`; not a dunning step, the attempt count is unchanged.
 - NO_PAYMENT_METHOD: no schedule any more; the invoice waits to be paid by hand (PayInvoice,
@@ -67,6 +67,7 @@ from billing_svc.subscriptions.recording import record
 from billing_svc.worker import ClaimLoop
 from core.claims import WorkQueue, new_worker_id
 from core.clock import Clock
+from core.errors import FailedPrecondition
 from core.principal import SYSTEM, Caller
 
 log = logging.getLogger("tally.billing.collection")
@@ -81,6 +82,8 @@ QUEUE = WorkQueue.of(
 ONLY_WALL_CLOCK = ~exists(
     select(TestClockAccountRow.account_id).where(TestClockAccountRow.account_id == InvoiceRow.account_id)
 )
+# The payments module's refusal of an account without a default payment method.
+NO_PAYMENT_METHOD_REASONS = frozenset({"PAYMENT_METHOD_REQUIRED"})
 # Longer than any gateway call with its retries: the claim is held through the call.
 LEASE = timedelta(minutes=5)
 
@@ -204,7 +207,7 @@ async def apply_outcome(
     if invoice.subscription_id:
         subscription = await uow.subscriptions.get(invoice.subscription_id, for_update=True)
     if outcome is Collected.DECLINED:
-        _emit_failed(uow, invoice, decision)
+        _emit_dunning_step(uow, invoice, decision)
     if subscription is None:
         return decision
     if invoice.status is InvoiceStatus.PAID and subscription.state in (State.PAST_DUE, State.UNPAID):
@@ -247,10 +250,12 @@ async def _step(
     return (await record(uow, caller, before=before, step=step, action=action, at=now)).subscription
 
 
-def _emit_failed(uow: SqlBillingUnitOfWork, invoice: Invoice, decision: Decision) -> None:
-    """Stripe's invoice.payment_failed: the attempt count and when the next one is (None: never)."""
+def _emit_dunning_step(uow: SqlBillingUnitOfWork, invoice: Invoice, decision: Decision) -> None:
+    """What Stripe's invoice.payment_failed says of the schedule: the attempt count and when the next
+    one is (None: never; `final` when the retries are exhausted). The payment's own failure is the
+    payments module's `invoice.payment_failed`."""
     uow.emit(
-        "invoice.payment_failed",
+        "invoice.dunning_step",
         (invoice_domain.RESOURCE_TYPE, invoice.id),
         {
             "id": invoice.id,
@@ -260,6 +265,7 @@ def _emit_failed(uow: SqlBillingUnitOfWork, invoice: Invoice, decision: Decision
             "currency_code": invoice.currency_code,
             "attempt_count": decision.attempts,
             "next_attempt_time": None if decision.next_time is None else decision.next_time.isoformat(),
+            "final": decision.exhausted,
         },
     )
 
@@ -267,10 +273,18 @@ def _emit_failed(uow: SqlBillingUnitOfWork, invoice: Invoice, decision: Decision
 async def collect_once(
     collector: InvoiceCollector, invoice_id: str, on_outcome: Callable[[str], None]
 ) -> Collected:
-    """One call of the collector (no transaction open). A collector that raises is logged and counts
-    as GATEWAY_UNAVAILABLE: the invoice is tried again after the retry delay."""
+    """One call of the collector (no transaction open). The payments module refuses an account without
+    a default payment method (FAILED_PRECONDITION PAYMENT_METHOD_REQUIRED): NO_PAYMENT_METHOD. A
+    collector that raises otherwise (a gateway not configured, a bug) is logged and counts as
+    GATEWAY_UNAVAILABLE: the invoice is tried again after the retry delay."""
     try:
         outcome = collected(await collector(invoice_id))
+    except FailedPrecondition as exc:
+        if exc.reason in NO_PAYMENT_METHOD_REASONS:
+            outcome = Collected.NO_PAYMENT_METHOD
+        else:
+            log.warning("collecting invoice %s refused (%s); trying again later", invoice_id, exc)
+            outcome = Collected.GATEWAY_UNAVAILABLE
     except Exception:
         log.exception("collecting invoice %s failed; trying again later", invoice_id)
         outcome = Collected.GATEWAY_UNAVAILABLE

@@ -119,7 +119,7 @@ async def test_declines_run_the_schedule_and_cancel(
     assert canceled.cancel_time.ToDatetime(tzinfo=UTC) == utc(2027, 6, 8)  # the last retry's time
     [still] = await _invoices(dunning, account)
     assert still.status == Status.STATUS_OPEN  # left open: it is still owed
-    assert (await _events(dunning, invoice.id)).count("invoice.payment_failed") == 4
+    assert (await _events(dunning, invoice.id)).count("invoice.dunning_step") == 4
     assert [
         e for e in await _events(dunning, sub) if e in ("subscription.past_due", "subscription.canceled")
     ] == [

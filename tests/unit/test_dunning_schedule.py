@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from billing_svc.collection import Collected, DunningPolicy, EndState, collected, decide, parse_retry_days
+from billing_svc.collection import (
+    Collected,
+    DunningPolicy,
+    EndState,
+    collect_once,
+    collected,
+    decide,
+    parse_retry_days,
+)
+from core.errors import FailedPrecondition
 from core.settings import Settings
 
 FINALIZED = datetime(2027, 6, 1, tzinfo=UTC)
@@ -90,3 +99,24 @@ def test_outcomes_of_another_enum_are_read_by_name() -> None:
     assert collected("declined") is Collected.DECLINED
     with pytest.raises(ValueError, match="refunded"):
         collected("refunded")
+
+
+async def test_refusals_and_failures_of_the_collector_are_outcomes() -> None:
+    seen: list[str] = []
+
+    async def refuse(reason: str) -> Collected:
+        raise FailedPrecondition("no", reason=reason)
+
+    async def crash(invoice_id: str) -> Collected:
+        raise RuntimeError("bug")
+
+    async def no_method(invoice_id: str) -> Collected:
+        return await refuse("PAYMENT_METHOD_REQUIRED")
+
+    async def not_configured(invoice_id: str) -> Collected:
+        return await refuse("PAYMENT_GATEWAY_NOT_CONFIGURED")
+
+    assert await collect_once(no_method, "inv_1", seen.append) is Collected.NO_PAYMENT_METHOD
+    assert await collect_once(not_configured, "inv_1", seen.append) is Collected.GATEWAY_UNAVAILABLE
+    assert await collect_once(crash, "inv_1", seen.append) is Collected.GATEWAY_UNAVAILABLE
+    assert seen == ["no_payment_method", "gateway_unavailable", "gateway_unavailable"]

@@ -1,0 +1,139 @@
+"""The collection worker on the wall clock (a FrozenClock), on PostgreSQL: renewal invoices the
+billing worker finalized are charged by two collection workers at once (two claim loops, as two
+replicas would run), each invoice exactly once per attempt at the real sandbox gateway, and the
+declined ones are retried on the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from app.server import billing_worker, collection_worker
+from billing_svc.collection import CollectionReport, CollectionWorker
+from core.settings import Settings
+from tally.billing.v1 import invoice_pb2 as ipb
+from tally.billing.v1 import invoice_pb2_grpc
+from tally.subscription.v1 import subscription_pb2 as spb
+from tally.subscription.v1 import subscription_pb2_grpc
+from tests.billing_support import new_account, new_plan
+from tests.collection_support import SandboxCollector
+from tests.integration.sandbox_support import sandbox_process
+from tests.scenarios.conftest import Simulation, simulated
+
+pytestmark = pytest.mark.scenario
+
+State = spb.Subscription.State
+Status = ipb.Invoice.Status
+SUBSCRIPTIONS = 24  # half of them decline
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    with sandbox_process() as url:
+        yield url
+
+
+@pytest.fixture
+async def collector(sandbox_url: str) -> AsyncIterator[SandboxCollector]:
+    made = SandboxCollector(sandbox_url)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def wall(
+    postgres_settings: Settings, postgres_clean: None, collector: SandboxCollector
+) -> AsyncIterator[Simulation]:
+    # No usage upkeep: on a wall clock in 2027 it would make partitions months ahead of the real date.
+    settings = postgres_settings.model_copy(update={"usage_upkeep_interval_seconds": 0})
+    async with simulated(settings, {"invoice_collector": collector}) as simulation:
+        collector.bind(simulation.app)
+        yield simulation
+
+
+async def _stats(sandbox_url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
+        return dict(await response.json())
+
+
+def _collection_worker(simulation: Simulation, batch: int) -> CollectionWorker:
+    worker = collection_worker(simulation.app.components, simulation.app.metrics)
+    assert worker is not None
+    worker._batch = batch  # small batches, so that the two workers' claims interleave
+    return worker
+
+
+async def _both(simulation: Simulation) -> CollectionReport:
+    first, second = _collection_worker(simulation, 3), _collection_worker(simulation, 3)
+    reports = await asyncio.gather(first.run_until_idle(), second.run_until_idle())
+    total = CollectionReport()
+    for report in reports:
+        total.merge(report)
+    return total
+
+
+async def test_two_workers_charge_each_invoice_once_and_retry_the_declined(
+    wall: Simulation, collector: SandboxCollector, sandbox_url: str
+) -> None:
+    channel = wall.channel
+    subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    plan = await new_plan(channel, "walled", base_minor=1500)
+    accounts: list[str] = []
+    for n in range(SUBSCRIPTIONS):
+        account = await new_account(channel, n)
+        collector.tokens[account.id] = "tok_success" if n % 2 == 0 else "tok_decline"
+        await subs.CreateSubscription(
+            spb.CreateSubscriptionRequest(
+                subscription=spb.Subscription(account_id=account.id, plan_id=plan.id)
+            )
+        )
+        accounts.append(account.id)
+    worker = _collection_worker(wall, 3)
+    assert await worker.due_count() == 0  # nothing is finalized yet
+
+    # 1 April: the renewals are invoiced by the billing worker, then collected by two workers.
+    wall.advance(datetime(2027, 4, 1, 6, tzinfo=UTC) - wall.now)
+    billing = billing_worker(wall.app.components)
+    assert billing is not None
+    await billing.run_until_idle()
+    assert await worker.due_count() == SUBSCRIPTIONS
+    report = await _both(wall)
+    assert (report.claimed, report.outcomes, report.lost) == (
+        SUBSCRIPTIONS,
+        {"paid": SUBSCRIPTIONS // 2, "declined": SUBSCRIPTIONS // 2},
+        0,
+    )
+    stats = await _stats(sandbox_url)
+    listed = {
+        account: list((await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account))).invoices)
+        for account in accounts
+    }
+    for n, account_id in enumerate(accounts):
+        [invoice] = listed[account_id]
+        assert stats["charges_executed"].get(f"{invoice.id}/1") == 1
+        assert f"{invoice.id}/2" not in stats["charges_executed"]
+        assert invoice.status == (Status.STATUS_PAID if n % 2 == 0 else Status.STATUS_OPEN)
+    states = await subs.ListSubscriptions(spb.ListSubscriptionsRequest(page_size=100))
+    assert sorted(State.Name(s.state) for s in states.subscriptions) == sorted(
+        ["STATE_ACTIVE"] * (SUBSCRIPTIONS // 2) + ["STATE_PAST_DUE"] * (SUBSCRIPTIONS // 2)
+    )
+    assert await worker.due_count() == 0  # the retries are 3 days off
+    registry = wall.app.metrics.registry
+    assert registry.get_sample_value("tally_collections_total", {"outcome": "paid"}) == SUBSCRIPTIONS // 2
+
+    # 3 days later the declined ones are retried, once each; the paid ones are not touched.
+    wall.advance(timedelta(days=3))
+    report = await _both(wall)
+    assert (report.claimed, report.outcomes) == (SUBSCRIPTIONS // 2, {"declined": SUBSCRIPTIONS // 2})
+    stats = await _stats(sandbox_url)
+    for n, account_id in enumerate(accounts):
+        [invoice] = listed[account_id]
+        assert stats["charges_executed"].get(f"{invoice.id}/2") == (None if n % 2 == 0 else 1)
+    assert (await _both(wall)).claimed == 0
