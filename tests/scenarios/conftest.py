@@ -11,7 +11,7 @@ channel here mints a fresh admin token for every call, at the simulated time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,8 @@ import pytest
 from app.server import App, build
 from core.clock import FrozenClock
 from core.settings import Settings
+from tests.collection_support import SandboxCollector
+from tests.integration.sandbox_support import sandbox_process
 from tests.support import cheap_passwords, mint
 
 # A Monday at 09:00 UTC, with microseconds, so that times survive every round trip exactly.
@@ -60,6 +62,21 @@ class Simulation:
         """Move simulated time forward; returns the new now."""
         self.clock.advance(delta)
         return self.now
+
+
+# The sandbox payment gateway (a process of its own) and a collector on it, for the collection
+# scenarios; one gateway per test module.
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    with sandbox_process() as url:
+        yield url
+
+
+@pytest.fixture
+async def collector(sandbox_url: str) -> AsyncIterator[SandboxCollector]:
+    made = SandboxCollector(sandbox_url)
+    yield made
+    await made.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ declined ones are retried on the schedule.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,6 @@ from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
 from tests.collection_support import SandboxCollector
-from tests.integration.sandbox_support import sandbox_process
 from tests.scenarios.conftest import Simulation, simulated
 
 pytestmark = pytest.mark.scenario
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.scenario
 State = spb.Subscription.State
 Status = ipb.Invoice.Status
 SUBSCRIPTIONS = 24  # half of them decline
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with sandbox_process() as url:
-        yield url
-
-
-@pytest.fixture
-async def collector(sandbox_url: str) -> AsyncIterator[SandboxCollector]:
-    made = SandboxCollector(sandbox_url)
-    yield made
-    await made.close()
 
 
 @pytest.fixture

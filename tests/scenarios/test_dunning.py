@@ -10,7 +10,7 @@ the sandbox (/admin/stats).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC
 from typing import Any
@@ -26,7 +26,6 @@ from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_plan
 from tests.collection_support import SandboxCollector
-from tests.integration.sandbox_support import sandbox_process
 from tests.scenarios.billing import Ledger, utc
 from tests.scenarios.conftest import Simulation, simulated
 
@@ -35,19 +34,6 @@ pytestmark = pytest.mark.scenario
 State = spb.Subscription.State
 Status = ipb.Invoice.Status
 RENEWAL = utc(2027, 6, 1)
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with sandbox_process() as url:
-        yield url
-
-
-@pytest.fixture
-async def collector(sandbox_url: str) -> AsyncIterator[SandboxCollector]:
-    made = SandboxCollector(sandbox_url)
-    yield made
-    await made.close()
 
 
 @asynccontextmanager
