@@ -165,6 +165,9 @@ class Components:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        billing = self.services.get("billing")
+        if isinstance(billing, BillingServices):
+            await billing.payments.gateways.close()  # the adapters' HTTP sessions
         await self.engine.dispose()
 
 
