@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
@@ -49,7 +49,7 @@ def optional_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None
     return stamp
 
 
-def statuses_from(numbers: Iterable[int], known: Mapping[int, S]) -> list[S]:
+def statuses_from(numbers: Iterable[int], known: Mapping[Any, S]) -> list[S]:
     """A request's `statuses` filter: each a known status, never STATUS_UNSPECIFIED."""
     statuses = []
     for index, number in enumerate(numbers):
