@@ -166,6 +166,9 @@ class Components:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        billing = self.services.get("billing")
+        if isinstance(billing, BillingServices):
+            await billing.payments.gateways.close()  # the adapters' HTTP sessions
         await self.engine.dispose()
 
 
@@ -515,9 +518,9 @@ def billing_worker(components: Components, metrics: Metrics | None = None) -> Bi
 
 
 def collection_worker(components: Components, metrics: Metrics | None = None) -> CollectionWorker | None:
-    """The collection worker on the wall clock, when the billing module is served with a collector."""
+    """The collection worker on the wall clock, when the billing module is served."""
     billing = components.services.get("billing")
-    if not isinstance(billing, BillingServices) or billing.collector is None:
+    if not isinstance(billing, BillingServices):
         return None
     return CollectionWorker(
         billing.new_billing_uow,

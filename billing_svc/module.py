@@ -1,23 +1,25 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, WebhookService) and
+Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, PaymentService,
+WebhookService) and
 tally.subscription.v1 (PlanService, SubscriptionService). One package per domain, each with the account
 module's layers: catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration,
 entitlements), clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly
 once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), payments/
-(gateway adapters; not wired to a service yet).
+(payments through gateways, their refunds, the reconciler; the gateway adapters).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
-"invoice_collector" (a billing_svc.collection.InvoiceCollector), which stands in for the payments
-module's collect_invoice: invoices are collected automatically (the collection worker, test clock
-advances) only when there is a collector.
+"payment_after_charge" (a callable given each ChargeResult before it is recorded), which crash tests use,
+and "invoice_collector" (a billing_svc.collection.InvoiceCollector), which stands in for the payments
+module's collect_invoice as what the collection worker and test clock advances charge invoices with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import cast
 
 import grpc
@@ -49,6 +51,14 @@ from billing_svc.invoices.tables import (
     InvoiceRow,
 )
 from billing_svc.invoices.use_cases import InvoiceDeps
+from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
+from billing_svc.payments.gateways.registry import GatewayFactory, GatewayRegistry
+from billing_svc.payments.gateways.sandbox import SandboxGateway
+from billing_svc.payments.gateways.stripe_gateway import StripeGateway
+from billing_svc.payments.servicer import PaymentServicer
+from billing_svc.payments.sql_unit_of_work import SqlPaymentsUnitOfWork
+from billing_svc.payments.tables import PaymentAttemptRow, PaymentRefundRow, PaymentRow, PaymentSettingsRow
+from billing_svc.payments.use_cases import pay_invoice
 from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
@@ -71,11 +81,14 @@ from billing_svc.webhooks.tables import (
 )
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
+from core.principal import SYSTEM, Caller
 from tally.billing.v1 import (
     invoice_pb2,
     invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
     test_clock_pb2,
     test_clock_pb2_grpc,
     usage_pb2,
@@ -96,10 +109,11 @@ class BillingServices:
     usage: UsageDeps
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
+    payments: PaymentDeps
     webhooks: WebhookDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
     billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
-    collector: InvoiceCollector | None  # charges an invoice (the collection worker's); None: none
+    collector: InvoiceCollector  # charges an invoice (payments' collect_invoice, or a test's stand-in)
     dunning: DunningPolicy
 
 
@@ -176,6 +190,61 @@ def _invoices(platform: Platform) -> InvoiceDeps:
     )
 
 
+def _gateway_factories(platform: Platform) -> dict[str, GatewayFactory]:
+    """The configured gateways; an adapter (and its HTTP session) is made on first use."""
+    settings = platform.settings
+    timeout = settings.payment_gateway_timeout_seconds
+    connect = min(timeout, 3.0)
+
+    def sandbox() -> SandboxGateway:
+        return SandboxGateway(settings.sandbox_gateway_url, timeout=timeout, connect_timeout=connect)
+
+    factories: dict[str, GatewayFactory] = {"sandbox": sandbox}
+    key = settings.stripe_api_key
+    if key is not None:
+
+        def stripe() -> StripeGateway:
+            return StripeGateway(
+                key.get_secret_value(),
+                api_base=settings.stripe_api_base,
+                timeout=timeout,
+                connect_timeout=connect,
+            )
+
+        factories["stripe"] = stripe
+    return factories
+
+
+def _payments(platform: Platform) -> PaymentDeps:
+    # Payments keep wall time (their records, the attempts' due times); the invoice a payment pays is
+    # marked paid at its account's billing time, inside the recording transaction.
+    def payments_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlPaymentsUnitOfWork]:
+        return lambda: SqlPaymentsUnitOfWork(
+            sessions, wall_clock=platform.wall_clock, account_directory=platform.account_directory
+        )
+
+    settings = platform.settings
+    gateways = GatewayRegistry(
+        _gateway_factories(platform),
+        platform.wall_clock,
+        default=settings.payment_gateway_default,
+        by_currency=settings.gateway_by_currency,
+    )
+    crash = platform.overrides.get("payment_after_charge")
+    deps = PaymentDeps(
+        new_uow=payments_uow(platform.writers),
+        new_reader=payments_uow(platform.snapshots),  # a payment, its attempts and refunds: one snapshot
+        clock=platform.wall_clock,
+        page_tokens=platform.page_tokens,
+        gateways=gateways,
+        retry_attempts=settings.payment_retry_attempts,
+        retry_delay_seconds=settings.payment_retry_delay_seconds,
+        reconcile_after=timedelta(seconds=settings.payment_reconcile_after_seconds),
+        gateway_timeout=timedelta(seconds=settings.payment_gateway_timeout_seconds),
+    )
+    return replace(deps, after_charge=crash) if callable(crash) else deps
+
+
 def build(platform: Platform) -> BillingServices:
     # The catalog keeps infrastructure time: its records are stamped by the wall clock, never by
     # an account's (test) clock, which belongs to no plan or meter.
@@ -230,11 +299,14 @@ def build(platform: Platform) -> BillingServices:
     dunning = DunningPolicy.from_settings(
         settings.dunning_retry_days, settings.dunning_end_state, settings.collection_retry_delay_seconds
     )
-    collector = cast(InvoiceCollector | None, platform.overrides.get("invoice_collector"))
-    collections = None
-    if collector is not None:
-        # A rehearsal's collections are not counted in tally_collections_total (the worker's are).
-        collections = ClockCollections(_billing_uow(platform, platform.writers), collector, dunning, clock)
+    payments = _payments(platform)
+
+    async def collect(invoice_id: str) -> CollectionOutcome:
+        return await collect_invoice(payments, SYSTEM, invoice_id)
+
+    collector = cast(InvoiceCollector, platform.overrides.get("invoice_collector") or collect)
+    # A rehearsal's collections are not counted in tally_collections_total (the worker's are).
+    collections = ClockCollections(_billing_uow(platform, platform.writers), collector, dunning, clock)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,
@@ -244,6 +316,7 @@ def build(platform: Platform) -> BillingServices:
         test_clocks=_test_clocks(platform, billing_work, collections),
         usage=_usage(platform),
         invoices=invoices,
+        payments=payments,
         webhooks=WebhookDeps(
             lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
@@ -269,7 +342,13 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     )
     usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
-    invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices), server)
+    payments = services.payments
+
+    async def collect(caller: Caller, invoice_id: str, payment_method: str) -> None:
+        await pay_invoice(payments, caller, invoice_id, payment_method)
+
+    invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices, collect), server)
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(payments), server)
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
 
 
@@ -283,6 +362,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
+        payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
     ),
     models=(
@@ -309,6 +389,10 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         WebhookDeliveryRow,
         WebhookAttemptRow,
         WebhookCursorRow,
+        PaymentRow,
+        PaymentAttemptRow,
+        PaymentRefundRow,
+        PaymentSettingsRow,
     ),
     build=build,
     register=register,

@@ -54,6 +54,22 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+PAYMENT_GATEWAYS = ("sandbox", "stripe")
+
+
+def parse_gateway_by_currency(value: str) -> dict[str, str]:
+    """`EUR=stripe,USD=sandbox` as {currency: gateway}; ValueError naming the bad pair."""
+    chosen: dict[str, str] = {}
+    for pair in filter(None, (part.strip() for part in value.split(","))):
+        currency, sep, gateway = (piece.strip() for piece in pair.partition("="))
+        if not sep or len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+            raise ValueError(f"expected CUR=gateway pairs such as EUR=stripe,USD=sandbox, got {pair!r}")
+        if gateway not in PAYMENT_GATEWAYS:
+            raise ValueError(f"{pair!r}: unknown gateway {gateway!r}; one of {', '.join(PAYMENT_GATEWAYS)}")
+        chosen[currency] = gateway
+    return chosen
+
+
 class RateLimit(BaseModel):
     """A token bucket: `rate` tokens a second refill it, up to `burst`; a call takes `cost` tokens."""
 
@@ -350,6 +366,66 @@ class Settings(BaseSettings):
         le=365,
         description="Days from finalization to an invoice's due time.",
     )
+    payment_gateway_default: Literal["sandbox", "stripe"] = Field(
+        "sandbox",
+        description="The payment gateway of payments whose account names none and whose currency has "
+        "none in payment_gateway_by_currency.",
+    )
+    payment_gateway_by_currency: str = Field(
+        "",
+        description="The payment gateway of each currency, as CUR=gateway pairs separated by commas, "
+        "for accounts whose payment settings name none.",
+        examples=["EUR=stripe,USD=sandbox"],
+    )
+    sandbox_gateway_url: str = Field(
+        "http://127.0.0.1:8790",
+        pattern=r"^https?://",
+        description="Where the sandbox payment gateway (`tally sandbox-gateway`) listens.",
+    )
+    stripe_api_key: SecretStr | None = Field(
+        None,
+        description="Stripe secret key; unset, the stripe gateway is not configured and payments "
+        "routed to it fail with FAILED_PRECONDITION.",
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        description="Base URL of the Stripe API (tests point it at a local stand-in); unset, Stripe's.",
+    )
+    payment_gateway_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long a call to a payment gateway may take; a charge unanswered by then is "
+        "unknown and retried with the same idempotency key.",
+    )
+    payment_retry_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Calls made inline for one payment while the gateway fails transiently or does not "
+        "answer (a failure gets a new attempt, no answer the same one); then it is left to the reconciler.",
+    )
+    payment_retry_delay_seconds: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="The wait before the first inline retry of a payment; doubled before each further one.",
+    )
+    payment_reconciler: bool = Field(
+        True,
+        description="`tally serve` settles payment attempts left in flight, unknown or pending by "
+        "looking them up at their gateway (`tally worker` runs it too).",
+    )
+    payment_reconciler_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between the payment reconciler's passes."
+    )
+    payment_reconcile_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="An unsettled payment attempt is the reconciler's once it is this old (longer than "
+        "the inline retries take), and again this long after each lookup that settled nothing.",
+    )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
         description="JSON list of networks (CIDR) whose proxies in front of the REST face are believed "
@@ -426,6 +502,16 @@ class Settings(BaseSettings):
                     f"not valid JSON ({exc.msg} at character {exc.pos}); expected JSON{example}"
                 ) from None
         return value
+
+    @field_validator("payment_gateway_by_currency")
+    @classmethod
+    def _check_gateway_by_currency(cls, value: str) -> str:
+        parse_gateway_by_currency(value)
+        return value
+
+    @property
+    def gateway_by_currency(self) -> dict[str, str]:
+        return parse_gateway_by_currency(self.payment_gateway_by_currency)
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod

@@ -33,13 +33,15 @@ from tally.billing.v1 import (
     invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
     test_clock_pb2,
     test_clock_pb2_grpc,
     webhook_pb2,
     webhook_pb2_grpc,
 )
 from tally.subscription.v1 import subscription_pb2, subscription_pb2_grpc
-from tests.billing_support import new_account, new_plan
+from tests.billing_support import new_account, new_plan, usd
 from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, mint
 
@@ -72,6 +74,8 @@ class Seed:
     credited_a: str  # a finalized invoice of A with a credit note
     credit_note_a: str
     credit_note_b: str
+    payment_a: str  # failed (no gateway listens in this test): readable, not refundable
+    payment_b: str
 
 
 Case = Callable[[Seed], dict[str, Any]]
@@ -88,6 +92,8 @@ _CREDIT = {
     "refundMethod": "REFUND_METHOD_CREDIT_BALANCE",
 }
 HOOK = "/tally.billing.v1.WebhookService/"
+PAY = "/tally.billing.v1.PaymentService/"
+_AMOUNT = {"currencyCode": "USD", "amountMinor": "100"}
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -160,6 +166,15 @@ CASES: dict[str, Case] = {
     INVOICE + "CreateCreditNote": lambda s: {"invoiceId": s.credited_a, **_CREDIT},
     INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_a},
     INVOICE + "ListCreditNotes": lambda s: {"invoiceId": s.credited_a},
+    PAY + "CreatePayment": lambda s: {"accountId": s.account_a, "amount": _AMOUNT, "paymentMethod": "tok_x"},
+    PAY + "GetPayment": lambda s: {"id": s.payment_a},
+    PAY + "ListPayments": lambda s: {"accountId": s.account_a},
+    PAY + "RefundPayment": lambda s: {"id": s.payment_a},
+    PAY + "GetPaymentSettings": lambda s: {"accountId": s.account_a},
+    PAY + "UpdatePaymentSettings": lambda s: {
+        "settings": {"accountId": s.account_a, "defaultPaymentMethod": "tok_x"},
+        "updateMask": "defaultPaymentMethod",
+    },
     HOOK + "CreateWebhookEndpoint": lambda s: {"webhookEndpoint": {"url": "https://93.184.216.34/hook"}},
     HOOK + "GetWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "ListWebhookEndpoints": lambda s: {},
@@ -182,6 +197,8 @@ FOREIGN: dict[str, Case] = {
     INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_b},
     INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_b},
     INVOICE + "ListCreditNotes": lambda s: {"accountId": s.account_b},
+    PAY + "GetPayment": lambda s: {"id": s.payment_b},
+    PAY + "ListPayments": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -329,6 +346,14 @@ async def seed(app: App) -> Seed:
             )
             for invoice in (credited_a, credited_b)
         ]
+        pay_a, pay_b = [
+            await payment_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+                payment_pb2.CreatePaymentRequest(
+                    account_id=account.id, amount=usd(100), payment_method="tok_success"
+                )
+            )
+            for account in (a, b)
+        ]
     return Seed(
         a.id,
         b.id,
@@ -345,6 +370,8 @@ async def seed(app: App) -> Seed:
         credited_a.id,
         note_a.id,
         note_b.id,
+        pay_a.id,
+        pay_b.id,
     )
 
 
@@ -389,7 +416,7 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items, entitlements, usage, invoices and credit notes, nothing else. The matrix above follows the
+# items, entitlements, usage, invoices, credit notes and payments, nothing else. The matrix above follows the
 # descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
@@ -403,6 +430,8 @@ CUSTOMER_METHODS = {
     INVOICE + "RenderInvoice",
     INVOICE + "GetCreditNote",
     INVOICE + "ListCreditNotes",
+    PAY + "GetPayment",
+    PAY + "ListPayments",
 }
 
 

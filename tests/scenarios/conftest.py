@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from app.server import App, build
 from core.clock import FrozenClock
 from core.settings import Settings
-from tests.collection_support import SandboxCollector
+from tally.billing.v1 import payment_pb2, payment_pb2_grpc
 from tests.integration.sandbox_support import sandbox_process
 from tests.support import cheap_passwords, mint
 
@@ -64,19 +66,38 @@ class Simulation:
         return self.now
 
 
-# The sandbox payment gateway (a process of its own) and a collector on it, for the collection
-# scenarios; one gateway per test module.
+# The sandbox payment gateway (a process of its own), for the collection scenarios; one per module.
 @pytest.fixture(scope="module")
 def sandbox_url() -> Iterator[str]:
     with sandbox_process() as url:
         yield url
 
 
-@pytest.fixture
-async def collector(sandbox_url: str) -> AsyncIterator[SandboxCollector]:
-    made = SandboxCollector(sandbox_url)
-    yield made
-    await made.close()
+def paying_to(settings: Settings, sandbox_url: str) -> Settings:
+    """`settings` with payments going to the sandbox gateway at `sandbox_url`."""
+    return settings.model_copy(
+        update={
+            "sandbox_gateway_url": sandbox_url,
+            "payment_gateway_default": "sandbox",
+            "payment_retry_delay_seconds": 0.01,
+        }
+    )
+
+
+async def charges_executed(sandbox_url: str) -> int:
+    """How many charges the sandbox has made (declined ones too), over all keys."""
+    async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
+        stats = await response.json()
+    return sum(stats["charges_executed"].values())
+
+
+async def set_payment_method(channel: grpc.aio.Channel, account_id: str, token: str) -> None:
+    stub = payment_pb2_grpc.PaymentServiceStub(channel)
+    settings = payment_pb2.PaymentSettings(account_id=account_id, default_payment_method=token)
+    mask = field_mask_pb2.FieldMask(paths=["default_payment_method"])
+    await stub.UpdatePaymentSettings(
+        payment_pb2.UpdatePaymentSettingsRequest(settings=settings, update_mask=mask)
+    )
 
 
 @pytest.fixture

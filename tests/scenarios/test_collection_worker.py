@@ -1,7 +1,7 @@
 """The collection worker on the wall clock (a FrozenClock), on PostgreSQL: renewal invoices the
 billing worker finalized are charged by two collection workers at once (two claim loops, as two
-replicas would run), each invoice exactly once per attempt at the real sandbox gateway, and the
-declined ones are retried on the schedule.
+replicas would run), through the payments module, each invoice exactly once per dunning step at the
+real sandbox gateway, and the declined ones are retried on the schedule.
 """
 
 from __future__ import annotations
@@ -9,43 +9,44 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import aiohttp
 import pytest
 
 from app.server import billing_worker, collection_worker
 from billing_svc.collection import CollectionReport, CollectionWorker
 from core.settings import Settings
 from tally.billing.v1 import invoice_pb2 as ipb
-from tally.billing.v1 import invoice_pb2_grpc
+from tally.billing.v1 import invoice_pb2_grpc, payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
-from tests.collection_support import SandboxCollector
-from tests.scenarios.conftest import Simulation, simulated
+from tests.scenarios.conftest import Simulation, charges_executed, paying_to, set_payment_method, simulated
 
 pytestmark = pytest.mark.scenario
 
 State = spb.Subscription.State
 Status = ipb.Invoice.Status
+Paid = payment_pb2.Payment.Status
 SUBSCRIPTIONS = 24  # half of them decline
 
 
 @pytest.fixture
 async def wall(
-    postgres_settings: Settings, postgres_clean: None, collector: SandboxCollector
+    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
 ) -> AsyncIterator[Simulation]:
     # No usage upkeep: on a wall clock in 2027 it would make partitions months ahead of the real date.
-    settings = postgres_settings.model_copy(update={"usage_upkeep_interval_seconds": 0})
-    async with simulated(settings, {"invoice_collector": collector}) as simulation:
-        collector.bind(simulation.app)
+    settings = paying_to(postgres_settings, sandbox_url).model_copy(
+        update={"usage_upkeep_interval_seconds": 0}
+    )
+    async with simulated(settings) as simulation:
         yield simulation
 
 
-async def _stats(sandbox_url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
-        return dict(await response.json())
+async def _charges(simulation: Simulation, invoice_id: str) -> list[int]:
+    """The statuses of the invoice's payments, in no order (their create_time is the frozen wall clock's)."""
+    stub = payment_pb2_grpc.PaymentServiceStub(simulation.channel)
+    listed = await stub.ListPayments(payment_pb2.ListPaymentsRequest(invoice_id=invoice_id, page_size=100))
+    return sorted(payment.status for payment in listed.payments)
 
 
 def _collection_worker(simulation: Simulation, batch: int) -> CollectionWorker:
@@ -65,8 +66,9 @@ async def _both(simulation: Simulation) -> CollectionReport:
 
 
 async def test_two_workers_charge_each_invoice_once_and_retry_the_declined(
-    wall: Simulation, collector: SandboxCollector, sandbox_url: str
+    wall: Simulation, sandbox_url: str
 ) -> None:
+    before = await charges_executed(sandbox_url)
     channel = wall.channel
     subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
     invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
@@ -74,7 +76,7 @@ async def test_two_workers_charge_each_invoice_once_and_retry_the_declined(
     accounts: list[str] = []
     for n in range(SUBSCRIPTIONS):
         account = await new_account(channel, n)
-        collector.tokens[account.id] = "tok_success" if n % 2 == 0 else "tok_decline"
+        await set_payment_method(channel, account.id, "tok_success" if n % 2 == 0 else "tok_decline")
         await subs.CreateSubscription(
             spb.CreateSubscriptionRequest(
                 subscription=spb.Subscription(account_id=account.id, plan_id=plan.id)
@@ -96,15 +98,16 @@ async def test_two_workers_charge_each_invoice_once_and_retry_the_declined(
         {"paid": SUBSCRIPTIONS // 2, "declined": SUBSCRIPTIONS // 2},
         0,
     )
-    stats = await _stats(sandbox_url)
+    assert await charges_executed(sandbox_url) - before == SUBSCRIPTIONS
     listed = {
         account: list((await invoices.ListInvoices(ipb.ListInvoicesRequest(account_id=account))).invoices)
         for account in accounts
     }
     for n, account_id in enumerate(accounts):
         [invoice] = listed[account_id]
-        assert stats["charges_executed"].get(f"{invoice.id}/1") == 1
-        assert f"{invoice.id}/2" not in stats["charges_executed"]
+        assert await _charges(wall, invoice.id) == [
+            Paid.STATUS_SUCCEEDED if n % 2 == 0 else Paid.STATUS_FAILED
+        ]
         assert invoice.status == (Status.STATUS_PAID if n % 2 == 0 else Status.STATUS_OPEN)
     states = await subs.ListSubscriptions(spb.ListSubscriptionsRequest(page_size=100))
     assert sorted(State.Name(s.state) for s in states.subscriptions) == sorted(
@@ -118,8 +121,9 @@ async def test_two_workers_charge_each_invoice_once_and_retry_the_declined(
     wall.advance(timedelta(days=3))
     report = await _both(wall)
     assert (report.claimed, report.outcomes) == (SUBSCRIPTIONS // 2, {"declined": SUBSCRIPTIONS // 2})
-    stats = await _stats(sandbox_url)
+    assert await charges_executed(sandbox_url) - before == SUBSCRIPTIONS + SUBSCRIPTIONS // 2
     for n, account_id in enumerate(accounts):
         [invoice] = listed[account_id]
-        assert stats["charges_executed"].get(f"{invoice.id}/2") == (None if n % 2 == 0 else 1)
+        expected = [Paid.STATUS_SUCCEEDED] if n % 2 == 0 else [Paid.STATUS_FAILED] * 2
+        assert await _charges(wall, invoice.id) == expected
     assert (await _both(wall)).claimed == 0
