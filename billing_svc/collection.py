@@ -321,6 +321,10 @@ class CollectionReport:
 class CollectionWorker(ClaimLoop):
     """Charges the due invoices of wall-clock accounts and applies the dunning schedule."""
 
+    queue = QUEUE
+    where = ONLY_WALL_CLOCK
+    lease = LEASE
+
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
@@ -334,15 +338,7 @@ class CollectionWorker(ClaimLoop):
         on_outcome: Callable[[str], None] = lambda outcome: None,
     ):
         super().__init__(
-            new_uow,
-            clock,
-            QUEUE,
-            ONLY_WALL_CLOCK,
-            lease=LEASE,
-            interval_seconds=interval_seconds,
-            batch=batch,
-            name=name,
-            logger=log,
+            new_uow, clock, interval_seconds=interval_seconds, batch=batch, name=name, logger=log
         )
         self._collector = collector
         self._policy = policy

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import ColumnElement, Row
 
@@ -63,16 +63,18 @@ class PassReport:
 
 class ClaimLoop(PeriodicPasses):
     """A worker over one WorkQueue of wall-clock rows: the billing worker's and the collection
-    worker's shared part (claiming a batch in a short transaction of its own, counting what is due)."""
+    worker's shared part (claiming a batch in a short transaction of its own, counting what is due).
+    A subclass names its queue, the rows it takes (`where`) and its lease."""
+
+    queue: ClassVar[WorkQueue]
+    where: ClassVar[ColumnElement[bool]]
+    lease: ClassVar[timedelta]
 
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
         clock: Clock,
-        queue: WorkQueue,
-        where: ColumnElement[bool],
         *,
-        lease: timedelta,
         interval_seconds: float,
         batch: int,
         name: str,
@@ -83,33 +85,34 @@ class ClaimLoop(PeriodicPasses):
             raise ValueError("batch must be positive")
         self._new_uow = new_uow
         self._clock = clock
-        self._queue = queue
-        self._where = where
-        self._lease = lease
         self._batch = batch
         self.worker = new_worker_id(name)
 
     async def due_count(self) -> int:
         """How many rows are due for this worker now (for a progress bar)."""
         async with self._new_uow() as uow:
-            return await self._queue.due_count(uow.session, now=self._clock.now(), where=self._where)
+            return await self.queue.due_count(uow.session, now=self._clock.now(), where=self.where)
 
     async def claim_batch(self) -> list[Row[Any]]:
         """One batch of due rows claimed for this worker, committed."""
         async with self._new_uow() as uow:
-            claimed = await self._queue.claim(
+            claimed = await self.queue.claim(
                 uow.session,
                 self.worker,
                 now=self._clock.now(),
-                lease=self._lease,
+                lease=self.lease,
                 limit=self._batch,
-                where=self._where,
+                where=self.where,
             )
             await uow.commit()
         return claimed
 
 
 class BillingWorker(ClaimLoop):
+    queue = QUEUE
+    where = ONLY_WALL_CLOCK
+    lease = LEASE
+
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
@@ -122,15 +125,7 @@ class BillingWorker(ClaimLoop):
         on_work: Callable[[str, int], None] = lambda kind, count: None,
     ):
         super().__init__(
-            new_uow,
-            clock,
-            QUEUE,
-            ONLY_WALL_CLOCK,
-            lease=LEASE,
-            interval_seconds=interval_seconds,
-            batch=batch,
-            name=name,
-            logger=log,
+            new_uow, clock, interval_seconds=interval_seconds, batch=batch, name=name, logger=log
         )
         self._work = work
         self._on_work = on_work  # metrics: (kind, count) per boundary kind, "failed" per failure
