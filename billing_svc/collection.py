@@ -365,15 +365,28 @@ class CollectionWorker(ClaimLoop):
             outcome = await collect_once(self._collector, invoice_id, self._on_outcome)
         else:
             outcome = Collected.NOTHING_DUE
-        async with self._new_uow() as uow:
-            invoice = await uow.invoices.get(invoice_id)
-            now = await _billing_now(uow, invoice.account_id) if invoice is not None else self._clock.now()
-            await apply_outcome(uow, self._policy, invoice_id, outcome, now)
-            if not await QUEUE.release(uow.session, self.worker, [key]):
-                # The lease ran out and another worker has the invoice: it records what it finds.
-                report.lost += 1
-                return
-            await uow.commit()
+        try:
+            async with self._new_uow() as uow:
+                invoice = await uow.invoices.get(invoice_id)
+                now = (
+                    await _billing_now(uow, invoice.account_id) if invoice is not None else self._clock.now()
+                )
+                await apply_outcome(uow, self._policy, invoice_id, outcome, now)
+                if not await QUEUE.release(uow.session, self.worker, [key]):
+                    # The lease ran out and another worker has the invoice: it records what it finds.
+                    report.lost += 1
+                    return
+                await uow.commit()
+        except Exception:
+            # The charge's own records are the payments module's and committed: a paid invoice is
+            # NOTHING_DUE when it is taken again, after the retry delay.
+            retry = self._clock.now() + self._policy.retry_delay
+            log.exception("recording the collection of invoice %s failed; due again at %s", invoice_id, retry)
+            async with self._new_uow() as uow:
+                await QUEUE.release(uow.session, self.worker, [key], due=retry)
+                await uow.commit()
+            report.add(Collected.GATEWAY_UNAVAILABLE)
+            return
         report.add(outcome)
 
     async def run_until_idle(self, *, max_passes: int = 100_000) -> CollectionReport:

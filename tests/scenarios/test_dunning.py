@@ -12,6 +12,7 @@ fails the subscription ends as TALLY_DUNNING_END_STATE says. Charges are counted
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
@@ -173,3 +174,49 @@ async def test_without_a_payment_method_the_invoice_waits(dunning: Simulation, s
     assert (await ledger.get(sub)).state == State.STATE_ACTIVE
     assert await _payments(dunning, invoice.id) == []
     assert await charges_executed(sandbox_url) == before
+
+
+async def test_a_payment_made_by_hand_restores_a_past_due_subscription(
+    dunning: Simulation, sandbox_url: str
+) -> None:
+    before = await charges_executed(sandbox_url)
+    ledger, account, sub = await _start(dunning, "tok_decline")
+    await ledger.advance(utc(2027, 6, 2))
+    [invoice] = await _invoices(dunning, account)
+    assert (await ledger.get(sub)).state == State.STATE_PAST_DUE
+
+    # CreatePayment with another card, between two retries: the invoice is paid, and the advance
+    # that follows restores the subscription without charging again.
+    payments = payment_pb2_grpc.PaymentServiceStub(dunning.channel)
+    made = await payments.CreatePayment(
+        payment_pb2.CreatePaymentRequest(
+            invoice_id=invoice.id, payment_method="tok_success", request_id="by-hand"
+        )
+    )
+    assert made.status == PaymentStatus.STATUS_SUCCEEDED
+    assert await charges_executed(sandbox_url) - before == 2
+    assert (await ledger.get(sub)).state == State.STATE_PAST_DUE  # until the next collection step
+    await ledger.advance(utc(2027, 6, 3))
+    assert (await ledger.get(sub)).state == State.STATE_ACTIVE
+    await ledger.advance(utc(2027, 6, 11))  # no retry follows
+    assert await charges_executed(sandbox_url) - before == 2
+    [paid] = await _invoices(dunning, account)
+    assert paid.status == Status.STATUS_PAID
+
+
+async def test_a_gateway_failure_is_retried_after_the_delay_and_is_no_dunning_step(
+    dunning: Simulation, sandbox_url: str
+) -> None:
+    ledger, account, sub = await _start(dunning, "tok_error")  # the sandbox answers 500, charging nothing
+    await ledger.advance(utc(2027, 6, 1, 2, 30))  # collected at 00:00, 01:00 and 02:00
+    [invoice] = await _invoices(dunning, account)
+    assert await _payments(dunning, invoice.id) == [PaymentStatus.STATUS_FAILED] * 3
+    assert (await ledger.get(sub)).state == State.STATE_ACTIVE  # not past due: the card was never tried
+    assert "invoice.dunning_step" not in await _events(dunning, invoice.id)
+
+    # The failures opened the payments module's circuit breaker, which cools down on the wall clock.
+    dunning.advance(timedelta(minutes=1))
+    await set_payment_method(dunning.channel, account, "tok_success")
+    await ledger.advance(utc(2027, 6, 1, 3, 30))
+    [paid] = await _invoices(dunning, account)
+    assert paid.status == Status.STATUS_PAID and at(paid.paid_time) == utc(2027, 6, 1, 3)
