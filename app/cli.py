@@ -33,7 +33,13 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
     "migrate": _COMMON,
     "user": _COMMON,
     "token": (*_COMMON, "environment", "jwt_keys_dir", "jwt_signing_kid", "jwt_issuer", "jwt_audience"),
-    "worker": (*_COMMON, "billing_worker_interval_seconds"),
+    "worker": (
+        *_COMMON,
+        "billing_worker_interval_seconds",
+        "payment_reconciler",
+        "payment_reconciler_interval_seconds",
+        "sandbox_gateway_url",
+    ),
     "gateway": (
         "http_addr",
         "log_level",
@@ -195,21 +201,32 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _worker(settings: Settings, once: bool) -> None:
-    from app.server import billing_worker, build_components
+    from app.server import billing_worker, build_components, payment_reconciler
 
     components = await build_components(settings)
     try:
         worker = billing_worker(components)
         if worker is None:
             raise UsageError("the billing module is not part of this build")
+        reconciler = payment_reconciler(components) if settings.payment_reconciler else None
         if not once:
             log.info(
                 "billing worker %s started (a pass every %g s)",
                 worker.worker,
                 settings.billing_worker_interval_seconds,
             )
-            await worker.run()
+            if reconciler is None:
+                await worker.run()
+                return
+            log.info(
+                "payment reconciler %s started (a pass every %g s)",
+                reconciler.worker,
+                settings.payment_reconciler_interval_seconds,
+            )
+            await asyncio.gather(worker.run(), reconciler.run())
             return
+        if reconciler is not None:
+            log.info("payment reconciler --once: %s", (await reconciler.one_pass()).summary())
         due = await worker.due_count()
         progress = Progress(sys.stderr, due, what="subscriptions")
         total = await worker.run_until_idle(progress=lambda report: progress.update(report.claimed))
