@@ -40,6 +40,9 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
         "collection_worker_interval_seconds",
         "dunning_retry_days",
         "dunning_end_state",
+        "payment_reconciler",
+        "payment_reconciler_interval_seconds",
+        "sandbox_gateway_url",
     ),
     "gateway": (
         "http_addr",
@@ -203,7 +206,7 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _worker(settings: Settings, once: bool) -> None:
-    from app.server import billing_worker, build_components, collection_worker
+    from app.server import billing_worker, build_components, collection_worker, payment_reconciler
 
     components = await build_components(settings)
     try:
@@ -212,6 +215,7 @@ async def _worker(settings: Settings, once: bool) -> None:
             raise UsageError("the billing module is not part of this build")
         # Collection runs after the billing work it follows (the invoices a renewal finalized).
         collector = collection_worker(components) if settings.collection_worker else None
+        reconciler = payment_reconciler(components) if settings.payment_reconciler else None
         if not once:
             log.info(
                 "billing worker %s started (a pass every %g s)",
@@ -226,8 +230,17 @@ async def _worker(settings: Settings, once: bool) -> None:
                     settings.collection_worker_interval_seconds,
                 )
                 jobs.append(collector.run())
+            if reconciler is not None:
+                log.info(
+                    "payment reconciler %s started (a pass every %g s)",
+                    reconciler.worker,
+                    settings.payment_reconciler_interval_seconds,
+                )
+                jobs.append(reconciler.run())
             await asyncio.gather(*jobs)
             return
+        if reconciler is not None:
+            log.info("payment reconciler --once: %s", (await reconciler.one_pass()).summary())
         due = await worker.due_count()
         progress = Progress(sys.stderr, due, what="subscriptions")
         total = await worker.run_until_idle(progress=lambda report: progress.update(report.claimed))

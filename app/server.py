@@ -43,6 +43,7 @@ from app.modules import MODULES
 from app.reflection import enable_reflection
 from billing_svc.collection import CollectionWorker
 from billing_svc.module import BillingServices
+from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.usage.upkeep import UsageUpkeep
 from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
 from billing_svc.worker import BillingWorker
@@ -274,6 +275,7 @@ class App:
     webhooks: WebhookDeliverer | None = None
     billing_worker: BillingWorker | None = None
     collection_worker: CollectionWorker | None = None
+    payment_reconciler: PaymentReconciler | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -303,6 +305,9 @@ class App:
             self._jobs.append(asyncio.create_task(self.billing_worker.run(), name="billing-worker"))
         if self.collection_worker is not None:
             self._jobs.append(asyncio.create_task(self.collection_worker.run(), name="collection-worker"))
+        if self.payment_reconciler is not None:
+            reconciling = self.payment_reconciler.run()
+            self._jobs.append(asyncio.create_task(reconciling, name="payment-reconciler"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -394,6 +399,7 @@ async def build(
         billing = components.services.get("billing")
         if isinstance(billing, BillingServices):
             billing.usage.outcomes.report_to(metrics.usage_recorded)
+            billing.payments.gateways.report_to(metrics.registry)  # the circuit breakers' states
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)
@@ -491,6 +497,7 @@ async def build(
         collection_worker=(
             collection_worker(components, metrics) if components.settings.collection_worker else None
         ),
+        payment_reconciler=payment_reconciler(components) if components.settings.payment_reconciler else None,
     )
 
 
@@ -529,6 +536,16 @@ def collection_worker(components: Components, metrics: Metrics | None = None) ->
         components.clock,
         interval_seconds=components.settings.collection_worker_interval_seconds,
         on_outcome=metrics.collection_done if metrics is not None else lambda outcome: None,
+    )
+
+
+def payment_reconciler(components: Components) -> PaymentReconciler | None:
+    """The payment reconciler on the wall clock, when the billing module is served."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices):
+        return None
+    return PaymentReconciler(
+        billing.payments, interval_seconds=components.settings.payment_reconciler_interval_seconds
     )
 
 

@@ -22,6 +22,7 @@ from gateway.constraints.billing import BILLING_FIELDS, BILLING_MESSAGES
 from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
 from gateway.constraints.invoices import INVOICE_FIELDS
+from gateway.constraints.payments import PAYMENT_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
 from gateway.constraints.webhooks import WEBHOOK_FIELDS
 from gateway.schemas import JSON, Rules
@@ -45,6 +46,7 @@ RULES = Rules(
         **BILLING_FIELDS,
         **USAGE_FIELDS,
         **INVOICE_FIELDS,
+        **PAYMENT_FIELDS,
         **WEBHOOK_FIELDS,
     },
     names=_SHARED_NAMES,

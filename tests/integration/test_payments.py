@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
+from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from app.server import App
@@ -32,6 +34,8 @@ from tests.billing_support import new_account, usd
 from tests.integration.sandbox_support import CLIENT_TIMEOUT, PENDING_DELAY, TIMEOUT_DELAY, sandbox_process
 from tests.integration.test_gateway import Gateway, bearer, call
 from tests.integration.test_invoices import line, one_off
+from tests.stripe_standin import API_KEY as STRIPE_KEY
+from tests.stripe_standin import running_standin
 from tests.support import channel_as, failing, mint, reason, serving
 
 Status = pb.Payment.Status
@@ -393,3 +397,69 @@ async def test_a_card_number_is_refused_and_neither_stored_nor_logged(
             assert not any("4242" in str(row) for row in rows), table
         attempts = (await connection.execute(select(PaymentAttemptRow))).all()
         assert attempts == []
+
+
+async def test_a_request_id_replays_the_payment_and_never_charges_again(
+    channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    account = await new_account(channel, 16)
+    first = await payments.CreatePayment(charge(account.id, 900, "tok_success", request_id="buy-16"))
+    again = await payments.CreatePayment(charge(account.id, 900, "tok_success", request_id="buy-16"))
+    assert again == first and await executions(sandbox_url, first) == [1]
+    error = await failing(payments.CreatePayment(charge(account.id, 901, "tok_success", request_id="buy-16")))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await payments.ListPayments(pb.ListPaymentsRequest(account_id=account.id))
+    assert [p.id for p in listed.payments] == [first.id]
+
+
+async def test_the_gateway_is_the_accounts_else_the_currencys_else_the_default(
+    settings: Settings, sandbox_url: str
+) -> None:
+    """EUR goes to Stripe (the local stand-in: no network reaches Stripe), USD to the sandbox, and an
+    account's own setting wins; an unconfigured gateway is refused before anything is written."""
+    async with running_standin() as (stripe_url, standin):
+        configured = settings.model_copy(
+            update={
+                "sandbox_gateway_url": sandbox_url,
+                "stripe_api_key": SecretStr(STRIPE_KEY),
+                "stripe_api_base": stripe_url,
+                "payment_gateway_by_currency": "EUR=stripe",
+                "payment_gateway_timeout_seconds": CLIENT_TIMEOUT,
+            }
+        )
+        async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+            payments = payment_pb2_grpc.PaymentServiceStub(channel)
+            euro = await new_account(channel, 17, currency="EUR")
+            paid = await payments.CreatePayment(
+                pb.CreatePaymentRequest(
+                    account_id=euro.id, amount=usd(500, "EUR"), payment_method="pm_card_visa"
+                )
+            )
+            assert paid.gateway == "stripe" and paid.status == Status.STATUS_SUCCEEDED
+            assert standin.created[paid.attempts[0].id] == 1
+            dollar = await new_account(channel, 18)
+            sandboxed = await payments.CreatePayment(charge(dollar.id, 500, "tok_success"))
+            assert sandboxed.gateway == "sandbox" and sandboxed.status == Status.STATUS_SUCCEEDED
+            await payments.UpdatePaymentSettings(
+                pb.UpdatePaymentSettingsRequest(
+                    settings=pb.PaymentSettings(account_id=dollar.id, gateway="stripe"),
+                    update_mask=field_mask_pb2.FieldMask(paths=["gateway"]),
+                )
+            )
+            own = await payments.CreatePayment(charge(dollar.id, 500, "pm_card_chargeDeclined"))
+            assert own.gateway == "stripe" and own.failure_code == "generic_decline"
+    async with serving(settings) as app, channel_as(app, mint(app)) as channel:  # no Stripe key here
+        payments = payment_pb2_grpc.PaymentServiceStub(channel)
+        account = await new_account(channel, 19)
+        error = await failing(
+            payments.UpdatePaymentSettings(
+                pb.UpdatePaymentSettingsRequest(
+                    settings=pb.PaymentSettings(account_id=account.id, gateway="stripe")
+                )
+            )
+        )
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason(error) == "PAYMENT_GATEWAY_NOT_CONFIGURED"
+        listed = await payments.ListPayments(pb.ListPaymentsRequest(account_id=account.id))
+        assert list(listed.payments) == []
