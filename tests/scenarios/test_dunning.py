@@ -23,6 +23,7 @@ from tally.billing.v1 import invoice_pb2_grpc, payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_plan
+from tests.integration.test_invoices import line, one_off
 from tests.scenarios.billing import Ledger, at, utc
 from tests.scenarios.conftest import Simulation, charges_executed, paying_to, set_payment_method, simulated
 
@@ -220,3 +221,18 @@ async def test_a_gateway_failure_is_retried_after_the_delay_and_is_no_dunning_st
     await ledger.advance(utc(2027, 6, 1, 3, 30))
     [paid] = await _invoices(dunning, account)
     assert paid.status == Status.STATUS_PAID and at(paid.paid_time) == utc(2027, 6, 1, 3)
+
+
+async def test_voided_and_manual_invoices_are_not_charged(dunning: Simulation, sandbox_url: str) -> None:
+    before = await charges_executed(sandbox_url)
+    ledger, account, _sub = await _start(dunning, "tok_decline")
+    await ledger.advance(utc(2027, 6, 2))
+    [invoice] = await _invoices(dunning, account)
+    stub = invoice_pb2_grpc.InvoiceServiceStub(dunning.channel)
+    await stub.VoidInvoice(ipb.VoidInvoiceRequest(id=invoice.id))  # voiding ends its schedule
+    # A manual invoice waits for PayInvoice or CreatePayment, even with a payment method set.
+    manual = await stub.CreateInvoice(one_off(account, line("Setup", "20.00"), finalize=True))
+    assert manual.status == Status.STATUS_OPEN
+    await ledger.advance(utc(2027, 6, 11))
+    assert await charges_executed(sandbox_url) - before == 1  # the renewal's first charge only
+    assert await _payments(dunning, manual.id) == []
