@@ -46,6 +46,7 @@ simplest (canceled or unpaid; never an invoice written off automatically).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -334,12 +335,16 @@ class CollectionWorker(ClaimLoop):
         *,
         interval_seconds: float = 10.0,
         batch: int = 50,
+        concurrency: int = 8,
         name: str = "collection",
         on_outcome: Callable[[str], None] = lambda outcome: None,
     ):
         super().__init__(
             new_uow, clock, interval_seconds=interval_seconds, batch=batch, name=name, logger=log
         )
+        if concurrency <= 0:
+            raise ValueError("concurrency must be positive")
+        self._gate = asyncio.Semaphore(concurrency)
         self._collector = collector
         self._policy = policy
         self._on_outcome = on_outcome  # metrics: tally_collections_total{outcome}
@@ -353,12 +358,21 @@ class CollectionWorker(ClaimLoop):
         """Claim one batch of due invoices and collect each."""
         claimed = await self.claim_batch()
         report = CollectionReport(claimed=len(claimed))
-        for row in claimed:
-            await self._collect(QUEUE.key_of(row), row.id, row.status, report)
+        # The batch's invoices are charged side by side (at most `concurrency` at once): the gateway's
+        # round trips, not the database, set the pace.
+        await asyncio.gather(
+            *(self._bounded(QUEUE.key_of(row), row.id, row.account_id, row.status, report) for row in claimed)
+        )
         return report
 
+    async def _bounded(
+        self, key: tuple[object, ...], invoice_id: str, account_id: str, status: str, report: CollectionReport
+    ) -> None:
+        async with self._gate:
+            await self._collect(key, invoice_id, account_id, status, report)
+
     async def _collect(
-        self, key: tuple[object, ...], invoice_id: str, status: str, report: CollectionReport
+        self, key: tuple[object, ...], invoice_id: str, account_id: str, status: str, report: CollectionReport
     ) -> None:
         # A paid (or voided) invoice is due only so that its subscription is restored: no charge.
         if status == InvoiceStatus.OPEN.value:
@@ -367,10 +381,7 @@ class CollectionWorker(ClaimLoop):
             outcome = Collected.NOTHING_DUE
         try:
             async with self._new_uow() as uow:
-                invoice = await uow.invoices.get(invoice_id)
-                now = (
-                    await _billing_now(uow, invoice.account_id) if invoice is not None else self._clock.now()
-                )
+                now = await _billing_now(uow, account_id)
                 await apply_outcome(uow, self._policy, invoice_id, outcome, now)
                 if not await QUEUE.release(uow.session, self.worker, [key]):
                     # The lease ran out and another worker has the invoice: it records what it finds.

@@ -1,4 +1,4 @@
-"""The collection worker on the wall clock (a FrozenClock), on PostgreSQL: renewal invoices the
+"""The collection worker on the wall clock (a FrozenClock), on PostgreSQL and SQLite: renewal invoices the
 billing worker finalized are charged by two collection workers at once (two claim loops, as two
 replicas would run), through the payments module, each invoice exactly once per dunning step at the
 real sandbox gateway, and the declined ones are retried on the schedule.
@@ -31,14 +31,10 @@ SUBSCRIPTIONS = 24  # half of them decline
 
 
 @pytest.fixture
-async def wall(
-    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
-) -> AsyncIterator[Simulation]:
+async def wall(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
     # No usage upkeep: on a wall clock in 2027 it would make partitions months ahead of the real date.
-    settings = paying_to(postgres_settings, sandbox_url).model_copy(
-        update={"usage_upkeep_interval_seconds": 0}
-    )
-    async with simulated(settings) as simulation:
+    paying = paying_to(settings, sandbox_url).model_copy(update={"usage_upkeep_interval_seconds": 0})
+    async with simulated(paying) as simulation:
         yield simulation
 
 
