@@ -229,7 +229,11 @@ async def build_components(
             server_key=ServerKey(secret),
             known_scopes=known_scopes(modules),
             account_directory=SqlAccountDirectory,
-            overrides={**(overrides or {}), **({"passwords": passwords} if passwords is not None else {})},
+            overrides={
+                **_crash_hooks(),
+                **(overrides or {}),
+                **({"passwords": passwords} if passwords is not None else {}),
+            },
             cache=cache or NoCache(),
         )
         services = {module.name: module.build(platform) for module in modules}
@@ -239,6 +243,23 @@ async def build_components(
         await engine.dispose()
         raise
     return Components(settings=settings, platform=platform, services=services, modules=modules, cache=cache)
+
+
+# Crash tests only (tests/e2e/test_payment_crash.py): with this variable set to 1, the process kills
+# itself with SIGKILL right after a payment gateway answers a charge and before the answer is
+# recorded, the worst moment for a crash. Its TALLY_TEST_ prefix keeps it out of the settings.
+CRASH_AFTER_CHARGE = "TALLY_TEST_CRASH_AFTER_CHARGE"
+
+
+def _crash_hooks() -> dict[str, object]:
+    if os.environ.get(CRASH_AFTER_CHARGE) != "1":
+        return {}
+
+    def die(result: object) -> None:
+        log.warning("%s is set: killing this process after the charge", CRASH_AFTER_CHARGE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return {"payment_after_charge": die}
 
 
 def _read_cache(settings: Settings) -> RedisReadCache | None:

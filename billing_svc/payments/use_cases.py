@@ -28,7 +28,14 @@ from billing_svc.payments.collect import (
     reload,
     start,
 )
-from billing_svc.payments.domain import Payment, PaymentSettings, PaymentStatus, Refund, RefundStatus
+from billing_svc.payments.domain import (
+    AttemptStatus,
+    Payment,
+    PaymentSettings,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+)
 from billing_svc.payments.gateways.port import (
     RefundRequest,
     RefundResult,
@@ -270,9 +277,7 @@ async def refund_payment(deps: PaymentDeps, caller: Caller, command: RefundPayme
         return await _visible(deps, caller, outcome.value.id)
     payment = outcome.value
     refund = payment.refunds[-1]
-    charged = next(
-        (a.reference for a in payment.attempts if a.reference and a.status.value == "succeeded"), ""
-    )
+    charged = next((a.reference for a in payment.attempts if a.status is AttemptStatus.SUCCEEDED), "")
     gateway = deps.gateways.get(payment.gateway)
     request = RefundRequest(refund.id, charged, refund.amount_minor, payment.currency_code)
     delay = deps.retry_delay_seconds

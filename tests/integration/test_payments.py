@@ -4,6 +4,7 @@ refunds; PayInvoice through the gateway; the reconciler; who sees what; card num
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
@@ -463,3 +464,26 @@ async def test_the_gateway_is_the_accounts_else_the_currencys_else_the_default(
         assert reason(error) == "PAYMENT_GATEWAY_NOT_CONFIGURED"
         listed = await payments.ListPayments(pb.ListPaymentsRequest(account_id=account.id))
         assert list(listed.payments) == []
+
+
+@pytest.mark.postgres
+async def test_concurrent_refunds_never_exceed_the_charge(
+    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
+) -> None:
+    """Refunds hold their amount under the payment's row lock: of two refunds of 600 of a charge of
+    1000 sent at once, one is made and the other refused, on real PostgreSQL concurrency."""
+    configured = postgres_settings.model_copy(
+        update={"sandbox_gateway_url": sandbox_url, "payment_gateway_timeout_seconds": CLIENT_TIMEOUT}
+    )
+    async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+        payments = payment_pb2_grpc.PaymentServiceStub(channel)
+        account = await new_account(channel, 20)
+        payment = await payments.CreatePayment(charge(account.id, 1000, "tok_success"))
+        refund = pb.RefundPaymentRequest(id=payment.id, amount=usd(600))
+        outcomes = await asyncio.gather(
+            *(payments.RefundPayment(refund) for _ in range(2)), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert len(refused) == 1 and reason(refused[0]) == "REFUND_EXCEEDS_PAYMENT"
+        final = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
+        assert final.amount_refunded == usd(600) and len(final.refunds) == 1
