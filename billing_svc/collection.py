@@ -85,8 +85,9 @@ ONLY_WALL_CLOCK = ~exists(
 )
 # The payments module's refusal of an account without a default payment method.
 NO_PAYMENT_METHOD_REASONS = frozenset({"PAYMENT_METHOD_REQUIRED"})
-# Longer than any gateway call with its retries: the claim is held through the call.
-LEASE = timedelta(minutes=5)
+# The claim is held through the gateway calls: a batch of 50, 8 at once, each at most the payments
+# module's 3 tries of a 10 s timeout, stays far inside it.
+LEASE = timedelta(minutes=15)
 
 
 class Collected(StrEnum):
