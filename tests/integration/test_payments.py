@@ -487,3 +487,31 @@ async def test_concurrent_refunds_never_exceed_the_charge(
         assert len(refused) == 1 and reason(refused[0]) == "REFUND_EXCEEDS_PAYMENT"
         final = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
         assert final.amount_refunded == usd(600) and len(final.refunds) == 1
+
+
+async def test_payment_settings_change_what_is_named(channel: grpc.aio.Channel) -> None:
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    account = await new_account(channel, 21)
+    unset = await payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id=account.id))
+    assert (unset.gateway, unset.default_payment_method, unset.HasField("update_time")) == ("", "", False)
+    settings = pb.PaymentSettings(
+        account_id=account.id, gateway="sandbox", default_payment_method="tok_success"
+    )
+    both = await payments.UpdatePaymentSettings(pb.UpdatePaymentSettingsRequest(settings=settings))
+    assert (both.gateway, both.default_payment_method) == ("sandbox", "tok_success")
+    cleared = await payments.UpdatePaymentSettings(
+        pb.UpdatePaymentSettingsRequest(
+            settings=pb.PaymentSettings(account_id=account.id),
+            update_mask=field_mask_pb2.FieldMask(paths=["gateway"]),
+        )
+    )
+    assert (cleared.gateway, cleared.default_payment_method) == ("", "tok_success")
+    assert await payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id=account.id)) == cleared
+    for request in (
+        pb.UpdatePaymentSettingsRequest(settings=pb.PaymentSettings(account_id=account.id)),
+        pb.UpdatePaymentSettingsRequest(settings=pb.PaymentSettings(account_id=account.id, gateway="paypal")),
+    ):
+        error = await failing(payments.UpdatePaymentSettings(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await failing(payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id="acct_nope")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
