@@ -44,7 +44,7 @@ def test_gateway_by_currency_pairs() -> None:
     assert parse_gateway_by_currency("EUR=stripe, USD=sandbox") == {"EUR": "stripe", "USD": "sandbox"}
     assert parse_gateway_by_currency("") == {}
     for bad in ("EUR", "eur=stripe", "EUR=paypal", "EURO=stripe"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="gateway"):
             parse_gateway_by_currency(bad)
 
 
