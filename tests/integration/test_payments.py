@@ -132,6 +132,10 @@ async def test_a_successful_payment_of_an_invoice_pays_it(
     assert await _events(app, "payment", payment.id) == ["payment.created", "payment.succeeded"]
     assert (await _events(app, "invoice", invoice.id))[-2:] == ["invoice.payment_recorded", "invoice.paid"]
     assert await payments.GetPayment(pb.GetPaymentRequest(id=payment.id)) == payment
+    metrics = f"http://127.0.0.1:{app.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(metrics) as response:
+        exposed = await response.text()
+    assert 'tally_payment_gateway_circuit_state{gateway="sandbox"} 0.0' in exposed
 
 
 async def test_a_decline_is_not_retried(app: App, channel: grpc.aio.Channel, sandbox_url: str) -> None:
