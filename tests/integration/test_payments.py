@@ -37,7 +37,7 @@ from tests.integration.test_gateway import Gateway, bearer, call
 from tests.integration.test_invoices import line, one_off
 from tests.stripe_standin import API_KEY as STRIPE_KEY
 from tests.stripe_standin import running_standin
-from tests.support import channel_as, failing, mint, reason, serving
+from tests.support import channel_as, eventually, failing, mint, reason, serving
 
 Status = pb.Payment.Status
 Attempt = pb.PaymentAttempt.Status
@@ -333,6 +333,9 @@ class _Later:
     def now(self) -> datetime:
         return self._clock.now() + self._ahead
 
+    def move(self, by: timedelta) -> None:
+        self._ahead += by
+
 
 class _NeverCalled(GatewayRegistry):
     """A gateway registry whose gateway dies before sending: the charge never leaves."""
@@ -519,3 +522,65 @@ async def test_payment_settings_change_what_is_named(channel: grpc.aio.Channel) 
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     error = await failing(payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id="acct_nope")))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_reconciler_settles_a_pending_charge_once_the_gateway_has(
+    app: App, channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    """A charge the gateway holds pending stays pending through lookups that find it pending (each
+    due again later), and is recorded once the gateway settles it."""
+    deps = payments_of(app)
+    invoice = await _open_invoice(channel, 22)
+    assert await collect_invoice(deps, SYSTEM, invoice.id, payment_method="tok_delayed") is (
+        CollectionOutcome.PENDING
+    )
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    later = _Later(app, seconds=0)
+    reconciler = PaymentReconciler(deps, clock=later)
+
+    async def settled() -> bool:
+        later.move(deps.reconcile_after + timedelta(seconds=1))  # every pass finds the attempt due
+        report = await reconciler.one_pass()
+        assert report.claimed == 1 and report.failed == report.lost == 0, report
+        found = await payments.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))
+        return found.payments[0].status != Status.STATUS_PENDING
+
+    await eventually(settled, within=10, what="the sandbox to settle the pending charge")
+    done = (await payments.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))).payments[0]
+    assert done.status == Status.STATUS_SUCCEEDED and await executions(sandbox_url, done) == [1]
+    paid = await invoice_pb2_grpc.InvoiceServiceStub(channel).GetInvoice(ipb.GetInvoiceRequest(id=invoice.id))
+    assert paid.status == ipb.Invoice.STATUS_PAID
+    assert (await reconciler.one_pass()).claimed == 0
+
+
+@pytest.mark.postgres
+async def test_reconcilers_in_two_replicas_share_the_attempts(
+    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
+) -> None:
+    """Two reconcilers' passes at once (SKIP LOCKED): every attempt left in flight is claimed by one
+    of them and recorded once."""
+    configured = postgres_settings.model_copy(
+        update={"sandbox_gateway_url": sandbox_url, "payment_gateway_timeout_seconds": CLIENT_TIMEOUT}
+    )
+    async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+        deps = payments_of(app)
+
+        def die(result: object) -> None:
+            raise Crash("after the charge")
+
+        invoices = [await _open_invoice(channel, 30 + n) for n in range(6)]
+        for invoice in invoices:
+            with pytest.raises(Crash):
+                await collect_invoice(
+                    replace(deps, after_charge=die), SYSTEM, invoice.id, payment_method="tok_success"
+                )
+        later = _Later(app, seconds=3600)
+        first, second = (PaymentReconciler(deps, clock=later, batch=4) for _ in range(2))
+        reports = await asyncio.gather(first.one_pass(), second.one_pass())
+        assert sum(r.claimed for r in reports) == 6 and sum(r.settled for r in reports) == 6
+        assert all(r.lost == r.failed == 0 for r in reports)
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        for invoice in invoices:
+            found = (await stub.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))).payments
+            assert [p.status for p in found] == [Status.STATUS_SUCCEEDED]
+            assert await executions(sandbox_url, found[0]) == [1]
