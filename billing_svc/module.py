@@ -1,10 +1,12 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, WebhookService) and
+Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, WebhookService,
+EventService) and
 tally.subscription.v1 (PlanService, SubscriptionService). One package per domain, each with the account
 module's layers: catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration,
 entitlements), clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly
-once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), payments/
+once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), events/
+(the outbox read and watched by clients), payments/
 (gateway adapters; not wired to a service yet).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
@@ -33,6 +35,9 @@ from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.events.reader import SqlEventReader
+from billing_svc.events.servicer import EventServicer
+from billing_svc.events.use_cases import EventDeps
 from billing_svc.invoices.servicer import InvoiceServicer
 from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
@@ -68,6 +73,8 @@ from billing_svc.webhooks.tables import (
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
 from tally.billing.v1 import (
+    event_pb2,
+    event_pb2_grpc,
     invoice_pb2,
     invoice_pb2_grpc,
     meter_pb2,
@@ -93,6 +100,7 @@ class BillingServices:
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
     webhooks: WebhookDeps
+    events: EventDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
     billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
 
@@ -233,6 +241,12 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             allow_private_targets=platform.settings.webhook_allow_private_targets,
         ),
+        events=EventDeps(
+            SqlEventReader(platform.readers),  # one statement per read: no transaction held
+            platform.page_tokens,
+            poll_seconds=platform.settings.events_watch_poll_seconds,
+            heartbeat_seconds=platform.settings.events_watch_heartbeat_seconds,
+        ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
     )
@@ -251,6 +265,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
     invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices), server)
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(services.events), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -264,6 +279,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
         webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+        event_pb2.DESCRIPTOR.services_by_name["EventService"],
     ),
     models=(
         MeterRow,
