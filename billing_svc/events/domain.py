@@ -19,7 +19,8 @@ from core.text import excerpt
 
 ACCOUNT_RESOURCE_TYPE = "account"
 MAX_EVENT_TYPES = 50
-_CURSOR = re.compile(r"c(0|[1-9][0-9]{0,18})")
+CURSOR_PATTERN = "c(0|[1-9][0-9]{0,17})"  # below 10**18: within int64, as positions are
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 def account_of(event: OutboxEvent) -> str:

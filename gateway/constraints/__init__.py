@@ -21,6 +21,7 @@ from gateway.constraints.accounts import ACCOUNT_FIELDS, ACCOUNT_MESSAGES, SERVI
 from gateway.constraints.billing import BILLING_FIELDS, BILLING_MESSAGES
 from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
+from gateway.constraints.events import EVENT_FIELDS
 from gateway.constraints.invoices import INVOICE_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
 from gateway.constraints.webhooks import WEBHOOK_FIELDS
@@ -46,6 +47,7 @@ RULES = Rules(
         **USAGE_FIELDS,
         **INVOICE_FIELDS,
         **WEBHOOK_FIELDS,
+        **EVENT_FIELDS,
     },
     names=_SHARED_NAMES,
     messages={**ACCOUNT_MESSAGES, **CATALOG_MESSAGES, **BILLING_MESSAGES},

@@ -88,6 +88,7 @@ _CREDIT = {
     "refundMethod": "REFUND_METHOD_CREDIT_BALANCE",
 }
 HOOK = "/tally.billing.v1.WebhookService/"
+EVENTS = "/tally.billing.v1.EventService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -168,6 +169,8 @@ CASES: dict[str, Case] = {
     HOOK + "ListWebhookDeliveries": lambda s: {"endpointId": s.webhook, "status": "STATUS_FAILED"},
     HOOK + "GetWebhookDelivery": lambda s: {"id": s.delivery},
     HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_a},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_a},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -182,6 +185,8 @@ FOREIGN: dict[str, Case] = {
     INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_b},
     INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_b},
     INVOICE + "ListCreditNotes": lambda s: {"accountId": s.account_b},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_b},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -222,6 +227,16 @@ async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, 
                     # reports as INTERNAL ("Internal error from Core"): ask again sending nothing.
                     async for _ in stream(iter([])):
                         pass
+            elif METHODS[method].server_streaming:  # a watch: its first message says it was let in
+                watch = channel.unary_stream(
+                    method,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=reply_class.FromString,
+                )(request)
+                try:
+                    await watch.read()
+                finally:
+                    watch.cancel()
             else:
                 call = channel.unary_unary(
                     method,
@@ -265,7 +280,8 @@ async def http_status(
     path, kwargs = http_request(route, request_of(route.grpc_method, fields))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.request(route.http_method, path, headers=headers, **kwargs) as response:
-        await response.read()
+        if not METHODS[route.grpc_method].server_streaming:  # a watch does not end: its status says it all
+            await response.read()
         return response.status
 
 
@@ -389,8 +405,8 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items, entitlements, usage, invoices and credit notes, nothing else. The matrix above follows the
-# descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
+# items, entitlements, usage, invoices, credit notes and events, nothing else. The matrix above follows
+# the descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
@@ -403,6 +419,8 @@ CUSTOMER_METHODS = {
     INVOICE + "RenderInvoice",
     INVOICE + "GetCreditNote",
     INVOICE + "ListCreditNotes",
+    EVENTS + "ListEvents",
+    EVENTS + "WatchEvents",
 }
 
 
