@@ -350,6 +350,9 @@ class App:
         """Report NOT_SERVING, stop accepting on both ports, let in-flight calls finish within the
         grace period, then close everything."""
         await self.readiness.drain()
+        billing = self.components.services.get("billing")
+        if isinstance(billing, BillingServices):
+            billing.events.stop_watches()  # watches end (OK) now instead of at the end of the grace
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         # Both sides at once: a REST call that got in has its gRPC call in flight, which the
         # gRPC grace covers.

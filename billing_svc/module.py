@@ -1,12 +1,12 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
 Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, PaymentService,
-WebhookService) and
-tally.subscription.v1 (PlanService, SubscriptionService). One package per domain, each with the account
-module's layers: catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration,
-entitlements), clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly
-once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), payments/
-(payments through gateways, their refunds, the reconciler; the gateway adapters).
+WebhookService, EventService) and tally.subscription.v1 (PlanService, SubscriptionService). One package
+per domain, each with the account module's layers: catalog/ (meters, plans, pricing), subscriptions/
+(lifecycle, periods, proration, entitlements), clocks/ (test clocks and the account time billing reads),
+usage/ (recording usage exactly once), invoices/ (invoices, numbers, credit balances), webhooks/
+(endpoints, signed deliveries), events/ (the outbox read and watched by clients), payments/ (payments
+through gateways, their refunds, the reconciler; the gateway adapters).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
@@ -39,6 +39,9 @@ from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
 from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector
+from billing_svc.events.reader import SqlEventReader
+from billing_svc.events.servicer import EventServicer
+from billing_svc.events.use_cases import EventDeps
 from billing_svc.invoices.servicer import InvoiceServicer
 from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
@@ -83,6 +86,8 @@ from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
 from core.principal import SYSTEM, Caller
 from tally.billing.v1 import (
+    event_pb2,
+    event_pb2_grpc,
     invoice_pb2,
     invoice_pb2_grpc,
     meter_pb2,
@@ -111,6 +116,7 @@ class BillingServices:
     invoices: InvoiceDeps
     payments: PaymentDeps
     webhooks: WebhookDeps
+    events: EventDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
     billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
     collector: InvoiceCollector  # charges an invoice (payments' collect_invoice, or a test's stand-in)
@@ -324,6 +330,12 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             allow_private_targets=platform.settings.webhook_allow_private_targets,
         ),
+        events=EventDeps(
+            SqlEventReader(platform.readers),  # one statement per read: no transaction held
+            platform.page_tokens,
+            poll_seconds=platform.settings.events_watch_poll_seconds,
+            heartbeat_seconds=platform.settings.events_watch_heartbeat_seconds,
+        ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
         collector=collector,
@@ -350,6 +362,7 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices, collect), server)
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(payments), server)
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(services.events), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -364,6 +377,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
         payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+        event_pb2.DESCRIPTOR.services_by_name["EventService"],
     ),
     models=(
         MeterRow,

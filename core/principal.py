@@ -28,6 +28,7 @@ CUSTOMER_SCOPES = frozenset(
         "usage:read",
         "invoices:read",
         "payments:read",
+        "events:read",
         "auth:self",
     }
 )

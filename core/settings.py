@@ -349,6 +349,20 @@ class Settings(BaseSettings):
         description="Let webhooks go to loopback, private and link-local addresses (tests, closed "
         "networks); off, such targets are refused at create and at send, after DNS resolution.",
     )
+    events_watch_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="WatchEvents: seconds between looks at the outbox for new events while a watch is "
+        "caught up (every replica's commits are seen this way).",
+    )
+    events_watch_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="WatchEvents: a heartbeat (a cursor, no event) after this many seconds without a "
+        "message, so idle proxies keep the stream and a filtered watch's cursor moves on.",
+    )
     usage_coalesce: bool = Field(
         True,
         description="Concurrent CreateUsageRecord calls share one transaction and commit (group "

@@ -543,6 +543,7 @@ async def render_invoice(
         terms = await uow.accounts.terms(invoice.account_id)
     zone = ZoneInfo(terms.billing_time_zone if terms is not None else "UTC")
     fmt = render.Formatter(invoice.currency_code, chosen, zone)
+    bill_to = None if terms is None else render.BillTo(terms.display_name, terms.email)
     if pdf:
-        return Rendered("application/pdf", render.render_pdf(invoice, fmt))
-    return Rendered("text/html; charset=utf-8", render.render_html(invoice, fmt).encode())
+        return Rendered("application/pdf", render.render_pdf(invoice, fmt, bill_to))
+    return Rendered("text/html; charset=utf-8", render.render_html(invoice, fmt, bill_to).encode())

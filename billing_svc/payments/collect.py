@@ -278,59 +278,81 @@ async def settle(
     ):
         return current, None  # settled already (the reconciler, or a concurrent retry)
     now = deps.clock.now()
-    later = reconcile_at or now + deps.reconcile_after
+    step = _Step(uow, caller, invoice, current, now, reconcile_at or now + deps.reconcile_after)
     status = ChargeStatus.FAILED if result is None else result.status
     message = NOT_CHARGED if result is None else result.message
-    finished = replace(
+    answered = replace(
         attempt,
         decline_code=(result.decline_code or "") if result else "",
         message=message[: domain.MAX_MESSAGE],
         reference=(result.reference or attempt.reference) if result else attempt.reference,
     )
-    following: Attempt | None = None
     if status is ChargeStatus.SUCCEEDED:
-        finished = replace(finished, status=AttemptStatus.SUCCEEDED, finish_time=now)
-        done = domain.succeeded(domain.with_attempt(current, finished, now), now)
-        await uow.payments.save(done, reconcile_at=None)
-        await record_payment_change(uow, caller, "succeeded", current, done)
-        if invoice is not None:
-            await _apply_to_invoice(uow, caller, invoice, done)
-        return done, None
+        return await step.succeeded(answered), None
     if status is ChargeStatus.DECLINED:
-        finished = replace(finished, status=AttemptStatus.DECLINED, finish_time=now)
-        code = finished.decline_code or "declined"
-        done = domain.failed(domain.with_attempt(current, finished, now), code, message, now)
-        await uow.payments.save(done, reconcile_at=None)
-        await record_payment_change(uow, caller, "failed", current, done)
-        if invoice is not None:
-            payload = {
-                **invoice_use_cases.event_payload(invoice),
-                "payment_id": done.id,
-                "decline_code": code,
-            }
-            uow.emit("invoice.payment_failed", (invoices.RESOURCE_TYPE, invoice.id), payload)
-        return done, None
+        return await step.declined(answered), None
     if status is ChargeStatus.FAILED:
-        finished = replace(finished, status=AttemptStatus.FAILED, finish_time=now)
-        done = domain.with_attempt(current, finished, now)
-        if may_retry:
-            following = _new_attempt(now)
-            done = domain.with_attempt(done, following, now)
-        else:
-            code = NOT_CHARGED if result is None else GATEWAY_UNAVAILABLE
-            done = domain.failed(done, code, message, now)
-            await record_payment_change(uow, caller, "failed", current, done)
-        await uow.payments.save(done, reconcile_at=later)
-        return done, following
+        gave_up = NOT_CHARGED if result is None else GATEWAY_UNAVAILABLE
+        return await step.failed(answered, retry=may_retry, code=gave_up)
     # UNKNOWN or PENDING: nothing is settled; the same attempt again (UNKNOWN, while the budget
     # lasts), else the reconciler's once `later` has passed.
     kept = AttemptStatus.PENDING if status is ChargeStatus.PENDING else AttemptStatus.UNKNOWN
-    finished = replace(finished, status=kept)
-    done = domain.with_attempt(current, finished, now)
-    await uow.payments.save(done, reconcile_at=later)
-    if status is ChargeStatus.UNKNOWN and may_retry:
-        following = finished
-    return done, following
+    unsettled = replace(answered, status=kept)
+    done = domain.with_attempt(current, unsettled, now)
+    await uow.payments.save(done, reconcile_at=step.later)
+    return done, unsettled if status is ChargeStatus.UNKNOWN and may_retry else None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Recording one answer on a locked payment (and its locked invoice), in one transaction."""
+
+    uow: PaymentsUnitOfWork
+    caller: Caller
+    invoice: invoices.Invoice | None
+    current: Payment
+    now: datetime
+    later: datetime  # when what stays unsettled is the reconciler's
+
+    async def succeeded(self, attempt: Attempt) -> Payment:
+        finished = replace(attempt, status=AttemptStatus.SUCCEEDED, finish_time=self.now)
+        done = domain.succeeded(domain.with_attempt(self.current, finished, self.now), self.now)
+        await self._record(done, "succeeded")
+        if self.invoice is not None:
+            await _apply_to_invoice(self.uow, self.caller, self.invoice, done)
+        return done
+
+    async def declined(self, attempt: Attempt) -> Payment:
+        finished = replace(attempt, status=AttemptStatus.DECLINED, finish_time=self.now)
+        code = finished.decline_code or "declined"
+        payment = domain.with_attempt(self.current, finished, self.now)
+        done = domain.failed(payment, code, finished.message, self.now)
+        await self._record(done, "failed")
+        if self.invoice is not None:
+            payload = {
+                **invoice_use_cases.event_payload(self.invoice),
+                "payment_id": done.id,
+                "decline_code": code,
+            }
+            self.uow.emit("invoice.payment_failed", (invoices.RESOURCE_TYPE, self.invoice.id), payload)
+        return done
+
+    async def failed(self, attempt: Attempt, *, retry: bool, code: str) -> tuple[Payment, Attempt | None]:
+        """Certainly not charged: a new attempt when the budget allows, else the payment failed."""
+        finished = replace(attempt, status=AttemptStatus.FAILED, finish_time=self.now)
+        done = domain.with_attempt(self.current, finished, self.now)
+        if retry:
+            following = _new_attempt(self.now)
+            done = domain.with_attempt(done, following, self.now)
+            await self.uow.payments.save(done, reconcile_at=self.later)
+            return done, following
+        done = domain.failed(done, code, finished.message, self.now)
+        await self._record(done, "failed")
+        return done, None
+
+    async def _record(self, done: Payment, action: str) -> None:
+        await self.uow.payments.save(done, reconcile_at=None)
+        await record_payment_change(self.uow, self.caller, action, self.current, done)
 
 
 async def _apply_to_invoice(

@@ -87,7 +87,12 @@ def _optional_money(
 def _settings_fields(request: payment_pb2.UpdatePaymentSettingsRequest) -> tuple[str, ...]:
     paths = list(request.update_mask.paths)
     if not paths:
-        return tuple(name for name in use_cases.SETTINGS_FIELDS if getattr(request.settings, name))
+        named = tuple(name for name in use_cases.SETTINGS_FIELDS if getattr(request.settings, name))
+        if not named:
+            raise InvalidArgument.field(
+                "update_mask", "nothing to change: set gateway or default_payment_method, or name it here"
+            )
+        return named
     if paths == ["*"]:
         return use_cases.SETTINGS_FIELDS
     for index, path in enumerate(paths):

@@ -21,6 +21,7 @@ from gateway.constraints.accounts import ACCOUNT_FIELDS, ACCOUNT_MESSAGES, SERVI
 from gateway.constraints.billing import BILLING_FIELDS, BILLING_MESSAGES
 from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
+from gateway.constraints.events import EVENT_FIELDS
 from gateway.constraints.invoices import INVOICE_FIELDS
 from gateway.constraints.payments import PAYMENT_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
@@ -48,6 +49,7 @@ RULES = Rules(
         **INVOICE_FIELDS,
         **PAYMENT_FIELDS,
         **WEBHOOK_FIELDS,
+        **EVENT_FIELDS,
     },
     names=_SHARED_NAMES,
     messages={**ACCOUNT_MESSAGES, **CATALOG_MESSAGES, **BILLING_MESSAGES},

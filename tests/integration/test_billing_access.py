@@ -94,6 +94,7 @@ _CREDIT = {
 HOOK = "/tally.billing.v1.WebhookService/"
 PAY = "/tally.billing.v1.PaymentService/"
 _AMOUNT = {"currencyCode": "USD", "amountMinor": "100"}
+EVENTS = "/tally.billing.v1.EventService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -183,6 +184,8 @@ CASES: dict[str, Case] = {
     HOOK + "ListWebhookDeliveries": lambda s: {"endpointId": s.webhook, "status": "STATUS_FAILED"},
     HOOK + "GetWebhookDelivery": lambda s: {"id": s.delivery},
     HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_a},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_a},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -199,6 +202,8 @@ FOREIGN: dict[str, Case] = {
     INVOICE + "ListCreditNotes": lambda s: {"accountId": s.account_b},
     PAY + "GetPayment": lambda s: {"id": s.payment_b},
     PAY + "ListPayments": lambda s: {"accountId": s.account_b},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_b},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -239,6 +244,16 @@ async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, 
                     # reports as INTERNAL ("Internal error from Core"): ask again sending nothing.
                     async for _ in stream(iter([])):
                         pass
+            elif METHODS[method].server_streaming:  # a watch: its first message says it was let in
+                watch = channel.unary_stream(
+                    method,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=reply_class.FromString,
+                )(request)
+                try:
+                    await watch.read()
+                finally:
+                    watch.cancel()
             else:
                 call = channel.unary_unary(
                     method,
@@ -282,7 +297,8 @@ async def http_status(
     path, kwargs = http_request(route, request_of(route.grpc_method, fields))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.request(route.http_method, path, headers=headers, **kwargs) as response:
-        await response.read()
+        if not METHODS[route.grpc_method].server_streaming:  # a watch does not end: its status says it all
+            await response.read()
         return response.status
 
 
@@ -416,8 +432,9 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items, entitlements, usage, invoices, credit notes and payments, nothing else. The matrix above follows the
-# descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
+# items, entitlements, usage, invoices, credit notes, payments and events, nothing else. The matrix above
+# follows the descriptors; this pins them, so widening a policy in a proto is a deliberate change to this
+# list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
@@ -432,6 +449,8 @@ CUSTOMER_METHODS = {
     INVOICE + "ListCreditNotes",
     PAY + "GetPayment",
     PAY + "ListPayments",
+    EVENTS + "ListEvents",
+    EVENTS + "WatchEvents",
 }
 
 

@@ -37,7 +37,7 @@ from tests.integration.test_gateway import Gateway, bearer, call
 from tests.integration.test_invoices import line, one_off
 from tests.stripe_standin import API_KEY as STRIPE_KEY
 from tests.stripe_standin import running_standin
-from tests.support import channel_as, failing, mint, reason, serving
+from tests.support import channel_as, eventually, failing, mint, reason, serving
 
 Status = pb.Payment.Status
 Attempt = pb.PaymentAttempt.Status
@@ -132,6 +132,10 @@ async def test_a_successful_payment_of_an_invoice_pays_it(
     assert await _events(app, "payment", payment.id) == ["payment.created", "payment.succeeded"]
     assert (await _events(app, "invoice", invoice.id))[-2:] == ["invoice.payment_recorded", "invoice.paid"]
     assert await payments.GetPayment(pb.GetPaymentRequest(id=payment.id)) == payment
+    metrics = f"http://127.0.0.1:{app.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(metrics) as response:
+        exposed = await response.text()
+    assert 'tally_payment_gateway_circuit_state{gateway="sandbox"} 0.0' in exposed
 
 
 async def test_a_decline_is_not_retried(app: App, channel: grpc.aio.Channel, sandbox_url: str) -> None:
@@ -329,6 +333,9 @@ class _Later:
     def now(self) -> datetime:
         return self._clock.now() + self._ahead
 
+    def move(self, by: timedelta) -> None:
+        self._ahead += by
+
 
 class _NeverCalled(GatewayRegistry):
     """A gateway registry whose gateway dies before sending: the charge never leaves."""
@@ -487,3 +494,93 @@ async def test_concurrent_refunds_never_exceed_the_charge(
         assert len(refused) == 1 and reason(refused[0]) == "REFUND_EXCEEDS_PAYMENT"
         final = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
         assert final.amount_refunded == usd(600) and len(final.refunds) == 1
+
+
+async def test_payment_settings_change_what_is_named(channel: grpc.aio.Channel) -> None:
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    account = await new_account(channel, 21)
+    unset = await payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id=account.id))
+    assert (unset.gateway, unset.default_payment_method, unset.HasField("update_time")) == ("", "", False)
+    settings = pb.PaymentSettings(
+        account_id=account.id, gateway="sandbox", default_payment_method="tok_success"
+    )
+    both = await payments.UpdatePaymentSettings(pb.UpdatePaymentSettingsRequest(settings=settings))
+    assert (both.gateway, both.default_payment_method) == ("sandbox", "tok_success")
+    cleared = await payments.UpdatePaymentSettings(
+        pb.UpdatePaymentSettingsRequest(
+            settings=pb.PaymentSettings(account_id=account.id),
+            update_mask=field_mask_pb2.FieldMask(paths=["gateway"]),
+        )
+    )
+    assert (cleared.gateway, cleared.default_payment_method) == ("", "tok_success")
+    assert await payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id=account.id)) == cleared
+    for request in (
+        pb.UpdatePaymentSettingsRequest(settings=pb.PaymentSettings(account_id=account.id)),
+        pb.UpdatePaymentSettingsRequest(settings=pb.PaymentSettings(account_id=account.id, gateway="paypal")),
+    ):
+        error = await failing(payments.UpdatePaymentSettings(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await failing(payments.GetPaymentSettings(pb.GetPaymentSettingsRequest(account_id="acct_nope")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_reconciler_settles_a_pending_charge_once_the_gateway_has(
+    app: App, channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    """A charge the gateway holds pending stays pending through lookups that find it pending (each
+    due again later), and is recorded once the gateway settles it."""
+    deps = payments_of(app)
+    invoice = await _open_invoice(channel, 22)
+    assert await collect_invoice(deps, SYSTEM, invoice.id, payment_method="tok_delayed") is (
+        CollectionOutcome.PENDING
+    )
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    later = _Later(app, seconds=0)
+    reconciler = PaymentReconciler(deps, clock=later)
+
+    async def settled() -> bool:
+        later.move(deps.reconcile_after + timedelta(seconds=1))  # every pass finds the attempt due
+        report = await reconciler.one_pass()
+        assert report.claimed == 1 and report.failed == report.lost == 0, report
+        found = await payments.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))
+        return found.payments[0].status != Status.STATUS_PENDING
+
+    await eventually(settled, within=10, what="the sandbox to settle the pending charge")
+    done = (await payments.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))).payments[0]
+    assert done.status == Status.STATUS_SUCCEEDED and await executions(sandbox_url, done) == [1]
+    paid = await invoice_pb2_grpc.InvoiceServiceStub(channel).GetInvoice(ipb.GetInvoiceRequest(id=invoice.id))
+    assert paid.status == ipb.Invoice.STATUS_PAID
+    assert (await reconciler.one_pass()).claimed == 0
+
+
+@pytest.mark.postgres
+async def test_reconcilers_in_two_replicas_share_the_attempts(
+    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
+) -> None:
+    """Two reconcilers' passes at once (SKIP LOCKED): every attempt left in flight is claimed by one
+    of them and recorded once."""
+    configured = postgres_settings.model_copy(
+        update={"sandbox_gateway_url": sandbox_url, "payment_gateway_timeout_seconds": CLIENT_TIMEOUT}
+    )
+    async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+        deps = payments_of(app)
+
+        def die(result: object) -> None:
+            raise Crash("after the charge")
+
+        invoices = [await _open_invoice(channel, 30 + n) for n in range(6)]
+        for invoice in invoices:
+            with pytest.raises(Crash):
+                await collect_invoice(
+                    replace(deps, after_charge=die), SYSTEM, invoice.id, payment_method="tok_success"
+                )
+        later = _Later(app, seconds=3600)
+        first, second = (PaymentReconciler(deps, clock=later, batch=4) for _ in range(2))
+        reports = await asyncio.gather(first.one_pass(), second.one_pass())
+        assert sum(r.claimed for r in reports) == 6 and sum(r.settled for r in reports) == 6
+        assert all(r.lost == r.failed == 0 for r in reports)
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        for invoice in invoices:
+            found = (await stub.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))).payments
+            assert [p.status for p in found] == [Status.STATUS_SUCCEEDED]
+            assert await executions(sandbox_url, found[0]) == [1]

@@ -308,7 +308,9 @@ class PaymentSettings(_message.Message):
     DEFAULT_PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The account. Required in UpdatePaymentSettings."""
+    """The account; in UpdatePaymentSettings it names the account (the URL path
+    on REST).
+    """
     gateway: _builtins.str
     """The gateway its payments go through (`sandbox`, `stripe`); empty: by
     currency, else the default gateway.
