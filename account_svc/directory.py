@@ -20,7 +20,12 @@ class SqlAccountDirectory:
         if not account_id or len(account_id) > ids.MAX_LENGTH:
             return None
         statement = select(
-            AccountRow.id, AccountRow.currency_code, AccountRow.billing_time_zone, AccountRow.delete_time
+            AccountRow.id,
+            AccountRow.currency_code,
+            AccountRow.billing_time_zone,
+            AccountRow.delete_time,
+            AccountRow.display_name,
+            AccountRow.email,
         ).where(AccountRow.id == account_id)
         if lock:
             # A share lock: concurrent subscriptions to one account do not block each other, while a
@@ -35,4 +40,6 @@ class SqlAccountDirectory:
             currency_code=row.currency_code,
             billing_time_zone=row.billing_time_zone,
             live=row.delete_time is None,
+            display_name=row.display_name,
+            email=row.email,
         )

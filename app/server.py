@@ -41,7 +41,9 @@ from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
+from billing_svc.collection import CollectionWorker
 from billing_svc.module import BillingServices
+from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.usage.upkeep import UsageUpkeep
 from billing_svc.webhooks.delivery import SEALING_PURPOSE, WebhookDeliverer
 from billing_svc.worker import BillingWorker
@@ -165,6 +167,9 @@ class Components:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.close()
+        billing = self.services.get("billing")
+        if isinstance(billing, BillingServices):
+            await billing.payments.gateways.close()  # the adapters' HTTP sessions
         await self.engine.dispose()
 
 
@@ -224,7 +229,11 @@ async def build_components(
             server_key=ServerKey(secret),
             known_scopes=known_scopes(modules),
             account_directory=SqlAccountDirectory,
-            overrides={**(overrides or {}), **({"passwords": passwords} if passwords is not None else {})},
+            overrides={
+                **_crash_hooks(),
+                **(overrides or {}),
+                **({"passwords": passwords} if passwords is not None else {}),
+            },
             cache=cache or NoCache(),
         )
         services = {module.name: module.build(platform) for module in modules}
@@ -234,6 +243,23 @@ async def build_components(
         await engine.dispose()
         raise
     return Components(settings=settings, platform=platform, services=services, modules=modules, cache=cache)
+
+
+# Crash tests only (tests/e2e/test_payment_crash.py): with this variable set to 1, the process kills
+# itself with SIGKILL right after a payment gateway answers a charge and before the answer is
+# recorded, the worst moment for a crash. Its TALLY_TEST_ prefix keeps it out of the settings.
+CRASH_AFTER_CHARGE = "TALLY_TEST_CRASH_AFTER_CHARGE"
+
+
+def _crash_hooks() -> dict[str, object]:
+    if os.environ.get(CRASH_AFTER_CHARGE) != "1":
+        return {}
+
+    def die(result: object) -> None:
+        log.warning("%s is set: killing this process after the charge", CRASH_AFTER_CHARGE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return {"payment_after_charge": die}
 
 
 def _read_cache(settings: Settings) -> RedisReadCache | None:
@@ -269,6 +295,8 @@ class App:
     usage_upkeep: UsageUpkeep | None = None
     webhooks: WebhookDeliverer | None = None
     billing_worker: BillingWorker | None = None
+    collection_worker: CollectionWorker | None = None
+    payment_reconciler: PaymentReconciler | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -296,6 +324,11 @@ class App:
             self._jobs.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
         if self.billing_worker is not None:
             self._jobs.append(asyncio.create_task(self.billing_worker.run(), name="billing-worker"))
+        if self.collection_worker is not None:
+            self._jobs.append(asyncio.create_task(self.collection_worker.run(), name="collection-worker"))
+        if self.payment_reconciler is not None:
+            reconciling = self.payment_reconciler.run()
+            self._jobs.append(asyncio.create_task(reconciling, name="payment-reconciler"))
         interval = self.settings.readiness_probe_interval_seconds
         if interval:
             probe = DatabaseProbe(probe_engine(self.settings), interval, self._database_changed)
@@ -317,6 +350,9 @@ class App:
         """Report NOT_SERVING, stop accepting on both ports, let in-flight calls finish within the
         grace period, then close everything."""
         await self.readiness.drain()
+        billing = self.components.services.get("billing")
+        if isinstance(billing, BillingServices):
+            billing.events.stop_watches()  # watches end (OK) now instead of at the end of the grace
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         # Both sides at once: a REST call that got in has its gRPC call in flight, which the
         # gRPC grace covers.
@@ -387,6 +423,7 @@ async def build(
         billing = components.services.get("billing")
         if isinstance(billing, BillingServices):
             billing.usage.outcomes.report_to(metrics.usage_recorded)
+            billing.payments.gateways.report_to(metrics.registry)  # the circuit breakers' states
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)
@@ -481,6 +518,10 @@ async def build(
         usage_upkeep=usage_upkeep,
         webhooks=_webhooks(components, metrics),
         billing_worker=billing_worker(components, metrics) if components.settings.billing_worker else None,
+        collection_worker=(
+            collection_worker(components, metrics) if components.settings.collection_worker else None
+        ),
+        payment_reconciler=payment_reconciler(components) if components.settings.payment_reconciler else None,
     )
 
 
@@ -505,6 +546,31 @@ def billing_worker(components: Components, metrics: Metrics | None = None) -> Bi
         interval_seconds=components.settings.billing_worker_interval_seconds,
         on_work=metrics.billing_work_done if metrics is not None else lambda kind, count: None,
         finalize=billing.billing_work.finalize_due_draft,
+    )
+
+
+def collection_worker(components: Components, metrics: Metrics | None = None) -> CollectionWorker | None:
+    """The collection worker on the wall clock, when the billing module is served."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices):
+        return None
+    return CollectionWorker(
+        billing.new_billing_uow,
+        billing.collector,
+        billing.dunning,
+        components.clock,
+        interval_seconds=components.settings.collection_worker_interval_seconds,
+        on_outcome=metrics.collection_done if metrics is not None else lambda outcome: None,
+    )
+
+
+def payment_reconciler(components: Components) -> PaymentReconciler | None:
+    """The payment reconciler on the wall clock, when the billing module is served."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices):
+        return None
+    return PaymentReconciler(
+        billing.payments, interval_seconds=components.settings.payment_reconciler_interval_seconds
     )
 
 

@@ -1,14 +1,18 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
-Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, WebhookService) and
-tally.subscription.v1 (PlanService, SubscriptionService). One package per domain, each with the account
-module's layers: catalog/ (meters, plans, pricing), subscriptions/ (lifecycle, periods, proration,
-entitlements), clocks/ (test clocks and the account time billing reads), usage/ (recording usage exactly
-once), invoices/ (invoices, numbers, credit balances), webhooks/ (endpoints, signed deliveries), payments/
-(gateway adapters; not wired to a service yet).
+Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, PaymentService,
+WebhookService, EventService) and tally.subscription.v1 (PlanService, SubscriptionService). One package
+per domain, each with the account module's layers: catalog/ (meters, plans, pricing), subscriptions/
+(lifecycle, periods, proration, entitlements), clocks/ (test clocks and the account time billing reads),
+usage/ (recording usage exactly once), invoices/ (invoices, numbers, credit balances), webhooks/
+(endpoints, signed deliveries), events/ (the outbox read and watched by clients), payments/ (payments
+through gateways, their refunds, the reconciler; the gateway adapters).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
-tests use to stand in for the subscriptions' work while they drive AdvanceTestClock.
+tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
+"payment_after_charge" (a callable given each ChargeResult before it is recorded), which crash tests use,
+and "invoice_collector" (a billing_svc.collection.InvoiceCollector), which stands in for the payments
+module's collect_invoice as what the collection worker and test clock advances charge invoices with.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from billing_svc.catalog.plan_servicer import PlanServicer
 from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
-from billing_svc.clocks.ports import FinalizeDraft, RunDueWork
+from billing_svc.clocks.ports import Collections, FinalizeDraft, RunDueWork
 from billing_svc.clocks.servicer import TestClockServicer
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector
+from billing_svc.events.reader import SqlEventReader
+from billing_svc.events.servicer import EventServicer
+from billing_svc.events.use_cases import EventDeps
 from billing_svc.invoices.servicer import InvoiceServicer
 from billing_svc.invoices.sql_unit_of_work import SqlInvoicesUnitOfWork
 from billing_svc.invoices.tables import (
@@ -46,6 +54,14 @@ from billing_svc.invoices.tables import (
     InvoiceRow,
 )
 from billing_svc.invoices.use_cases import InvoiceDeps
+from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
+from billing_svc.payments.gateways.registry import GatewayFactory, GatewayRegistry
+from billing_svc.payments.gateways.sandbox import SandboxGateway
+from billing_svc.payments.gateways.stripe_gateway import StripeGateway
+from billing_svc.payments.servicer import PaymentServicer
+from billing_svc.payments.sql_unit_of_work import SqlPaymentsUnitOfWork
+from billing_svc.payments.tables import PaymentAttemptRow, PaymentRefundRow, PaymentRow, PaymentSettingsRow
+from billing_svc.payments.use_cases import pay_invoice
 from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
@@ -68,11 +84,16 @@ from billing_svc.webhooks.tables import (
 )
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
+from core.principal import SYSTEM, Caller
 from tally.billing.v1 import (
+    event_pb2,
+    event_pb2_grpc,
     invoice_pb2,
     invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
     test_clock_pb2,
     test_clock_pb2_grpc,
     usage_pb2,
@@ -93,9 +114,13 @@ class BillingServices:
     usage: UsageDeps
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
+    payments: PaymentDeps
     webhooks: WebhookDeps
+    events: EventDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
     billing_work: BillingWork  # a boundary's work and its invoice; drafts finalized after grace
+    collector: InvoiceCollector  # charges an invoice (payments' collect_invoice, or a test's stand-in)
+    dunning: DunningPolicy
 
 
 def _billing_uow(
@@ -110,7 +135,9 @@ def _billing_uow(
     )
 
 
-def _test_clocks(platform: Platform, billing_work: BillingWork) -> TestClockDeps:
+def _test_clocks(
+    platform: Platform, billing_work: BillingWork, collections: Collections | None
+) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
@@ -129,6 +156,7 @@ def _test_clocks(platform: Platform, billing_work: BillingWork) -> TestClockDeps
         page_tokens=platform.page_tokens,
         run_due_work=work,
         finalize_draft=cast(FinalizeDraft[TestClocksUnitOfWork], billing_work.finalize_due_draft),
+        collections=collections,
     )
 
 
@@ -168,6 +196,61 @@ def _invoices(platform: Platform) -> InvoiceDeps:
         days_until_due=platform.settings.invoice_days_until_due,
         grace_period=timedelta(seconds=platform.settings.invoice_grace_period_seconds),
     )
+
+
+def _gateway_factories(platform: Platform) -> dict[str, GatewayFactory]:
+    """The configured gateways; an adapter (and its HTTP session) is made on first use."""
+    settings = platform.settings
+    timeout = settings.payment_gateway_timeout_seconds
+    connect = min(timeout, 3.0)
+
+    def sandbox() -> SandboxGateway:
+        return SandboxGateway(settings.sandbox_gateway_url, timeout=timeout, connect_timeout=connect)
+
+    factories: dict[str, GatewayFactory] = {"sandbox": sandbox}
+    key = settings.stripe_api_key
+    if key is not None:
+
+        def stripe() -> StripeGateway:
+            return StripeGateway(
+                key.get_secret_value(),
+                api_base=settings.stripe_api_base,
+                timeout=timeout,
+                connect_timeout=connect,
+            )
+
+        factories["stripe"] = stripe
+    return factories
+
+
+def _payments(platform: Platform) -> PaymentDeps:
+    # Payments keep wall time (their records, the attempts' due times); the invoice a payment pays is
+    # marked paid at its account's billing time, inside the recording transaction.
+    def payments_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlPaymentsUnitOfWork]:
+        return lambda: SqlPaymentsUnitOfWork(
+            sessions, wall_clock=platform.wall_clock, account_directory=platform.account_directory
+        )
+
+    settings = platform.settings
+    gateways = GatewayRegistry(
+        _gateway_factories(platform),
+        platform.wall_clock,
+        default=settings.payment_gateway_default,
+        by_currency=settings.gateway_by_currency,
+    )
+    crash = platform.overrides.get("payment_after_charge")
+    deps = PaymentDeps(
+        new_uow=payments_uow(platform.writers),
+        new_reader=payments_uow(platform.snapshots),  # a payment, its attempts and refunds: one snapshot
+        clock=platform.wall_clock,
+        page_tokens=platform.page_tokens,
+        gateways=gateways,
+        retry_attempts=settings.payment_retry_attempts,
+        retry_delay_seconds=settings.payment_retry_delay_seconds,
+        reconcile_after=timedelta(seconds=settings.payment_reconcile_after_seconds),
+        gateway_timeout=timedelta(seconds=settings.payment_gateway_timeout_seconds),
+    )
+    return replace(deps, after_charge=crash) if callable(crash) else deps
 
 
 def build(platform: Platform) -> BillingServices:
@@ -223,15 +306,28 @@ def build(platform: Platform) -> BillingServices:
         clock=clock,
         page_tokens=platform.page_tokens,
     )
+    settings = platform.settings
+    dunning = DunningPolicy.from_settings(
+        settings.dunning_retry_days, settings.dunning_end_state, settings.collection_retry_delay_seconds
+    )
+    payments = _payments(platform)
+
+    async def collect(invoice_id: str) -> CollectionOutcome:
+        return await collect_invoice(payments, SYSTEM, invoice_id)
+
+    collector = cast(InvoiceCollector, platform.overrides.get("invoice_collector") or collect)
+    # A rehearsal's collections are not counted in tally_collections_total (the worker's are).
+    collections = ClockCollections(_billing_uow(platform, platform.writers), collector, dunning, clock)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
-        test_clocks=_test_clocks(platform, billing_work),
+        test_clocks=_test_clocks(platform, billing_work, collections),
         usage=_usage(platform),
         invoices=invoices,
+        payments=payments,
         webhooks=WebhookDeps(
             lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
@@ -239,8 +335,16 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             allow_private_targets=platform.settings.webhook_allow_private_targets,
         ),
+        events=EventDeps(
+            SqlEventReader(platform.readers),  # one statement per read: no transaction held
+            platform.page_tokens,
+            poll_seconds=platform.settings.events_watch_poll_seconds,
+            heartbeat_seconds=platform.settings.events_watch_heartbeat_seconds,
+        ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
+        collector=collector,
+        dunning=dunning,
     )
 
 
@@ -255,8 +359,15 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
     )
     usage = UsageServicer(services.usage, services.usage_reads)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
-    invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices), server)
+    payments = services.payments
+
+    async def collect(caller: Caller, invoice_id: str, payment_method: str) -> None:
+        await pay_invoice(payments, caller, invoice_id, payment_method)
+
+    invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices, collect), server)
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(payments), server)
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(services.events), server)
 
 
 MODULE: ServiceModule[BillingServices] = ServiceModule(
@@ -269,7 +380,9 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         test_clock_pb2.DESCRIPTOR.services_by_name["TestClockService"],
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
+        payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+        event_pb2.DESCRIPTOR.services_by_name["EventService"],
     ),
     models=(
         MeterRow,
@@ -295,6 +408,10 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         WebhookDeliveryRow,
         WebhookAttemptRow,
         WebhookCursorRow,
+        PaymentRow,
+        PaymentAttemptRow,
+        PaymentRefundRow,
+        PaymentSettingsRow,
     ),
     build=build,
     register=register,

@@ -25,9 +25,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Row, select
 
 from billing_svc.billing_work import SqlBillingUnitOfWork
 from billing_svc.clocks.ports import RunDueWork
@@ -96,7 +96,58 @@ class PassReport:
         return subscriptions_done and self.drafts < batch
 
 
-class BillingWorker(PeriodicPasses):
+class ClaimLoop(PeriodicPasses):
+    """A worker over one WorkQueue of wall-clock rows: the billing worker's and the collection
+    worker's shared part (claiming a batch in a short transaction of its own, counting what is due).
+    A subclass names its queue, the rows it takes (`where`) and its lease."""
+
+    queue: ClassVar[WorkQueue]
+    where: ClassVar[ColumnElement[bool]]
+    lease: ClassVar[timedelta]
+
+    def __init__(
+        self,
+        new_uow: Callable[[], SqlBillingUnitOfWork],
+        clock: Clock,
+        *,
+        interval_seconds: float,
+        batch: int,
+        name: str,
+        logger: logging.Logger,
+    ):
+        super().__init__(interval_seconds, what=f"{name} worker pass", log=logger)
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        self._new_uow = new_uow
+        self._clock = clock
+        self._batch = batch
+        self.worker = new_worker_id(name)
+
+    async def due_count(self) -> int:
+        """How many rows are due for this worker now (for a progress bar)."""
+        async with self._new_uow() as uow:
+            return await self.queue.due_count(uow.session, now=self._clock.now(), where=self.where)
+
+    async def claim_batch(self) -> list[Row[Any]]:
+        """One batch of due rows claimed for this worker, committed."""
+        async with self._new_uow() as uow:
+            claimed = await self.queue.claim(
+                uow.session,
+                self.worker,
+                now=self._clock.now(),
+                lease=self.lease,
+                limit=self._batch,
+                where=self.where,
+            )
+            await uow.commit()
+        return claimed
+
+
+class BillingWorker(ClaimLoop):
+    queue = QUEUE
+    where = ONLY_WALL_CLOCK
+    lease = LEASE
+
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
@@ -109,16 +160,12 @@ class BillingWorker(PeriodicPasses):
         on_work: Callable[[str, int], None] = lambda kind, count: None,
         finalize: FinalizeDraft | None = None,
     ):
-        super().__init__(interval_seconds, what="billing worker pass", log=log)
-        if batch <= 0:
-            raise ValueError("batch must be positive")
-        self._new_uow = new_uow
+        super().__init__(
+            new_uow, clock, interval_seconds=interval_seconds, batch=batch, name=name, logger=log
+        )
         self._work = work
-        self._clock = clock
-        self._batch = batch
         self._on_work = on_work  # metrics: (kind, count) per boundary kind, "failed" per failure
         self._finalize = finalize  # None: drafts are not this worker's (a bench of renewals alone)
-        self.worker = new_worker_id(name)
 
     async def run_pass(self) -> None:
         """Batches until one comes back short: a backlog is worked through, not one batch an interval."""
@@ -131,24 +178,10 @@ class BillingWorker(PeriodicPasses):
         if total.claimed or total.drafts:
             log.info("billing pass: %s", total.summary())
 
-    async def due_count(self) -> int:
-        """How many subscriptions are due for this worker now (for a progress bar)."""
-        async with self._new_uow() as uow:
-            return await QUEUE.due_count(uow.session, now=self._clock.now(), where=ONLY_WALL_CLOCK)
-
     async def one_pass(self) -> PassReport:
         """Claim one batch of due subscriptions and run each one's work, then one batch of drafts
         whose grace has ended and finalize each."""
-        async with self._new_uow() as uow:
-            claimed = await QUEUE.claim(
-                uow.session,
-                self.worker,
-                now=self._clock.now(),
-                lease=LEASE,
-                limit=self._batch,
-                where=ONLY_WALL_CLOCK,
-            )
-            await uow.commit()
+        claimed = await self.claim_batch()
         report = PassReport(claimed=len(claimed))
         for row in claimed:
             await self._run_one(QUEUE.key_of(row), row.id, report)

@@ -22,6 +22,8 @@ class AccountTerms:
     currency_code: str  # ISO 4217; every charge to the account is in it
     billing_time_zone: str  # IANA name; billing periods start at local midnights in it
     live: bool  # False once soft-deleted
+    display_name: str = ""  # who the account is, as its invoices show it
+    email: str = ""
 
 
 class AccountDirectory(Protocol):

@@ -219,3 +219,10 @@ async def read_events(session: AsyncSession, after_position: int, limit: int) ->
         )
         for row in rows
     ]
+
+
+async def newest_position(session: AsyncSession) -> int:
+    """The position of the newest committed event, 0 when there is none: a cursor at it sees
+    only events that commit later (committed positions are a prefix, see the module docstring)."""
+    statement = select(func.max(OutboxEventRow.position))
+    return int((await session.execute(statement)).scalar() or 0)

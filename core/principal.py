@@ -21,7 +21,16 @@ class Role(StrEnum):
 # What each role may do. A service account's scopes are its own (granted by an admin);
 # a customer's are fixed, and object-level checks keep them to their own account.
 CUSTOMER_SCOPES = frozenset(
-    {"accounts:read", "accounts:write", "subscriptions:read", "usage:read", "invoices:read", "auth:self"}
+    {
+        "accounts:read",
+        "accounts:write",
+        "subscriptions:read",
+        "usage:read",
+        "invoices:read",
+        "payments:read",
+        "events:read",
+        "auth:self",
+    }
 )
 ALL_SCOPES = "*"
 

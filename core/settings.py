@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import errno
 import ipaddress
+import itertools
 import json
 import os
 import socket
@@ -51,6 +52,22 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
     return host, int(port_text)
+
+
+PAYMENT_GATEWAYS = ("sandbox", "stripe")
+
+
+def parse_gateway_by_currency(value: str) -> dict[str, str]:
+    """`EUR=stripe,USD=sandbox` as {currency: gateway}; ValueError naming the bad pair."""
+    chosen: dict[str, str] = {}
+    for pair in filter(None, (part.strip() for part in value.split(","))):
+        currency, sep, gateway = (piece.strip() for piece in pair.partition("="))
+        if not sep or len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+            raise ValueError(f"expected CUR=gateway pairs such as EUR=stripe,USD=sandbox, got {pair!r}")
+        if gateway not in PAYMENT_GATEWAYS:
+            raise ValueError(f"{pair!r}: unknown gateway {gateway!r}; one of {', '.join(PAYMENT_GATEWAYS)}")
+        chosen[currency] = gateway
+    return chosen
 
 
 class RateLimit(BaseModel):
@@ -290,6 +307,35 @@ class Settings(BaseSettings):
     billing_worker_interval_seconds: float = Field(
         10.0, gt=0, le=3600, description="Seconds between the billing worker's passes."
     )
+    collection_worker: bool = Field(
+        True,
+        description="`tally serve` runs the collection worker: it charges finalized subscription "
+        "invoices and retries declined ones on the dunning schedule (`tally worker` runs it too).",
+    )
+    collection_worker_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between the collection worker's passes."
+    )
+    collection_retry_delay_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="When a charge is pending at the gateway or the gateway is unavailable, the "
+        "invoice is tried again this many seconds later (not a dunning step).",
+    )
+    dunning_retry_days: str = Field(
+        "3,5,7",
+        pattern=r"^(\d{1,3}(,\d{1,3}){0,19})?$",
+        description="Comma-separated days after finalization on which a declined subscription invoice "
+        "is charged again, increasing (empty: no retry); after the last one fails the subscription "
+        "goes to TALLY_DUNNING_END_STATE.",
+        examples=["3,5,7", "1,3,5,7,14"],
+    )
+    dunning_end_state: Literal["canceled", "unpaid"] = Field(
+        "canceled",
+        description="What a subscription becomes when the last retry of its invoice fails: canceled, "
+        "or unpaid (no features, no new fees, active again once the invoice is paid). The invoice "
+        "stays open either way.",
+    )
     webhook_delivery: bool = Field(
         True,
         description="`tally serve` fans outbox events out to webhook endpoints and sends them (signed, "
@@ -302,6 +348,20 @@ class Settings(BaseSettings):
         False,
         description="Let webhooks go to loopback, private and link-local addresses (tests, closed "
         "networks); off, such targets are refused at create and at send, after DNS resolution.",
+    )
+    events_watch_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="WatchEvents: seconds between looks at the outbox for new events while a watch is "
+        "caught up (every replica's commits are seen this way).",
+    )
+    events_watch_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="WatchEvents: a heartbeat (a cursor, no event) after this many seconds without a "
+        "message, so idle proxies keep the stream and a filtered watch's cursor moves on.",
     )
     usage_coalesce: bool = Field(
         True,
@@ -327,6 +387,66 @@ class Settings(BaseSettings):
         description="How long a renewal invoice that bills usage stays a draft before the billing "
         "worker finalizes it, so that usage recorded late for the closed period lands on it (0: "
         "finalized at once).",
+    )
+    payment_gateway_default: Literal["sandbox", "stripe"] = Field(
+        "sandbox",
+        description="The payment gateway of payments whose account names none and whose currency has "
+        "none in payment_gateway_by_currency.",
+    )
+    payment_gateway_by_currency: str = Field(
+        "",
+        description="The payment gateway of each currency, as CUR=gateway pairs separated by commas, "
+        "for accounts whose payment settings name none.",
+        examples=["EUR=stripe,USD=sandbox"],
+    )
+    sandbox_gateway_url: str = Field(
+        "http://127.0.0.1:8790",
+        pattern=r"^https?://",
+        description="Where the sandbox payment gateway (`tally sandbox-gateway`) listens.",
+    )
+    stripe_api_key: SecretStr | None = Field(
+        None,
+        description="Stripe secret key; unset, the stripe gateway is not configured and payments "
+        "routed to it fail with FAILED_PRECONDITION.",
+    )
+    stripe_api_base: str | None = Field(
+        None,
+        description="Base URL of the Stripe API (tests point it at a local stand-in); unset, Stripe's.",
+    )
+    payment_gateway_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long a call to a payment gateway may take; a charge unanswered by then is "
+        "unknown and retried with the same idempotency key.",
+    )
+    payment_retry_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Calls made inline for one payment while the gateway fails transiently or does not "
+        "answer (a failure gets a new attempt, no answer the same one); then it is left to the reconciler.",
+    )
+    payment_retry_delay_seconds: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="The wait before the first inline retry of a payment; doubled before each further one.",
+    )
+    payment_reconciler: bool = Field(
+        True,
+        description="`tally serve` settles payment attempts left in flight, unknown or pending by "
+        "looking them up at their gateway (`tally worker` runs it too).",
+    )
+    payment_reconciler_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between the payment reconciler's passes."
+    )
+    payment_reconcile_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="An unsettled payment attempt is the reconciler's once it is this old (longer than "
+        "the inline retries take), and again this long after each lookup that settled nothing.",
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
@@ -360,6 +480,14 @@ class Settings(BaseSettings):
     rate_limit_lease_seconds: float = Field(
         0.5, gt=0, le=60, description="A reservation is spent for at most this long, then settled with Redis."
     )
+
+    @field_validator("dunning_retry_days")
+    @classmethod
+    def _check_retry_days(cls, value: str) -> str:
+        days = [int(part) for part in value.split(",") if part]
+        if any(later <= earlier for earlier, later in itertools.pairwise(days)):
+            raise ValueError("the retry days must increase, for example 3,5,7")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -396,6 +524,16 @@ class Settings(BaseSettings):
                     f"not valid JSON ({exc.msg} at character {exc.pos}); expected JSON{example}"
                 ) from None
         return value
+
+    @field_validator("payment_gateway_by_currency")
+    @classmethod
+    def _check_gateway_by_currency(cls, value: str) -> str:
+        parse_gateway_by_currency(value)
+        return value
+
+    @property
+    def gateway_by_currency(self) -> dict[str, str]:
+        return parse_gateway_by_currency(self.payment_gateway_by_currency)
 
     @field_validator("grpc_addr", "http_addr")
     @classmethod

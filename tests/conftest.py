@@ -113,11 +113,13 @@ async def settings(database_url: str | None, tmp_path: Path) -> Settings:
         "grpc_addr": "127.0.0.1:0",
         "http_addr": "127.0.0.1:0",
         "jwt_hs256_secret": JWT_SECRET,
-        # Tests run the billing worker's and the webhook delivery's passes themselves (the tests of
-        # each turn its job on), so that no background pass races a test that moves the wall clock
-        # or counts the statements on the engine.
+        # Tests run the billing worker's, the webhook delivery's and the payment reconciler's passes
+        # themselves (the tests of each turn its job on), so that no background pass races a test
+        # that moves the wall clock or counts the statements on the engine.
         "billing_worker": False,
+        "collection_worker": False,
         "webhook_delivery": False,
+        "payment_reconciler": False,
     }
     if database_url is None:
         return Settings(**common)  # type: ignore[arg-type]
@@ -137,7 +139,9 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         http_addr="127.0.0.1:0",
         jwt_hs256_secret=JWT_SECRET,
         billing_worker=False,
+        collection_worker=False,
         webhook_delivery=False,
+        payment_reconciler=False,
     )
 
 

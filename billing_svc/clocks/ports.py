@@ -95,3 +95,29 @@ class FinalizeDraft(Protocol[U_contra]):
     period has ended by `now`, inside the open transaction; whether it did."""
 
     async def __call__(self, uow: U_contra, invoice_id: str, now: datetime, /, *, caller: Caller) -> bool: ...
+
+
+class DueCollection(Protocol):
+    @property
+    def invoice_id(self) -> str: ...
+
+    @property
+    def due_time(self) -> datetime: ...
+
+
+class Collections(Protocol):
+    """billing_svc.collection.ClockCollections: the automatic collection of the clock's invoices, which
+    an advance runs in time order with the subscriptions' work (the gateway call outside any
+    transaction)."""
+
+    async def next_due(self, uow: object, clock_id: str, until: datetime) -> DueCollection | None:
+        """In the step's transaction: the clock's invoice due for collection first by `until`."""
+        ...
+
+    async def claim(self, uow: object, invoice_id: str) -> bool:
+        """In the step's transaction: hold it for this advance; False when another holds it."""
+        ...
+
+    async def collect(self, invoice_id: str, at: datetime, *, caller: Caller) -> str:
+        """With no transaction open, after the step committed: charge it and record the outcome at `at`."""
+        ...

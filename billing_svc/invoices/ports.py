@@ -50,6 +50,11 @@ class InvoiceRepository(Protocol):
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
 
+    async def schedule_collection(self, invoice_id: str, at: datetime) -> None:
+        """The invoice is to be charged automatically from `at` (billing_svc/collection.py). Saving it
+        paid, void or uncollectible clears the schedule."""
+        ...
+
     async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 
     async def next_number(self, prefix: str) -> int:

@@ -100,7 +100,19 @@ def _summary(invoice: Invoice, fmt: Formatter) -> Iterator[tuple[str, str]]:
     yield "Amount remaining", fmt.amount(invoice.amount_remaining_minor)
 
 
-def _facts(invoice: Invoice, fmt: Formatter) -> Iterator[tuple[str, str]]:
+@dataclass(frozen=True)
+class BillTo:
+    """Whom the invoice is addressed to: the account's display name and email, as they are now."""
+
+    name: str
+    email: str
+
+
+def _facts(invoice: Invoice, fmt: Formatter, bill_to: BillTo | None) -> Iterator[tuple[str, str]]:
+    if bill_to is not None and bill_to.name:
+        yield "Bill to", bill_to.name
+    if bill_to is not None and bill_to.email:
+        yield "Email", bill_to.email
     yield "Account", invoice.account_id
     yield "Status", invoice.status.value
     if invoice.finalize_time is not None:
@@ -147,9 +159,9 @@ _CSS = (
 )
 
 
-def render_html(invoice: Invoice, fmt: Formatter) -> str:
+def render_html(invoice: Invoice, fmt: Formatter, bill_to: BillTo | None = None) -> str:
     e = html.escape
-    facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _facts(invoice, fmt))
+    facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _facts(invoice, fmt, bill_to))
     heads = "".join(
         f'<th class="n">{e(h)}</th>' if i >= 2 else f"<th>{e(h)}</th>" for i, h in enumerate(_HEADINGS)
     )
@@ -185,7 +197,7 @@ def _latin1(text: str) -> str:
 _WIDTHS = (70, 45, 20, 25, 30)  # millimetres, 190 in all on A4 with 10 mm margins
 
 
-def render_pdf(invoice: Invoice, fmt: Formatter) -> bytes:
+def render_pdf(invoice: Invoice, fmt: Formatter, bill_to: BillTo | None = None) -> bytes:
     pdf = FPDF(format="A4")
     pdf.core_fonts_encoding = _PDF_ENCODING
     pdf.set_creation_date(_PDF_EPOCH)
@@ -197,7 +209,7 @@ def render_pdf(invoice: Invoice, fmt: Formatter) -> bytes:
     pdf.set_font("Helvetica", size=10)
     if invoice.status is InvoiceStatus.DRAFT:
         pdf.cell(0, 6, "DRAFT: not final, subject to change", new_x="LMARGIN", new_y="NEXT")
-    for key, value in _facts(invoice, fmt):
+    for key, value in _facts(invoice, fmt, bill_to):
         pdf.cell(0, 6, _latin1(f"{key}: {value}"), new_x="LMARGIN", new_y="NEXT")
     if invoice.description:
         pdf.multi_cell(0, 6, _latin1(invoice.description), new_x="LMARGIN", new_y="NEXT")

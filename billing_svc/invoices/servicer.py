@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import grpc
 from google.api import httpbody_pb2
@@ -22,6 +23,7 @@ from core.principal import Caller, caller_for
 from tally.billing.v1 import invoice_pb2, invoice_pb2_grpc
 from tally.type.v1 import money_pb2
 
+S = TypeVar("S")
 _SERVICE = invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name
 _Status = invoice_pb2.Invoice.Status
 _STATUS = {status: _Status.Value(f"STATUS_{status.name}") for status in InvoiceStatus}
@@ -39,12 +41,24 @@ _REFUND_FROM = {number: method for method, number in _REFUND.items()}
 _KIND = {kind: invoice_pb2.InvoiceLine.Kind.Value(f"KIND_{kind.name}") for kind in LineKind}
 
 
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+def optional_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def statuses_from(numbers: Iterable[int], known: Mapping[Any, S]) -> list[S]:
+    """A request's `statuses` filter: each a known status, never STATUS_UNSPECIFIED."""
+    statuses = []
+    for index, number in enumerate(numbers):
+        if number not in known:
+            raise InvalidArgument.field(
+                f"statuses[{index}]", "must be a known status, not STATUS_UNSPECIFIED"
+            )
+        statuses.append(known[number])
+    return statuses
 
 
 def line_to_proto(line: InvoiceLine, currency_code: str) -> invoice_pb2.InvoiceLine:
@@ -55,8 +69,8 @@ def line_to_proto(line: InvoiceLine, currency_code: str) -> invoice_pb2.InvoiceL
         quantity=decimal_to_proto(line.quantity),
         unit_price=None if line.unit_price is None else decimal_to_proto(line.unit_price),
         amount=money_to_proto(Money(currency_code, line.amount_minor)),
-        period_start=_timestamp(line.period_start),
-        period_end=_timestamp(line.period_end),
+        period_start=optional_timestamp(line.period_start),
+        period_end=optional_timestamp(line.period_end),
         subscription_id=line.subscription_id,
         pending_item_id=line.pending_item_id,
         meter_id=line.meter_id,
@@ -74,7 +88,7 @@ def line_to_proto(line: InvoiceLine, currency_code: str) -> invoice_pb2.InvoiceL
 
 
 def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
-    money = _money_in(invoice.currency_code)
+    money = money_in(invoice.currency_code)
 
     return invoice_pb2.Invoice(
         id=invoice.id,
@@ -84,8 +98,8 @@ def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
         status=_STATUS[invoice.status],
         reason=_REASON[invoice.reason.value],
         currency_code=invoice.currency_code,
-        period_start=_timestamp(invoice.period_start),
-        period_end=_timestamp(invoice.period_end),
+        period_start=optional_timestamp(invoice.period_start),
+        period_end=optional_timestamp(invoice.period_end),
         lines=[line_to_proto(line, invoice.currency_code) for line in invoice.lines],
         subtotal=money(invoice.subtotal_minor),
         total=money(invoice.total_minor),
@@ -94,24 +108,24 @@ def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
         amount_paid=money(invoice.amount_paid_minor),
         amount_remaining=money(invoice.amount_remaining_minor),
         description=invoice.description,
-        create_time=_timestamp(invoice.create_time),
-        update_time=_timestamp(invoice.update_time),
-        finalize_time=_timestamp(invoice.finalize_time),
-        due_time=_timestamp(invoice.due_time),
-        paid_time=_timestamp(invoice.paid_time),
-        void_time=_timestamp(invoice.void_time),
+        create_time=optional_timestamp(invoice.create_time),
+        update_time=optional_timestamp(invoice.update_time),
+        finalize_time=optional_timestamp(invoice.finalize_time),
+        due_time=optional_timestamp(invoice.due_time),
+        paid_time=optional_timestamp(invoice.paid_time),
+        void_time=optional_timestamp(invoice.void_time),
         amount_credited=money(invoice.amount_credited_minor),
         pre_payment_credit_notes_amount=money(invoice.credited_pre_payment_minor),
         post_payment_credit_notes_amount=money(invoice.credited_post_payment_minor),
     )
 
 
-def _money_in(currency_code: str) -> Callable[[int], money_pb2.Money]:
+def money_in(currency_code: str) -> Callable[[int], money_pb2.Money]:
     return lambda amount_minor: money_to_proto(Money(currency_code, amount_minor))
 
 
 def credit_note_to_proto(note: CreditNote) -> invoice_pb2.CreditNote:
-    money = _money_in(note.currency_code)
+    money = money_in(note.currency_code)
 
     return invoice_pb2.CreditNote(
         id=note.id,
@@ -131,7 +145,7 @@ def credit_note_to_proto(note: CreditNote) -> invoice_pb2.CreditNote:
         refund_method=_REFUND[note.refund_method],
         pre_payment_amount=money(note.pre_payment_minor),
         post_payment_amount=money(note.post_payment_minor),
-        create_time=_timestamp(note.create_time),
+        create_time=optional_timestamp(note.create_time),
     )
 
 
@@ -149,9 +163,15 @@ def _caller(method: str, request_id: str = "") -> Caller:
     return caller_for(f"/{_SERVICE}/{method}", request_id)
 
 
+# PayInvoice without paid_out_of_band: charge the invoice through its account's payment gateway
+# (caller, invoice id, payment method), wired in by billing_svc/module.py.
+CollectInvoice = Callable[[Caller, str, str], Awaitable[None]]
+
+
 class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
-    def __init__(self, deps: InvoiceDeps):
+    def __init__(self, deps: InvoiceDeps, collect: CollectInvoice | None = None):
         self._deps = deps
+        self._collect = collect
 
     async def CreateInvoice(
         self, request: invoice_pb2.CreateInvoiceRequest, context: grpc.aio.ServicerContext
@@ -177,13 +197,7 @@ class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
     async def ListInvoices(
         self, request: invoice_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
     ) -> invoice_pb2.ListInvoicesResponse:
-        statuses = []
-        for index, number in enumerate(request.statuses):
-            if number not in _STATUS_FROM:
-                raise InvalidArgument.field(
-                    f"statuses[{index}]", "must be a known status, not STATUS_UNSPECIFIED"
-                )
-            statuses.append(_STATUS_FROM[number])
+        statuses = statuses_from(request.statuses, _STATUS_FROM)
         page = await use_cases.list_invoices(
             self._deps,
             _caller("ListInvoices"),
@@ -239,14 +253,17 @@ class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
     async def PayInvoice(
         self, request: invoice_pb2.PayInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> invoice_pb2.Invoice:
-        if not request.paid_out_of_band:
-            raise FailedPrecondition(
-                "collecting through a payment gateway is not available yet: set paid_out_of_band to record "
-                "a payment made outside Tally",
-                reason="GATEWAY_COLLECTION_UNAVAILABLE",
-                metadata={"field": "paid_out_of_band"},
-            )
         caller = _caller("PayInvoice", request.request_id)
+        if not request.paid_out_of_band:
+            if self._collect is None:
+                raise FailedPrecondition(
+                    "collecting through a payment gateway is not available here: set paid_out_of_band to "
+                    "record a payment made outside Tally",
+                    reason="GATEWAY_COLLECTION_UNAVAILABLE",
+                    metadata={"field": "paid_out_of_band"},
+                )
+            await self._collect(caller, request.id, request.payment_method)
+            return invoice_to_proto(await use_cases.get_invoice(self._deps, caller, request.id))
         command = use_cases.PayInvoice(request.id)
         return invoice_to_proto(await use_cases.pay_invoice_out_of_band(self._deps, caller, command))
 

@@ -9,6 +9,10 @@ A draft cycle invoice in its grace period is claimable work (core.claims, with t
 `finalize_*`, since `due_time` is the payment's): `finalize_due_time` is when its grace ends and
 the billing worker (or the test clock's advance) finalizes it; NULL once it is not a draft. The
 `usage_*` columns are its usage basis (billing_svc.invoices.domain.UsageBasis), NULL without one.
+Automatic collection (billing_svc/collection.py): `next_collection_time` is when the collection
+worker (or a test clock's advance) next charges the invoice, NULL when nobody will;
+`collection_attempts` counts the declined charges; `collection_claimed_by` and
+`collection_lease_until` are the core.claims columns of the worker holding it.
 """
 
 from __future__ import annotations
@@ -65,8 +69,15 @@ class InvoiceRow(Base):
     finalize_due_time: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     finalize_claimed_by: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID))
     finalize_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    collection_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_collection_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    collection_claimed_by: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID))
+    collection_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),)
+    __table_args__ = (
+        Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),
+        Index("ix_invoices_next_collection_time", "next_collection_time"),
+    )
 
 
 class InvoiceLineRow(Base):

@@ -234,8 +234,19 @@ async def usage_lines_of(uow: InvoicesUnitOfWork, invoice: Invoice, basis: Usage
     )
 
 
+def collected_automatically(invoice: Invoice) -> bool:
+    """Whether a finalized invoice is charged by the collection worker: a subscription's invoice with
+    something to pay. Others wait for PayInvoice or a payment made by hand."""
+    return (
+        bool(invoice.subscription_id)
+        and invoice.status is InvoiceStatus.OPEN
+        and invoice.amount_due_minor > 0
+    )
+
+
 async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice, now: datetime) -> Invoice:
-    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction).
+    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction);
+    a subscription's invoice with an amount due is scheduled for collection at once.
 
     A draft with a usage basis has its usage lines made again first, from the usage recorded by
     now: usage that came in late for the closed period (in the grace period) is on the invoice."""
@@ -260,6 +271,8 @@ async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice,
         source = (domain.RESOURCE_TYPE, done.id)
         await uow.balances.change(done.account_id, done.currency_code, change, source=source, now=now)
     await uow.invoices.save(done, lines_changed=done.usage_basis is not None)
+    if collected_automatically(done):
+        await uow.invoices.schedule_collection(done.id, now)
     return done
 
 
@@ -499,6 +512,7 @@ async def render_invoice(
         terms = await uow.accounts.terms(invoice.account_id)
     zone = ZoneInfo(terms.billing_time_zone if terms is not None else "UTC")
     fmt = render.Formatter(invoice.currency_code, chosen, zone)
+    bill_to = None if terms is None else render.BillTo(terms.display_name, terms.email)
     if pdf:
-        return Rendered("application/pdf", render.render_pdf(invoice, fmt))
-    return Rendered("text/html; charset=utf-8", render.render_html(invoice, fmt).encode())
+        return Rendered("application/pdf", render.render_pdf(invoice, fmt, bill_to))
+    return Rendered("text/html; charset=utf-8", render.render_html(invoice, fmt, bill_to).encode())

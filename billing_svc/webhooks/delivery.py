@@ -83,10 +83,18 @@ class WebhookDeliverer:
             )
             await uow.commit()
         sent = 0
-        async with aiohttp.ClientSession(timeout=self._timeout) as http:
+        async with self._http() as http:
             for delivery in sorted(claimed, key=lambda row: row.event_position):
                 sent += await self._deliver(http, delivery)
         return sent
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The client of one pass. Unless private targets are allowed, names resolve through
+        targets.PublicOnlyResolver, so the address checked is the address connected to."""
+        if self._allow_private:
+            return aiohttp.ClientSession(timeout=self._timeout)
+        connector = aiohttp.TCPConnector(resolver=targets.PublicOnlyResolver())
+        return aiohttp.ClientSession(timeout=self._timeout, connector=connector)
 
     async def run(self) -> None:
         while True:
@@ -135,17 +143,23 @@ class WebhookDeliverer:
         }
         started = time.monotonic()
         try:
-            await targets.refuse_private(url, allow_private=self._allow_private)
+            if not self._allow_private:
+                targets.refuse_literal(url)
             async with http.post(url, data=body.encode(), headers=headers, allow_redirects=False) as response:
                 await response.read()
                 status, error = (
                     response.status,
                     "" if domain.is_success(response.status) else response.reason or "",
                 )
-        except InvalidArgument as exc:
+        except (InvalidArgument, targets.NonPublicTarget) as exc:
             status, error = 0, f"refused target: {exc}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            status, error = 0, f"{type(exc).__name__}: {exc}"
+            # aiohttp wraps what the resolver raised in a ClientConnectorError, as `os_error`.
+            refused = getattr(exc, "os_error", None)
+            if isinstance(refused, targets.NonPublicTarget):
+                status, error = 0, f"refused target: {refused}"
+            else:
+                status, error = 0, f"{type(exc).__name__}: {exc}"
         return status, error, int((time.monotonic() - started) * 1000)
 
     async def _record(self, delivery: Any, status: int, error: str, duration_ms: int) -> int:

@@ -21,7 +21,9 @@ from gateway.constraints.accounts import ACCOUNT_FIELDS, ACCOUNT_MESSAGES, SERVI
 from gateway.constraints.billing import BILLING_FIELDS, BILLING_MESSAGES
 from gateway.constraints.catalog import CATALOG_FIELDS, CATALOG_MESSAGES
 from gateway.constraints.common import EMAIL_PATTERN, digits_up_to, id_pattern
+from gateway.constraints.events import EVENT_FIELDS
 from gateway.constraints.invoices import INVOICE_FIELDS
+from gateway.constraints.payments import PAYMENT_FIELDS
 from gateway.constraints.usage import USAGE_FIELDS
 from gateway.constraints.webhooks import WEBHOOK_FIELDS
 from gateway.schemas import JSON, Rules
@@ -45,7 +47,9 @@ RULES = Rules(
         **BILLING_FIELDS,
         **USAGE_FIELDS,
         **INVOICE_FIELDS,
+        **PAYMENT_FIELDS,
         **WEBHOOK_FIELDS,
+        **EVENT_FIELDS,
     },
     names=_SHARED_NAMES,
     messages={**ACCOUNT_MESSAGES, **CATALOG_MESSAGES, **BILLING_MESSAGES},

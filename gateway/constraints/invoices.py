@@ -6,6 +6,7 @@ from account_svc import domain as accounts
 from billing_svc.invoices import credit_notes
 from billing_svc.invoices import domain as invoices
 from billing_svc.invoices.render import known_locales
+from billing_svc.payments import domain as payments
 from billing_svc.subscriptions import domain as subscriptions
 from gateway.constraints.catalog import DECIMAL_TEXT, decimal_field
 from gateway.constraints.common import enum_values, id_pattern
@@ -36,8 +37,7 @@ INVOICE_FIELDS: dict[str, JSON] = {
     f"{_PKG}.ListInvoicesRequest.subscription_id": {
         "pattern": f"^({id_pattern(subscriptions.ID_PREFIX)[1:-1]})?$"
     },
-    # servicer.PayInvoice: only a payment made outside Tally can be recorded for now.
-    f"{_PKG}.PayInvoiceRequest.paid_out_of_band": {"enum": [True]},
+    f"{_PKG}.PayInvoiceRequest.payment_method": {"maxLength": payments.MAX_PAYMENT_METHOD},
     f"{_PKG}.RemoveInvoiceLineRequest.line_id": {"pattern": id_pattern(invoices.LINE_ID_PREFIX)},
     f"{_PKG}.CreateCreditNoteRequest.invoice_id": _INVOICE_ID,
     f"{_PKG}.CreateCreditNoteRequest.lines": {"minItems": 1, "maxItems": credit_notes.MAX_LINES},

@@ -14,8 +14,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,22 @@ def run_tally(
         timeout=timeout,
         check=False,
     )
+
+
+@asynccontextmanager
+async def migrated_postgres_database(prefix: str, data_dir: Path) -> AsyncIterator[str]:
+    """A new database on the suite's PostgreSQL server, migrated by `tally migrate`, dropped after."""
+    from tests.support import empty_postgres_database
+
+    async with empty_postgres_database(prefix) as url:
+        migrated = run_tally("migrate", server_env(data_dir, TALLY_DATABASE_URL=url), cwd=data_dir)
+        assert migrated.returncode == 0, migrated.stderr
+        yield url
+
+
+def admin_metadata() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying the e2e admin token."""
+    return (("authorization", f"Bearer {admin_token()}"),)
 
 
 # --- grpcurl -------------------------------------------------------------------------------------------

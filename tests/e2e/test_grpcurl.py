@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -23,6 +24,7 @@ from tests.e2e.harness import (
     ACCOUNTS,
     SERVING_MARKER,
     RunningServer,
+    admin_token,
     assert_status,
     call,
     call_error,
@@ -46,6 +48,7 @@ UPDATE = f"{ACCOUNTS}/UpdateAccount"
 DELETE = f"{ACCOUNTS}/DeleteAccount"
 UNDELETE = f"{ACCOUNTS}/UndeleteAccount"
 HEALTH = "grpc.health.v1.Health/Check"
+EVENTS = "tally.billing.v1.EventService"
 # grpcurl 1.8.6 reads google.protobuf.FieldMask as a plain message ({"paths": [...]}), not as the
 # canonical proto3 JSON string, and passes the paths through unchanged: so they are proto field names.
 DISPLAY_NAME_MASK = {"paths": ["display_name"]}
@@ -100,6 +103,7 @@ def test_reflection_lists_services(addr: str) -> None:
     services = set(result.stdout.split())
     assert {
         ACCOUNTS,
+        EVENTS,
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
@@ -160,6 +164,52 @@ def test_reflection_describes_service_and_message(addr: str) -> None:
 def test_health_check_serving(addr: str) -> None:
     assert call(addr, HEALTH) == {"status": "SERVING"}
     assert call(addr, HEALTH, {"service": ACCOUNTS}) == {"status": "SERVING"}
+
+
+def test_events_are_listed_and_watched(addr: str) -> None:
+    """EventService by reflection: a meter's event listed, then watched until grpcurl's deadline,
+    which the watch ends with OK after its closing heartbeat."""
+    described = grpcurl(addr, "describe", EVENTS)
+    assert described.returncode == 0, described.stderr
+    assert "rpc ListEvents (" in described.stdout
+    assert "rpc WatchEvents ( .tally.billing.v1.WatchEventsRequest ) returns ( stream" in described.stdout
+    meter = call(
+        addr,
+        "tally.billing.v1.MeterService/CreateMeter",
+        {
+            "meter": {
+                "code": f"m-{uuid.uuid4().hex[:8]}",
+                "display_name": "Calls",
+                "aggregation": "AGGREGATION_SUM",
+            }
+        },
+    )
+    listed = call(addr, f"{EVENTS}/ListEvents", {"resource_id": meter["id"]})
+    assert [(e["type"], e["payload"]["code"]) for e in listed["events"]] == [("meter.created", meter["code"])]
+    # grpcurl's own deadline (its flags go before the address, so not through `grpcurl()`).
+    watch = [
+        str(grpcurl_path()),
+        "-plaintext",
+        "-max-time",
+        "1.5",
+        "-H",
+        f"authorization: Bearer {admin_token()}",
+    ]
+    watch += [
+        "-d",
+        json.dumps({"start": "START_OLDEST", "resource_id": meter["id"]}),
+        addr,
+        f"{EVENTS}/WatchEvents",
+    ]
+    watched = subprocess.run(watch, capture_output=True, text=True, timeout=30, check=False)
+    assert watched.returncode == 0, watched.stderr
+    messages, text, decoder = [], watched.stdout.strip(), json.JSONDecoder()
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].strip()
+    assert [m.get("event", {}).get("id") for m in messages] == [None, listed["events"][0]["id"], None]
+    assert messages[-1]["cursor"] == messages[1]["cursor"]
 
 
 # --- the account lifecycle -----------------------------------------------------------------------------

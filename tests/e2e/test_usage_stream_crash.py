@@ -21,8 +21,8 @@ import pytest
 
 from tally.account.v1 import account_pb2, account_pb2_grpc
 from tally.billing.v1 import meter_pb2, meter_pb2_grpc, usage_pb2, usage_pb2_grpc
-from tests.e2e.harness import admin_token, launched_server, run_tally, server_env
-from tests.support import asyncpg_dsn, empty_postgres_database
+from tests.e2e.harness import admin_metadata, launched_server, migrated_postgres_database, server_env
+from tests.support import asyncpg_dsn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -34,14 +34,8 @@ PER_MESSAGE = 50
 
 @pytest.fixture
 async def migrated_postgres(tmp_path: Path) -> AsyncIterator[str]:
-    async with empty_postgres_database("tally_e2e_usage_crash") as url:
-        migrated = run_tally("migrate", server_env(tmp_path, TALLY_DATABASE_URL=url), cwd=tmp_path)
-        assert migrated.returncode == 0, migrated.stderr
+    async with migrated_postgres_database("tally_e2e_usage_crash", tmp_path) as url:
         yield url
-
-
-def metadata() -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {admin_token()}"),)
 
 
 def event(account_id: str, sequence: int) -> usage_pb2.SequencedUsageRecord:
@@ -60,7 +54,7 @@ async def set_up(address: str) -> str:
                     code="api_calls", display_name="API calls", aggregation=meter_pb2.Meter.AGGREGATION_SUM
                 )
             ),
-            metadata=metadata(),
+            metadata=admin_metadata(),
             timeout=10,
         )
         account = await account_pb2_grpc.AccountServiceStub(channel).CreateAccount(
@@ -69,7 +63,7 @@ async def set_up(address: str) -> str:
                     display_name="Crash", email="crash@example.com", currency_code="USD"
                 )
             ),
-            metadata=metadata(),
+            metadata=admin_metadata(),
             timeout=10,
         )
     return str(account.id)
@@ -101,7 +95,7 @@ async def stream(
 
     async with grpc.aio.insecure_channel(address) as channel:
         call = usage_pb2_grpc.UsageServiceStub(channel).StreamUsageRecords(
-            requests(), metadata=metadata(), timeout=120
+            requests(), metadata=admin_metadata(), timeout=120
         )
         try:
             async for ack in call:

@@ -66,6 +66,9 @@ PASSWORD = "correct horse battery staple"
 NO_LIMITS = {group: RateLimit(rate=1_000_000, burst=1_000_000) for group in ("default", "auth")}
 FORBIDDEN_CODES = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS", "RESOURCE_EXHAUSTED"})
 CALL_TIMEOUT = 30.0
+# A watch (server streaming only, WatchEvents) runs until its deadline and ends OK just before it:
+# a short one, so that an accepted case is over at once. Its input is checked before it starts.
+WATCH_TIMEOUT = 0.5
 ANSWERS_FILE = os.environ.get("TALLY_TEST_HOSTILE_ANSWERS")
 _serial = itertools.count()
 
@@ -313,7 +316,8 @@ async def call_grpc(backend: Backend, method: MethodDescriptor, payload: bytes) 
             call = make(name)(iter([payload]), metadata=metadata, timeout=CALL_TIMEOUT)
         else:
             make = channel.unary_stream if method.server_streaming else channel.unary_unary
-            call = make(name)(payload, metadata=metadata, timeout=CALL_TIMEOUT)
+            timeout = WATCH_TIMEOUT if method.server_streaming else CALL_TIMEOUT
+            call = make(name)(payload, metadata=metadata, timeout=timeout)
         if method.server_streaming:
             async for _ in call:
                 pass
@@ -329,6 +333,8 @@ async def call_rest(backend: Backend, case: Case, route: Route, base: Any) -> in
     if request is None:
         return None
     headers = {**backend.headers}
+    if route.server_streaming and not route.client_streaming:
+        headers["Grpc-Timeout"] = f"{int(WATCH_TIMEOUT * 1000)}m"
     if request.body is not None:
         headers["Content-Type"] = "application/json"
     url = URL(f"http://127.0.0.1:{backend.app.http_port}{request.path}", encoded=True)

@@ -33,13 +33,15 @@ from tally.billing.v1 import (
     invoice_pb2_grpc,
     meter_pb2,
     meter_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
     test_clock_pb2,
     test_clock_pb2_grpc,
     webhook_pb2,
     webhook_pb2_grpc,
 )
 from tally.subscription.v1 import subscription_pb2, subscription_pb2_grpc
-from tests.billing_support import new_account, new_plan
+from tests.billing_support import new_account, new_plan, usd
 from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, mint
 
@@ -72,6 +74,8 @@ class Seed:
     credited_a: str  # a finalized invoice of A with a credit note
     credit_note_a: str
     credit_note_b: str
+    payment_a: str  # failed (no gateway listens in this test): readable, not refundable
+    payment_b: str
 
 
 Case = Callable[[Seed], dict[str, Any]]
@@ -88,6 +92,9 @@ _CREDIT = {
     "refundMethod": "REFUND_METHOD_CREDIT_BALANCE",
 }
 HOOK = "/tally.billing.v1.WebhookService/"
+PAY = "/tally.billing.v1.PaymentService/"
+_AMOUNT = {"currencyCode": "USD", "amountMinor": "100"}
+EVENTS = "/tally.billing.v1.EventService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -160,6 +167,15 @@ CASES: dict[str, Case] = {
     INVOICE + "CreateCreditNote": lambda s: {"invoiceId": s.credited_a, **_CREDIT},
     INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_a},
     INVOICE + "ListCreditNotes": lambda s: {"invoiceId": s.credited_a},
+    PAY + "CreatePayment": lambda s: {"accountId": s.account_a, "amount": _AMOUNT, "paymentMethod": "tok_x"},
+    PAY + "GetPayment": lambda s: {"id": s.payment_a},
+    PAY + "ListPayments": lambda s: {"accountId": s.account_a},
+    PAY + "RefundPayment": lambda s: {"id": s.payment_a},
+    PAY + "GetPaymentSettings": lambda s: {"accountId": s.account_a},
+    PAY + "UpdatePaymentSettings": lambda s: {
+        "settings": {"accountId": s.account_a, "defaultPaymentMethod": "tok_x"},
+        "updateMask": "defaultPaymentMethod",
+    },
     HOOK + "CreateWebhookEndpoint": lambda s: {"webhookEndpoint": {"url": "https://93.184.216.34/hook"}},
     HOOK + "GetWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "ListWebhookEndpoints": lambda s: {},
@@ -168,6 +184,8 @@ CASES: dict[str, Case] = {
     HOOK + "ListWebhookDeliveries": lambda s: {"endpointId": s.webhook, "status": "STATUS_FAILED"},
     HOOK + "GetWebhookDelivery": lambda s: {"id": s.delivery},
     HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_a},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_a},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -182,6 +200,10 @@ FOREIGN: dict[str, Case] = {
     INVOICE + "RenderInvoice": lambda s: {"id": s.invoice_b},
     INVOICE + "GetCreditNote": lambda s: {"id": s.credit_note_b},
     INVOICE + "ListCreditNotes": lambda s: {"accountId": s.account_b},
+    PAY + "GetPayment": lambda s: {"id": s.payment_b},
+    PAY + "ListPayments": lambda s: {"accountId": s.account_b},
+    EVENTS + "ListEvents": lambda s: {"accountId": s.account_b},
+    EVENTS + "WatchEvents": lambda s: {"accountId": s.account_b},
 }
 
 
@@ -222,6 +244,16 @@ async def grpc_code(app: App, token: str | None, method: str, fields: dict[str, 
                     # reports as INTERNAL ("Internal error from Core"): ask again sending nothing.
                     async for _ in stream(iter([])):
                         pass
+            elif METHODS[method].server_streaming:  # a watch: its first message says it was let in
+                watch = channel.unary_stream(
+                    method,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=reply_class.FromString,
+                )(request)
+                try:
+                    await watch.read()
+                finally:
+                    watch.cancel()
             else:
                 call = channel.unary_unary(
                     method,
@@ -265,7 +297,8 @@ async def http_status(
     path, kwargs = http_request(route, request_of(route.grpc_method, fields))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.request(route.http_method, path, headers=headers, **kwargs) as response:
-        await response.read()
+        if not METHODS[route.grpc_method].server_streaming:  # a watch does not end: its status says it all
+            await response.read()
         return response.status
 
 
@@ -329,6 +362,14 @@ async def seed(app: App) -> Seed:
             )
             for invoice in (credited_a, credited_b)
         ]
+        pay_a, pay_b = [
+            await payment_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+                payment_pb2.CreatePaymentRequest(
+                    account_id=account.id, amount=usd(100), payment_method="tok_success"
+                )
+            )
+            for account in (a, b)
+        ]
     return Seed(
         a.id,
         b.id,
@@ -345,6 +386,8 @@ async def seed(app: App) -> Seed:
         credited_a.id,
         note_a.id,
         note_b.id,
+        pay_a.id,
+        pay_b.id,
     )
 
 
@@ -389,8 +432,9 @@ def test_every_billing_method_has_a_case() -> None:
 
 
 # The reviewed answer to "what may a customer do in billing": read its own subscriptions, pending
-# items, entitlements, usage, invoices and credit notes, nothing else. The matrix above follows the
-# descriptors; this pins them, so widening a policy in a proto is a deliberate change to this list too.
+# items, entitlements, usage, invoices, credit notes, payments and events, nothing else. The matrix above
+# follows the descriptors; this pins them, so widening a policy in a proto is a deliberate change to this
+# list too.
 CUSTOMER_METHODS = {
     SUB + "GetSubscription",
     SUB + "ListSubscriptions",
@@ -403,6 +447,10 @@ CUSTOMER_METHODS = {
     INVOICE + "RenderInvoice",
     INVOICE + "GetCreditNote",
     INVOICE + "ListCreditNotes",
+    PAY + "GetPayment",
+    PAY + "ListPayments",
+    EVENTS + "ListEvents",
+    EVENTS + "WatchEvents",
 }
 
 

@@ -266,6 +266,9 @@ async def test_an_invoice_renders_as_html_and_pdf_over_grpc_and_rest(
     assert pdf.content_type == "application/pdf" and pdf.data.startswith(b"%PDF-")
     text = "\n".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(pdf.data)).pages)
     assert done.number in text and "$150.00" in text
+    # Addressed to the account, as it is named now.
+    assert f"Bill to: {account.display_name}" in text and f"Email: {account.email}" in text
+    assert account.display_name in page.data.decode() and account.email in page.data.decode()
     error = await failing(invoices.RenderInvoice(pb.RenderInvoiceRequest(id=done.id, locale="no such")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "locale" in details(error).violations
 

@@ -27,7 +27,7 @@ from tally.billing.v1.usage_pb2_grpc import UsageServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tests.billing_support import new_plan
 from tests.scenarios.billing import Ledger, at, utc
-from tests.scenarios.conftest import Simulation, forget_scenario_usage, simulate, without_usage_upkeep
+from tests.scenarios.conftest import Simulation, forget_scenario_usage, simulated
 from tests.scenarios.usage_plan import FEE, MINIMUM, Kind, invoices_of, lines_of, record, usage_plan
 from tests.support import details, failing
 
@@ -224,8 +224,8 @@ async def test_an_upgrade_and_a_downgrade_land_on_the_next_invoices(simulation: 
 async def test_without_a_grace_period_the_renewal_bills_its_usage_finalized_at_once(
     settings: Settings,
 ) -> None:
-    no_grace = without_usage_upkeep(settings).model_copy(update={"invoice_grace_period_seconds": 0})
-    async with simulate(no_grace) as simulation:
+    no_grace = settings.model_copy(update={"invoice_grace_period_seconds": 0})
+    async with simulated(no_grace) as simulation:
         channel = simulation.channel
         _, plan = await usage_plan(channel)
         ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))

@@ -758,22 +758,30 @@ class PayInvoiceRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PAID_OUT_OF_BAND_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The open or uncollectible invoice."""
     paid_out_of_band: _builtins.bool
-    """Must be true: the payment was made outside Tally, and is recorded here."""
+    """The payment was made outside Tally, and is recorded here. When false,
+    the invoice is charged through the payment gateway.
+    """
     request_id: _builtins.str
     """Makes the request idempotent (AIP-155)."""
+    payment_method: _builtins.str
+    """The gateway token to charge when not `paid_out_of_band`; the account's
+    default payment method when empty. Never a card number.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         paid_out_of_band: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        payment_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "paid_out_of_band", b"paid_out_of_band", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "paid_out_of_band", b"paid_out_of_band", "payment_method", b"payment_method", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

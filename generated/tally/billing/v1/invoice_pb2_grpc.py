@@ -213,8 +213,13 @@ class InvoiceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PayInvoice(self, request, context):
-        """Records a payment made outside Tally (a bank transfer, a cheque) for
-        the whole amount remaining of an open or uncollectible invoice.
+        """Pays the whole amount remaining of an open or uncollectible invoice.
+        With `paid_out_of_band`, records a payment made outside Tally (a bank
+        transfer, a cheque). Otherwise collects it through the account's payment
+        gateway (see PaymentService.CreatePayment), with `payment_method` or the
+        account's default, and returns the invoice as it then stands: paid, or
+        still open when the charge was declined (`invoice.payment_failed`) or is
+        pending at the gateway.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,8 +85,13 @@ class InvoiceServiceStub:
     MarkInvoiceUncollectible: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.MarkInvoiceUncollectibleRequest, _invoice_pb2.Invoice]
     """Marks an open invoice uncollectible (it can still be paid later)."""
     PayInvoice: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.PayInvoiceRequest, _invoice_pb2.Invoice]
-    """Records a payment made outside Tally (a bank transfer, a cheque) for
-    the whole amount remaining of an open or uncollectible invoice.
+    """Pays the whole amount remaining of an open or uncollectible invoice.
+    With `paid_out_of_band`, records a payment made outside Tally (a bank
+    transfer, a cheque). Otherwise collects it through the account's payment
+    gateway (see PaymentService.CreatePayment), with `payment_method` or the
+    account's default, and returns the invoice as it then stands: paid, or
+    still open when the charge was declined (`invoice.payment_failed`) or is
+    pending at the gateway.
     """
     RenderInvoice: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.RenderInvoiceRequest, _httpbody_pb2.HttpBody]
     """Renders the invoice for people: HTML, or PDF. Customers render only
@@ -171,8 +176,13 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     MarkInvoiceUncollectible: _aio.UnaryUnaryMultiCallable[_invoice_pb2.MarkInvoiceUncollectibleRequest, _invoice_pb2.Invoice]  # type: ignore[assignment]
     """Marks an open invoice uncollectible (it can still be paid later)."""
     PayInvoice: _aio.UnaryUnaryMultiCallable[_invoice_pb2.PayInvoiceRequest, _invoice_pb2.Invoice]  # type: ignore[assignment]
-    """Records a payment made outside Tally (a bank transfer, a cheque) for
-    the whole amount remaining of an open or uncollectible invoice.
+    """Pays the whole amount remaining of an open or uncollectible invoice.
+    With `paid_out_of_band`, records a payment made outside Tally (a bank
+    transfer, a cheque). Otherwise collects it through the account's payment
+    gateway (see PaymentService.CreatePayment), with `payment_method` or the
+    account's default, and returns the invoice as it then stands: paid, or
+    still open when the charge was declined (`invoice.payment_failed`) or is
+    pending at the gateway.
     """
     RenderInvoice: _aio.UnaryUnaryMultiCallable[_invoice_pb2.RenderInvoiceRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """Renders the invoice for people: HTML, or PDF. Customers render only
@@ -308,8 +318,13 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _invoice_pb2.PayInvoiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_invoice_pb2.Invoice, _abc.Awaitable[_invoice_pb2.Invoice]]:
-        """Records a payment made outside Tally (a bank transfer, a cheque) for
-        the whole amount remaining of an open or uncollectible invoice.
+        """Pays the whole amount remaining of an open or uncollectible invoice.
+        With `paid_out_of_band`, records a payment made outside Tally (a bank
+        transfer, a cheque). Otherwise collects it through the account's payment
+        gateway (see PaymentService.CreatePayment), with `payment_method` or the
+        account's default, and returns the invoice as it then stands: paid, or
+        still open when the charge was declined (`invoice.payment_failed`) or is
+        pending at the gateway.
         """
 
     @_abc_1.abstractmethod
