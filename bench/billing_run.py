@@ -1,64 +1,130 @@
-"""A billing run: N due subscriptions renewed and invoiced by the billing worker on PostgreSQL.
+"""A billing run: N due subscriptions, with usage, renewed and invoiced by the billing worker on PostgreSQL.
 
-For each size (default 1,000 and 10,000), on a throw-away database: one monthly plan and N accounts
-with one subscription each, made through the real server in-process on a clock set at the start of a
-month (64 calls in flight); then the clock moves past the renewals and --workers claim loops (as that
-many replicas would run them, here in one process and one event loop) work the backlog until nothing
-is due. Prints the set-up time, the run's seconds, renewals (= invoices) per second, and checks that
-every subscription has exactly two invoices (its sign-up invoice, made by CreateSubscription, and
-the renewal's) with gapless numbers. How the run grows from the smallest
-size to the largest is the last line: linear growth keeps seconds per 1,000 flat.
+For each size (default 1,000 and 10,000), on a throw-away database: one metered monthly plan (a $20
+fee, a SUM meter priced in graduated tiers and a $60 minimum spend: tests/scenarios/usage_plan.py)
+and N accounts with one subscription each, made through the real server in-process on a clock set at
+the start of a month (64 calls in flight). Then --events usage events (default 100 a subscription)
+are recorded mid-month through BatchCreateUsageRecords, 1,000 events a call and --load-in-flight
+calls at once, timed on their own (events/s of loading). Then the clock moves past the renewals and
+the billing run works the backlog until nothing is due: each renewal invoices the new period's fee
+in advance and the closed period's usage in arrears and, the grace period being 0, finalizes the
+invoice in the same transaction. With --processes 1 the run is --workers claim loops in this process
+and one event loop; with --processes K it is K worker processes (each `tally worker --once`-like:
+its own components on the database and --workers claim loops), started and ready before the timer
+starts, so both cores work.
 
-    PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py [--sizes 1000,10000] [--workers 2]
+Prints the set-up and loading times, the run's seconds, renewals (= invoices) per second, events
+billed per second of the run, SQL statements per renewal (every statement handed to the driver
+during the run, claims included, divided by the renewals), and checks that every subscription has
+exactly two invoices (its sign-up invoice, made by CreateSubscription, and the renewal's), none
+left a draft, with gapless numbers. How the run grows from the smallest size to the largest is the
+last line: linear growth keeps seconds per 1,000 flat.
 
-Loopback only; the counts are bounded by --sizes.
+    PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py \
+        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1]
+
+Loopback only; the counts are bounded by --sizes and --events-per-subscription.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pgdb
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
-from app.server import App, build  # noqa: E402
+from app.server import App, billing_worker, build, build_components  # noqa: E402
 from billing_svc.invoices.tables import InvoiceRow  # noqa: E402
-from billing_svc.worker import BillingWorker  # noqa: E402
-from core.clock import FrozenClock  # noqa: E402
+from billing_svc.worker import BillingWorker, PassReport  # noqa: E402
+from core.clock import Clock, FrozenClock  # noqa: E402
 from core.settings import RateLimit, Settings  # noqa: E402
+from tally.billing.v1 import usage_pb2, usage_pb2_grpc  # noqa: E402
 from tally.subscription.v1 import subscription_pb2, subscription_pb2_grpc  # noqa: E402
 
 START = datetime(2027, 3, 1, 9, tzinfo=UTC)
+USAGE_TIME = START + timedelta(days=14)  # the events' time: inside the period the renewal closes
 RENEWAL_RUN = datetime(2027, 4, 1, 1, tzinfo=UTC)
 IN_FLIGHT = 64
+EVENTS_PER_CALL = 1000  # BatchCreateUsageRecords' most
 
 
 def _progress(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-async def _populate(app: App, count: int) -> None:
-    from tests.billing_support import new_account, new_plan
+@dataclass
+class RunFigures:
+    seconds: float
+    renewed: int
+    failed: int
+    statements: int
+
+
+def _settings(database_url: str, data_dir: Path, workers: int) -> Settings:
+    unlimited = RateLimit(rate=1_000_000, burst=1_000_000)
+    return Settings(
+        database_url=database_url,
+        migrate_on_start=True,
+        data_dir=data_dir,
+        secret_key=secrets.token_hex(16),  # type: ignore[arg-type]
+        jwt_hs256_secret=secrets.token_hex(32),  # type: ignore[arg-type]
+        grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        billing_worker=False,
+        collection_worker=False,
+        webhook_delivery=False,
+        rate_limits={"default": unlimited, "auth": unlimited},
+        db_pool_size=max(10, workers * 2),
+        invoice_grace_period_seconds=0,  # the renewal finalizes its invoice: part of the timed run
+        log_level="WARNING",
+    )
+
+
+@contextmanager
+def _statements(engine: AsyncEngine) -> Iterator[list[int]]:
+    """Counts every statement handed to the driver while open (in [0])."""
+    counted = [0]
+
+    def on_execute(*_args: Any) -> None:
+        counted[0] += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield counted
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+async def _populate(app: App, count: int) -> list[str]:
+    from tests.billing_support import new_account
+    from tests.scenarios.usage_plan import usage_plan
     from tests.support import channel_as, mint
 
     async with channel_as(app, mint(app)) as channel:
         subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
-        plan = await new_plan(channel, "bench-monthly", base_minor=1200)
+        _meter, plan = await usage_plan(channel)
         gate = asyncio.Semaphore(IN_FLIGHT)
-        done = 0
+        accounts: list[str] = []
 
         async def one(n: int) -> None:
-            nonlocal done
             async with gate:
                 account = await new_account(channel, n)
                 await subs.CreateSubscription(
@@ -66,64 +132,180 @@ async def _populate(app: App, count: int) -> None:
                         subscription=subscription_pb2.Subscription(account_id=account.id, plan_id=plan.id)
                     )
                 )
-                done += 1
-                if done % 2000 == 0:
-                    _progress(f"  {done}/{count} subscriptions made")
+                accounts.append(account.id)
+                if len(accounts) % 2000 == 0:
+                    _progress(f"  {len(accounts)}/{count} subscriptions made")
 
         await asyncio.gather(*(one(n) for n in range(count)))
+    return accounts
 
 
-def _one_size(count: int, workers: int, batch: int) -> float:
+async def _load_usage(app: App, accounts: list[str], per_account: int, in_flight: int) -> int:
+    """`per_account` events for each account, in calls of EVENTS_PER_CALL, `in_flight` at once;
+    the events stored."""
+    from tests.support import channel_as, mint
+
+    total = len(accounts) * per_account
+
+    def request(first: int) -> usage_pb2.BatchCreateUsageRecordsRequest:
+        batch = usage_pb2.BatchCreateUsageRecordsRequest()
+        for n in range(first, min(first + EVENTS_PER_CALL, total)):
+            one = batch.requests.add(account_id=accounts[n // per_account])
+            one.usage_record.service = "api-calls"
+            one.usage_record.units_consumed.value = str(1 + n % 7)
+        return batch
+
+    stored = 0
+    starts = iter(range(0, total, EVENTS_PER_CALL))
+    async with channel_as(app, mint(app)) as channel:
+        usage = usage_pb2_grpc.UsageServiceStub(channel)
+
+        async def sender() -> None:
+            nonlocal stored
+            for first in starts:
+                reply = await usage.BatchCreateUsageRecords(request(first))
+                if reply.failed_count:
+                    raise SystemExit(f"{reply.failed_count} usage events refused")
+                stored += reply.stored_count
+
+        await asyncio.gather(*(sender() for _ in range(in_flight)))
+    return stored
+
+
+def _loops(app_or_components: Any, clock: Clock, workers: int, batch: int) -> list[BillingWorker]:
+    billing = app_or_components.services["billing"]
+    return [
+        BillingWorker(
+            billing.new_billing_uow,
+            billing.billing_work,
+            clock,
+            batch=batch,
+            name=f"bench-{n}",
+            finalize=billing.billing_work.finalize_due_draft,
+        )
+        for n in range(workers)
+    ]
+
+
+def _figures(reports: list[PassReport], seconds: float, statements: int) -> RunFigures:
+    return RunFigures(
+        seconds=seconds,
+        renewed=sum(report.work.get("renewal", 0) for report in reports),
+        failed=sum(report.failed for report in reports),
+        statements=statements,
+    )
+
+
+async def _run_in_process(app: App, clock: Clock, workers: int, batch: int) -> RunFigures:
+    loops = _loops(app.components, clock, workers, batch)
+    with _statements(app.components.platform.engine) as counted:
+        began = time.perf_counter()
+        reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
+        seconds = time.perf_counter() - began
+    return _figures(list(reports), seconds, counted[0])
+
+
+def _run_in_processes(database_url: str, processes: int, workers: int, batch: int) -> RunFigures:
+    """`processes` children (this script's --child), each ready before the timer starts."""
+    command = [sys.executable, __file__, "--child", "--workers", str(workers), "--batch", str(batch)]
+    environment = {**os.environ, "BENCH_DATABASE_URL": database_url}
+    children = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+        for _ in range(processes)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise SystemExit("a worker process did not start")
+        began = time.perf_counter()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.close()
+        answers = [json.loads(child.stdout.readline()) for child in children if child.stdout is not None]
+        seconds = time.perf_counter() - began
+    finally:
+        for child in children:
+            child.wait(timeout=60)
+    return RunFigures(
+        seconds=seconds,
+        renewed=sum(answer["renewed"] for answer in answers),
+        failed=sum(answer["failed"] for answer in answers),
+        statements=sum(answer["statements"] for answer in answers),
+    )
+
+
+async def _child(workers: int, batch: int) -> None:
+    """One worker process: its own components on the bench's database, ready, then run on "go"."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = _settings(os.environ["BENCH_DATABASE_URL"], Path(data_dir), workers)
+        settings = settings.model_copy(update={"migrate_on_start": False})
+        clock = FrozenClock(RENEWAL_RUN)
+        components = await build_components(settings, clock=clock)
+        try:
+            if billing_worker(components) is None:
+                raise SystemExit("no billing module")
+            loops = _loops(components, clock, workers, batch)
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+            with _statements(components.platform.engine) as counted:
+                began = time.perf_counter()
+                reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
+                figures = _figures(list(reports), time.perf_counter() - began, counted[0])
+        finally:
+            await components.close()
+    print(json.dumps(figures.__dict__), flush=True)
+
+
+def _one_size(count: int, options: argparse.Namespace) -> float:
     database = pgdb.create()
     try:
-        return asyncio.run(_run(database, count, workers, batch))
+        return asyncio.run(_run(database, count, options))
     finally:
         pgdb.drop(database)
 
 
-async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: int) -> float:
+async def _run(database: pgdb.BenchDatabase, count: int, options: argparse.Namespace) -> float:
+    events = count * options.events_per_subscription
     with tempfile.TemporaryDirectory() as data_dir:
-        unlimited = RateLimit(rate=1_000_000, burst=1_000_000)
-        settings = Settings(
-            database_url=database.sqlalchemy_url,
-            migrate_on_start=True,
-            data_dir=Path(data_dir),
-            secret_key=secrets.token_hex(16),  # type: ignore[arg-type]
-            jwt_hs256_secret=secrets.token_hex(32),  # type: ignore[arg-type]
-            grpc_addr="127.0.0.1:0",
-            http_addr="127.0.0.1:0",
-            billing_worker=False,
-            webhook_delivery=False,
-            rate_limits={"default": unlimited, "auth": unlimited},
-            db_pool_size=max(10, workers * 2),
-            log_level="WARNING",
-        )
+        settings = _settings(database.sqlalchemy_url, Path(data_dir), options.workers)
         clock = FrozenClock(START)
         app = await build(settings, clock=clock)
         await app.start()
         try:
             began = time.perf_counter()
-            await _populate(app, count)
+            accounts = await _populate(app, count)
             _progress(f"{count} accounts and subscriptions made in {time.perf_counter() - began:.1f} s")
-            clock.advance(RENEWAL_RUN - START)
-            billing = app.components.services["billing"]
-            loops = [
-                BillingWorker(
-                    billing.new_billing_uow, billing.billing_work, clock, batch=batch, name=f"bench-{n}"
-                )
-                for n in range(workers)
-            ]
-            due = await loops[0].due_count()
+            clock.advance(USAGE_TIME - START)
             began = time.perf_counter()
-            reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
-            seconds = time.perf_counter() - began
-            renewed = sum(report.work.get("renewal", 0) for report in reports)
-            failed = sum(report.failed for report in reports)
+            stored = await _load_usage(app, accounts, options.events_per_subscription, options.load_in_flight)
+            loading = time.perf_counter() - began
+            print(
+                f"    {stored} usage events loaded in {loading:.1f} s: {stored / loading:,.0f} events/s "
+                f"(BatchCreateUsageRecords of {EVENTS_PER_CALL}, {options.load_in_flight} in flight)",
+                flush=True,
+            )
+            clock.advance(RENEWAL_RUN - USAGE_TIME)
+            due = await _loops(app.components, clock, 1, options.batch)[0].due_count()
+            if options.processes > 1:  # this process's server stays up, idle
+                figures = await asyncio.to_thread(
+                    _run_in_processes,
+                    database.sqlalchemy_url,
+                    options.processes,
+                    options.workers,
+                    options.batch,
+                )
+            else:
+                figures = await _run_in_process(app, clock, options.workers, options.batch)
             async with app.components.platform.readers() as session:
                 renewals = InvoiceRow.create_time == RENEWAL_RUN.replace(hour=0)
                 invoices = await session.scalar(select(func.count()).select_from(InvoiceRow).where(renewals))
                 signups = await session.scalar(
                     select(func.count()).select_from(InvoiceRow).where(InvoiceRow.create_time == START)
+                )
+                drafts = await session.scalar(
+                    select(func.count()).select_from(InvoiceRow).where(InvoiceRow.status == "draft")
                 )
                 subscriptions = await session.scalar(
                     select(func.count(func.distinct(InvoiceRow.subscription_id)))
@@ -131,18 +313,26 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
                 last = await session.scalar(select(func.max(InvoiceRow.number)))
         finally:
             await app.stop(grace=0)
-    ok = due == renewed == invoices == signups == subscriptions == count and failed == 0
-    ok = ok and last == f"INV-{2 * count:06d}"
+    seconds, renewed = figures.seconds, figures.renewed
+    ok = due == renewed == invoices == signups == subscriptions == count and figures.failed == 0
+    ok = ok and drafts == 0 and stored == events and last == f"INV-{2 * count:06d}"
+    where = (
+        f"{options.processes} processes x {options.workers} loops"
+        if options.processes > 1
+        else (f"{options.workers} loops")
+    )
     print(
-        f"    {count:>6} subscriptions, {workers} workers: {seconds:6.1f} s, "
-        f"{renewed / seconds:7.1f} invoices/s, {seconds / count * 1000:5.2f} s per 1,000; "
-        f"every invoice once, numbers gapless: {'yes' if ok else 'NO'}",
+        f"    {count:>6} subscriptions, {stored} events, {where}: {seconds:6.1f} s, "
+        f"{renewed / seconds:7.1f} invoices/s, {stored / seconds:9,.0f} events/s billed, "
+        f"{figures.statements / max(renewed, 1):5.1f} statements per renewal, "
+        f"{seconds / count * 1000:5.2f} s per 1,000; "
+        f"every invoice once, finalized, numbers gapless: {'yes' if ok else 'NO'}",
         flush=True,
     )
     if not ok:
         raise SystemExit(
             f"check failed: due {due}, renewed {renewed}, invoices {invoices}, sign-ups {signups}, "
-            f"last {last}, failed {failed}"
+            f"drafts {drafts}, events {stored}/{events}, last {last}, failed {figures.failed}"
         )
     return seconds
 
@@ -150,14 +340,23 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated subscription counts")
-    parser.add_argument("--workers", type=int, default=2, help="claim loops sharing the backlog")
+    parser.add_argument(
+        "--events-per-subscription", type=int, default=100, help="usage events recorded per subscription"
+    )
+    parser.add_argument("--load-in-flight", type=int, default=4, help="usage batch calls in flight")
+    parser.add_argument("--workers", type=int, default=2, help="claim loops sharing the backlog, per process")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes of the billing run")
     parser.add_argument("--batch", type=int, default=100, help="subscriptions per claim")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.child:
+        asyncio.run(_child(options.workers, options.batch))
+        return
     sizes = [int(size) for size in options.sizes.split(",")]
     results = {}
     for size in sizes:
         _progress(f"billing run of {size} subscriptions")
-        results[size] = _one_size(size, options.workers, options.batch)
+        results[size] = _one_size(size, options)
     if len(sizes) > 1:
         small, large = min(sizes), max(sizes)
         growth = (results[large] / large) / (results[small] / small)
