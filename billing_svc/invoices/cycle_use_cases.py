@@ -12,7 +12,14 @@ from billing_svc.invoices import domain
 from billing_svc.invoices.domain import Invoice, InvoiceReason, InvoiceStatus, UsageBasis
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import InvoicesUnitOfWork
-from billing_svc.invoices.use_cases import InvoiceDeps, finalize, record_change, usage_lines_of
+from billing_svc.invoices.use_cases import (
+    InvoiceDeps,
+    collection_start,
+    finalize,
+    finalized,
+    record_change,
+    usage_lines_of,
+)
 from core import ids
 from core.principal import Caller
 
@@ -86,11 +93,16 @@ async def invoice_cycle(
     if grace:  # the usage so far, shown on the draft (finalize makes the usage lines itself)
         assert usage is not None
         invoice = replace(invoice, lines=invoice.lines + tuple(await usage_lines_of(uow, invoice, usage)))
-    await uow.invoices.add(invoice, cycle_key=key)
-    await record_change(uow, caller, "created", None, invoice)
     if grace:
+        await uow.invoices.add(invoice, cycle_key=key)
+        await record_change(uow, caller, "created", None, invoice)
         return invoice
-    done = await finalize(deps, uow, invoice, at)
+    # Finalized before it is stored: one INSERT of the final invoice and its lines (the account's
+    # lock, exclusive when it bills usage, was taken above). Audited and announced as before: made
+    # as a draft, then finalized.
+    done = await finalized(deps, uow, invoice, at, account_locked=True)
+    await uow.invoices.add(done, cycle_key=key, collect_from=collection_start(done, at))
+    await record_change(uow, caller, "created", None, invoice)
     await record_change(uow, caller, "finalized", invoice, done)
     return done
 

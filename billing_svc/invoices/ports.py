@@ -20,9 +20,18 @@ from core.idempotency import IdempotencyRepository
 class InvoiceRepository(Protocol):
     async def get(self, invoice_id: str, *, for_update: bool = False) -> Invoice | None: ...
 
-    async def add(self, invoice: Invoice, *, cycle_key: str | None = None) -> None: ...
+    async def add(
+        self, invoice: Invoice, *, cycle_key: str | None = None, collect_from: datetime | None = None
+    ) -> None:
+        """A new invoice with its lines. `collect_from`: it is to be charged automatically from then
+        (billing_svc/collection.py); saving it paid, void or uncollectible clears the schedule."""
+        ...
 
-    async def save(self, invoice: Invoice, *, lines_changed: bool = False) -> None: ...
+    async def save(
+        self, invoice: Invoice, *, lines_changed: bool = False, collect_from: datetime | None = None
+    ) -> None:
+        """The invoice's new state, in the same statement its `collect_from` schedule, as `add`'s."""
+        ...
 
     async def list_for_account(
         self,
@@ -49,11 +58,6 @@ class InvoiceRepository(Protocol):
         ...
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
-
-    async def schedule_collection(self, invoice_id: str, at: datetime) -> None:
-        """The invoice is to be charged automatically from `at` (billing_svc/collection.py). Saving it
-        paid, void or uncollectible clears the schedule."""
-        ...
 
     async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 

@@ -177,15 +177,22 @@ class SqlInvoiceRepository:
             return None
         return _invoice(row, (await self._lines_of([row.id]))[row.id])
 
-    async def add(self, invoice: Invoice, *, cycle_key: str | None = None) -> None:
-        await self._session.execute(
-            insert(InvoiceRow).values(id=invoice.id, cycle_key=cycle_key, **_invoice_values(invoice))
-        )
+    async def add(
+        self, invoice: Invoice, *, cycle_key: str | None = None, collect_from: datetime | None = None
+    ) -> None:
+        values = _invoice_values(invoice)
+        if collect_from is not None:
+            values["next_collection_time"] = collect_from
+        await self._session.execute(insert(InvoiceRow).values(id=invoice.id, cycle_key=cycle_key, **values))
         await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
 
-    async def save(self, invoice: Invoice, *, lines_changed: bool = False) -> None:
+    async def save(
+        self, invoice: Invoice, *, lines_changed: bool = False, collect_from: datetime | None = None
+    ) -> None:
         values = _invoice_values(invoice)
-        if invoice.status is InvoiceStatus.PAID:
+        if collect_from is not None:
+            values["next_collection_time"] = collect_from
+        elif invoice.status is InvoiceStatus.PAID:
             # Paid by any path: no more charges. One that was declined before (its subscription may be
             # past due or unpaid) is due once more, at its paid time, so that the collection worker
             # (or the test clock's advance) restores the subscription (billing_svc/collection.py).
@@ -243,11 +250,6 @@ class SqlInvoiceRepository:
         rows = (await self._session.scalars(statement)).all()
         return sorted(
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
-        )
-
-    async def schedule_collection(self, invoice_id: str, at: datetime) -> None:
-        await self._session.execute(
-            update(InvoiceRow).where(InvoiceRow.id == invoice_id).values(next_collection_time=at)
         )
 
     async def cycle_invoice_exists(self, cycle_key: str) -> bool:

@@ -245,16 +245,35 @@ def collected_automatically(invoice: Invoice) -> bool:
 
 
 async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice, now: datetime) -> Invoice:
-    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction);
-    a subscription's invoice with an amount due is scheduled for collection at once.
+    """Number the stored draft, apply the account's credit balance, freeze it (in the caller's
+    transaction); a subscription's invoice with an amount due is scheduled for collection at once.
 
     A draft with a usage basis has its usage lines made again first, from the usage recorded by
     now: usage that came in late for the closed period (in the grace period) is on the invoice."""
+    done = await finalized(deps, uow, invoice, now)
+    await uow.invoices.save(
+        done, lines_changed=done.usage_basis is not None, collect_from=collection_start(done, now)
+    )
+    return done
+
+
+async def finalized(
+    deps: InvoiceDeps,
+    uow: InvoicesUnitOfWork,
+    invoice: Invoice,
+    now: datetime,
+    *,
+    account_locked: bool = False,
+) -> Invoice:
+    """`finalize` but for storing the invoice: the caller saves it (or adds it, when the draft was
+    never stored), with `collection_start`. `account_locked`: the caller holds the account's row
+    lock, exclusive, already."""
     domain.require(invoice, Action.FINALIZE)
     if invoice.usage_basis is not None:
         # The account's row lock: usage being recorded for it (which share-locks the account) commits
         # first and is read here, or waits and then finds the period invoiced and is refused.
-        await uow.accounts.terms(invoice.account_id, lock=True, exclusive=True)
+        if not account_locked:
+            await uow.accounts.terms(invoice.account_id, lock=True, exclusive=True)
         lines = without_usage(invoice.lines) + tuple(await usage_lines_of(uow, invoice, invoice.usage_basis))
         invoice = replace(invoice, lines=lines)
     balance = await uow.balances.balance(invoice.account_id, invoice.currency_code)
@@ -270,10 +289,13 @@ async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice,
     if change:
         source = (domain.RESOURCE_TYPE, done.id)
         await uow.balances.change(done.account_id, done.currency_code, change, source=source, now=now)
-    await uow.invoices.save(done, lines_changed=done.usage_basis is not None)
-    if collected_automatically(done):
-        await uow.invoices.schedule_collection(done.id, now)
     return done
+
+
+def collection_start(invoice: Invoice, now: datetime) -> datetime | None:
+    """When the collection worker starts charging a just-finalized invoice: at once, if it is
+    `collected_automatically`; else never."""
+    return now if collected_automatically(invoice) else None
 
 
 async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoice) -> Invoice:
