@@ -5,11 +5,12 @@ fee, a SUM meter priced in graduated tiers and a $60 minimum spend: tests/scenar
 and N accounts with one subscription each, made through the real server in-process on a clock set at
 the start of a month (64 calls in flight). Then --events usage events (default 100 a subscription)
 are recorded mid-month through BatchCreateUsageRecords, 1,000 events a call and --load-in-flight
-calls at once, timed on their own (events/s of loading). Then the clock moves past the renewals and
-the billing run works the backlog until nothing is due: each renewal invoices the new period's fee
-in advance and the closed period's usage in arrears and, the grace period being 0, finalizes the
-invoice in the same transaction. With --processes 1 the run is --workers claim loops in this process
-and one event loop; with --processes K it is K worker processes (each `tally worker --once`-like:
+calls at once, timed on their own (events/s of loading). That set-up is made once; each billing run
+(each --processes value, --repeat times) runs on a copy of it (CREATE DATABASE ... TEMPLATE), on a
+clock past the renewals, and works the backlog until nothing is due: each renewal invoices the new
+period's fee in advance and the closed period's usage in arrears and, the grace period being 0,
+finalizes the invoice in the same transaction. With 1 process the run is --workers claim loops in
+this process and one event loop; with K it is K worker processes (each `tally worker --once`-like:
 its own components on the database and --workers claim loops), started and ready before the timer
 starts, so both cores work.
 
@@ -21,7 +22,7 @@ left a draft, with gapless numbers. How the run grows from the smallest size to 
 last line: linear growth keeps seconds per 1,000 flat.
 
     PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py \
-        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1]
+        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1,2] [--repeat 2]
 
 Loopback only; the counts are bounded by --sizes and --events-per-subscription.
 """
@@ -51,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
-from app.server import App, billing_worker, build, build_components  # noqa: E402
+from app.server import App, Components, billing_worker, build, build_components  # noqa: E402
 from billing_svc.invoices.tables import InvoiceRow  # noqa: E402
 from billing_svc.worker import BillingWorker, PassReport  # noqa: E402
 from core.clock import Clock, FrozenClock  # noqa: E402
@@ -196,9 +197,9 @@ def _figures(reports: list[PassReport], seconds: float, statements: int) -> RunF
     )
 
 
-async def _run_in_process(app: App, clock: Clock, workers: int, batch: int) -> RunFigures:
-    loops = _loops(app.components, clock, workers, batch)
-    with _statements(app.components.platform.engine) as counted:
+async def _run_in_process(components: Components, clock: Clock, workers: int, batch: int) -> RunFigures:
+    loops = _loops(components, clock, workers, batch)
+    with _statements(components.platform.engine) as counted:
         began = time.perf_counter()
         reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
         seconds = time.perf_counter() - began
@@ -258,16 +259,26 @@ async def _child(workers: int, batch: int) -> None:
     print(json.dumps(figures.__dict__), flush=True)
 
 
-def _one_size(count: int, options: argparse.Namespace) -> float:
+def _one_size(count: int, options: argparse.Namespace) -> list[float]:
+    """The set-up once, then each billing run (each --processes value, --repeat times) on a copy."""
     database = pgdb.create()
     try:
-        return asyncio.run(_run(database, count, options))
+        stored = asyncio.run(_prepare(database, count, options))
+        seconds = []
+        for processes in options.processes:
+            for _ in range(options.repeat):
+                copy = pgdb.copy(database)
+                try:
+                    seconds.append(asyncio.run(_billing_run(copy, count, stored, processes, options)))
+                finally:
+                    pgdb.drop(copy)
+        return seconds
     finally:
         pgdb.drop(database)
 
 
-async def _run(database: pgdb.BenchDatabase, count: int, options: argparse.Namespace) -> float:
-    events = count * options.events_per_subscription
+async def _prepare(database: pgdb.BenchDatabase, count: int, options: argparse.Namespace) -> int:
+    """The plan, the accounts and subscriptions, and their usage; the events stored."""
     with tempfile.TemporaryDirectory() as data_dir:
         settings = _settings(database.sqlalchemy_url, Path(data_dir), options.workers)
         clock = FrozenClock(START)
@@ -281,24 +292,32 @@ async def _run(database: pgdb.BenchDatabase, count: int, options: argparse.Names
             began = time.perf_counter()
             stored = await _load_usage(app, accounts, options.events_per_subscription, options.load_in_flight)
             loading = time.perf_counter() - began
-            print(
-                f"    {stored} usage events loaded in {loading:.1f} s: {stored / loading:,.0f} events/s "
-                f"(BatchCreateUsageRecords of {EVENTS_PER_CALL}, {options.load_in_flight} in flight)",
-                flush=True,
-            )
-            clock.advance(RENEWAL_RUN - USAGE_TIME)
-            due = await _loops(app.components, clock, 1, options.batch)[0].due_count()
-            if options.processes > 1:  # this process's server stays up, idle
+        finally:
+            await app.stop(grace=0)
+    print(
+        f"    {stored} usage events loaded in {loading:.1f} s: {stored / loading:,.0f} events/s "
+        f"(BatchCreateUsageRecords of {EVENTS_PER_CALL}, {options.load_in_flight} in flight)",
+        flush=True,
+    )
+    return stored
+
+
+async def _billing_run(
+    database: pgdb.BenchDatabase, count: int, stored: int, processes: int, options: argparse.Namespace
+) -> float:
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = _settings(database.sqlalchemy_url, Path(data_dir), options.workers)
+        clock = FrozenClock(RENEWAL_RUN)
+        components = await build_components(settings, clock=clock)
+        try:
+            due = await _loops(components, clock, 1, options.batch)[0].due_count()
+            if processes > 1:  # this process's engine stays open, idle
                 figures = await asyncio.to_thread(
-                    _run_in_processes,
-                    database.sqlalchemy_url,
-                    options.processes,
-                    options.workers,
-                    options.batch,
+                    _run_in_processes, database.sqlalchemy_url, processes, options.workers, options.batch
                 )
             else:
-                figures = await _run_in_process(app, clock, options.workers, options.batch)
-            async with app.components.platform.readers() as session:
+                figures = await _run_in_process(components, clock, options.workers, options.batch)
+            async with components.platform.readers() as session:
                 renewals = InvoiceRow.create_time == RENEWAL_RUN.replace(hour=0)
                 invoices = await session.scalar(select(func.count()).select_from(InvoiceRow).where(renewals))
                 signups = await session.scalar(
@@ -312,14 +331,13 @@ async def _run(database: pgdb.BenchDatabase, count: int, options: argparse.Names
                 )
                 last = await session.scalar(select(func.max(InvoiceRow.number)))
         finally:
-            await app.stop(grace=0)
+            await components.close()
     seconds, renewed = figures.seconds, figures.renewed
     ok = due == renewed == invoices == signups == subscriptions == count and figures.failed == 0
-    ok = ok and drafts == 0 and stored == events and last == f"INV-{2 * count:06d}"
+    ok = ok and drafts == 0 and stored == count * options.events_per_subscription
+    ok = ok and last == f"INV-{2 * count:06d}"
     where = (
-        f"{options.processes} processes x {options.workers} loops"
-        if options.processes > 1
-        else (f"{options.workers} loops")
+        f"{processes} processes x {options.workers} loops" if processes > 1 else f"{options.workers} loops"
     )
     print(
         f"    {count:>6} subscriptions, {stored} events, {where}: {seconds:6.1f} s, "
@@ -332,7 +350,7 @@ async def _run(database: pgdb.BenchDatabase, count: int, options: argparse.Names
     if not ok:
         raise SystemExit(
             f"check failed: due {due}, renewed {renewed}, invoices {invoices}, sign-ups {signups}, "
-            f"drafts {drafts}, events {stored}/{events}, last {last}, failed {figures.failed}"
+            f"drafts {drafts}, events {stored}, last {last}, failed {figures.failed}"
         )
     return seconds
 
@@ -345,10 +363,14 @@ def main() -> None:
     )
     parser.add_argument("--load-in-flight", type=int, default=4, help="usage batch calls in flight")
     parser.add_argument("--workers", type=int, default=2, help="claim loops sharing the backlog, per process")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes of the billing run")
+    parser.add_argument(
+        "--processes", default="1", help="comma-separated worker process counts, a billing run each"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="billing runs of each --processes value")
     parser.add_argument("--batch", type=int, default=100, help="subscriptions per claim")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    options.processes = [int(count) for count in options.processes.split(",")]
     if options.child:
         asyncio.run(_child(options.workers, options.batch))
         return
@@ -359,10 +381,15 @@ def main() -> None:
         results[size] = _one_size(size, options)
     if len(sizes) > 1:
         small, large = min(sizes), max(sizes)
-        growth = (results[large] / large) / (results[small] / small)
-        print(
-            f"    seconds per subscription at {large} / at {small}: {growth:.2f} (1.00 is linear)", flush=True
-        )
+        for index, processes in enumerate(options.processes):
+            runs = slice(index * options.repeat, (index + 1) * options.repeat)
+            best = {size: min(results[size][runs]) for size in (small, large)}
+            growth = (best[large] / large) / (best[small] / small)
+            print(
+                f"    {processes} process(es), best runs: seconds per subscription at {large} / at {small}: "
+                f"{growth:.2f} (1.00 is linear)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

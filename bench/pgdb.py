@@ -55,6 +55,14 @@ def create(url: str | None = None) -> BenchDatabase:
     return database
 
 
+def copy(template: BenchDatabase) -> BenchDatabase:
+    """A new database holding what `template` holds (nothing may be connected to `template`)."""
+    database = BenchDatabase(admin_url=template.admin_url, name=f"tally_bench_{secrets.token_hex(4)}")
+    statement = f'CREATE DATABASE "{database.name}" TEMPLATE "{template.name}"'
+    asyncio.run(_execute(database.admin_url, statement))
+    return database
+
+
 def drop(database: BenchDatabase) -> None:
     # WITH (FORCE) ends any session still connected (PostgreSQL 13+).
     asyncio.run(_execute(database.admin_url, f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)'))
