@@ -45,6 +45,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pgdb
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,7 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
 from app.server import App, Components, billing_worker, build, build_components  # noqa: E402
 from billing_svc.invoices.tables import InvoiceRow  # noqa: E402
-from billing_svc.worker import BillingWorker, PassReport  # noqa: E402
+from billing_svc.worker import BillingWorker  # noqa: E402
 from core.clock import Clock, FrozenClock  # noqa: E402
 from core.settings import RateLimit, Settings  # noqa: E402
 from tally.billing.v1 import usage_pb2, usage_pb2_grpc  # noqa: E402
@@ -77,6 +78,8 @@ class RunFigures:
     renewed: int
     failed: int
     statements: int
+    python_cpu: float  # CPU seconds of the worker process(es) during the run
+    postgres_cpu: float = 0.0  # CPU seconds of the database's PostgreSQL backends during the run
 
 
 def _settings(database_url: str, data_dir: Path, workers: int) -> Settings:
@@ -188,28 +191,57 @@ def _loops(app_or_components: Any, clock: Clock, workers: int, batch: int) -> li
     ]
 
 
-def _figures(reports: list[PassReport], seconds: float, statements: int) -> RunFigures:
+async def _timed_run(components: Components, clock: Clock, workers: int, batch: int) -> RunFigures:
+    """`workers` claim loops on `components` until nothing is due: seconds, renewals, failures,
+    statements and this process's CPU seconds."""
+    loops = _loops(components, clock, workers, batch)
+    with _statements(components.platform.engine) as counted:
+        began, cpu = time.perf_counter(), time.process_time()
+        reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     return RunFigures(
         seconds=seconds,
         renewed=sum(report.work.get("renewal", 0) for report in reports),
         failed=sum(report.failed for report in reports),
-        statements=statements,
+        statements=counted[0],
+        python_cpu=cpu,
     )
 
 
-async def _run_in_process(components: Components, clock: Clock, workers: int, batch: int) -> RunFigures:
-    loops = _loops(components, clock, workers, batch)
-    with _statements(components.platform.engine) as counted:
-        began = time.perf_counter()
-        reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
-        seconds = time.perf_counter() - began
-    return _figures(list(reports), seconds, counted[0])
+async def _backend_pids(url: str) -> list[int]:
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return [int(row["pid"]) for row in rows]
 
 
-def _run_in_processes(database_url: str, processes: int, workers: int, batch: int) -> RunFigures:
-    """`processes` children (this script's --child), each ready before the timer starts."""
+def _backend_cpu(database: pgdb.BenchDatabase) -> dict[int, float]:
+    """CPU seconds so far of each backend connected to `database` (PostgreSQL on this machine)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for pid in asyncio.run(_backend_pids(database.url)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile, or PostgreSQL is not local
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return cpu
+
+
+def _cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def _run_in_processes(database: pgdb.BenchDatabase, processes: int, workers: int, batch: int) -> RunFigures:
+    """`processes` children (this script's --child), each ready before the timer starts; each keeps
+    its connections until told to end, so that their backends' CPU can be read."""
     command = [sys.executable, __file__, "--child", "--workers", str(workers), "--batch", str(batch)]
-    environment = {**os.environ, "BENCH_DATABASE_URL": database_url}
+    environment = {**os.environ, "BENCH_DATABASE_URL": database.sqlalchemy_url}
     children = [
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
         for _ in range(processes)
@@ -219,21 +251,27 @@ def _run_in_processes(database_url: str, processes: int, workers: int, batch: in
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit("a worker process did not start")
+        backends = _backend_cpu(database)
         began = time.perf_counter()
         for child in children:
             assert child.stdin is not None
             child.stdin.write("go\n")
-            child.stdin.close()
+            child.stdin.flush()
         answers = [json.loads(child.stdout.readline()) for child in children if child.stdout is not None]
         seconds = time.perf_counter() - began
+        postgres_cpu = _cpu_since(backends, _backend_cpu(database))
     finally:
         for child in children:
+            if child.stdin is not None:
+                child.stdin.close()
             child.wait(timeout=60)
     return RunFigures(
         seconds=seconds,
         renewed=sum(answer["renewed"] for answer in answers),
         failed=sum(answer["failed"] for answer in answers),
         statements=sum(answer["statements"] for answer in answers),
+        python_cpu=sum(answer["python_cpu"] for answer in answers),
+        postgres_cpu=postgres_cpu,
     )
 
 
@@ -247,16 +285,13 @@ async def _child(workers: int, batch: int) -> None:
         try:
             if billing_worker(components) is None:
                 raise SystemExit("no billing module")
-            loops = _loops(components, clock, workers, batch)
             print("ready", flush=True)
             await asyncio.to_thread(sys.stdin.readline)
-            with _statements(components.platform.engine) as counted:
-                began = time.perf_counter()
-                reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
-                figures = _figures(list(reports), time.perf_counter() - began, counted[0])
+            figures = await _timed_run(components, clock, workers, batch)
+            print(json.dumps(figures.__dict__), flush=True)
+            await asyncio.to_thread(sys.stdin.readline)  # the end: stdin closed
         finally:
             await components.close()
-    print(json.dumps(figures.__dict__), flush=True)
 
 
 def _one_size(count: int, options: argparse.Namespace) -> list[float]:
@@ -313,10 +348,13 @@ async def _billing_run(
             due = await _loops(components, clock, 1, options.batch)[0].due_count()
             if processes > 1:  # this process's engine stays open, idle
                 figures = await asyncio.to_thread(
-                    _run_in_processes, database.sqlalchemy_url, processes, options.workers, options.batch
+                    _run_in_processes, database, processes, options.workers, options.batch
                 )
             else:
-                figures = await _run_in_process(components, clock, options.workers, options.batch)
+                backends = await asyncio.to_thread(_backend_cpu, database)
+                figures = await _timed_run(components, clock, options.workers, options.batch)
+                after = await asyncio.to_thread(_backend_cpu, database)
+                figures.postgres_cpu = _cpu_since(backends, after)
             async with components.platform.readers() as session:
                 renewals = InvoiceRow.create_time == RENEWAL_RUN.replace(hour=0)
                 invoices = await session.scalar(select(func.count()).select_from(InvoiceRow).where(renewals))
@@ -344,7 +382,11 @@ async def _billing_run(
         f"{renewed / seconds:7.1f} invoices/s, {stored / seconds:9,.0f} events/s billed, "
         f"{figures.statements / max(renewed, 1):5.1f} statements per renewal, "
         f"{seconds / count * 1000:5.2f} s per 1,000; "
-        f"every invoice once, finalized, numbers gapless: {'yes' if ok else 'NO'}",
+        f"every invoice once, finalized, numbers gapless: {'yes' if ok else 'NO'}\n"
+        f"           CPU during the run: worker process(es) {figures.python_cpu:.1f} s, "
+        f"PostgreSQL backends {figures.postgres_cpu:.1f} s "
+        f"({(figures.python_cpu + figures.postgres_cpu) / renewed * 1000:.1f} ms a renewal; "
+        f"the machine has {os.cpu_count()} cores x {seconds:.1f} s)",
         flush=True,
     )
     if not ok:
