@@ -95,6 +95,6 @@ class GatewayEventRow(Base):
     __tablename__ = "gateway_events"
 
     gateway: Mapped[str] = mapped_column(String(MAX_GATEWAY), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the gateway's own id (evt_...)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the gateway's own id (evt_...)
     received_time: Mapped[datetime] = mapped_column(UtcDateTime)
     outcome: Mapped[str] = mapped_column(String(16))  # processed, ignored

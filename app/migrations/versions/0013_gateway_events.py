@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "gateway_events",
         sa.Column("gateway", sa.String(length=32), nullable=False),
-        sa.Column("event_id", sa.String(length=255), nullable=False),
+        sa.Column("event_id", sa.String(length=128), nullable=False),
         sa.Column("received_time", UtcDateTime(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.PrimaryKeyConstraint("gateway", "event_id", name=op.f("pk_gateway_events")),

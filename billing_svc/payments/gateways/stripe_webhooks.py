@@ -25,7 +25,7 @@ HANDLED = frozenset(
         "payment_intent.canceled",
     }
 )
-MAX_EVENT_ID = 255  # gateway_events.event_id
+MAX_EVENT_ID = 128  # gateway_events.event_id, and the audit rows' request_id
 
 
 @dataclass(frozen=True)
