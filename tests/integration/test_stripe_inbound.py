@@ -24,7 +24,7 @@ from app.server import App
 from billing_svc.payments.tables import GatewayEventRow
 from core import db
 from core.audit import AuditEventRow
-from core.settings import Settings
+from core.settings import RateLimit, Settings
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc, payment_pb2_grpc
 from tally.billing.v1 import payment_pb2 as pb
@@ -245,3 +245,19 @@ async def test_without_a_secret_the_route_reads_nothing(settings: Settings) -> N
         async with session.post(url, data=b"{}") as response:  # no signature at all
             assert response.status == 400
             assert (await response.json())["details"][0]["reason"] == "WEBHOOK_SIGNATURE_INVALID"
+
+
+async def test_senders_are_rate_limited_by_address_before_the_body_is_read(settings: Settings) -> None:
+    limits = {**settings.rate_limits, "gateway_events": RateLimit(rate=0.001, burst=2)}
+    configured = settings.model_copy(
+        update={"rate_limits": limits, "stripe_webhook_secret": SecretStr(WEBHOOK_SECRET)}
+    )
+    async with serving(configured) as app, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{app.http_port}{PATH}"
+        statuses = []
+        for _ in range(3):
+            async with session.post(url, data=b"{}", headers={"Stripe-Signature": "t=1,v1=00"}) as response:
+                statuses.append(response.status)
+                answer = await response.json()
+        assert statuses == [400, 400, 429]
+        assert answer["details"][0]["reason"] == "RATE_LIMITED" and int(response.headers["Retry-After"]) > 0
