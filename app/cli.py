@@ -36,6 +36,10 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
     "worker": (
         *_COMMON,
         "billing_worker_interval_seconds",
+        "collection_worker",
+        "collection_worker_interval_seconds",
+        "dunning_retry_days",
+        "dunning_end_state",
         "payment_reconciler",
         "payment_reconciler_interval_seconds",
         "sandbox_gateway_url",
@@ -128,8 +132,9 @@ def parser() -> argparse.ArgumentParser:
     worker = _subcommand(
         commands,
         "worker",
-        help="run the billing worker alone (tally serve runs it too)",
-        description="Renew due subscriptions and issue, number and finalize their invoices, sharing the "
+        help="run the billing and collection workers alone (tally serve runs them too)",
+        description="Renew due subscriptions and issue, number and finalize their invoices, then charge "
+        "the invoices due for collection and retry declined ones on the dunning schedule, sharing the "
         "work with every other worker and server on the database. Runs until stopped; --once runs what is "
         "due now and exits.",
     )
@@ -201,13 +206,15 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _worker(settings: Settings, once: bool) -> None:
-    from app.server import billing_worker, build_components, payment_reconciler
+    from app.server import billing_worker, build_components, collection_worker, payment_reconciler
 
     components = await build_components(settings)
     try:
         worker = billing_worker(components)
         if worker is None:
             raise UsageError("the billing module is not part of this build")
+        # Collection runs after the billing work it follows (the invoices a renewal finalized).
+        collector = collection_worker(components) if settings.collection_worker else None
         reconciler = payment_reconciler(components) if settings.payment_reconciler else None
         if not once:
             log.info(
@@ -215,15 +222,22 @@ async def _worker(settings: Settings, once: bool) -> None:
                 worker.worker,
                 settings.billing_worker_interval_seconds,
             )
-            if reconciler is None:
-                await worker.run()
-                return
-            log.info(
-                "payment reconciler %s started (a pass every %g s)",
-                reconciler.worker,
-                settings.payment_reconciler_interval_seconds,
-            )
-            await asyncio.gather(worker.run(), reconciler.run())
+            jobs = [worker.run()]
+            if collector is not None:
+                log.info(
+                    "collection worker %s started (a pass every %g s)",
+                    collector.worker,
+                    settings.collection_worker_interval_seconds,
+                )
+                jobs.append(collector.run())
+            if reconciler is not None:
+                log.info(
+                    "payment reconciler %s started (a pass every %g s)",
+                    reconciler.worker,
+                    settings.payment_reconciler_interval_seconds,
+                )
+                jobs.append(reconciler.run())
+            await asyncio.gather(*jobs)
             return
         if reconciler is not None:
             log.info("payment reconciler --once: %s", (await reconciler.one_pass()).summary())
@@ -232,6 +246,9 @@ async def _worker(settings: Settings, once: bool) -> None:
         total = await worker.run_until_idle(progress=lambda report: progress.update(report.claimed))
         progress.done()
         log.info("billing worker --once: %s", total.summary())
+        if collector is not None:
+            collected = await collector.run_until_idle()
+            log.info("collection worker --once: %s", collected.summary())
         if total.failed:
             raise UsageError(f"{total.failed} subscriptions failed; see the log above") from None
     finally:

@@ -42,6 +42,7 @@ from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
 from app.reflection import enable_reflection
+from billing_svc.collection import CollectionWorker
 from billing_svc.module import BillingServices
 from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.usage.upkeep import UsageUpkeep
@@ -295,6 +296,7 @@ class App:
     usage_upkeep: UsageUpkeep | None = None
     webhooks: WebhookDeliverer | None = None
     billing_worker: BillingWorker | None = None
+    collection_worker: CollectionWorker | None = None
     payment_reconciler: PaymentReconciler | None = None
     limiter: RateLimiter | None = None
     _jobs: list[asyncio.Task[None]] = field(default_factory=list)
@@ -323,6 +325,8 @@ class App:
             self._jobs.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
         if self.billing_worker is not None:
             self._jobs.append(asyncio.create_task(self.billing_worker.run(), name="billing-worker"))
+        if self.collection_worker is not None:
+            self._jobs.append(asyncio.create_task(self.collection_worker.run(), name="collection-worker"))
         if self.payment_reconciler is not None:
             reconciling = self.payment_reconciler.run()
             self._jobs.append(asyncio.create_task(reconciling, name="payment-reconciler"))
@@ -524,6 +528,9 @@ async def build(
         usage_upkeep=usage_upkeep,
         webhooks=_webhooks(components, metrics),
         billing_worker=billing_worker(components, metrics) if components.settings.billing_worker else None,
+        collection_worker=(
+            collection_worker(components, metrics) if components.settings.collection_worker else None
+        ),
         payment_reconciler=payment_reconciler(components) if components.settings.payment_reconciler else None,
     )
 
@@ -548,6 +555,22 @@ def billing_worker(components: Components, metrics: Metrics | None = None) -> Bi
         components.clock,
         interval_seconds=components.settings.billing_worker_interval_seconds,
         on_work=metrics.billing_work_done if metrics is not None else lambda kind, count: None,
+        finalize=billing.billing_work.finalize_due_draft,
+    )
+
+
+def collection_worker(components: Components, metrics: Metrics | None = None) -> CollectionWorker | None:
+    """The collection worker on the wall clock, when the billing module is served."""
+    billing = components.services.get("billing")
+    if not isinstance(billing, BillingServices):
+        return None
+    return CollectionWorker(
+        billing.new_billing_uow,
+        billing.collector,
+        billing.dunning,
+        components.clock,
+        interval_seconds=components.settings.collection_worker_interval_seconds,
+        on_outcome=metrics.collection_done if metrics is not None else lambda outcome: None,
     )
 
 

@@ -5,7 +5,8 @@ with one subscription each, made through the real server in-process on a clock s
 month (64 calls in flight); then the clock moves past the renewals and --workers claim loops (as that
 many replicas would run them, here in one process and one event loop) work the backlog until nothing
 is due. Prints the set-up time, the run's seconds, renewals (= invoices) per second, and checks that
-every subscription has exactly one invoice with gapless numbers. How the run grows from the smallest
+every subscription has exactly two invoices (its sign-up invoice, made by CreateSubscription, and
+the renewal's) with gapless numbers. How the run grows from the smallest
 size to the largest is the last line: linear growth keeps seconds per 1,000 flat.
 
     PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py [--sizes 1000,10000] [--workers 2]
@@ -119,14 +120,19 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
             renewed = sum(report.work.get("renewal", 0) for report in reports)
             failed = sum(report.failed for report in reports)
             async with app.components.platform.readers() as session:
-                invoices = await session.scalar(select(func.count()).select_from(InvoiceRow))
+                renewals = InvoiceRow.create_time == RENEWAL_RUN.replace(hour=0)
+                invoices = await session.scalar(select(func.count()).select_from(InvoiceRow).where(renewals))
+                signups = await session.scalar(
+                    select(func.count()).select_from(InvoiceRow).where(InvoiceRow.create_time == START)
+                )
                 subscriptions = await session.scalar(
                     select(func.count(func.distinct(InvoiceRow.subscription_id)))
                 )
                 last = await session.scalar(select(func.max(InvoiceRow.number)))
         finally:
             await app.stop(grace=0)
-    ok = due == renewed == invoices == subscriptions == count and failed == 0 and last == f"INV-{count:06d}"
+    ok = due == renewed == invoices == signups == subscriptions == count and failed == 0
+    ok = ok and last == f"INV-{2 * count:06d}"
     print(
         f"    {count:>6} subscriptions, {workers} workers: {seconds:6.1f} s, "
         f"{renewed / seconds:7.1f} invoices/s, {seconds / count * 1000:5.2f} s per 1,000; "
@@ -135,7 +141,8 @@ async def _run(database: pgdb.BenchDatabase, count: int, workers: int, batch: in
     )
     if not ok:
         raise SystemExit(
-            f"check failed: due {due}, renewed {renewed}, invoices {invoices}, last {last}, failed {failed}"
+            f"check failed: due {due}, renewed {renewed}, invoices {invoices}, sign-ups {signups}, "
+            f"last {last}, failed {failed}"
         )
     return seconds
 

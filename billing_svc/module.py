@@ -10,7 +10,9 @@ through gateways, their refunds, the reconciler; the gateway adapters).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
-"payment_after_charge" (a callable given each ChargeResult before it is recorded), which crash tests use.
+"payment_after_charge" (a callable given each ChargeResult before it is recorded), which crash tests use,
+and "invoice_collector" (a billing_svc.collection.InvoiceCollector), which stands in for the payments
+module's collect_invoice as what the collection worker and test clock advances charge invoices with.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from billing_svc.catalog.plan_servicer import PlanServicer
 from billing_svc.catalog.plan_use_cases import PlanDeps
 from billing_svc.catalog.sql_unit_of_work import SqlCatalogUnitOfWork
 from billing_svc.catalog.tables import MeterRow, PlanFeatureRow, PlanRow, PlanVersionRow
-from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.ports import Collections, FinalizeDraft, RunDueWork
 from billing_svc.clocks.servicer import TestClockServicer
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
+from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector
 from billing_svc.events.reader import SqlEventReader
 from billing_svc.events.servicer import EventServicer
 from billing_svc.events.use_cases import EventDeps
@@ -51,7 +54,7 @@ from billing_svc.invoices.tables import (
     InvoiceRow,
 )
 from billing_svc.invoices.use_cases import InvoiceDeps
-from billing_svc.payments.collect import PaymentDeps
+from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
 from billing_svc.payments.gateways.registry import GatewayFactory, GatewayRegistry
 from billing_svc.payments.gateways.sandbox import SandboxGateway
 from billing_svc.payments.gateways.stripe_gateway import StripeGateway
@@ -87,7 +90,7 @@ from billing_svc.webhooks.tables import (
 )
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.modules import Platform, ServiceModule
-from core.principal import Caller
+from core.principal import SYSTEM, Caller
 from tally.billing.v1 import (
     event_pb2,
     event_pb2_grpc,
@@ -121,7 +124,9 @@ class BillingServices:
     webhooks: WebhookDeps
     events: EventDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
-    billing_work: RunDueWork[SqlBillingUnitOfWork]  # a boundary's work and its invoice
+    billing_work: BillingWork  # a boundary's work and its invoice; drafts finalized after grace
+    collector: InvoiceCollector  # charges an invoice (payments' collect_invoice, or a test's stand-in)
+    dunning: DunningPolicy
 
 
 def _billing_uow(
@@ -136,7 +141,9 @@ def _billing_uow(
     )
 
 
-def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWork]) -> TestClockDeps:
+def _test_clocks(
+    platform: Platform, billing_work: BillingWork, collections: Collections | None
+) -> TestClockDeps:
     # Records are stamped with the wall clock; frozen_time is the only simulated time here.
     wall = platform.wall_clock
 
@@ -154,6 +161,8 @@ def _test_clocks(platform: Platform, billing_work: RunDueWork[SqlBillingUnitOfWo
         clock=wall,
         page_tokens=platform.page_tokens,
         run_due_work=work,
+        finalize_draft=cast(FinalizeDraft[TestClocksUnitOfWork], billing_work.finalize_due_draft),
+        collections=collections,
     )
 
 
@@ -191,6 +200,7 @@ def _invoices(platform: Platform) -> InvoiceDeps:
         page_tokens=platform.page_tokens,
         number_prefix=platform.settings.invoice_number_prefix,
         days_until_due=platform.settings.invoice_days_until_due,
+        grace_period=timedelta(seconds=platform.settings.invoice_grace_period_seconds),
     )
 
 
@@ -281,13 +291,18 @@ def build(platform: Platform) -> BillingServices:
         page_tokens=platform.page_tokens,
         cache=platform.cache,
     )
-    # Reads of a subscription touch the plan too (a preview, the entitlements join): one snapshot.
+    invoices = _invoices(platform)
+    billing_work = BillingWork(invoices)
+    # Writes hold the invoices too: a new subscription's first invoice, and the invoices of the
+    # boundaries a change catches up on, commit with it. Reads of a subscription touch the plan too
+    # (a preview, the entitlements join): one snapshot.
     subscriptions = SubscriptionDeps(
-        new_uow=subscriptions_uow(platform.writers),
+        new_uow=_billing_uow(platform, platform.writers),
         new_reader=subscriptions_uow(platform.snapshots),
         wall_clock=clock,
         page_tokens=platform.page_tokens,
         cache=platform.cache,
+        boundary_work=billing_work,
     )
     # A summary reads records, meters, the subscription, its plan and the account's clock: one snapshot.
     usage_reads = UsageReadDeps(
@@ -297,18 +312,28 @@ def build(platform: Platform) -> BillingServices:
         clock=clock,
         page_tokens=platform.page_tokens,
     )
-    invoices = _invoices(platform)
-    billing_work = BillingWork(invoices)
+    settings = platform.settings
+    dunning = DunningPolicy.from_settings(
+        settings.dunning_retry_days, settings.dunning_end_state, settings.collection_retry_delay_seconds
+    )
+    payments = _payments(platform)
+
+    async def collect(invoice_id: str) -> CollectionOutcome:
+        return await collect_invoice(payments, SYSTEM, invoice_id)
+
+    collector = cast(InvoiceCollector, platform.overrides.get("invoice_collector") or collect)
+    # A rehearsal's collections are not counted in tally_collections_total (the worker's are).
+    collections = ClockCollections(_billing_uow(platform, platform.writers), collector, dunning, clock)
     return BillingServices(
         platform=platform,
         usage_reads=usage_reads,
         meters=meters,
         plans=plans,
         subscriptions=subscriptions,
-        test_clocks=_test_clocks(platform, billing_work),
+        test_clocks=_test_clocks(platform, billing_work, collections),
         usage=_usage(platform),
         invoices=invoices,
-        payments=_payments(platform),
+        payments=payments,
         webhooks=WebhookDeps(
             lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
@@ -324,6 +349,8 @@ def build(platform: Platform) -> BillingServices:
         ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
+        collector=collector,
+        dunning=dunning,
     )
 
 

@@ -7,8 +7,13 @@ the claim commit together. A worker whose lease ran out (another took the row) f
 holds the claim and rolls its work back. Work that fails is logged and the subscription is due
 again after RETRY_DELAY, so one bad subscription does not stop the others or spin the worker.
 
-Subscriptions of accounts on a test clock are not the worker's: AdvanceTestClock runs their work
-at the clock's time. Everything else runs at its account's billing time, which is the wall clock.
+A pass then claims the draft cycle invoices whose grace period has ended (the invoice rows'
+`finalize_*` claim columns) and finalizes each (billing_svc/billing_work.py `finalize_due_draft`),
+in a transaction of its own that also completes its claim.
+
+Subscriptions and invoices of accounts on a test clock are not the worker's: AdvanceTestClock runs
+their work at the clock's time. Everything else runs at its account's billing time, which is the
+wall clock.
 
 `run_until_idle` is `tally worker --once`: passes until nothing is due, with a progress callback.
 `run` is the job `tally serve` and `tally worker` keep running, one pass every interval.
@@ -19,46 +24,130 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy import ColumnElement, Row, select
 
 from billing_svc.billing_work import SqlBillingUnitOfWork
 from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.tables import TestClockAccountRow
+from billing_svc.invoices.tables import InvoiceRow
 from billing_svc.subscriptions.tables import SubscriptionRow
 from core.claims import WorkQueue, new_worker_id
 from core.clock import Clock
 from core.periodic import PeriodicPasses
-from core.principal import SYSTEM
+from core.principal import SYSTEM, Caller
 
 log = logging.getLogger("tally.billing.worker")
 
 QUEUE = WorkQueue.of(SubscriptionRow)
 ONLY_WALL_CLOCK = SubscriptionRow.test_clock_id.is_(None)
+DRAFTS = WorkQueue.of(
+    InvoiceRow,
+    due_time="finalize_due_time",
+    claimed_by="finalize_claimed_by",
+    lease_until="finalize_lease_until",
+)
+DRAFTS_ON_WALL_CLOCK = InvoiceRow.account_id.not_in(select(TestClockAccountRow.account_id))
 LEASE = timedelta(minutes=5)
 RETRY_DELAY = timedelta(minutes=1)
 
 
+class FinalizeDraft(Protocol):
+    """billing_svc.billing_work.BillingWork.finalize_due_draft: finalize one draft whose grace has
+    ended, in the unit of work's open transaction; whether it did."""
+
+    async def __call__(
+        self, uow: SqlBillingUnitOfWork, invoice_id: str, now: datetime, /, *, caller: Caller
+    ) -> bool: ...
+
+
 @dataclass
 class PassReport:
-    """What passes did: subscriptions claimed, boundaries run by kind, failures, claims lost."""
+    """What passes did: subscriptions claimed, boundaries run by kind, failures, claims lost, and the
+    drafts claimed and finalized after their grace period."""
 
     claimed: int = 0
     work: dict[str, int] = field(default_factory=dict)
     failed: int = 0
     lost: int = 0
+    drafts: int = 0
+    finalized: int = 0
 
     def add(self, other: PassReport) -> None:
         self.claimed += other.claimed
         self.failed += other.failed
         self.lost += other.lost
+        self.drafts += other.drafts
+        self.finalized += other.finalized
         for kind, count in other.work.items():
             self.work[kind] = self.work.get(kind, 0) + count
 
     def summary(self) -> str:
         work = ", ".join(f"{kind} {count}" for kind, count in sorted(self.work.items())) or "no boundaries"
-        return f"{self.claimed} subscriptions claimed; {work}; {self.failed} failed; {self.lost} claims lost"
+        text = f"{self.claimed} subscriptions claimed; {work}; {self.failed} failed; {self.lost} claims lost"
+        return text + (f"; {self.finalized} invoices finalized after grace" if self.drafts else "")
+
+    def idle(self, batch: int) -> bool:
+        """Whether this pass leaves no more work for another at once (every batch came back short,
+        or everything it claimed failed)."""
+        subscriptions_done = self.claimed < batch or self.claimed == self.failed
+        return subscriptions_done and self.drafts < batch
 
 
-class BillingWorker(PeriodicPasses):
+class ClaimLoop(PeriodicPasses):
+    """A worker over one WorkQueue of wall-clock rows: the billing worker's and the collection
+    worker's shared part (claiming a batch in a short transaction of its own, counting what is due).
+    A subclass names its queue, the rows it takes (`where`) and its lease."""
+
+    queue: ClassVar[WorkQueue]
+    where: ClassVar[ColumnElement[bool]]
+    lease: ClassVar[timedelta]
+
+    def __init__(
+        self,
+        new_uow: Callable[[], SqlBillingUnitOfWork],
+        clock: Clock,
+        *,
+        interval_seconds: float,
+        batch: int,
+        name: str,
+        logger: logging.Logger,
+    ):
+        super().__init__(interval_seconds, what=f"{name} worker pass", log=logger)
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        self._new_uow = new_uow
+        self._clock = clock
+        self._batch = batch
+        self.worker = new_worker_id(name)
+
+    async def due_count(self) -> int:
+        """How many rows are due for this worker now (for a progress bar)."""
+        async with self._new_uow() as uow:
+            return await self.queue.due_count(uow.session, now=self._clock.now(), where=self.where)
+
+    async def claim_batch(self) -> list[Row[Any]]:
+        """One batch of due rows claimed for this worker, committed."""
+        async with self._new_uow() as uow:
+            claimed = await self.queue.claim(
+                uow.session,
+                self.worker,
+                now=self._clock.now(),
+                lease=self.lease,
+                limit=self._batch,
+                where=self.where,
+            )
+            await uow.commit()
+        return claimed
+
+
+class BillingWorker(ClaimLoop):
+    queue = QUEUE
+    where = ONLY_WALL_CLOCK
+    lease = LEASE
+
     def __init__(
         self,
         new_uow: Callable[[], SqlBillingUnitOfWork],
@@ -69,16 +158,14 @@ class BillingWorker(PeriodicPasses):
         batch: int = 100,
         name: str = "billing",
         on_work: Callable[[str, int], None] = lambda kind, count: None,
+        finalize: FinalizeDraft | None = None,
     ):
-        super().__init__(interval_seconds, what="billing worker pass", log=log)
-        if batch <= 0:
-            raise ValueError("batch must be positive")
-        self._new_uow = new_uow
+        super().__init__(
+            new_uow, clock, interval_seconds=interval_seconds, batch=batch, name=name, logger=log
+        )
         self._work = work
-        self._clock = clock
-        self._batch = batch
         self._on_work = on_work  # metrics: (kind, count) per boundary kind, "failed" per failure
-        self.worker = new_worker_id(name)
+        self._finalize = finalize  # None: drafts are not this worker's (a bench of renewals alone)
 
     async def run_pass(self) -> None:
         """Batches until one comes back short: a backlog is worked through, not one batch an interval."""
@@ -86,32 +173,56 @@ class BillingWorker(PeriodicPasses):
         while True:
             report = await self.one_pass()
             total.add(report)
-            if report.claimed < self._batch or report.claimed == report.failed:
+            if report.idle(self._batch):
                 break
-        if total.claimed:
+        if total.claimed or total.drafts:
             log.info("billing pass: %s", total.summary())
 
-    async def due_count(self) -> int:
-        """How many subscriptions are due for this worker now (for a progress bar)."""
-        async with self._new_uow() as uow:
-            return await QUEUE.due_count(uow.session, now=self._clock.now(), where=ONLY_WALL_CLOCK)
-
     async def one_pass(self) -> PassReport:
-        """Claim one batch of due subscriptions and run each one's work."""
+        """Claim one batch of due subscriptions and run each one's work, then one batch of drafts
+        whose grace has ended and finalize each."""
+        claimed = await self.claim_batch()
+        report = PassReport(claimed=len(claimed))
+        for row in claimed:
+            await self._run_one(QUEUE.key_of(row), row.id, report)
+        if self._finalize is not None:
+            await self._finalize_drafts(self._finalize, report)
+        return report
+
+    async def _finalize_drafts(self, finalize: FinalizeDraft, report: PassReport) -> None:
         async with self._new_uow() as uow:
-            claimed = await QUEUE.claim(
+            drafts = await DRAFTS.claim(
                 uow.session,
                 self.worker,
                 now=self._clock.now(),
                 lease=LEASE,
                 limit=self._batch,
-                where=ONLY_WALL_CLOCK,
+                where=DRAFTS_ON_WALL_CLOCK,
             )
             await uow.commit()
-        report = PassReport(claimed=len(claimed))
-        for row in claimed:
-            await self._run_one(QUEUE.key_of(row), row.id, report)
-        return report
+        report.drafts += len(drafts)
+        for row in drafts:
+            await self._finalize_one(finalize, DRAFTS.key_of(row), row.id, report)
+
+    async def _finalize_one(
+        self, finalize: FinalizeDraft, key: tuple[Any, ...], invoice_id: str, report: PassReport
+    ) -> None:
+        try:
+            async with self._new_uow() as uow:
+                finalized = await finalize(uow, invoice_id, self._clock.now(), caller=SYSTEM)
+                if not await DRAFTS.complete(uow.session, self.worker, [key]):
+                    report.lost += 1  # another worker has the draft now: it finalizes it
+                    return
+                await uow.commit()
+        except Exception:
+            log.exception("finalizing invoice %s failed; due again in %s", invoice_id, RETRY_DELAY)
+            report.failed += 1
+            self._on_work("failed", 1)
+            async with self._new_uow() as uow:
+                await DRAFTS.release(uow.session, self.worker, [key], due=self._clock.now() + RETRY_DELAY)
+                await uow.commit()
+            return
+        report.finalized += int(finalized)
 
     async def _run_one(self, key: tuple[object, ...], subscription_id: str, report: PassReport) -> None:
         try:
@@ -147,6 +258,6 @@ class BillingWorker(PeriodicPasses):
             report = await self.one_pass()
             total.add(report)
             progress(total)
-            if report.claimed == 0 or report.claimed == report.failed:
+            if (report.claimed == 0 or report.claimed == report.failed) and report.drafts == 0:
                 break
         return total

@@ -150,6 +150,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.collections = Counter(
+            "tally_collections",
+            "Automatic collection attempts of invoices by outcome (paid, declined, pending, "
+            "nothing_due, gateway_unavailable, no_payment_method).",
+            ["outcome"],
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._redis_lock = threading.Lock()
@@ -159,6 +166,9 @@ class Metrics:
 
     def billing_work_done(self, kind: str, count: int) -> None:
         self.billing_work.labels(kind).inc(count)
+
+    def collection_done(self, outcome: str) -> None:
+        self.collections.labels(outcome).inc()
 
     def usage_recorded(self, outcome: str, count: int) -> None:
         self.usage_events.labels(outcome).inc(count)

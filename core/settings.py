@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import errno
 import ipaddress
+import itertools
 import json
 import os
 import socket
@@ -306,6 +307,35 @@ class Settings(BaseSettings):
     billing_worker_interval_seconds: float = Field(
         10.0, gt=0, le=3600, description="Seconds between the billing worker's passes."
     )
+    collection_worker: bool = Field(
+        True,
+        description="`tally serve` runs the collection worker: it charges finalized subscription "
+        "invoices and retries declined ones on the dunning schedule (`tally worker` runs it too).",
+    )
+    collection_worker_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between the collection worker's passes."
+    )
+    collection_retry_delay_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="When a charge is pending at the gateway or the gateway is unavailable, the "
+        "invoice is tried again this many seconds later (not a dunning step).",
+    )
+    dunning_retry_days: str = Field(
+        "3,5,7",
+        pattern=r"^(\d{1,3}(,\d{1,3}){0,19})?$",
+        description="Comma-separated days after finalization on which a declined subscription invoice "
+        "is charged again, increasing (empty: no retry); after the last one fails the subscription "
+        "goes to TALLY_DUNNING_END_STATE.",
+        examples=["3,5,7", "1,3,5,7,14"],
+    )
+    dunning_end_state: Literal["canceled", "unpaid"] = Field(
+        "canceled",
+        description="What a subscription becomes when the last retry of its invoice fails: canceled, "
+        "or unpaid (no features, no new fees, active again once the invoice is paid). The invoice "
+        "stays open either way.",
+    )
     webhook_delivery: bool = Field(
         True,
         description="`tally serve` fans outbox events out to webhook endpoints and sends them (signed, "
@@ -349,6 +379,14 @@ class Settings(BaseSettings):
         ge=0,
         le=365,
         description="Days from finalization to an invoice's due time.",
+    )
+    invoice_grace_period_seconds: int = Field(
+        3600,
+        ge=0,
+        le=30 * 86400,
+        description="How long a renewal invoice that bills usage stays a draft before the billing "
+        "worker finalizes it, so that usage recorded late for the closed period lands on it (0: "
+        "finalized at once).",
     )
     payment_gateway_default: Literal["sandbox", "stripe"] = Field(
         "sandbox",
@@ -447,6 +485,14 @@ class Settings(BaseSettings):
     rate_limit_lease_seconds: float = Field(
         0.5, gt=0, le=60, description="A reservation is spent for at most this long, then settled with Redis."
     )
+
+    @field_validator("dunning_retry_days")
+    @classmethod
+    def _check_retry_days(cls, value: str) -> str:
+        days = [int(part) for part in value.split(",") if part]
+        if any(later <= earlier for earlier, later in itertools.pairwise(days)):
+            raise ValueError("the retry days must increase, for example 3,5,7")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

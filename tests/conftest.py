@@ -117,6 +117,7 @@ async def settings(database_url: str | None, tmp_path: Path) -> Settings:
         # themselves (the tests of each turn its job on), so that no background pass races a test
         # that moves the wall clock or counts the statements on the engine.
         "billing_worker": False,
+        "collection_worker": False,
         "webhook_delivery": False,
         "payment_reconciler": False,
     }
@@ -138,6 +139,7 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
         http_addr="127.0.0.1:0",
         jwt_hs256_secret=JWT_SECRET,
         billing_worker=False,
+        collection_worker=False,
         webhook_delivery=False,
         payment_reconciler=False,
     )

@@ -10,10 +10,19 @@ nothing more is due by the target, the last step moves the clock to the target. 
 - a crash, a cancelled call or a failing piece of work leaves the clock at the due time of the
   last piece that committed, with exactly that work done; the same advance called again goes on
   from there. Advancing is idempotent per target: at the target, nothing is due and nothing runs;
+- the clock's invoices due for automatic collection (billing_svc/collection.py) are collected in the
+  same time order (a subscription's boundary first when both fall due at once): the step moves the
+  clock to the collection's time and holds the invoice, commits, and then charges it with no
+  transaction open and records the outcome (a dunning step, a retry's time) in one more
+  transaction. A 10-day advance over a 3,5,7 retry schedule runs every retry, each at its time.
+  Collections are not listed in the response's work (its kinds are the subscriptions');
 - one call runs at most `max_work_per_advance` pieces (MAX_WORK_PER_ADVANCE) and then fails with
   FAILED_PRECONDITION ADVANCE_WORK_LIMIT, the clock at the last committed step; calling again with
   the same target goes on. A failure rather than a partial success, so that a request id's
-  stored response is always that of a complete advance.
+  stored response is always that of a complete advance;
+- a draft invoice of the clock's accounts whose grace period ends on the way is finalized at that
+  time, as a piece of work of its own, in the same time order (deps.finalize_draft); it is not
+  reported as billing work (the invoice's own events have it).
 
 Request ids: an IdempotentRunner claims its key in the transaction of the change, and an advance
 has many. So an advance with a request_id first looks for a stored response (a replay returns it,
@@ -32,8 +41,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from billing_svc.clocks import domain
-from billing_svc.clocks.domain import Advanced, BillingWork, TestClock
-from billing_svc.clocks.ports import DoneWork
+from billing_svc.clocks.domain import Advanced, BillingWork, DueSubscription, TestClock
+from billing_svc.clocks.ports import DoneWork, DueCollection
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps, audit, load, require_id
 from core.principal import Caller
@@ -104,21 +113,120 @@ async def _step(
             # done, since every advance runs the earliest due work first.
             return _Step(clock, [], None)
         due = await uow.test_clocks.next_due(clock.id, target)
-        if due is None:
-            moved = await _move(deps, uow, caller, clock, target, target)
-            await uow.commit()
-            return _Step(moved, [], None)
-        if not may_work:
-            raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
-        if previous == (due.due_time, due.id):
-            # The work ran and left the subscription due when it was: running it again would loop.
-            raise RuntimeError(f"subscription {due.id} is still due at {due.due_time} after its work ran")
-        # A subscription due before the clock's time (it cannot go back) runs at the clock's time.
-        at = max(due.due_time, clock.frozen_time)
-        moved = await _move(deps, uow, caller, clock, at, target)
-        done = [_reported(report) for report in await deps.run_due_work(uow, due.id, at, caller=caller)]
+        draft = await _next_draft(deps, uow, clock, target)
+        collection = await _next_collection(deps, uow, clock, target)
+        # Earliest first. On a tie a draft's finalizing goes first (it may schedule a collection at
+        # that time), then a boundary, then a collection (a renewal's invoice before its charge).
+        if draft is not None and all(
+            other is None or draft.due_time <= other.due_time for other in (due, collection)
+        ):
+            return await _draft_step(
+                deps, uow, caller, clock, draft, target, previous=previous, may_work=may_work
+            )
+        if collection is not None and (due is None or collection.due_time < due.due_time):
+            if not may_work:
+                raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
+            moved, held = await _hold_collection(deps, uow, caller, clock, collection, target)
+            collecting = collection if held else None
+        else:
+            return await _boundary_step(
+                deps, uow, caller, clock, due, target, previous=previous, may_work=may_work
+            )
+    # The step's transaction is over: the gateway is called with none open.
+    if collecting is not None:
+        assert deps.collections is not None
+        await deps.collections.collect(collecting.invoice_id, moved.frozen_time, caller=caller)
+    return _Step(moved, [], (collection.due_time, collection.invoice_id))
+
+
+async def _next_draft(
+    deps: TestClockDeps, uow: TestClocksUnitOfWork, clock: TestClock, target: datetime
+) -> DueSubscription | None:
+    if deps.finalize_draft is None:
+        return None
+    return await uow.test_clocks.next_draft_due(clock.id, target)
+
+
+async def _draft_step(
+    deps: TestClockDeps,
+    uow: TestClocksUnitOfWork,
+    caller: Caller,
+    clock: TestClock,
+    draft: DueSubscription,
+    target: datetime,
+    *,
+    previous: tuple[datetime, str] | None,
+    may_work: bool,
+) -> _Step:
+    """A draft whose grace ends first (an earlier period's invoice before the next boundary) is
+    finalized at that time, in the step's transaction."""
+    assert deps.finalize_draft is not None
+    if not may_work:
+        raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
+    if previous == (draft.due_time, draft.id):
+        raise RuntimeError(f"invoice {draft.id} is still a draft at {draft.due_time} after its grace")
+    at = max(draft.due_time, clock.frozen_time)
+    moved = await _move(deps, uow, caller, clock, at, target)
+    await deps.finalize_draft(uow, draft.id, at, caller=caller)
+    await uow.commit()
+    return _Step(moved, [], (draft.due_time, draft.id))
+
+
+async def _boundary_step(
+    deps: TestClockDeps,
+    uow: TestClocksUnitOfWork,
+    caller: Caller,
+    clock: TestClock,
+    due: DueSubscription | None,
+    target: datetime,
+    *,
+    previous: tuple[datetime, str] | None,
+    may_work: bool,
+) -> _Step:
+    """The subscription due first runs its work at its due time (or, when nothing is due by the
+    target, the clock moves to the target), in the step's transaction."""
+    if due is None:
+        moved = await _move(deps, uow, caller, clock, target, target)
         await uow.commit()
+        return _Step(moved, [], None)
+    if not may_work:
+        raise domain.work_limit_reached(clock, target, deps.max_work_per_advance)
+    if previous == (due.due_time, due.id):
+        # The work ran and left the subscription due when it was: running it again would loop.
+        raise RuntimeError(f"subscription {due.id} is still due at {due.due_time} after its work ran")
+    # A subscription due before the clock's time (it cannot go back) runs at the clock's time.
+    at = max(due.due_time, clock.frozen_time)
+    moved = await _move(deps, uow, caller, clock, at, target)
+    done = [_reported(report) for report in await deps.run_due_work(uow, due.id, at, caller=caller)]
+    await uow.commit()
     return _Step(moved, done, (due.due_time, due.id))
+
+
+async def _next_collection(
+    deps: TestClockDeps, uow: TestClocksUnitOfWork, clock: TestClock, target: datetime
+) -> DueCollection | None:
+    if deps.collections is None:
+        return None
+    return await deps.collections.next_due(uow, clock.id, target)
+
+
+async def _hold_collection(
+    deps: TestClockDeps,
+    uow: TestClocksUnitOfWork,
+    caller: Caller,
+    clock: TestClock,
+    collection: DueCollection,
+    target: datetime,
+) -> tuple[TestClock, bool]:
+    """The clock moved to the collection's time and the invoice held for this advance, committed. The
+    charge follows with no transaction open, and its outcome in a transaction of its own
+    (billing_svc/collection.py). False when another advance holds the invoice."""
+    assert deps.collections is not None
+    at = max(collection.due_time, clock.frozen_time)
+    moved = await _move(deps, uow, caller, clock, at, target)
+    held = await deps.collections.claim(uow, collection.invoice_id)
+    await uow.commit()
+    return moved, held
 
 
 def _reported(report: DoneWork) -> BillingWork:

@@ -47,8 +47,14 @@ class TestClockRepository(Protocol):
         id), or None when nothing is due by then."""
         ...
 
+    async def next_draft_due(self, clock_id: str, until: datetime) -> DueSubscription | None:
+        """The clock's accounts' draft invoice whose grace period ends first at or before `until`
+        (by that time, then id; `id` is the invoice's), or None."""
+        ...
+
     async def delete_billing(self, account_ids: Iterable[str]) -> None:
-        """Every subscription, phase and pending invoice item of these accounts."""
+        """Every subscription, phase and pending invoice item of these accounts; their draft
+        invoices are no longer finalized when a grace period ends."""
         ...
 
 
@@ -82,3 +88,36 @@ class RunDueWork(Protocol[U_contra]):
     async def __call__(
         self, uow: U_contra, subscription_id: str, now: datetime, /, *, caller: Caller
     ) -> Sequence[DoneWork]: ...
+
+
+class FinalizeDraft(Protocol[U_contra]):
+    """billing_svc.billing_work.BillingWork.finalize_due_draft: finalize one draft invoice whose grace
+    period has ended by `now`, inside the open transaction; whether it did."""
+
+    async def __call__(self, uow: U_contra, invoice_id: str, now: datetime, /, *, caller: Caller) -> bool: ...
+
+
+class DueCollection(Protocol):
+    @property
+    def invoice_id(self) -> str: ...
+
+    @property
+    def due_time(self) -> datetime: ...
+
+
+class Collections(Protocol):
+    """billing_svc.collection.ClockCollections: the automatic collection of the clock's invoices, which
+    an advance runs in time order with the subscriptions' work (the gateway call outside any
+    transaction)."""
+
+    async def next_due(self, uow: object, clock_id: str, until: datetime) -> DueCollection | None:
+        """In the step's transaction: the clock's invoice due for collection first by `until`."""
+        ...
+
+    async def claim(self, uow: object, invoice_id: str) -> bool:
+        """In the step's transaction: hold it for this advance; False when another holds it."""
+        ...
+
+    async def collect(self, invoice_id: str, at: datetime, *, caller: Caller) -> str:
+        """With no transaction open, after the step committed: charge it and record the outcome at `at`."""
+        ...

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.clocks.domain import DueSubscription, TestClock, account_on_test_clock
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
+from billing_svc.invoices.tables import InvoiceRow
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
 from core import ids
 from core.pagination import keyset_after
@@ -140,10 +141,35 @@ class SqlTestClockRepository:
             return None
         return DueSubscription(id=row.id, account_id=row.account_id, due_time=row.due_time)
 
+    async def next_draft_due(self, clock_id: str, until: datetime) -> DueSubscription | None:
+        statement = (
+            select(InvoiceRow.id, InvoiceRow.account_id, InvoiceRow.finalize_due_time)
+            .join(TestClockAccountRow, TestClockAccountRow.account_id == InvoiceRow.account_id)
+            .where(
+                TestClockAccountRow.test_clock_id == clock_id,
+                InvoiceRow.finalize_due_time.is_not(None),
+                InvoiceRow.finalize_due_time <= until,
+            )
+            .order_by(InvoiceRow.finalize_due_time, InvoiceRow.id)
+            .limit(1)
+        )
+        row = (await self._session.execute(statement)).first()
+        if row is None or row.finalize_due_time is None:
+            return None
+        return DueSubscription(id=row.id, account_id=row.account_id, due_time=row.finalize_due_time)
+
     async def delete_billing(self, account_ids: Iterable[str]) -> None:
         wanted = list(account_ids)
         if not wanted:
             return
+        # Their drafts stay drafts, finalized by hand if at all: a rehearsal's grace period is not
+        # the wall-clock worker's to end.
+        drafts = update(InvoiceRow).where(
+            InvoiceRow.account_id.in_(wanted), InvoiceRow.finalize_due_time.is_not(None)
+        )
+        await self._session.execute(
+            drafts.values(finalize_due_time=None).execution_options(synchronize_session=False)
+        )
         for statement in (
             delete(PendingInvoiceItemRow).where(PendingInvoiceItemRow.account_id.in_(wanted)),
             delete(SubscriptionPhaseRow).where(SubscriptionPhaseRow.account_id.in_(wanted)),

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from billing_svc.clocks import domain
 from billing_svc.clocks.domain import Advanced, Deleted, TestClock
-from billing_svc.clocks.ports import RunDueWork
+from billing_svc.clocks.ports import Collections, FinalizeDraft, RunDueWork
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from core import ids
 from core.audit import changes_between
@@ -41,7 +41,11 @@ class TestClockDeps:
     page_tokens: PageTokens
     # The subscriptions module's work (billing_svc.subscriptions.work.run_due_work); tests pass fakes.
     run_due_work: RunDueWork[TestClocksUnitOfWork]
+    # The drafts of the clock's accounts finalized when their grace period ends; None: no drafts.
+    finalize_draft: FinalizeDraft[TestClocksUnitOfWork] | None = None
     max_work_per_advance: int = MAX_WORK_PER_ADVANCE
+    # The automatic collection of the clock's invoices (billing_svc.collection); None: not collected.
+    collections: Collections | None = None
     # One runner per kind of response each stores and replays.
     clock_runner: IdempotentRunner[TestClocksUnitOfWork, TestClock] = field(init=False, repr=False)
     delete_runner: IdempotentRunner[TestClocksUnitOfWork, Deleted] = field(init=False, repr=False)

@@ -170,6 +170,39 @@ def one_off_line(
 
 
 @dataclass(frozen=True)
+class UsageBasis:
+    """What a cycle invoice bills in arrears: the metered charges of `plan_id` at `plan_version`
+    over [period_start, period_end), the period its boundary closed. The usage lines are made from
+    it when the draft is made and made again at finalization, so late usage still lands on it."""
+
+    plan_id: str
+    plan_version: int
+    period_start: datetime
+    period_end: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_id": self.plan_id,
+            "plan_version": self.plan_version,
+            "period_start": self.period_start.isoformat(),
+            "period_end": self.period_end.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageBasis:
+        return cls(
+            plan_id=data["plan_id"],
+            plan_version=int(data["plan_version"]),
+            period_start=datetime.fromisoformat(data["period_start"]),
+            period_end=datetime.fromisoformat(data["period_end"]),
+        )
+
+
+# The lines made from a usage basis, replaced whole each time they are made.
+USAGE_KINDS = frozenset({LineKind.USAGE, LineKind.MINIMUM_SPEND})
+
+
+@dataclass(frozen=True)
 class Invoice:
     id: str
     account_id: str
@@ -194,6 +227,8 @@ class Invoice:
     void_time: datetime | None = None
     revision: int = 1
     metadata: Mapping[str, str] = field(default_factory=dict)
+    usage_basis: UsageBasis | None = None
+    grace_until: datetime | None = None  # a draft the billing worker finalizes then
 
     @property
     def subtotal_minor(self) -> int:
@@ -240,6 +275,8 @@ class Invoice:
             "void_time": _iso(self.void_time),
             "revision": self.revision,
             "metadata": dict(self.metadata),
+            "usage_basis": None if self.usage_basis is None else self.usage_basis.to_dict(),
+            "grace_until": _iso(self.grace_until),
         }
 
     @classmethod
@@ -272,7 +309,15 @@ class Invoice:
             void_time=_parse(data["void_time"]),
             revision=int(data["revision"]),
             metadata=dict(data["metadata"]),
+            usage_basis=None
+            if data.get("usage_basis") is None
+            else UsageBasis.from_dict(data["usage_basis"]),
+            grace_until=_parse(data.get("grace_until")),
         )
+
+
+def _basis_from(data: Mapping[str, Any] | None) -> UsageBasis | None:
+    return None if data is None else UsageBasis.from_dict(data)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -319,6 +364,7 @@ def finalized(
     opened = touch(
         invoice,
         now,
+        grace_until=None,
         number=number,
         status=InvoiceStatus.OPEN,
         credits_applied_minor=credits,
@@ -350,7 +396,7 @@ def voided(invoice: Invoice, now: datetime) -> Invoice:
             reason="INVOICE_HAS_CREDIT_NOTES",
             metadata={"id": invoice.id, "amount_credited_minor": str(invoice.amount_credited_minor)},
         )
-    return touch(invoice, now, status=InvoiceStatus.VOID, void_time=now)
+    return touch(invoice, now, status=InvoiceStatus.VOID, void_time=now, grace_until=None)
 
 
 def uncollectible(invoice: Invoice, now: datetime) -> Invoice:

@@ -9,7 +9,8 @@ from typing import Any, Protocol, Self
 
 from billing_svc.clocks.account_time import AccountClocks
 from billing_svc.invoices.credit_notes import CreditNote
-from billing_svc.invoices.domain import Invoice, InvoiceStatus
+from billing_svc.invoices.domain import Invoice, InvoiceStatus, UsageBasis
+from billing_svc.invoices.usage_lines import PeriodUsage
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
@@ -49,6 +50,11 @@ class InvoiceRepository(Protocol):
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None: ...
 
+    async def schedule_collection(self, invoice_id: str, at: datetime) -> None:
+        """The invoice is to be charged automatically from `at` (billing_svc/collection.py). Saving it
+        paid, void or uncollectible clears the schedule."""
+        ...
+
     async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 
     async def next_number(self, prefix: str) -> int:
@@ -86,6 +92,13 @@ class CreditNoteRepository(Protocol):
         ...
 
 
+class PeriodUsageReader(Protocol):
+    async def period_usage(self, account_id: str, basis: UsageBasis) -> PeriodUsage:
+        """The plan version's metered charges with their meters' quantities over the basis' period
+        (and the recorded-price records of that period), read in the caller's transaction."""
+        ...
+
+
 class InvoicesUnitOfWork(Protocol):
     @property
     def invoices(self) -> InvoiceRepository: ...
@@ -95,6 +108,9 @@ class InvoicesUnitOfWork(Protocol):
 
     @property
     def credit_notes(self) -> CreditNoteRepository: ...
+
+    @property
+    def period_usage(self) -> PeriodUsageReader: ...
 
     @property
     def accounts(self) -> AccountDirectory: ...

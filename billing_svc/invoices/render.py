@@ -63,6 +63,15 @@ class Formatter:
             value, self.currency_code, format=_UNIT_PRICE_FORMAT, locale=self.locale, currency_digits=False
         )
 
+    def exact(self, value: Decimal) -> str:
+        """An unrounded amount in major units: the currency's places at least, up to 12 (a tier's
+        part of a line, before the line's one rounding)."""
+        places = currencies.exponent(self.currency_code)
+        pattern = "¤#,##0" + ("." + "0" * places + "#" * (12 - places) if places < 12 else "")
+        return format_currency(
+            value, self.currency_code, format=pattern, locale=self.locale, currency_digits=False
+        )
+
     def quantity(self, value: Decimal) -> str:
         return format_decimal(value, format="#,##0.############", locale=self.locale)
 
@@ -124,6 +133,24 @@ def _line_cells(line: InvoiceLine, fmt: Formatter) -> tuple[str, str, str, str, 
     )
 
 
+def _rows(invoice: Invoice, fmt: Formatter) -> Iterator[tuple[str, str, str, str, str]]:
+    """Each line's cells, and under a usage line of several tiers one row per tier: its units,
+    unit price (plus its flat fee) and exact amount, before the line's one rounding."""
+    for line in invoice.lines:
+        yield _line_cells(line, fmt)
+        if len(line.tiers) < 2:
+            continue
+        for tier in line.tiers:
+            flat = f" + {fmt.exact(tier.flat_fee)} flat" if tier.flat_fee else ""
+            yield (
+                f"    tier {tier.tier_index + 1}{flat}",
+                "",
+                fmt.quantity(tier.units),
+                fmt.unit_price(tier.unit_price),
+                fmt.exact(tier.amount),
+            )
+
+
 _HEADINGS = ("Description", "Service period", "Quantity", "Unit price", "Amount")
 _CSS = (
     "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;width:100%}"
@@ -142,7 +169,7 @@ def render_html(invoice: Invoice, fmt: Formatter, bill_to: BillTo | None = None)
         "<tr>"
         + "".join(f'<td class="n">{e(c)}</td>' if i >= 2 else f"<td>{e(c)}</td>" for i, c in enumerate(cells))
         + "</tr>"
-        for cells in (_line_cells(line, fmt) for line in invoice.lines)
+        for cells in _rows(invoice, fmt)
     )
     summary = "".join(f'<tr><td>{e(k)}</td><td class="n">{e(v)}</td></tr>' for k, v in _summary(invoice, fmt))
     draft = (
@@ -192,8 +219,8 @@ def render_pdf(invoice: Invoice, fmt: Formatter, bill_to: BillTo | None = None) 
         pdf.cell(width, 7, heading, border="B")
     pdf.ln()
     pdf.set_font("Helvetica", size=9)
-    for line in invoice.lines:
-        for index, (width, cell) in enumerate(zip(_WIDTHS, _line_cells(line, fmt), strict=True)):
+    for cells in _rows(invoice, fmt):
+        for index, (width, cell) in enumerate(zip(_WIDTHS, cells, strict=True)):
             text = _latin1(cell)
             while pdf.get_string_width(text) > width - 2 and len(text) > 1:  # one row per line: clip
                 text = text[:-1]

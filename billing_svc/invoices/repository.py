@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.invoices.credit_notes import CreditNote, CreditNoteLine, CreditNoteReason, RefundMethod
@@ -18,6 +18,7 @@ from billing_svc.invoices.domain import (
     InvoiceStatus,
     LineKind,
     LineTier,
+    UsageBasis,
 )
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
@@ -32,7 +33,7 @@ from billing_svc.subscriptions.domain import PendingItem
 from billing_svc.subscriptions.repository import pending_item_from_row
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow
 from core import ids
-from core.db import add_all_rows, upsert_into
+from core.db import UtcDateTime, add_all_rows, upsert_into
 from core.pagination import keyset_after
 
 
@@ -61,7 +62,26 @@ def _invoice_values(invoice: Invoice) -> dict[str, Any]:
         "void_time": invoice.void_time,
         "revision": invoice.revision,
         "metadata_": dict(invoice.metadata),
+        **_basis_values(invoice.usage_basis),
+        "finalize_due_time": invoice.grace_until if invoice.status is InvoiceStatus.DRAFT else None,
     }
+
+
+def _basis_values(basis: UsageBasis | None) -> dict[str, Any]:
+    return {
+        "usage_plan_id": basis.plan_id if basis else None,
+        "usage_plan_version": basis.plan_version if basis else None,
+        "usage_period_start": basis.period_start if basis else None,
+        "usage_period_end": basis.period_end if basis else None,
+    }
+
+
+def _basis(row: InvoiceRow) -> UsageBasis | None:
+    if row.usage_plan_id is None or row.usage_plan_version is None:
+        return None
+    assert row.usage_period_start is not None
+    assert row.usage_period_end is not None
+    return UsageBasis(row.usage_plan_id, row.usage_plan_version, row.usage_period_start, row.usage_period_end)
 
 
 def _line_rows(invoice: Invoice) -> list[dict[str, Any]]:
@@ -129,6 +149,8 @@ def _invoice(row: InvoiceRow, lines: Sequence[InvoiceLine]) -> Invoice:
         void_time=row.void_time,
         revision=row.revision,
         metadata=dict(row.metadata_),
+        usage_basis=_basis(row),
+        grace_until=row.finalize_due_time if row.status == InvoiceStatus.DRAFT.value else None,
     )
 
 
@@ -162,9 +184,17 @@ class SqlInvoiceRepository:
         await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
 
     async def save(self, invoice: Invoice, *, lines_changed: bool = False) -> None:
-        await self._session.execute(
-            update(InvoiceRow).where(InvoiceRow.id == invoice.id).values(**_invoice_values(invoice))
-        )
+        values = _invoice_values(invoice)
+        if invoice.status is InvoiceStatus.PAID:
+            # Paid by any path: no more charges. One that was declined before (its subscription may be
+            # past due or unpaid) is due once more, at its paid time, so that the collection worker
+            # (or the test clock's advance) restores the subscription (billing_svc/collection.py).
+            values["next_collection_time"] = case(
+                (InvoiceRow.collection_attempts > 0, literal(invoice.paid_time, UtcDateTime())), else_=None
+            )
+        elif invoice.status is not InvoiceStatus.OPEN:  # void, uncollectible: nothing more to collect
+            values["next_collection_time"] = None
+        await self._session.execute(update(InvoiceRow).where(InvoiceRow.id == invoice.id).values(**values))
         if lines_changed:  # only a draft's lines change: rewritten whole, in their new order
             await self._session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice.id))
             await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
@@ -213,6 +243,11 @@ class SqlInvoiceRepository:
         rows = (await self._session.scalars(statement)).all()
         return sorted(
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
+        )
+
+    async def schedule_collection(self, invoice_id: str, at: datetime) -> None:
+        await self._session.execute(
+            update(InvoiceRow).where(InvoiceRow.id == invoice_id).values(next_collection_time=at)
         )
 
     async def cycle_invoice_exists(self, cycle_key: str) -> bool:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing_svc.clocks.account_time import AccountClocks, SqlAccountClocks
-from billing_svc.invoices.ports import CreditBalances, CreditNoteRepository, InvoiceRepository
+from billing_svc.invoices.ports import (
+    CreditBalances,
+    CreditNoteRepository,
+    InvoiceRepository,
+    PeriodUsageReader,
+)
 from billing_svc.invoices.repository import SqlCreditBalances, SqlCreditNoteRepository, SqlInvoiceRepository
+from billing_svc.usage.period_usage import SqlPeriodUsage
 from core.accounts import AccountDirectory, AccountDirectoryFactory
 from core.audit import AuditLog, SqlAuditLog
 from core.clock import Clock
@@ -20,6 +26,7 @@ class SqlInvoicesUnitOfWork(UnitOfWork):
     invoices: InvoiceRepository
     balances: CreditBalances
     credit_notes: CreditNoteRepository
+    period_usage: PeriodUsageReader
     accounts: AccountDirectory
     clocks: AccountClocks
     idempotency: IdempotencyRepository
@@ -40,6 +47,7 @@ class SqlInvoicesUnitOfWork(UnitOfWork):
         self.invoices = SqlInvoiceRepository(session)
         self.balances = SqlCreditBalances(session)
         self.credit_notes = SqlCreditNoteRepository(session)
+        self.period_usage = SqlPeriodUsage(session)
         self.accounts = self._account_directory(session)
         self.clocks = SqlAccountClocks(session, self._wall_clock)
         self.idempotency = SqlIdempotencyRepository(session)

@@ -4,6 +4,15 @@ Keys lead with account_id where a row belongs to one account, so the schema can 
 account. `cycle_key` is "<subscription id>/<period start>" on a subscription's cycle invoice and
 NULL otherwise: its uniqueness makes a second invoice for the same subscription period impossible,
 even when two workers race. `number` is unique and NULL on drafts.
+
+A draft cycle invoice in its grace period is claimable work (core.claims, with the columns named
+`finalize_*`, since `due_time` is the payment's): `finalize_due_time` is when its grace ends and
+the billing worker (or the test clock's advance) finalizes it; NULL once it is not a draft. The
+`usage_*` columns are its usage basis (billing_svc.invoices.domain.UsageBasis), NULL without one.
+Automatic collection (billing_svc/collection.py): `next_collection_time` is when the collection
+worker (or a test clock's advance) next charges the invoice, NULL when nobody will;
+`collection_attempts` counts the declined charges; `collection_claimed_by` and
+`collection_lease_until` are the core.claims columns of the worker holding it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from billing_svc.invoices.credit_notes import MAX_MEMO
 from billing_svc.invoices.domain import MAX_DESCRIPTION, MAX_LINE_DESCRIPTION
 from core import ids
+from core.claims import MAX_WORKER_ID
 from core.db import Base, UtcDateTime
 
 MAX_NUMBER = 40
@@ -52,8 +62,22 @@ class InvoiceRow(Base):
     void_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revision: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
+    usage_plan_id: Mapped[str | None] = mapped_column(String(ids.MAX_LENGTH))
+    usage_plan_version: Mapped[int | None] = mapped_column(Integer)
+    usage_period_start: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    usage_period_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finalize_due_time: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    finalize_claimed_by: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID))
+    finalize_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    collection_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_collection_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    collection_claimed_by: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID))
+    collection_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),)
+    __table_args__ = (
+        Index("ix_invoices_account_id_create_time_id", "account_id", "create_time", "id"),
+        Index("ix_invoices_next_collection_time", "next_collection_time"),
+    )
 
 
 class InvoiceLineRow(Base):

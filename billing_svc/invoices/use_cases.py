@@ -8,16 +8,24 @@ invoice made during a rehearsal is dated in the rehearsal. Idempotency keys keep
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from billing_svc.invoices import domain, render
 from billing_svc.invoices.credit_notes import CreditNote
-from billing_svc.invoices.domain import Action, Invoice, InvoiceReason, InvoiceStatus
+from billing_svc.invoices.domain import (
+    Action,
+    Invoice,
+    InvoiceLine,
+    InvoiceReason,
+    InvoiceStatus,
+    UsageBasis,
+)
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import InvoicesUnitOfWork
+from billing_svc.invoices.usage_lines import usage_lines, without_usage
 from core import ids
 from core.audit import changes_between
 from core.clock import Clock
@@ -40,6 +48,8 @@ class InvoiceDeps:
     page_tokens: PageTokens
     number_prefix: str = "INV"
     days_until_due: int = 0
+    # How long a cycle invoice that bills usage stays a draft (late usage lands on it).
+    grace_period: timedelta = timedelta(0)
     runner: IdempotentRunner[InvoicesUnitOfWork, Invoice] = field(init=False, repr=False)
     credit_note_runner: IdempotentRunner[InvoicesUnitOfWork, CreditNote] = field(init=False, repr=False)
 
@@ -213,9 +223,40 @@ async def _billing_now(uow: InvoicesUnitOfWork, account_id: str) -> datetime:
     return (await uow.clocks.time_for(account_id)).now
 
 
+async def usage_lines_of(uow: InvoicesUnitOfWork, invoice: Invoice, basis: UsageBasis) -> list[InvoiceLine]:
+    found = await uow.period_usage.period_usage(invoice.account_id, basis)
+    return usage_lines(
+        found,
+        basis,
+        invoice.currency_code,
+        subscription_id=invoice.subscription_id,
+        new_line_id=lambda: ids.new_id(domain.LINE_ID_PREFIX),
+    )
+
+
+def collected_automatically(invoice: Invoice) -> bool:
+    """Whether a finalized invoice is charged by the collection worker: a subscription's invoice with
+    something to pay. Others wait for PayInvoice or a payment made by hand."""
+    return (
+        bool(invoice.subscription_id)
+        and invoice.status is InvoiceStatus.OPEN
+        and invoice.amount_due_minor > 0
+    )
+
+
 async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice, now: datetime) -> Invoice:
-    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction)."""
+    """Number the draft, apply the account's credit balance, freeze it (in the caller's transaction);
+    a subscription's invoice with an amount due is scheduled for collection at once.
+
+    A draft with a usage basis has its usage lines made again first, from the usage recorded by
+    now: usage that came in late for the closed period (in the grace period) is on the invoice."""
     domain.require(invoice, Action.FINALIZE)
+    if invoice.usage_basis is not None:
+        # The account's row lock: usage being recorded for it (which share-locks the account) commits
+        # first and is read here, or waits and then finds the period invoiced and is refused.
+        await uow.accounts.terms(invoice.account_id, lock=True, exclusive=True)
+        lines = without_usage(invoice.lines) + tuple(await usage_lines_of(uow, invoice, invoice.usage_basis))
+        invoice = replace(invoice, lines=lines)
     balance = await uow.balances.balance(invoice.account_id, invoice.currency_code)
     number = domain.number_text(deps.number_prefix, await uow.invoices.next_number(deps.number_prefix))
     done = domain.finalized(
@@ -229,7 +270,9 @@ async def finalize(deps: InvoiceDeps, uow: InvoicesUnitOfWork, invoice: Invoice,
     if change:
         source = (domain.RESOURCE_TYPE, done.id)
         await uow.balances.change(done.account_id, done.currency_code, change, source=source, now=now)
-    await uow.invoices.save(done)
+    await uow.invoices.save(done, lines_changed=done.usage_basis is not None)
+    if collected_automatically(done):
+        await uow.invoices.schedule_collection(done.id, now)
     return done
 
 
@@ -288,67 +331,6 @@ async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoi
         return done
 
     return (await deps.runner.run(caller, command, action)).value
-
-
-def cycle_key(subscription_id: str, period_start: datetime) -> str:
-    """The key of a subscription's cycle invoice: one invoice per subscription per period start."""
-    return f"{subscription_id}/{period_start.isoformat()}"
-
-
-async def invoice_cycle(
-    deps: InvoiceDeps,
-    uow: InvoicesUnitOfWork,
-    caller: Caller,
-    *,
-    account_id: str,
-    subscription_id: str,
-    at: datetime,
-) -> Invoice | None:
-    """The cycle invoice of a subscription's boundary at `at` (a renewal, a trial's end), made and
-    finalized in the caller's transaction: every pending item of the subscription that starts at or
-    before `at` (the new period's fees in advance, the prorations of the period that ended).
-
-    None when the boundary's invoice exists already (the work ran before and committed) or the
-    subscription owes nothing. `cycle_key` is unique, so even two workers racing past the
-    subscription's row lock cannot store a second invoice for the period.
-    """
-    key = cycle_key(subscription_id, at)
-    if await uow.invoices.cycle_invoice_exists(key):
-        return None
-    terms = await uow.accounts.terms(account_id, lock=True)
-    if terms is None:  # subscriptions keep their account; a missing one is corrupt data
-        raise LookupError(f"account {account_id} of subscription {subscription_id} is missing")
-    invoice_id = ids.new_id(domain.ID_PREFIX)
-    # Times are stored to the microsecond, so "starts before at + 1 µs" is "starts at or before at".
-    items = await uow.invoices.take_pending_items(
-        account_id,
-        invoice_id,
-        before=at + timedelta(microseconds=1),
-        limit=domain.MAX_LINES,
-        subscription_id=subscription_id,
-    )
-    if not items:
-        return None
-    invoice = Invoice(
-        id=invoice_id,
-        account_id=account_id,
-        subscription_id=subscription_id,
-        number="",
-        status=InvoiceStatus.DRAFT,
-        reason=InvoiceReason.SUBSCRIPTION_CYCLE,
-        currency_code=terms.currency_code,
-        period_start=min(item.period_start for item in items),
-        period_end=max(item.period_end for item in items),
-        lines=tuple(line_from_item(item, ids.new_id(domain.LINE_ID_PREFIX)) for item in items),
-        description="",
-        create_time=at,
-        update_time=at,
-    )
-    await uow.invoices.add(invoice, cycle_key=key)
-    await record_change(uow, caller, "created", None, invoice)
-    done = await finalize(deps, uow, invoice, at)
-    await record_change(uow, caller, "finalized", invoice, done)
-    return done
 
 
 def _one_off(line: NewLine, currency_code: str) -> domain.InvoiceLine:

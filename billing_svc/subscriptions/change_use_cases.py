@@ -72,9 +72,14 @@ class _Computed:
 
 
 async def _compute(
-    uow: SubscriptionsUnitOfWork, caller: Caller, command: ChangeSubscription, *, write: bool = True
+    deps: SubscriptionDeps,
+    uow: SubscriptionsUnitOfWork,
+    caller: Caller,
+    command: ChangeSubscription,
+    *,
+    write: bool = True,
 ) -> _Computed:
-    current, now = await load_current(uow, caller, command.id, etag=command.etag, write=write)
+    current, now = await load_current(deps, uow, caller, command.id, etag=command.etag, write=write)
     current_plan = await plan_of(uow, current)
     plan, quantity = await _target(uow, command, current_plan, current.quantity)
     if (plan.plan_id, plan.version, quantity) == (current.plan_id, current.plan_version, current.quantity):
@@ -95,7 +100,7 @@ async def change_subscription(
     require_id(command.id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
-        computed = await _compute(uow, caller, command)
+        computed = await _compute(deps, uow, caller, command)
         await uow.plans.mark_in_use(computed.plan.plan_id, computed.plan.version)
         uow.invalidate_after_commit(plan_generation(computed.plan.plan_id))  # GetPlan shows in_use
         written = await record(
@@ -110,7 +115,7 @@ async def preview_change(deps: SubscriptionDeps, caller: Caller, command: Change
     """What change_subscription would return now, items without ids; nothing is written."""
     require_id(command.id)
     async with deps.new_reader() as uow:
-        computed = await _compute(uow, caller, command, write=False)
+        computed = await _compute(deps, uow, caller, command, write=False)
     return ChangeResult(computed.step.subscription, computed.step.items)
 
 
@@ -121,7 +126,7 @@ async def cancel_scheduled_change(
     command = CancelScheduledChange(subscription_id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> ChangeResult:
-        current, now = await load_current(uow, caller, command.id)
+        current, now = await load_current(deps, uow, caller, command.id)
         if current.scheduled_change is None:
             raise FailedPrecondition(
                 "no change is scheduled for this subscription",

@@ -5,7 +5,8 @@ The states and who may leave them (every transition is named here and checked by
     created   -> trialing (the plan has a trial) | incomplete (it wants a first payment) | active
     trialing  -> active at the trial's end, or canceled
     active    -> past_due (a payment failed), paused, canceled
-    past_due  -> active (paid), paused, canceled
+    past_due  -> active (paid), paused, canceled, unpaid (every retry failed, dunning_end_state)
+    unpaid    -> active (paid), canceled; periods roll over without fees, no features
     paused    -> active (resumed), canceled
     incomplete-> active (first payment), canceled
     canceled  -> nothing: final
@@ -59,6 +60,7 @@ class State(StrEnum):
     PAUSED = "paused"
     CANCELED = "canceled"
     INCOMPLETE = "incomplete"
+    UNPAID = "unpaid"
 
 
 class Transition(StrEnum):
@@ -73,6 +75,7 @@ class Transition(StrEnum):
     RESUME = "resume"
     MARK_PAST_DUE = "mark_past_due"
     MARK_PAID = "mark_paid"
+    MARK_UNPAID = "mark_unpaid"
     ACTIVATE = "activate"
     UPDATE = "update"
 
@@ -81,7 +84,7 @@ _LIVE = frozenset(State) - {State.CANCELED}
 ALLOWED: Mapping[Transition, frozenset[State]] = {
     Transition.END_TRIAL: frozenset({State.TRIALING}),
     # A paused subscription's periods still roll over (no fees), so the anchor is kept.
-    Transition.RENEW: frozenset({State.ACTIVE, State.PAST_DUE, State.PAUSED, State.INCOMPLETE}),
+    Transition.RENEW: frozenset({State.ACTIVE, State.PAST_DUE, State.PAUSED, State.INCOMPLETE, State.UNPAID}),
     Transition.CHANGE: frozenset({State.TRIALING, State.ACTIVE, State.PAST_DUE}),
     Transition.SCHEDULE_CHANGE: frozenset({State.TRIALING, State.ACTIVE, State.PAST_DUE}),
     Transition.CANCEL: _LIVE,
@@ -90,7 +93,8 @@ ALLOWED: Mapping[Transition, frozenset[State]] = {
     Transition.PAUSE: frozenset({State.ACTIVE, State.PAST_DUE}),
     Transition.RESUME: frozenset({State.PAUSED}),
     Transition.MARK_PAST_DUE: frozenset({State.ACTIVE}),
-    Transition.MARK_PAID: frozenset({State.PAST_DUE}),
+    Transition.MARK_PAID: frozenset({State.PAST_DUE, State.UNPAID}),
+    Transition.MARK_UNPAID: frozenset({State.PAST_DUE}),
     Transition.ACTIVATE: frozenset({State.INCOMPLETE}),
     Transition.UPDATE: frozenset(State),
 }

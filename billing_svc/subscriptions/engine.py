@@ -17,7 +17,8 @@ Tally's rules where billing systems differ (each pinned by a test in tests/unit/
   (credit for the unused old time, a full new period charged): periods of different lengths
   cannot share an anchor.
 - During a trial nothing has been paid, so a change or cancel prorates nothing.
-- A paused subscription's periods keep rolling (the anchor is kept), with no fees.
+- A paused subscription's periods keep rolling (the anchor is kept), with no fees; so do an unpaid
+  one's (every retry of an overdue invoice failed: nothing more is billed until it is paid).
 """
 
 from __future__ import annotations
@@ -287,7 +288,9 @@ def boundary(
         else:
             current = _enter_period(current, plan, current.period_index + 1, at)
     items = (
-        () if current.state is State.PAUSED else period_fee_items(current, plan, current_period(current), at)
+        ()
+        if current.state in (State.PAUSED, State.UNPAID)
+        else period_fee_items(current, plan, current_period(current), at)
     )
     steps.append((kind, Step(current, items)))
     return steps, plan
@@ -391,7 +394,13 @@ def mark_past_due(subscription: Subscription, now: datetime) -> Step:
     return Step(_touch(subscription, now, state=State.PAST_DUE))
 
 
+def mark_unpaid(subscription: Subscription, now: datetime) -> Step:
+    """Every retry of an overdue invoice failed, and the dunning end state is `unpaid`."""
+    require(subscription, Transition.MARK_UNPAID)
+    return Step(_touch(subscription, now, state=State.UNPAID))
+
+
 def mark_paid(subscription: Subscription, now: datetime) -> Step:
-    """The overdue payment came in."""
+    """The overdue payment came in (past due or unpaid: active again)."""
     require(subscription, Transition.MARK_PAID)
     return Step(_touch(subscription, now, state=State.ACTIVE))

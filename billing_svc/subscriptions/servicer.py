@@ -25,6 +25,7 @@ _STATES = {
     State.PAUSED: pb.Subscription.STATE_PAUSED,
     State.CANCELED: pb.Subscription.STATE_CANCELED,
     State.INCOMPLETE: pb.Subscription.STATE_INCOMPLETE,
+    State.UNPAID: pb.Subscription.STATE_UNPAID,
 }
 _KINDS = {
     ItemKind.FEE: pb.PendingInvoiceItem.KIND_FEE,

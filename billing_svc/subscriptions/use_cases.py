@@ -23,7 +23,7 @@ from core.clock import Clock
 from core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Violations
 from core.idempotency import Codec, IdempotentRunner
 from core.pagination import PageTokens
-from core.principal import Caller
+from core.principal import SYSTEM, Caller
 from core.text import excerpt
 
 MAX_METADATA_ENTRIES = 50
@@ -62,6 +62,8 @@ class SubscriptionDeps:
     wall_clock: Clock  # idempotency retention only; billing time is the account's clock
     page_tokens: PageTokens
     cache: ReadCache = field(default_factory=NoCache)  # GetEntitlements reads through it
+    # A boundary's work and its invoice (billing_svc.billing_work.BillingWork in the app).
+    boundary_work: work.BoundaryWork = field(default_factory=work.WithoutInvoices)
     runner: IdempotentRunner[SubscriptionsUnitOfWork, Subscription] = field(init=False, repr=False)
     change_runner: IdempotentRunner[SubscriptionsUnitOfWork, ChangeResult] = field(init=False, repr=False)
 
@@ -169,12 +171,19 @@ async def load(
 
 
 async def load_current(
-    uow: SubscriptionsUnitOfWork, caller: Caller, subscription_id: str, *, etag: str = "", write: bool = True
+    deps: SubscriptionDeps,
+    uow: SubscriptionsUnitOfWork,
+    caller: Caller,
+    subscription_id: str,
+    *,
+    etag: str = "",
+    write: bool = True,
 ) -> tuple[Subscription, datetime]:
     """The subscription (checked against `etag` as the caller read it) brought up to its account's
     time, and that time. A boundary that has passed but whose work has not run yet (the worker is
     behind) is run first, in this transaction, so that no change is ever made to a stale period;
-    a read-only caller (a preview) gets the same result computed, not written."""
+    a read-only caller (a preview) gets the same result computed, not written. The caught-up
+    boundaries are invoiced as the billing worker invoices them (deps.boundary_work)."""
     current = await load(uow, caller, subscription_id, for_update=write)
     check_etag(current, etag)
     now = (await uow.clocks.time_for(current.account_id)).now
@@ -183,7 +192,7 @@ async def load_current(
         return current, now
     if not write:
         return await work.caught_up(uow, current, now), now
-    await work.run_due_work(uow, current.id, now)
+    await deps.boundary_work.run_due_work(uow, current.id, now, caller=SYSTEM)
     return await load(uow, caller, subscription_id), now
 
 
@@ -289,6 +298,7 @@ async def create_subscription(
         await uow.plans.mark_in_use(plan.plan_id, plan.version)
         uow.invalidate_after_commit(plan_generation(plan.plan_id))  # GetPlan shows in_use
         written = await record(uow, caller, before=None, step=step, action="created", at=time.now)
+        await deps.boundary_work.started(uow, caller, written.subscription)  # the first invoice
         return written.subscription
 
     return (await deps.runner.run(caller, command, action)).value
@@ -349,7 +359,7 @@ async def update_subscription(
     )
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current, now = await load_current(uow, caller, command.id, etag=command.etag)
+        current, now = await load_current(deps, uow, caller, command.id, etag=command.etag)
         for name, value in command.echoed:
             if value != getattr(current, name):
                 raise InvalidArgument.field(f"subscription.{name}", ECHO_ONLY[name])
@@ -393,7 +403,7 @@ async def cancel_subscription(
     command = CancelSubscription(subscription_id, at_period_end, prorate, etag)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current, now = await load_current(uow, caller, command.id, etag=command.etag)
+        current, now = await load_current(deps, uow, caller, command.id, etag=command.etag)
         if command.at_period_end:
             step = engine.schedule_cancel(current, now)
             action_name = "cancel_scheduled"
@@ -413,7 +423,7 @@ async def uncancel_subscription(deps: SubscriptionDeps, caller: Caller, subscrip
     command = UncancelSubscription(subscription_id)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current, now = await load_current(uow, caller, command.id)
+        current, now = await load_current(deps, uow, caller, command.id)
         if not current.cancel_at_period_end:
             raise FailedPrecondition(
                 "no cancel is scheduled for this subscription",
@@ -435,7 +445,7 @@ async def pause_subscription(
     command = PauseSubscription(subscription_id, prorate)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current, now = await load_current(uow, caller, command.id)
+        current, now = await load_current(deps, uow, caller, command.id)
         step = engine.pause(current, await plan_of(uow, current), now, prorate=command.prorate)
         return (await record(uow, caller, before=current, step=step, action="paused", at=now)).subscription
 
@@ -449,7 +459,7 @@ async def resume_subscription(
     command = ResumeSubscription(subscription_id, prorate)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        current, now = await load_current(uow, caller, command.id)
+        current, now = await load_current(deps, uow, caller, command.id)
         step = engine.resume(current, await plan_of(uow, current), now, prorate=command.prorate)
         return (await record(uow, caller, before=current, step=step, action="resumed", at=now)).subscription
 

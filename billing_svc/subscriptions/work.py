@@ -7,13 +7,15 @@ each boundary at its own time, in order, inside the caller's transaction (it doe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import engine
-from billing_svc.subscriptions.domain import Subscription
+from billing_svc.subscriptions.domain import State, Subscription
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from core.principal import SYSTEM, Caller
@@ -38,12 +40,42 @@ _ACTIONS = {
 
 
 @dataclass(frozen=True)
+class ClosedPeriod:
+    """The period a renewal or a period-end cancel closed, with the plan version it was billed
+    by (one that bills usage): what its invoice bills usage for, in arrears."""
+
+    plan_id: str
+    plan_version: int
+    start: datetime
+    end: datetime
+
+
+# The states whose period's usage is billed when it closes (not a trial, a pause or an unpaid start).
+USAGE_STATES = frozenset({State.ACTIVE, State.PAST_DUE})
+
+
+@dataclass(frozen=True)
 class WorkDone:
     kind: WorkKind
     due_time: datetime
     account_id: str
     subscription_id: str
     item_ids: tuple[str, ...]
+    closed: ClosedPeriod | None = None
+
+
+def closed_period(
+    kind: WorkKind, before: Subscription, plan: PlanVersion, due: datetime
+) -> ClosedPeriod | None:
+    """What the boundary's invoice bills in arrears, from the subscription as it was before it and
+    the plan version it was on: None when that plan bills no usage (no metered charge, no minimum)."""
+    if kind not in (WorkKind.RENEWAL, WorkKind.CANCELLATION) or before.state not in USAGE_STATES:
+        return None
+    if not plan.terms.metered_charges and plan.terms.minimum_spend is None:
+        return None
+    if not before.current_period_start < due:
+        return None
+    return ClosedPeriod(before.plan_id, before.plan_version, before.current_period_start, due)
 
 
 async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> PlanVersion:
@@ -55,14 +87,15 @@ async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> Pla
 
 async def _boundary_steps(
     uow: SubscriptionsUnitOfWork, subscription: Subscription, due: datetime
-) -> list[tuple[str, engine.Step]]:
+) -> tuple[list[tuple[str, engine.Step]], PlanVersion]:
+    """The boundary's steps, and the plan version of the period it closes."""
     plan = await _plan(uow, subscription.plan_id, subscription.plan_version)
     scheduled = subscription.scheduled_change
     scheduled_plan = None
     if scheduled is not None:
         scheduled_plan = await _plan(uow, scheduled.plan_id, scheduled.plan_version)
     steps, _ = engine.boundary(subscription, plan, scheduled_plan, due)
-    return steps
+    return steps, plan
 
 
 async def caught_up(uow: SubscriptionsUnitOfWork, subscription: Subscription, now: datetime) -> Subscription:
@@ -72,7 +105,7 @@ async def caught_up(uow: SubscriptionsUnitOfWork, subscription: Subscription, no
         due = subscription.due_time
         if due is None or due > now:
             break
-        subscription = (await _boundary_steps(uow, subscription, due))[-1][1].subscription
+        subscription = (await _boundary_steps(uow, subscription, due))[0][-1][1].subscription
     return subscription
 
 
@@ -85,7 +118,7 @@ async def run_due_work(
         due = subscription.due_time
         if due is None or due > now:
             break
-        steps = await _boundary_steps(uow, subscription, due)
+        steps, closing_plan = await _boundary_steps(uow, subscription, due)
         before = subscription
         for kind_name, step in steps:
             kind = WorkKind(kind_name)
@@ -98,7 +131,32 @@ async def run_due_work(
                     account_id=before.account_id,
                     subscription_id=before.id,
                     item_ids=tuple(item.id for item in written.items),
+                    closed=closed_period(kind, subscription, closing_plan, due),
                 )
             )
         subscription = before
     return done
+
+
+class BoundaryWork(Protocol):
+    """What the subscription use cases run at a boundary: the due work a change catches up on first
+    (`run_due_work`) and what follows a subscription's start (`started`). The billing module's
+    BillingWork invoices both in the same transaction; `WithoutInvoices` only runs the work."""
+
+    async def run_due_work(
+        self, uow: SubscriptionsUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller
+    ) -> Sequence[WorkDone]: ...
+
+    async def started(
+        self, uow: SubscriptionsUnitOfWork, caller: Caller, subscription: Subscription
+    ) -> None: ...
+
+
+class WithoutInvoices:
+    async def run_due_work(
+        self, uow: SubscriptionsUnitOfWork, subscription_id: str, now: datetime, *, caller: Caller
+    ) -> Sequence[WorkDone]:
+        return await run_due_work(uow, subscription_id, now, caller=caller)
+
+    async def started(self, uow: SubscriptionsUnitOfWork, caller: Caller, subscription: Subscription) -> None:
+        return None

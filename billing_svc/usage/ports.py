@@ -18,6 +18,11 @@ class UsageRepository(Protocol):
         records' create_time one."""
         ...
 
+    async def invoiced_until(self, account_id: str) -> datetime | None:
+        """The end of the latest period whose usage an account's finalized invoice billed (a cycle
+        invoice with a usage basis, not a draft and not void); None when there is none."""
+        ...
+
     async def purge_event_ids(self, before: datetime, *, limit: int) -> int:
         """Delete up to `limit` event ids stored before `before`; how many went."""
         ...

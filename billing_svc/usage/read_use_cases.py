@@ -18,7 +18,7 @@ from billing_svc.subscriptions.use_cases import account_not_found
 from billing_svc.usage import summary as priced
 from billing_svc.usage.aggregation import weighted_quantity
 from billing_svc.usage.domain import UsageRecord
-from billing_svc.usage.read_ports import PeriodTotals, UsageReadUnitOfWork
+from billing_svc.usage.read_ports import PeriodTotals, UsageReader, UsageReadUnitOfWork
 from billing_svc.usage.summary import MeterUsage, UsageCharge, UsageSummary
 from billing_svc.usage.tables import MAX_SERVICE
 from core import ids
@@ -165,8 +165,8 @@ def _covering(subscriptions: Sequence[Subscription], start: datetime, end: datet
     return None
 
 
-async def _quantity(
-    uow: UsageReadUnitOfWork,
+async def meter_quantity(
+    reader: UsageReader,
     account_id: str,
     meter: Meter,
     totals: PeriodTotals,
@@ -181,11 +181,11 @@ async def _quantity(
     if aggregation is Aggregation.MAX:
         return totals.plan_max
     if aggregation is Aggregation.UNIQUE_COUNT:
-        return Decimal(await uow.usage.unique_count(account_id, meter.id, meter.property, start, end))
+        return Decimal(await reader.unique_count(account_id, meter.id, meter.property, start, end))
     if aggregation is Aggregation.LATEST:
-        return await uow.usage.latest_units(account_id, meter.id, start, end)
-    level = await uow.usage.level_before(account_id, meter.id, start)
-    area = await uow.usage.weighted_area(account_id, meter.id, start, end)
+        return await reader.latest_units(account_id, meter.id, start, end)
+    level = await reader.level_before(account_id, meter.id, start)
+    area = await reader.weighted_area(account_id, meter.id, start, end)
     return weighted_quantity(level, area, start, end)
 
 
@@ -199,7 +199,7 @@ async def _meter_usage(
     start: datetime,
     end: datetime,
 ) -> MeterUsage:
-    quantity = await _quantity(uow, account_id, meter, totals, start, end)
+    quantity = await meter_quantity(uow.usage, account_id, meter, totals, start, end)
     priced_charges: list[UsageCharge] = []
     for charge in charges:
         transactions: list[Decimal] = []
@@ -242,7 +242,7 @@ def _charges_by_meter(plan: PlanVersion | None) -> dict[str, list[MeteredCharge]
     return found
 
 
-_NO_RECORDS = PeriodTotals(0, 0, Decimal(0), Decimal(0), Decimal(0), Decimal(0))
+NO_RECORDS = PeriodTotals(0, 0, Decimal(0), Decimal(0), Decimal(0), Decimal(0))
 
 
 async def get_usage_summary(
@@ -280,7 +280,7 @@ async def get_usage_summary(
                 uow,
                 account_id,
                 meter,
-                totals.get(meter.id, _NO_RECORDS),
+                totals.get(meter.id, NO_RECORDS),
                 charges_by_meter.get(meter.id, ()),
                 currency,
                 start,

@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, tuple_
+from sqlalchemy import delete, func, insert, select, text, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from billing_svc.invoices.domain import InvoiceStatus
+from billing_svc.invoices.tables import InvoiceRow
 from billing_svc.usage.domain import EarlierUsage, NewUsage, UsageRecord
 from billing_svc.usage.tables import UsageEventIdRow, UsageRecordRow
 
@@ -240,6 +242,14 @@ class SqlUsageRepository:
             (account_id, event_id): EarlierUsage(fingerprint, to_domain(row) if row is not None else None)
             for account_id, event_id, fingerprint, row in rows
         }
+
+    async def invoiced_until(self, account_id: str) -> datetime | None:
+        billed = InvoiceRow.status.not_in((InvoiceStatus.DRAFT.value, InvoiceStatus.VOID.value))
+        statement = select(func.max(InvoiceRow.usage_period_end)).where(
+            InvoiceRow.account_id == account_id, InvoiceRow.usage_period_end.is_not(None), billed
+        )
+        found: datetime | None = await self._session.scalar(statement)
+        return found
 
     async def purge_event_ids(self, before: datetime, *, limit: int = PURGE_BATCH) -> int:
         """Delete up to `limit` event ids stored before `before`; how many went. Their records stay."""

@@ -13,7 +13,7 @@ usage_event_ids for EVENT_ID_RETENTION (35 days), with the fingerprint of the ev
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -33,7 +33,7 @@ from billing_svc.usage.tables import EVENT_ID_RETENTION
 from billing_svc.usage.unit_of_work import UsageUnitOfWork
 from core import ids
 from core.clock import Clock
-from core.errors import Aborted, AlreadyExists, NotFound, TallyError
+from core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, TallyError
 from core.principal import Caller
 from core.text import excerpt
 
@@ -140,6 +140,7 @@ async def _checked(
             checked.append(exc)
     # Each distinct account once, in a fixed order, share-locked against a concurrent delete.
     live: dict[str, bool] = {}
+    invoiced: dict[str, datetime | None] = {}
     for account_id in sorted({event.account_id for event in checked if isinstance(event, CheckedEvent)}):
         confined = caller.customer_account
         if len(account_id) > ids.MAX_LENGTH or (confined is not None and confined != account_id):
@@ -147,12 +148,31 @@ async def _checked(
             continue
         terms = await uow.accounts.terms(account_id, lock=True)
         live[account_id] = terms is not None and terms.live
+        if live[account_id]:
+            invoiced[account_id] = await uow.usage.invoiced_until(account_id)
     return [
         account_not_found(event.account_id)
         if isinstance(event, CheckedEvent) and not live[event.account_id]
-        else event
+        else _not_invoiced(event, invoiced)
         for event in checked
     ]
+
+
+def _not_invoiced(
+    event: CheckedEvent | TallyError, invoiced: Mapping[str, datetime | None]
+) -> CheckedEvent | TallyError:
+    """Usage timed in a period whose invoice is finalized is refused: a finalized invoice never
+    changes, and nothing would bill it (the next invoice bills its own period). Late usage for a
+    period whose invoice is still a draft, in its grace period, is accepted and lands on it."""
+    if not isinstance(event, CheckedEvent):
+        return event
+    until = invoiced.get(event.account_id)
+    if until is None or event.event_time >= until:
+        return event
+    return InvalidArgument.field(
+        "usage_record.event_time",
+        f"is in a billing period already invoiced: events from {until.isoformat()} on are accepted",
+    )
 
 
 def _active(meter: Meter | None) -> bool:

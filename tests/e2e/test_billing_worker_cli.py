@@ -1,8 +1,8 @@
 """`tally worker --once` on the embedded default: it renews what is due, invoices it and exits.
 
 The subscription is made in-process on a clock set 70 days back, on the data directory the command
-then uses; to the command, running on the real clock, the subscription's first two renewals are
-due. A second run finds nothing.
+then uses (with its sign-up invoice, INV-000001); to the command, running on the real clock, the
+subscription's first two renewals are due. A second run finds nothing.
 """
 
 from __future__ import annotations
@@ -70,15 +70,25 @@ async def test_worker_once_invoices_the_due_renewals_and_exits(tmp_path: Path) -
     result = run_tally("worker", env, tmp_path, args=("--once",))
     assert result.returncode == 0, result.stderr
     lines = [entry for entry in map(parse_log_line, result.stderr.splitlines()) if entry]
-    summary = [entry["msg"] for entry in lines if "worker --once" in entry.get("msg", "")]
-    assert summary and "1 subscriptions claimed" in summary[-1] and "renewal 2" in summary[-1], result.stderr
+    messages = [entry["msg"] for entry in lines if " --once:" in entry.get("msg", "")]
+    summaries = {message.split(" --once:")[0]: message for message in messages}
+    # Each job of `tally worker` says what its one pass did.
+    assert set(summaries) == {"billing worker", "collection worker", "payment reconciler"}, result.stderr
+    assert (
+        "1 subscriptions claimed" in summaries["billing worker"]
+        and "renewal 2" in summaries["billing worker"]
+    )
+    # The account has no payment method: its invoices (the sign-up one and the two renewals') wait
+    # to be paid by hand.
+    assert "3 invoices claimed; no_payment_method 3" in summaries["collection worker"]
     assert "[#" not in result.stderr  # no progress bar when stderr is not a terminal
     assert await _invoices(tmp_path) == [
         (subscription_id, "INV-000001", "open"),
         (subscription_id, "INV-000002", "open"),
+        (subscription_id, "INV-000003", "open"),
     ]
 
     again = run_tally("worker", env, tmp_path, args=("--once",))
     assert again.returncode == 0, again.stderr
     assert "0 subscriptions claimed" in again.stderr
-    assert len(await _invoices(tmp_path)) == 2
+    assert len(await _invoices(tmp_path)) == 3

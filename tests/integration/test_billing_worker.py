@@ -3,7 +3,8 @@ and invoiced exactly once, and the invoice numbers are gapless and unique, howev
 
 The subscriptions are made through the real server on a FrozenClock; the clock is then moved past
 their first renewal and two workers (two claim loops, as two replicas would run) work the backlog
-at once, in batches small enough that their claims interleave.
+at once, in batches small enough that their claims interleave. Each subscription has its sign-up
+invoice (March, made by CreateSubscription) before the workers start; they add the April renewal's.
 """
 
 from __future__ import annotations
@@ -97,9 +98,15 @@ async def test_two_workers_invoice_a_thousand_renewals_exactly_once(
 
     async with app.components.platform.readers() as session:
         ours = InvoiceRow.subscription_id.in_(subscription_ids)
+        renewals = InvoiceRow.create_time == datetime(2027, 4, 1, tzinfo=UTC)
         rows = (
-            await session.execute(select(InvoiceRow.subscription_id, InvoiceRow.number).where(ours))
+            await session.execute(
+                select(InvoiceRow.subscription_id, InvoiceRow.number).where(ours).where(renewals)
+            )
         ).all()
+        signups = await session.scalar(
+            select(func.count()).select_from(InvoiceRow).where(ours).where(InvoiceRow.create_time == START)
+        )
         left = await session.scalar(
             select(func.count())
             .select_from(PendingInvoiceItemRow)
@@ -107,8 +114,10 @@ async def test_two_workers_invoice_a_thousand_renewals_exactly_once(
             .where(PendingInvoiceItemRow.invoice_id.is_(None))
         )
     assert sorted(subscription_id for subscription_id, _ in rows) == sorted(subscription_ids)  # one each
+    assert signups == SUBSCRIPTIONS  # and one sign-up invoice each, numbered first
     numbers = sorted(str(number) for _, number in rows)
-    assert numbers == [f"INV-{n:06d}" for n in range(1, SUBSCRIPTIONS + 1)]  # gapless and unique
+    # gapless and unique, after the sign-up invoices' numbers
+    assert numbers == [f"INV-{n:06d}" for n in range(SUBSCRIPTIONS + 1, 2 * SUBSCRIPTIONS + 1)]
     assert left == 0  # every fee (March's and April's) is on an invoice
 
     # A third worker, later, finds nothing left to do; the next renewals are due in May.
@@ -130,7 +139,7 @@ async def test_tally_serve_runs_the_worker_and_counts_its_work(settings: Setting
         await worker.wait_for_passes(worker.passes + 2)  # a whole pass after the move
         async with app.components.platform.readers() as session:
             rows = (await session.execute(select(InvoiceRow.subscription_id, InvoiceRow.status))).all()
-        assert [tuple(row) for row in rows] == [(subscription_id, "open")]
+        assert [tuple(row) for row in rows] == [(subscription_id, "open")] * 2  # sign-up and April
         renewals = app.metrics.registry.get_sample_value("tally_billing_work_total", {"kind": "renewal"})
         assert renewals == 1
 
@@ -158,11 +167,12 @@ async def test_a_worker_that_lost_its_lease_rolls_its_work_back(settings: Settin
         await stalled._run_one(QUEUE.key_of(row), subscription_id, late)
         assert (late.lost, late.work) == (1, {})  # it ran the renewal, then found the claim gone
         async with app.components.platform.readers() as session:
-            assert (await session.execute(select(InvoiceRow.id))).all() == []  # and rolled it back
+            signup = (await session.execute(select(InvoiceRow.id))).all()
+        assert len(signup) == 1  # only the sign-up invoice: it rolled the renewal's back
         done = PassReport()
         await other._run_one(QUEUE.key_of(taken), subscription_id, done)
         assert (done.lost, done.work) == (0, {"renewal": 1})
 
         async with app.components.platform.readers() as session:
             invoices = (await session.execute(select(InvoiceRow.subscription_id))).scalars().all()
-        assert invoices == [subscription_id]
+        assert invoices == [subscription_id] * 2  # the sign-up invoice and the renewal's, once

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
@@ -17,7 +18,9 @@ import pytest
 from google.type import decimal_pb2
 
 from app.server import App
-from core.principal import Role
+from billing_svc.subscriptions.use_cases import create_subscription
+from billing_svc.subscriptions.work import WithoutInvoices
+from core.principal import SYSTEM, Role
 from tally.billing.v1 import invoice_pb2 as pb
 from tally.billing.v1 import invoice_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
@@ -59,14 +62,20 @@ def totals(invoice: pb.Invoice) -> tuple[int, int, int, int, int]:
     )
 
 
-async def test_a_period_invoice_takes_the_pending_items_once(channel: grpc.aio.Channel) -> None:
+async def _subscribe_without_signup_invoice(app: App, account_id: str, plan_id: str) -> None:
+    """A subscription whose first fee is still pending: one made before sign-up invoices existed
+    (CreateSubscription invoices the first period at once now)."""
+    billing = app.components.services["billing"]
+    deps = replace(billing.subscriptions, boundary_work=WithoutInvoices())
+    await create_subscription(deps, SYSTEM, account_id=account_id, plan_id=plan_id, quantity=0, metadata={})
+
+
+async def test_a_period_invoice_takes_the_pending_items_once(app: App, channel: grpc.aio.Channel) -> None:
     invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
     subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
     account = await new_account(channel, 1)
     plan = await new_plan(channel, "team", base_minor=4900)
-    await subs.CreateSubscription(
-        spb.CreateSubscriptionRequest(subscription=spb.Subscription(account_id=account.id, plan_id=plan.id))
-    )
+    await _subscribe_without_signup_invoice(app, account.id, plan.id)
     pending = await subs.ListPendingInvoiceItems(spb.ListPendingInvoiceItemsRequest(account_id=account.id))
     assert [item.amount.amount_minor for item in pending.items] == [4900]
 

@@ -40,7 +40,11 @@ async def subscribe(
 
 
 async def items_of(subs: SubscriptionServiceStub, account_id: str) -> list[pb.PendingInvoiceItem]:
-    reply = await subs.ListPendingInvoiceItems(pb.ListPendingInvoiceItemsRequest(account_id=account_id))
+    """Every item the account's subscriptions made, invoiced or not (the first period's fees are on
+    the sign-up invoice at once)."""
+    reply = await subs.ListPendingInvoiceItems(
+        pb.ListPendingInvoiceItemsRequest(account_id=account_id, show_invoiced=True)
+    )
     return list(reply.items)
 
 
@@ -307,7 +311,7 @@ async def test_customers_see_only_their_own_and_cannot_change_anything(
             len(
                 (
                     await customer.ListPendingInvoiceItems(
-                        pb.ListPendingInvoiceItemsRequest(account_id=mine.id)
+                        pb.ListPendingInvoiceItemsRequest(account_id=mine.id, show_invoiced=True)
                     )
                 ).items
             )
@@ -424,9 +428,8 @@ async def test_the_rest_shapes(app: App, channel: grpc.aio.Channel) -> None:
         assert patched["metadata"] == {"team": "growth"}
         entitled, _ = await call(http, "GET", f"/v1/accounts/{account.id}/entitlements", 200, headers=admin)
         assert entitled["entitlements"] == [{"featureCode": "api", "limit": "100"}]
-        items, _ = await call(
-            http, "GET", f"/v1/accounts/{account.id}/pendingInvoiceItems", 200, headers=admin
-        )
+        listed = f"/v1/accounts/{account.id}/pendingInvoiceItems?showInvoiced=true"
+        items, _ = await call(http, "GET", listed, 200, headers=admin)
         assert [i["amount"] for i in items["items"]] == [{"currencyCode": "USD", "amountMinor": "3000"}]
         # A plan without seats refuses a quantity, naming the field (400 over REST).
         body, _ = await call(

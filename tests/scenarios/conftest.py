@@ -11,17 +11,24 @@ channel here mints a fresh admin token for every call, at the simulated time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
+from sqlalchemy import delete, select
 
 from app.server import App, build
+from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from core.clock import FrozenClock
 from core.settings import Settings
+from tally.billing.v1 import payment_pb2, payment_pb2_grpc
+from tests.integration.sandbox_support import sandbox_process
 from tests.support import cheap_passwords, mint
 
 # A Monday at 09:00 UTC, with microseconds, so that times survive every round trip exactly.
@@ -61,10 +68,49 @@ class Simulation:
         return self.now
 
 
-@pytest.fixture
-async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+# The sandbox payment gateway (a process of its own), for the collection scenarios; one per module.
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    with sandbox_process() as url:
+        yield url
+
+
+def paying_to(settings: Settings, sandbox_url: str) -> Settings:
+    """`settings` with payments going to the sandbox gateway at `sandbox_url`."""
+    return settings.model_copy(
+        update={
+            "sandbox_gateway_url": sandbox_url,
+            "payment_gateway_default": "sandbox",
+            "payment_retry_delay_seconds": 0.01,
+        }
+    )
+
+
+async def charges_executed(sandbox_url: str) -> int:
+    """How many charges the sandbox has made (declined ones too), over all keys."""
+    async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
+        stats = await response.json()
+    return sum(stats["charges_executed"].values())
+
+
+async def set_payment_method(channel: grpc.aio.Channel, account_id: str, token: str) -> None:
+    stub = payment_pb2_grpc.PaymentServiceStub(channel)
+    settings = payment_pb2.PaymentSettings(account_id=account_id, default_payment_method=token)
+    mask = field_mask_pb2.FieldMask(paths=["default_payment_method"])
+    await stub.UpdatePaymentSettings(
+        payment_pb2.UpdatePaymentSettingsRequest(settings=settings, update_mask=mask)
+    )
+
+
+@asynccontextmanager
+async def simulated(
+    settings: Settings, overrides: Mapping[str, object] | None = None
+) -> AsyncIterator[Simulation]:
+    """The app on a FrozenClock at DAY_0 with `overrides` (app.server.build's), started; stopped after.
+    Usage upkeep is off (see `without_usage_upkeep`)."""
+    settings = without_usage_upkeep(settings)
     clock = FrozenClock(DAY_0)
-    app = await build(settings, clock=clock, passwords=cheap_passwords())
+    app = await build(settings, clock=clock, passwords=cheap_passwords(), overrides=overrides)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(
@@ -73,3 +119,36 @@ async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
             yield Simulation(app, clock, channel)
     finally:
         await app.stop(grace=0)
+
+
+@pytest.fixture
+async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    async with simulated(settings) as running:
+        yield running
+
+
+def without_usage_upkeep(settings: Settings) -> Settings:
+    """No usage upkeep: on a wall clock in 2027 it would make PostgreSQL partitions months ahead of
+    the real date, which outlive the tables' truncation and confuse the partition tests."""
+    return settings.model_copy(update={"usage_upkeep_interval_seconds": 0})
+
+
+async def forget_scenario_usage(app: App) -> None:
+    """Delete the usage the scenario recorded (received on its 2027 wall clock): on PostgreSQL its
+    rows sit in the DEFAULT partition of months no partition covers, which would stop the
+    partition tests from making those months' partitions."""
+    async with app.engine.begin() as connection:
+        accounts = select(UsageRecordRow.account_id).where(UsageRecordRow.create_time >= DAY_0)
+        await connection.execute(delete(UsageHourlyRow).where(UsageHourlyRow.account_id.in_(accounts)))
+        await connection.execute(delete(UsageEventIdRow).where(UsageEventIdRow.account_id.in_(accounts)))
+        await connection.execute(delete(UsageRecordRow).where(UsageRecordRow.create_time >= DAY_0))
+
+
+@pytest.fixture
+async def usage_simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    """A simulation that records usage, and forgets it afterwards."""
+    async with simulated(settings) as running:
+        try:
+            yield running
+        finally:
+            await forget_scenario_usage(running.app)

@@ -300,3 +300,16 @@ def test_every_transition_names_the_states_it_may_leave() -> None:
 
     assert set(ALLOWED) == set(Transition)
     assert all(State.CANCELED not in ALLOWED[t] for t in Transition if t is not Transition.UPDATE)
+
+
+def test_unpaid_is_entered_from_past_due_only_renews_without_fees_and_a_payment_ends_it() -> None:
+    p = plan()
+    sub = start(p).subscription
+    with pytest.raises(FailedPrecondition):
+        engine.mark_unpaid(sub, T0)
+    unpaid = engine.mark_unpaid(engine.mark_past_due(sub, T0).subscription, T0).subscription
+    assert unpaid.state is State.UNPAID
+    [(kind, step)] = renew(unpaid, p)
+    assert (kind, step.subscription.state, step.items) == ("renewal", State.UNPAID, ())
+    assert step.subscription.current_period_start == sub.current_period_end  # the period rolled over
+    assert engine.mark_paid(step.subscription, T0).subscription.state is State.ACTIVE

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pypdf
 import pytest
 
-from billing_svc.invoices.domain import Invoice, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind
+from billing_svc.invoices.domain import Invoice, InvoiceLine, InvoiceReason, InvoiceStatus, LineKind, LineTier
 from billing_svc.invoices.render import Formatter, parse_locale, render_html, render_pdf
 from core.errors import InvalidArgument
 
@@ -123,3 +123,20 @@ def test_a_bad_locale_names_the_field() -> None:
         with pytest.raises(InvalidArgument) as raised:
             parse_locale(bad)
         assert raised.value.violations[0].field == "locale"
+
+
+def test_a_graduated_usage_line_shows_each_tier_under_it() -> None:
+    """Lago's graduated example: 250 units are 100 x $1 + 100 x $0.50 + 50 x $0.10 = $155.00."""
+    tiers = (
+        LineTier(0, Decimal(100), Decimal(1), Decimal(0), Decimal(100)),
+        LineTier(1, Decimal(100), Decimal("0.50"), Decimal(0), Decimal(50)),
+        LineTier(2, Decimal(50), Decimal("0.10"), Decimal("2.5"), Decimal("7.5")),
+    )
+    usage = InvoiceLine("inl_u", LineKind.USAGE, "API calls", Decimal(250), None, 15750, T0, T1, tiers=tiers)
+    fmt = Formatter("USD", "en_US", NEW_YORK)
+    page = render_html(invoice(lines=(usage,)), fmt)
+    assert page.count("tier ") == 3 and "tier 3 + $2.50 flat" in page
+    text = pdf_text(render_pdf(invoice(lines=(usage,)), fmt))
+    assert "tier 1" in text and "tier 2" in text and "$157.50" in text
+    single = InvoiceLine("inl_s", LineKind.USAGE, "Calls", Decimal(3), Decimal(1), 300, tiers=tiers[:1])
+    assert "tier " not in render_html(invoice(lines=(single,)), fmt)  # one tier repeats the line

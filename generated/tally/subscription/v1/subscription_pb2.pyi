@@ -141,6 +141,11 @@ class Subscription(_message.Message):
         """Ended; final."""
         STATE_INCOMPLETE: Subscription._State.ValueType  # 6
         """Waiting for the first payment, for plans that require one."""
+        STATE_UNPAID: Subscription._State.ValueType  # 7
+        """Every automatic retry of an overdue invoice failed (TALLY_DUNNING_END_STATE=unpaid): no
+        features are granted and periods roll over without fees until the invoice is paid, which
+        makes it STATE_ACTIVE again.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle state."""
@@ -159,6 +164,11 @@ class Subscription(_message.Message):
     """Ended; final."""
     STATE_INCOMPLETE: Subscription.State.ValueType  # 6
     """Waiting for the first payment, for plans that require one."""
+    STATE_UNPAID: Subscription.State.ValueType  # 7
+    """Every automatic retry of an overdue invoice failed (TALLY_DUNNING_END_STATE=unpaid): no
+    features are granted and periods roll over without fees until the invoice is paid, which
+    makes it STATE_ACTIVE again.
+    """
 
     @_typing.final
     class MetadataEntry(_message.Message):
