@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billing_svc.catalog.domain import PlanVersion
 from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.invoices.cycle_use_cases import finalize_after_grace, invoice_cycle
 from billing_svc.invoices.domain import UsageBasis
@@ -37,7 +38,7 @@ from billing_svc.invoices.repository import SqlCreditBalances, SqlCreditNoteRepo
 from billing_svc.invoices.use_cases import InvoiceDeps
 from billing_svc.subscriptions.domain import State, Subscription
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
-from billing_svc.subscriptions.work import ClosedPeriod, WorkDone, WorkKind, run_due_work
+from billing_svc.subscriptions.work import ClosedPeriod, WorkDone, WorkKind, closed_period, run_due_work
 from billing_svc.usage.period_usage import SqlPeriodUsage
 from core.principal import SYSTEM, Caller
 
@@ -116,6 +117,27 @@ class BillingWork:
             account_id=subscription.account_id,
             subscription_id=subscription.id,
             at=subscription.start_time,
+        )
+
+    async def canceled_now(
+        self,
+        uow: SubscriptionsUnitOfWork,
+        caller: Caller,
+        before: Subscription,
+        plan: PlanVersion,
+        at: datetime,
+    ) -> None:
+        """The final invoice of a cancel now with invoice_now (Stripe's `invoice_now`): the usage of
+        the period up to `at` in arrears, as a period-end cancel's invoice bills it, and the
+        subscription's pending items (the cancel's proration credit). Nothing owed: no invoice."""
+        await invoice_cycle(
+            self._invoices,
+            _billing(uow),
+            caller,
+            account_id=before.account_id,
+            subscription_id=before.id,
+            at=at,
+            usage=_basis(closed_period(WorkKind.CANCELLATION, before, plan, at)),
         )
 
     async def finalize_due_draft(

@@ -60,7 +60,13 @@ from billing_svc.payments.gateways.sandbox import SandboxGateway
 from billing_svc.payments.gateways.stripe_gateway import StripeGateway
 from billing_svc.payments.servicer import PaymentServicer
 from billing_svc.payments.sql_unit_of_work import SqlPaymentsUnitOfWork
-from billing_svc.payments.tables import PaymentAttemptRow, PaymentRefundRow, PaymentRow, PaymentSettingsRow
+from billing_svc.payments.tables import (
+    GatewayEventRow,
+    PaymentAttemptRow,
+    PaymentRefundRow,
+    PaymentRow,
+    PaymentSettingsRow,
+)
 from billing_svc.payments.use_cases import pay_invoice
 from billing_svc.subscriptions.servicer import SubscriptionServicer
 from billing_svc.subscriptions.sql_unit_of_work import SqlSubscriptionsUnitOfWork
@@ -412,6 +418,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         PaymentAttemptRow,
         PaymentRefundRow,
         PaymentSettingsRow,
+        GatewayEventRow,
     ),
     build=build,
     register=register,

@@ -130,6 +130,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.gateway_events = Counter(
+            "tally_gateway_events",
+            "Events received from payment gateways by webhook, by gateway and outcome: processed (acted "
+            "on), duplicate (received before), ignored (not about a payment Tally made), rejected (bad "
+            "signature or body).",
+            ["gateway", "outcome"],
+            registry=r,
+        )
         self.webhook_due_gauge = Gauge(
             "tally_webhook_deliveries_due",
             "Webhook deliveries due (in flight included) at the start of the last delivery pass.",
@@ -188,6 +196,10 @@ class Metrics:
     def webhook_delivered(self, outcome: str) -> None:
         """`outcome`: "succeeded", "retried" or "failed" (billing_svc.webhooks.delivery)."""
         self.webhook_deliveries.labels(outcome).inc()
+
+    def gateway_event(self, gateway: str, outcome: str) -> None:
+        """`outcome`: processed, duplicate, ignored or rejected (app.gateway_events)."""
+        self.gateway_events.labels(gateway, outcome).inc()
 
     def webhook_backlog(self, due: int) -> None:
         self.webhook_due_gauge.set(due)

@@ -409,6 +409,11 @@ class Settings(BaseSettings):
         description="Stripe secret key; unset, the stripe gateway is not configured and payments "
         "routed to it fail with FAILED_PRECONDITION.",
     )
+    stripe_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signing secret (whsec_...) of the Stripe webhook endpoint POST /v1/gatewayEvents/stripe "
+        "on the HTTP port; unset, that route answers 503 and reads nothing.",
+    )
     stripe_api_base: str | None = Field(
         None,
         description="Base URL of the Stripe API (tests point it at a local stand-in); unset, Stripe's.",

@@ -316,17 +316,7 @@ class Gateway:
         )
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise GatewayError.body_too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise GatewayError.body_too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, self.max_body_bytes)
 
     def _preflight(self, request: web.Request, raw_path: str, common: dict[str, str]) -> web.Response:
         if "Access-Control-Allow-Origin" not in common:
@@ -438,6 +428,20 @@ def _openapi_route(
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-cache"})
 
     return web.get("/openapi.json", get_openapi)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or GatewayError.body_too_large (413) once it is past `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError.body_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError.body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def gateway_routes(

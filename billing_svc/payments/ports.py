@@ -34,6 +34,10 @@ class PaymentRepository(Protocol):
         """Give the attempt back, due again at `due`; 0 when `worker` no longer holds its claim."""
         ...
 
+    async def with_attempt(self, attempt_id: str) -> Payment | None:
+        """The payment the attempt belongs to (unlocked), None when there is no such attempt."""
+        ...
+
     async def pending_for_invoice(self, invoice_id: str) -> list[Payment]:
         """The invoice's payments still pending (without their attempts and refunds)."""
         ...
@@ -57,12 +61,22 @@ class PaymentSettingsRepository(Protocol):
     async def put(self, settings: PaymentSettings) -> None: ...
 
 
+class GatewayEventRepository(Protocol):
+    async def add(self, gateway: str, event_id: str, *, received_time: datetime, outcome: str) -> bool:
+        """Record the event; False when it was recorded before (a redelivery). On PostgreSQL a
+        concurrent delivery of the same event waits for this transaction, then sees it recorded."""
+        ...
+
+
 class PaymentsUnitOfWork(InvoicesUnitOfWork, Protocol):
     """The invoices' unit of work (a payment of an invoice is applied to it in the same
-    transaction), plus the payments and the accounts' payment settings."""
+    transaction), plus the payments, the accounts' payment settings and the gateways' events."""
 
     @property
     def payments(self) -> PaymentRepository: ...
 
     @property
     def payment_settings(self) -> PaymentSettingsRepository: ...
+
+    @property
+    def gateway_events(self) -> GatewayEventRepository: ...

@@ -19,7 +19,13 @@ from billing_svc.payments.domain import (
     Refund,
     RefundStatus,
 )
-from billing_svc.payments.tables import PaymentAttemptRow, PaymentRefundRow, PaymentRow, PaymentSettingsRow
+from billing_svc.payments.tables import (
+    GatewayEventRow,
+    PaymentAttemptRow,
+    PaymentRefundRow,
+    PaymentRow,
+    PaymentSettingsRow,
+)
 from core.claims import WorkQueue
 from core.db import add_all_rows, upsert_into
 from core.pagination import keyset_after
@@ -199,6 +205,12 @@ class SqlPaymentRepository:
     async def release_attempt(self, worker: str, attempt_id: str, *, due: datetime) -> int:
         return await ATTEMPTS.release(self._session, worker, [(attempt_id,)], due=due)
 
+    async def with_attempt(self, attempt_id: str) -> Payment | None:
+        payment_id = await self._session.scalar(
+            select(PaymentAttemptRow.payment_id).where(PaymentAttemptRow.id == attempt_id)
+        )
+        return None if payment_id is None else await self.get(payment_id)
+
     async def pending_for_invoice(self, invoice_id: str) -> list[Payment]:
         rows = (
             await self._session.scalars(
@@ -256,3 +268,17 @@ class SqlPaymentSettingsRepository:
         await self._session.execute(
             statement.on_conflict_do_update(index_elements=["account_id"], set_=values)
         )
+
+
+class SqlGatewayEventRepository:
+    def __init__(self, session: AsyncSession):
+        self._session = session
+
+    async def add(self, gateway: str, event_id: str, *, received_time: datetime, outcome: str) -> bool:
+        statement = upsert_into(self._session, GatewayEventRow).values(
+            gateway=gateway, event_id=event_id, received_time=received_time, outcome=outcome
+        )
+        result = await self._session.execute(
+            statement.on_conflict_do_nothing(index_elements=["gateway", "event_id"])
+        )
+        return int(getattr(result, "rowcount", 0)) == 1

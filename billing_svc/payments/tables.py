@@ -2,7 +2,8 @@
 
 Keys lead with account_id where a row belongs to one account's listings. An attempt is claimable
 work (core.claims): `due_time` is when the reconciler should look it up if it is still unsettled
-(in_flight, unknown, pending), NULL once its outcome is recorded.
+(in_flight, unknown, pending), NULL once its outcome is recorded. A gateway's events received by
+webhook are kept by their id (gateway_events), so a redelivered one is recognised and changes nothing.
 """
 
 from __future__ import annotations
@@ -86,3 +87,14 @@ class PaymentSettingsRow(Base):
     gateway: Mapped[str] = mapped_column(String(MAX_GATEWAY))
     default_payment_method: Mapped[str] = mapped_column(String(MAX_PAYMENT_METHOD))
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class GatewayEventRow(Base):
+    """An event a gateway sent (a webhook), recorded in the transaction that acted on it."""
+
+    __tablename__ = "gateway_events"
+
+    gateway: Mapped[str] = mapped_column(String(MAX_GATEWAY), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the gateway's own id (evt_...)
+    received_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # processed, ignored

@@ -211,6 +211,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             at_period_end=request.at_period_end,
             prorate=_prorate(request.proration_behavior, default=False),
             etag=request.etag,
+            invoice_now=request.invoice_now,
         )
         return subscription_to_proto(subscription)
 

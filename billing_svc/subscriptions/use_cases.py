@@ -101,6 +101,7 @@ class CancelSubscription:
     at_period_end: bool
     prorate: bool
     etag: str
+    invoice_now: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,9 +399,14 @@ async def cancel_subscription(
     at_period_end: bool,
     prorate: bool,
     etag: str = "",
+    invoice_now: bool = False,
 ) -> Subscription:
     require_id(subscription_id)
-    command = CancelSubscription(subscription_id, at_period_end, prorate, etag)
+    if invoice_now and at_period_end:
+        raise InvalidArgument.field(
+            "invoice_now", "only for a cancel now: a cancel at the period end invoices its last period then"
+        )
+    command = CancelSubscription(subscription_id, at_period_end, prorate, etag, invoice_now)
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
         current, now = await load_current(deps, uow, caller, command.id, etag=command.etag)
@@ -408,11 +414,14 @@ async def cancel_subscription(
             step = engine.schedule_cancel(current, now)
             action_name = "cancel_scheduled"
         else:
-            step = engine.cancel_now(current, await plan_of(uow, current), now, prorate=command.prorate)
+            plan = await plan_of(uow, current)
+            step = engine.cancel_now(current, plan, now, prorate=command.prorate)
             action_name = "canceled"
         if step.subscription is current:
             return current
         written = await record(uow, caller, before=current, step=step, action=action_name, at=now)
+        if command.invoice_now:  # the final invoice, in this transaction
+            await deps.boundary_work.canceled_now(uow, caller, current, plan, now)
         return written.subscription
 
     return (await deps.runner.run(caller, command, action)).value

@@ -151,6 +151,17 @@ class BoundaryWork(Protocol):
         self, uow: SubscriptionsUnitOfWork, caller: Caller, subscription: Subscription
     ) -> None: ...
 
+    async def canceled_now(
+        self,
+        uow: SubscriptionsUnitOfWork,
+        caller: Caller,
+        before: Subscription,
+        plan: PlanVersion,
+        at: datetime,
+    ) -> None:
+        """A cancel now asked to invoice at once: `before` is the subscription as it was, on `plan`."""
+        ...
+
 
 class WithoutInvoices:
     async def run_due_work(
@@ -159,4 +170,14 @@ class WithoutInvoices:
         return await run_due_work(uow, subscription_id, now, caller=caller)
 
     async def started(self, uow: SubscriptionsUnitOfWork, caller: Caller, subscription: Subscription) -> None:
+        return None
+
+    async def canceled_now(
+        self,
+        uow: SubscriptionsUnitOfWork,
+        caller: Caller,
+        before: Subscription,
+        plan: PlanVersion,
+        at: datetime,
+    ) -> None:
         return None

@@ -107,17 +107,19 @@ class Backend:
 
 async def start(name: str, settings: Settings) -> Backend:
     app = await build(settings.model_copy(update={"rate_limits": NO_LIMITS}), passwords=cheap_passwords())
-    await app.start()
-    token = mint(app)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    http = aiohttp.ClientSession()
-    backend = Backend(name, app, channel, http, {"authorization": f"Bearer {token}"})
     if not settings.is_sqlite:
+        # Emptied before the app starts: its jobs (usage upkeep, the purger) would otherwise hold
+        # locks the TRUNCATE waits for, while waiting for the TRUNCATE's (a deadlock).
         async with app.engine.begin() as connection:
             result = await connection.execute(text(emptying_statement(table_names())))
             statement = truncate_statement([row.name for row in result])
             if statement is not None:
                 await connection.execute(text(statement))
+    await app.start()
+    token = mint(app)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    http = aiohttp.ClientSession()
+    backend = Backend(name, app, channel, http, {"authorization": f"Bearer {token}"})
     backend.health_account_id = await create_account(backend)
     return backend
 

@@ -12,7 +12,7 @@ fails the subscription ends as TALLY_DUNNING_END_STATE says. Charges are counted
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import pytest
@@ -24,6 +24,7 @@ from tally.billing.v1 import invoice_pb2_grpc, payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_plan
+from tests.integration.sandbox_support import CLIENT_TIMEOUT, TIMEOUT_DELAY, sandbox_process
 from tests.integration.test_invoices import line, one_off
 from tests.scenarios.billing import Ledger, at, utc
 from tests.scenarios.conftest import Simulation, charges_executed, paying_to, set_payment_method, simulated
@@ -250,3 +251,32 @@ async def test_voided_and_manual_invoices_are_not_charged(dunning: Simulation, s
     await ledger.advance(utc(2027, 6, 11))
     assert await charges_executed(sandbox_url) - before == 1  # the renewal's first charge only
     assert await _payments(dunning, manual.id) == []
+
+
+@pytest.fixture(scope="module")
+def slow_sandbox_url() -> Iterator[str]:
+    """A sandbox whose `tok_timeout` charges answer after TIMEOUT_DELAY, far beyond the client's
+    CLIENT_TIMEOUT: the charge is made, the answer lost."""
+    with sandbox_process("--timeout-delay", str(TIMEOUT_DELAY)) as url:
+        yield url
+
+
+async def test_a_renewal_charge_that_times_out_is_retried_and_charged_once(
+    settings: Settings, slow_sandbox_url: str
+) -> None:
+    paying = paying_to(settings, slow_sandbox_url).model_copy(
+        update={"payment_gateway_timeout_seconds": CLIENT_TIMEOUT}
+    )
+    async with simulated(paying) as simulation:
+        ledger, account, sub = await _start(simulation, "tok_timeout")
+        before = await charges_executed(slow_sandbox_url)
+        await ledger.advance(utc(2027, 6, 2))
+        # The renewal's charge timed out (the gateway charged, its answer came too late); the retry
+        # under the same idempotency key got the charge made, so the card was charged once.
+        [invoice] = await _invoices(simulation, account)
+        assert invoice.status == Status.STATUS_PAID and invoice.amount_paid.amount_minor == 4900
+        assert await charges_executed(slow_sandbox_url) - before == 1
+        assert await _payments(simulation, invoice.id) == [PaymentStatus.STATUS_SUCCEEDED]
+        assert (await ledger.get(sub)).state == State.STATE_ACTIVE
+        events = await _events(simulation, invoice.id)
+        assert events.count("invoice.paid") == 1 and "invoice.payment_failed" not in events

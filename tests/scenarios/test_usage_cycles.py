@@ -255,3 +255,46 @@ async def test_a_cancel_at_the_period_end_bills_the_last_period_s_usage(usage_si
     # No fee (nothing follows); March's 90 units, above the minimum.
     assert lines_of(last) == [("USAGE", "90", 9000)]
     assert last.status == Status.STATUS_OPEN and last.total.amount_minor == 9000
+
+
+async def test_a_cancel_now_with_invoice_now_bills_the_usage_so_far_and_the_credit(
+    usage_simulation: Simulation,
+) -> None:
+    """Stripe's `invoice_now` on a cancel: the final invoice bills the metered usage not invoiced
+    yet and the pending proration items, at once. Here 250 units by 16 March are $155.00 (the
+    module doc's rule, above the minimum, so no true-up), and the unused 16 of March's 31 days of
+    the $20.00 fee are credited: 2000 x 16 / 31 = 1032.26, rounded once to 1032."""
+    channel = usage_simulation.channel
+    _, plan = await usage_plan(channel)
+    ledger = await Ledger.start(channel, utc(2027, 3, 1, 9))
+    account = await ledger.account(6)
+    sub = await ledger.subscribe(account, plan.id)
+    await ledger.advance(utc(2027, 3, 16))
+    await record(UsageServiceStub(channel), account, "250", utc(2027, 3, 15))
+
+    refused = await failing(
+        ledger.subs.CancelSubscription(
+            spb.CancelSubscriptionRequest(id=sub.id, at_period_end=True, invoice_now=True)
+        )
+    )
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "invoice_now" in details(refused).violations
+
+    canceled = await ledger.subs.CancelSubscription(
+        spb.CancelSubscriptionRequest(
+            id=sub.id,
+            proration_behavior=spb.PRORATION_BEHAVIOR_CREATE_PRORATIONS,
+            invoice_now=True,
+            request_id="cancel-now-invoice-now",
+        )
+    )
+    assert canceled.state == spb.Subscription.STATE_CANCELED
+    _, final = await invoices_of(channel, account)
+    assert final.status == Status.STATUS_DRAFT  # it bills usage: a draft for the grace period
+    assert sorted(lines_of(final)) == sorted([("USAGE", "250", 15500), ("PRORATION", "1", -1032)])
+    assert (at(final.period_start), at(final.period_end)) == (utc(2027, 3, 1), utc(2027, 4, 1))
+
+    await ledger.advance(utc(2027, 3, 16) + GRACE)
+    _, final = await invoices_of(channel, account)
+    assert final.status == Status.STATUS_OPEN and final.total.amount_minor == 15500 - 1032
+    await ledger.advance(utc(2027, 4, 2))  # nothing follows a cancel
+    assert len(await invoices_of(channel, account)) == 2

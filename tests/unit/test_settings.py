@@ -141,7 +141,13 @@ def serve_flags() -> dict[str, argparse.Action]:
 def test_serve_has_a_flag_for_every_setting_but_the_secrets() -> None:
     flags = serve_flags()
     secrets = {name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
-    assert secrets == {"secret_key", "jwt_hs256_secret", "stripe_api_key", "gateway_secret"}
+    assert secrets == {
+        "secret_key",
+        "jwt_hs256_secret",
+        "stripe_api_key",
+        "stripe_webhook_secret",
+        "gateway_secret",
+    }
     for name, field in Settings.model_fields.items():
         if name in secrets:
             assert flag(name) not in flags, f"{name} is a secret: environment only"
@@ -186,5 +192,8 @@ def test_help_shows_defaults_and_secrets(capsys: pytest.CaptureFixture[str]) -> 
         cli.parser().parse_args(["serve", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "(TALLY_DB_POOL_SIZE; default: 10)" in shown
-    secrets = "TALLY_SECRET_KEY, TALLY_JWT_HS256_SECRET, TALLY_STRIPE_API_KEY, TALLY_GATEWAY_SECRET"
+    secrets = (
+        "TALLY_SECRET_KEY, TALLY_JWT_HS256_SECRET, TALLY_STRIPE_API_KEY, TALLY_STRIPE_WEBHOOK_SECRET, "
+        "TALLY_GATEWAY_SECRET"
+    )
     assert f"Secrets come from the environment only: {secrets}." in shown

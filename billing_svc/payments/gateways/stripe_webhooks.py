@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import stripe
 
@@ -24,6 +25,7 @@ HANDLED = frozenset(
         "payment_intent.canceled",
     }
 )
+MAX_EVENT_ID = 128  # gateway_events.event_id, and the audit rows' request_id
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,13 @@ class StripeWebhooks:
         """The event, or None for one we do not act on (another type, an intent Tally did not make).
 
         Raises Unauthenticated when the signature does not verify or is too old."""
+        return event_of(self.verify(payload, signature_header))
+
+    def verify(self, payload: bytes, signature_header: str | None) -> dict[str, Any]:
+        """The event as Stripe sent it, once its signature verifies and is recent enough.
+
+        Raises Unauthenticated (WEBHOOK_SIGNATURE_INVALID, _EXPIRED), InvalidArgument for a signed
+        body that is not a JSON event."""
         try:
             # Tolerance 0: the SDK skips its own wall-clock age check; ours follows.
             event = stripe.Webhook.construct_event(payload, signature_header, self._secret, tolerance=0)
@@ -53,14 +62,10 @@ class StripeWebhooks:
         except ValueError:
             raise InvalidArgument([], message="the webhook body is not JSON") from None
         self._check_age(signature_header or "")
-        data = event.to_dict()
-        if data.get("type") not in HANDLED:
-            return None
-        intent = data.get("data", {}).get("object", {})
-        key = (intent.get("metadata") or {}).get(METADATA_KEY)
-        if not key:
-            return None
-        return GatewayEvent(str(data["id"]), str(key), intent_result(intent))
+        data: dict[str, Any] = event.to_dict()
+        if not isinstance(data.get("id"), str) or not 0 < len(data["id"]) <= MAX_EVENT_ID:
+            raise InvalidArgument([], message="the webhook body is not a Stripe event: no id, or a long one")
+        return data
 
     def _check_age(self, header: str) -> None:
         stamps = [part[2:] for part in header.split(",") if part.startswith("t=")]
@@ -70,3 +75,14 @@ class StripeWebhooks:
                 f"Stripe-Signature is older than {self._tolerance}: a replay?",
                 reason="WEBHOOK_SIGNATURE_EXPIRED",
             )
+
+
+def event_of(data: dict[str, Any]) -> GatewayEvent | None:
+    """A verified event's meaning for a payment attempt; None for one we do not act on."""
+    if data.get("type") not in HANDLED:
+        return None
+    intent = (data.get("data") or {}).get("object") or {}
+    key = (intent.get("metadata") or {}).get(METADATA_KEY)
+    if not key:
+        return None
+    return GatewayEvent(str(data["id"]), str(key), intent_result(intent))

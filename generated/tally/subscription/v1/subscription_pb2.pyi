@@ -606,6 +606,7 @@ class CancelSubscriptionRequest(_message.Message):
     PRORATION_BEHAVIOR_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INVOICE_NOW_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The subscription id."""
     at_period_end: _builtins.bool
@@ -618,6 +619,15 @@ class CancelSubscriptionRequest(_message.Message):
     """When set, cancel only if the subscription's etag matches."""
     request_id: _builtins.str
     """Idempotency key; see CreateSubscriptionRequest.request_id."""
+    invoice_now: _builtins.bool
+    """For a cancel now: invoice at once what the subscription still owes, in
+    the cancel's transaction: the usage of the period so far, billed in
+    arrears (with the plan's minimum spend), and its pending items, such as
+    the proration credit of the unused time. Like any invoice that bills
+    usage it stays a draft for the grace period. Without it those items wait
+    for the account's next invoice. Not for a cancel at the period end, whose
+    last invoice is made at that end.
+    """
     def __init__(
         self,
         *,
@@ -626,10 +636,11 @@ class CancelSubscriptionRequest(_message.Message):
         proration_behavior: Global___ProrationBehavior.ValueType = ...,
         etag: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        invoice_now: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_period_end", b"at_period_end", "etag", b"etag", "id", b"id", "proration_behavior", b"proration_behavior", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_period_end", b"at_period_end", "etag", b"etag", "id", b"id", "invoice_now", b"invoice_now", "proration_behavior", b"proration_behavior", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
