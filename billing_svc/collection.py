@@ -50,7 +50,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -301,22 +301,20 @@ async def _billing_now(uow: SqlBillingUnitOfWork, account_id: str) -> datetime:
 @dataclass
 class CollectionReport:
     claimed: int = 0
-    outcomes: dict[str, int] | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
     lost: int = 0
 
     def add(self, outcome: Collected) -> None:
-        self.outcomes = self.outcomes or {}
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
 
     def merge(self, other: CollectionReport) -> None:
         self.claimed += other.claimed
         self.lost += other.lost
-        for outcome, count in (other.outcomes or {}).items():
-            self.outcomes = self.outcomes or {}
+        for outcome, count in other.outcomes.items():
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
 
     def summary(self) -> str:
-        outcomes = ", ".join(f"{name} {count}" for name, count in sorted((self.outcomes or {}).items()))
+        outcomes = ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items()))
         return f"{self.claimed} invoices claimed; {outcomes or 'no outcomes'}; {self.lost} claims lost"
 
 
