@@ -32,9 +32,8 @@ SUBSCRIPTIONS = 24  # half of them decline
 
 @pytest.fixture
 async def wall(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
-    # No usage upkeep: on a wall clock in 2027 it would make partitions months ahead of the real date.
-    paying = paying_to(settings, sandbox_url).model_copy(update={"usage_upkeep_interval_seconds": 0})
-    async with simulated(paying) as simulation:
+    # `simulated` turns usage upkeep off (a 2027 wall clock would make partitions months ahead).
+    async with simulated(paying_to(settings, sandbox_url)) as simulation:
         yield simulation
 
 
