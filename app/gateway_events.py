@@ -35,7 +35,7 @@ from core.settings import Settings
 from core.status import code_of, http_status, to_status
 from gateway.app import REQUEST_ID_KEY, read_body
 from gateway.errors import GatewayError, error_headers, error_response
-from interceptors.rate_limit import RateLimiter, address_key, describe_limit
+from interceptors.rate_limit import RateLimiter, address_key, rate_limit_exceeded
 
 log = logging.getLogger("tally.payments.inbound")
 
@@ -108,9 +108,4 @@ def _client_key(request: web.Request, trusted: Sequence[IpNetwork]) -> str:
 async def _charge(limiter: RateLimiter, key: str) -> None:
     decision = await limiter.check(RATE_GROUP, key, 1)
     if not decision.allowed:
-        raise errors.ResourceExhausted(
-            f"rate limit for {RATE_GROUP} exceeded; retry in {decision.retry_after:.3f}s",
-            retry_after=decision.retry_after,
-            subject=f"{RATE_GROUP}:address",
-            limit_description=describe_limit(limiter.limit_for(RATE_GROUP)),
-        )
+        raise rate_limit_exceeded(RATE_GROUP, "address", decision.retry_after, limiter.limit_for(RATE_GROUP))

@@ -672,12 +672,20 @@ class RateLimitStage:
                 limit_description=describe_limit(limit),
                 reason="COST_EXCEEDS_BURST",
             )
-        raise errors.ResourceExhausted(
-            f"rate limit for {group} exceeded; retry in {decision.retry_after:.3f}s",
-            retry_after=decision.retry_after,
-            subject=f"{group}:{kind}",
-            limit_description=describe_limit(limit),
-        )
+        raise rate_limit_exceeded(group, kind, decision.retry_after, limit)
+
+
+def rate_limit_exceeded(
+    group: str, kind: str, retry_after: float, limit: RateLimit
+) -> errors.ResourceExhausted:
+    """The error of a call refused by `group`'s bucket for a caller of `kind` (principal, peer,
+    address): retry after `retry_after` seconds."""
+    return errors.ResourceExhausted(
+        f"rate limit for {group} exceeded; retry in {retry_after:.3f}s",
+        retry_after=retry_after,
+        subject=f"{group}:{kind}",
+        limit_description=describe_limit(limit),
+    )
 
 
 class RateLimitInterceptor(Pipeline):
