@@ -14,6 +14,7 @@ from billing_svc.catalog.cache_keys import plan_generation
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import engine
 from billing_svc.subscriptions.domain import Subscription
+from billing_svc.subscriptions.meters import charged_meters, require_meters_free
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from billing_svc.subscriptions.use_cases import (
@@ -87,6 +88,10 @@ async def _compute(
             "plan_id" if command.plan_id else "quantity",
             "changes nothing: the subscription is already on this plan version and quantity",
         )
+    if plan.plan_id != current.plan_id or plan.version != current.plan_version:
+        if write and charged_meters(plan):  # against a concurrent subscription to the same meter
+            await uow.accounts.terms(current.account_id, lock=True, exclusive=True)
+        await require_meters_free(uow, current.account_id, plan, now, field="plan_id", excluding=current.id)
     if command.timing is Timing.PERIOD_END:
         step = engine.schedule_change(current, plan, quantity, now)
         return _Computed(step, "change_scheduled", current, plan, now)

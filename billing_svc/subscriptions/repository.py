@@ -150,6 +150,17 @@ class SqlSubscriptionRepository:
         rows = (await self._session.scalars(statement.limit(limit))).all()
         return [_to_domain(row) for row in rows]
 
+    async def not_canceled(self, account_id: str) -> Sequence[Subscription]:
+        """Every subscription of the account that is not canceled, as committed now (read again,
+        not taken from the session's identity map, which a caller's earlier read may have filled)."""
+        statement = (
+            select(SubscriptionRow)
+            .where(SubscriptionRow.account_id == account_id, SubscriptionRow.state != State.CANCELED.value)
+            .order_by(SubscriptionRow.create_time, SubscriptionRow.id)
+            .execution_options(populate_existing=True)
+        )
+        return [_to_domain(row) for row in (await self._session.scalars(statement)).all()]
+
     async def record_phase(self, subscription: Subscription, at: datetime) -> None:
         """End the open phase at `at` and, unless canceled, open one with what applies from `at`."""
         await self._session.execute(

@@ -15,6 +15,7 @@ from billing_svc.catalog.cache_keys import CATALOG_FEATURES, entitlements_genera
 from billing_svc.catalog.domain import PlanVersion
 from billing_svc.subscriptions import domain, engine, work
 from billing_svc.subscriptions.domain import PendingItem, Subscription
+from billing_svc.subscriptions.meters import require_meters_free
 from billing_svc.subscriptions.recording import record
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from core import ids
@@ -280,12 +281,15 @@ async def create_subscription(
     )
 
     async def action(uow: SubscriptionsUnitOfWork) -> Subscription:
-        terms = await uow.accounts.terms(command.account_id, lock=True)
+        # Exclusive: two subscriptions started at once for one account queue here, so that each
+        # sees the other's meters (billing_svc.subscriptions.meters).
+        terms = await uow.accounts.terms(command.account_id, lock=True, exclusive=True)
         if terms is None or not terms.live:
             raise account_not_found(command.account_id, "subscription.account_id")
         plan = await subscribable_plan(uow, command.plan_id, terms.currency_code, "subscription.plan_id")
         seats = check_quantity(plan, command.quantity, "subscription.quantity")
         time = await uow.clocks.time_for(command.account_id)
+        await require_meters_free(uow, command.account_id, plan, time.now, field="subscription.plan_id")
         step = engine.start(
             subscription_id=ids.new_id(domain.ID_PREFIX),
             account_id=command.account_id,

@@ -73,9 +73,12 @@ def closed_period(
         return None
     if not plan.terms.metered_charges and plan.terms.minimum_spend is None:
         return None
-    if not before.current_period_start < due:
+    # The first period starts at the local midnight before the subscription did; its usage from
+    # the start only: what came before it is another subscription's (or nobody's) to bill.
+    start = max(before.current_period_start, before.start_time)
+    if not start < due:
         return None
-    return ClosedPeriod(before.plan_id, before.plan_version, before.current_period_start, due)
+    return ClosedPeriod(before.plan_id, before.plan_version, start, due)
 
 
 async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> PlanVersion:

@@ -31,7 +31,7 @@ class SqlPeriodUsage:
         start, end = basis.period_start, basis.period_end
         totals = await self._usage.period_totals(account_id, start, end)
         charged = {charge.meter_id for charge in plan.terms.metered_charges}
-        meters = await self._meters.get_many(charged | set(totals))
+        meters = await self._meters.get_many(charged)
         charges = []
         for charge in plan.terms.metered_charges:
             meter = meters[charge.meter_id]
@@ -42,9 +42,16 @@ class SqlPeriodUsage:
                 changes = await self._usage.changes(account_id, meter.id, start, end)
                 transactions = tuple(units for _, units in changes)
             charges.append(ChargeUsage(meter, charge, quantity, transactions))
+        # Records with their own price, on the meters the plan charges only: the one subscription
+        # that charges a meter (billing_svc.subscriptions.meters) bills them, and no other
+        # subscription of the account bills them again.
+        priced = [
+            meter_id
+            for meter_id, found in totals.items()
+            if meter_id in charged and found.record_count > found.plan_count
+        ]
         recorded = tuple(
-            RecordedUsage(meters[meter_id], found.recorded_units, found.recorded_amount)
-            for meter_id, found in sorted(totals.items(), key=lambda pair: meters[pair[0]].code)
-            if found.record_count > found.plan_count and meter_id in meters
+            RecordedUsage(meters[meter_id], totals[meter_id].recorded_units, totals[meter_id].recorded_amount)
+            for meter_id in sorted(priced, key=lambda meter_id: meters[meter_id].code)
         )
         return PeriodUsage(plan.terms, tuple(charges), recorded)
