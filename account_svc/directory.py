@@ -28,9 +28,10 @@ class SqlAccountDirectory:
             AccountRow.email,
         ).where(AccountRow.id == account_id)
         if lock:
-            # A share lock: concurrent subscriptions to one account do not block each other, while a
-            # delete or currency change waits for them (and they for it). An exclusive one also waits
-            # for the share lockers. SQLite ignores both (one writer).
+            # A share lock: concurrent writers under it (usage recorded for the account) do not
+            # block each other, while a delete or currency change waits for them (and they for it).
+            # An exclusive one also waits for the share lockers, and for the other exclusive ones
+            # (two subscriptions made at once for one account). SQLite ignores both (one writer).
             statement = statement.with_for_update(read=not exclusive)
         row = (await self._session.execute(statement)).one_or_none()
         if row is None:

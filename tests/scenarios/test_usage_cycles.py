@@ -122,7 +122,9 @@ async def test_a_year_of_usage_in_arrears_with_tiers_a_minimum_and_a_grace_perio
         assert lines_of(done) == lines, f"month {index}"
         fee, usage_line, *true_up = done.lines
         assert (at(fee.period_start), at(fee.period_end)) == (end, month_start(index + 2))  # in advance
-        assert (at(usage_line.period_start), at(usage_line.period_end)) == (start, end)  # in arrears
+        # In arrears; the first month's usage from the subscription's start (09:00), not from midnight.
+        billed_from = max(start, utc(2027, 3, 1, 9))
+        assert (at(usage_line.period_start), at(usage_line.period_end)) == (billed_from, end)
         assert usage_line.meter_id == meter.id and not usage_line.HasField("unit_price")
         assert [(t, _same_number(u), _same_number(a)) for t, u, a in _tiers(usage_line)] == [
             (t, Decimal(u), Decimal(a)) for t, u, a in tiers
@@ -291,7 +293,8 @@ async def test_a_cancel_now_with_invoice_now_bills_the_usage_so_far_and_the_cred
     _, final = await invoices_of(channel, account)
     assert final.status == Status.STATUS_DRAFT  # it bills usage: a draft for the grace period
     assert sorted(lines_of(final)) == sorted([("USAGE", "250", 15500), ("PRORATION", "1", -1032)])
-    assert (at(final.period_start), at(final.period_end)) == (utc(2027, 3, 1), utc(2027, 4, 1))
+    # The usage from the start (09:00 on 1 March), the credit to the period's end.
+    assert (at(final.period_start), at(final.period_end)) == (utc(2027, 3, 1, 9), utc(2027, 4, 1))
 
     await ledger.advance(utc(2027, 3, 16) + GRACE)
     _, final = await invoices_of(channel, account)
