@@ -232,7 +232,8 @@ async def _current_period(
             reason="NO_CURRENT_PERIOD",
             metadata={"field": "start_time", "account_id": account_id},
         )
-    return current.current_period_start, current.current_period_end
+    # From the start time in the first period, as its invoice bills it (billing_svc.subscriptions.work).
+    return max(current.current_period_start, current.start_time), current.current_period_end
 
 
 def _charges_by_meter(plan: PlanVersion | None) -> dict[str, list[MeteredCharge]]:

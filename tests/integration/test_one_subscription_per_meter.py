@@ -260,3 +260,36 @@ async def test_two_concurrent_subscriptions_to_one_meter_on_postgresql_one_is_re
         assert len(won) == 1 and len(lost) == 1, results
         assert_meter_taken(lost[0], calls, won[0].id, "subscription.plan_id")
         assert await live_ids(subs, account.id) == [won[0].id]
+
+
+@pytest.mark.postgres
+async def test_a_change_onto_a_meter_racing_a_new_subscription_to_it_on_postgresql_one_is_refused(
+    pg_app: App, postgres_url: str
+) -> None:
+    """A change onto a metered plan takes the account's row lock too (after the subscription's), so
+    it queues with a CreateSubscription for the same account and one of them sees the other."""
+    async with channel_as(pg_app, mint(pg_app)) as channel:
+        subs = SubscriptionServiceStub(channel)
+        calls = await new_meter(channel, "calls")
+        metered = await metered_plan(channel, "calls", calls)
+        account = await new_account(channel, 8)
+        flat_sub = await subscribe(subs, account.id, (await new_plan(channel, "flat")).id)
+        change = pb.ChangeSubscriptionRequest(id=flat_sub.id, plan_id=metered.id)
+        async with row_locked(postgres_url, account.id) as (_, transaction):
+            racing = [
+                asyncio.ensure_future(subs.ChangeSubscription(change)),
+                asyncio.ensure_future(subscribe(subs, account.id, metered.id)),
+            ]
+            assert await waiting_on_locks(postgres_url, 2), "the two calls never reached the row lock"
+            await transaction.rollback()
+            changed, created = await asyncio.gather(*racing, return_exceptions=True)
+
+        if isinstance(changed, grpc.aio.AioRpcError):
+            assert isinstance(created, Sub)
+            assert_meter_taken(changed, calls, created.id, "plan_id")
+            assert sorted(await live_ids(subs, account.id)) == sorted([flat_sub.id, created.id])
+        else:
+            assert isinstance(changed, pb.ChangeSubscriptionResponse), changed
+            assert isinstance(created, grpc.aio.AioRpcError), created
+            assert_meter_taken(created, calls, flat_sub.id, "subscription.plan_id")
+            assert await live_ids(subs, account.id) == [flat_sub.id]

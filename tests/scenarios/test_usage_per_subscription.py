@@ -3,9 +3,10 @@
 An account's metered subscription canceled now (with Stripe's `invoice_now`) frees its meter: a new
 subscription on the same meter may start at once. Usage up to the cancel is on the old
 subscription's final invoice; usage from the new one's start is on the new one's invoices only,
-although its first period starts at the local midnight before it (its usage is billed from its start
-time). And records with their own price are billed by the subscription whose plan charges their
-meter, not by every subscription of the account that bills usage.
+although its first period starts at the local midnight before it (its usage is billed, and
+GetUsageSummary sums it, from its start time). And records with their own price are billed by
+the subscription whose plan charges their meter, not by every subscription of the account that
+bills usage.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ async def test_a_meter_freed_by_a_cancel_now_bills_each_usage_on_one_subscriptio
     new = await ledger.subscribe(account, plan.id)
     assert at(new.start_time) == cancel_time and at(new.current_period_start) == utc(2027, 3, 16)
     await record(usage, account, "calls", "7", cancel_time)  # from the new start on: the new one's
+    # The bill so far agrees: the new subscription's period, from its start, and its 7 units only.
+    summary = await usage.GetUsageSummary(upb.GetUsageSummaryRequest(account_id=account))
+    assert (summary.subscription_id, at(summary.start_time)) == (new.id, cancel_time)
+    assert [(m.service, m.quantity.value) for m in summary.meters] == [("calls", "7")]
     await ledger.advance(utc(2027, 4, 1))
     await record(usage, account, "calls", "30", utc(2027, 4, 1))
 
