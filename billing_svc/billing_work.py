@@ -97,6 +97,7 @@ class BillingWork:
                     subscription_id=work.subscription_id,
                     at=work.due_time,
                     usage=_basis(work.closed),
+                    recorded_only=work.closed is not None and work.closed.recorded_only,
                 )
         return done
 
@@ -130,6 +131,7 @@ class BillingWork:
         """The final invoice of a cancel now with invoice_now (Stripe's `invoice_now`): the usage of
         the period up to `at` in arrears, as a period-end cancel's invoice bills it, and the
         subscription's pending items (the cancel's proration credit). Nothing owed: no invoice."""
+        closed = closed_period(WorkKind.CANCELLATION, before, plan, at)
         await invoice_cycle(
             self._invoices,
             _billing(uow),
@@ -137,7 +139,8 @@ class BillingWork:
             account_id=before.account_id,
             subscription_id=before.id,
             at=at,
-            usage=_basis(closed_period(WorkKind.CANCELLATION, before, plan, at)),
+            usage=_basis(closed),
+            recorded_only=closed is not None and closed.recorded_only,
         )
 
     async def finalize_due_draft(

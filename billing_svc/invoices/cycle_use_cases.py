@@ -38,11 +38,14 @@ async def invoice_cycle(
     subscription_id: str,
     at: datetime,
     usage: UsageBasis | None = None,
+    recorded_only: bool = False,
 ) -> Invoice | None:
     """The cycle invoice of a subscription's boundary at `at` (its start, a renewal, a trial's end),
     made in the caller's transaction: every pending item of the subscription that starts at or
     before `at` (the new period's fees in advance, the prorations of the period that ended), and,
-    given the `usage` basis of the period that ended, its usage in arrears.
+    given the `usage` basis of the period that ended, its usage in arrears. A `recorded_only` basis
+    (a plan without metered charges or a minimum) bills records with their own price only: without
+    any in the period, it is dropped (the invoice is finalized at once, as one without usage).
 
     An invoice that bills usage stays a draft for the grace period (deps.grace_period, its
     `grace_until`): the billing worker, or the test clock's advance, finalizes it then, with its
@@ -68,6 +71,12 @@ async def invoice_cycle(
         limit=domain.MAX_LINES,
         subscription_id=subscription_id,
     )
+    if (
+        usage is not None
+        and recorded_only
+        and not (await uow.period_usage.period_usage(account_id, usage, subscription_id)).recorded
+    ):
+        usage = None
     if not items and usage is None:
         return None
     starts = [item.period_start for item in items] + ([usage.period_start] if usage else [])

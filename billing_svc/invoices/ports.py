@@ -97,9 +97,10 @@ class CreditNoteRepository(Protocol):
 
 
 class PeriodUsageReader(Protocol):
-    async def period_usage(self, account_id: str, basis: UsageBasis) -> PeriodUsage:
+    async def period_usage(self, account_id: str, basis: UsageBasis, subscription_id: str) -> PeriodUsage:
         """The plan version's metered charges with their meters' quantities over the basis' period
-        (and the recorded-price records of that period), read in the caller's transaction."""
+        (and the recorded-price records of that period that subscription `subscription_id` bills),
+        read in the caller's transaction."""
         ...
 
 

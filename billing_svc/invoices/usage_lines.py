@@ -4,8 +4,9 @@ Pricing is GetUsageSummary's (billing_svc.usage.summary.plan_charge, on billing_
 one line per metered charge of the plan, its exact amount rounded once, half-up; a quantity model's
 line carries its tier breakdown (`tiers`, exact, before the rounding), a per-unit line its unit
 price. A negative net quantity (corrections exceeding usage) is billed as 0. Records sent with
-their own `price_per_unit` are one more line per meter the plan charges (sum of units x price, rounded
-once): the one subscription of the account that charges the meter bills them.
+their own `price_per_unit` are one more line per meter (sum of units x price, rounded once), for the
+records this subscription bills (billing_svc.usage.period_usage): on the meters its plan charges,
+and on meters no live subscription charges while it is the account's oldest live one.
 
 Then the plan's spend bounds: the minimum and maximum spend bound the plan's metered charges of the
 period (not the fees in advance, not the recorded-price lines). The lines' rounded total goes to

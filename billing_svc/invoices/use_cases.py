@@ -224,7 +224,7 @@ async def _billing_now(uow: InvoicesUnitOfWork, account_id: str) -> datetime:
 
 
 async def usage_lines_of(uow: InvoicesUnitOfWork, invoice: Invoice, basis: UsageBasis) -> list[InvoiceLine]:
-    found = await uow.period_usage.period_usage(invoice.account_id, basis)
+    found = await uow.period_usage.period_usage(invoice.account_id, basis, invoice.subscription_id)
     return usage_lines(
         found,
         basis,

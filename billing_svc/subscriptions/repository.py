@@ -161,6 +161,17 @@ class SqlSubscriptionRepository:
         )
         return [_to_domain(row) for row in (await self._session.scalars(statement)).all()]
 
+    async def started_before(self, account_id: str, time: datetime) -> Sequence[Subscription]:
+        """Every subscription of the account that started before `time`, canceled ones too, oldest
+        first (by start time, then id)."""
+        statement = (
+            select(SubscriptionRow)
+            .where(SubscriptionRow.account_id == account_id, SubscriptionRow.start_time < time)
+            .order_by(SubscriptionRow.start_time, SubscriptionRow.id)
+            .execution_options(populate_existing=True)  # as committed by this transaction's writes
+        )
+        return [_to_domain(row) for row in (await self._session.scalars(statement)).all()]
+
     async def record_phase(self, subscription: Subscription, at: datetime) -> None:
         """End the open phase at `at` and, unless canceled, open one with what applies from `at`."""
         await self._session.execute(

@@ -48,6 +48,10 @@ class ClosedPeriod:
     plan_version: int
     start: datetime
     end: datetime
+    # The plan bills no usage of its own (no metered charge, no minimum): the period bills only
+    # records with their own price on meters no subscription charges, when it has any
+    # (billing_svc.usage.period_usage).
+    recorded_only: bool = False
 
 
 # The states whose period's usage is billed when it closes (not a trial, a pause or an unpaid start).
@@ -68,17 +72,17 @@ def closed_period(
     kind: WorkKind, before: Subscription, plan: PlanVersion, due: datetime
 ) -> ClosedPeriod | None:
     """What the boundary's invoice bills in arrears, from the subscription as it was before it and
-    the plan version it was on: None when that plan bills no usage (no metered charge, no minimum)."""
+    the plan version it was on. A plan that bills no usage (no metered charge, no minimum) still
+    closes one, `recorded_only`: records with their own price may be its to bill."""
     if kind not in (WorkKind.RENEWAL, WorkKind.CANCELLATION) or before.state not in USAGE_STATES:
         return None
-    if not plan.terms.metered_charges and plan.terms.minimum_spend is None:
-        return None
+    recorded_only = not plan.terms.metered_charges and plan.terms.minimum_spend is None
     # The first period starts at the local midnight before the subscription did; its usage from
     # the start only: what came before it is another subscription's (or nobody's) to bill.
     start = max(before.current_period_start, before.start_time)
     if not start < due:
         return None
-    return ClosedPeriod(before.plan_id, before.plan_version, start, due)
+    return ClosedPeriod(before.plan_id, before.plan_version, start, due, recorded_only)
 
 
 async def _plan(uow: SubscriptionsUnitOfWork, plan_id: str, version: int) -> PlanVersion:
