@@ -346,6 +346,7 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             poll_seconds=platform.settings.events_watch_poll_seconds,
             heartbeat_seconds=platform.settings.events_watch_heartbeat_seconds,
+            commits=platform.outbox_commits,
         ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,
