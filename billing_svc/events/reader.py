@@ -20,7 +20,8 @@ def conditions(wanted: EventFilter) -> list[ColumnElement[bool]]:
     found: list[ColumnElement[bool]] = []
     if wanted.event_types:
         exact = [kind for kind in wanted.event_types if not kind.endswith(".")]
-        either = [func.substr(OutboxEventRow.type, 1, len(kind)) == kind for kind in wanted.event_types if kind.endswith(".")]
+        prefixes = [kind for kind in wanted.event_types if kind.endswith(".")]
+        either = [func.substr(OutboxEventRow.type, 1, len(prefix)) == prefix for prefix in prefixes]
         if exact:
             either.append(OutboxEventRow.type.in_(exact))
         found.append(or_(*either))

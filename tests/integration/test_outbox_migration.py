@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -20,7 +21,7 @@ from tests.support import empty_postgres_database
 
 BEFORE = "0013"  # the revision before the outbox had account_id
 # (resource type, resource id, payload) as rows of the revision before, and the account expected.
-ROWS = [
+ROWS: list[tuple[tuple[str, str, dict[str, Any]], str]] = [
     (("invoice", "inv_1", {"account_id": "acct_a", "total_minor": 5}), "acct_a"),
     (("account", "acct_b", {"display_name": "B"}), "acct_b"),
     (("account", "acct_c", {"account_id": "acct_other"}), "acct_c"),  # the account itself wins
@@ -71,8 +72,10 @@ async def test_upgrade_fills_the_account_of_events_written_before(bare_engine: A
     assert (before, after) == (BEFORE, migrate.head_revision())
     async with bare_engine.connect() as connection:
         stored = (
-            await connection.execute(text("SELECT account_id FROM outbox_events ORDER BY position"))
-        ).scalars().all()
+            (await connection.execute(text("SELECT account_id FROM outbox_events ORDER BY position")))
+            .scalars()
+            .all()
+        )
     assert stored == [expected for _, expected in ROWS]
     # The SQL backfill and the derivation new events get agree on every row.
     assert stored == [account_of(*row) for row, _ in ROWS]

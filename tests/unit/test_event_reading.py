@@ -31,7 +31,8 @@ def test_an_events_account_is_the_payloads_or_the_account_itself() -> None:
 
 
 def test_an_event_is_stamped_with_its_account_when_emitted() -> None:
-    assert pending_event("invoice.paid", ("invoice", "inv_1"), {"account_id": "acct_a"}, T0).account_id == "acct_a"
+    paid = pending_event("invoice.paid", ("invoice", "inv_1"), {"account_id": "acct_a"}, T0)
+    assert paid.account_id == "acct_a"
     assert pending_event("account.updated", ("account", "acct_b"), {}, T0).account_id == "acct_b"
     assert pending_event("plan.created", ("plan", "plan_1"), {"x": 1}, T0).account_id == ""
 

@@ -40,9 +40,7 @@ _BACKFILL = {
 def upgrade() -> None:
     # A plain ADD COLUMN, not a batch (table copy) on SQLite: the copy would lose the position
     # column's AUTOINCREMENT, which keeps positions from being reused (core/outbox.py).
-    op.add_column(
-        "outbox_events", sa.Column("account_id", sa.String(64), nullable=False, server_default="")
-    )
+    op.add_column("outbox_events", sa.Column("account_id", sa.String(64), nullable=False, server_default=""))
     op.execute(_BACKFILL[op.get_bind().dialect.name])
     op.create_index("ix_outbox_events_account_id_position", "outbox_events", ["account_id", "position"])
 
