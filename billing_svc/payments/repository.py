@@ -70,8 +70,8 @@ def _attempt_rows(payment: Payment, reconcile_at: datetime | None) -> list[dict[
 
 def _refund_rows(payment: Payment, reconcile_at: datetime | None) -> list[dict[str, Any]]:
     """A pending refund is due at `reconcile_at`; None leaves a stored one's due time as it is (a
-    new one, due at once, should there be one), so that settling one refund never unschedules
-    another still pending."""
+    new one, due at once, should there be one): settling one refund neither unschedules another
+    still pending nor makes it due sooner, while its own sending may still be on its way."""
     return [
         {
             "id": refund.id,

@@ -678,6 +678,37 @@ async def test_a_refund_that_never_reached_the_gateway_fails_and_frees_its_amoun
     assert whole.amount_refunded == usd(600) and await refunds_made(sandbox_url, whole) == [0, 1]
 
 
+async def test_a_refund_settled_inline_leaves_another_pending_one_to_the_reconciler(
+    app: App, channel: grpc.aio.Channel
+) -> None:
+    """Two refunds of one payment: the first left pending by a crash, the second made at once. The
+    second's recording neither takes the first off the reconciler's schedule nor makes it due
+    sooner, and what the first held, once it failed, is refundable again."""
+    deps = payments_of(app)
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    account = await new_account(channel, 42)
+    payment = await payments.CreatePayment(charge(account.id, 600, "tok_success"))
+    dying = replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock))
+    with pytest.raises(Crash):
+        await refund_payment(dying, SYSTEM, RefundPayment(payment.id, usd(200), ""))
+    both = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(100)))
+    assert [r.status for r in both.refunds] == [Refund.STATUS_PENDING, Refund.STATUS_SUCCEEDED]
+    error = await failing(payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(301))))
+    assert reason(error) == "REFUND_EXCEEDS_PAYMENT"  # 600 - 100 refunded - 200 held
+    # Not made due any sooner either: its own sending could still be on its way.
+    assert (await PaymentReconciler(deps).one_pass()).claimed == 0
+
+    report = await PaymentReconciler(deps, clock=_Later(app, seconds=3600)).one_pass()
+    assert (report.claimed, report.settled) == (1, 1)
+    rest = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id))
+    assert [r.status for r in rest.refunds] == [
+        Refund.STATUS_FAILED,
+        Refund.STATUS_SUCCEEDED,
+        Refund.STATUS_SUCCEEDED,
+    ]
+    assert rest.refunds[2].amount == usd(500) and rest.amount_refunded == usd(600)
+
+
 @pytest.mark.postgres
 async def test_two_reconcilers_settle_each_pending_refund_once(
     postgres_settings: Settings, postgres_clean: None, sandbox_url: str
