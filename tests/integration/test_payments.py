@@ -27,6 +27,7 @@ from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.payments.tables import PaymentAttemptRow
 from billing_svc.payments.use_cases import RefundPayment, refund_payment
 from core import db, outbox
+from core.money import Money
 from core.principal import SYSTEM, Role
 from core.settings import Settings
 from tally.billing.v1 import invoice_pb2 as ipb
@@ -639,6 +640,24 @@ async def test_a_refund_whose_answers_time_out_is_settled_by_the_reconciler_once
     assert (await reconciler.one_pass()).claimed == 0  # settled: nothing is due any more
 
 
+async def _refund_never_sent(app: App, channel: grpc.aio.Channel, n: int, minor: int | None) -> pb.Payment:
+    """A payment of USD 6.00 with a refund (of `minor`, None: all) whose process died after
+    committing it and before sending it."""
+    deps = payments_of(app)
+    account = await new_account(channel, n)
+    payment = await payment_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+        charge(account.id, 600, "tok_success")
+    )
+    dying = replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock))
+    with pytest.raises(Crash):
+        await refund_payment(
+            dying,
+            SYSTEM,
+            RefundPayment(payment.id, None if minor is None else Money("USD", minor), "duplicate"),
+        )
+    return payment
+
+
 async def test_a_refund_that_never_reached_the_gateway_fails_and_frees_its_amount(
     app: App, channel: grpc.aio.Channel, sandbox_url: str
 ) -> None:
@@ -647,11 +666,7 @@ async def test_a_refund_that_never_reached_the_gateway_fails_and_frees_its_amoun
     proves nothing (left for later); after, the refund failed, and the full amount is refundable."""
     deps = payments_of(app)
     payments = payment_pb2_grpc.PaymentServiceStub(channel)
-    account = await new_account(channel, 41)
-    payment = await payments.CreatePayment(charge(account.id, 600, "tok_success"))
-    dying = replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock))
-    with pytest.raises(Crash):
-        await refund_payment(dying, SYSTEM, RefundPayment(payment.id, None, "duplicate"))
+    payment = await _refund_never_sent(app, channel, 41, None)
     left = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
     assert [r.status for r in left.refunds] == [Refund.STATUS_PENDING]
 
@@ -686,11 +701,7 @@ async def test_a_refund_settled_inline_leaves_another_pending_one_to_the_reconci
     sooner, and what the first held, once it failed, is refundable again."""
     deps = payments_of(app)
     payments = payment_pb2_grpc.PaymentServiceStub(channel)
-    account = await new_account(channel, 42)
-    payment = await payments.CreatePayment(charge(account.id, 600, "tok_success"))
-    dying = replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock))
-    with pytest.raises(Crash):
-        await refund_payment(dying, SYSTEM, RefundPayment(payment.id, usd(200), ""))
+    payment = await _refund_never_sent(app, channel, 42, 200)
     both = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(100)))
     assert [r.status for r in both.refunds] == [Refund.STATUS_PENDING, Refund.STATUS_SUCCEEDED]
     error = await failing(payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(301))))
