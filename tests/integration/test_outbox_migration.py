@@ -1,4 +1,4 @@
-"""Migration 0016 on SQLite and PostgreSQL: outbox rows written before it get their account."""
+"""Migration 0015 on SQLite and PostgreSQL: outbox rows written before it get their account."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from core.outbox import account_of
 from core.settings import Settings
 from tests.support import empty_postgres_database
 
-BEFORE = "0013"  # the revision before the outbox had account_id
+BEFORE = "0014"  # the revision before the outbox had account_id
 # (resource type, resource id, payload) as rows of the revision before, and the account expected.
 ROWS: list[tuple[tuple[str, str, dict[str, Any]], str]] = [
     (("invoice", "inv_1", {"account_id": "acct_a", "total_minor": 5}), "acct_a"),
