@@ -35,7 +35,7 @@ from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.cache import ReadCache
-    from core.outbox import PendingEvent
+    from core.outbox import CommitSignal, PendingEvent
 
 log = logging.getLogger("tally.db")
 
@@ -217,8 +217,18 @@ def classify(exc: BaseException | None) -> TallyError | None:
     return _unavailable() if isinstance(exc, DBAPIError) and exc.connection_invalidated else None
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+# Where a session made by session_factory(..., commits=...) keeps its CommitSignal.
+_COMMIT_SIGNAL = "tally.outbox_commits"
+
+
+def session_factory(
+    engine: AsyncEngine, *, commits: CommitSignal | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine`. With `commits`, a unit of work on them that wrote outbox events
+    tells it once it has committed (the composition root passes one for its writers), so
+    in-process watchers wake at once instead of at their next poll."""
+    info = {_COMMIT_SIGNAL: commits} if commits is not None else {}
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
 
 
 @functools.cache
@@ -416,7 +426,8 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         await write_deferred_rows(self.session)
-        if self._events:
+        wrote_events = bool(self._events)
+        if wrote_events:
             from core import outbox
 
             # Written last, right before COMMIT: the outbox's ordering lock is held only
@@ -424,6 +435,9 @@ class UnitOfWork:
             await outbox.write_events(self.session, self._events)
             self._events = []
         await self.session.commit()
+        signal: CommitSignal | None = self.session.info.get(_COMMIT_SIGNAL)
+        if wrote_events and signal is not None:
+            signal.committed()  # before the callbacks: a slow one must not delay the watchers
         callbacks, self._after_commit = self._after_commit, []
         await run_after_commit(callbacks)
 

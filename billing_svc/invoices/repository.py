@@ -199,8 +199,10 @@ class SqlInvoiceRepository:
             values["next_collection_time"] = case(
                 (InvoiceRow.collection_attempts > 0, literal(invoice.paid_time, UtcDateTime())), else_=None
             )
-        elif invoice.status is not InvoiceStatus.OPEN:  # void, uncollectible: nothing more to collect
-            values["next_collection_time"] = None
+        elif invoice.status is not InvoiceStatus.OPEN:
+            # Void, uncollectible: nothing more to collect, and no worker's claim stands. A worker
+            # charging it meanwhile finds its claim gone and records nothing (the void recorded all).
+            values.update(next_collection_time=None, collection_claimed_by=None, collection_lease_until=None)
         await self._session.execute(update(InvoiceRow).where(InvoiceRow.id == invoice.id).values(**values))
         if lines_changed:  # only a draft's lines change: rewritten whole, in their new order
             await self._session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice.id))
