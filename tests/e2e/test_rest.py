@@ -65,7 +65,9 @@ def request(
 @pytest.fixture(scope="module")
 def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     data_dir = tmp_path_factory.mktemp("rest")
-    env = server_env(data_dir, TALLY_RATE_LIMITS=NO_RATE_LIMITS)
+    # A webhook secret, so that Stripe's webhooks answer for their signature (a generated one is
+    # 400) rather than 503 WEBHOOK_NOT_CONFIGURED to every case.
+    env = server_env(data_dir, TALLY_RATE_LIMITS=NO_RATE_LIMITS, TALLY_STRIPE_WEBHOOK_SECRET="whsec_fuzz")
     with running_server(env, data_dir) as server:
         assert server.http_addr, f"the serving line has no http_addr:\n{server.stderr}"
         assert server.http_addr.startswith("127.0.0.1:"), server.http_addr  # loopback only
