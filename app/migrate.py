@@ -42,15 +42,16 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(_current_revision)
 
 
-async def upgrade(engine: AsyncEngine) -> tuple[str | None, str]:
-    """Bring the schema to the newest revision; returns (revision before, revision after)."""
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str]:
+    """Bring the schema to `revision` (the newest by default; tests of a migration stop short of
+    it); returns (revision before, revision after)."""
 
     def run(connection: Connection) -> tuple[str | None, str]:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_ID})
         before = _current_revision(connection)
-        command.upgrade(_config(connection), "head")
-        return before, head_revision()
+        command.upgrade(_config(connection), revision)
+        return before, head_revision() if revision == "head" else revision
 
     async with engine.begin() as connection:
         return await connection.run_sync(run)

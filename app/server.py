@@ -54,6 +54,7 @@ from core.forwarding import ClientForwarding, GatewayProof
 from core.idempotency import ExpiredKeyPurger
 from core.metrics import Metrics
 from core.modules import Platform, ServiceModule
+from core.outbox import CommitSignal
 from core.pagination import PageTokens
 from core.sealing import ServerKey
 from core.settings import ListenError, Settings, SettingsError, check_can_listen
@@ -215,13 +216,14 @@ async def build_components(
     clock = clock or SystemClock()
     engine = db.create_engine(settings)
     cache = _read_cache(settings)
+    outbox_commits = CommitSignal()
     try:
         await prepare_database(settings, engine)
         secret = page_token_secret(settings)
         platform = Platform(
             settings=settings,
             engine=engine,
-            writers=db.session_factory(engine),
+            writers=db.session_factory(engine, commits=outbox_commits),
             readers=db.session_factory(db.read_only(engine)),
             snapshots=db.session_factory(db.snapshot_reader(engine)),
             wall_clock=clock,
@@ -235,6 +237,7 @@ async def build_components(
                 **({"passwords": passwords} if passwords is not None else {}),
             },
             cache=cache or NoCache(),
+            outbox_commits=outbox_commits,
         )
         services = {module.name: module.build(platform) for module in modules}
     except BaseException:

@@ -14,14 +14,16 @@ lease ran out rolls that transaction back. A test clock's invoices are collected
 AdvanceTestClock at the clock's time instead (`ClockCollections`, billing_svc/clocks/advance.py).
 
 Outcomes (`Collected`):
-- PAID: no more charges; a past-due or unpaid subscription is active again (`mark_paid`).
+- PAID: no more charges; a past-due or unpaid subscription is active again (`mark_paid`), unless
+  another open invoice of it had a charge declined (`_recover`): it is still in dunning.
 - DECLINED: one more failed attempt. The first one makes an active subscription past due; attempt
   n is retried at finalize time + `dunning_retry_days`[n - 1] (default 3,5,7: four charges in
   all); when the last retry fails, the subscription goes to `dunning_end_state` (canceled, or
   unpaid: no features, periods roll over without fees) and the invoice is left open: it stays
   owed, and paying it later by any path makes an unpaid subscription active again. (Marking it
-  uncollectible is left to an operator, MarkInvoiceUncollectible.) Each decline emits
-  `invoice.dunning_step` with the attempt count and the next attempt's time (`final` at the end).
+  uncollectible is left to an operator, MarkInvoiceUncollectible, which restores it too.) Each
+  decline emits `invoice.dunning_step` with the attempt count and the next attempt's time (`final`
+  at the end).
 - PENDING, GATEWAY_UNAVAILABLE (or the collector raising): tried again after
   `collection_retry_delay_seconds`; not a dunning step, the attempt count is unchanged.
 - NO_PAYMENT_METHOD: no schedule any more; the invoice waits to be paid by hand (PayInvoice,
@@ -29,9 +31,19 @@ Outcomes (`Collected`):
 - NOTHING_DUE: no schedule any more (and, as after PAID, a paid invoice's subscription restored).
 
 A payment by another path (PayInvoice, CreatePayment) restores the subscription in the worker's
-pass, not where the invoice becomes paid (the invoices' transaction has no subscription in it):
+pass, not where the invoice becomes paid (the paths that pay an invoice leave its subscription be):
 saving a paid invoice that had declined attempts makes it due at its paid time, and the pass that
 takes it finds it paid (NOTHING_DUE, or without calling out at all) and runs `mark_paid`.
+
+Writing an open invoice off (VoidInvoice, MarkInvoiceUncollectible) ends its collection and
+restores the subscription in that same transaction (`written_off`, the invoice use cases'
+`WrittenOff`, which run on a SqlBillingUnitOfWork for this): the invoice's schedule and any
+worker's claim on it are cleared, and `_recover` runs as after a payment. Stripe's subscription
+is past due while payment on its latest invoice has failed
+(https://docs.stripe.com/billing/subscriptions/overview, "Subscription statuses"); written off,
+that invoice is no reason any more, as Stripe's pause on payment failure also resumes when the
+invoice is paid or marked uncollectible
+(https://docs.stripe.com/changelog/endive/2026-09-30/pause-on-payment-failure).
 
 How others do it, and what we took: Stripe's custom retry schedule ("retry up to N times within M
 days", then cancel the subscription, mark it unpaid or leave it past due; the invoice is left past
@@ -61,6 +73,7 @@ from billing_svc.billing_work import SqlBillingUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow
 from billing_svc.invoices import domain as invoice_domain
 from billing_svc.invoices.domain import Invoice, InvoiceStatus
+from billing_svc.invoices.ports import InvoicesUnitOfWork
 from billing_svc.invoices.tables import InvoiceRow
 from billing_svc.subscriptions import engine
 from billing_svc.subscriptions.domain import State, Subscription
@@ -85,6 +98,8 @@ ONLY_WALL_CLOCK = ~exists(
 )
 # The payments module's refusal of an account without a default payment method.
 NO_PAYMENT_METHOD_REASONS = frozenset({"PAYMENT_METHOD_REQUIRED"})
+# Nothing more is collected of an invoice in these states; its subscription may be restored.
+SETTLED = frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE})
 # The claim is held through the gateway calls: a batch of 50, 8 at once, each at most the payments
 # module's 3 tries of a 10 s timeout, stays far inside it.
 LEASE = timedelta(minutes=15)
@@ -205,15 +220,13 @@ async def apply_outcome(
     assert invoice.finalize_time is not None
     decision = decide(policy, outcome, attempts=attempts, finalize_time=invoice.finalize_time, now=now)
     await _set_schedule(uow, invoice_id, decision.attempts, decision.next_time)
-    subscription = None
-    if invoice.subscription_id:
-        subscription = await uow.subscriptions.get(invoice.subscription_id, for_update=True)
+    subscription = await _subscription_of(uow, invoice)
     if outcome is Collected.DECLINED:
         _emit_dunning_step(uow, invoice, decision)
     if subscription is None:
         return decision
-    if invoice.status is InvoiceStatus.PAID and subscription.state in (State.PAST_DUE, State.UNPAID):
-        await _step(uow, caller, subscription, engine.mark_paid(subscription, now), "payment_recovered", now)
+    if invoice.status in SETTLED:
+        await _recover(uow, caller, invoice, subscription, now)
     elif decision.past_due and subscription.state is State.ACTIVE:
         subscription = await _step(
             uow, caller, subscription, engine.mark_past_due(subscription, now), "past_due", now
@@ -221,6 +234,60 @@ async def apply_outcome(
     if decision.exhausted and subscription.state is State.PAST_DUE:
         await _end(uow, caller, policy, subscription, now)
     return decision
+
+
+async def written_off(uow: InvoicesUnitOfWork, caller: Caller, invoice: Invoice, now: datetime) -> None:
+    """An open invoice voided or marked uncollectible (invoices/ports.py `WrittenOff`), in that
+    transaction: its schedule and any claim on it are cleared already (the invoices' `save`); the
+    subscription it bills is restored as a payment restores it (`_recover`). `now` is the account's
+    billing time."""
+    billing = _as_billing(uow)
+    subscription = await _subscription_of(billing, invoice)
+    if subscription is not None:
+        await _recover(billing, caller, invoice, subscription, now)
+
+
+def _as_billing(uow: InvoicesUnitOfWork) -> SqlBillingUnitOfWork:
+    if not isinstance(uow, SqlBillingUnitOfWork):  # module.py gives the invoice use cases this one
+        raise TypeError(f"a write-off needs a SqlBillingUnitOfWork, not {type(uow).__name__}")
+    return uow
+
+
+async def _subscription_of(uow: SqlBillingUnitOfWork, invoice: Invoice) -> Subscription | None:
+    if not invoice.subscription_id:
+        return None
+    return await uow.subscriptions.get(invoice.subscription_id, for_update=True)
+
+
+async def _recover(
+    uow: SqlBillingUnitOfWork, caller: Caller, invoice: Invoice, subscription: Subscription, now: datetime
+) -> None:
+    """A past-due or unpaid subscription is active again once `invoice` is settled (paid, void or
+    uncollectible) and no other invoice of it is still in dunning: open, with a declined charge.
+    A subscription canceled at the end of dunning stays canceled."""
+    if invoice.status not in SETTLED or subscription.state not in (State.PAST_DUE, State.UNPAID):
+        return
+    if await _declined_elsewhere(uow, invoice):
+        return
+    await _step(uow, caller, subscription, engine.mark_paid(subscription, now), "payment_recovered", now)
+
+
+async def _declined_elsewhere(uow: SqlBillingUnitOfWork, invoice: Invoice) -> bool:
+    """Whether another open invoice of the subscription had a charge declined. Only a decline makes a
+    subscription past due, and each way such an invoice is settled runs `_recover` again (a payment
+    through the worker's pass, a write-off in its own transaction), so none is left waiting."""
+    found = await uow.session.scalar(
+        select(InvoiceRow.id)
+        .where(
+            InvoiceRow.account_id == invoice.account_id,
+            InvoiceRow.subscription_id == invoice.subscription_id,
+            InvoiceRow.id != invoice.id,
+            InvoiceRow.status == InvoiceStatus.OPEN.value,
+            InvoiceRow.collection_attempts > 0,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 async def _end(

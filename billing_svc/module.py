@@ -39,7 +39,7 @@ from billing_svc.clocks.sql_unit_of_work import SqlTestClocksUnitOfWork
 from billing_svc.clocks.tables import TestClockAccountRow, TestClockRow
 from billing_svc.clocks.unit_of_work import TestClocksUnitOfWork
 from billing_svc.clocks.use_cases import TestClockDeps
-from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector
+from billing_svc.collection import ClockCollections, DunningPolicy, InvoiceCollector, written_off
 from billing_svc.events.reader import SqlEventReader
 from billing_svc.events.servicer import EventServicer
 from billing_svc.events.use_cases import EventDeps
@@ -201,10 +201,12 @@ def _invoices(platform: Platform) -> InvoiceDeps:
         )
 
     return InvoiceDeps(
-        new_uow=invoices_uow(platform.writers),
+        # Writes hold the subscriptions too: a write-off restores the subscription in its transaction.
+        new_uow=_billing_uow(platform, platform.writers),
         new_reader=invoices_uow(platform.snapshots),  # an invoice and its lines: one snapshot
         clock=platform.wall_clock,
         page_tokens=platform.page_tokens,
+        written_off=written_off,
         number_prefix=platform.settings.invoice_number_prefix,
         days_until_due=platform.settings.invoice_days_until_due,
         grace_period=timedelta(seconds=platform.settings.invoice_grace_period_seconds),
@@ -361,6 +363,7 @@ def build(platform: Platform) -> BillingServices:
             platform.page_tokens,
             poll_seconds=platform.settings.events_watch_poll_seconds,
             heartbeat_seconds=platform.settings.events_watch_heartbeat_seconds,
+            commits=platform.outbox_commits,
         ),
         new_billing_uow=_billing_uow(platform, platform.writers),
         billing_work=billing_work,

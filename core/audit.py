@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, Index, String, insert, select
+from sqlalchemy import JSON, Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core import ids
-from core.db import Base, UtcDateTime
+from core.db import Base, UtcDateTime, defer_row
 from core.pagination import keyset_after
 from core.principal import Caller
 from core.request_context import current_trace_id, request_info
@@ -122,24 +122,25 @@ class SqlAuditLog:
         changes: Mapping[str, Any],
     ) -> None:
         principal = caller.principal
-        # An INSERT statement rather than add() and flush(): the same one statement, at once, without
-        # the unit-of-work flush's bookkeeping (a renewal writes three audit rows). Being an ORM
-        # statement, it flushes what the session holds pending first, as flush() did.
-        await self._session.execute(
-            insert(AuditEventRow).values(
-                id=ids.new_id("evt"),
-                time=time,
-                actor=caller.actor,
-                actor_role=principal.role.value if principal else "",
-                method=caller.method,
-                request_id=caller.request_id,
-                resource_type=resource_type,
-                resource_id=resource_id,
-                action=action,
-                changes=dict(changes),
-                trace_id=current_trace_id(),
-                correlation_id=_current_correlation_id(),
-            )
+        # Written at commit with the transaction's other audit rows, in one statement (a renewal
+        # writes three): core.db.defer_row. Nothing in a transaction reads its own audit rows.
+        defer_row(
+            self._session,
+            AuditEventRow,
+            {
+                "id": ids.new_id("evt"),
+                "time": time,
+                "actor": caller.actor,
+                "actor_role": principal.role.value if principal else "",
+                "method": caller.method,
+                "request_id": caller.request_id,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "action": action,
+                "changes": dict(changes),
+                "trace_id": current_trace_id(),
+                "correlation_id": _current_correlation_id(),
+            },
         )
 
     async def list(

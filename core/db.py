@@ -10,6 +10,7 @@ outbox in core/outbox.py). ARCHITECTURE.md has the rules around them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import sqlite3
@@ -18,13 +19,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import DateTime, MetaData, event, insert
+from sqlalchemy import DateTime, Insert, MetaData, Update, bindparam, event, insert, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 from core.clock import Clock, SystemClock
@@ -33,7 +35,7 @@ from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.cache import ReadCache
-    from core.outbox import PendingEvent
+    from core.outbox import CommitSignal, PendingEvent
 
 log = logging.getLogger("tally.db")
 
@@ -215,20 +217,121 @@ def classify(exc: BaseException | None) -> TallyError | None:
     return _unavailable() if isinstance(exc, DBAPIError) and exc.connection_invalidated else None
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+# Where a session made by session_factory(..., commits=...) keeps its CommitSignal.
+_COMMIT_SIGNAL = "tally.outbox_commits"
+
+
+def session_factory(
+    engine: AsyncEngine, *, commits: CommitSignal | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine`. With `commits`, a unit of work on them that wrote outbox events
+    tells it once it has committed (the composition root passes one for its writers), so
+    in-process watchers wake at once instead of at their next poll."""
+    info = {_COMMIT_SIGNAL: commits} if commits is not None else {}
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+
+
+@functools.cache
+def _column_keys(model: Any) -> dict[str, str]:
+    """`model`'s column keys by attribute name (they differ where a column's name is a Python
+    keyword or a reserved attribute, like `metadata_` for the column `metadata`)."""
+    return {prop.key: prop.columns[0].key for prop in sa_inspect(model).column_attrs}
+
+
+@functools.cache
+def _table_insert(model: Any) -> Insert:
+    return insert(model.__table__)
+
+
+@functools.cache
+def _table_update(model: Any, key: str) -> Update:
+    table = model.__table__
+    return update(table).where(table.c[_column_keys(model)[key]] == bindparam(_KEY_PARAMETER))
+
+
+_KEY_PARAMETER = "tally_row_key"
+
+
+def table_parameters(model: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` by attribute name as the parameters of a Core statement on `model`'s table."""
+    keys = _column_keys(model)
+    return {keys[name]: value for name, value in values.items()}
+
+
+async def insert_row(session: AsyncSession, model: Any, values: Mapping[str, Any]) -> None:
+    """INSERT one row of `model` (column values by attribute name) in this transaction.
+
+    A Core statement on the table, built once and given its values as parameters: the ORM's
+    `insert(Model).values(...)` builds a bind parameter per value and a cache key over all of
+    them on every call, and passes through the ORM's bulk machinery, which cost more than the
+    round trip on the billing worker's hot path. Defaults of the columns apply as with the ORM;
+    the session has no autoflush (`session_factory`), so neither form flushes pending objects.
+    """
+    await session.execute(_table_insert(model), table_parameters(model, values))
+
+
+async def update_row(
+    session: AsyncSession, model: Any, key: tuple[str, Any], values: Mapping[str, Any]
+) -> int:
+    """UPDATE the row of `model` whose `key` (attribute name, value) matches, setting `values` (by
+    attribute name), as a Core statement built once per key (as `insert_row`); the rows matched."""
+    parameters = table_parameters(model, values)
+    parameters[_KEY_PARAMETER] = key[1]
+    result = await session.execute(_table_update(model, key[0]), parameters)
+    return int(getattr(result, "rowcount", 0))
+
+
+_DEFERRED_ROWS = "tally.deferred_rows"  # session.info: rows to insert at commit, by model
+
+
+def defer_row(session: AsyncSession, model: Any, values: Mapping[str, Any]) -> None:
+    """Insert a row of `model` (column values by attribute name) when this transaction commits:
+    the rows deferred on a session are written together, one `executemany` per model, right
+    before COMMIT (`write_deferred_rows`, which `UnitOfWork.commit` calls, and a before-commit
+    hook for any other commit). For rows nothing reads back inside the transaction (audit rows:
+    a renewal writes three, for one statement instead of three). A rollback drops them."""
+    deferred: dict[Any, list[dict[str, Any]]] = session.info.setdefault(_DEFERRED_ROWS, {})
+    deferred.setdefault(model, []).append(table_parameters(model, values))
+
+
+async def write_deferred_rows(session: AsyncSession) -> None:
+    """Write the rows `defer_row` holds for this session, now."""
+    deferred = session.info.pop(_DEFERRED_ROWS, None)
+    for model, rows in (deferred or {}).items():
+        await session.execute(_table_insert(model), rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_deferred_on_commit(session: Session) -> None:
+    """Whatever commits a session with deferred rows writes them first (the unit of work writes
+    them itself, before its outbox events); sync, inside the async session's greenlet."""
+    deferred = session.info.pop(_DEFERRED_ROWS, None)
+    for model, rows in (deferred or {}).items():
+        session.execute(_table_insert(model), rows)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_deferred_on_rollback(session: Session) -> None:
+    session.info.pop(_DEFERRED_ROWS, None)
 
 
 async def add_all_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `rows` (column values by attribute name) into `model`'s table in one statement.
+    """Insert `rows` (column values by attribute name, the same names in every row) into
+    `model`'s table in one statement.
 
     One `executemany`: asyncpg sends every row's Bind/Execute and waits once (one round trip
     once the statement is prepared on the connection); sqlite3 runs it in one driver call.
     `session.add()` + `flush()` per row, as repositories do for single rows, costs one round
     trip each. Nothing is returned: ids are made by the caller (core.ids), not the database.
+    A Core statement (see `insert_row`): NULLs are sent as values, so rows that differ only in
+    which values are None still make one statement (the ORM's bulk insert splits them).
     """
-    if rows:
-        await session.execute(insert(model), list(rows))
+    if not rows:
+        return
+    names = rows[0].keys()
+    if any(row.keys() != names for row in rows):
+        raise ValueError(f"rows for {model.__name__} do not all name the same columns")
+    await session.execute(_table_insert(model), [table_parameters(model, row) for row in rows])
 
 
 def upsert_into(session: AsyncSession, model: Any) -> Any:
@@ -322,7 +425,9 @@ class UnitOfWork:
         self._events.append(outbox.pending_event(event_type, resource, payload, self._clock.now()))
 
     async def commit(self) -> None:
-        if self._events:
+        await write_deferred_rows(self.session)
+        wrote_events = bool(self._events)
+        if wrote_events:
             from core import outbox
 
             # Written last, right before COMMIT: the outbox's ordering lock is held only
@@ -330,6 +435,9 @@ class UnitOfWork:
             await outbox.write_events(self.session, self._events)
             self._events = []
         await self.session.commit()
+        signal: CommitSignal | None = self.session.info.get(_COMMIT_SIGNAL)
+        if wrote_events and signal is not None:
+            signal.committed()  # before the callbacks: a slow one must not delay the watchers
         callbacks, self._after_commit = self._after_commit, []
         await run_after_commit(callbacks)
 

@@ -22,6 +22,7 @@ from core.accounts import AccountDirectoryFactory
 from core.cache import NoCache, ReadCache
 from core.clock import Clock
 from core.db import Base
+from core.outbox import CommitSignal
 from core.pagination import PageTokens
 from core.sealing import ServerKey
 from core.settings import Settings
@@ -53,6 +54,8 @@ class Platform:
     overrides: Mapping[str, object] = field(default_factory=dict)
     # The read-through cache of hot reads (core/cache.py); NoCache when caching is off.
     cache: ReadCache = field(default_factory=NoCache)
+    # Told when a unit of work on `writers` that wrote outbox events commits (core/outbox.py).
+    outbox_commits: CommitSignal = field(default_factory=CommitSignal)
 
 
 @dataclass(frozen=True)

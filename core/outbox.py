@@ -45,9 +45,10 @@ is AUTOINCREMENT so a position is never reused even after the newest rows are de
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -57,6 +58,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Identity,
+    Index,
     Integer,
     String,
     Table,
@@ -77,6 +79,7 @@ ID_PREFIX = "oev"  # "evt" is taken by audit events
 MAX_EVENT_TYPE = 64
 MAX_RESOURCE_TYPE = 40
 MAX_RESOURCE_ID = 64
+ACCOUNT_RESOURCE_TYPE = "account"
 # Advisory lock key that orders the drawing of positions (app.migrate uses ...001).
 _ORDER_LOCK = 7_246_551_002
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
@@ -84,7 +87,11 @@ _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 class OutboxEventRow(Base):
     __tablename__ = "outbox_events"
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        # An account's events in position order: a customer's watch or listing reads only its own.
+        Index("ix_outbox_events_account_id_position", "account_id", "position"),
+        {"sqlite_autoincrement": True},
+    )
 
     # SQLite assigns positions only to a column declared exactly INTEGER PRIMARY KEY.
     position: Mapped[int] = mapped_column(
@@ -94,9 +101,21 @@ class OutboxEventRow(Base):
     type: Mapped[str] = mapped_column(String(MAX_EVENT_TYPE))
     resource_type: Mapped[str] = mapped_column(String(MAX_RESOURCE_TYPE))
     resource_id: Mapped[str] = mapped_column(String(MAX_RESOURCE_ID))
+    # account_of(...) when written: "" for events of no account (plans, meters, clocks).
+    account_id: Mapped[str] = mapped_column(String(MAX_RESOURCE_ID), server_default="")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     trace_id: Mapped[str | None] = mapped_column(String(32))
+
+
+def account_of(resource_type: str, resource_id: str, payload: Mapping[str, Any]) -> str:
+    """The account an event belongs to: the resource itself when it is an account, else the
+    payload's `account_id` (invoices, credit notes, subscriptions carry it); "" when neither.
+    Stored with the event (the `account_id` column), so readers filter on it in SQL."""
+    if resource_type == ACCOUNT_RESOURCE_TYPE:
+        return resource_id
+    found = payload.get("account_id")
+    return found if isinstance(found, str) and len(found) <= MAX_RESOURCE_ID else ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class PendingEvent:
     type: str
     resource_type: str
     resource_id: str
+    account_id: str
     payload: Mapping[str, Any]
     create_time: datetime
     trace_id: str | None
@@ -119,6 +139,7 @@ class OutboxEvent:
     type: str
     resource_type: str
     resource_id: str
+    account_id: str
     payload: Mapping[str, Any]
     create_time: datetime
     trace_id: str | None
@@ -147,6 +168,7 @@ def pending_event(
         type=event_type,
         resource_type=resource_type,
         resource_id=resource_id,
+        account_id=account_of(resource_type, resource_id, plain),
         payload=plain,
         create_time=time,
         trace_id=current_trace_id() or None,
@@ -157,7 +179,7 @@ def _table() -> Table:
     return cast(Table, OutboxEventRow.__table__)
 
 
-_COLUMNS = ("id", "type", "resource_type", "resource_id", "payload", "create_time", "trace_id")
+_COLUMNS = ("id", "type", "resource_type", "resource_id", "account_id", "payload", "create_time", "trace_id")
 
 
 def _postgres_insert() -> Any:
@@ -190,8 +212,16 @@ async def write_events(session: AsyncSession, events: list[PendingEvent]) -> Non
         await session.execute(insert(_table()), rows)
 
 
-async def read_events(session: AsyncSession, after_position: int, limit: int) -> list[OutboxEvent]:
-    """Committed events with a position above `after_position`, in position order.
+async def read_events(
+    session: AsyncSession,
+    after_position: int,
+    limit: int,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+    through: int | None = None,
+) -> list[OutboxEvent]:
+    """Committed events with a position above `after_position` (and at most `through`, when
+    given) that meet every condition in `where`, in position order.
 
     Safe to call from any reader at any time: whatever it returns, no event with a smaller
     position can commit later (see the module docstring), so the caller may move its cursor
@@ -199,12 +229,10 @@ async def read_events(session: AsyncSession, after_position: int, limit: int) ->
     """
     if limit <= 0:
         raise ValueError("limit must be positive")
-    statement = (
-        select(OutboxEventRow)
-        .where(OutboxEventRow.position > after_position)
-        .order_by(OutboxEventRow.position)
-        .limit(limit)
-    )
+    statement = select(OutboxEventRow).where(OutboxEventRow.position > after_position, *where)
+    if through is not None:
+        statement = statement.where(OutboxEventRow.position <= through)
+    statement = statement.order_by(OutboxEventRow.position).limit(limit)
     rows = (await session.execute(statement)).scalars().all()
     return [
         OutboxEvent(
@@ -213,6 +241,7 @@ async def read_events(session: AsyncSession, after_position: int, limit: int) ->
             type=row.type,
             resource_type=row.resource_type,
             resource_id=row.resource_id,
+            account_id=row.account_id,
             payload=row.payload,
             create_time=row.create_time,
             trace_id=row.trace_id,
@@ -226,3 +255,25 @@ async def newest_position(session: AsyncSession) -> int:
     only events that commit later (committed positions are a prefix, see the module docstring)."""
     statement = select(func.max(OutboxEventRow.position))
     return int((await session.execute(statement)).scalar() or 0)
+
+
+class CommitSignal:
+    """Tells this process's outbox readers that a transaction which wrote events has committed.
+
+    The unit of work calls `committed()` right after such a commit (never after a rollback);
+    a reader takes `next_commit()` BEFORE it reads, then waits on it: a commit that lands
+    between its read and its wait has already set the event it holds, so none is missed.
+    Commits of other processes are not seen here: readers keep polling as the fallback.
+    One per engine's writers (core.db.session_factory), shared by every unit of work on them.
+    """
+
+    def __init__(self) -> None:
+        self._next = asyncio.Event()
+
+    def next_commit(self) -> asyncio.Event:
+        """Set at the next commit that wrote events (or `committed()` call) after this call."""
+        return self._next
+
+    def committed(self) -> None:
+        fired, self._next = self._next, asyncio.Event()
+        fired.set()

@@ -354,7 +354,8 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         description="WatchEvents: seconds between looks at the outbox for new events while a watch is "
-        "caught up (every replica's commits are seen this way).",
+        "caught up, for events other processes (replicas, `tally worker`) commit; this process's "
+        "commits wake its watches at once.",
     )
     events_watch_heartbeat_seconds: float = Field(
         15.0,

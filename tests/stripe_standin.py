@@ -2,7 +2,8 @@
 
 Form-encoded bodies, the Idempotency-Key header honoured (a repeat replays the stored answer, a
 repeat with other parameters is an idempotency_error), errors shaped like Stripe's so the real
-SDK raises its real error classes. The payment method decides the outcome (PAYMENT_METHODS).
+SDK raises its real error classes. The payment method decides the outcome (PAYMENT_METHODS); a
+refund's status and how late it is answered are the state's (`refund_status`, `refund_delay`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class StandinState:
     # Idempotency-Key -> (the parameters, the HTTP status, the answer)
     answers: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     created: Counter[str] = field(default_factory=Counter)  # PaymentIntents made, by our key
+    refunds: list[dict[str, Any]] = field(default_factory=list)  # in the order made
+    refunds_created: Counter[str] = field(default_factory=Counter)  # Refunds made, by our key
+    refund_status: str = "succeeded"  # what each new refund is made as (pending, failed ...)
+    refund_delay: float = 0  # how late a new refund is answered (made all the same)
+    page_limit: int = 100  # the most a list answers in one page, whatever `limit` asks
 
 
 def create_app(state: StandinState) -> web.Application:
@@ -70,6 +76,18 @@ def create_app(state: StandinState) -> web.Application:
     @routes.post("/v1/refunds")
     async def refund(request: web.Request) -> web.Response:
         return await _idempotent(request, state, lambda params: _refund(state, params))
+
+    @routes.get("/v1/refunds")
+    async def list_refunds(request: web.Request) -> web.Response:
+        """Newest first, filtered by payment_intent, paged by limit and starting_after."""
+        wanted = request.query.get("payment_intent")
+        found = [r for r in reversed(state.refunds) if wanted is None or r["payment_intent"] == wanted]
+        after = request.query.get("starting_after")
+        if after is not None:
+            found = found[[r["id"] for r in found].index(after) + 1 :]
+        limit = min(int(request.query.get("limit", "10")), state.page_limit)
+        body = {"object": "list", "url": "/v1/refunds", "has_more": len(found) > limit}
+        return web.json_response({**body, "data": found[:limit]})
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -148,15 +166,21 @@ def _refund(state: StandinState, params: dict[str, str]) -> tuple[int, dict[str,
             code="amount_too_large",
         )
         return 400, body, 0
-    state.refunded[intent["id"]] += amount
+    if state.refund_status != "failed":
+        state.refunded[intent["id"]] += amount
+    metadata = {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}
     refund = {
         "id": f"re_{secrets.token_hex(8)}",
         "object": "refund",
         "amount": amount,
-        "status": "succeeded",
+        "status": state.refund_status,
+        "failure_reason": "declined" if state.refund_status == "failed" else None,
         "payment_intent": intent["id"],
+        "metadata": metadata,
     }
-    return 200, refund, 0
+    state.refunds.append(refund)
+    state.refunds_created[metadata.get("tally_idempotency_key", "")] += 1
+    return 200, refund, state.refund_delay
 
 
 def _error_body(kind: str, message: str, *, code: str | None = None) -> dict[str, Any]:

@@ -75,33 +75,38 @@ def _feature_rows(plan: PlanVersion) -> list[dict[str, Any]]:
 async def load_version(
     session: AsyncSession, plan_id: str, version: int | None, *, lock_plan: bool, lock_version: bool
 ) -> PlanVersion | None:
-    """One version of a plan (the latest when `version` is None) with its features: two queries.
+    """One version of a plan (the latest when `version` is None) with its features: one query, a
+    row per feature (the features joined on the outer side, so a version without any is one row).
 
     `lock_plan` and `lock_version` take FOR UPDATE on the plans row and the plan_versions row
     (PostgreSQL; SQLite's single writer needs none): UpdatePlan takes both, a subscription that
-    is about to use a version takes the version's, so that the two wait for each other.
+    is about to use a version takes the version's, so that the two wait for each other. The
+    features, on the nullable side of the join, are not locked (PostgreSQL refuses that); they
+    change only with their version, under its lock.
     """
     if len(plan_id) > ids.MAX_LENGTH:
         return None  # no such id can exist; the database need not be asked
     wanted = PlanRow.latest_version if version is None else version
     statement = (
-        select(PlanRow, PlanVersionRow)
+        select(PlanRow, PlanVersionRow, PlanFeatureRow)
         .join(PlanVersionRow, and_(PlanVersionRow.plan_id == PlanRow.id, PlanVersionRow.version == wanted))
+        .outerjoin(
+            PlanFeatureRow,
+            and_(
+                PlanFeatureRow.plan_id == PlanVersionRow.plan_id,
+                PlanFeatureRow.version == PlanVersionRow.version,
+            ),
+        )
         .where(PlanRow.id == plan_id)
     )
     locked = [table for table, lock in ((PlanRow, lock_plan), (PlanVersionRow, lock_version)) if lock]
     if locked:
         statement = statement.with_for_update(of=locked)
-    found = (await session.execute(statement)).first()
-    if found is None:
+    found = (await session.execute(statement)).all()
+    if not found:
         return None
-    plan, version_row = found
-    rows = await session.execute(
-        select(PlanFeatureRow).where(
-            PlanFeatureRow.plan_id == plan_id, PlanFeatureRow.version == version_row.version
-        )
-    )
-    return _to_domain(plan, version_row, [_feature(row) for row in rows.scalars()])
+    plan, version_row, _feature_row = found[0]
+    return _to_domain(plan, version_row, [_feature(row[2]) for row in found if row[2] is not None])
 
 
 async def plan_exists(session: AsyncSession, plan_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""Reading the outbox, pure: which events a filter admits, whose account an event is, cursors.
+"""Reading the outbox, pure: the filter a request asks for, and cursors.
 
 A cursor is a position in the outbox (core/outbox.py): everything at or below it was sent to the
 watcher or filtered out. Positions only grow and are drawn in commit order, so resuming after a
@@ -12,42 +12,29 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from billing_svc.webhooks.domain import matches
 from core.errors import InvalidArgument, NotFound
-from core.outbox import MAX_EVENT_TYPE, MAX_RESOURCE_ID, MAX_RESOURCE_TYPE, OutboxEvent
+from core.outbox import MAX_EVENT_TYPE, MAX_RESOURCE_ID, MAX_RESOURCE_TYPE
 from core.text import excerpt
 
-ACCOUNT_RESOURCE_TYPE = "account"
 MAX_EVENT_TYPES = 50
 CURSOR_PATTERN = "c(0|[1-9][0-9]{0,17})"  # below 10**18: within int64, as positions are
 _CURSOR = re.compile(CURSOR_PATTERN)
 
 
-def account_of(event: OutboxEvent) -> str:
-    """The account an event belongs to: the resource itself when it is an account, else the
-    payload's `account_id` (invoices, credit notes, subscriptions carry it); "" when neither."""
-    if event.resource_type == ACCOUNT_RESOURCE_TYPE:
-        return event.resource_id
-    found = event.payload.get("account_id")
-    return found if isinstance(found, str) else ""
-
-
 @dataclass(frozen=True)
 class EventFilter:
-    """What a listing or a watch asks for; every given part must hold (empty parts take all)."""
+    """What a listing or a watch asks for; every given part must hold (empty parts take all).
+    An event type ending in a dot is a prefix ("invoice."); the reader applies it all in SQL,
+    the account on the outbox's stored `account_id` (core.outbox.account_of)."""
 
     event_types: tuple[str, ...] = ()
     resource_type: str = ""
     resource_id: str = ""
     account_id: str = ""
 
-    def admits(self, event: OutboxEvent) -> bool:
-        return (
-            matches(self.event_types, event.type)
-            and self.resource_type in ("", event.resource_type)
-            and self.resource_id in ("", event.resource_id)
-            and self.account_id in ("", account_of(event))
-        )
+    @property
+    def takes_all(self) -> bool:
+        return not (self.event_types or self.resource_type or self.resource_id or self.account_id)
 
     def as_query(self) -> dict[str, object]:
         """What a page token is bound to."""

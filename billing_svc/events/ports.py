@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from billing_svc.events.domain import EventFilter
 from core.outbox import OutboxEvent
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """Events a filter admits, in position order, and how far the read looked: every committed
+    event at or below `through` was either in `events` or not admitted, so a watch's cursor may
+    move there (past the events its filter left out)."""
+
+    events: list[OutboxEvent]
+    through: int
+
+
 class EventReader(Protocol):
-    async def read(self, after_position: int, limit: int) -> list[OutboxEvent]:
-        """Up to `limit` committed events after `after_position`, in position (commit) order."""
+    async def read(self, wanted: EventFilter, after_position: int, limit: int) -> EventPage:
+        """Up to `limit` committed events after `after_position` that `wanted` admits, in
+        position (commit) order."""
         ...
 
     async def newest_position(self) -> int:

@@ -9,7 +9,6 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from billing_svc.events import use_cases
-from billing_svc.events.domain import account_of
 from billing_svc.events.use_cases import EventDeps, Query
 from core.errors import InvalidArgument
 from core.outbox import OutboxEvent
@@ -49,7 +48,7 @@ def event_to_proto(event: OutboxEvent) -> event_pb2.Event:
         type=event.type,
         resource_type=event.resource_type,
         resource_id=event.resource_id,
-        account_id=account_of(event),
+        account_id=event.account_id,
         create_time=created,
         payload=payload,
     )

@@ -1,27 +1,28 @@
 """Event use cases: a page of the outbox, and a watch that follows it as it grows.
 
-Both read in pages of PAGE events through the EventReader (one short read each, no transaction
-held) and filter in memory: what a watcher holds at any time is one page. The outbox is never
-purged today, so every cursor a watch sent stays valid; a purge, when it comes, must keep the
-oldest kept position so that an older cursor is refused (CURSOR_EXPIRED), never skipped.
+Both read through the EventReader, which applies the filter in SQL (one short read each, no
+transaction held): what a watcher holds at any time is one page of PAGE events. A caught-up
+watch waits for this process's next commit that wrote events (core.outbox.CommitSignal), or at
+most poll_seconds, which is how commits of other processes (replicas, `tally worker`) are seen.
+The outbox is never purged today, so every cursor a watch sent stays valid; a purge, when it
+comes, must keep the oldest kept position so that an older cursor is refused (CURSOR_EXPIRED),
+never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from billing_svc.events.domain import EventFilter, cursor_at, event_filter, position_of
 from billing_svc.events.ports import EventReader
 from core.errors import InvalidArgument
-from core.outbox import OutboxEvent
+from core.outbox import CommitSignal, OutboxEvent
 from core.pagination import PageTokens, page_size
 from core.principal import Caller
 
 PAGE = 500  # events read at a time
-SCAN_BUDGET = 5000  # events one ListEvents call looks at, admitted or not
 # A watch with a deadline ends this long before it, cleanly, after telling its cursor.
 DEADLINE_MARGIN_SECONDS = 0.25
 START_NOW = "now"
@@ -32,8 +33,10 @@ START_OLDEST = "oldest"
 class EventDeps:
     reader: EventReader
     page_tokens: PageTokens
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.5  # the fallback: commits of other processes are seen this way
     heartbeat_seconds: float = 15.0
+    # Set after each commit in this process that wrote events: caught-up watches look at once.
+    commits: CommitSignal = field(default_factory=CommitSignal)
     # Set when the server shuts down: every watch ends (OK) at its next look.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -69,29 +72,16 @@ class WatchItem:
 async def list_events(
     deps: EventDeps, caller: Caller, query: Query, *, size: int, page_token: str
 ) -> tuple[list[OutboxEvent], str]:
-    """Up to `size` admitted events, oldest first, and the next page's token ("" at the end).
-
-    A page stops early, with a token, once SCAN_BUDGET events were looked at: a narrow filter
-    over a long outbox answers in bounded time, and the next page goes on from there."""
+    """Up to `size` admitted events, oldest first, and the next page's token ("" at the end)."""
     wanted = query.checked(caller)
     limit = page_size(size)
     bound = wanted.as_query()
     position = _token_position(deps.page_tokens.decode(page_token, bound)) if page_token else 0
-    found: list[OutboxEvent] = []
-    scanned = 0
-    while True:
-        batch = await deps.reader.read(position, PAGE)
-        for event in batch:
-            if wanted.admits(event):
-                if len(found) == limit:
-                    return found, deps.page_tokens.encode({"o": found[-1].position}, bound)
-                found.append(event)
-            position = event.position
-        scanned += len(batch)
-        if len(batch) < PAGE:
-            return found, ""
-        if scanned >= SCAN_BUDGET:
-            return found, deps.page_tokens.encode({"o": position}, bound)
+    # One more than asked: whether a next page exists is known without another request.
+    found = (await deps.reader.read(wanted, position, limit + 1)).events
+    if len(found) > limit:
+        return found[:limit], deps.page_tokens.encode({"o": found[limit - 1].position}, bound)
+    return found, ""
 
 
 def _token_position(position: dict[str, object]) -> int:
@@ -137,18 +127,31 @@ async def watch_events(
         left = time_left()
         if left is not None and left <= DEADLINE_MARGIN_SECONDS:
             break
-        batch = await deps.reader.read(position, PAGE)
-        for event in batch:
+        # Taken before the read: a commit between the read and the wait has set it already.
+        committed = deps.commits.next_commit()
+        page = await deps.reader.read(wanted, position, PAGE)
+        for event in page.events:
             position = event.position
-            if wanted.admits(event):
-                yield WatchItem(cursor_at(position), event)
-                last_sent = loop.time()
-        if len(batch) == PAGE:
+            yield WatchItem(cursor_at(position), event)
+            last_sent = loop.time()
+        position = page.through
+        if len(page.events) == PAGE:
             continue  # more backlog: no wait
         if loop.time() - last_sent >= deps.heartbeat_seconds:
             yield WatchItem(cursor_at(position))
             last_sent = loop.time()
         wait = deps.poll_seconds if left is None else min(deps.poll_seconds, left - DEADLINE_MARGIN_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(deps.stopping.wait(), wait)
+        await _first_of(committed, deps.stopping, seconds=wait)
     yield WatchItem(cursor_at(position))
+
+
+async def _first_of(*events: asyncio.Event, seconds: float) -> None:
+    """Until one of `events` is set, or `seconds` have passed."""
+    if any(event.is_set() for event in events):
+        return
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

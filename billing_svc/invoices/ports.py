@@ -15,6 +15,7 @@ from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
 from core.idempotency import IdempotencyRepository
+from core.principal import Caller
 
 
 class InvoiceRepository(Protocol):
@@ -24,7 +25,8 @@ class InvoiceRepository(Protocol):
         self, invoice: Invoice, *, cycle_key: str | None = None, collect_from: datetime | None = None
     ) -> None:
         """A new invoice with its lines. `collect_from`: it is to be charged automatically from then
-        (billing_svc/collection.py); saving it paid, void or uncollectible clears the schedule."""
+        (billing_svc/collection.py); saving it paid, void or uncollectible clears the schedule (and,
+        void or uncollectible, a collection worker's claim on it)."""
         ...
 
     async def save(
@@ -137,3 +139,14 @@ class InvoicesUnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
     def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None: ...
+
+
+class WrittenOff(Protocol):
+    """What follows when VoidInvoice or MarkInvoiceUncollectible ends the collection of an open
+    invoice, in that transaction (not committed): billing_svc/collection.py `written_off`, which
+    makes the past-due or unpaid subscription it bills active again when nothing else of it is
+    overdue. `uow` is the one the use case runs on."""
+
+    async def __call__(
+        self, uow: InvoicesUnitOfWork, caller: Caller, invoice: Invoice, now: datetime
+    ) -> None: ...

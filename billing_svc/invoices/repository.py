@@ -33,7 +33,7 @@ from billing_svc.subscriptions.domain import PendingItem
 from billing_svc.subscriptions.repository import pending_item_from_row
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow
 from core import ids
-from core.db import UtcDateTime, add_all_rows, upsert_into
+from core.db import UtcDateTime, add_all_rows, insert_row, upsert_into
 from core.pagination import keyset_after
 
 
@@ -183,7 +183,7 @@ class SqlInvoiceRepository:
         values = _invoice_values(invoice)
         if collect_from is not None:
             values["next_collection_time"] = collect_from
-        await self._session.execute(insert(InvoiceRow).values(id=invoice.id, cycle_key=cycle_key, **values))
+        await insert_row(self._session, InvoiceRow, {"id": invoice.id, "cycle_key": cycle_key, **values})
         await add_all_rows(self._session, InvoiceLineRow, _line_rows(invoice))
 
     async def save(
@@ -199,8 +199,10 @@ class SqlInvoiceRepository:
             values["next_collection_time"] = case(
                 (InvoiceRow.collection_attempts > 0, literal(invoice.paid_time, UtcDateTime())), else_=None
             )
-        elif invoice.status is not InvoiceStatus.OPEN:  # void, uncollectible: nothing more to collect
-            values["next_collection_time"] = None
+        elif invoice.status is not InvoiceStatus.OPEN:
+            # Void, uncollectible: nothing more to collect, and no worker's claim stands. A worker
+            # charging it meanwhile finds its claim gone and records nothing (the void recorded all).
+            values.update(next_collection_time=None, collection_claimed_by=None, collection_lease_until=None)
         await self._session.execute(update(InvoiceRow).where(InvoiceRow.id == invoice.id).values(**values))
         if lines_changed:  # only a draft's lines change: rewritten whole, in their new order
             await self._session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.invoice_id == invoice.id))

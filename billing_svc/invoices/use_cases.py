@@ -24,7 +24,7 @@ from billing_svc.invoices.domain import (
     UsageBasis,
 )
 from billing_svc.invoices.lines import line_from_item
-from billing_svc.invoices.ports import InvoicesUnitOfWork
+from billing_svc.invoices.ports import InvoicesUnitOfWork, WrittenOff
 from billing_svc.invoices.usage_lines import usage_lines, without_usage
 from core import ids
 from core.audit import changes_between
@@ -46,6 +46,7 @@ class InvoiceDeps:
     new_reader: Callable[[], InvoicesUnitOfWork]
     clock: Clock  # wall time: request id retention
     page_tokens: PageTokens
+    written_off: WrittenOff  # an open invoice voided or marked uncollectible: its subscription
     number_prefix: str = "INV"
     days_until_due: int = 0
     # How long a cycle invoice that bills usage stays a draft (late usage lands on it).
@@ -449,6 +450,8 @@ async def void_invoice(deps: InvoiceDeps, caller: Caller, command: VoidInvoice) 
             )
         await uow.invoices.save(done)
         await record_change(uow, caller, "voided", invoice, done)
+        if invoice.status is InvoiceStatus.OPEN:  # an uncollectible one was written off already
+            await deps.written_off(uow, caller, done, now)
         return done
 
     return (await deps.runner.run(caller, command, action)).value
@@ -459,9 +462,11 @@ async def mark_uncollectible(deps: InvoiceDeps, caller: Caller, command: MarkInv
 
     async def action(uow: InvoicesUnitOfWork) -> Invoice:
         invoice = await load(uow, caller, command.id, for_update=True)
-        done = domain.uncollectible(invoice, await _billing_now(uow, invoice.account_id))
+        now = await _billing_now(uow, invoice.account_id)
+        done = domain.uncollectible(invoice, now)
         await uow.invoices.save(done)
         await record_change(uow, caller, "marked_uncollectible", invoice, done)
+        await deps.written_off(uow, caller, done, now)
         return done
 
     return (await deps.runner.run(caller, command, action)).value

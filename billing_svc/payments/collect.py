@@ -41,8 +41,15 @@ from enum import StrEnum
 from billing_svc.invoices import domain as invoices
 from billing_svc.invoices import use_cases as invoice_use_cases
 from billing_svc.payments import domain
-from billing_svc.payments.domain import Attempt, AttemptStatus, Payment, PaymentSettings, PaymentStatus
-from billing_svc.payments.gateways.port import ChargeRequest, ChargeResult, ChargeStatus
+from billing_svc.payments.domain import (
+    Attempt,
+    AttemptStatus,
+    Payment,
+    PaymentSettings,
+    PaymentStatus,
+    Refund,
+)
+from billing_svc.payments.gateways.port import ChargeRequest, ChargeResult, ChargeStatus, RefundResult
 from billing_svc.payments.gateways.registry import GatewayRegistry
 from billing_svc.payments.ports import PaymentsUnitOfWork
 from core import ids
@@ -74,6 +81,8 @@ class PaymentDeps:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     # Called right after each charge returns, before its answer is recorded (the crash tests' hook).
     after_charge: Callable[[ChargeResult], None] = lambda result: None
+    # Called right after a refund's last call returns, before its answer is recorded (the same hook).
+    after_refund: Callable[[RefundResult], None] = lambda result: None
     runner: IdempotentRunner[PaymentsUnitOfWork, Payment] = field(init=False, repr=False)
     settings_runner: IdempotentRunner[PaymentsUnitOfWork, PaymentSettings] = field(init=False, repr=False)
 
@@ -128,13 +137,22 @@ def event_payload(payment: Payment) -> dict[str, object]:
 
 
 async def record_payment_change(
-    uow: PaymentsUnitOfWork, caller: Caller, action: str, before: Payment | None, after: Payment
+    uow: PaymentsUnitOfWork,
+    caller: Caller,
+    action: str,
+    before: Payment | None,
+    after: Payment,
+    *,
+    refund: Refund | None = None,
 ) -> None:
-    """The audit row and the `payment.<action>` event of one change."""
+    """The audit row and the `payment.<action>` event of one change (`refund`: the refund settled)."""
     changes: dict[str, object] = {"status": after.status.value}
     if before is None or before.status is not after.status:
         changes = {"status": [before.status.value if before else None, after.status.value]}
-    if action == "refunded":
+    payload = event_payload(after)
+    if refund is not None:
+        settled = {"id": refund.id, "status": refund.status.value, "amount_minor": refund.amount_minor}
+        changes["refund"] = payload["refund"] = settled
         changes["amount_refunded_minor"] = after.amount_refunded_minor
     await uow.audit.record(
         caller,
@@ -144,7 +162,7 @@ async def record_payment_change(
         action=action,
         changes=changes,
     )
-    uow.emit(f"payment.{action}", (domain.RESOURCE_TYPE, after.id), event_payload(after))
+    uow.emit(f"payment.{action}", (domain.RESOURCE_TYPE, after.id), payload)
 
 
 async def payment_method_for(

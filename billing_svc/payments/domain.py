@@ -8,7 +8,8 @@ not charged), unknown (no answer: maybe charged) or pending (accepted, not final
 the last three are left to the reconciler.
 
 Refunds hold their amount against the payment while pending, so two refunds racing can never give
-back more than was charged: refundable = amount - succeeded refunds - pending refunds.
+back more than was charged: refundable = amount - succeeded refunds - pending refunds. A pending
+refund is settled by its gateway's answer, or by the reconciler's lookup; a failed one holds nothing.
 """
 
 from __future__ import annotations
@@ -166,6 +167,11 @@ class Payment:
             return 0
         held = sum(r.amount_minor for r in self.refunds if r.status is not RefundStatus.FAILED)
         return self.amount_minor - held
+
+    @property
+    def charge_reference(self) -> str:
+        """The gateway's id of the charge (what a refund refunds); "" until an attempt succeeded."""
+        return next((a.reference for a in self.attempts if a.status is AttemptStatus.SUCCEEDED), "")
 
     def attempt(self, attempt_id: str) -> Attempt | None:
         return next((a for a in self.attempts if a.id == attempt_id), None)

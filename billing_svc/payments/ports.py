@@ -17,7 +17,10 @@ class PaymentRepository(Protocol):
         """A new payment; its unsettled attempts are the reconciler's from `reconcile_at`."""
         ...
 
-    async def save(self, payment: Payment, *, reconcile_at: datetime | None) -> None: ...
+    async def save(self, payment: Payment, *, reconcile_at: datetime | None) -> None:
+        """The payment as it now is; its unsettled attempts and pending refunds are the reconciler's
+        from `reconcile_at`. None: unsettled attempts are no one's, pending refunds keep their time."""
+        ...
 
     async def claim_due_attempts(
         self, worker: str, *, now: datetime, lease: timedelta, limit: int
@@ -32,6 +35,21 @@ class PaymentRepository(Protocol):
 
     async def release_attempt(self, worker: str, attempt_id: str, *, due: datetime) -> int:
         """Give the attempt back, due again at `due`; 0 when `worker` no longer holds its claim."""
+        ...
+
+    async def claim_due_refunds(
+        self, worker: str, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[tuple[str, str]]:
+        """Claim up to `limit` pending refunds due at `now`, as `claim_due_attempts` claims attempts:
+        their (payment id, refund id), oldest due first."""
+        ...
+
+    async def complete_refund(self, worker: str, refund_id: str) -> int:
+        """The refund wants no more work; 0 when `worker` no longer holds its claim."""
+        ...
+
+    async def release_refund(self, worker: str, refund_id: str, *, due: datetime) -> int:
+        """Give the refund back, due again at `due`; 0 when `worker` no longer holds its claim."""
         ...
 
     async def with_attempt(self, attempt_id: str) -> Payment | None:

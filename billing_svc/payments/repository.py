@@ -68,7 +68,10 @@ def _attempt_rows(payment: Payment, reconcile_at: datetime | None) -> list[dict[
     ]
 
 
-def _refund_rows(payment: Payment) -> list[dict[str, Any]]:
+def _refund_rows(payment: Payment, reconcile_at: datetime | None) -> list[dict[str, Any]]:
+    """A pending refund is due at `reconcile_at`; None leaves a stored one's due time as it is (a
+    new one, due at once, should there be one): settling one refund neither unschedules another
+    still pending nor makes it due sooner, while its own sending may still be on its way."""
     return [
         {
             "id": refund.id,
@@ -81,6 +84,9 @@ def _refund_rows(payment: Payment) -> list[dict[str, Any]]:
             "reference": refund.reference,
             "message": refund.message,
             "create_time": refund.create_time,
+            "due_time": None
+            if refund.status is not RefundStatus.PENDING
+            else reconcile_at or refund.create_time,
         }
         for position, refund in enumerate(payment.refunds)
     ]
@@ -131,6 +137,7 @@ def _payment(row: PaymentRow, attempts: Sequence[Attempt], refunds: Sequence[Ref
 
 
 ATTEMPTS = WorkQueue.of(PaymentAttemptRow)  # the reconciler's work: unsettled attempts, by due time
+REFUNDS = WorkQueue.of(PaymentRefundRow)  # and pending refunds
 _FIXED = frozenset({"id", "payment_id", "account_id", "position", "create_time", "amount_minor"})
 
 
@@ -178,16 +185,19 @@ class SqlPaymentRepository:
 
     async def save(self, payment: Payment, *, reconcile_at: datetime | None) -> None:
         """The payment, its attempts and its refunds as they now are. Children are upserted by id,
-        never deleted, so an attempt's claim (claimed_by, lease_until) survives a save."""
+        never deleted, so a child's claim (claimed_by, lease_until) survives a save."""
         await self._session.execute(
             update(PaymentRow).where(PaymentRow.id == payment.id).values(**_payment_values(payment))
         )
         for model, rows in (
             (PaymentAttemptRow, _attempt_rows(payment, reconcile_at)),
-            (PaymentRefundRow, _refund_rows(payment)),
+            (PaymentRefundRow, _refund_rows(payment, reconcile_at)),
         ):
             for values in rows:
-                changed = {name: value for name, value in values.items() if name not in _FIXED}
+                kept = _FIXED
+                if model is PaymentRefundRow and reconcile_at is None and values["due_time"] is not None:
+                    kept = _FIXED | {"due_time"}  # a pending refund keeps its schedule
+                changed = {name: value for name, value in values.items() if name not in kept}
                 statement = upsert_into(self._session, model).values(**values)
                 await self._session.execute(
                     statement.on_conflict_do_update(index_elements=["id"], set_=changed)
@@ -204,6 +214,18 @@ class SqlPaymentRepository:
 
     async def release_attempt(self, worker: str, attempt_id: str, *, due: datetime) -> int:
         return await ATTEMPTS.release(self._session, worker, [(attempt_id,)], due=due)
+
+    async def claim_due_refunds(
+        self, worker: str, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[tuple[str, str]]:
+        rows = await REFUNDS.claim(self._session, worker, now=now, lease=lease, limit=limit)
+        return [(row.payment_id, row.id) for row in rows]
+
+    async def complete_refund(self, worker: str, refund_id: str) -> int:
+        return await REFUNDS.complete(self._session, worker, [(refund_id,)])
+
+    async def release_refund(self, worker: str, refund_id: str, *, due: datetime) -> int:
+        return await REFUNDS.release(self._session, worker, [(refund_id,)], due=due)
 
     async def with_attempt(self, attempt_id: str) -> Payment | None:
         payment_id = await self._session.scalar(

@@ -2,7 +2,8 @@
 
 Keys lead with account_id where a row belongs to one account's listings. An attempt is claimable
 work (core.claims): `due_time` is when the reconciler should look it up if it is still unsettled
-(in_flight, unknown, pending), NULL once its outcome is recorded. A gateway's events received by
+(in_flight, unknown, pending), NULL once its outcome is recorded. So is a refund: `due_time` while
+it is pending, NULL once it succeeded or failed. A gateway's events received by
 webhook are kept by their id (gateway_events), so a redelivered one is recognised and changes nothing.
 """
 
@@ -65,7 +66,7 @@ class PaymentAttemptRow(Claimable, Base):
     finish_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
-class PaymentRefundRow(Base):
+class PaymentRefundRow(Claimable, Base):
     __tablename__ = "payment_refunds"
 
     id: Mapped[str] = mapped_column(String(ids.MAX_LENGTH), primary_key=True)

@@ -3,11 +3,10 @@ collect.py: the intent commits first (its request_id claimed with it), the gatew
 no transaction open, the answer is recorded in a new transaction. A replayed request_id returns the
 payment as it now stands and never calls the gateway again.
 
-Refunds follow the same shape: the refund is committed pending (its amount held against the
-payment, so concurrent refunds never exceed what was charged), sent under its own id as the
-gateway's idempotency key, and recorded. A transient failure or a missing answer is retried with the
-same key a few times; one still unanswered stays pending, its amount held. A refund gives money back
-on the payment; an invoice it paid stays paid (corrections to an invoice are credit notes).
+Refunds follow the same shape (refunds.py): the refund is committed pending (its amount held
+against the payment, so concurrent refunds never exceed what was charged), sent under its own id as
+the gateway's idempotency key, and recorded; one still unanswered stays pending, its amount held,
+until the reconciler settles it by a lookup.
 """
 
 from __future__ import annotations
@@ -17,32 +16,10 @@ from dataclasses import dataclass, replace
 
 from billing_svc.invoices import domain as invoices
 from billing_svc.invoices import use_cases as invoice_use_cases
-from billing_svc.payments import domain
+from billing_svc.payments import domain, refunds
 from billing_svc.payments.card_numbers import contains_card_number
-from billing_svc.payments.collect import (
-    CollectInvoice,
-    PaymentDeps,
-    collect,
-    drive,
-    record_payment_change,
-    reload,
-    start,
-)
-from billing_svc.payments.domain import (
-    AttemptStatus,
-    Payment,
-    PaymentSettings,
-    PaymentStatus,
-    Refund,
-    RefundStatus,
-)
-from billing_svc.payments.gateways.port import (
-    RefundRequest,
-    RefundResult,
-)
-from billing_svc.payments.gateways.port import (
-    RefundStatus as GatewayRefundStatus,
-)
+from billing_svc.payments.collect import CollectInvoice, PaymentDeps, collect, drive, reload, start
+from billing_svc.payments.domain import Payment, PaymentSettings, PaymentStatus, Refund, RefundStatus
 from billing_svc.payments.ports import PaymentsUnitOfWork
 from core import ids
 from core.errors import FailedPrecondition, InvalidArgument, Violations
@@ -269,53 +246,14 @@ async def refund_payment(deps: PaymentDeps, caller: Caller, command: RefundPayme
         now = deps.clock.now()
         refund = Refund(ids.new_id(domain.REFUND_ID_PREFIX), minor, RefundStatus.PENDING, command.reason, now)
         held = domain.with_refund(payment, refund, now)
-        await uow.payments.save(held, reconcile_at=None)
+        # Due for the reconciler should the answer never be recorded (a crash, a timeout).
+        await uow.payments.save(held, reconcile_at=now + deps.reconcile_after)
         return held
 
     outcome = await deps.runner.run(caller, command, intent)
     if outcome.replayed:
         return await _visible(deps, caller, outcome.value.id)
-    payment = outcome.value
-    refund = payment.refunds[-1]
-    charged = next((a.reference for a in payment.attempts if a.status is AttemptStatus.SUCCEEDED), "")
-    gateway = deps.gateways.get(payment.gateway)
-    request = RefundRequest(refund.id, charged, refund.amount_minor, payment.currency_code)
-    delay = deps.retry_delay_seconds
-    result = await gateway.refund(request)
-    for _ in range(deps.retry_attempts - 1):
-        if result.status not in (GatewayRefundStatus.FAILED, GatewayRefundStatus.UNKNOWN):
-            break
-        await deps.sleep(delay)
-        delay *= 2
-        result = await gateway.refund(request)  # the same key: never refunded twice
-    return await _record_refund(deps, caller, payment.id, refund.id, result)
-
-
-async def _record_refund(
-    deps: PaymentDeps, caller: Caller, payment_id: str, refund_id: str, result: RefundResult
-) -> Payment:
-    status = {
-        GatewayRefundStatus.SUCCEEDED: RefundStatus.SUCCEEDED,
-        GatewayRefundStatus.DECLINED: RefundStatus.FAILED,
-        GatewayRefundStatus.FAILED: RefundStatus.FAILED,  # certainly not refunded, every time
-    }.get(result.status, RefundStatus.PENDING)
-    async with deps.new_uow() as uow:
-        payment = await uow.payments.get(payment_id, for_update=True)
-        refund = payment.refund(refund_id) if payment is not None else None
-        if payment is None or refund is None:
-            raise domain.payment_not_found(payment_id)
-        if refund.status is not RefundStatus.PENDING:
-            return payment
-        now = deps.clock.now()
-        done_refund = replace(
-            refund, status=status, reference=result.reference or "", message=result.message[:500]
-        )
-        done = domain.with_refund(payment, done_refund, now)
-        await uow.payments.save(done, reconcile_at=None)
-        if status is RefundStatus.SUCCEEDED:
-            await record_payment_change(uow, caller, "refunded", payment, done)
-        await uow.commit()
-    return done
+    return await refunds.send(deps, caller, outcome.value, outcome.value.refunds[-1])
 
 
 async def get_payment_settings(deps: PaymentDeps, caller: Caller, account_id: str) -> PaymentSettings:

@@ -21,7 +21,7 @@ from billing_svc.subscriptions.domain import (
     Subscription,
 )
 from billing_svc.subscriptions.tables import PendingInvoiceItemRow, SubscriptionPhaseRow, SubscriptionRow
-from core.db import add_all_rows
+from core.db import add_all_rows, update_row
 from core.pagination import keyset_after
 
 
@@ -122,14 +122,10 @@ class SqlSubscriptionRepository:
         await self._session.flush()
 
     async def save(self, subscription: Subscription) -> None:
-        statement = (
-            update(SubscriptionRow)
-            .where(SubscriptionRow.id == subscription.id)
-            .values(**_columns(subscription))
-            .execution_options(synchronize_session=False)
-        )
-        result = await self._session.execute(statement)
-        if int(getattr(result, "rowcount", 0)) != 1:
+        if (
+            await update_row(self._session, SubscriptionRow, ("id", subscription.id), _columns(subscription))
+            != 1
+        ):
             raise LookupError(subscription.id)
 
     async def list(

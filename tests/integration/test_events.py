@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format
+from sqlalchemy.exc import IntegrityError
 
 from app.server import App, build
 from core.db import UnitOfWork
+from core.idempotency import IdempotencyKeyRow
 from core.principal import Role
 from core.settings import Settings
 from tally.billing.v1 import event_pb2, invoice_pb2, invoice_pb2_grpc
@@ -314,3 +317,127 @@ async def test_a_watch_ends_cleanly_when_the_server_stops(events_settings: Setti
     finally:
         if not stopped:
             await app.stop(grace=0)
+
+
+@pytest.fixture
+async def slow_poll_app(events_settings: Settings) -> AsyncIterator[App]:
+    """A server whose watches poll once an hour, so only the in-process wake-up brings events in a
+    test's time; a heartbeat after every empty look, which tells a test the watch is caught up.
+    (model_copy does not validate: the setting's own bounds are for operators.)"""
+    settings = events_settings.model_copy(
+        update={"events_watch_poll_seconds": 3600.0, "events_watch_heartbeat_seconds": 0.0}
+    )
+    async with serving(settings) as application:
+        yield application
+
+
+async def caught_up(call: Any) -> event_pb2.WatchEventsResponse:
+    """The first message of a watch with no backlog is its opening, the second the heartbeat after
+    its first empty look: from then on it waits, and a commit must wake it."""
+    opening = await asyncio.wait_for(call.read(), 10)
+    heartbeat = await asyncio.wait_for(call.read(), 10)
+    assert not opening.HasField("event") and not heartbeat.HasField("event")
+    assert heartbeat.cursor == opening.cursor
+    return heartbeat
+
+
+async def next_event(call: Any) -> event_pb2.WatchEventsResponse:
+    """The next message with an event (skipping heartbeats), within 10 s, or the test fails."""
+
+    async def read() -> event_pb2.WatchEventsResponse:
+        while True:
+            message = await call.read()
+            if message.HasField("event"):
+                return message
+
+    return await asyncio.wait_for(read(), 10)
+
+
+async def test_a_commit_in_this_process_wakes_a_caught_up_watch_at_once(slow_poll_app: App) -> None:
+    async with channel_as(slow_poll_app, mint(slow_poll_app)) as channel:
+        call = EventServiceStub(channel).WatchEvents(event_pb2.WatchEventsRequest())
+        await caught_up(call)
+        await emit(slow_poll_app, ("invoice.created", "inv_1", "acct_a"))
+        assert kinds([await next_event(call)]) == ["invoice.created/inv_1"]
+        await emit(slow_poll_app, ("invoice.paid", "inv_1", "acct_a"), ("plan.created", "plan_1", ""))
+        got = [await next_event(call), await next_event(call)]
+        assert kinds(got) == ["invoice.paid/inv_1", "plan.created/plan_1"]
+        call.cancel()
+
+
+async def test_a_rolled_back_write_wakes_nobody_and_sends_nothing(slow_poll_app: App) -> None:
+    signal = slow_poll_app.components.platform.outbox_commits
+    async with channel_as(slow_poll_app, mint(slow_poll_app)) as channel:
+        call = EventServiceStub(channel).WatchEvents(event_pb2.WatchEventsRequest())
+        await caught_up(call)
+        writers = slow_poll_app.components.platform.writers
+        async with UnitOfWork(writers) as uow:
+            uow.session.add(_key_row("dup"))
+            await uow.commit()
+        waiting = signal.next_commit()
+        # The event row is written (commit() writes events first), then the commit fails on a
+        # duplicate key: the transaction rolls back with its event.
+        with pytest.raises(IntegrityError):
+            async with UnitOfWork(writers) as uow:
+                uow.session.add(_key_row("dup"))
+                uow.emit("invoice.created", ("invoice", "inv_phantom"), {"account_id": "acct_a"})
+                await uow.commit()
+        assert not waiting.is_set() and signal.next_commit() is waiting  # nobody was told
+        await emit(slow_poll_app, ("invoice.created", "inv_real", "acct_a"))
+        first = await next_event(call)
+        await emit(slow_poll_app, ("invoice.paid", "inv_real", "acct_a"))
+        second = await next_event(call)
+        assert kinds([first, second]) == ["invoice.created/inv_real", "invoice.paid/inv_real"]
+        call.cancel()
+    async with channel_as(slow_poll_app, mint(slow_poll_app)) as channel:
+        listed = await EventServiceStub(channel).ListEvents(event_pb2.ListEventsRequest())
+    assert [e.resource_id for e in listed.events] == ["inv_real", "inv_real"]  # no phantom, no repeat
+
+
+def _key_row(key: str) -> IdempotencyKeyRow:
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    return IdempotencyKeyRow(
+        scope="s", key=key, fingerprint="f" * 64, response=None, create_time=moment, expire_time=moment
+    )
+
+
+OLD_SCAN_BUDGET = 5000  # what one ListEvents call looked at before the account was stored
+
+
+async def test_an_account_filter_reads_only_that_accounts_events_however_many_others(app: App) -> None:
+    async with channel_as(app, mint(app)) as channel:
+        mine, other = await new_account(channel, 1), await new_account(channel, 2)
+        admin = EventServiceStub(channel)
+        # The account's first event, then more other events than one call used to scan, then its
+        # second (past the old bound), then one of no account.
+        await emit(
+            app,
+            ("invoice.created", "inv_mine_1", mine.id),
+            *[("invoice.created", f"inv_{n}", other.id) for n in range(OLD_SCAN_BUDGET + 500)],
+            ("invoice.paid", "inv_mine_1", mine.id),
+            ("plan.created", "plan_1", ""),
+        )
+        listed = await admin.ListEvents(event_pb2.ListEventsRequest(account_id=mine.id))
+        assert [(e.type, e.account_id) for e in listed.events] == [
+            ("invoice.created", mine.id),
+            ("invoice.paid", mine.id),
+        ]
+        assert listed.next_page_token == ""  # the whole answer in one page, no empty pages to walk
+        first = await admin.ListEvents(event_pb2.ListEventsRequest(account_id=mine.id, page_size=1))
+        rest = await admin.ListEvents(
+            event_pb2.ListEventsRequest(account_id=mine.id, page_size=1, page_token=first.next_page_token)
+        )
+        assert [e.type for e in [*first.events, *rest.events]] == ["invoice.created", "invoice.paid"]
+        assert first.next_page_token and not rest.next_page_token
+    async with channel_as(app, mint(app, Role.CUSTOMER, account_id=mine.id)) as channel:
+        customer = EventServiceStub(channel)
+        seen = await watch_all(customer, start=Start.START_OLDEST)
+        assert kinds(seen) == ["-", "invoice.created/inv_mine_1", "invoice.paid/inv_mine_1", "-"]
+        assert all(m.event.account_id == mine.id for m in seen[1:-1])
+        # The closing heartbeat moves past the plan's event, which the filter left out.
+        assert position(seen[-1].cursor) == position(seen[-2].cursor) + 1
+        own = await customer.ListEvents(event_pb2.ListEventsRequest())
+        assert [e.resource_id for e in own.events] == ["inv_mine_1", "inv_mine_1"]
+    async with channel_as(app, mint(app, Role.CUSTOMER, account_id=other.id)) as channel:
+        theirs = await EventServiceStub(channel).ListEvents(event_pb2.ListEventsRequest(page_size=1000))
+    assert len(theirs.events) == 1000 and {e.account_id for e in theirs.events} == {other.id}

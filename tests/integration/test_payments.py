@@ -20,12 +20,14 @@ from sqlalchemy import select, text
 
 from app.server import App
 from billing_svc.module import BillingServices
-from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
+from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice, reload
 from billing_svc.payments.gateways.port import PaymentGateway
 from billing_svc.payments.gateways.registry import GatewayRegistry
 from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.payments.tables import PaymentAttemptRow
+from billing_svc.payments.use_cases import RefundPayment, refund_payment
 from core import db, outbox
+from core.money import Money
 from core.principal import SYSTEM, Role
 from core.settings import Settings
 from tally.billing.v1 import invoice_pb2 as ipb
@@ -80,6 +82,22 @@ async def stats(sandbox_url: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
         answer: dict[str, Any] = await response.json()
         return answer
+
+
+async def refunds_made(sandbox_url: str, payment: pb.Payment) -> list[int]:
+    """How many refunds the sandbox made under each of the payment's refunds' keys."""
+    counted = (await stats(sandbox_url))["refunds_executed"]
+    return [counted.get(refund.id, 0) for refund in payment.refunds]
+
+
+async def audited(app: App, resource_id: str) -> list[str]:
+    """The audit log's actions on a resource, oldest first."""
+    async with app.engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT action FROM audit_events WHERE resource_id = :id ORDER BY time, id"),
+            {"id": resource_id},
+        )
+        return [row.action for row in rows]
 
 
 async def executions(sandbox_url: str, payment: pb.Payment) -> list[int]:
@@ -584,3 +602,165 @@ async def test_reconcilers_in_two_replicas_share_the_attempts(
             found = (await stub.ListPayments(pb.ListPaymentsRequest(invoice_id=invoice.id))).payments
             assert [p.status for p in found] == [Status.STATUS_SUCCEEDED]
             assert await executions(sandbox_url, found[0]) == [1]
+
+
+Refund = pb.PaymentRefund.Status
+
+
+async def test_a_refund_whose_answers_time_out_is_settled_by_the_reconciler_once(
+    app: App, channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    """Every call of the refund times out (the sandbox made it, answers too late): the refund stays
+    pending, its amount held, until a reconciler pass, once it is due, finds it made at the gateway
+    by its key and records it: refunded once, one event, one audit row."""
+    deps = payments_of(app)
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    account = await new_account(channel, 40)
+    payment = await payments.CreatePayment(charge(account.id, 800, "tok_refund_timeout"))
+    pending = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id))
+    assert [r.status for r in pending.refunds] == [Refund.STATUS_PENDING]
+    assert pending.amount_refunded == usd(0) and await refunds_made(sandbox_url, pending) == [1]
+    error = await failing(payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(1))))
+    assert reason(error) == "REFUND_EXCEEDS_PAYMENT"  # the pending refund holds all 800
+
+    assert (await PaymentReconciler(deps).one_pass()).claimed == 0  # not due yet
+    reconciler = PaymentReconciler(deps, clock=_Later(app, seconds=3600))
+    report = await reconciler.one_pass()
+    assert (report.claimed, report.settled, report.deferred, report.failed) == (1, 1, 0, 0)
+    done = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
+    assert [r.status for r in done.refunds] == [Refund.STATUS_SUCCEEDED]
+    assert done.refunds[0].id == pending.refunds[0].id and done.amount_refunded == usd(800)
+    assert await refunds_made(sandbox_url, done) == [1]
+    assert await _events(app, "payment", payment.id) == [
+        "payment.created",
+        "payment.succeeded",
+        "payment.refunded",
+    ]
+    assert (await audited(app, payment.id)).count("refunded") == 1
+    assert (await reconciler.one_pass()).claimed == 0  # settled: nothing is due any more
+
+
+async def _refund_never_sent(app: App, channel: grpc.aio.Channel, n: int, minor: int | None) -> pb.Payment:
+    """A payment of USD 6.00 with a refund (of `minor`, None: all) whose process died after
+    committing it and before sending it."""
+    deps = payments_of(app)
+    account = await new_account(channel, n)
+    payment = await payment_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+        charge(account.id, 600, "tok_success")
+    )
+    dying = replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock))
+    with pytest.raises(Crash):
+        await refund_payment(
+            dying,
+            SYSTEM,
+            RefundPayment(payment.id, None if minor is None else Money("USD", minor), "duplicate"),
+        )
+    return payment
+
+
+async def test_a_refund_that_never_reached_the_gateway_fails_and_frees_its_amount(
+    app: App, channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    """A process that died after committing the refund and before sending it left it pending. The
+    reconciler's lookup finds nothing under its key: while the call could still be on its way that
+    proves nothing (left for later); after, the refund failed, and the full amount is refundable."""
+    deps = payments_of(app)
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    payment = await _refund_never_sent(app, channel, 41, None)
+    left = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
+    assert [r.status for r in left.refunds] == [Refund.STATUS_PENDING]
+
+    later = _Later(app, seconds=3600)
+    patient = PaymentReconciler(replace(deps, gateway_timeout=timedelta(hours=2)), clock=later)
+    report = await patient.one_pass()
+    assert (report.claimed, report.deferred) == (1, 1)
+    still = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
+    assert [r.status for r in still.refunds] == [Refund.STATUS_PENDING]
+    assert (await patient.one_pass()).claimed == 0  # backed off: due again a reconcile delay later
+
+    later.move(deps.reconcile_after)
+    report = await PaymentReconciler(deps, clock=later).one_pass()
+    assert (report.claimed, report.settled) == (1, 1)
+    failed = await payments.GetPayment(pb.GetPaymentRequest(id=payment.id))
+    assert [r.status for r in failed.refunds] == [Refund.STATUS_FAILED]
+    assert [r.message for r in (await reload(deps, payment.id)).refunds] == ["not_refunded"]
+    assert failed.amount_refunded == usd(0) and await refunds_made(sandbox_url, failed) == [0]
+    assert (await _events(app, "payment", payment.id))[-1] == "payment.refund_failed"
+    assert (await audited(app, payment.id))[-1] == "refund_failed"
+
+    whole = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id))  # all 600, again
+    assert [r.status for r in whole.refunds] == [Refund.STATUS_FAILED, Refund.STATUS_SUCCEEDED]
+    assert whole.amount_refunded == usd(600) and await refunds_made(sandbox_url, whole) == [0, 1]
+
+
+async def test_a_refund_settled_inline_leaves_another_pending_one_to_the_reconciler(
+    app: App, channel: grpc.aio.Channel
+) -> None:
+    """Two refunds of one payment: the first left pending by a crash, the second made at once. The
+    second's recording neither takes the first off the reconciler's schedule nor makes it due
+    sooner, and what the first held, once it failed, is refundable again."""
+    deps = payments_of(app)
+    payments = payment_pb2_grpc.PaymentServiceStub(channel)
+    payment = await _refund_never_sent(app, channel, 42, 200)
+    both = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(100)))
+    assert [r.status for r in both.refunds] == [Refund.STATUS_PENDING, Refund.STATUS_SUCCEEDED]
+    error = await failing(payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id, amount=usd(301))))
+    assert reason(error) == "REFUND_EXCEEDS_PAYMENT"  # 600 - 100 refunded - 200 held
+    # Not made due any sooner either: its own sending could still be on its way.
+    assert (await PaymentReconciler(deps).one_pass()).claimed == 0
+
+    report = await PaymentReconciler(deps, clock=_Later(app, seconds=3600)).one_pass()
+    assert (report.claimed, report.settled) == (1, 1)
+    rest = await payments.RefundPayment(pb.RefundPaymentRequest(id=payment.id))
+    assert [r.status for r in rest.refunds] == [
+        Refund.STATUS_FAILED,
+        Refund.STATUS_SUCCEEDED,
+        Refund.STATUS_SUCCEEDED,
+    ]
+    assert rest.refunds[2].amount == usd(500) and rest.amount_refunded == usd(600)
+
+
+@pytest.mark.postgres
+async def test_two_reconcilers_settle_each_pending_refund_once(
+    postgres_settings: Settings, postgres_clean: None, sandbox_url: str
+) -> None:
+    """Refunds left pending by a crash after the gateway refunded (three) and before it was called
+    (three), settled by two reconcilers' passes at once (SKIP LOCKED): each claimed by one of them
+    and recorded once, refunded at the gateway at most once."""
+    configured = postgres_settings.model_copy(
+        update={"sandbox_gateway_url": sandbox_url, "payment_gateway_timeout_seconds": CLIENT_TIMEOUT}
+    )
+    async with serving(configured) as app, channel_as(app, mint(app)) as channel:
+        deps = payments_of(app)
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+
+        def die(result: object) -> None:
+            raise Crash("after the refund")
+
+        crashed = {
+            "after": replace(deps, after_refund=die),
+            "before": replace(deps, gateways=_NeverCalled(deps.gateways.factories, deps.gateways.clock)),
+        }
+        made: dict[str, str] = {}
+        for n in range(6):
+            account = await new_account(channel, 50 + n)
+            payment = await stub.CreatePayment(charge(account.id, 500, "tok_success"))
+            when = "after" if n % 2 else "before"
+            with pytest.raises(Crash):
+                await refund_payment(crashed[when], SYSTEM, RefundPayment(payment.id, None, ""))
+            made[payment.id] = when
+        later = _Later(app, seconds=3600)
+        first, second = (PaymentReconciler(deps, clock=later, batch=4) for _ in range(2))
+        reports = await asyncio.gather(first.one_pass(), second.one_pass())
+        assert sum(r.claimed for r in reports) == 6 and sum(r.settled for r in reports) == 6
+        assert all(r.lost == r.failed == 0 for r in reports)
+        for payment_id, when in made.items():
+            found = await stub.GetPayment(pb.GetPaymentRequest(id=payment_id))
+            refunded = when == "after"
+            assert [r.status for r in found.refunds] == [
+                Refund.STATUS_SUCCEEDED if refunded else Refund.STATUS_FAILED
+            ]
+            assert await refunds_made(sandbox_url, found) == [1 if refunded else 0]
+            events = (await _events(app, "payment", payment_id))[2:]
+            assert events == ["payment.refunded" if refunded else "payment.refund_failed"]
+        assert (await first.one_pass()).claimed == 0

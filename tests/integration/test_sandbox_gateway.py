@@ -140,6 +140,22 @@ async def test_partial_refunds_never_exceed_what_remains(gateway, sandbox_url) -
     assert (await gateway.refund(unknown)).status is RefundStatus.DECLINED
 
 
+async def test_a_refund_is_found_by_its_key_even_when_its_answer_timed_out(gateway, sandbox_url) -> None:
+    """tok_refund_timeout: the refund is made, but every answer to the request comes too late; the
+    lookup by the refund's key answers at once with what was made, and never seen is None."""
+    charged = await gateway.charge(charge_of("tok_refund_timeout", amount=800))
+    assert charged.status is ChargeStatus.SUCCEEDED and charged.reference
+    key = f"prf_{uuid.uuid4().hex}"
+    request = RefundRequest(key, charged.reference, 800, "USD")
+    assert (await gateway.refund(request)).status is RefundStatus.UNKNOWN
+    assert (await gateway.refund(request)).status is RefundStatus.UNKNOWN  # the repeat is late too
+    found = await gateway.lookup_refund(key, charge_reference=charged.reference)
+    assert found is not None and found.status is RefundStatus.SUCCEEDED
+    assert (found.reference or "").startswith("re_")
+    assert (await stats(sandbox_url))["refunds_executed"][key] == 1
+    assert await gateway.lookup_refund(f"prf_{uuid.uuid4().hex}", charge_reference=charged.reference) is None
+
+
 async def test_a_refused_connection_fails_and_a_lookup_stays_unknown() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -149,6 +165,8 @@ async def test_a_refused_connection_fails_and_a_lookup_stays_unknown() -> None:
         assert (await adapter.charge(charge_of("tok_success"))).status is ChargeStatus.FAILED
         looked_up = await adapter.lookup("pay_x")
         assert looked_up is not None and looked_up.status is ChargeStatus.UNKNOWN
+        refund = await adapter.lookup_refund("prf_x", charge_reference="ch_x")
+        assert refund is not None and refund.status is RefundStatus.UNKNOWN
     finally:
         await adapter.close()
 

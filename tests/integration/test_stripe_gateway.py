@@ -116,6 +116,8 @@ async def test_a_refused_connection_is_a_failure() -> None:
         assert (await adapter.charge(charge_of("pm_card_visa"))).status is ChargeStatus.FAILED
         found = await adapter.lookup("pay_x")
         assert found is not None and found.status is ChargeStatus.UNKNOWN
+        refund = await adapter.lookup_refund("prf_x", charge_reference="pi_x")
+        assert refund is not None and refund.status is RefundStatus.UNKNOWN
     finally:
         await adapter.close()
 
@@ -144,3 +146,56 @@ async def test_partial_refunds_never_exceed_what_remains(gateway, standin) -> No
         await gateway.refund(RefundRequest("re_3", reference, 300, "EUR"))
     ).status is RefundStatus.SUCCEEDED
     assert standin[1].refunded[reference] == 1000
+
+
+async def test_a_refund_is_looked_up_by_its_key_among_the_intents_refunds(gateway, standin) -> None:
+    """Stripe has no lookup by idempotency key: the key rides in the refund's metadata and the lookup
+    lists the PaymentIntent's refunds (https://docs.stripe.com/api/refunds/list, `payment_intent`,
+    newest first, paged by `starting_after`), here one to a page so that it has to page."""
+    charged = await gateway.charge(charge_of("pm_card_visa", amount=1000))
+    other = await gateway.charge(charge_of("pm_card_visa", amount=1000))
+    reference, elsewhere = charged.reference or "", other.reference or ""
+    first = await gateway.refund(RefundRequest("prf_first", reference, 300, "EUR"))
+    await gateway.refund(RefundRequest("prf_second", reference, 200, "EUR"))
+    await gateway.refund(RefundRequest("prf_third", elsewhere, 100, "EUR"))
+    assert standin[1].refunds[0]["metadata"] == {"tally_idempotency_key": "prf_first"}
+    standin[1].page_limit = 1
+    assert await gateway.lookup_refund("prf_first", charge_reference=reference) == first
+    assert await gateway.lookup_refund("prf_never", charge_reference=reference) is None
+    assert await gateway.lookup_refund("prf_third", charge_reference=reference) is None  # another intent's
+    assert await gateway.lookup_refund("prf_first", charge_reference="") is None
+
+
+async def test_a_slow_refund_is_unknown_and_the_lookup_finds_it_made_once(gateway, standin) -> None:
+    charged = await gateway.charge(charge_of("pm_card_visa", amount=1000))
+    standin[1].refund_delay = SLOW_DELAY
+    request = RefundRequest("prf_slow", charged.reference or "", 1000, "EUR")
+    assert (await gateway.refund(request)).status is RefundStatus.UNKNOWN
+    found = await gateway.lookup_refund("prf_slow", charge_reference=request.charge_reference)
+    assert found is not None and found.status is RefundStatus.SUCCEEDED
+    assert standin[1].refunds_created["prf_slow"] == 1
+
+
+async def test_refund_statuses_map_as_stripe_documents_them(gateway, standin) -> None:
+    """Stripe's Refund status is pending, requires_action, succeeded, failed or canceled
+    (https://docs.stripe.com/api/refunds/object): the first two are looked up again later, the last
+    two gave nothing back."""
+    charged = await gateway.charge(charge_of("pm_card_visa", amount=1000))
+    reference = charged.reference or ""
+    standin[1].refund_status = "pending"
+    assert (
+        await gateway.refund(RefundRequest("prf_p", reference, 400, "EUR"))
+    ).status is RefundStatus.PENDING
+    made = standin[1].refunds[-1]
+    for status, expected in (
+        ("requires_action", RefundStatus.PENDING),
+        ("succeeded", RefundStatus.SUCCEEDED),
+        ("failed", RefundStatus.DECLINED),
+        ("canceled", RefundStatus.DECLINED),
+    ):
+        made["status"] = status
+        found = await gateway.lookup_refund("prf_p", charge_reference=reference)
+        assert found is not None and (found.status, found.reference) == (expected, made["id"]), status
+    standin[1].refund_status = "failed"
+    failed = await gateway.refund(RefundRequest("prf_f", reference, 100, "EUR"))
+    assert (failed.status, failed.message) == (RefundStatus.DECLINED, "declined")

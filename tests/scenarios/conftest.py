@@ -86,6 +86,21 @@ def paying_to(settings: Settings, sandbox_url: str) -> Settings:
     )
 
 
+@pytest.fixture
+async def dunning(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
+    """Collection through the sandbox on the default dunning schedule (canceled at the end)."""
+    async with simulated(paying_to(settings, sandbox_url)) as simulation:
+        yield simulation
+
+
+@pytest.fixture
+async def dunning_unpaid(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
+    """The same, with the `unpaid` end state."""
+    unpaid = paying_to(settings, sandbox_url).model_copy(update={"dunning_end_state": "unpaid"})
+    async with simulated(unpaid) as simulation:
+        yield simulation
+
+
 async def charges_executed(sandbox_url: str) -> int:
     """How many charges the sandbox has made (declined ones too), over all keys."""
     async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:

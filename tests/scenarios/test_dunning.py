@@ -12,7 +12,7 @@ fails the subscription ends as TALLY_DUNNING_END_STATE says. Charges are counted
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -36,19 +36,6 @@ Status = ipb.Invoice.Status
 PaymentStatus = payment_pb2.Payment.Status
 
 
-@pytest.fixture
-async def dunning(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
-    async with simulated(paying_to(settings, sandbox_url)) as simulation:
-        yield simulation
-
-
-@pytest.fixture
-async def dunning_unpaid(settings: Settings, sandbox_url: str) -> AsyncIterator[Simulation]:
-    unpaid = paying_to(settings, sandbox_url).model_copy(update={"dunning_end_state": "unpaid"})
-    async with simulated(unpaid) as simulation:
-        yield simulation
-
-
 SIGN_UP = utc(2027, 5, 1)
 
 
@@ -68,6 +55,17 @@ async def _start(simulation: Simulation, token: str | None) -> tuple[Ledger, str
         assert signed_up.status == Status.STATUS_PAID
         await set_payment_method(simulation.channel, account, token)
     return ledger, account, sub.id
+
+
+async def _declined(simulation: Simulation, sandbox_url: str) -> tuple[Ledger, str, str, ipb.Invoice, int]:
+    """A declining card's June renewal, charged once by 2 June: the subscription past due. Returns
+    (ledger, account, subscription, June's invoice, the sandbox's charges before it)."""
+    ledger, account, sub = await _start(simulation, "tok_decline")
+    before = await charges_executed(sandbox_url)
+    await ledger.advance(utc(2027, 6, 2))
+    [invoice] = await _invoices(simulation, account)
+    assert (await ledger.get(sub)).state == State.STATE_PAST_DUE
+    return ledger, account, sub, invoice, before
 
 
 async def _invoices(simulation: Simulation, account: str, *, with_sign_up: bool = False) -> list[ipb.Invoice]:
@@ -195,11 +193,7 @@ async def test_without_a_payment_method_the_invoice_waits(dunning: Simulation, s
 async def test_a_payment_made_by_hand_restores_a_past_due_subscription(
     dunning: Simulation, sandbox_url: str
 ) -> None:
-    ledger, account, sub = await _start(dunning, "tok_decline")
-    before = await charges_executed(sandbox_url)
-    await ledger.advance(utc(2027, 6, 2))
-    [invoice] = await _invoices(dunning, account)
-    assert (await ledger.get(sub)).state == State.STATE_PAST_DUE
+    ledger, account, sub, invoice, before = await _declined(dunning, sandbox_url)
 
     # CreatePayment with another card, between two retries: the invoice is paid, and the advance
     # that follows restores the subscription without charging again.
@@ -239,10 +233,7 @@ async def test_a_gateway_failure_is_retried_after_the_delay_and_is_no_dunning_st
 
 
 async def test_voided_and_manual_invoices_are_not_charged(dunning: Simulation, sandbox_url: str) -> None:
-    ledger, account, _sub = await _start(dunning, "tok_decline")
-    before = await charges_executed(sandbox_url)
-    await ledger.advance(utc(2027, 6, 2))
-    [invoice] = await _invoices(dunning, account)
+    ledger, account, _sub, invoice, before = await _declined(dunning, sandbox_url)
     stub = invoice_pb2_grpc.InvoiceServiceStub(dunning.channel)
     await stub.VoidInvoice(ipb.VoidInvoiceRequest(id=invoice.id))  # voiding ends its schedule
     # A manual invoice waits for PayInvoice or CreatePayment, even with a payment method set.

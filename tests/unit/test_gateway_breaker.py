@@ -40,6 +40,10 @@ class ScriptedGateway:
         self.calls += 1
         return RefundResult(RefundStatus.SUCCEEDED, "re_1", "scripted")
 
+    async def lookup_refund(self, idempotency_key: str, *, charge_reference: str) -> RefundResult | None:
+        self.calls += 1
+        return None
+
 
 def request(key: str = "pay_1") -> ChargeRequest:
     return ChargeRequest(key, 1000, "USD", "tok_success", "invoice", {})
@@ -69,6 +73,9 @@ async def test_opens_after_n_consecutive_failures_and_stops_calling(clock: Froze
     assert (await breaker.refund(RefundRequest("re_k", "ch_1", 10, "USD"))).status is RefundStatus.FAILED
     looked_up = await breaker.lookup("pay_1")
     assert looked_up is not None and looked_up.status is ChargeStatus.UNKNOWN
+    # An open circuit says nothing of a refund either: unknown, never "not found" (that would fail it).
+    refund_found = await breaker.lookup_refund("re_k", charge_reference="ch_1")
+    assert refund_found is not None and refund_found.status is RefundStatus.UNKNOWN
     assert inner.calls == 3
 
 

@@ -105,6 +105,14 @@ class CircuitBreaker:
         self._record(result.status in _TROUBLE)
         return result
 
+    async def lookup_refund(self, idempotency_key: str, *, charge_reference: str) -> RefundResult | None:
+        if not self._admit():
+            return RefundResult(RefundStatus.UNKNOWN, None, self._refusal())
+        with self._trial_released():
+            result = await self._inner.lookup_refund(idempotency_key, charge_reference=charge_reference)
+        self._record(result is not None and result.status in _TROUBLE)
+        return result
+
     def _admit(self) -> bool:
         state = self.state
         if state is CircuitState.CLOSED:

@@ -99,6 +99,18 @@ class SandboxGateway:
         _check_ours(status, answer)
         return RefundResult(RefundStatus.SUCCEEDED, str(answer["id"]), "refunded")
 
+    async def lookup_refund(self, idempotency_key: str, *, charge_reference: str) -> RefundResult | None:
+        try:
+            status, answer = await self._call(
+                "GET", f"/v1/refunds/{quote(idempotency_key, safe='')}", None, None
+            )
+        except (_Unreached, _Unsure) as exc:
+            return RefundResult(RefundStatus.UNKNOWN, None, f"lookup failed: {exc}")
+        if status == 404:
+            return None
+        _check_ours(status, answer)
+        return RefundResult(RefundStatus.SUCCEEDED, str(answer["id"]), "refunded")
+
     async def _call(
         self, method: str, path: str, key: str | None, body: dict[str, Any] | None
     ) -> tuple[int, dict[str, Any]]:

@@ -9,6 +9,7 @@ different amount or currency is refused (409).
                                payment_method, description, metadata
     GET  /v1/charges/{key}     the charge made under a key (404: never seen)
     POST /v1/refunds           Idempotency-Key header; JSON charge, amount_minor, currency_code
+    GET  /v1/refunds/{key}     the refund made under a key (404: never seen)
     GET  /admin/stats          executions per key and totals, for tests counting at the gateway
 """
 
@@ -36,6 +37,8 @@ TOKENS = {
     "tok_timeout": "charged, but answered only after --timeout-delay (longer than the client waits)",
     "tok_error": "500, nothing charged",
     "tok_delayed": "pending at first; succeeded once --pending-delay has passed",
+    "tok_refund_timeout": "charged at once; a refund of it is made, but each answer to the refund "
+    "request comes after --timeout-delay (a lookup answers at once)",
 }
 _DECLINES = {"tok_decline": "card_declined", "tok_insufficient_funds": "insufficient_funds"}
 
@@ -50,6 +53,7 @@ class Charge:
     message: str
     refunded_minor: int = 0
     settles_at: datetime | None = None  # when a pending charge succeeds
+    slow_refunds: bool = False  # answers to refund requests of it come after the timeout delay
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Ledger:
     charge_keys: dict[str, str] = field(default_factory=dict)  # charge id -> idempotency key
     refunds: dict[str, Refund] = field(default_factory=dict)  # by idempotency key
     executions: Counter[str] = field(default_factory=Counter)  # new charges made, per key
+    refund_executions: Counter[str] = field(default_factory=Counter)  # new refunds made, per key
     charged: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))  # by currency
     refunded: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -120,7 +125,7 @@ def create_app(*, timeout_delay: float, pending_delay: float, clock: Clock | Non
                 currency,
             ):
                 return _error(409, "idempotency_key_reused", "this key was used with another refund")
-            return web.json_response(asdict(existing))
+            return await _refund_json(existing)
         charged_key = ledger.charge_keys.get(charge_id)
         target = ledger.charges[charged_key] if charged_key is not None else None
         if target is None or _settled(target, now()).status != "succeeded":
@@ -131,8 +136,22 @@ def create_app(*, timeout_delay: float, pending_delay: float, clock: Clock | Non
             return _error(402, "amount_too_large", "the refund is larger than what remains of the charge")
         target.refunded_minor += amount
         made = Refund(f"re_{secrets.token_hex(8)}", charge_id, amount, currency)
-        ledger.refunds[key] = made
+        ledger.refunds[key] = made  # before any await: a concurrent repeat finds it
+        ledger.refund_executions[key] += 1
         ledger.refunded[currency] += amount
+        return await _refund_json(made)
+
+    @routes.get("/v1/refunds/{key}")
+    async def lookup_refund(request: web.Request) -> web.Response:
+        found = ledger.refunds.get(request.match_info["key"])
+        if found is None:
+            return _error(404, "not_found", "no refund under this key")
+        return web.json_response(asdict(found))
+
+    async def _refund_json(made: Refund) -> web.Response:
+        refunded = ledger.charges[ledger.charge_keys[made.charge]]
+        if refunded.slow_refunds:
+            await asyncio.sleep(timeout_delay)  # the client gives up first; the refund stands
         return web.json_response(asdict(made))
 
     @routes.get("/admin/stats")
@@ -140,6 +159,7 @@ def create_app(*, timeout_delay: float, pending_delay: float, clock: Clock | Non
         return web.json_response(
             {
                 "charges_executed": dict(ledger.executions),
+                "refunds_executed": dict(ledger.refund_executions),
                 "total_charged_minor": dict(ledger.charged),
                 "total_refunded_minor": dict(ledger.refunded),
             }
@@ -152,8 +172,9 @@ def create_app(*, timeout_delay: float, pending_delay: float, clock: Clock | Non
 
 def _new_charge(method: str, amount: int, currency: str, settles_at: datetime) -> Charge:
     charge_id = f"ch_{secrets.token_hex(8)}"
-    if method in ("tok_success", "tok_timeout"):
-        return Charge(charge_id, "succeeded", amount, currency, None, "charged")
+    if method in ("tok_success", "tok_timeout", "tok_refund_timeout"):
+        slow = method == "tok_refund_timeout"
+        return Charge(charge_id, "succeeded", amount, currency, None, "charged", slow_refunds=slow)
     if method == "tok_delayed":
         return Charge(charge_id, "pending", amount, currency, None, "processing", settles_at=settles_at)
     code = _DECLINES.get(method, "invalid_payment_method")

@@ -17,6 +17,13 @@ find it. How Stripe's answers map, and why:
 Lookup uses PaymentIntent search on the metadata key. Stripe documents search as eventually
 consistent (usually under a minute behind), so None right after an UNKNOWN does not prove the
 charge never happened; re-sending the charge with the same key is the strictly consistent check.
+
+A refund carries our key as metadata too. Stripe has no search for refunds, and none is needed:
+`lookup_refund` lists the refunds of the PaymentIntent refunded (List all refunds, filtered by
+`payment_intent`, newest first, 100 a page) and takes the one whose metadata holds the key. Refund
+statuses (https://docs.stripe.com/api/refunds/object): succeeded is SUCCEEDED; pending and
+requires_action are PENDING (looked up again later); failed and canceled are DECLINED (Stripe gave
+nothing back: the refund fails and its amount is released).
 """
 
 from __future__ import annotations
@@ -112,9 +119,14 @@ class StripeGateway:
         return intent_result(found.data[0]) if found.data else None
 
     async def refund(self, request: RefundRequest) -> RefundResult:
+        params = {
+            "payment_intent": request.charge_reference,
+            "amount": request.amount_minor,
+            "metadata": {METADATA_KEY: request.idempotency_key},
+        }
         try:
             refund = await self._client.v1.refunds.create_async(
-                {"payment_intent": request.charge_reference, "amount": request.amount_minor},
+                params,  # type: ignore[arg-type]  # a plain dict of the documented parameters
                 {"idempotency_key": request.idempotency_key},
             )
         except stripe.IdempotencyError as exc:
@@ -124,7 +136,23 @@ class StripeGateway:
         except stripe.StripeError as exc:
             status = RefundStatus.UNKNOWN if _maybe_processed(exc) else RefundStatus.FAILED
             return RefundResult(status, None, _describe(exc))
-        return RefundResult(_REFUND_STATUSES.get(str(refund.status), RefundStatus.PENDING), refund.id, "")
+        return refund_result(refund)
+
+    async def lookup_refund(self, idempotency_key: str, *, charge_reference: str) -> RefundResult | None:
+        if not charge_reference:
+            return None  # no charge, no refund of it (and an unfiltered list would be every refund)
+        params: dict[str, Any] = {"payment_intent": charge_reference, "limit": 100}
+        try:
+            while True:
+                page = await self._client.v1.refunds.list_async(params)  # type: ignore[arg-type]
+                for refund in page.data:
+                    if (refund.to_dict().get("metadata") or {}).get(METADATA_KEY) == idempotency_key:
+                        return refund_result(refund)
+                if not page.has_more or not page.data:
+                    return None
+                params = {**params, "starting_after": page.data[-1].id}
+        except stripe.StripeError as exc:
+            return RefundResult(RefundStatus.UNKNOWN, None, f"lookup failed: {_describe(exc)}")
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -139,6 +167,12 @@ def intent_result(found: stripe.StripeObject | Mapping[str, Any]) -> ChargeResul
     if status is ChargeStatus.DECLINED:
         decline_code = error.get("decline_code") or error.get("code") or str(intent.get("status"))
     return ChargeResult(status, str(intent.get("id")), decline_code, str(error.get("message") or ""))
+
+
+def refund_result(refund: stripe.Refund) -> RefundResult:
+    """What a Refund object says about the refund."""
+    status = _REFUND_STATUSES.get(str(refund.status), RefundStatus.PENDING)
+    return RefundResult(status, refund.id, str(getattr(refund, "failure_reason", None) or ""))
 
 
 def _charge_error(exc: stripe.StripeError) -> ChargeResult:
