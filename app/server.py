@@ -37,7 +37,6 @@ from account_svc.identity.use_cases import IdentityDeps
 from account_svc.module import AccountServices
 from account_svc.use_cases import AccountDeps
 from app import migrate
-from app.gateway_events import gateway_event_routes
 from app.health import DatabaseProbe, HealthService, Readiness, probe_engine
 from app.http import HttpServer
 from app.modules import MODULES
@@ -428,6 +427,7 @@ async def build(
         if isinstance(billing, BillingServices):
             billing.usage.outcomes.report_to(metrics.usage_recorded)
             billing.payments.gateways.report_to(metrics.registry)  # the circuit breakers' states
+            billing.gateway_events.report_to(metrics.gateway_event)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)
@@ -483,12 +483,6 @@ async def build(
         # every worker's REST calls could end up on one of them.
         own_port = _bind_grpc(server, _loopback(settings.grpc_addr, 0)) if reuse_port else port
         gateway_channel = grpc.aio.insecure_channel(_loopback(settings.grpc_addr, own_port))
-        # Payment gateways' webhooks, signed by the gateway rather than called with a token.
-        inbound = (
-            gateway_event_routes(settings, billing.payments, components.clock, metrics, limiter)
-            if isinstance(billing, BillingServices)
-            else []
-        )
         http = HttpServer(
             settings.http_addr,
             metrics=metrics,
@@ -496,19 +490,16 @@ async def build(
             health=readiness.check,
             shutdown_timeout=settings.shutdown_grace_seconds,
             reuse_port=reuse_port,
-            routes=[
-                *inbound,
-                *gateway_routes(
-                    services,
-                    gateway_channel,
-                    strict=settings.gateway_strict,
-                    cors_origins=settings.cors_origins,
-                    max_body_bytes=settings.gateway_max_body_bytes,
-                    use_proto_names=settings.gateway_proto_names,
-                    forwarding=ClientForwarding(tuple(settings.trusted_proxies), gateway_proof),
-                    max_timeout_seconds=settings.gateway_max_timeout_seconds,
-                ),
-            ],
+            routes=gateway_routes(
+                services,
+                gateway_channel,
+                strict=settings.gateway_strict,
+                cors_origins=settings.cors_origins,
+                max_body_bytes=settings.gateway_max_body_bytes,
+                use_proto_names=settings.gateway_proto_names,
+                forwarding=ClientForwarding(tuple(settings.trusted_proxies), gateway_proof),
+                max_timeout_seconds=settings.gateway_max_timeout_seconds,
+            ),
         )
     except BaseException:
         await components.close()

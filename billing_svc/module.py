@@ -1,12 +1,13 @@
 """The billing service as the composition root sees it: services, tables, dependencies, servicers.
 
 Serves tally.billing.v1 (MeterService, TestClockService, UsageService, InvoiceService, PaymentService,
-WebhookService, EventService) and tally.subscription.v1 (PlanService, SubscriptionService). One package
-per domain, each with the account module's layers: catalog/ (meters, plans, pricing), subscriptions/
-(lifecycle, periods, proration, entitlements), clocks/ (test clocks and the account time billing reads),
-usage/ (recording usage exactly once), invoices/ (invoices, numbers, credit balances), webhooks/
-(endpoints, signed deliveries), events/ (the outbox read and watched by clients), payments/ (payments
-through gateways, their refunds, the reconciler; the gateway adapters).
+GatewayEventService, WebhookService, EventService) and tally.subscription.v1 (PlanService,
+SubscriptionService). One package per domain, each with the account module's layers: catalog/ (meters,
+plans, pricing), subscriptions/ (lifecycle, periods, proration, entitlements), clocks/ (test clocks and
+the account time billing reads), usage/ (recording usage exactly once), invoices/ (invoices, numbers,
+credit balances), webhooks/ (endpoints, signed deliveries), events/ (the outbox read and watched by
+clients), payments/ (payments through gateways, their refunds, the gateways' webhooks, the reconciler;
+the gateway adapters).
 
 Reads the override "run_due_work" (a billing_svc.clocks.ports.RunDueWork) from the platform, which
 tests use to stand in for the subscriptions' work while they drive AdvanceTestClock, and
@@ -55,9 +56,12 @@ from billing_svc.invoices.tables import (
 )
 from billing_svc.invoices.use_cases import InvoiceDeps
 from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
+from billing_svc.payments.gateway_event_servicer import GatewayEventServicer
 from billing_svc.payments.gateways.registry import GatewayFactory, GatewayRegistry
 from billing_svc.payments.gateways.sandbox import SandboxGateway
 from billing_svc.payments.gateways.stripe_gateway import StripeGateway
+from billing_svc.payments.gateways.stripe_webhooks import StripeWebhooks
+from billing_svc.payments.inbound import EventCounts
 from billing_svc.payments.servicer import PaymentServicer
 from billing_svc.payments.sql_unit_of_work import SqlPaymentsUnitOfWork
 from billing_svc.payments.tables import (
@@ -121,6 +125,9 @@ class BillingServices:
     usage_reads: UsageReadDeps
     invoices: InvoiceDeps
     payments: PaymentDeps
+    # Stripe's webhooks (GatewayEventService): None without TALLY_STRIPE_WEBHOOK_SECRET.
+    stripe_webhooks: StripeWebhooks | None
+    gateway_events: EventCounts  # received events by gateway and outcome, for the app's metrics
     webhooks: WebhookDeps
     events: EventDeps
     new_billing_uow: Callable[[], SqlBillingUnitOfWork]  # the billing worker's transactions
@@ -261,6 +268,12 @@ def _payments(platform: Platform) -> PaymentDeps:
     return replace(deps, after_charge=crash) if callable(crash) else deps
 
 
+def _stripe_webhooks(platform: Platform) -> StripeWebhooks | None:
+    """The signature check of Stripe's webhooks, on the wall clock; None when no secret is set."""
+    secret = platform.settings.stripe_webhook_secret
+    return StripeWebhooks(secret.get_secret_value(), platform.wall_clock) if secret is not None else None
+
+
 def build(platform: Platform) -> BillingServices:
     # The catalog keeps infrastructure time: its records are stamped by the wall clock, never by
     # an account's (test) clock, which belongs to no plan or meter.
@@ -336,6 +349,8 @@ def build(platform: Platform) -> BillingServices:
         usage=_usage(platform),
         invoices=invoices,
         payments=payments,
+        stripe_webhooks=_stripe_webhooks(platform),
+        gateway_events=EventCounts(),
         webhooks=WebhookDeps(
             lambda: SqlWebhooksUnitOfWork(platform.writers, clock=clock),
             clock,
@@ -375,6 +390,9 @@ def register(server: grpc.aio.Server, services: BillingServices) -> None:
 
     invoice_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(services.invoices, collect), server)
     payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(payments), server)
+    payment_pb2_grpc.add_GatewayEventServiceServicer_to_server(
+        GatewayEventServicer(payments, services.stripe_webhooks, services.gateway_events), server
+    )
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(services.webhooks), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(services.events), server)
 
@@ -390,6 +408,7 @@ MODULE: ServiceModule[BillingServices] = ServiceModule(
         usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
         invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"],
         payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+        payment_pb2.DESCRIPTOR.services_by_name["GatewayEventService"],
         webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
         event_pb2.DESCRIPTOR.services_by_name["EventService"],
     ),

@@ -198,7 +198,7 @@ class Metrics:
         self.webhook_deliveries.labels(outcome).inc()
 
     def gateway_event(self, gateway: str, outcome: str) -> None:
-        """`outcome`: processed, duplicate, ignored or rejected (app.gateway_events)."""
+        """`outcome`: processed, duplicate, ignored or rejected (GatewayEventService's servicer)."""
         self.gateway_events.labels(gateway, outcome).inc()
 
     def webhook_backlog(self, due: int) -> None:

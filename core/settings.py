@@ -413,7 +413,7 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None,
         description="Signing secret (whsec_...) of the Stripe webhook endpoint POST /v1/gatewayEvents/stripe "
-        "on the HTTP port; unset, that route answers 503 and reads nothing.",
+        "(GatewayEventService.ReceiveStripeEvent); unset, it answers 503 and acts on nothing.",
     )
     stripe_api_base: str | None = Field(
         None,

@@ -7,8 +7,8 @@ an `X-Request-Id` and a google.rpc.Status JSON body when it is an error.
 Calls go through a `grpc.aio.Channel` to the real gRPC server, so auth, rate
 limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 
-* in: `Authorization`, `traceparent`, `tracestate` and `X-Request-Id` pass as gRPC
-  metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
+* in: `Authorization`, `traceparent`, `tracestate`, `Stripe-Signature` and `X-Request-Id` pass as
+  gRPC metadata; `Grpc-Metadata-<name>` becomes metadata `<name>`; `Idempotency-Key` (else
   `X-Request-Id`) fills an empty `request_id` field; `Grpc-Timeout` (`5S`, `200m`) or
   `Request-Timeout` (seconds) becomes the call deadline, cut to `max_timeout_seconds`; the
   client's address (its `X-Forwarded-For` only behind a trusted proxy) goes with the gateway's
@@ -23,6 +23,10 @@ limits, tracing and error mapping apply exactly as for gRPC callers. Headers:
 
 Server-streaming methods answer NDJSON (`{"result": ...}` per message), or server-sent
 events with `Accept: text/event-stream`; an error mid-stream is a last `{"error": status}`.
+
+A method whose request is a `google.api.HttpBody` bound whole (`body: "*"`) takes the body unparsed,
+as its `data`, with the Content-Type as its `content_type` (Stripe's webhooks: the signature is over
+the bytes as sent).
 
 Client-streaming methods take a newline-delimited JSON body (`application/x-ndjson`, or
 `application/json` with one object per line; blank lines ignored), one request message
@@ -68,7 +72,9 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Longer than aiohttp's 8190: the longest URL the OpenAPI document allows (a 1,000-character filter of
 # 4-byte characters is 12,000 bytes percent-encoded) must reach the gateway.
 MAX_REQUEST_LINE_BYTES = 32 * 1024
-_PASSED_HEADERS = ("Authorization", "traceparent", "tracestate")
+# Stripe-Signature: the signature over a Stripe webhook's raw body (GatewayEventService), which the
+# method checks itself; it is the only header named here for one method.
+_PASSED_HEADERS = ("Authorization", "traceparent", "tracestate", "Stripe-Signature")
 _METADATA_PREFIX = "grpc-metadata-"
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
@@ -277,18 +283,27 @@ class Gateway:
             route, variables = self.table.lookup(request.method, raw_path)
             request[ROUTE_KEY] = route.path
             body = await self._read_body(request)
+            query = parse_query(request.rel_url.raw_query_string)
+            # The caller's X-Request-Id only when it is kept as the correlation id: one the
+            # server replaced is no key of the caller's.
+            key = idempotency_key(request.headers, request_id)
             # One message, or for client streaming the list of them (one per NDJSON line).
-            build = build_stream_requests if route.client_streaming else build_request
-            message = build(
-                route,
-                variables,
-                parse_query(request.rel_url.raw_query_string),
-                body,
-                strict=self.strict,
-                # The caller's X-Request-Id only when it is kept as the correlation id: one the
-                # server replaced is no key of the caller's.
-                idempotency_key=idempotency_key(request.headers, request_id),
-            )
+            message: Any
+            if route.client_streaming:
+                message = build_stream_requests(
+                    route, variables, query, body, strict=self.strict, idempotency_key=key
+                )
+            else:
+                content_type = request.headers.get("Content-Type", "")
+                message = build_request(
+                    route,
+                    variables,
+                    query,
+                    body,
+                    strict=self.strict,
+                    idempotency_key=key,
+                    content_type=content_type,
+                )
             metadata = request_metadata(request.headers, request_id, request.remote, self.forwarding)
             timeout = parse_timeout(request.headers, self.max_timeout_seconds)
         except GatewayError as error:

@@ -30,6 +30,7 @@ from gateway.openapi_http import (
     add_links,
     error_responses,
     header_parameters,
+    raw_request_body,
     response_headers,
 )
 from gateway.schemas import (
@@ -455,6 +456,8 @@ class _DocumentBuilder:
         path_params: list[PathParam],
     ) -> JSON:
         request = method.input_type
+        if binding.body == "*" and is_http_body(request) and not method.client_streaming:
+            return raw_request_body(method)
         description = ""
         flavor = Flavor.UPDATE if binding.verb == "patch" else Flavor.CREATE
         if binding.body == "*":

@@ -78,6 +78,39 @@ _TIMEOUT: JSON = {
 }
 
 
+# Headers one method reads itself, which the gateway passes on as metadata (gateway/app.py).
+_STRIPE_SIGNATURE: JSON = {
+    "name": "Stripe-Signature",
+    "in": "header",
+    "description": "Stripe's signature over the raw body: `t=<unix time>,v1=<hex HMAC-SHA256>`, with "
+    "the webhook endpoint's signing secret (TALLY_STRIPE_WEBHOOK_SECRET). One that does not verify, "
+    "or is older than five minutes, is 400.",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+}
+METHOD_HEADERS: dict[str, tuple[JSON, ...]] = {
+    "tally.billing.v1.GatewayEventService.ReceiveStripeEvent": (_STRIPE_SIGNATURE,),
+}
+# The media types a raw (google.api.HttpBody) request body is documented with, by method; others `*/*`.
+_RAW_BODY_TYPES: dict[str, tuple[str, str]] = {
+    "tally.billing.v1.GatewayEventService.ReceiveStripeEvent": (
+        "application/json",
+        "A Stripe event, exactly as Stripe sent it: the signature is over these bytes.",
+    ),
+}
+
+
+def raw_request_body(method: MethodDescriptor) -> JSON:
+    """The request body of a method taking a google.api.HttpBody whole: bytes the method reads itself."""
+    kind, description = _RAW_BODY_TYPES.get(
+        method.full_name, ("*/*", "The body as sent; Content-Type says what it is.")
+    )
+    schema: JSON = (
+        {"type": "object"} if kind == "application/json" else {"type": "string", "format": "binary"}
+    )
+    return {"required": True, "description": description, "content": {kind: {"schema": schema}}}
+
+
 def takes_request_id(method: MethodDescriptor) -> bool:
     """Whether the gateway fills the method's `request_id` from a header (gateway/transcoder.py)."""
     field = method.input_type.fields_by_name.get("request_id")
@@ -112,6 +145,7 @@ def header_parameters(method: MethodDescriptor) -> list[JSON]:
             "schema": {"type": "string"},
         }
     )
+    headers += [dict(header) for header in METHOD_HEADERS.get(method.full_name, ())]
     return [*headers, dict(_TIMEOUT)]
 
 

@@ -23,6 +23,10 @@ Unknown query parameters and unknown JSON fields are 400 errors naming them
 unless `strict` is off, in which case they are ignored. Field names may be
 given as lowerCamelCase JSON names or as the proto names.
 
+A route whose request is a google.api.HttpBody bound whole (`body: "*"`) takes the HTTP body as
+it came, unparsed, as the message's `data`, and the Content-Type as its `content_type`
+(grpc-gateway's rule); the URL sets none of its fields.
+
 A client-streaming route's body is newline-delimited JSON (`build_stream_requests`):
 each non-blank line is one body, parsed by the same rules, and the path variables
 and query parameters apply to every message; errors name the line (1-based).
@@ -37,7 +41,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import grpc
-from google.api import field_behavior_pb2
+from google.api import field_behavior_pb2, httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -78,8 +82,14 @@ HTTP_BODY = "google.api.HttpBody"
 
 
 def is_http_body(descriptor: Descriptor) -> bool:
-    """A google.api.HttpBody: answered as its own bytes and content type, not as JSON."""
+    """A google.api.HttpBody: taken and answered as its own bytes and content type, not as JSON."""
     return descriptor.full_name == HTTP_BODY
+
+
+def takes_raw_body(route: Route) -> bool:
+    """Whether the route's request is a google.api.HttpBody bound whole (`body: "*"`): the HTTP
+    body is its `data`, unparsed, and the Content-Type its `content_type` (grpc-gateway's rule)."""
+    return route.body == "*" and is_http_body(route.method.input_type)
 
 
 def parse_query(raw: str) -> list[tuple[str, str]]:
@@ -409,6 +419,17 @@ def fill_request_id(message: Message, key: str | None) -> None:
         setattr(message, REQUEST_ID_FIELD, key)
 
 
+def _raw_request(query: Sequence[tuple[str, str]], body: bytes, content_type: str) -> Message:
+    """An HttpBody request: the bytes as sent, never parsed (a signature may be over them). Its
+    fields are not the caller's to set from the URL, so a query parameter is unknown (strict)."""
+    if query:
+        raise GatewayError.invalid(
+            cut(query[0][0]), "unknown query parameter", reason="UNKNOWN_QUERY_PARAMETER"
+        )
+    message: Message = httpbody_pb2.HttpBody(content_type=content_type, data=body)
+    return message
+
+
 def build_request(
     route: Route,
     variables: Mapping[str, str],
@@ -417,8 +438,13 @@ def build_request(
     *,
     strict: bool = True,
     idempotency_key: str | None = None,
+    content_type: str = "",
 ) -> Message:
-    """The request message for one HTTP request; GatewayError (400) naming the field when it is wrong."""
+    """The request message for one HTTP request; GatewayError (400) naming the field when it is wrong.
+
+    `content_type` (the request's Content-Type) is used only by a route that takes the raw body."""
+    if takes_raw_body(route):
+        return _raw_request(query if strict else (), body, content_type)
     parsed = decode_json(body)
     message = route.request_class()
     _apply_body(route, message, parsed, strict=strict)

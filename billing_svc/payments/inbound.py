@@ -13,6 +13,7 @@ as ignored, so its replays stay cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from billing_svc.payments.collect import PaymentDeps, settle
@@ -24,6 +25,24 @@ class EventOutcome(StrEnum):
     PROCESSED = "processed"  # recorded on its attempt (or the attempt was settled already)
     IGNORED = "ignored"  # not about a payment of this gateway's that Tally made
     DUPLICATE = "duplicate"  # received before: nothing changed
+
+
+REJECTED = "rejected"  # the outcome counted for a delivery refused before it was read (its signature)
+
+
+class EventCounts:
+    """Where received events are counted by (gateway, outcome): nowhere until the composition root
+    hands it the app's metrics (`report_to`), which are made after the modules."""
+
+    def __init__(self) -> None:
+        self._sink: Callable[[str, str], None] | None = None
+
+    def report_to(self, sink: Callable[[str, str], None]) -> None:
+        self._sink = sink
+
+    def count(self, gateway: str, outcome: str) -> None:
+        if self._sink is not None:
+            self._sink(gateway, outcome)
 
 
 def gateway_caller(gateway: str, event_id: str) -> Caller:

@@ -263,11 +263,15 @@ def grpcurl(
     *args: str,
     data: Any = None,
     token: str | None = "admin",  # noqa: S107 (a selector)
+    headers: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run grpcurl; `token` "admin" sends an admin bearer token, None sends none, else that token."""
+    """Run grpcurl; `token` "admin" sends an admin bearer token, None sends none, else that token;
+    `headers` are more `name: value` metadata."""
     command = [str(grpcurl_path()), "-plaintext", "-max-time", str(GRPCURL_TIMEOUT_SECONDS - 5)]
     if token is not None:
         command += ["-H", f"authorization: Bearer {admin_token() if token == 'admin' else token}"]
+    for header in headers:
+        command += ["-H", header]
     if data is not None:
         command += ["-d", json.dumps(data)]
     command += [addr, *args]

@@ -8,10 +8,14 @@ processes of their own. grpcurl prints responses with the proto field names
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -49,6 +53,8 @@ DELETE = f"{ACCOUNTS}/DeleteAccount"
 UNDELETE = f"{ACCOUNTS}/UndeleteAccount"
 HEALTH = "grpc.health.v1.Health/Check"
 EVENTS = "tally.billing.v1.EventService"
+STRIPE_EVENTS = "tally.billing.v1.GatewayEventService/ReceiveStripeEvent"
+STRIPE_SECRET = "whsec_grpcurl"
 # grpcurl 1.8.6 reads google.protobuf.FieldMask as a plain message ({"paths": [...]}), not as the
 # canonical proto3 JSON string, and passes the paths through unchanged: so they are proto field names.
 DISPLAY_NAME_MASK = {"paths": ["display_name"]}
@@ -72,7 +78,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     so server_env() builds the environment without the caller's TALLY_* variables)."""
     grpcurl_path()
     data_dir = tmp_path_factory.mktemp("tally-data")
-    with running_server(server_env(data_dir), cwd=data_dir) as running:
+    env = server_env(data_dir, TALLY_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET)
+    with running_server(env, cwd=data_dir) as running:
         yield running
 
 
@@ -80,6 +87,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def addr(server: RunningServer) -> str:
     assert server.proc.poll() is None, f"the shared server died:\n{server.stderr}"
     return server.addr
+
+
+# --- Stripe's webhooks over gRPC: the body as HttpBody, the signature as metadata, no token ------------
+
+
+def test_a_stripe_event_over_grpcurl_needs_its_signature_and_no_token(addr: str) -> None:
+    payload = json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "charge.refunded",
+            "data": {"object": {}},
+        }
+    ).encode()
+    stamp = int(time.time())
+    digest = hmac.new(STRIPE_SECRET.encode(), f"{stamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    body = {"content_type": "application/json", "data": base64.b64encode(payload).decode()}
+    signed = (f"stripe-signature: t={stamp},v1={digest}",)
+    answers = []
+    for _ in range(2):  # Stripe redelivers: the second is a duplicate
+        result = grpcurl(addr, STRIPE_EVENTS, data=body, token=None, headers=signed)
+        assert result.returncode == 0, result.stderr
+        answers.append(json.loads(result.stdout)["outcome"])
+    assert answers == ["ignored", "duplicate"]  # a type Tally does not act on, recorded
+    forged = grpcurl(
+        addr, STRIPE_EVENTS, data=body, token=None, headers=(f"stripe-signature: t={stamp},v1=00",)
+    )
+    assert forged.returncode != 0 and "InvalidArgument" in forged.stderr, forged.stderr
+    assert "WEBHOOK_SIGNATURE_INVALID" in forged.stderr
 
 
 # --- start-up, reflection, health ----------------------------------------------------------------------

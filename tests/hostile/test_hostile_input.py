@@ -33,6 +33,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 from sqlalchemy import text
 from yarl import URL
 
@@ -285,6 +286,9 @@ async def backends(
         "jwt_hs256_secret": JWT_SECRET,
         "grpc_addr": "127.0.0.1:0",
         "http_addr": "127.0.0.1:0",
+        # Configured, so that Stripe's webhooks reach their signature check (400) rather than
+        # answering 503 WEBHOOK_NOT_CONFIGURED to every case.
+        "stripe_webhook_secret": SecretStr("whsec_hostile"),
     }
     started: list[Backend] = []
     try:

@@ -4,7 +4,8 @@ Every method of billing_svc.module.MODULE.services needs a case in CASES, so a n
 one fails `test_every_billing_method_has_a_case`. The rules come from each method's
 (tally.options.v1.access) policy: customers are refused methods without customer access and get
 NOT_FOUND (never PERMISSION_DENIED) for another account's resources; service tokens need the
-method's scopes; calls without a token are UNAUTHENTICATED.
+method's scopes; calls without a token are UNAUTHENTICATED. A public method (PUBLIC_METHODS, pinned)
+is reached with any token or none: its own answer comes back, never an auth refusal.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -27,6 +28,7 @@ from billing_svc.webhooks.tables import WebhookDeliveryRow
 from core import db, ids
 from core.principal import Role
 from gateway.routes import Route, routes_of
+from gateway.transcoder import takes_raw_body
 from interceptors.policy import MethodPolicy, PolicyTable
 from tally.billing.v1 import (
     invoice_pb2,
@@ -95,6 +97,7 @@ HOOK = "/tally.billing.v1.WebhookService/"
 PAY = "/tally.billing.v1.PaymentService/"
 _AMOUNT = {"currencyCode": "USD", "amountMinor": "100"}
 EVENTS = "/tally.billing.v1.EventService/"
+GATEWAY_EVENTS = "/tally.billing.v1.GatewayEventService/"
 _EVENT = {"accountId": "", "usageRecord": {"service": "seats-used", "unitsConsumed": {"value": "1"}}}
 
 # One request per method, naming account A's resources (a customer of A calls with these).
@@ -186,6 +189,8 @@ CASES: dict[str, Case] = {
     HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
     EVENTS + "ListEvents": lambda s: {"accountId": s.account_a},
     EVENTS + "WatchEvents": lambda s: {"accountId": s.account_a},
+    # A google.api.HttpBody (the JSON mapping's base64 for `data`): over REST, the raw body `{}`.
+    GATEWAY_EVENTS + "ReceiveStripeEvent": lambda s: {"contentType": "application/json", "data": "e30="},
 }
 
 # The same methods naming account B's resources: a customer of A must get NOT_FOUND.
@@ -284,6 +289,9 @@ def http_request(route: Route, message: Message) -> tuple[str, dict[str, Any]]:
         for k, v in proto_names.items()
         if k not in top_path_fields
     }
+    if takes_raw_body(route):  # a google.api.HttpBody: its bytes are the body
+        raw: bytes = cast(Any, message).data
+        return path, {"data": raw, "headers": {"Content-Type": "application/json"}}
     if route.body == "*":
         return path, {"json": rest}
     if route.body:
@@ -295,7 +303,7 @@ async def http_status(
     http: aiohttp.ClientSession, route: Route, token: str | None, fields: dict[str, Any]
 ) -> int:
     path, kwargs = http_request(route, request_of(route.grpc_method, fields))
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     async with http.request(route.http_method, path, headers=headers, **kwargs) as response:
         if not METHODS[route.grpc_method].server_streaming:  # a watch does not end: its status says it all
             await response.read()
@@ -454,10 +462,17 @@ CUSTOMER_METHODS = {
 }
 
 
+# The billing methods anyone may call without a token, each authenticated another way: Stripe's
+# webhooks by their signature over the body. Pinned like CUSTOMER_METHODS.
+PUBLIC_METHODS = {GATEWAY_EVENTS + "ReceiveStripeEvent"}
+# What a public method answers in this app, whoever calls: no webhook secret is configured here.
+PUBLIC_ANSWERS = {GATEWAY_EVENTS + "ReceiveStripeEvent": (grpc.StatusCode.UNAVAILABLE, 503)}
+
+
 def test_customers_may_call_only_the_reviewed_billing_methods() -> None:
     assert {m for m in METHODS if policy(m).customers_allowed} == CUSTOMER_METHODS
-    assert not [m for m in METHODS if policy(m).public]
-    assert all(policy(m).scopes for m in METHODS)
+    assert {m for m in METHODS if policy(m).public} == PUBLIC_METHODS
+    assert all(policy(m).scopes for m in METHODS if m not in PUBLIC_METHODS)
     writes = {m for m in METHODS if any(scope.endswith(":write") for scope in policy(m).scopes)}
     assert not writes & CUSTOMER_METHODS
 
@@ -484,6 +499,10 @@ async def test_the_access_matrix_over_grpc_and_rest(app: App) -> None:
         # Refusals first: they change nothing, so every customer success still sees the seed.
         for method, case in CASES.items():
             fields, keys = case(seeded), tokens(app, seeded, method)
+            if method in PUBLIC_METHODS:
+                await _anyone_reaches(app, http, method, fields, [None, *keys.values()], routes)
+                exercised.add(method)
+                continue
             want = expected_for_customer(method)
             assert await grpc_code(app, None, method, fields) == grpc.StatusCode.UNAUTHENTICATED, method
             assert await grpc_code(app, keys["customer"], method, fields) == want, method
@@ -508,6 +527,8 @@ async def test_the_access_matrix_over_grpc_and_rest(app: App) -> None:
         await _customer_lists_only_their_own(app, http, seeded)
         # Then the scoped calls, which may change the seed (archive, cancel, delete the clock).
         for method, case in CASES.items():
+            if method in PUBLIC_METHODS:
+                continue
             fields, keys = case(seeded), tokens(app, seeded, method)
             assert (
                 await grpc_code(app, keys["scoped"], method, fields) != grpc.StatusCode.PERMISSION_DENIED
@@ -516,6 +537,22 @@ async def test_the_access_matrix_over_grpc_and_rest(app: App) -> None:
                 status = await http_status(http, route, keys["scoped"], fields)
                 assert status not in (401, 403), (method, route.http_method, route.path, status)
     assert exercised == set(METHODS)
+
+
+async def _anyone_reaches(
+    app: App,
+    http: aiohttp.ClientSession,
+    method: str,
+    fields: dict[str, Any],
+    tokens: list[str | None],
+    routes: list[Route],
+) -> None:
+    """A public method answers for itself, with a token of any kind or none (and an invalid one)."""
+    code, status = PUBLIC_ANSWERS[method]
+    for token in [*tokens, "not-a-token"]:
+        assert await grpc_code(app, token, method, fields) == code, (method, token)
+        for route in (r for r in routes if r.grpc_method == method):
+            assert await http_status(http, route, token, fields) == status, (method, route.path, token)
 
 
 async def _customer_lists_only_their_own(app: App, http: aiohttp.ClientSession, seeded: Seed) -> None:

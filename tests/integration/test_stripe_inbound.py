@@ -1,6 +1,10 @@
-"""Stripe's webhooks through the real HTTP port of the whole app, on each backend: a payment left
-pending at the Stripe stand-in (a requires_action intent) is settled by a signed event, once; what is
-tampered with, too old, not ours or not configured changes nothing."""
+"""Stripe's webhooks (GatewayEventService.ReceiveStripeEvent) on each backend: a payment left pending
+at the Stripe stand-in (a requires_action intent) is settled by a signed event, once; what is tampered
+with, too old, not ours or not configured changes nothing.
+
+Over REST through `tally serve`'s own HTTP port and through a stand-alone `tally gateway` in front of
+the gRPC port (the `via` parameter), and over gRPC with the signature as metadata and no token.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,18 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+from google.api import httpbody_pb2
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from app.gateway_server import StandaloneGateway
 from app.server import App
 from billing_svc.payments.tables import GatewayEventRow
 from core import db
@@ -31,11 +38,12 @@ from tally.billing.v1 import payment_pb2 as pb
 from tests.integration.test_payments import _events, _open_invoice
 from tests.stripe_standin import API_KEY as STRIPE_KEY
 from tests.stripe_standin import StandinState, running_standin
-from tests.support import channel_as, mint, serving
+from tests.support import channel_as, details, failing, mint, serving
 
 WEBHOOK_SECRET = "whsec_inbound_test"
 PATH = "/v1/gatewayEvents/stripe"
 Status = pb.Payment.Status
+VIA = ["serve", "gateway"]  # the HTTP port of `tally serve`, or a stand-alone `tally gateway`
 
 
 @dataclass
@@ -43,14 +51,34 @@ class Stripe:
     app: App
     channel: grpc.aio.Channel
     standin: StandinState
+    http_port: int  # where REST calls go
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}{PATH}"
+        return f"http://127.0.0.1:{self.http_port}{PATH}"
+
+
+@pytest.fixture(params=VIA)
+def via(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@asynccontextmanager
+async def rest_port(app: App, via: str) -> AsyncIterator[int]:
+    """The HTTP port REST callers use: the app's own, or a stand-alone gateway's in front of it."""
+    if via == "serve":
+        yield app.http_port
+        return
+    gateway = StandaloneGateway(app.settings, f"127.0.0.1:{app.port}", health_ttl=0)
+    await gateway.start()
+    try:
+        yield gateway.port
+    finally:
+        await gateway.stop()
 
 
 @pytest.fixture
-async def stripe(settings: Settings) -> AsyncIterator[Stripe]:
+async def stripe(settings: Settings, via: str) -> AsyncIterator[Stripe]:
     async with running_standin() as (standin_url, standin):
         configured = settings.model_copy(
             update={
@@ -60,8 +88,12 @@ async def stripe(settings: Settings) -> AsyncIterator[Stripe]:
                 "payment_gateway_default": "stripe",
             }
         )
-        async with serving(configured) as app, channel_as(app, mint(app)) as channel:
-            yield Stripe(app, channel, standin)
+        async with (
+            serving(configured) as app,
+            channel_as(app, mint(app)) as channel,
+            rest_port(app, via) as port,
+        ):
+            yield Stripe(app, channel, standin, port)
 
 
 def sign(payload: bytes, *, at: float | None = None, secret: str = WEBHOOK_SECRET) -> str:
@@ -228,17 +260,18 @@ async def test_concurrent_redeliveries_settle_once(stripe: Stripe) -> None:
     assert (await _events(stripe.app, "invoice", invoice.id)).count("invoice.paid") == 1
 
 
-async def test_without_a_secret_the_route_reads_nothing(settings: Settings) -> None:
-    async with serving(settings.model_copy(update={"gateway_max_body_bytes": 1024})) as app:
-        url = f"http://127.0.0.1:{app.http_port}{PATH}"
+async def test_without_a_secret_the_route_reads_nothing(settings: Settings, via: str) -> None:
+    unconfigured = settings.model_copy(update={"gateway_max_body_bytes": 1024})
+    async with serving(unconfigured) as app, rest_port(app, via) as port:
+        url = f"http://127.0.0.1:{port}{PATH}"
         async with aiohttp.ClientSession() as session, session.post(url, data=b"{}") as response:
             assert response.status == 503
             assert (await response.json())["details"][0]["reason"] == "WEBHOOK_NOT_CONFIGURED"
     configured = settings.model_copy(
         update={"gateway_max_body_bytes": 1024, "stripe_webhook_secret": SecretStr(WEBHOOK_SECRET)}
     )
-    async with serving(configured) as app, aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{app.http_port}{PATH}"
+    async with serving(configured) as app, rest_port(app, via) as port, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}{PATH}"
         big = b"x" * 2048
         async with session.post(url, data=big, headers={"Stripe-Signature": sign(big)}) as response:
             assert response.status == 413
@@ -247,13 +280,15 @@ async def test_without_a_secret_the_route_reads_nothing(settings: Settings) -> N
             assert (await response.json())["details"][0]["reason"] == "WEBHOOK_SIGNATURE_INVALID"
 
 
-async def test_senders_are_rate_limited_by_address_before_the_body_is_read(settings: Settings) -> None:
+async def test_senders_are_rate_limited_by_address_before_the_signature_is_checked(
+    settings: Settings, via: str
+) -> None:
     limits = {**settings.rate_limits, "gateway_events": RateLimit(rate=0.001, burst=2)}
     configured = settings.model_copy(
         update={"rate_limits": limits, "stripe_webhook_secret": SecretStr(WEBHOOK_SECRET)}
     )
-    async with serving(configured) as app, aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{app.http_port}{PATH}"
+    async with serving(configured) as app, rest_port(app, via) as port, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}{PATH}"
         statuses = []
         for _ in range(3):
             async with session.post(url, data=b"{}", headers={"Stripe-Signature": "t=1,v1=00"}) as response:
@@ -261,3 +296,49 @@ async def test_senders_are_rate_limited_by_address_before_the_body_is_read(setti
                 answer = await response.json()
         assert statuses == [400, 400, 429]
         assert answer["details"][0]["reason"] == "RATE_LIMITED" and int(response.headers["Retry-After"]) > 0
+
+
+# --- over gRPC: the body as google.api.HttpBody, the signature as metadata, no token --------------------
+
+
+def http_body(payload: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type="application/json", data=payload)
+
+
+@pytest.mark.parametrize("via", ["serve"])  # no REST front is used
+async def test_over_grpc_the_signature_is_metadata_and_no_token_is_asked_for(stripe: Stripe) -> None:
+    """What `grpcurl -H 'stripe-signature: t=...,v1=...' -d '{"contentType": ..., "data": ...}'`
+    sends: an anonymous call, authenticated by its signature alone."""
+    _, payment, intent = await pending_payment(stripe, 6)
+    payload = event("payment_intent.succeeded", intent, status="succeeded")
+    async with channel_as(stripe.app, None) as anonymous:
+        events = payment_pb2_grpc.GatewayEventServiceStub(anonymous)
+        unsigned = await failing(events.ReceiveStripeEvent(http_body(payload)))
+        assert unsigned.code() == grpc.StatusCode.INVALID_ARGUMENT
+        found = details(unsigned)
+        assert found.reason == "WEBHOOK_SIGNATURE_INVALID" and "Stripe-Signature" in found.violations
+        before = await counts(stripe.app)
+        stale = [("stripe-signature", sign(payload, at=time.time() - 600))]
+        expired = await failing(events.ReceiveStripeEvent(http_body(payload), metadata=stale))
+        assert details(expired).reason == "WEBHOOK_SIGNATURE_EXPIRED"
+        assert await counts(stripe.app) == before
+        signed = [("stripe-signature", sign(payload))]
+        answer = await events.ReceiveStripeEvent(http_body(payload), metadata=signed)
+        assert answer.outcome == "processed"
+        again = await events.ReceiveStripeEvent(http_body(payload), metadata=signed)
+        assert again.outcome == "duplicate"
+    assert (await get_payment(stripe, payment.id)).status == Status.STATUS_SUCCEEDED
+
+
+async def test_the_rest_body_reaches_the_signature_check_byte_for_byte(stripe: Stripe) -> None:
+    """The gateway passes the body unparsed: whitespace and key order Stripe chose are what it
+    signed (a gateway that re-serialised the JSON would break every signature)."""
+    _, payment, intent = await pending_payment(stripe, 7)
+    body = json.loads(event("payment_intent.succeeded", intent, status="succeeded"))
+    payload = ("{\n  " + json.dumps(body, indent=2, sort_keys=True)[1:]).encode()
+    assert await deliver(stripe, payload) == (200, {"outcome": "processed"})
+    assert (await get_payment(stripe, payment.id)).status == Status.STATUS_SUCCEEDED
+    # A body that is not JSON at all, signed, is the method's own 400, not the gateway's JSON error.
+    junk = b"\x00not json\xff"
+    status, answer = await deliver(stripe, junk)
+    assert status == 400 and answer["details"][0]["reason"] == "INVALID_ARGUMENT", answer

@@ -204,6 +204,27 @@ def test_login_is_public_and_others_need_a_bearer_token(doc: JSON) -> None:
     assert body["required"] == ["email", "password"]
 
 
+def test_stripe_webhooks_are_public_with_their_signature_header_and_a_raw_body(doc: JSON) -> None:
+    receive = doc["paths"]["/v1/gatewayEvents/stripe"]["post"]
+    assert receive["operationId"] == "GatewayEventService_ReceiveStripeEvent"
+    assert receive["security"] == []
+    signature = params(receive)[("header", "Stripe-Signature")]
+    assert signature["required"] is True and signature["schema"]["type"] == "string"
+    # The event as Stripe sent it, not the HttpBody message's JSON mapping (contentType, data).
+    assert receive["requestBody"]["required"] is True
+    assert receive["requestBody"]["content"] == {"application/json": {"schema": {"type": "object"}}}
+    ok = receive["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "string" in deref(doc, ok)["properties"]["outcome"]["type"]
+    # No other operation documents the header, though the gateway passes it on for any route.
+    others = [
+        op["operationId"]
+        for item in doc["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict) and ("header", "Stripe-Signature") in params(op)
+    ]
+    assert others == ["GatewayEventService_ReceiveStripeEvent"]
+
+
 def test_enums_maps_and_int64(doc: JSON) -> None:
     account = schema(doc, "tally.account.v1.Account")
     assert null_allowed(account["properties"]["status"])  # unset: json_format reads null as the default

@@ -451,3 +451,19 @@ def test_a_body_value_of_the_wrong_kind_is_said_in_the_api_terms(
     table: RouteTable, body: bytes, field: str, description: str
 ) -> None:
     assert_said_in_api_terms(refused(table, "POST", "/v1/things", body=body), field, description)
+
+
+def test_an_http_body_request_takes_the_body_unparsed() -> None:
+    """grpc-gateway's rule for a google.api.HttpBody request bound whole: the bytes as sent are its
+    `data` and the Content-Type its `content_type` (a Stripe signature is over those very bytes)."""
+    route, variables = RouteTable.from_services(SERVICES).lookup("POST", "/v1/gatewayEvents/stripe")
+    assert route.grpc_method == "/tally.billing.v1.GatewayEventService/ReceiveStripeEvent"
+    raw = b'{ "id" : "evt_1",\n  "b": 1 }\x00\xff'  # neither canonical JSON nor UTF-8: never parsed
+    message = build_request(route, variables, [], raw, content_type="application/json; charset=utf-8")
+    assert cast(Any, message).data == raw
+    assert cast(Any, message).content_type == "application/json; charset=utf-8"
+    with pytest.raises(GatewayError) as caught:
+        build_request(route, variables, [("contentType", "text/plain")], raw)
+    assert caught.value.violations == [("contentType", "unknown query parameter")]
+    lenient = build_request(route, variables, [("contentType", "text/plain")], raw, strict=False)
+    assert cast(Any, lenient).content_type == "" and cast(Any, lenient).data == raw

@@ -23,6 +23,32 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ReceiveStripeEventResponse(_message.Message):
+    """What became of a received gateway event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: _builtins.str
+    """`processed`: recorded on its payment attempt (or the attempt was settled
+    already); `duplicate`: received before, nothing changed; `ignored`: not
+    about a payment Tally made through this gateway, or a type Tally does not
+    act on (recorded, so its redeliveries are duplicates).
+    """
+    def __init__(
+        self,
+        *,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveStripeEventResponse: _TypeAlias = ReceiveStripeEventResponse  # noqa: Y015
+
+@_typing.final
 class Payment(_message.Message):
     """A payment: money collected from an account through a gateway."""
 

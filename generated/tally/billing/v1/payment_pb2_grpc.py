@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from tally.billing.v1 import payment_pb2 as tally_dot_billing_dot_v1_dot_payment__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -369,6 +370,106 @@ class PaymentService:
             '/tally.billing.v1.PaymentService/UpdatePaymentSettings',
             tally_dot_billing_dot_v1_dot_payment__pb2.UpdatePaymentSettingsRequest.SerializeToString,
             tally_dot_billing_dot_v1_dot_payment__pb2.PaymentSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GatewayEventServiceStub:
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReceiveStripeEvent = channel.unary_unary(
+                '/tally.billing.v1.GatewayEventService/ReceiveStripeEvent',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_payment__pb2.ReceiveStripeEventResponse.FromString,
+                _registered_method=True)
+
+
+class GatewayEventServiceServicer:
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    def ReceiveStripeEvent(self, request, context):
+        """Receives one Stripe event, its body exactly as Stripe sent it and its
+        `Stripe-Signature` header (gRPC metadata `stripe-signature`; the REST
+        gateway passes the header on). The signature over the raw bytes is
+        checked against TALLY_STRIPE_WEBHOOK_SECRET before anything else:
+        a signature that does not verify is INVALID_ARGUMENT with reason
+        WEBHOOK_SIGNATURE_INVALID, one older than five minutes
+        WEBHOOK_SIGNATURE_EXPIRED, and a signed body that is not an event
+        INVALID_ARGUMENT; none of them writes anything. Without a secret the call
+        is UNAVAILABLE, reason WEBHOOK_NOT_CONFIGURED.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GatewayEventServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReceiveStripeEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveStripeEvent,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_payment__pb2.ReceiveStripeEventResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tally.billing.v1.GatewayEventService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tally.billing.v1.GatewayEventService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GatewayEventService:
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    @staticmethod
+    def ReceiveStripeEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.GatewayEventService/ReceiveStripeEvent',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            tally_dot_billing_dot_v1_dot_payment__pb2.ReceiveStripeEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from tally.billing.v1 import payment_pb2 as _payment_pb2
 import abc as _abc_1
@@ -221,3 +222,82 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class GatewayEventServiceStub:
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GatewayEventServiceAsyncStub: ...
+    ReceiveStripeEvent: _grpc.UnaryUnaryMultiCallable[_httpbody_pb2.HttpBody, _payment_pb2.ReceiveStripeEventResponse]
+    """Receives one Stripe event, its body exactly as Stripe sent it and its
+    `Stripe-Signature` header (gRPC metadata `stripe-signature`; the REST
+    gateway passes the header on). The signature over the raw bytes is
+    checked against TALLY_STRIPE_WEBHOOK_SECRET before anything else:
+    a signature that does not verify is INVALID_ARGUMENT with reason
+    WEBHOOK_SIGNATURE_INVALID, one older than five minutes
+    WEBHOOK_SIGNATURE_EXPIRED, and a signed body that is not an event
+    INVALID_ARGUMENT; none of them writes anything. Without a secret the call
+    is UNAVAILABLE, reason WEBHOOK_NOT_CONFIGURED.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
+
+@_typing.type_check_only
+class GatewayEventServiceAsyncStub(GatewayEventServiceStub):
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReceiveStripeEvent: _aio.UnaryUnaryMultiCallable[_httpbody_pb2.HttpBody, _payment_pb2.ReceiveStripeEventResponse]  # type: ignore[assignment]
+    """Receives one Stripe event, its body exactly as Stripe sent it and its
+    `Stripe-Signature` header (gRPC metadata `stripe-signature`; the REST
+    gateway passes the header on). The signature over the raw bytes is
+    checked against TALLY_STRIPE_WEBHOOK_SECRET before anything else:
+    a signature that does not verify is INVALID_ARGUMENT with reason
+    WEBHOOK_SIGNATURE_INVALID, one older than five minutes
+    WEBHOOK_SIGNATURE_EXPIRED, and a signed body that is not an event
+    INVALID_ARGUMENT; none of them writes anything. Without a secret the call
+    is UNAVAILABLE, reason WEBHOOK_NOT_CONFIGURED.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
+
+class GatewayEventServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Receives the events payment gateways send by webhook. Each one settles the
+    payment attempt it is about, once, however often it is delivered.
+
+    The gateway's signature over the raw body is the authentication: no token
+    is asked for. Callers are rate limited by address (the `gateway_events`
+    group of TALLY_RATE_LIMITS, else `default`).
+    """
+
+    @_abc_1.abstractmethod
+    def ReceiveStripeEvent(
+        self,
+        request: _httpbody_pb2.HttpBody,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.ReceiveStripeEventResponse, _abc.Awaitable[_payment_pb2.ReceiveStripeEventResponse]]:
+        """Receives one Stripe event, its body exactly as Stripe sent it and its
+        `Stripe-Signature` header (gRPC metadata `stripe-signature`; the REST
+        gateway passes the header on). The signature over the raw bytes is
+        checked against TALLY_STRIPE_WEBHOOK_SECRET before anything else:
+        a signature that does not verify is INVALID_ARGUMENT with reason
+        WEBHOOK_SIGNATURE_INVALID, one older than five minutes
+        WEBHOOK_SIGNATURE_EXPIRED, and a signed body that is not an event
+        INVALID_ARGUMENT; none of them writes anything. Without a secret the call
+        is UNAVAILABLE, reason WEBHOOK_NOT_CONFIGURED.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+
+def add_GatewayEventServiceServicer_to_server(servicer: GatewayEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
