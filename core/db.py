@@ -296,15 +296,15 @@ def defer_row(session: AsyncSession, model: Any, values: Mapping[str, Any]) -> N
 
 async def write_deferred_rows(session: AsyncSession) -> None:
     """Write the rows `defer_row` holds for this session, now."""
-    deferred = session.info.pop(_DEFERRED_ROWS, None)
-    for model, rows in (deferred or {}).items():
-        await session.execute(_table_insert(model), rows)
+    if session.info.get(_DEFERRED_ROWS):
+        await session.run_sync(_write_deferred)
 
 
 @event.listens_for(Session, "before_commit")
-def _write_deferred_on_commit(session: Session) -> None:
+def _write_deferred(session: Session) -> None:
     """Whatever commits a session with deferred rows writes them first (the unit of work writes
-    them itself, before its outbox events); sync, inside the async session's greenlet."""
+    them itself, before its outbox events, through `write_deferred_rows`); sync, inside the async
+    session's greenlet."""
     deferred = session.info.pop(_DEFERRED_ROWS, None)
     for model, rows in (deferred or {}).items():
         session.execute(_table_insert(model), rows)
