@@ -62,9 +62,17 @@ typecheck: install
 	@echo "==> mypy"
 	$(BIN)/mypy
 
+# Worker processes for pytest (pytest-xdist; 0 runs it in one process). Whole files go to one
+# worker, in the order tests/conftest.py puts them (longest first); a crashed worker fails the run
+# instead of being replaced. Tests marked `alone` run afterwards, in one process.
+PYTEST_WORKERS ?= 4
+
 pytest: install
-	@echo "==> pytest"
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@echo "==> pytest ($(PYTEST_WORKERS) workers)"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart 0 \
+		-m "not alone" $(PYTEST_ARGS)
+	@echo "==> pytest: the tests marked alone"
+	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: PYTEST_ARGS left none of them
 
 ## bench: throughput and latency against loopback (needs h2load: apt-get install nghttp2-client)
 bench: install $(VENV)/.bench-installed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -26,7 +27,9 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str:
+    """The newest revision of this build's migrations (read from their files once a process)."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
     if head is None:
         raise RuntimeError("no migrations found")
@@ -50,6 +53,8 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | No
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_ID})
         before = _current_revision(connection)
+        if revision == "head" and before == head_revision():
+            return before, before  # the usual start: nothing to load or run
         command.upgrade(_config(connection), revision)
         return before, head_revision() if revision == "head" else revision
 

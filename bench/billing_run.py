@@ -22,7 +22,11 @@ left a draft, with gapless numbers. How the run grows from the smallest size to 
 last line: linear growth keeps seconds per 1,000 flat.
 
     PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py \
-        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1,2] [--repeat 2]
+        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1,2] [--repeat 2] \
+        [--keep-setup] [--statement-times]
+
+--keep-setup keeps each size's set-up database and takes it again on the next run (the 10,000 set-up
+takes minutes); --statement-times prints, for 1-process runs, the statements that took the most time.
 
 Loopback only; the counts are bounded by --sizes and --events-per-subscription.
 """
@@ -103,18 +107,38 @@ def _settings(database_url: str, data_dir: Path, workers: int) -> Settings:
 
 
 @contextmanager
-def _statements(engine: AsyncEngine) -> Iterator[list[int]]:
-    """Counts every statement handed to the driver while open (in [0])."""
+def _statements(engine: AsyncEngine, timed: dict[str, list[float]] | None = None) -> Iterator[list[int]]:
+    """Counts every statement handed to the driver while open (in [0]); with `timed`, also each
+    statement's calls and seconds (from handing it to the driver to its answer), by its text."""
     counted = [0]
 
-    def on_execute(*_args: Any) -> None:
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         counted[0] += 1
+        if timed is not None:
+            conn.info.setdefault("bench_began", []).append(time.perf_counter())
+
+    def on_answer(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if timed is not None and conn.info.get("bench_began"):
+            entry = timed.setdefault(" ".join(statement.split())[:160], [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - conn.info["bench_began"].pop()
 
     event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    event.listen(engine.sync_engine, "after_cursor_execute", on_answer)
     try:
         yield counted
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+        event.remove(engine.sync_engine, "after_cursor_execute", on_answer)
+
+
+def _print_statement_times(timed: dict[str, list[float]], renewed: int) -> None:
+    """The statements that took the most time in all, with their calls and mean milliseconds."""
+    print("           statements by time taken (calls, mean ms, ms a renewal):", flush=True)
+    ranked = sorted(timed.items(), key=lambda item: -item[1][1])[:15]
+    for text, (calls, seconds) in ranked:
+        each, per_renewal = seconds / calls * 1000, seconds / max(renewed, 1) * 1000
+        print(f"           {int(calls):>7} {each:7.2f} {per_renewal:6.2f}  {text}", flush=True)
 
 
 async def _populate(app: App, count: int) -> list[str]:
@@ -191,14 +215,19 @@ def _loops(app_or_components: Any, clock: Clock, workers: int, batch: int) -> li
     ]
 
 
-async def _timed_run(components: Components, clock: Clock, workers: int, batch: int) -> RunFigures:
+async def _timed_run(
+    components: Components, clock: Clock, workers: int, batch: int, statement_times: bool = False
+) -> RunFigures:
     """`workers` claim loops on `components` until nothing is due: seconds, renewals, failures,
     statements and this process's CPU seconds."""
     loops = _loops(components, clock, workers, batch)
-    with _statements(components.platform.engine) as counted:
+    timed: dict[str, list[float]] | None = {} if statement_times else None
+    with _statements(components.platform.engine, timed) as counted:
         began, cpu = time.perf_counter(), time.process_time()
         reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
         seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+    if timed is not None:
+        _print_statement_times(timed, sum(report.work.get("renewal", 0) for report in reports))
     return RunFigures(
         seconds=seconds,
         renewed=sum(report.work.get("renewal", 0) for report in reports),
@@ -295,21 +324,35 @@ async def _child(workers: int, batch: int) -> None:
 
 
 def _one_size(count: int, options: argparse.Namespace) -> list[float]:
-    """The set-up once, then each billing run (each --processes value, --repeat times) on a copy."""
-    database = pgdb.create()
+    """The set-up once, then each billing run (each --processes value, --repeat times) on a copy.
+    With --keep-setup, the set-up database is kept (named by the size and the events a subscription)
+    and a later run of the same size takes it again instead of making it."""
+    kept = f"tally_bench_setup_{count}_{options.events_per_subscription}"
+    if options.keep_setup and pgdb.exists(kept):
+        database = pgdb.BenchDatabase(admin_url=pgdb.admin_url(), name=kept)
+        stored = pgdb.count_rows(database, "usage_records")
+        _progress(f"the set-up kept in {kept} taken again ({stored} usage events)")
+        return _runs(database, count, stored, options)
+    database = pgdb.create(name=kept if options.keep_setup else None)
     try:
         stored = asyncio.run(_prepare(database, count, options))
-        seconds = []
-        for processes in options.processes:
-            for _ in range(options.repeat):
-                copy = pgdb.copy(database)
-                try:
-                    seconds.append(asyncio.run(_billing_run(copy, count, stored, processes, options)))
-                finally:
-                    pgdb.drop(copy)
-        return seconds
+        return _runs(database, count, stored, options)
     finally:
-        pgdb.drop(database)
+        if not options.keep_setup:
+            pgdb.drop(database)
+
+
+def _runs(database: pgdb.BenchDatabase, count: int, stored: int, options: argparse.Namespace) -> list[float]:
+    """Each billing run (each --processes value, --repeat times) on a copy of the set-up."""
+    seconds = []
+    for processes in options.processes:
+        for _ in range(options.repeat):
+            copy = pgdb.copy(database)
+            try:
+                seconds.append(asyncio.run(_billing_run(copy, count, stored, processes, options)))
+            finally:
+                pgdb.drop(copy)
+    return seconds
 
 
 async def _prepare(database: pgdb.BenchDatabase, count: int, options: argparse.Namespace) -> int:
@@ -352,7 +395,9 @@ async def _billing_run(
                 )
             else:
                 backends = await asyncio.to_thread(_backend_cpu, database)
-                figures = await _timed_run(components, clock, options.workers, options.batch)
+                figures = await _timed_run(
+                    components, clock, options.workers, options.batch, options.statement_times
+                )
                 after = await asyncio.to_thread(_backend_cpu, database)
                 figures.postgres_cpu = _cpu_since(backends, after)
             async with components.platform.readers() as session:
@@ -410,6 +455,17 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="billing runs of each --processes value")
     parser.add_argument("--batch", type=int, default=100, help="subscriptions per claim")
+    parser.add_argument(
+        "--keep-setup",
+        action="store_true",
+        help="keep each size's set-up database (tally_bench_setup_<size>_<events>) and take it again "
+        "on the next run; drop it with DROP DATABASE when done",
+    )
+    parser.add_argument(
+        "--statement-times",
+        action="store_true",
+        help="print the statements that took the most time (1-process runs)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     options.processes = [int(count) for count in options.processes.split(",")]

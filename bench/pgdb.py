@@ -49,8 +49,8 @@ async def _fetch_count(url: str, table: str) -> int:
         await connection.close()
 
 
-def create(url: str | None = None) -> BenchDatabase:
-    database = BenchDatabase(admin_url=url or admin_url(), name=f"tally_bench_{secrets.token_hex(4)}")
+def create(url: str | None = None, name: str | None = None) -> BenchDatabase:
+    database = BenchDatabase(admin_url=url or admin_url(), name=name or f"tally_bench_{secrets.token_hex(4)}")
     asyncio.run(_execute(database.admin_url, f'CREATE DATABASE "{database.name}"'))
     return database
 
@@ -66,6 +66,19 @@ def copy(template: BenchDatabase) -> BenchDatabase:
 def drop(database: BenchDatabase) -> None:
     # WITH (FORCE) ends any session still connected (PostgreSQL 13+).
     asyncio.run(_execute(database.admin_url, f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)'))
+
+
+async def _exists(url: str, name: str) -> bool:
+    connection = await asyncpg.connect(url, timeout=10)
+    try:
+        return bool(await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await connection.close()
+
+
+def exists(name: str) -> bool:
+    """Whether the server holds a database called `name`."""
+    return asyncio.run(_exists(admin_url(), name))
 
 
 def count_rows(database: BenchDatabase, table: str) -> int:

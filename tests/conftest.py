@@ -8,6 +8,7 @@ Helpers that are not fixtures are in tests/support.py.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +39,29 @@ from tests.support import (
     truncate_statement,
     unavailable,
 )
+
+# The files that take longest (minutes: the schemathesis run, the README run, the wheels built by
+# pip), first: with pytest-xdist (`make test`) each file goes to one worker, in this order, so the
+# longest ones start at once instead of ending the run on a single busy worker.
+LONGEST_FIRST = (
+    "tests/e2e/test_rest.py",
+    "tests/e2e/test_readme.py",
+    "tests/e2e/test_distributions.py",
+    "tests/scenarios/test_collection_worker.py",
+    "tests/e2e/test_usage_stream_crash.py",
+    "tests/e2e/test_misconfiguration.py",
+    "tests/e2e/test_grpcurl.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    root = config.rootpath
+
+    def position(item: pytest.Item) -> int:
+        return rank.get(item.path.relative_to(root).as_posix(), len(rank))
+
+    items.sort(key=position)  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +120,24 @@ async def _check_invoice_totals(application: App) -> None:
     assert credit_notes == 0, f"{credit_notes} credit note(s) or credited invoice(s) that do not add up"
 
 
+@pytest.fixture(scope="session")
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded database migrated once for the session; each SQLite test starts from a copy of it
+    (the server then finds it at the newest revision and only checks that)."""
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    engine = db.create_engine(
+        Settings(data_dir=directory, secret_key=TEST_SECRET, jwt_hs256_secret=JWT_SECRET)
+    )
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    database = directory / "tally.db"
+    leftovers = [path.name for path in directory.iterdir() if path != database]
+    assert not leftovers, f"the template database left {leftovers} beside it"  # nothing unwritten
+    return database
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str | None:
     """None for the embedded SQLite default, else the suite's PostgreSQL database."""
@@ -105,7 +147,7 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-async def settings(database_url: str | None, tmp_path: Path) -> Settings:
+async def settings(database_url: str | None, tmp_path: Path, sqlite_template: Path) -> Settings:
     """Settings for a clean database, once for each backend."""
     common = {
         "data_dir": tmp_path,
@@ -122,6 +164,7 @@ async def settings(database_url: str | None, tmp_path: Path) -> Settings:
         "payment_reconciler": False,
     }
     if database_url is None:
+        shutil.copyfile(sqlite_template, tmp_path / "tally.db")
         return Settings(**common)  # type: ignore[arg-type]
     await _truncate(database_url)
     return Settings(database_url=database_url, migrate_on_start=True, **common)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -35,7 +36,19 @@ if TYPE_CHECKING:
 POSTGRES_ADMIN_URL = os.environ.get(
     "TALLY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_url() -> str:
+    """TALLY_TEST_REDIS_URL (default: the local Redis's db 15). Under pytest-xdist each worker takes
+    its own db, counting down from that one (gw0 15, gw1 14, ...), so parallel sessions never share
+    keys."""
+    parts = urlsplit(os.environ.get("TALLY_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15")
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base - worker) % 16}"))
+
+
+REDIS_URL = _redis_url()
 TEST_SECRET = "test-page-token-secret-0123456789"
 JWT_SECRET = "test-jwt-hs256-secret-0123456789abcdef"
 

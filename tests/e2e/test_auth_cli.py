@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,12 +20,11 @@ from tests.e2e.harness import (
     running_server,
     server_env,
 )
-from tests.support import unavailable
+from tests.support import REDIS_URL, unavailable
 
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "a long enough password"
-REDIS_URL = os.environ.get("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def dev_key_env(data_dir: Path) -> dict[str, str]:

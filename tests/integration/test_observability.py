@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,7 +51,7 @@ from interceptors.errors import ErrorMappingInterceptor
 from interceptors.observability import ObservabilityInterceptor
 from interceptors.tracing import TracingInterceptor
 from tally.account.v1 import account_pb2, account_pb2_grpc
-from tests.support import JWT_SECRET, TEST_SECRET, cheap_passwords, unavailable
+from tests.support import JWT_SECRET, REDIS_URL, TEST_SECRET, cheap_passwords, unavailable
 
 SERVICE = "test.observability.v1.Probe"
 SECRET_PAYLOAD = b"payload-that-must-not-be-logged"
@@ -443,7 +442,7 @@ async def test_deadline_exceeded_is_a_server_fault(harness: Harness) -> None:
 
 async def test_redis_and_sql_spans_through_the_real_server(tmp_path: Path) -> None:
     """The composition root instruments its own engine and Redis client with its tracer provider."""
-    redis_url = os.environ.get("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    redis_url = REDIS_URL
     probe = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         await probe.ping()

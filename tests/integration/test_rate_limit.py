@@ -41,9 +41,8 @@ from interceptors.rate_limit import (
     bucket_ttl_ms,
     method_groups,
 )
-from tests.support import FakeMonotonic, details, eventually, free_port, unavailable
+from tests.support import REDIS_URL, FakeMonotonic, details, eventually, free_port, unavailable
 
-REDIS_URL = os.environ.get("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SLOW = RateLimit(rate=0.01, burst=5)  # one token per 100 s: no refill during a test
 
 

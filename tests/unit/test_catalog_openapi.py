@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -21,9 +22,15 @@ from gateway.openapi import build_openapi
 JSON = dict[str, Any]
 
 
+@functools.cache
+def _document() -> JSON:
+    """Built once: a property test draws hundreds of examples against it."""
+    return build_openapi(SERVICES)
+
+
 @pytest.fixture(scope="module")
 def doc() -> JSON:
-    return build_openapi(SERVICES)
+    return _document()
 
 
 def validator(doc: JSON, component: str) -> Draft202012Validator:
@@ -42,7 +49,7 @@ def unit_price_pattern(doc: JSON) -> str:
     st.from_regex(r"\A[+-]?[0-9]{0,20}(\.[0-9]{0,14})?\Z") | st.text(alphabet="0123456789.+-e ", max_size=24)
 )
 def test_the_unit_price_pattern_is_parse_unit_price(text: str) -> None:
-    pattern = re.compile(unit_price_pattern(build_openapi(SERVICES)))
+    pattern = re.compile(unit_price_pattern(_document()))
     try:
         parse_unit_price(text, field="x")
         accepted = True
