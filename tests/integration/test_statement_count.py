@@ -53,15 +53,21 @@ class Statements:
 def counting(engine: AsyncEngine) -> Iterator[Statements]:
     seen = Statements()
 
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    # Commits are counted for transactions that ran a statement while counted: a background pass of
+    # the server (on the same engine) that commits an empty transaction meanwhile is not the work
+    # being counted, and on a loaded machine it can fall inside the window.
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not statement.lstrip().upper().startswith("BEGIN"):
             seen.sql.append(statement)
+            conn.info["counted_statements"] = True
 
-    def on_begin(_conn: Any) -> None:
+    def on_begin(conn: Any) -> None:
         seen.begins += 1
+        conn.info["counted_statements"] = False
 
-    def on_commit(_conn: Any) -> None:
-        seen.commits += 1
+    def on_commit(conn: Any) -> None:
+        if conn.info.pop("counted_statements", True):
+            seen.commits += 1
 
     target = engine.sync_engine
     hooks: list[tuple[str, Callable[..., None]]] = [
