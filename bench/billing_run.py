@@ -112,7 +112,7 @@ def _statements(engine: AsyncEngine, timed: dict[str, list[float]] | None = None
     statement's calls and seconds (from handing it to the driver to its answer), by its text."""
     counted = [0]
 
-    def on_execute(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def on_execute(conn: Any, *_args: Any) -> None:
         counted[0] += 1
         if timed is not None:
             conn.info.setdefault("bench_began", []).append(time.perf_counter())
@@ -226,11 +226,12 @@ async def _timed_run(
         began, cpu = time.perf_counter(), time.process_time()
         reports = await asyncio.gather(*(loop.run_until_idle() for loop in loops))
         seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+    renewed = sum(report.work.get("renewal", 0) for report in reports)
     if timed is not None:
-        _print_statement_times(timed, sum(report.work.get("renewal", 0) for report in reports))
+        _print_statement_times(timed, renewed)
     return RunFigures(
         seconds=seconds,
-        renewed=sum(report.work.get("renewal", 0) for report in reports),
+        renewed=renewed,
         failed=sum(report.failed for report in reports),
         statements=counted[0],
         python_cpu=cpu,
