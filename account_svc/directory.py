@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import functools
+from datetime import datetime
+
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_svc.repository import AccountRow
 from core import ids
 from core.accounts import AccountTerms
+
+
+@functools.cache
+def _terms_statement(lock: bool, exclusive: bool) -> Select[str, str, str, datetime | None, str, str]:
+    """`terms`' statement (parameter account_id), built once for each variant."""
+    statement = select(
+        AccountRow.id,
+        AccountRow.currency_code,
+        AccountRow.billing_time_zone,
+        AccountRow.delete_time,
+        AccountRow.display_name,
+        AccountRow.email,
+    ).where(AccountRow.id == bindparam("account_id"))
+    if lock:
+        # A share lock: concurrent writers under it (usage recorded for the account) do not
+        # block each other, while a delete or currency change waits for them (and they for it).
+        # An exclusive one also waits for the share lockers, and for the other exclusive ones
+        # (two subscriptions made at once for one account). SQLite ignores both (one writer).
+        statement = statement.with_for_update(read=not exclusive)
+    return statement
 
 
 class SqlAccountDirectory:
@@ -19,21 +42,8 @@ class SqlAccountDirectory:
     ) -> AccountTerms | None:
         if not account_id or len(account_id) > ids.MAX_LENGTH:
             return None
-        statement = select(
-            AccountRow.id,
-            AccountRow.currency_code,
-            AccountRow.billing_time_zone,
-            AccountRow.delete_time,
-            AccountRow.display_name,
-            AccountRow.email,
-        ).where(AccountRow.id == account_id)
-        if lock:
-            # A share lock: concurrent writers under it (usage recorded for the account) do not
-            # block each other, while a delete or currency change waits for them (and they for it).
-            # An exclusive one also waits for the share lockers, and for the other exclusive ones
-            # (two subscriptions made at once for one account). SQLite ignores both (one writer).
-            statement = statement.with_for_update(read=not exclusive)
-        row = (await self._session.execute(statement)).one_or_none()
+        statement = _terms_statement(lock, exclusive)
+        row = (await self._session.execute(statement, {"account_id": account_id})).one_or_none()
         if row is None:
             return None
         return AccountTerms(

@@ -39,12 +39,27 @@ replicas the clocks differ a little: keep leases far longer than any clock skew.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Row, String, Table, and_, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Row,
+    String,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -108,9 +123,6 @@ class WorkQueue:
             self.due_time <= now,
             or_(self.lease_until.is_(None), self.lease_until <= now),
         )
-
-    def _owned(self, keys: Sequence[Key], worker: str) -> ColumnElement[bool]:
-        return and_(tuple_(*self._key_columns).in_(keys), self.claimed_by == worker)
 
     async def claim(
         self,
@@ -184,6 +196,19 @@ class WorkQueue:
         wanted = list(keys)
         if not wanted:
             return 0
-        statement = update(self.table).where(self._owned(wanted, worker)).values(values)
-        result = await session.execute(statement)
+        parameters = {f"set_{name}": value for name, value in values.items()}
+        parameters.update(keys=wanted, worker=worker)
+        result = await session.execute(_owned_update(self, tuple(values)), parameters)
         return int(getattr(result, "rowcount", 0))
+
+
+@functools.cache
+def _owned_update(queue: WorkQueue, columns: tuple[str, ...]) -> Update:
+    """UPDATE of `queue`'s rows held by a worker, setting `columns`, built once for each queue and
+    set of columns (parameters keys, worker and set_<column>)."""
+    key = tuple_(*queue._key_columns)
+    return (
+        update(queue.table)
+        .where(key.in_(bindparam("keys", expanding=True)), queue.claimed_by == bindparam("worker"))
+        .values({name: bindparam(f"set_{name}") for name in columns})
+    )

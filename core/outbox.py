@@ -46,6 +46,7 @@ is AUTOINCREMENT so a position is never reused even after the newest rows are de
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -182,6 +183,7 @@ def _table() -> Table:
 _COLUMNS = ("id", "type", "resource_type", "resource_id", "account_id", "payload", "create_time", "trace_id")
 
 
+@functools.cache
 def _postgres_insert() -> Any:
     """INSERT ... SELECT FROM a one-row CTE that takes the ordering lock.
 
@@ -199,6 +201,11 @@ def _postgres_insert() -> Any:
     return insert(table).from_select(list(_COLUMNS), select(*values).select_from(lock))
 
 
+@functools.cache
+def _sqlite_insert() -> Any:
+    return insert(_table())
+
+
 async def write_events(session: AsyncSession, events: list[PendingEvent]) -> None:
     """Insert `events` in one statement (one round trip), positions in commit order."""
     if not events:
@@ -209,7 +216,7 @@ async def write_events(session: AsyncSession, events: list[PendingEvent]) -> Non
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(_postgres_insert(), rows)
     else:
-        await session.execute(insert(_table()), rows)
+        await session.execute(_sqlite_insert(), rows)
 
 
 async def read_events(

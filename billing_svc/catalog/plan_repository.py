@@ -5,12 +5,13 @@ is the only one that joins them. It never commits.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, and_, delete, select, update
+from sqlalchemy import Select, and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.catalog.domain import Feature, PlanVersion, terms_from_json, terms_to_json
@@ -72,6 +73,29 @@ def _feature_rows(plan: PlanVersion) -> list[dict[str, Any]]:
     ]
 
 
+@functools.cache
+def _version_statement(
+    latest: bool, lock_plan: bool, lock_version: bool
+) -> Select[PlanRow, PlanVersionRow, PlanFeatureRow]:
+    """`load_version`'s statement (parameters plan_id and, unless `latest`, version), built once
+    for each variant."""
+    wanted = PlanRow.latest_version if latest else bindparam("version")
+    statement = (
+        select(PlanRow, PlanVersionRow, PlanFeatureRow)
+        .join(PlanVersionRow, and_(PlanVersionRow.plan_id == PlanRow.id, PlanVersionRow.version == wanted))
+        .outerjoin(
+            PlanFeatureRow,
+            and_(
+                PlanFeatureRow.plan_id == PlanVersionRow.plan_id,
+                PlanFeatureRow.version == PlanVersionRow.version,
+            ),
+        )
+        .where(PlanRow.id == bindparam("plan_id"))
+    )
+    locked = [table for table, lock in ((PlanRow, lock_plan), (PlanVersionRow, lock_version)) if lock]
+    return statement.with_for_update(of=locked) if locked else statement
+
+
 async def load_version(
     session: AsyncSession, plan_id: str, version: int | None, *, lock_plan: bool, lock_version: bool
 ) -> PlanVersion | None:
@@ -86,23 +110,9 @@ async def load_version(
     """
     if len(plan_id) > ids.MAX_LENGTH:
         return None  # no such id can exist; the database need not be asked
-    wanted = PlanRow.latest_version if version is None else version
-    statement = (
-        select(PlanRow, PlanVersionRow, PlanFeatureRow)
-        .join(PlanVersionRow, and_(PlanVersionRow.plan_id == PlanRow.id, PlanVersionRow.version == wanted))
-        .outerjoin(
-            PlanFeatureRow,
-            and_(
-                PlanFeatureRow.plan_id == PlanVersionRow.plan_id,
-                PlanFeatureRow.version == PlanVersionRow.version,
-            ),
-        )
-        .where(PlanRow.id == plan_id)
-    )
-    locked = [table for table, lock in ((PlanRow, lock_plan), (PlanVersionRow, lock_version)) if lock]
-    if locked:
-        statement = statement.with_for_update(of=locked)
-    found = (await session.execute(statement)).all()
+    statement = _version_statement(version is None, lock_plan, lock_version)
+    parameters = {"plan_id": plan_id} if version is None else {"plan_id": plan_id, "version": version}
+    found = (await session.execute(statement, parameters)).all()
     if not found:
         return None
     plan, version_row, _feature_row = found[0]

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,6 +69,9 @@ def _columns(meter: Meter) -> dict[str, Any]:
     }
 
 
+_METERS = select(MeterRow).where(MeterRow.id.in_(bindparam("ids", expanding=True)))  # get_many, built once
+
+
 class SqlMeterRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
@@ -83,7 +86,7 @@ class SqlMeterRepository:
         wanted = [meter_id for meter_id in set(meter_ids) if len(meter_id) <= ids.MAX_LENGTH]
         if not wanted:
             return {}
-        rows = (await self._session.execute(select(MeterRow).where(MeterRow.id.in_(wanted)))).scalars()
+        rows = (await self._session.execute(_METERS, {"ids": wanted})).scalars()
         return {row.id: meter_from_row(row) for row in rows}
 
     async def add(self, meter: Meter) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, insert, literal, select, update
+from sqlalchemy import Integer, Table, Update, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.invoices.credit_notes import CreditNote, CreditNoteLine, CreditNoteReason, RefundMethod
@@ -236,20 +238,15 @@ class SqlInvoiceRepository:
         limit: int,
         subscription_id: str | None = None,
     ) -> list[PendingItem]:
-        items = PendingInvoiceItemRow
-        wanted = [items.account_id == account_id, items.invoice_id.is_(None), items.period_start < before]
+        parameters = {
+            "p_account_id": account_id,
+            "p_before": before,
+            "p_limit": limit,
+            "p_invoice_id": invoice_id,
+        }
         if subscription_id is not None:
-            wanted.append(items.subscription_id == subscription_id)
-        chosen = select(items.id).where(*wanted).order_by(items.create_time, items.id).limit(limit)
-        # The UPDATE re-checks `invoice_id IS NULL` on each row it locks, so an item a concurrent
-        # invoice took first is skipped rather than taken twice.
-        statement = (
-            update(items)
-            .where(items.id.in_(chosen), items.invoice_id.is_(None))
-            .values(invoice_id=invoice_id)
-            .returning(items)
-        )
-        rows = (await self._session.scalars(statement)).all()
+            parameters["p_subscription_id"] = subscription_id
+        rows = (await self._session.execute(_take_items(subscription_id is not None), parameters)).all()
         return sorted(
             (pending_item_from_row(row) for row in rows), key=lambda item: (item.create_time, item.id)
         )
@@ -271,12 +268,57 @@ class SqlInvoiceRepository:
     async def next_number(self, prefix: str) -> int:
         # One upsert: the first number of a new prefix is 1 (the row is made holding 2), every later
         # one the stored next value, which the same statement moves on under the row's lock.
-        sequence = InvoiceNumberSequenceRow
-        start = upsert_into(self._session, sequence).values(prefix=prefix, next_value=2)
-        taken = start.on_conflict_do_update(
-            index_elements=["prefix"], set_={"next_value": sequence.next_value + 1}
-        ).returning(sequence.next_value - 1)
-        return int((await self._session.execute(taken)).scalar_one())
+        statement = _take_number(self._session.get_bind().dialect.name)
+        return int((await self._session.execute(statement, {"p_prefix": prefix})).scalar_one())
+
+
+@functools.cache
+def _take_items(of_subscription: bool) -> Update:
+    """`take_pending_items`' statement, built once for each variant. Parameters p_account_id,
+    p_before, p_limit, p_invoice_id and, for one subscription's, p_subscription_id (a bind
+    parameter may not share a column's name). The UPDATE re-checks `invoice_id IS NULL` on each
+    row it locks, so an item a concurrent invoice took first is skipped rather than taken twice."""
+    items = cast(Table, PendingInvoiceItemRow.__table__)
+    wanted = [
+        items.c.account_id == bindparam("p_account_id"),
+        items.c.invoice_id.is_(None),
+        items.c.period_start < bindparam("p_before"),
+    ]
+    if of_subscription:
+        wanted.append(items.c.subscription_id == bindparam("p_subscription_id"))
+    chosen = (
+        select(items.c.id)
+        .where(*wanted)
+        .order_by(items.c.create_time, items.c.id)
+        .limit(bindparam("p_limit", type_=Integer()))
+    )
+    return (
+        update(items)
+        .where(items.c.id.in_(chosen), items.c.invoice_id.is_(None))
+        .values(invoice_id=bindparam("p_invoice_id"))
+        .returning(*items.c)
+    )
+
+
+@functools.cache
+def _take_number(dialect: str) -> Any:
+    """`next_number`'s upsert in `dialect` (parameter p_prefix), built once."""
+    sequence = cast(Table, InvoiceNumberSequenceRow.__table__)
+    start = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(sequence)
+    start = start.values(prefix=bindparam("p_prefix"), next_value=2)
+    return start.on_conflict_do_update(
+        index_elements=["prefix"], set_={"next_value": sequence.c.next_value + 1}
+    ).returning(sequence.c.next_value - 1)
+
+
+_BALANCE = (
+    select(CreditBalanceRow.balance_minor)
+    .where(
+        CreditBalanceRow.account_id == bindparam("account_id"),
+        CreditBalanceRow.currency_code == bindparam("currency_code"),
+    )
+    .with_for_update()
+)
 
 
 class SqlCreditBalances:
@@ -284,12 +326,8 @@ class SqlCreditBalances:
         self._session = session
 
     async def balance(self, account_id: str, currency_code: str) -> int:
-        statement = (
-            select(CreditBalanceRow.balance_minor)
-            .where(CreditBalanceRow.account_id == account_id, CreditBalanceRow.currency_code == currency_code)
-            .with_for_update()
-        )
-        return int((await self._session.scalar(statement)) or 0)
+        parameters = {"account_id": account_id, "currency_code": currency_code}
+        return int((await self._session.scalar(_BALANCE, parameters)) or 0)
 
     async def change(
         self,

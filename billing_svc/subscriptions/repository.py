@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.catalog.tables import PlanFeatureRow
@@ -88,7 +88,7 @@ def _columns(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-def pending_item_from_row(row: PendingInvoiceItemRow) -> PendingItem:
+def pending_item_from_row(row: PendingInvoiceItemRow | Row[Any]) -> PendingItem:
     return PendingItem(
         id=row.id,
         account_id=row.account_id,

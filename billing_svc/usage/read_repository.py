@@ -24,7 +24,18 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Numeric,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.usage import aggregation
@@ -117,57 +128,12 @@ class SqlUsageReader:
         return {meter_id: _python_totals(rows) for meter_id, rows in by_meter.items()}
 
     async def _sql_totals(self, account_id: str, start: datetime, end: datetime) -> dict[str, PeriodTotals]:
-        """Three grouped reads in one statement: the recorded-price records over the whole range
-        (a partial index holds them), the plan-priced ones of the partial hours at each end, and
-        the rollup's whole hours in between; added up per meter here."""
-        units = UsageRecordRow.units
-        recorded = (
-            select(
-                UsageRecordRow.meter_id,
-                literal(0).label("plan_count"),
-                literal(None, _EXACT).label("plan_sum"),
-                literal(None, _EXACT).label("plan_max"),
-                func.count().label("recorded_count"),
-                func.sum(units, type_=_EXACT).label("recorded_units"),
-                func.sum(units * UsageRecordRow.price_per_unit, type_=_EXACT).label("amount"),
-            )
-            .where(_in_period(account_id, start, end), UsageRecordRow.price_per_unit.is_not(None))
-            .group_by(UsageRecordRow.meter_id)
-        )
+        """Three grouped reads in one statement (`_TOTALS`): the recorded-price records over the
+        whole range (a partial index holds them), the plan-priced ones of the partial hours at each
+        end, and the rollup's whole hours in between; added up per meter here."""
         first, last = _whole_hours(start, end)
-        parts = [recorded]
-        edges = [
-            _in_period(account_id, low, high) for low, high in ((start, first), (last, end)) if low < high
-        ]
-        if edges:
-            parts.append(
-                select(
-                    UsageRecordRow.meter_id,
-                    func.count(),
-                    func.sum(units, type_=_EXACT),
-                    func.max(units, type_=_EXACT),
-                    literal(0),
-                    literal(None, _EXACT),
-                    literal(None, _EXACT),
-                )
-                .where(or_(*edges), UsageRecordRow.price_per_unit.is_(None))
-                .group_by(UsageRecordRow.meter_id)
-            )
-        if first < last:
-            parts.append(
-                select(
-                    UsageHourlyRow.meter_id,
-                    func.sum(UsageHourlyRow.record_count),
-                    func.sum(UsageHourlyRow.units_sum, type_=_EXACT),
-                    func.max(UsageHourlyRow.units_max, type_=_EXACT),
-                    literal(0),
-                    literal(None, _EXACT),
-                    literal(None, _EXACT),
-                )
-                .where(_hours(account_id, first, last))
-                .group_by(UsageHourlyRow.meter_id)
-            )
-        rows = (await self._session.execute(union_all(*parts))).all()
+        parameters = {"account_id": account_id, "start": start, "first": first, "last": last, "end": end}
+        rows = (await self._session.execute(_TOTALS, parameters)).all()
         by_meter: dict[str, list[Any]] = {}
         for meter_id, plan_count, plan_sum, plan_max, recorded_count, recorded_units, amount in rows:
             totals = by_meter.setdefault(meter_id, [0, _ZERO, None, 0, _ZERO, _ZERO])
@@ -283,6 +249,69 @@ class SqlUsageReader:
 
 def _hour_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _totals_statement() -> CompoundSelect[Any]:
+    """`_sql_totals`' statement, built once (parameters account_id, start, first, last, end): a
+    range that is empty ([start, first) when the period starts on the hour, [first, last) when
+    no whole hour fits) matches no row, so one statement serves every period."""
+    records, hourly = UsageRecordRow, UsageHourlyRow
+    units = records.units
+
+    def raw(low: str, high: str) -> ColumnElement[bool]:
+        return and_(
+            records.account_id == bindparam("account_id"),
+            records.event_time >= bindparam(low),
+            records.event_time < bindparam(high),
+        )
+
+    recorded = (
+        select(
+            records.meter_id,
+            literal(0).label("plan_count"),
+            literal(None, _EXACT).label("plan_sum"),
+            literal(None, _EXACT).label("plan_max"),
+            func.count().label("recorded_count"),
+            func.sum(units, type_=_EXACT).label("recorded_units"),
+            func.sum(units * records.price_per_unit, type_=_EXACT).label("amount"),
+        )
+        .where(raw("start", "end"), records.price_per_unit.is_not(None))
+        .group_by(records.meter_id)
+    )
+    edges = (
+        select(
+            records.meter_id,
+            func.count(),
+            func.sum(units, type_=_EXACT),
+            func.max(units, type_=_EXACT),
+            literal(0),
+            literal(None, _EXACT),
+            literal(None, _EXACT),
+        )
+        .where(or_(raw("start", "first"), raw("last", "end")), records.price_per_unit.is_(None))
+        .group_by(records.meter_id)
+    )
+    hours = (
+        select(
+            hourly.meter_id,
+            func.sum(hourly.record_count),
+            func.sum(hourly.units_sum, type_=_EXACT),
+            func.max(hourly.units_max, type_=_EXACT),
+            literal(0),
+            literal(None, _EXACT),
+            literal(None, _EXACT),
+        )
+        .where(
+            hourly.account_id == bindparam("account_id"),
+            hourly.hour >= bindparam("first"),
+            hourly.hour < bindparam("last"),
+        )
+        .group_by(hourly.meter_id)
+    )
+    return union_all(recorded, edges, hours)
+
+
+_TOTALS = _totals_statement()
 
 
 def _whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
