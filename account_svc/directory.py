@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from account_svc.repository import AccountRow
@@ -14,16 +14,17 @@ from core.accounts import AccountTerms
 
 
 @functools.cache
-def _terms_statement(lock: bool, exclusive: bool) -> Select[str, str, str, datetime | None, str, str]:
+def _terms_statement(lock: bool, exclusive: bool) -> Select[Any]:
     """`terms`' statement (parameter account_id), built once for each variant."""
+    accounts = cast(Table, AccountRow.__table__)  # Core columns: no ORM work a read
     statement = select(
-        AccountRow.id,
-        AccountRow.currency_code,
-        AccountRow.billing_time_zone,
-        AccountRow.delete_time,
-        AccountRow.display_name,
-        AccountRow.email,
-    ).where(AccountRow.id == bindparam("account_id"))
+        accounts.c.id,
+        accounts.c.currency_code,
+        accounts.c.billing_time_zone,
+        accounts.c.delete_time,
+        accounts.c.display_name,
+        accounts.c.email,
+    ).where(accounts.c.id == bindparam("account_id"))
     if lock:
         # A share lock: concurrent writers under it (usage recorded for the account) do not
         # block each other, while a delete or currency change waits for them (and they for it).

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, and_, bindparam, delete, select, update
+from sqlalchemy import Row, Select, Table, and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.catalog.domain import Feature, PlanVersion, terms_from_json, terms_to_json
@@ -27,7 +27,9 @@ def _feature(row: PlanFeatureRow) -> Feature:
     return Feature(code=row.code, display_name=row.display_name, enabled=row.enabled, limit=row.limit)
 
 
-def _to_domain(plan: PlanRow, version: PlanVersionRow, features: Sequence[Feature]) -> PlanVersion:
+def _to_domain(
+    plan: PlanRow | Row[Any], version: PlanVersionRow | Row[Any], features: Sequence[Feature]
+) -> PlanVersion:
     return PlanVersion(
         plan_id=plan.id,
         version=version.version,
@@ -74,25 +76,42 @@ def _feature_rows(plan: PlanVersion) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def _version_statement(
-    latest: bool, lock_plan: bool, lock_version: bool
-) -> Select[PlanRow, PlanVersionRow, PlanFeatureRow]:
+def _version_statement(latest: bool, lock_plan: bool, lock_version: bool) -> Select[Any]:
     """`load_version`'s statement (parameters plan_id and, unless `latest`, version), built once
-    for each variant."""
-    wanted = PlanRow.latest_version if latest else bindparam("version")
-    statement = (
-        select(PlanRow, PlanVersionRow, PlanFeatureRow)
-        .join(PlanVersionRow, and_(PlanVersionRow.plan_id == PlanRow.id, PlanVersionRow.version == wanted))
-        .outerjoin(
-            PlanFeatureRow,
-            and_(
-                PlanFeatureRow.plan_id == PlanVersionRow.plan_id,
-                PlanFeatureRow.version == PlanVersionRow.version,
-            ),
-        )
-        .where(PlanRow.id == bindparam("plan_id"))
+    for each variant: Core columns of the three tables, so no ORM object is made for a read
+    (the billing worker makes one a renewal)."""
+    plans, versions, features = (
+        cast(Table, row.__table__) for row in (PlanRow, PlanVersionRow, PlanFeatureRow)
     )
-    locked = [table for table, lock in ((PlanRow, lock_plan), (PlanVersionRow, lock_version)) if lock]
+    wanted = plans.c.latest_version if latest else bindparam("version")
+    statement = (
+        select(
+            plans.c.id,
+            plans.c.code,
+            plans.c.display_name,
+            plans.c.description,
+            plans.c.currency_code,
+            plans.c.create_time,
+            plans.c.archive_time,
+            plans.c.revision,
+            versions.c.version,
+            versions.c.terms,
+            versions.c.in_use,
+            versions.c.update_time,
+            features.c.code.label("feature_code"),
+            features.c.display_name.label("feature_display_name"),
+            features.c.enabled.label("feature_enabled"),
+            features.c.limit.label("feature_limit"),
+        )
+        .select_from(plans)
+        .join(versions, and_(versions.c.plan_id == plans.c.id, versions.c.version == wanted))
+        .outerjoin(
+            features,
+            and_(features.c.plan_id == versions.c.plan_id, features.c.version == versions.c.version),
+        )
+        .where(plans.c.id == bindparam("plan_id"))
+    )
+    locked = [table for table, lock in ((plans, lock_plan), (versions, lock_version)) if lock]
     return statement.with_for_update(of=locked) if locked else statement
 
 
@@ -115,8 +134,18 @@ async def load_version(
     found = (await session.execute(statement, parameters)).all()
     if not found:
         return None
-    plan, version_row, _feature_row = found[0]
-    return _to_domain(plan, version_row, [_feature(row[2]) for row in found if row[2] is not None])
+    first = found[0]
+    features = [
+        Feature(
+            code=row.feature_code,
+            display_name=row.feature_display_name,
+            enabled=row.feature_enabled,
+            limit=row.feature_limit,
+        )
+        for row in found
+        if row.feature_code is not None
+    ]
+    return _to_domain(first, first, features)  # the one row holds both tables' columns
 
 
 async def plan_exists(session: AsyncSession, plan_id: str) -> bool:

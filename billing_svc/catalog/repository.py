@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,7 +39,7 @@ def unique_code(table: str, error: AlreadyExists) -> Iterator[None]:
         raise
 
 
-def meter_from_row(row: MeterRow) -> Meter:
+def meter_from_row(row: MeterRow | Row[Any]) -> Meter:
     return Meter(
         id=row.id,
         code=row.code,
@@ -69,7 +69,9 @@ def _columns(meter: Meter) -> dict[str, Any]:
     }
 
 
-_METERS = select(MeterRow).where(MeterRow.id.in_(bindparam("ids", expanding=True)))  # get_many, built once
+_METER_TABLE = cast(Table, MeterRow.__table__)
+# get_many's, built once: Core rows, no ORM object made for a read.
+_METERS = select(_METER_TABLE).where(_METER_TABLE.c.id.in_(bindparam("ids", expanding=True)))
 
 
 class SqlMeterRepository:
@@ -86,7 +88,7 @@ class SqlMeterRepository:
         wanted = [meter_id for meter_id in set(meter_ids) if len(meter_id) <= ids.MAX_LENGTH]
         if not wanted:
             return {}
-        rows = (await self._session.execute(_METERS, {"ids": wanted})).scalars()
+        rows = (await self._session.execute(_METERS, {"ids": wanted})).all()
         return {row.id: meter_from_row(row) for row in rows}
 
     async def add(self, meter: Meter) -> None:

@@ -252,7 +252,7 @@ class SqlInvoiceRepository:
         )
 
     async def cycle_invoice_exists(self, cycle_key: str) -> bool:
-        found = await self._session.scalar(select(InvoiceRow.id).where(InvoiceRow.cycle_key == cycle_key))
+        found = await self._session.scalar(_CYCLE_INVOICE, {"cycle_key": cycle_key})
         return found is not None
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
@@ -311,11 +311,15 @@ def _take_number(dialect: str) -> Any:
     ).returning(sequence.c.next_value - 1)
 
 
+_INVOICES = cast(Table, InvoiceRow.__table__)
+_CYCLE_INVOICE = select(_INVOICES.c.id).where(_INVOICES.c.cycle_key == bindparam("cycle_key"))
+
+_BALANCES = cast(Table, CreditBalanceRow.__table__)
 _BALANCE = (
-    select(CreditBalanceRow.balance_minor)
+    select(_BALANCES.c.balance_minor)
     .where(
-        CreditBalanceRow.account_id == bindparam("account_id"),
-        CreditBalanceRow.currency_code == bindparam("currency_code"),
+        _BALANCES.c.account_id == bindparam("account_id"),
+        _BALANCES.c.currency_code == bindparam("currency_code"),
     )
     .with_for_update()
 )
