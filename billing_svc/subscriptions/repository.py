@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, Select, Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.catalog.tables import PlanFeatureRow
@@ -25,7 +26,7 @@ from core.db import add_all_rows, update_row
 from core.pagination import keyset_after
 
 
-def _to_domain(row: SubscriptionRow) -> Subscription:
+def _to_domain(row: SubscriptionRow | Row[Any]) -> Subscription:
     scheduled = None
     if row.scheduled_plan_id is not None:
         assert row.scheduled_plan_version is not None
@@ -109,12 +110,24 @@ def pending_item_from_row(row: PendingInvoiceItemRow | Row[Any]) -> PendingItem:
     )
 
 
+@functools.cache
+def _by_id(for_update: bool) -> Select[Any]:
+    """`get`'s statement (parameter id), built once for each variant: Core columns, under the
+    model's attribute names (`metadata_`), so no ORM object is made (nor kept in the session,
+    where it would go stale once `save` updates the row with a Core statement)."""
+    table = cast(Table, SubscriptionRow.__table__)
+    columns = [column for column in table.c if column.key != "metadata"]
+    statement = select(*columns, table.c.metadata.label("metadata_")).where(table.c.id == bindparam("id"))
+    return statement.with_for_update() if for_update else statement
+
+
 class SqlSubscriptionRepository:
     def __init__(self, session: AsyncSession):
         self._session = session
 
     async def get(self, subscription_id: str, *, for_update: bool = False) -> Subscription | None:
-        row = await self._session.get(SubscriptionRow, subscription_id, with_for_update=for_update)
+        found = await self._session.execute(_by_id(for_update), {"id": subscription_id})
+        row = found.one_or_none()
         return _to_domain(row) if row is not None else None
 
     async def add(self, subscription: Subscription) -> None:
