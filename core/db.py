@@ -304,7 +304,10 @@ async def write_deferred_rows(session: AsyncSession) -> None:
 def _write_deferred(session: Session) -> None:
     """Whatever commits a session with deferred rows writes them first (the unit of work writes
     them itself, before its outbox events, through `write_deferred_rows`); sync, inside the async
-    session's greenlet."""
+    session's greenlet. A commit with last writes still pending (`UnitOfWork.last_write`, which
+    only `UnitOfWork.commit` runs) is refused: it would commit the transaction without them."""
+    if session.info.get(_LAST_WRITES):
+        raise RuntimeError("this transaction has last writes pending: commit it through UnitOfWork.commit")
     deferred = session.info.pop(_DEFERRED_ROWS, None)
     for model, rows in (deferred or {}).items():
         session.execute(_table_insert(model), rows)
@@ -313,6 +316,10 @@ def _write_deferred(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_deferred_on_rollback(session: Session) -> None:
     session.info.pop(_DEFERRED_ROWS, None)
+    session.info.pop(_LAST_WRITES, None)
+
+
+_LAST_WRITES = "tally.last_writes"  # session.info: UnitOfWork.last_write's steps, in order
 
 
 async def add_all_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -406,6 +413,18 @@ class UnitOfWork:
         """
         self._after_commit.append(callback)
 
+    def last_write(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` at the start of `commit()`, after every other write of the transaction and
+        before its deferred rows and outbox events (which `step` may still add to).
+
+        For a write that takes a lock other transactions queue on, so that it is held for the
+        last statements and the commit only: a finalized invoice's number (the sequence row's
+        lock) is taken here. Steps run in registration order; one that raises fails the commit
+        (the transaction rolls back). A rollback drops them; a commit of the session other than
+        through `commit()` is refused while any is pending.
+        """
+        self.session.info.setdefault(_LAST_WRITES, []).append(step)
+
     def invalidate_after_commit(self, *generations: str) -> None:
         """Once committed, retire the read cache's entries that depend on `generations`
         (core/cache.py); nothing when the transaction rolls back or caching is off."""
@@ -425,6 +444,9 @@ class UnitOfWork:
         self._events.append(outbox.pending_event(event_type, resource, payload, self._clock.now()))
 
     async def commit(self) -> None:
+        steps: list[Callable[[], Awaitable[None]]] = self.session.info.get(_LAST_WRITES, [])
+        while steps:  # a step may register another; each runs once
+            await steps.pop(0)()
         await write_deferred_rows(self.session)
         wrote_events = bool(self._events)
         if wrote_events:

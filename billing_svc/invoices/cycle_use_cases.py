@@ -51,6 +51,9 @@ async def invoice_cycle(
     `grace_until`): the billing worker, or the test clock's advance, finalizes it then, with its
     usage lines made again (`finalize`). Any other is finalized at once.
 
+    An invoice finalized at once is returned without its number, which the transaction takes
+    last, at commit (with its audit rows and events).
+
     None when the boundary's invoice exists already (the work ran before and committed) or the
     subscription owes nothing. `cycle_key` is unique, so even two workers racing past the
     subscription's row lock cannot store a second invoice for the period.
@@ -107,12 +110,19 @@ async def invoice_cycle(
         await record_change(uow, caller, "created", None, invoice)
         return invoice
     # Finalized before it is stored: one INSERT of the final invoice and its lines (the account's
-    # lock, exclusive when it bills usage, was taken above). Audited and announced as before: made
-    # as a draft, then finalized.
-    done = await finalized(deps, uow, invoice, at, account_locked=True)
+    # lock, exclusive when it bills usage, was taken above). Its number is the transaction's last
+    # write (uow.last_write): every finalizing transaction queues on the sequence row's lock, so
+    # it is taken right before the audit rows, the events and COMMIT, which are all it is held
+    # for. Audited and announced then, numbered, as before: made as a draft, then finalized.
+    done = await finalized(deps, uow, invoice, at, account_locked=True, numbered=False)
     await uow.invoices.add(done, cycle_key=key, collect_from=collection_start(done, at))
-    await record_change(uow, caller, "created", None, invoice)
-    await record_change(uow, caller, "finalized", invoice, done)
+
+    async def number_and_record() -> None:
+        numbered = replace(done, number=await uow.invoices.number_invoice(done.id, deps.number_prefix))
+        await record_change(uow, caller, "created", None, invoice)
+        await record_change(uow, caller, "finalized", invoice, numbered)
+
+    uow.last_write(number_and_record)
     return done
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -65,6 +65,12 @@ class InvoiceRepository(Protocol):
 
     async def next_number(self, prefix: str) -> int:
         """The sequence's next number, taken under its row lock until the transaction ends."""
+        ...
+
+    async def number_invoice(self, invoice_id: str, prefix: str) -> str:
+        """Give a stored invoice added without a number (finalized in this transaction) the next
+        number of `prefix`'s sequence, taken under the sequence row's lock until the transaction
+        ends; the number's text (billing_svc.invoices.domain.number_text)."""
         ...
 
 
@@ -140,6 +146,8 @@ class InvoicesUnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
     def emit(self, event_type: str, resource: tuple[str, str], payload: Mapping[str, Any]) -> None: ...
+
+    def last_write(self, step: Callable[[], Awaitable[None]]) -> None: ...
 
 
 class WrittenOff(Protocol):

@@ -8,7 +8,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, Update, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +36,7 @@ from billing_svc.invoices.domain import (
     LineKind,
     LineTier,
     UsageBasis,
+    number_text,
 )
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
@@ -265,6 +281,18 @@ class SqlInvoiceRepository:
             .values(invoice_id=None)
         )
 
+    async def number_invoice(self, invoice_id: str, prefix: str) -> str:
+        parameters = {"p_id": invoice_id, "p_prefix": prefix}
+        if self._session.get_bind().dialect.name == "postgresql":
+            # One statement (`_number_invoice_postgres`): the sequence's row lock is taken by the
+            # transaction's last statement before its audit rows, its events and COMMIT.
+            return str((await self._session.execute(_number_invoice_postgres(), parameters)).scalar_one())
+        number = number_text(prefix, await self.next_number(prefix))
+        found = await self._session.execute(_SET_NUMBER, {**parameters, "p_number": number})
+        if getattr(found, "rowcount", 0) != 1:
+            raise LookupError(invoice_id)
+        return number
+
     async def next_number(self, prefix: str) -> int:
         # One upsert: the first number of a new prefix is 1 (the row is made holding 2), every later
         # one the stored next value, which the same statement moves on under the row's lock.
@@ -312,6 +340,38 @@ def _take_number(dialect: str) -> Any:
 
 
 _INVOICES = cast(Table, InvoiceRow.__table__)
+_SET_NUMBER = (
+    update(_INVOICES).where(_INVOICES.c.id == bindparam("p_id")).values(number=bindparam("p_number"))
+)
+
+
+@functools.cache
+def _number_invoice_postgres() -> Update:
+    """`number_invoice` on PostgreSQL (parameters p_id, p_prefix), built once: the sequence's upsert
+    as a data-modifying CTE, and the invoice's UPDATE setting the number's text from it, as
+    billing_svc.invoices.domain.number_text spells it (the prefix, a dash, the value in at least six
+    digits), RETURNING it. With no such invoice nothing is returned and the caller fails the
+    transaction, so the number taken is given back."""
+    sequence = cast(Table, InvoiceNumberSequenceRow.__table__)
+    upsert = postgresql.insert(sequence).values(prefix=bindparam("p_prefix"), next_value=2)
+    taken = (
+        upsert.on_conflict_do_update(
+            index_elements=["prefix"], set_={"next_value": sequence.c.next_value + 1}
+        )
+        .returning((sequence.c.next_value - 1).label("value"))
+        .cte("taken_number")
+    )
+    digits = sql_cast(taken.c.value, Text)
+    padded = case((taken.c.value < 1_000_000, func.lpad(digits, 6, "0")), else_=digits)
+    text = bindparam("p_prefix", type_=String()) + literal("-", String()) + padded
+    return (
+        update(_INVOICES)
+        .where(_INVOICES.c.id == bindparam("p_id"))
+        .values(number=select(text).scalar_subquery())
+        .returning(_INVOICES.c.number)
+    )
+
+
 _CYCLE_INVOICE = select(_INVOICES.c.id).where(_INVOICES.c.cycle_key == bindparam("cycle_key"))
 
 _BALANCES = cast(Table, CreditBalanceRow.__table__)

@@ -265,10 +265,12 @@ async def finalized(
     now: datetime,
     *,
     account_locked: bool = False,
+    numbered: bool = True,
 ) -> Invoice:
     """`finalize` but for storing the invoice: the caller saves it (or adds it, when the draft was
     never stored), with `collection_start`. `account_locked`: the caller holds the account's row
-    lock, exclusive, already."""
+    lock, exclusive, already. `numbered=False` leaves the number to the caller (`take_number`),
+    which takes it later in the transaction."""
     domain.require(invoice, Action.FINALIZE)
     if invoice.usage_basis is not None:
         # The account's row lock: usage being recorded for it (which share-locks the account) commits
@@ -278,7 +280,7 @@ async def finalized(
         lines = without_usage(invoice.lines) + tuple(await usage_lines_of(uow, invoice, invoice.usage_basis))
         invoice = replace(invoice, lines=lines)
     balance = await uow.balances.balance(invoice.account_id, invoice.currency_code)
-    number = domain.number_text(deps.number_prefix, await uow.invoices.next_number(deps.number_prefix))
+    number = await take_number(deps, uow) if numbered else ""
     done = domain.finalized(
         invoice,
         number=number,
@@ -291,6 +293,11 @@ async def finalized(
         source = (domain.RESOURCE_TYPE, done.id)
         await uow.balances.change(done.account_id, done.currency_code, change, source=source, now=now)
     return done
+
+
+async def take_number(deps: InvoiceDeps, uow: InvoicesUnitOfWork) -> str:
+    """The next invoice number, under the sequence row's lock until the transaction ends."""
+    return domain.number_text(deps.number_prefix, await uow.invoices.next_number(deps.number_prefix))
 
 
 def collection_start(invoice: Invoice, now: datetime) -> datetime | None:

@@ -3,7 +3,9 @@ PostgreSQL: the subscription's boundary, its invoice (the fee in advance, the us
 minimum spend) finalized at once, the claim and its release. Counted as
 tests/integration/test_statement_count.py counts (every statement handed to the driver).
 
-bench/billing_run.py counts the same per renewal, its claims (of 100) shared: 16.0. Before a
+bench/billing_run.py counts the same per renewal, its claims (of 100) shared: 16.0. The invoice's
+number is taken last (at commit, billing_svc/invoices/cycle_use_cases.py), on PostgreSQL by one
+statement that also writes it on the invoice, so the count there did not change. Before a
 cycle invoice finalized at once was stored once, finalized, and plan versions were read once per
 transaction, a renewal took 27 there, and 28 here; before a plan version and its features were read
 in one query, the invoice's lines went in one statement whatever their NULLs, and the audit rows
@@ -31,8 +33,10 @@ from tests.support import channel_as, mint, serving
 START = datetime(2027, 3, 1, 9, tzinfo=UTC)
 USAGE_TIME = datetime(2027, 3, 15, tzinfo=UTC)
 RENEWAL_RUN = datetime(2027, 4, 1, 1, tzinfo=UTC)
-# The claim (of a batch of one), 13 of the boundary and its invoice, the release, the audit rows, the events.
-RENEWAL_BOUND = 17
+# The claim (of a batch of one), 13 of the boundary and its invoice, the release, the audit rows, the
+# events. SQLite numbers the invoice in two statements (the sequence's upsert, then the invoice's
+# UPDATE), PostgreSQL in one (SqlInvoiceRepository.number_invoice).
+RENEWAL_BOUND = {"postgresql": 17, "sqlite": 18}
 
 
 async def test_a_usage_renewal_costs_a_bounded_number_of_statements(settings: Settings) -> None:
@@ -78,4 +82,5 @@ async def test_a_usage_renewal_costs_a_bounded_number_of_statements(settings: Se
     assert (renewal.status, renewal.number, renewal.total_minor) == ("open", "INV-000002", 2000 + 12500)
     assert renewal.next_collection_time == RENEWAL_RUN.replace(hour=0)  # collected at once
     assert len(kinds) == 2, kinds
-    assert len(seen.sql) <= RENEWAL_BOUND, "\n".join(seen.summary())
+    bound = RENEWAL_BOUND[app.components.platform.engine.dialect.name]
+    assert len(seen.sql) <= bound, "\n".join(seen.summary())
