@@ -22,7 +22,7 @@ left a draft, with gapless numbers. How the run grows from the smallest size to 
 last line: linear growth keeps seconds per 1,000 flat.
 
     PYTHONPATH=$PWD:$PWD/generated .venv/bin/python bench/billing_run.py \
-        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 2] [--processes 1,2] [--repeat 2] \
+        [--sizes 1000,10000] [--events-per-subscription 100] [--workers 4] [--processes 1,2] [--repeat 2] \
         [--keep-setup] [--statement-times]
 
 --keep-setup keeps each size's set-up database and takes it again on the next run (the 10,000 set-up
@@ -450,9 +450,9 @@ def main() -> None:
         "--events-per-subscription", type=int, default=100, help="usage events recorded per subscription"
     )
     parser.add_argument("--load-in-flight", type=int, default=4, help="usage batch calls in flight")
-    parser.add_argument("--workers", type=int, default=2, help="claim loops sharing the backlog, per process")
+    parser.add_argument("--workers", type=int, default=4, help="claim loops sharing the backlog, per process")
     parser.add_argument(
-        "--processes", default="1", help="comma-separated worker process counts, a billing run each"
+        "--processes", default="1,2", help="comma-separated worker process counts, a billing run each"
     )
     parser.add_argument("--repeat", type=int, default=1, help="billing runs of each --processes value")
     parser.add_argument("--batch", type=int, default=100, help="subscriptions per claim")

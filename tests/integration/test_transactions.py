@@ -17,6 +17,7 @@ from app.server import build_components
 from core import db
 from core.audit import AuditEventRow
 from core.idempotency import IdempotencyKeyRow
+from core.outbox import OutboxEventRow
 from core.settings import Settings
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -107,6 +108,73 @@ async def test_callbacks_never_run_when_the_commit_itself_fails(engine: AsyncEng
             uow.after_commit(lambda: calls.append("ran"))
             await uow.commit()
     assert calls == []
+
+
+# last_write
+
+
+async def test_last_writes_run_in_order_after_the_others_and_before_the_events(engine: AsyncEngine) -> None:
+    async with unit_of_work(engine) as uow:
+        uow.session.add(key_row("first"))
+        await uow.session.flush()
+
+        async def write(key: str) -> None:
+            uow.session.add(key_row(key))
+            await uow.session.flush()
+            uow.emit("test.written", ("test", key), {"key": key})  # still goes out with the commit
+
+        async def last() -> None:
+            await write("last")
+
+        async def second_last() -> None:
+            await write("second")
+            uow.last_write(last)  # registered by a step: it runs too, after it
+
+        uow.last_write(second_last)
+        with statements(engine) as seen:
+            await uow.commit()
+    # The steps' two rows, then the events (one statement, PostgreSQL's led by its lock's CTE).
+    writes = ["outbox" if "outbox_events" in sql else sql.split("(")[0].strip() for sql, _m, _c in seen]
+    writes = [write for write in writes if write.startswith("INSERT") or write == "outbox"]
+    assert writes == ["INSERT INTO idempotency_keys", "INSERT INTO idempotency_keys", "outbox"]
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(IdempotencyKeyRow.key))).scalars().all()
+        events = (
+            (await connection.execute(select(OutboxEventRow.resource_id).order_by(OutboxEventRow.position)))
+            .scalars()
+            .all()
+        )
+    assert sorted(stored) == ["first", "last", "second"]
+    assert list(events) == ["second", "last"]
+
+
+async def test_last_writes_are_dropped_with_a_rollback(engine: AsyncEngine) -> None:
+    calls: list[str] = []
+
+    async def step() -> None:
+        calls.append("ran")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        async with unit_of_work(engine) as uow:
+            uow.session.add(key_row("k1"))
+            uow.last_write(step)
+            raise RuntimeError("boom")
+    assert calls == []
+    assert await count_keys(engine) == 0
+
+
+async def test_a_commit_around_the_unit_of_work_is_refused_while_a_last_write_is_pending(
+    engine: AsyncEngine,
+) -> None:
+    async def step() -> None:
+        uow.session.add(key_row("numbered"))
+
+    async with unit_of_work(engine) as uow:
+        uow.session.add(key_row("k1"))
+        uow.last_write(step)
+        with pytest.raises(RuntimeError, match="last writes pending"):
+            await uow.session.commit()  # would commit k1 without the step's write
+    assert await count_keys(engine) == 0
 
 
 async def test_a_failing_callback_is_logged_and_the_commit_stands(
