@@ -584,6 +584,28 @@ class Settings(BaseSettings):
     def _check_rate_limits(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
         return {**DEFAULT_RATE_LIMITS, **value}
 
+    @field_validator("payment_reconcile_after_seconds")
+    @classmethod
+    def _check_reconcile_after(cls, value: float, info: ValidationInfo) -> float:
+        """Longer than the inline calls of one payment can take: an attempt that a call not answered
+        in time leaves in flight is sent again inline under the same key, and the reconciler, which
+        may settle an attempt the gateway has no record of as not charged, must not look it up
+        while a call of it may still be on its way."""
+        attempts = info.data.get("payment_retry_attempts")
+        timeout = info.data.get("payment_gateway_timeout_seconds")
+        delay = info.data.get("payment_retry_delay_seconds")
+        if attempts is None or timeout is None or delay is None:
+            return value  # one of them failed its own check, which names it
+        inline = attempts * timeout + delay * (2 ** (attempts - 1) - 1)
+        if value <= inline:
+            raise ValueError(
+                f"must be longer than the inline calls of one payment can take, {inline:g} s "
+                f"(TALLY_PAYMENT_RETRY_ATTEMPTS {attempts} calls of up to "
+                f"TALLY_PAYMENT_GATEWAY_TIMEOUT_SECONDS {timeout:g} s, with the waits between them "
+                f"from TALLY_PAYMENT_RETRY_DELAY_SECONDS {delay:g} s, doubled each time)"
+            )
+        return value
+
     @field_validator("cache")
     @classmethod
     def _check_cache(cls, value: str, info: ValidationInfo) -> str:

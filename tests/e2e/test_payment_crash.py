@@ -77,7 +77,11 @@ async def test_a_charge_whose_server_died_before_recording_it_is_settled_once(
             "TALLY_SANDBOX_GATEWAY_URL": sandbox_url,
             "TALLY_BILLING_WORKER": "false",
             "TALLY_WEBHOOK_DELIVERY": "false",
-            "TALLY_PAYMENT_RECONCILE_AFTER_SECONDS": "0.5",
+            # The reconciler's wait must outlast the inline calls (the settings refuse less): one
+            # call of up to 2 s here, so an attempt is the reconciler's 3 s after it was made.
+            "TALLY_PAYMENT_RETRY_ATTEMPTS": "1",
+            "TALLY_PAYMENT_GATEWAY_TIMEOUT_SECONDS": "2",
+            "TALLY_PAYMENT_RECONCILE_AFTER_SECONDS": "3",
         }
         dying = server_env(
             tmp_path, **common, TALLY_PAYMENT_RECONCILER="false", TALLY_TEST_CRASH_AFTER_CHARGE="1"

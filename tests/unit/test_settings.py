@@ -52,6 +52,24 @@ def test_purge_interval_out_of_range_is_named(monkeypatch: pytest.MonkeyPatch, v
         load_settings()
 
 
+def test_the_reconciler_waits_longer_than_the_inline_payment_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 calls of up to 20 s, with waits of 1, 2, 4 and 8 s between them: 115 s inline at most.
+    monkeypatch.setenv("TALLY_PAYMENT_RETRY_ATTEMPTS", "5")
+    monkeypatch.setenv("TALLY_PAYMENT_GATEWAY_TIMEOUT_SECONDS", "20")
+    monkeypatch.setenv("TALLY_PAYMENT_RETRY_DELAY_SECONDS", "1")
+    monkeypatch.setenv("TALLY_PAYMENT_RECONCILE_AFTER_SECONDS", "115")
+    with pytest.raises(SettingsError, match=r"TALLY_PAYMENT_RECONCILE_AFTER_SECONDS.*115 s") as caught:
+        load_settings()
+    assert "TALLY_PAYMENT_RETRY_ATTEMPTS" in str(caught.value)
+    monkeypatch.setenv("TALLY_PAYMENT_RECONCILE_AFTER_SECONDS", "116")
+    assert load_settings().payment_reconcile_after_seconds == 116
+    fields = Settings.model_fields  # the defaults: 3 calls of 10 s, waits of 0.2 and 0.4 s, 30.6 s
+    assert fields["payment_retry_attempts"].default == 3
+    assert fields["payment_gateway_timeout_seconds"].default == 10
+    assert fields["payment_retry_delay_seconds"].default == 0.2
+    assert fields["payment_reconcile_after_seconds"].default > 30.6
+
+
 # --- values given as text: any case for named values, JSON for lists and maps ---------------------
 
 
