@@ -91,6 +91,8 @@ class OutboxEventRow(Base):
     __table_args__ = (
         # An account's events in position order: a customer's watch or listing reads only its own.
         Index("ix_outbox_events_account_id_position", "account_id", "position"),
+        # One resource's events (ids are unique across types): ListEvents and WatchEvents by resource.
+        Index("ix_outbox_events_resource_id_position", "resource_id", "position"),
         {"sqlite_autoincrement": True},
     )
 

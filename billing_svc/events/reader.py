@@ -1,6 +1,7 @@
 """The outbox read for clients: core.outbox's reader (the one webhook fan-out uses) with the
 filter in SQL, one short session per page, so a watch holds no connection and no transaction
-while it waits. An account's events come off the (account_id, position) index."""
+while it waits. An account's events come off the (account_id, position) index, one resource's off
+the (resource_id, position) one; a type filter is checked on the events read in position order."""
 
 from __future__ import annotations
 
