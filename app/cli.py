@@ -43,6 +43,9 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
         "payment_reconciler",
         "payment_reconciler_interval_seconds",
         "sandbox_gateway_url",
+        "webhook_delivery",
+        "webhook_delivery_interval_seconds",
+        "webhook_allow_private_targets",
     ),
     "gateway": (
         "http_addr",
@@ -132,11 +135,11 @@ def parser() -> argparse.ArgumentParser:
     worker = _subcommand(
         commands,
         "worker",
-        help="run the billing and collection workers alone (tally serve runs them too)",
+        help="run the billing and collection workers and webhook delivery alone (tally serve runs them too)",
         description="Renew due subscriptions and issue, number and finalize their invoices, then charge "
-        "the invoices due for collection and retry declined ones on the dunning schedule, sharing the "
-        "work with every other worker and server on the database. Runs until stopped; --once runs what is "
-        "due now and exits.",
+        "the invoices due for collection and retry declined ones on the dunning schedule, settle payments "
+        "left unknown, and send the events to webhook endpoints, sharing the work with every other worker "
+        "and server on the database. Runs until stopped; --once runs what is due now and exits.",
     )
     worker.add_argument("--once", action="store_true", help="run what is due now, then exit")
     setting_flags(worker, _SETTING_FLAGS["worker"])
@@ -206,7 +209,13 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _worker(settings: Settings, once: bool) -> None:
-    from app.server import billing_worker, build_components, collection_worker, payment_reconciler
+    from app.server import (
+        billing_worker,
+        build_components,
+        collection_worker,
+        payment_reconciler,
+        webhook_deliverer,
+    )
 
     components = await build_components(settings)
     try:
@@ -216,27 +225,19 @@ async def _worker(settings: Settings, once: bool) -> None:
         # Collection runs after the billing work it follows (the invoices a renewal finalized).
         collector = collection_worker(components) if settings.collection_worker else None
         reconciler = payment_reconciler(components) if settings.payment_reconciler else None
+        webhooks = webhook_deliverer(components)
         if not once:
-            log.info(
-                "billing worker %s started (a pass every %g s)",
-                worker.worker,
-                settings.billing_worker_interval_seconds,
+            started = (
+                ("billing worker", worker, settings.billing_worker_interval_seconds),
+                ("collection worker", collector, settings.collection_worker_interval_seconds),
+                ("payment reconciler", reconciler, settings.payment_reconciler_interval_seconds),
+                ("webhook delivery", webhooks, settings.webhook_delivery_interval_seconds),
             )
-            jobs = [worker.run()]
-            if collector is not None:
-                log.info(
-                    "collection worker %s started (a pass every %g s)",
-                    collector.worker,
-                    settings.collection_worker_interval_seconds,
-                )
-                jobs.append(collector.run())
-            if reconciler is not None:
-                log.info(
-                    "payment reconciler %s started (a pass every %g s)",
-                    reconciler.worker,
-                    settings.payment_reconciler_interval_seconds,
-                )
-                jobs.append(reconciler.run())
+            jobs = []
+            for what, job, interval in started:
+                if job is not None:
+                    log.info("%s %s started (a pass every %g s)", what, job.worker, interval)
+                    jobs.append(job.run())
             await asyncio.gather(*jobs)
             return
         if reconciler is not None:
@@ -249,6 +250,8 @@ async def _worker(settings: Settings, once: bool) -> None:
         if collector is not None:
             collected = await collector.run_until_idle()
             log.info("collection worker --once: %s", collected.summary())
+        if webhooks is not None:  # last: the events of the work above go out in this run
+            log.info("webhook delivery --once: %s", (await webhooks.run_until_idle()).summary())
         if total.failed:
             raise UsageError(f"{total.failed} subscriptions failed; see the log above") from None
     finally:

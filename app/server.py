@@ -520,7 +520,7 @@ async def build(
         readiness=readiness,
         purger=purger,
         usage_upkeep=usage_upkeep,
-        webhooks=_webhooks(components, metrics),
+        webhooks=webhook_deliverer(components, metrics),
         billing_worker=billing_worker(components, metrics) if components.settings.billing_worker else None,
         collection_worker=(
             collection_worker(components, metrics) if components.settings.collection_worker else None
@@ -578,8 +578,9 @@ def payment_reconciler(components: Components) -> PaymentReconciler | None:
     )
 
 
-def _webhooks(components: Components, metrics: Metrics) -> WebhookDeliverer | None:
-    """Webhook delivery (TALLY_WEBHOOK_DELIVERY), on the wall clock; the billing worker takes it later."""
+def webhook_deliverer(components: Components, metrics: Metrics | None = None) -> WebhookDeliverer | None:
+    """Webhook delivery on the wall clock (`tally serve` and `tally worker`), when the billing
+    module is served and TALLY_WEBHOOK_DELIVERY is on."""
     settings = components.settings
     if not settings.webhook_delivery or "billing" not in components.services:
         return None
@@ -589,8 +590,8 @@ def _webhooks(components: Components, metrics: Metrics) -> WebhookDeliverer | No
         components.platform.server_key.sealer(SEALING_PURPOSE),
         interval_seconds=settings.webhook_delivery_interval_seconds,
         allow_private_targets=settings.webhook_allow_private_targets,
-        on_outcome=metrics.webhook_delivered,
-        on_backlog=metrics.webhook_backlog,
+        on_outcome=metrics.webhook_delivered if metrics is not None else lambda outcome: None,
+        on_backlog=metrics.webhook_backlog if metrics is not None else None,
     )
 
 

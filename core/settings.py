@@ -338,8 +338,8 @@ class Settings(BaseSettings):
     )
     webhook_delivery: bool = Field(
         True,
-        description="`tally serve` fans outbox events out to webhook endpoints and sends them (signed, "
-        "retried for over three days).",
+        description="`tally serve` and `tally worker` fan outbox events out to webhook endpoints and send "
+        "them (signed, retried for over three days).",
     )
     webhook_delivery_interval_seconds: float = Field(
         1.0, gt=0, le=3600, description="Seconds between webhook delivery passes."

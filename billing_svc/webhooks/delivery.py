@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from standardwebhooks import Webhook
 
 from billing_svc.webhooks import domain, targets
 from billing_svc.webhooks.domain import secret_associated_data
-from billing_svc.webhooks.repository import SqlWebhookRepository
+from billing_svc.webhooks.repository import FanOut, SqlWebhookRepository
 from billing_svc.webhooks.tables import WebhookDeliveryRow
 from core.claims import WorkQueue, new_worker_id
 from core.clock import Clock
@@ -39,6 +40,29 @@ LEASE = timedelta(minutes=2)
 BLOCKED_RETRY = timedelta(seconds=1)
 DISABLED_RETRY = timedelta(minutes=5)
 SEALING_PURPOSE = "webhook-secret"
+
+
+@dataclass
+class DeliveryReport:
+    """What delivery passes did: outbox events fanned out, the deliveries made for them, the due
+    deliveries claimed, and those delivered (answered 2xx)."""
+
+    events: int = 0
+    made: int = 0
+    claimed: int = 0
+    delivered: int = 0
+
+    def add(self, other: DeliveryReport) -> None:
+        self.events += other.events
+        self.made += other.made
+        self.claimed += other.claimed
+        self.delivered += other.delivered
+
+    def summary(self) -> str:
+        return (
+            f"{self.events} events fanned out into {self.made} deliveries; "
+            f"{self.claimed} deliveries claimed; {self.delivered} delivered"
+        )
 
 
 class WebhookDeliverer:
@@ -66,7 +90,7 @@ class WebhookDeliverer:
         self._on_backlog = on_backlog  # metrics: deliveries due at the start of each pass
         self.worker = new_worker_id("webhooks")
 
-    async def fan_out(self) -> int:
+    async def fan_out(self) -> FanOut:
         async with UnitOfWork(self._sessions) as uow:
             made = await SqlWebhookRepository(uow.session).fan_out(self._clock.now(), self._batch)
             await uow.commit()
@@ -74,7 +98,12 @@ class WebhookDeliverer:
 
     async def run_pass(self) -> int:
         """Fan out, then one round of sends; how many deliveries were delivered."""
-        await self.fan_out()
+        return (await self.one_pass()).delivered
+
+    async def one_pass(self) -> DeliveryReport:
+        """Fan out up to a batch of events, then claim up to a batch of due deliveries and send
+        each (in event order), recording every attempt."""
+        made = await self.fan_out()
         async with UnitOfWork(self._sessions) as uow:
             if self._on_backlog is not None:
                 self._on_backlog(await SqlWebhookRepository(uow.session).due_count(self._clock.now()))
@@ -86,7 +115,18 @@ class WebhookDeliverer:
         async with self._http() as http:
             for delivery in sorted(claimed, key=lambda row: row.event_position):
                 sent += await self._deliver(http, delivery)
-        return sent
+        return DeliveryReport(made.events, made.deliveries, len(claimed), sent)
+
+    async def run_until_idle(self, *, max_passes: int = 10_000) -> DeliveryReport:
+        """Passes until every event is fanned out and no delivery is due (`tally worker --once`):
+        a delivery that fails is due again on its schedule, later, so this ends; the total."""
+        total = DeliveryReport()
+        for _ in range(max_passes):
+            report = await self.one_pass()
+            total.add(report)
+            if report.events < self._batch and report.claimed < self._batch:
+                break
+        return total
 
     def _http(self) -> aiohttp.ClientSession:
         """The client of one pass. Unless private targets are allowed, names resolve through

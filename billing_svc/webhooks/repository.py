@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, and_, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +22,13 @@ from core import ids, outbox
 from core.pagination import keyset_after
 
 CURSOR = "fanout"
+
+
+class FanOut(NamedTuple):
+    """What one fan-out did: outbox events read past the cursor, deliveries made for them."""
+
+    events: int
+    deliveries: int
 
 
 class SqlWebhookRepository:
@@ -71,14 +78,14 @@ class SqlWebhookRepository:
         statement = select(WebhookCursorRow.position).where(WebhookCursorRow.name == CURSOR)
         return int((await self._session.execute(statement.with_for_update())).scalar_one())
 
-    async def fan_out(self, now: datetime, limit: int) -> int:
-        """Deliveries for outbox events after the cursor, one per matching enabled endpoint; the
-        cursor moves past them. In the caller's transaction, which locks the cursor row first so
-        two passes never fan out the same events."""
+    async def fan_out(self, now: datetime, limit: int) -> FanOut:
+        """Deliveries for up to `limit` outbox events after the cursor, one per matching enabled
+        endpoint; the cursor moves past them. In the caller's transaction, which locks the cursor
+        row first so two passes never fan out the same events."""
         after = await self.cursor()
         events = await outbox.read_events(self._session, after, limit)
         if not events:
-            return 0
+            return FanOut(0, 0)
         endpoints = await self.endpoints(enabled_only=True)
         rows = [
             _delivery(endpoint.id, event, now)
@@ -93,7 +100,7 @@ class SqlWebhookRepository:
             .where(WebhookCursorRow.name == CURSOR)
             .values(position=events[-1].position)
         )
-        return len(rows)
+        return FanOut(len(events), len(rows))
 
     async def endpoint(self, endpoint_id: str) -> Endpoint | None:
         row = await self._session.get(WebhookEndpointRow, endpoint_id)

@@ -4,18 +4,14 @@ endpoints, retries on a frozen clock, order per resource, signatures, exclusive 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from standardwebhooks import Webhook
 
 from app.server import App
 from billing_svc.webhooks import domain
@@ -31,55 +27,16 @@ from core.settings import Settings
 from tally.billing.v1 import webhook_pb2
 from tally.billing.v1.webhook_pb2_grpc import WebhookServiceStub
 from tests.support import channel_as, eventually, failing, mint, serving
+from tests.webhook_receiver import Receiver, receiving
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 SEALER = Sealer(b"k" * 32, "webhook-secret")
 
 
-@dataclass
-class Receiver:
-    fail_first: int
-    secret: str = ""
-    got: list[tuple[str, dict[str, object]]] = field(default_factory=list)
-    requests: int = 0
-    url: str = ""
-    check_time: bool = False
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        if self.requests <= self.fail_first:
-            return web.Response(status=503)
-        body = await request.text()
-        headers = dict(request.headers)
-        if self.check_time:
-            # Raises on a bad signature (or a stale timestamp): a 500, and the test fails.
-            message = Webhook(self.secret).verify(body, headers)
-        else:
-            # The sender's clock is frozen and moved by days: the signature, against its own timestamp.
-            sent_at = datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
-            expected = Webhook(self.secret).sign(headers["webhook-id"], sent_at, body)
-            if expected not in headers["webhook-signature"].split(" "):
-                return web.Response(status=400)
-            message = json.loads(body)
-        self.got.append((request.headers["webhook-id"], message))
-        return web.Response(status=204)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    got = Receiver(fail_first=2, secret=domain.new_secret())
-    app = web.Application()
-    app.router.add_post("/hook", got.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    got.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with receiving(Receiver(fail_first=2, secret=domain.new_secret())) as got:
         yield got
-    finally:
-        await runner.cleanup()
 
 
 async def add_endpoint(
@@ -169,6 +126,27 @@ async def test_a_delivery_fails_once_the_schedule_is_spent(engine: AsyncEngine, 
     assert delivery.status == domain.FAILED
     assert delivery.due_time is None
     assert delivery.attempt_count == len(domain.RETRY_SCHEDULE) + 1
+
+
+async def test_running_until_idle_fans_out_every_batch_and_leaves_failures_to_their_schedule(
+    engine: AsyncEngine, receiver: Receiver
+) -> None:
+    receiver.fail_first = 10**6  # every request refused: nothing is delivered, and the run ends
+    clock = FrozenClock(T0)
+    await add_endpoint(engine, receiver.url, receiver.secret, ("invoice.created",))
+    await emit(engine, clock, *[("invoice.created", f"in_{n}") for n in range(5)])
+    await emit(engine, clock, *[("plan.created", f"pl_{n}") for n in range(7)])  # filtered out
+    work = WebhookDeliverer(db.session_factory(engine), clock, SEALER, allow_private_targets=True, batch=3)
+    report = await work.run_until_idle()
+    # 12 events in batches of 3; each of the 5 deliveries tried once, then due again 5 s later.
+    assert (report.events, report.made, report.claimed, report.delivered) == (12, 5, 5, 0)
+    assert receiver.requests == 5
+    assert report.summary() == "12 events fanned out into 5 deliveries; 5 deliveries claimed; 0 delivered"
+    receiver.fail_first = 0
+    clock.advance(domain.RETRY_SCHEDULE[0])
+    again = await work.run_until_idle()
+    assert (again.events, again.claimed, again.delivered) == (0, 5, 5)
+    assert sorted(int(m["data"]["n"]) for _, m in receiver.got) == [0, 1, 2, 3, 4]  # type: ignore[index]
 
 
 async def test_loopback_targets_are_refused_by_default(engine: AsyncEngine, receiver: Receiver) -> None:
