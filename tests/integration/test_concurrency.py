@@ -180,9 +180,23 @@ async def test_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
         await connection.close()
 
 
+# Nothing in the background uses the pool: whichever use meets a cut connection first invalidates
+# the pool, so a readiness probe, a worker's claim or a purge doing it would leave the test's calls
+# only fresh connections to see (it failed so on a loaded machine, the usage upkeep at start first).
+QUIET = {
+    "readiness_probe_interval_seconds": 0,
+    "usage_upkeep_interval_seconds": 0,
+    "idempotency_purge_interval_seconds": 0,
+    "billing_worker": False,
+    "collection_worker": False,
+    "webhook_delivery": False,
+    "payment_reconciler": False,
+}
+
+
 @pytest.fixture
 async def pg_app(postgres_settings: Settings, postgres_clean: None) -> AsyncIterator[App]:
-    async with serving(postgres_settings) as app:
+    async with serving(postgres_settings.model_copy(update=QUIET)) as app:
         yield app
 
 
