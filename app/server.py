@@ -250,7 +250,9 @@ async def build_components(
 
 # Crash tests only (tests/e2e/test_payment_crash.py): with this variable set to 1, the process kills
 # itself with SIGKILL right after a payment gateway answers a charge and before the answer is
-# recorded, the worst moment for a crash. Its TALLY_TEST_ prefix keeps it out of the settings.
+# recorded, the worst moment for a crash. Its TALLY_TEST_ prefix keeps it out of the settings. Set
+# here, in the components `tally serve` and `tally worker` both build, it is the payments module's
+# `after_charge`, called wherever a charge is made: PayInvoice, CreatePayment, the collection worker.
 CRASH_AFTER_CHARGE = "TALLY_TEST_CRASH_AFTER_CHARGE"
 
 

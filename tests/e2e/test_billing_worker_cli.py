@@ -10,61 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from app.server import build, build_components
+from app.server import build_components
 from billing_svc.invoices.tables import InvoiceRow
-from core.clock import FrozenClock
 from core.settings import Settings
 from tally.billing.v1 import webhook_pb2
 from tally.billing.v1.webhook_pb2_grpc import WebhookServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
-from tests.e2e.harness import JWT_SECRET, SECRET_KEY, parse_log_line, run_tally, server_env, tally_command
-from tests.support import channel_as, cheap_passwords, eventually, mint
+from tests.e2e.harness import SECRET_KEY, parse_log_line, run_tally, server_env, tally_command
+from tests.e2e.in_the_past import channel_in_the_past
+from tests.support import eventually
 from tests.webhook_receiver import Receiver, receiving
 
 
 async def _subscribe_in_the_past(data_dir: Path, hook: Receiver | None = None) -> str:
     """A subscription made 70 days ago; with `hook`, first a webhook endpoint for invoice events
     on it (its secret given to it). Nothing is delivered here: the command under test does it."""
-    settings = Settings(
-        data_dir=data_dir,
-        secret_key=SECRET_KEY,
-        jwt_hs256_secret=JWT_SECRET,
-        grpc_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        billing_worker=False,
-        webhook_delivery=False,
-        webhook_allow_private_targets=True,
-    )
-    app = await build(
-        settings, clock=FrozenClock(datetime.now(UTC) - timedelta(days=70)), passwords=cheap_passwords()
-    )
-    await app.start()
-    try:
-        async with channel_as(app, mint(app)) as channel:
-            if hook is not None:
-                made = await WebhookServiceStub(channel).CreateWebhookEndpoint(
-                    webhook_pb2.CreateWebhookEndpointRequest(
-                        webhook_endpoint=webhook_pb2.WebhookEndpoint(url=hook.url, event_types=["invoice."])
-                    )
-                )
-                hook.secret = made.secret
-            account = await new_account(channel, 1)
-            plan = await new_plan(channel, "monthly", base_minor=4900)
-            subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
-            created = await subs.CreateSubscription(
-                spb.CreateSubscriptionRequest(
-                    subscription=spb.Subscription(account_id=account.id, plan_id=plan.id)
+    async with channel_in_the_past(data_dir, 70) as channel:
+        if hook is not None:
+            made = await WebhookServiceStub(channel).CreateWebhookEndpoint(
+                webhook_pb2.CreateWebhookEndpointRequest(
+                    webhook_endpoint=webhook_pb2.WebhookEndpoint(url=hook.url, event_types=["invoice."])
                 )
             )
-    finally:
-        await app.stop(grace=0)
+            hook.secret = made.secret
+        account = await new_account(channel, 1)
+        plan = await new_plan(channel, "monthly", base_minor=4900)
+        subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        created = await subs.CreateSubscription(
+            spb.CreateSubscriptionRequest(
+                subscription=spb.Subscription(account_id=account.id, plan_id=plan.id)
+            )
+        )
     return created.id
 
 
