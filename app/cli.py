@@ -46,6 +46,7 @@ _SETTING_FLAGS: dict[str, tuple[str, ...] | None] = {
         "webhook_delivery",
         "webhook_delivery_interval_seconds",
         "webhook_allow_private_targets",
+        "worker_metrics_addr",
     ),
     "gateway": (
         "http_addr",
@@ -139,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
         description="Renew due subscriptions and issue, number and finalize their invoices, then charge "
         "the invoices due for collection and retry declined ones on the dunning schedule, settle payments "
         "left unknown, and send the events to webhook endpoints, sharing the work with every other worker "
-        "and server on the database. Runs until stopped; --once runs what is due now and exits.",
+        "and server on the database. Runs until stopped, serving its metrics on TALLY_WORKER_METRICS_ADDR; "
+        "--once runs what is due now and exits.",
     )
     worker.add_argument("--once", action="store_true", help="run what is due now, then exit")
     setting_flags(worker, _SETTING_FLAGS["worker"])
@@ -214,19 +216,28 @@ async def _worker(settings: Settings, once: bool) -> None:
         build_components,
         collection_worker,
         payment_reconciler,
+        process_metrics,
+        serve_worker_metrics,
         webhook_deliverer,
     )
 
+    if not once and settings.worker_metrics_addr:
+        # As `tally serve` does: a busy port is refused before the database is migrated.
+        check_can_listen("TALLY_WORKER_METRICS_ADDR", settings.worker_metrics_addr)
     components = await build_components(settings)
+    http = None
     try:
-        worker = billing_worker(components)
+        # Run until stopped, the jobs report to metrics scraped as the server's are; --once has none.
+        metrics = None if once else process_metrics(components)
+        worker = billing_worker(components, metrics)
         if worker is None:
             raise UsageError("the billing module is not part of this build")
         # Collection runs after the billing work it follows (the invoices a renewal finalized).
-        collector = collection_worker(components) if settings.collection_worker else None
+        collector = collection_worker(components, metrics) if settings.collection_worker else None
         reconciler = payment_reconciler(components) if settings.payment_reconciler else None
-        webhooks = webhook_deliverer(components)
-        if not once:
+        webhooks = webhook_deliverer(components, metrics)
+        if metrics is not None:  # run until stopped
+            http = await serve_worker_metrics(settings, metrics)
             started = (
                 ("billing worker", worker, settings.billing_worker_interval_seconds),
                 ("collection worker", collector, settings.collection_worker_interval_seconds),
@@ -255,6 +266,8 @@ async def _worker(settings: Settings, once: bool) -> None:
         if total.failed:
             raise UsageError(f"{total.failed} subscriptions failed; see the log above") from None
     finally:
+        if http is not None:
+            await http.stop()
         await components.close()
 
 

@@ -319,7 +319,7 @@ class App:
             await self.http.start()
         except OSError as exc:
             await self.server.stop(0)
-            raise ListenError("TALLY_HTTP_ADDR", self.settings.http_addr, exc.strerror or str(exc)) from exc
+            raise ListenError.of("TALLY_HTTP_ADDR", self.settings.http_addr, exc) from exc
         await self.readiness.started()
         if self.purger is not None:
             self._jobs.append(asyncio.create_task(self.purger.run(), name="purge-expired-request-ids"))
@@ -421,15 +421,7 @@ async def build(
         settings, clock=clock, passwords=passwords, modules=modules, overrides=overrides
     )
     try:
-        metrics = Metrics()
-        metrics.watch_pool(components.engine)
-        if components.cache is not None:
-            components.cache.report_to(metrics)
-        billing = components.services.get("billing")
-        if isinstance(billing, BillingServices):
-            billing.usage.outcomes.report_to(metrics.usage_recorded)
-            billing.payments.gateways.report_to(metrics.registry)  # the circuit breakers' states
-            billing.gateway_events.report_to(metrics.gateway_event)
+        metrics = process_metrics(components)
         provider = tracer_provider or telemetry.setup_tracing("tally")
         tracer = telemetry.get_tracer(provider)
         telemetry.instrument_engine(components.engine, provider)
@@ -529,6 +521,39 @@ async def build(
         ),
         payment_reconciler=payment_reconciler(components) if components.settings.payment_reconciler else None,
     )
+
+
+def process_metrics(components: Components) -> Metrics:
+    """The process's metrics, with what the shared parts report wired in: the connection pool, the
+    read cache, and billing's usage outcomes, payment gateways' circuit breakers and inbound gateway
+    events. `build()` and `tally worker` both start from it; the jobs are handed it as they are made."""
+    metrics = Metrics()
+    metrics.watch_pool(components.engine)
+    if components.cache is not None:
+        components.cache.report_to(metrics)
+    billing = components.services.get("billing")
+    if isinstance(billing, BillingServices):
+        billing.usage.outcomes.report_to(metrics.usage_recorded)
+        billing.payments.gateways.report_to(metrics.registry)  # the circuit breakers' states
+        billing.gateway_events.report_to(metrics.gateway_event)
+    return metrics
+
+
+async def serve_worker_metrics(settings: Settings, metrics: Metrics) -> HttpServer | None:
+    """`tally worker`'s /metrics on TALLY_WORKER_METRICS_ADDR, started (None when the setting is
+    empty): the HTTP server of `tally serve` with none of its other routes, so that the worker's
+    jobs are scraped as the server's are. The bound address is logged, for a port 0 bind."""
+    address = settings.worker_metrics_addr
+    if not address:
+        return None
+    http = HttpServer(address, metrics=metrics, shutdown_timeout=settings.shutdown_grace_seconds)
+    try:
+        await http.start()
+    except OSError as exc:
+        raise ListenError.of("TALLY_WORKER_METRICS_ADDR", address, exc) from exc
+    bound = _listen_address(address, http.port)
+    log.info("worker metrics on http://%s/metrics", bound, extra={"metrics_addr": bound})
+    return http
 
 
 def _usage_upkeep(components: Components) -> UsageUpkeep | None:

@@ -100,6 +100,13 @@ class ListenError(Exception):
         self.setting = setting
         self.address = address
 
+    @classmethod
+    def of(cls, setting: str, address: str, exc: OSError) -> ListenError:
+        """The bind of `address` failed for real (after `check_can_listen`, the port taken meanwhile)."""
+        code = exc.errno
+        reason = _BIND_HINTS.get(code) if code is not None else None
+        return cls(setting, address, reason or exc.strerror or str(exc))
+
 
 # What to do about the usual reasons a listen address cannot be bound.
 _BIND_HINTS = {
@@ -306,6 +313,12 @@ class Settings(BaseSettings):
     )
     billing_worker_interval_seconds: float = Field(
         10.0, gt=0, le=3600, description="Seconds between the billing worker's passes."
+    )
+    worker_metrics_addr: str = Field(
+        "127.0.0.1:9464",
+        description="Where `tally worker` serves /metrics (HOST:PORT; port 0 picks a free one); empty: "
+        "no metrics server. Not 8080, which a `tally serve` on the same host takes (`tally serve` "
+        "itself serves its metrics on TALLY_HTTP_ADDR).",
     )
     collection_worker: bool = Field(
         True,
@@ -545,6 +558,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_addr(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _check_optional_addr(cls, value: str) -> str:
+        if value:  # empty turns the server off
+            parse_host_port(value)
         return value
 
     @field_validator("database_url")

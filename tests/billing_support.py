@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from google.protobuf import field_mask_pb2
 from google.type import decimal_pb2
 
 from tally.account.v1 import account_pb2, account_pb2_grpc
+from tally.billing.v1 import payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import plan_pb2, plan_pb2_grpc
 from tally.type.v1 import money_pb2
 
@@ -64,3 +66,12 @@ async def new_plan(
     if seat_price is not None:
         plan.seat_price.CopyFrom(seat_price)
     return await stub.CreatePlan(plan_pb2.CreatePlanRequest(plan=plan))
+
+
+async def set_payment_method(channel: object, account_id: str, token: str) -> None:
+    stub = payment_pb2_grpc.PaymentServiceStub(channel)
+    settings = payment_pb2.PaymentSettings(account_id=account_id, default_payment_method=token)
+    mask = field_mask_pb2.FieldMask(paths=["default_payment_method"])
+    await stub.UpdatePaymentSettings(
+        payment_pb2.UpdatePaymentSettingsRequest(settings=settings, update_mask=mask)
+    )

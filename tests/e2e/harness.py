@@ -65,6 +65,7 @@ def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env.update(
         TALLY_GRPC_ADDR="127.0.0.1:0",
         TALLY_HTTP_ADDR="127.0.0.1:0",
+        TALLY_WORKER_METRICS_ADDR="127.0.0.1:0",  # not 9464: `tally worker` runs side by side
         TALLY_JWT_HS256_SECRET=JWT_SECRET,
         TALLY_DATA_DIR=str(data_dir),
         TALLY_LOG_FORMAT="json",

@@ -1,5 +1,6 @@
 """`tally worker` on the embedded default: `--once` renews what is due, invoices it, sends the
-events to the webhook endpoints and exits; run until stopped, it sends them too.
+events to the webhook endpoints and exits; run until stopped, it sends them too, and counts its work
+in the metrics it serves on TALLY_WORKER_METRICS_ADDR.
 
 The subscription is made in-process on a clock set 70 days back, on the data directory the command
 then uses (with its sign-up invoice, INV-000001); to the command, running on the real clock, the
@@ -9,9 +10,15 @@ subscription's first two renewals are due. A second run finds nothing.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.server import build_components
@@ -21,16 +28,20 @@ from tally.billing.v1 import webhook_pb2
 from tally.billing.v1.webhook_pb2_grpc import WebhookServiceStub
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
-from tests.billing_support import new_account, new_plan
+from tests.billing_support import new_account, new_plan, set_payment_method
 from tests.e2e.harness import SECRET_KEY, parse_log_line, run_tally, server_env, tally_command
 from tests.e2e.in_the_past import channel_in_the_past
+from tests.integration.sandbox_support import sandbox_process
 from tests.support import eventually
 from tests.webhook_receiver import Receiver, receiving
 
 
-async def _subscribe_in_the_past(data_dir: Path, hook: Receiver | None = None) -> str:
+async def _subscribe_in_the_past(
+    data_dir: Path, hook: Receiver | None = None, *, paying_with: str = ""
+) -> str:
     """A subscription made 70 days ago; with `hook`, first a webhook endpoint for invoice events
-    on it (its secret given to it). Nothing is delivered here: the command under test does it."""
+    on it (its secret given to it); with `paying_with`, the account's default payment method, set
+    after the sign-up. Nothing is delivered or collected here: the command under test does it."""
     async with channel_in_the_past(data_dir, 70) as channel:
         if hook is not None:
             made = await WebhookServiceStub(channel).CreateWebhookEndpoint(
@@ -47,6 +58,8 @@ async def _subscribe_in_the_past(data_dir: Path, hook: Receiver | None = None) -
                 subscription=spb.Subscription(account_id=account.id, plan_id=plan.id)
             )
         )
+        if paying_with:
+            await set_payment_method(channel, account.id, paying_with)
     return created.id
 
 
@@ -98,6 +111,27 @@ async def test_worker_once_invoices_the_due_renewals_and_exits(tmp_path: Path) -
     assert len(await _invoices(tmp_path)) == 3
 
 
+@asynccontextmanager
+async def _running_worker(env: dict[str, str], data_dir: Path) -> AsyncIterator[tuple[Process, Path]]:
+    """`tally worker` run until stopped, its log in DATA_DIR/worker.log; terminated on the way out."""
+    log = data_dir / "worker.log"
+    with log.open("w") as log_file:
+        worker = await asyncio.create_subprocess_exec(
+            *tally_command(),
+            "worker",
+            env=env,
+            cwd=data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            yield worker, log
+        finally:
+            worker.terminate()
+            await asyncio.wait_for(worker.wait(), timeout=30)
+
+
 def _invoice_events(hook: Receiver) -> list[tuple[str, object]]:
     """What the receiver got (each signature checked by the Standard Webhooks verifier): the event
     types with their invoice's number, in arrival order."""
@@ -144,32 +178,92 @@ async def test_a_running_worker_sends_webhooks_and_a_stopped_delivery_sends_none
         )
         assert quiet.returncode == 0, quiet.stderr
         assert "webhook delivery" not in quiet.stderr and hook.requests == 0
-        log = tmp_path / "worker.log"
-        with log.open("w") as log_file:
-            worker = await asyncio.create_subprocess_exec(
-                *tally_command(),
-                "worker",
-                env=env,
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-            try:
+        async with _running_worker(env, tmp_path) as (worker, log):
 
-                async def all_arrived() -> bool:
-                    assert worker.returncode is None, "tally worker exited"
-                    return len(hook.got) == 6
+            async def all_arrived() -> bool:
+                assert worker.returncode is None, "tally worker exited"
+                return len(hook.got) == 6
 
-                # The first request gets a 503: that delivery is retried on its schedule (5 s
-                # later), and the other event of its invoice waits behind it, in order.
-                await eventually(all_arrived, within=30, what="the running worker delivers all six events")
-            finally:
-                worker.terminate()
-                await asyncio.wait_for(worker.wait(), timeout=30)
+            # The first request gets a 503: that delivery is retried on its schedule (5 s
+            # later), and the other event of its invoice waits behind it, in order.
+            await eventually(all_arrived, within=30, what="the running worker delivers all six events")
         stderr = log.read_text()
         events = _invoice_events(hook)
         for number in ("INV-000001", "INV-000002", "INV-000003"):
             assert ("invoice.finalized", number) in events, events
         assert sorted(kind for kind, _ in events) == ["invoice.created"] * 3 + ["invoice.finalized"] * 3
         assert "webhook delivery" in stderr and "started" in stderr
+
+
+def _metrics_address(log: Path) -> str | None:
+    """HOST:PORT of a running `tally worker`'s /metrics, from its log line, once it is there."""
+    for entry in filter(None, map(parse_log_line, log.read_text().splitlines())):
+        if str(entry.get("msg", "")).startswith("worker metrics on "):
+            return str(entry["metrics_addr"])
+    return None
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus text page as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_a_running_worker_reports_its_progress_in_metrics(tmp_path: Path) -> None:
+    with sandbox_process() as sandbox_url:
+        await _subscribe_in_the_past(tmp_path, paying_with="tok_success")
+        env = server_env(
+            tmp_path,
+            TALLY_WORKER_METRICS_ADDR="127.0.0.1:0",
+            TALLY_SANDBOX_GATEWAY_URL=sandbox_url,
+            TALLY_COLLECTION_WORKER_INTERVAL_SECONDS="0.2",
+        )
+        async with _running_worker(env, tmp_path) as (worker, log):
+            address: str | None = None
+
+            async def listening() -> bool:
+                nonlocal address
+                assert worker.returncode is None, log.read_text()
+                address = _metrics_address(log)
+                return address is not None
+
+            await eventually(listening, within=30, what="tally worker to log its metrics address")
+            page: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+            async def counted() -> bool:
+                nonlocal page
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://{address}/metrics") as response,
+                ):
+                    assert response.status == 200
+                    page = _samples(await response.text())
+                return page.get(("tally_collections_total", (("outcome", "paid"),))) == 3
+
+            # The two renewals, then the three invoices (the sign-up one and the renewals')
+            # charged through the sandbox gateway, whose breaker is now in the gauge.
+            await eventually(counted, within=30, what="the worker's metrics to count its work")
+    assert page[("tally_billing_work_total", (("kind", "renewal"),))] == 2, page
+    assert page[("tally_payment_gateway_circuit_state", (("gateway", "sandbox"),))] == 0  # closed
+    assert page[("tally_db_pool_size", (("pool", "main"),))] > 0
+
+
+def test_a_busy_worker_metrics_address_is_refused_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        address = f"127.0.0.1:{blocker.getsockname()[1]}"
+        env = server_env(tmp_path, TALLY_WORKER_METRICS_ADDR=address)
+        result = run_tally("worker", env, tmp_path, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert f"cannot listen on {address} (TALLY_WORKER_METRICS_ADDR): address already in use" in (
+            result.stderr
+        )
+        assert not (tmp_path / "tally.db").exists(), "the database was migrated before the bind failed"
+        # --once serves no metrics: the busy address is no obstacle to it.
+        once = run_tally("worker", env, tmp_path, args=("--once",))
+        assert once.returncode == 0, once.stderr
+        assert "worker metrics on" not in once.stderr

@@ -20,14 +20,12 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
 from sqlalchemy import delete, select
 
 from app.server import App, build
 from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecordRow
 from core.clock import FrozenClock
 from core.settings import Settings
-from tally.billing.v1 import payment_pb2, payment_pb2_grpc
 from tests.integration.sandbox_support import sandbox_process
 from tests.support import cheap_passwords, mint
 
@@ -106,15 +104,6 @@ async def charges_executed(sandbox_url: str) -> int:
     async with aiohttp.ClientSession() as session, session.get(f"{sandbox_url}/admin/stats") as response:
         stats = await response.json()
     return sum(stats["charges_executed"].values())
-
-
-async def set_payment_method(channel: grpc.aio.Channel, account_id: str, token: str) -> None:
-    stub = payment_pb2_grpc.PaymentServiceStub(channel)
-    settings = payment_pb2.PaymentSettings(account_id=account_id, default_payment_method=token)
-    mask = field_mask_pb2.FieldMask(paths=["default_payment_method"])
-    await stub.UpdatePaymentSettings(
-        payment_pb2.UpdatePaymentSettingsRequest(settings=settings, update_mask=mask)
-    )
 
 
 @asynccontextmanager

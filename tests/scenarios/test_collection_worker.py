@@ -19,8 +19,8 @@ from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc, payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
-from tests.billing_support import new_account, new_plan
-from tests.scenarios.conftest import Simulation, charges_executed, paying_to, set_payment_method, simulated
+from tests.billing_support import new_account, new_plan, set_payment_method
+from tests.scenarios.conftest import Simulation, charges_executed, paying_to, simulated
 
 pytestmark = pytest.mark.scenario
 

@@ -23,11 +23,11 @@ from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc, payment_pb2, payment_pb2_grpc
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
-from tests.billing_support import new_plan
+from tests.billing_support import new_plan, set_payment_method
 from tests.integration.sandbox_support import CLIENT_TIMEOUT, TIMEOUT_DELAY, sandbox_process
 from tests.integration.test_invoices import line, one_off
 from tests.scenarios.billing import Ledger, at, utc
-from tests.scenarios.conftest import Simulation, charges_executed, paying_to, set_payment_method, simulated
+from tests.scenarios.conftest import Simulation, charges_executed, paying_to, simulated
 
 pytestmark = pytest.mark.scenario
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from app import cli
+from app.server import serve_worker_metrics
+from core.metrics import Metrics
 from core.settings import ListenError, Settings, SettingsError, check_can_listen, flag, load_settings
 
 
@@ -125,6 +127,16 @@ def test_port_zero_needs_a_host() -> None:
         load_settings(grpc_addr=":0")
 
 
+def test_the_worker_metrics_address_may_be_empty_and_is_otherwise_checked() -> None:
+    assert load_settings().worker_metrics_addr == "127.0.0.1:9464"  # not serve's 8080
+    assert load_settings(worker_metrics_addr="").worker_metrics_addr == ""  # no metrics server
+    assert load_settings(worker_metrics_addr="[::1]:0").worker_metrics_addr == "[::1]:0"
+    with pytest.raises(
+        SettingsError, match=r"^TALLY_WORKER_METRICS_ADDR \(--worker-metrics-addr\): .*HOST:PORT"
+    ):
+        load_settings(worker_metrics_addr="9464")
+
+
 # --- listen addresses, checked before anything is bound for real -----------------------------------
 
 
@@ -139,6 +151,20 @@ def test_a_busy_address_is_refused_with_the_reason() -> None:
         f"cannot listen on {address} (TALLY_HTTP_ADDR): address already in use"
     )
     check_can_listen("TALLY_HTTP_ADDR", address)  # free again once the blocker is gone
+
+
+async def test_a_worker_metrics_port_taken_after_the_check_names_the_setting() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        address = f"127.0.0.1:{blocker.getsockname()[1]}"
+        with pytest.raises(ListenError) as caught:
+            await serve_worker_metrics(Settings(worker_metrics_addr=address), Metrics())
+    assert caught.value.setting == "TALLY_WORKER_METRICS_ADDR"
+    assert str(caught.value).startswith(
+        f"cannot listen on {address} (TALLY_WORKER_METRICS_ADDR): address already in use"
+    )
+    assert await serve_worker_metrics(Settings(worker_metrics_addr=""), Metrics()) is None
 
 
 def test_an_address_of_another_host_is_refused() -> None:
