@@ -36,6 +36,8 @@ from billing_svc.invoices.ports import (
 )
 from billing_svc.invoices.repository import SqlCreditBalances, SqlCreditNoteRepository, SqlInvoiceRepository
 from billing_svc.invoices.use_cases import InvoiceDeps
+from billing_svc.payments.ports import PaymentRepository
+from billing_svc.payments.repository import SqlPaymentRepository
 from billing_svc.subscriptions.domain import State, Subscription
 from billing_svc.subscriptions.unit_of_work import SubscriptionsUnitOfWork
 from billing_svc.subscriptions.work import ClosedPeriod, WorkDone, WorkKind, closed_period, run_due_work
@@ -47,12 +49,15 @@ INVOICED_KINDS = frozenset({WorkKind.RENEWAL, WorkKind.TRIAL_END, WorkKind.CANCE
 
 
 class SqlBillingUnitOfWork(SqlTestClocksUnitOfWork):
-    """Subscriptions, test clocks and invoices on one session: a boundary and its invoice commit together."""
+    """Subscriptions, test clocks and invoices on one session: a boundary and its invoice commit together.
+    The payments too: a credit note's refunds are held on them in its transaction
+    (billing_svc/payments/credit_refunds.py)."""
 
     invoices: InvoiceRepository
     balances: CreditBalances
     credit_notes: CreditNoteRepository
     period_usage: PeriodUsageReader
+    payments: PaymentRepository
 
     def _bind(self, session: AsyncSession) -> None:
         super()._bind(session)
@@ -60,6 +65,7 @@ class SqlBillingUnitOfWork(SqlTestClocksUnitOfWork):
         self.balances = SqlCreditBalances(session)
         self.credit_notes = SqlCreditNoteRepository(session)
         self.period_usage = SqlPeriodUsage(session)
+        self.payments = SqlPaymentRepository(session)
 
 
 def _basis(closed: ClosedPeriod | None) -> UsageBasis | None:

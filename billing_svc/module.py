@@ -56,6 +56,7 @@ from billing_svc.invoices.tables import (
 )
 from billing_svc.invoices.use_cases import InvoiceDeps
 from billing_svc.payments.collect import CollectionOutcome, PaymentDeps, collect_invoice
+from billing_svc.payments.credit_refunds import CreditNoteRefunds
 from billing_svc.payments.gateway_event_servicer import GatewayEventServicer
 from billing_svc.payments.gateways.registry import GatewayFactory, GatewayRegistry
 from billing_svc.payments.gateways.sandbox import SandboxGateway
@@ -194,7 +195,7 @@ def _usage(platform: Platform) -> UsageDeps:
     return replace(deps, coalesce=coalescer.record)
 
 
-def _invoices(platform: Platform) -> InvoiceDeps:
+def _invoices(platform: Platform, payments: PaymentDeps) -> InvoiceDeps:
     def invoices_uow(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], SqlInvoicesUnitOfWork]:
         return lambda: SqlInvoicesUnitOfWork(
             sessions, wall_clock=platform.wall_clock, account_directory=platform.account_directory
@@ -207,6 +208,8 @@ def _invoices(platform: Platform) -> InvoiceDeps:
         clock=platform.wall_clock,
         page_tokens=platform.page_tokens,
         written_off=written_off,
+        # A credit note refunded on the invoice's payments: the payments' own refund path.
+        credit_refunds=CreditNoteRefunds(payments),
         number_prefix=platform.settings.invoice_number_prefix,
         days_until_due=platform.settings.invoice_days_until_due,
         grace_period=timedelta(seconds=platform.settings.invoice_grace_period_seconds),
@@ -306,7 +309,8 @@ def build(platform: Platform) -> BillingServices:
         page_tokens=platform.page_tokens,
         cache=platform.cache,
     )
-    invoices = _invoices(platform)
+    payments = _payments(platform)
+    invoices = _invoices(platform, payments)
     billing_work = BillingWork(invoices)
     # Writes hold the invoices too: a new subscription's first invoice, and the invoices of the
     # boundaries a change catches up on, commit with it. Reads of a subscription touch the plan too
@@ -331,7 +335,6 @@ def build(platform: Platform) -> BillingServices:
     dunning = DunningPolicy.from_settings(
         settings.dunning_retry_days, settings.dunning_end_state, settings.collection_retry_delay_seconds
     )
-    payments = _payments(platform)
 
     async def collect(invoice_id: str) -> CollectionOutcome:
         return await collect_invoice(payments, SYSTEM, invoice_id)

@@ -4,11 +4,16 @@ Issuing is one transaction run by the IdempotentRunner under the invoice's row l
 notes of one invoice are made one after the other, so together they cannot exceed its total. The
 credit note's number (its own gapless sequence), the invoice's credited amounts, the credit
 balance entry, the audit rows and the outbox events commit with it, or nothing does.
+
+Refund method PAYMENT_REFUND follows RefundPayment's protocol through the `CreditRefunds` port: the
+refunds commit pending with the credit note (their amounts held on the payments), are sent after
+the commit with no transaction open, and are left to the reconciler if an answer is lost. A
+replayed request_id returns the stored credit note and sends nothing again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from billing_svc.invoices import credit_notes, domain
 from billing_svc.invoices.credit_notes import CreditNote, CreditNoteLine, CreditNoteReason, RefundMethod
@@ -83,6 +88,7 @@ def event_payload(note: CreditNote) -> dict[str, object]:
         "post_payment_minor": note.post_payment_minor,
         "reason": note.reason.value,
         "refund_method": note.refund_method.value,
+        "refund_ids": list(note.refund_ids),
     }
 
 
@@ -115,6 +121,9 @@ async def create_credit_note(deps: InvoiceDeps, caller: Caller, command: CreateC
             pre_payment_minor=pre,
             create_time=now,
         )
+        if note.post_payment_minor and refund_method is RefundMethod.PAYMENT_REFUND:
+            # Held on the payments in this transaction: a refusal rolls all of it back, the number too.
+            note = replace(note, refund_ids=await deps.credit_refunds.hold(uow, caller, note))
         await uow.credit_notes.add(note)
         if note.post_payment_minor and refund_method is RefundMethod.CREDIT_BALANCE:
             source = (credit_notes.RESOURCE_TYPE, note.id)
@@ -136,7 +145,10 @@ async def create_credit_note(deps: InvoiceDeps, caller: Caller, command: CreateC
         await record_change(uow, caller, "credited", invoice, after)
         return note
 
-    return (await deps.credit_note_runner.run(caller, command, action)).value
+    outcome = await deps.credit_note_runner.run(caller, command, action)
+    if outcome.value.refund_ids and not outcome.replayed:
+        await deps.credit_refunds.send(caller, outcome.value.refund_ids)
+    return outcome.value
 
 
 async def _load(uow: InvoicesUnitOfWork, caller: Caller, credit_note_id: str) -> CreditNote:

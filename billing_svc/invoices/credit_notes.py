@@ -4,7 +4,8 @@ The semantics are Stripe's (https://docs.stripe.com/invoicing/dashboard/credit-n
 note is issued on an open, paid or uncollectible invoice; the credit notes of an invoice never add
 up to more than its total; a credit note first reduces what is still owed on the invoice (its
 pre-payment part: an invoice left owing nothing is paid), and the rest (its post-payment part) goes
-to the refund method: the account's credit balance, or a refund made outside Tally.
+to the refund method: the account's credit balance, a refund on the invoice's payments through their
+gateways (Stripe's `refund_amount`), or a refund made outside Tally.
 
 A credit note's total is the sum of its lines, each a positive amount in minor units: exact.
 """
@@ -42,6 +43,7 @@ class CreditNoteReason(StrEnum):
 class RefundMethod(StrEnum):
     CREDIT_BALANCE = "credit_balance"
     OUT_OF_BAND_REFUND = "out_of_band_refund"
+    PAYMENT_REFUND = "payment_refund"  # through the payments' refunds (invoices/ports.py CreditRefunds)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class CreditNote:
     refund_method: RefundMethod
     pre_payment_minor: int
     create_time: datetime
+    refund_ids: tuple[str, ...] = ()  # PAYMENT_REFUND: the payment refunds it made
 
     @property
     def total_minor(self) -> int:
@@ -89,6 +92,7 @@ class CreditNote:
             "refund_method": self.refund_method.value,
             "pre_payment_minor": self.pre_payment_minor,
             "create_time": self.create_time.isoformat(),
+            "refund_ids": list(self.refund_ids),
         }
 
     @classmethod
@@ -108,6 +112,7 @@ class CreditNote:
             refund_method=RefundMethod(data["refund_method"]),
             pre_payment_minor=int(data["pre_payment_minor"]),
             create_time=datetime.fromisoformat(data["create_time"]),
+            refund_ids=tuple(data.get("refund_ids", ())),  # responses stored before refunds had none
         )
 
 

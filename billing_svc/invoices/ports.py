@@ -159,3 +159,22 @@ class WrittenOff(Protocol):
     async def __call__(
         self, uow: InvoicesUnitOfWork, caller: Caller, invoice: Invoice, now: datetime
     ) -> None: ...
+
+
+class CreditRefunds(Protocol):
+    """Refund method PAYMENT_REFUND: the post-payment part of a credit note given back on its invoice's
+    succeeded payments through their gateways, by the payments module's refund path
+    (billing_svc/payments/credit_refunds.py, which module.py gives the invoice use cases; the
+    invoices do not import the payments, which import them)."""
+
+    async def hold(self, uow: InvoicesUnitOfWork, caller: Caller, note: CreditNote) -> tuple[str, ...]:
+        """In the credit note's transaction (not committed), under its invoice's row lock: refunds of
+        `note.post_payment_minor` in all, pending and held on the invoice's payments, each keyed by
+        the credit note; their ids. FailedPrecondition naming `refund_method` when the payments
+        cannot give that much back (nothing is written then: the transaction rolls back)."""
+        ...
+
+    async def send(self, caller: Caller, refund_ids: Sequence[str]) -> None:
+        """After the credit note's commit, with no transaction open: each refund sent to its gateway
+        and its answer recorded, as RefundPayment does; one left pending is the reconciler's."""
+        ...

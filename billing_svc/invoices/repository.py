@@ -446,6 +446,7 @@ class SqlCreditNoteRepository:
                 refund_method=note.refund_method.value,
                 memo=note.memo,
                 create_time=note.create_time,
+                refund_ids=list(note.refund_ids),
             )
         )
         rows = [
@@ -505,6 +506,7 @@ class SqlCreditNoteRepository:
                 refund_method=RefundMethod(row.refund_method),
                 pre_payment_minor=row.pre_payment_minor,
                 create_time=row.create_time,
+                refund_ids=tuple(row.refund_ids),
             )
             for row in rows
         ]

@@ -146,6 +146,7 @@ def credit_note_to_proto(note: CreditNote) -> invoice_pb2.CreditNote:
         pre_payment_amount=money(note.pre_payment_minor),
         post_payment_amount=money(note.post_payment_minor),
         create_time=optional_timestamp(note.create_time),
+        refund_ids=list(note.refund_ids),
     )
 
 

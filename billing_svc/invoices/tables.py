@@ -157,6 +157,9 @@ class CreditNoteRow(Base):
     refund_method: Mapped[str] = mapped_column(String(24))
     memo: Mapped[str] = mapped_column(String(MAX_MEMO))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The payment refunds a PAYMENT_REFUND credit note made (payment_refunds.credit_note_id says the
+    # same from the other side); [] otherwise.
+    refund_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     __table_args__ = (
         Index("ix_credit_notes_account_id_create_time_id", "account_id", "create_time", "id"),

@@ -24,7 +24,7 @@ from billing_svc.invoices.domain import (
     UsageBasis,
 )
 from billing_svc.invoices.lines import line_from_item
-from billing_svc.invoices.ports import InvoicesUnitOfWork, WrittenOff
+from billing_svc.invoices.ports import CreditRefunds, InvoicesUnitOfWork, WrittenOff
 from billing_svc.invoices.usage_lines import usage_lines, without_usage
 from core import ids
 from core.audit import changes_between
@@ -47,6 +47,7 @@ class InvoiceDeps:
     clock: Clock  # wall time: request id retention
     page_tokens: PageTokens
     written_off: WrittenOff  # an open invoice voided or marked uncollectible: its subscription
+    credit_refunds: CreditRefunds  # a credit note refunded on the invoice's payments
     number_prefix: str = "INV"
     days_until_due: int = 0
     # How long a cycle invoice that bills usage stays a draft (late usage lands on it).

@@ -113,6 +113,7 @@ class Refund:
     create_time: datetime
     reference: str = ""
     message: str = ""
+    credit_note_id: str = ""  # the credit note that made it (refund method PAYMENT_REFUND), else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,7 @@ class Refund:
             "create_time": self.create_time.isoformat(),
             "reference": self.reference,
             "message": self.message,
+            "credit_note_id": self.credit_note_id,
         }
 
     @classmethod
@@ -135,6 +137,7 @@ class Refund:
             create_time=datetime.fromisoformat(data["create_time"]),
             reference=data["reference"],
             message=data["message"],
+            credit_note_id=data.get("credit_note_id", ""),  # responses stored before credit notes refunded
         )
 
 

@@ -56,6 +56,15 @@ class PaymentRepository(Protocol):
         """The payment the attempt belongs to (unlocked), None when there is no such attempt."""
         ...
 
+    async def with_refund(self, refund_id: str) -> Payment | None:
+        """The payment the refund belongs to (unlocked), None when there is no such refund."""
+        ...
+
+    async def succeeded_for_invoice(self, invoice_id: str) -> list[Payment]:
+        """The invoice's succeeded payments with their refunds, newest first, each row locked until
+        the transaction ends (a credit note's refunds are held on them)."""
+        ...
+
     async def pending_for_invoice(self, invoice_id: str) -> list[Payment]:
         """The invoice's payments still pending (without their attempts and refunds)."""
         ...

@@ -1,8 +1,9 @@
 """The refund protocol, the same shape as a charge's (collect.py): commit the intent, call the
 gateway with no transaction open, record the answer in a new transaction.
 
-1. Transaction 1 (use_cases.refund_payment): the refund is committed pending, its amount held
-   against the payment (so concurrent refunds never exceed what was charged), due for the reconciler
+1. Transaction 1 (`hold`, in use_cases.refund_payment's transaction, or a credit note's through
+   credit_refunds.py): the refund is committed pending, its amount held against the payment (so
+   concurrent refunds never exceed what was charged), due for the reconciler
    `TALLY_PAYMENT_RECONCILE_AFTER_SECONDS` later. Its id is its idempotency key at the gateway.
 2. No transaction open (`send`): `gateway.refund(...)` under the refund's id; a transient failure
    or a missing answer is sent again with the same key, up to `retry_attempts` calls in all.
@@ -29,7 +30,8 @@ from billing_svc.payments.collect import PaymentDeps, record_payment_change
 from billing_svc.payments.domain import Payment, Refund, RefundStatus
 from billing_svc.payments.gateways.port import RefundRequest, RefundResult
 from billing_svc.payments.gateways.port import RefundStatus as GatewayRefundStatus
-from billing_svc.payments.ports import PaymentsUnitOfWork
+from billing_svc.payments.ports import PaymentRepository, PaymentsUnitOfWork
+from core import ids
 from core.principal import Caller
 
 NOT_REFUNDED = "not_refunded"
@@ -39,6 +41,34 @@ _SETTLED = {
     GatewayRefundStatus.DECLINED: RefundStatus.FAILED,
     GatewayRefundStatus.FAILED: RefundStatus.FAILED,  # certainly not refunded (every time, inline)
 }
+
+
+async def hold(
+    deps: PaymentDeps,
+    payments: PaymentRepository,
+    payment: Payment,
+    amount_minor: int,
+    reason: str,
+    *,
+    credit_note_id: str = "",
+) -> Payment:
+    """Step 1 in the caller's transaction, `payment` read under its row lock: a new refund of
+    `amount_minor` pending and held on it, due for the reconciler should its answer never be recorded
+    (a crash, a timeout). Refused (FailedPrecondition) beyond what is still refundable. The payment as
+    saved; the new refund is its last."""
+    domain.require_refundable(payment, amount_minor)
+    now = deps.clock.now()
+    refund = Refund(
+        ids.new_id(domain.REFUND_ID_PREFIX),
+        amount_minor,
+        RefundStatus.PENDING,
+        reason[: domain.MAX_REASON],
+        now,
+        credit_note_id=credit_note_id,
+    )
+    held = domain.with_refund(payment, refund, now)
+    await payments.save(held, reconcile_at=now + deps.reconcile_after)
+    return held
 
 
 async def send(deps: PaymentDeps, caller: Caller, payment: Payment, refund: Refund) -> Payment:

@@ -84,6 +84,7 @@ def _refund_rows(payment: Payment, reconcile_at: datetime | None) -> list[dict[s
             "reference": refund.reference,
             "message": refund.message,
             "create_time": refund.create_time,
+            "credit_note_id": refund.credit_note_id or None,
             "due_time": None
             if refund.status is not RefundStatus.PENDING
             else reconcile_at or refund.create_time,
@@ -113,6 +114,7 @@ def _refund(row: PaymentRefundRow) -> Refund:
         create_time=row.create_time,
         reference=row.reference,
         message=row.message,
+        credit_note_id=row.credit_note_id or "",
     )
 
 
@@ -138,7 +140,9 @@ def _payment(row: PaymentRow, attempts: Sequence[Attempt], refunds: Sequence[Ref
 
 ATTEMPTS = WorkQueue.of(PaymentAttemptRow)  # the reconciler's work: unsettled attempts, by due time
 REFUNDS = WorkQueue.of(PaymentRefundRow)  # and pending refunds
-_FIXED = frozenset({"id", "payment_id", "account_id", "position", "create_time", "amount_minor"})
+_FIXED = frozenset(
+    {"id", "payment_id", "account_id", "position", "create_time", "amount_minor", "credit_note_id"}
+)
 
 
 class SqlPaymentRepository:
@@ -232,6 +236,26 @@ class SqlPaymentRepository:
             select(PaymentAttemptRow.payment_id).where(PaymentAttemptRow.id == attempt_id)
         )
         return None if payment_id is None else await self.get(payment_id)
+
+    async def with_refund(self, refund_id: str) -> Payment | None:
+        payment_id = await self._session.scalar(
+            select(PaymentRefundRow.payment_id).where(PaymentRefundRow.id == refund_id)
+        )
+        return None if payment_id is None else await self.get(payment_id)
+
+    async def succeeded_for_invoice(self, invoice_id: str) -> list[Payment]:
+        rows = (
+            await self._session.scalars(
+                select(PaymentRow)
+                .where(
+                    PaymentRow.invoice_id == invoice_id, PaymentRow.status == PaymentStatus.SUCCEEDED.value
+                )
+                .order_by(PaymentRow.create_time.desc(), PaymentRow.id.desc())
+                .with_for_update()
+            )
+        ).all()
+        attempts, refunds = await self._children([row.id for row in rows])
+        return [_payment(row, attempts[row.id], refunds[row.id]) for row in rows]
 
     async def pending_for_invoice(self, invoice_id: str) -> list[Payment]:
         rows = (

@@ -54,6 +54,7 @@ def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
                 status=_REFUND[refund.status],
                 reason=refund.reason,
                 create_time=optional_timestamp(refund.create_time),
+                credit_note_id=refund.credit_note_id,
             )
             for refund in payment.refunds
         ],

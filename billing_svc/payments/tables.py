@@ -3,8 +3,9 @@
 Keys lead with account_id where a row belongs to one account's listings. An attempt is claimable
 work (core.claims): `due_time` is when the reconciler should look it up if it is still unsettled
 (in_flight, unknown, pending), NULL once its outcome is recorded. So is a refund: `due_time` while
-it is pending, NULL once it succeeded or failed. A gateway's events received by
-webhook are kept by their id (gateway_events), so a redelivered one is recognised and changes nothing.
+it is pending, NULL once it succeeded or failed; a credit note's refund names it (`credit_note_id`).
+A gateway's events received by webhook are kept by their id (gateway_events), so a redelivered one
+is recognised and changes nothing.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ class PaymentRefundRow(Claimable, Base):
     reference: Mapped[str] = mapped_column(String(255))
     message: Mapped[str] = mapped_column(String(MAX_MESSAGE))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The credit note that made it (refund method PAYMENT_REFUND); NULL for RefundPayment's. Unique
+    # with the payment: a credit note refunds each payment once at most.
+    credit_note_id: Mapped[str | None] = mapped_column(String(ids.MAX_LENGTH))
+
+    __table_args__ = (
+        Index("ux_payment_refunds_payment_id_credit_note_id", "payment_id", "credit_note_id", unique=True),
+    )
 
 
 class PaymentSettingsRow(Base):

@@ -19,7 +19,7 @@ from billing_svc.invoices import use_cases as invoice_use_cases
 from billing_svc.payments import domain, refunds
 from billing_svc.payments.card_numbers import contains_card_number
 from billing_svc.payments.collect import CollectInvoice, PaymentDeps, collect, drive, reload, start
-from billing_svc.payments.domain import Payment, PaymentSettings, PaymentStatus, Refund, RefundStatus
+from billing_svc.payments.domain import Payment, PaymentSettings, PaymentStatus
 from billing_svc.payments.ports import PaymentsUnitOfWork
 from core import ids
 from core.errors import FailedPrecondition, InvalidArgument, Violations
@@ -242,13 +242,7 @@ async def refund_payment(deps: PaymentDeps, caller: Caller, command: RefundPayme
         if command.amount is not None:
             _require_currency(command.amount, payment.currency_code, "amount")
         minor = payment.refundable_minor if command.amount is None else command.amount.amount_minor
-        domain.require_refundable(payment, minor)
-        now = deps.clock.now()
-        refund = Refund(ids.new_id(domain.REFUND_ID_PREFIX), minor, RefundStatus.PENDING, command.reason, now)
-        held = domain.with_refund(payment, refund, now)
-        # Due for the reconciler should the answer never be recorded (a crash, a timeout).
-        await uow.payments.save(held, reconcile_at=now + deps.reconcile_after)
-        return held
+        return await refunds.hold(deps, uow.payments, payment, minor, command.reason)
 
     outcome = await deps.runner.run(caller, command, intent)
     if outcome.replayed:

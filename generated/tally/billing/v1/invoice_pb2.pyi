@@ -896,8 +896,10 @@ class CreditNote(_message.Message):
         invoices take.
         """
         REFUND_METHOD_OUT_OF_BAND_REFUND: CreditNote._RefundMethod.ValueType  # 2
-        """Refunded outside Tally (a bank transfer, say), recorded here. A refund
-        through a payment gateway is not available yet.
+        """Refunded outside Tally (a bank transfer, say), recorded here."""
+        REFUND_METHOD_PAYMENT_REFUND: CreditNote._RefundMethod.ValueType  # 3
+        """Refunded on the invoice's succeeded payments through their gateways
+        (PaymentService's refunds), newest payment first; see `refund_ids`.
         """
 
     class RefundMethod(_RefundMethod, metaclass=_RefundMethodEnumTypeWrapper):
@@ -910,8 +912,10 @@ class CreditNote(_message.Message):
     invoices take.
     """
     REFUND_METHOD_OUT_OF_BAND_REFUND: CreditNote.RefundMethod.ValueType  # 2
-    """Refunded outside Tally (a bank transfer, say), recorded here. A refund
-    through a payment gateway is not available yet.
+    """Refunded outside Tally (a bank transfer, say), recorded here."""
+    REFUND_METHOD_PAYMENT_REFUND: CreditNote.RefundMethod.ValueType  # 3
+    """Refunded on the invoice's succeeded payments through their gateways
+    (PaymentService's refunds), newest payment first; see `refund_ids`.
     """
 
     ID_FIELD_NUMBER: _builtins.int
@@ -927,6 +931,7 @@ class CreditNote(_message.Message):
     PRE_PAYMENT_AMOUNT_FIELD_NUMBER: _builtins.int
     POST_PAYMENT_AMOUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REFUND_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `cn_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
     number: _builtins.str
@@ -963,6 +968,13 @@ class CreditNote(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was issued (the account's billing time)."""
 
+    @_builtins.property
+    def refund_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With REFUND_METHOD_PAYMENT_REFUND, the payment refunds it made (their
+        `PaymentRefund.id`, newest payment first), pending when the credit note
+        was created: GetPayment shows where each stands. Empty otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -979,10 +991,11 @@ class CreditNote(_message.Message):
         pre_payment_amount: _money_pb2.Money | None = ...,
         post_payment_amount: _money_pb2.Money | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        refund_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "post_payment_amount", b"post_payment_amount", "pre_payment_amount", b"pre_payment_amount", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "currency_code", b"currency_code", "id", b"id", "invoice_id", b"invoice_id", "lines", b"lines", "memo", b"memo", "number", b"number", "post_payment_amount", b"post_payment_amount", "pre_payment_amount", b"pre_payment_amount", "reason", b"reason", "refund_method", b"refund_method", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "currency_code", b"currency_code", "id", b"id", "invoice_id", b"invoice_id", "lines", b"lines", "memo", b"memo", "number", b"number", "post_payment_amount", b"post_payment_amount", "pre_payment_amount", b"pre_payment_amount", "reason", b"reason", "refund_ids", b"refund_ids", "refund_method", b"refund_method", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

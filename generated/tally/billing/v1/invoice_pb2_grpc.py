@@ -244,10 +244,16 @@ class InvoiceServiceServicer:
         with nothing to pay is paid, and `invoice.paid` is emitted); what
         exceeds it goes to `refund_method`: CREDIT_BALANCE adds it to the
         account's credit balance, which the next finalized invoices take;
-        OUT_OF_BAND_REFUND records that it was refunded outside Tally. A refund
-        through a payment gateway is not available yet (there is no payment
-        service). Credit notes are numbered from their own gapless sequence
-        (`CN-000001`, ...).
+        PAYMENT_REFUND refunds it on the invoice's succeeded payments through
+        their gateways (the newest payment first, then older ones while it is
+        not enough), as RefundPayment does: the refunds are committed pending
+        with the credit note, sent after, and settled by the reconciler when an
+        answer is lost; `refund_ids` names them. It is refused
+        (FAILED_PRECONDITION, reason NO_REFUNDABLE_PAYMENT, or
+        REFUND_EXCEEDS_PAYMENTS with the amount still refundable) when the
+        invoice's payments cannot give that much back, and nothing is written.
+        OUT_OF_BAND_REFUND records that it was refunded outside Tally. Credit
+        notes are numbered from their own gapless sequence (`CN-000001`, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -292,12 +292,18 @@ class PaymentRefund(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREDIT_NOTE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, for example `prf_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
     status: Global___PaymentRefund.Status.ValueType
     """Where it stands."""
     reason: _builtins.str
     """Why it was made."""
+    credit_note_id: _builtins.str
+    """The credit note whose refund method made it (InvoiceService's
+    CreateCreditNote with REFUND_METHOD_PAYMENT_REFUND); empty for
+    RefundPayment's.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount given back."""
@@ -314,10 +320,11 @@ class PaymentRefund(_message.Message):
         status: Global___PaymentRefund.Status.ValueType = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        credit_note_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "id", b"id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "credit_note_id", b"credit_note_id", "id", b"id", "reason", b"reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
