@@ -21,7 +21,7 @@ from billing_svc.invoices.ports import InvoicesUnitOfWork
 from billing_svc.invoices.use_cases import InvoiceDeps, account_not_found, load, record_change, require_id
 from core import ids
 from core.audit import changes_between
-from core.errors import Violations
+from core.errors import PermissionDenied, Violations
 from core.principal import Caller
 
 
@@ -76,6 +76,21 @@ def _check_create(command: CreateCreditNote) -> tuple[CreditNoteReason, RefundMe
     return command.reason, command.refund_method
 
 
+# CreateCreditNote needs invoices:write; one that sends money back through a gateway also needs
+# what RefundPayment needs, so that an invoices-only service account cannot move money.
+REFUND_SCOPE = "payments:write"
+
+
+def _require_refund_scope(caller: Caller) -> None:
+    if caller.principal is not None and not caller.principal.has_scope(REFUND_SCOPE):
+        raise PermissionDenied(
+            f"refund_method PAYMENT_REFUND refunds through the payment gateway and needs the "
+            f"{REFUND_SCOPE} scope too",
+            reason="SCOPE_REQUIRED",
+            metadata={"field": "refund_method", "scope": REFUND_SCOPE},
+        )
+
+
 def event_payload(note: CreditNote) -> dict[str, object]:
     return {
         "id": note.id,
@@ -95,6 +110,8 @@ def event_payload(note: CreditNote) -> dict[str, object]:
 async def create_credit_note(deps: InvoiceDeps, caller: Caller, command: CreateCreditNote) -> CreditNote:
     require_id(command.invoice_id, "invoice_id")
     reason, refund_method = _check_create(command)
+    if refund_method is RefundMethod.PAYMENT_REFUND:
+        _require_refund_scope(caller)
 
     async def action(uow: InvoicesUnitOfWork) -> CreditNote:
         # The invoice's row lock: credit notes of one invoice are made one after the other.

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from app.server import App
 from billing_svc.payments.reconciler import PaymentReconciler
 from billing_svc.payments.tables import PaymentRefundRow
+from core.principal import Role
 from tally.billing.v1 import invoice_pb2 as ipb
 from tally.billing.v1 import invoice_pb2_grpc, payment_pb2_grpc
 from tally.billing.v1 import payment_pb2 as pb
@@ -25,7 +26,7 @@ from tests.integration.test_credit_notes import credit
 from tests.integration.test_gateway import Gateway, bearer, call, detail
 from tests.integration.test_invoices import line, one_off
 from tests.integration.test_payments import _events, _Later, _open_invoice, payments_of, refunds_made
-from tests.support import details, failing, mint, reason
+from tests.support import channel_as, details, failing, mint, reason
 
 # The sandbox process and the server wired to it, as the payment tests run them.
 sandbox_url = test_payments.sandbox_url
@@ -172,6 +173,41 @@ async def test_an_invoice_paid_outside_the_gateway_refuses_and_writes_nothing(
     assert after.amount_credited.amount_minor == 0
     # The other methods still take it.
     await invoices.CreateCreditNote(credit(invoice.id, 1000))
+
+
+async def test_a_gateway_refund_needs_the_payments_write_scope_too(
+    app: App, channel: grpc.aio.Channel, sandbox_url: str
+) -> None:
+    """CreateCreditNote asks invoices:write; sending money back through the gateway also asks what
+    RefundPayment asks (payments:write), so an invoices-only service account cannot refund."""
+    invoice = await _paid(channel, 10, 10000)
+    rows = await _refund_rows(app)
+    invoicing = frozenset({"invoices:read", "invoices:write"})
+    async with channel_as(app, mint(app, Role.SERVICE, scopes=invoicing)) as narrow:
+        invoices = invoice_pb2_grpc.InvoiceServiceStub(narrow)
+        error = await failing(
+            invoices.CreateCreditNote(credit(invoice.id, 1000, refund_method=PAYMENT_REFUND))
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and reason(error) == "SCOPE_REQUIRED"
+        assert details(error).info.metadata["field"] == "refund_method"
+        assert details(error).info.metadata["scope"] == "payments:write"
+        assert (
+            list(
+                (
+                    await invoices.ListCreditNotes(ipb.ListCreditNotesRequest(invoice_id=invoice.id))
+                ).credit_notes
+            )
+            == []
+        )
+        assert await _refund_rows(app) == rows
+        await invoices.CreateCreditNote(credit(invoice.id, 1000))  # a balance credit needs no more
+    async with channel_as(app, mint(app, Role.SERVICE, scopes=invoicing | {"payments:write"})) as wide:
+        note = await invoice_pb2_grpc.InvoiceServiceStub(wide).CreateCreditNote(
+            credit(invoice.id, 1000, refund_method=PAYMENT_REFUND)
+        )
+    [payment] = await _payments(channel, invoice.id)
+    assert list(note.refund_ids) == [payment.refunds[0].id] and payment.amount_refunded == usd(1000)
+    assert await refunds_made(sandbox_url, payment) == [1]
 
 
 async def test_refunds_across_two_credit_notes_never_exceed_what_was_paid_through_the_gateway(
