@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -10,12 +11,22 @@ from typing import Any, Protocol, Self
 from billing_svc.clocks.account_time import AccountClocks
 from billing_svc.invoices.credit_notes import CreditNote
 from billing_svc.invoices.domain import Invoice, InvoiceStatus, UsageBasis
-from billing_svc.invoices.usage_lines import PeriodUsage
+from billing_svc.invoices.usage_lines import PeriodUsage, RecordedUsage
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
 from core.idempotency import IdempotencyRepository
 from core.principal import Caller
+
+
+@dataclass(frozen=True)
+class InvoicedPeriod:
+    """A period invoice's period, [start, end), and when it was made (its account's time)."""
+
+    invoice_id: str
+    start: datetime
+    end: datetime
+    create_time: datetime
 
 
 class InvoiceRepository(Protocol):
@@ -63,6 +74,11 @@ class InvoiceRepository(Protocol):
 
     async def cycle_invoice_exists(self, cycle_key: str) -> bool: ...
 
+    async def period_invoices(self, account_id: str, start: datetime, end: datetime) -> list[InvoicedPeriod]:
+        """The account's period invoices (reason PERIOD) that are not void and whose period overlaps
+        [start, end), by period: what usage they cover (a voided one's is billable again)."""
+        ...
+
     async def next_number(self, prefix: str) -> int:
         """The sequence's next number, taken under its row lock until the transaction ends."""
         ...
@@ -109,6 +125,14 @@ class PeriodUsageReader(Protocol):
         """The plan version's metered charges with their meters' quantities over the basis' period
         (and the recorded-price records of that period that subscription `subscription_id` bills),
         read in the caller's transaction."""
+        ...
+
+    async def unsubscribed_recorded(
+        self, account_id: str, start: datetime, end: datetime, billed: Sequence[tuple[datetime, datetime]]
+    ) -> tuple[RecordedUsage, ...]:
+        """Per meter (by code), the account's records with their own price timed in [start, end) that
+        no subscription bills (outside the live time of each of its subscriptions) and that are not in
+        one of the `billed` intervals, for a period invoice."""
         ...
 
 

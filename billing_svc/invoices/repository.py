@@ -38,6 +38,7 @@ from billing_svc.invoices.domain import (
     UsageBasis,
     number_text,
 )
+from billing_svc.invoices.ports import InvoicedPeriod
 from billing_svc.invoices.tables import (
     CreditBalanceEntryRow,
     CreditBalanceRow,
@@ -270,6 +271,23 @@ class SqlInvoiceRepository:
     async def cycle_invoice_exists(self, cycle_key: str) -> bool:
         found = await self._session.scalar(_CYCLE_INVOICE, {"cycle_key": cycle_key})
         return found is not None
+
+    async def period_invoices(self, account_id: str, start: datetime, end: datetime) -> list[InvoicedPeriod]:
+        statement = select(
+            InvoiceRow.id, InvoiceRow.period_start, InvoiceRow.period_end, InvoiceRow.create_time
+        ).where(
+            InvoiceRow.account_id == account_id,
+            InvoiceRow.reason == InvoiceReason.PERIOD.value,
+            InvoiceRow.status != InvoiceStatus.VOID.value,
+            InvoiceRow.period_start < end,
+            InvoiceRow.period_end > start,
+        )
+        found = [
+            InvoicedPeriod(invoice_id, low, high, created)
+            for invoice_id, low, high, created in (await self._session.execute(statement)).all()
+            if low is not None and high is not None
+        ]
+        return sorted(found, key=lambda period: (period.start, period.end, period.invoice_id))
 
     async def release_pending_items(self, invoice_id: str, item_ids: Sequence[str]) -> None:
         if not item_ids:

@@ -6,7 +6,9 @@ line carries its tier breakdown (`tiers`, exact, before the rounding), a per-uni
 price. A negative net quantity (corrections exceeding usage) is billed as 0. Records sent with
 their own `price_per_unit` are one more line per meter (sum of units x price, rounded once), for the
 records this subscription bills (billing_svc.usage.period_usage): on the meters its plan charges,
-and on meters no live subscription charges while it is the account's oldest live one.
+and on meters no live subscription charges while it is the account's oldest live one. A period
+invoice (CreateInvoice with a period) bills the account's other records with their own price, those
+outside every subscription's live time, with the same line (`recorded_line`).
 
 Then the plan's spend bounds: the minimum and maximum spend bound the plan's metered charges of the
 period (not the fees in advance, not the recorded-price lines). The lines' rounded total goes to
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from billing_svc.catalog import pricing
@@ -121,8 +124,9 @@ def usage_lines(
         for usage in found.charges
     ]
     adjustment = spend_adjustment(sum(line.amount_minor for line in lines), found.terms, currency_code)
+    period = (basis.period_start, basis.period_end)
     lines += [
-        _recorded_line(usage, basis, currency_code, subscription_id, new_line_id())
+        recorded_line(usage, period, currency_code, subscription_id=subscription_id, line_id=new_line_id())
         for usage in found.recorded
     ]
     if adjustment:
@@ -142,9 +146,17 @@ def usage_lines(
     return lines
 
 
-def _recorded_line(
-    usage: RecordedUsage, basis: UsageBasis, currency_code: str, subscription_id: str, line_id: str
+def recorded_line(
+    usage: RecordedUsage,
+    period: tuple[datetime, datetime],
+    currency_code: str,
+    *,
+    subscription_id: str,
+    line_id: str,
 ) -> InvoiceLine:
+    """The meter's records with their own price over `period` as one line: quantity their units, amount
+    their exact sum of units x price rounded once, half-up. A cycle invoice's (for the records its
+    subscription bills) and a period invoice's (for the records no subscription bills) alike."""
     priced = recorded_charge(usage.meter, usage.units, usage.amount, currency_code)
     return InvoiceLine(
         id=line_id,
@@ -153,8 +165,8 @@ def _recorded_line(
         quantity=_plain(usage.units),
         unit_price=None,
         amount_minor=priced.amount.amount_minor,
-        period_start=basis.period_start,
-        period_end=basis.period_end,
+        period_start=period[0],
+        period_end=period[1],
         subscription_id=subscription_id,
         meter_id=usage.meter.id,
     )

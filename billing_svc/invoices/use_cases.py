@@ -21,11 +21,12 @@ from billing_svc.invoices.domain import (
     InvoiceLine,
     InvoiceReason,
     InvoiceStatus,
+    LineKind,
     UsageBasis,
 )
 from billing_svc.invoices.lines import line_from_item
 from billing_svc.invoices.ports import CreditRefunds, InvoicesUnitOfWork, WrittenOff
-from billing_svc.invoices.usage_lines import usage_lines, without_usage
+from billing_svc.invoices.usage_lines import recorded_line, usage_lines, without_usage
 from core import ids
 from core.audit import changes_between
 from core.clock import Clock
@@ -312,8 +313,12 @@ async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoi
     _check_create(command)
 
     async def action(uow: InvoicesUnitOfWork) -> Invoice:
-        # A share lock on the account: its currency cannot change while the invoice is made in it.
-        terms = await uow.accounts.terms(command.account_id, lock=True)
+        # A share lock on the account: its currency cannot change while the invoice is made in it. A
+        # period invoice, which bills usage, takes it exclusive: period invoices of one account are
+        # made one after another (the second reads the first's period and leaves its usage out), and
+        # usage being recorded for it (which share-locks the account) commits first and is read here.
+        period = command.period_end is not None
+        terms = await uow.accounts.terms(command.account_id, lock=True, exclusive=period)
         if terms is None or len(command.account_id) > ids.MAX_LENGTH:
             raise account_not_found(command.account_id)
         if not terms.live:
@@ -325,16 +330,20 @@ async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoi
         now = await _billing_now(uow, command.account_id)
         invoice_id = ids.new_id(domain.ID_PREFIX)
         lines = []
-        if command.period_end is not None:
-            room = domain.MAX_LINES - len(command.lines)
+        if command.period_start is not None and command.period_end is not None:
+            usage = await _unbilled_usage(
+                uow, command.account_id, (command.period_start, command.period_end), terms.currency_code
+            )
+            room = max(domain.MAX_LINES - len(command.lines) - len(usage), 0)
             items = await uow.invoices.take_pending_items(
                 command.account_id, invoice_id, before=command.period_end, limit=room
             )
-            lines = [line_from_item(item, ids.new_id(domain.LINE_ID_PREFIX)) for item in items]
+            lines = [line_from_item(item, ids.new_id(domain.LINE_ID_PREFIX)) for item in items] + usage
         lines += [_one_off(line, terms.currency_code) for line in command.lines]
         if not lines:
             raise FailedPrecondition(
-                "nothing to invoice: the account has no pending items in the period and no lines were given",
+                "nothing to invoice: the account has no pending items and no unbilled usage in the period,"
+                " and no lines were given",
                 reason="NOTHING_TO_INVOICE",
                 metadata={"account_id": command.account_id},
             )
@@ -362,6 +371,27 @@ async def create_invoice(deps: InvoiceDeps, caller: Caller, command: CreateInvoi
         return done
 
     return (await deps.runner.run(caller, command, action)).value
+
+
+async def _unbilled_usage(
+    uow: InvoicesUnitOfWork, account_id: str, period: tuple[datetime, datetime], currency_code: str
+) -> list[InvoiceLine]:
+    """A period invoice's usage lines: one per meter, for the account's records with their own price
+    timed in the period that no subscription bills (those in a subscription's live time are its own,
+    billed by it or, in a trial or a pause, deliberately not) and no earlier period invoice that is not
+    void billed. Periods may overlap; a record is billed once. The caller holds the account's row lock,
+    exclusive."""
+    start, end = period
+    billed = [
+        (found.start, found.end) for found in await uow.invoices.period_invoices(account_id, start, end)
+    ]
+    found = await uow.period_usage.unsubscribed_recorded(account_id, start, end, billed)
+    return [
+        recorded_line(
+            usage, period, currency_code, subscription_id="", line_id=ids.new_id(domain.LINE_ID_PREFIX)
+        )
+        for usage in found
+    ]
 
 
 def _one_off(line: NewLine, currency_code: str) -> domain.InvoiceLine:
@@ -444,6 +474,8 @@ async def void_invoice(deps: InvoiceDeps, caller: Caller, command: VoidInvoice) 
         invoice = await load(uow, caller, command.id, for_update=True)
         now = await _billing_now(uow, invoice.account_id)
         done = domain.voided(invoice, now)
+        if _bills_unsubscribed_usage(invoice):
+            await _check_no_later_period_invoice(uow, invoice)
         if invoice.status is InvoiceStatus.DRAFT:  # its items are owed still: pending again
             items = [line.pending_item_id for line in invoice.lines if line.pending_item_id]
             await uow.invoices.release_pending_items(invoice.id, items)
@@ -463,6 +495,40 @@ async def void_invoice(deps: InvoiceDeps, caller: Caller, command: VoidInvoice) 
         return done
 
     return (await deps.runner.run(caller, command, action)).value
+
+
+def _bills_unsubscribed_usage(invoice: Invoice) -> bool:
+    """A period invoice with usage lines: records no subscription bills (`_unbilled_usage`)."""
+    return invoice.reason is InvoiceReason.PERIOD and any(
+        line.kind is LineKind.USAGE for line in invoice.lines
+    )
+
+
+async def _check_no_later_period_invoice(uow: InvoicesUnitOfWork, invoice: Invoice) -> None:
+    """Voiding a period invoice makes the usage it billed billable again, except where the period of
+    another period invoice that is not void overlaps it. One made later left that overlap out, so it
+    would never be billed: that one is to be voided first. Under the account's exclusive row lock, as
+    CreateInvoice for a period takes it, so none is made meanwhile. "Later" is by create time, the
+    account's time: two made at one instant (a test clock's frozen time) cannot be told apart and do
+    not stop each other's void (refusing both would leave neither voidable)."""
+    if invoice.period_start is None or invoice.period_end is None:  # a period invoice has both
+        return
+    await uow.accounts.terms(invoice.account_id, lock=True, exclusive=True)
+    overlapping = await uow.invoices.period_invoices(
+        invoice.account_id, invoice.period_start, invoice.period_end
+    )
+    later = [
+        found
+        for found in overlapping
+        if found.invoice_id != invoice.id and found.create_time > invoice.create_time
+    ]
+    if later:
+        raise FailedPrecondition(
+            f"invoice {invoice.id!r} billed usage of a period that the later invoice "
+            f"{later[0].invoice_id!r} overlaps and left out: void that one first",
+            reason="LATER_PERIOD_INVOICE",
+            metadata={"invoice_id": invoice.id, "later_invoice_id": later[0].invoice_id},
+        )
 
 
 async def mark_uncollectible(deps: InvoiceDeps, caller: Caller, command: MarkInvoiceUncollectible) -> Invoice:

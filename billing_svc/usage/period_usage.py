@@ -16,6 +16,11 @@ cut: up to the latest end among them), and outside the live time of each other s
 plan (or scheduled change) charges m: a few intervals, each totalled by period_totals. The other
 subscriptions are read only when the period has own-price records on a meter the plan does not
 charge, so a plain metered renewal reads nothing more.
+
+What falls outside every subscription's live time (an account without a subscription, the days
+before the first or between two) no subscription bills: a period invoice does
+(`unsubscribed_recorded`), once, since it leaves out the periods of the account's earlier period
+invoices that are not void.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from billing_svc.subscriptions.repository import SqlSubscriptionRepository
 from billing_svc.usage.read_ports import PeriodTotals
 from billing_svc.usage.read_repository import SqlUsageReader
 from billing_svc.usage.read_use_cases import NO_RECORDS, meter_quantity
+from core.money import DECIMAL_CONTEXT as _C
+
+_ZERO = Decimal(0)
 
 
 class SqlPeriodUsage:
@@ -129,6 +137,28 @@ class SqlPeriodUsage:
             if units or amount:
                 found[meter_id] = (units, amount)
         return found
+
+    async def unsubscribed_recorded(
+        self, account_id: str, start: datetime, end: datetime, billed: Sequence[tuple[datetime, datetime]]
+    ) -> tuple[RecordedUsage, ...]:
+        """For a period invoice: [start, end) less each subscription's live time and less `billed`,
+        a few intervals, each totalled by period_totals."""
+        subscriptions = await self._subscriptions.started_before(account_id, end)
+        live = [(found.start_time, _live_end(found) or end) for found in subscriptions]
+        units: dict[str, Decimal] = {}
+        amounts: dict[str, Decimal] = {}
+        for interval in _without((start, end), [*live, *billed]):
+            for meter_id, part in (await self._usage.period_totals(account_id, *interval)).items():
+                if _priced(part):
+                    units[meter_id] = _C.add(units.get(meter_id, _ZERO), part.recorded_units)
+                    amounts[meter_id] = _C.add(amounts.get(meter_id, _ZERO), part.recorded_amount)
+        meters = await self._meters.get_many(set(units)) if units else {}
+        return tuple(
+            sorted(
+                (RecordedUsage(meters[meter_id], units[meter_id], amounts[meter_id]) for meter_id in units),
+                key=lambda usage: usage.meter.code,
+            )
+        )
 
     async def _meters_of(self, subscription: Subscription) -> set[str]:
         """The meters its plan charges, and those of the plan of a change scheduled on it."""

@@ -151,7 +151,14 @@ class InvoiceServiceServicer:
         """Creates a draft invoice for an account. With `period_start` and
         `period_end`, it takes every pending invoice item of the account that
         starts before the period's end and is not on another invoice (fees in
-        advance, prorations), plus the given `lines`. Without a period it is a
+        advance, prorations), bills the account's usage records with their own
+        `price_per_unit` timed in [period_start, period_end) that no
+        subscription bills (outside the live time of each of the account's
+        subscriptions) and no earlier period invoice that is not void billed
+        (outside their periods: periods may overlap, a record is billed once),
+        as one KIND_USAGE line per meter (the units; the sum of units x price,
+        rounded once, half-up), and adds the given `lines`. Period invoices of
+        one account are made one after another. Without a period it is a
         one-off invoice of `lines` alone. Fails with FAILED_PRECONDITION
         (NOTHING_TO_INVOICE) when it would have no line.
         """
@@ -199,7 +206,10 @@ class InvoiceServiceServicer:
     def VoidInvoice(self, request, context):
         """Voids a draft, open or uncollectible invoice: nothing more is owed on
         it. Credit applied to it goes back to the account, and a voided draft's
-        pending items go back to the pending items.
+        pending items go back to the pending items. A period invoice's usage is
+        billable again, by the next period invoice; one that a period invoice
+        made after it overlaps fails with FAILED_PRECONDITION
+        (LATER_PERIOD_INVOICE): void that one first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
