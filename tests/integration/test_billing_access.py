@@ -159,7 +159,11 @@ CASES: dict[str, Case] = {
     USAGE + "GetUsageSummary": lambda s: {"accountId": s.account_a},
     INVOICE + "CreateInvoice": lambda s: {"accountId": s.account_a, "lines": [_LINE]},
     INVOICE + "GetInvoice": lambda s: {"id": s.invoice_a},
-    INVOICE + "ListInvoices": lambda s: {"accountId": s.account_a},
+    INVOICE + "ListInvoices": lambda s: {
+        "accountId": s.account_a,
+        "createTimeStart": "2000-01-01T00:00:00Z",
+        "createTimeEnd": "2999-01-01T00:00:00Z",
+    },
     INVOICE + "AddInvoiceLine": lambda s: {"invoiceId": s.invoice_a, "line": _LINE},
     INVOICE + "RemoveInvoiceLine": lambda s: {"invoiceId": s.invoice_a, "lineId": s.line_a},
     INVOICE + "FinalizeInvoice": lambda s: {"id": s.invoice_a},
