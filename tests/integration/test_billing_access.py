@@ -190,6 +190,7 @@ CASES: dict[str, Case] = {
     HOOK + "EnableWebhookEndpoint": lambda s: {"id": s.webhook},
     HOOK + "ListWebhookDeliveries": lambda s: {"endpointId": s.webhook, "status": "STATUS_FAILED"},
     HOOK + "GetWebhookDelivery": lambda s: {"id": s.delivery},
+    HOOK + "ListWebhookDeliveryAttempts": lambda s: {"deliveryId": s.delivery},
     HOOK + "RedeliverWebhook": lambda s: {"deliveryId": s.delivery},
     EVENTS + "ListEvents": lambda s: {"accountId": s.account_a},
     EVENTS + "WatchEvents": lambda s: {"accountId": s.account_a},
