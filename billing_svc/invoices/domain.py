@@ -198,6 +198,18 @@ class UsageBasis:
         )
 
 
+@dataclass(frozen=True)
+class TimeRange:
+    """A half-open range [start, end) of instants, open on a side that is None: the creation times
+    a listing keeps (ListInvoices' create_time_start and create_time_end)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+ALL_TIME = TimeRange()
+
+
 # The lines made from a usage basis, replaced whole each time they are made.
 USAGE_KINDS = frozenset({LineKind.USAGE, LineKind.MINIMUM_SPEND})
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol, Self
 
 from billing_svc.clocks.account_time import AccountClocks
 from billing_svc.invoices.credit_notes import CreditNote
-from billing_svc.invoices.domain import Invoice, InvoiceStatus, UsageBasis
+from billing_svc.invoices.domain import Invoice, InvoiceStatus, TimeRange, UsageBasis
 from billing_svc.invoices.usage_lines import PeriodUsage, RecordedUsage
 from billing_svc.subscriptions.domain import PendingItem
 from core.accounts import AccountDirectory
@@ -52,9 +52,14 @@ class InvoiceRepository(Protocol):
         account_id: str,
         statuses: Sequence[InvoiceStatus],
         subscription_id: str,
+        created: TimeRange,
         after: tuple[datetime, str] | None,
         limit: int,
-    ) -> list[Invoice]: ...
+    ) -> list[Invoice]:
+        """Up to `limit` of the account's invoices, newest first (create_time, id), after `after`:
+        of one of `statuses` (any when empty), of `subscription_id` (any when empty), created in
+        `created`."""
+        ...
 
     async def take_pending_items(
         self,

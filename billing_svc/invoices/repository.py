@@ -35,6 +35,7 @@ from billing_svc.invoices.domain import (
     InvoiceStatus,
     LineKind,
     LineTier,
+    TimeRange,
     UsageBasis,
     number_text,
 )
@@ -233,6 +234,7 @@ class SqlInvoiceRepository:
         account_id: str,
         statuses: Sequence[InvoiceStatus],
         subscription_id: str,
+        created: TimeRange,
         after: tuple[datetime, str] | None,
         limit: int,
     ) -> list[Invoice]:
@@ -241,6 +243,10 @@ class SqlInvoiceRepository:
             statement = statement.where(InvoiceRow.status.in_([status.value for status in statuses]))
         if subscription_id:
             statement = statement.where(InvoiceRow.subscription_id == subscription_id)
+        if created.start is not None:
+            statement = statement.where(InvoiceRow.create_time >= created.start)
+        if created.end is not None:
+            statement = statement.where(InvoiceRow.create_time < created.end)
         statement = keyset_after(statement, InvoiceRow.create_time, InvoiceRow.id, after, descending=True)
         rows = (await self._session.scalars(statement.limit(limit))).all()
         lines = await self._lines_of([row.id for row in rows])

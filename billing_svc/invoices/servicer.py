@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from billing_svc.clocks.servicer import timestamp_from_proto
 from billing_svc.invoices import credit_note_use_cases, use_cases
 from billing_svc.invoices.credit_notes import CreditNote, CreditNoteReason, RefundMethod
-from billing_svc.invoices.domain import Invoice, InvoiceLine, InvoiceStatus, LineKind
+from billing_svc.invoices.domain import Invoice, InvoiceLine, InvoiceStatus, LineKind, TimeRange
 from billing_svc.invoices.use_cases import InvoiceDeps, NewLine
 from core.errors import FailedPrecondition, InvalidArgument
 from core.money import Money
@@ -205,6 +205,14 @@ class InvoiceServicer(invoice_pb2_grpc.InvoiceServiceServicer):
             request.account_id,
             statuses=statuses,
             subscription_id=request.subscription_id,
+            created=TimeRange(
+                timestamp_from_proto(
+                    request.create_time_start, request.HasField("create_time_start"), "create_time_start"
+                ),
+                timestamp_from_proto(
+                    request.create_time_end, request.HasField("create_time_end"), "create_time_end"
+                ),
+            ),
             size=request.page_size,
             page_token=request.page_token,
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 ENDPOINT_PREFIX = "whe"
 DELIVERY_PREFIX = "whd"
+ATTEMPT_PREFIX = "wha"
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
@@ -131,6 +132,18 @@ class Delivery:
     @property
     def view(self) -> str:
         return view_of(self.status, self.attempt_count)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt to send a delivery, as ListWebhookDeliveryAttempts shows it."""
+
+    id: str
+    delivery_id: str
+    attempt_time: datetime
+    response_status_code: int  # 0: no response
+    error: str  # already shortened by shown_error
+    duration_ms: int
 
 
 def _time_or_none(value: str | None) -> datetime | None:

@@ -6,7 +6,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from billing_svc.webhooks.domain import Delivery, Endpoint
+from billing_svc.webhooks.domain import Attempt, Delivery, Endpoint
 from core.audit import AuditLog
 from core.idempotency import IdempotencyRepository
 
@@ -29,6 +29,13 @@ class WebhookRepository(Protocol):
     ) -> list[Delivery]:
         """Up to `limit` deliveries of the endpoint in (create_time, id) order, after `after`; of one
         view (domain.VIEWS) unless `view` is empty."""
+        ...
+
+    async def list_attempts(
+        self, delivery_id: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Attempt]:
+        """Up to `limit` attempts of the delivery in (attempt_time, id) order, after `after`, their
+        errors shortened by domain.shown_error."""
         ...
 
     async def reschedule(self, delivery_id: str, due: datetime) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing_svc.webhooks import domain
-from billing_svc.webhooks.domain import Delivery, Endpoint
+from billing_svc.webhooks.domain import Attempt, Delivery, Endpoint
 from billing_svc.webhooks.tables import (
     WebhookAttemptRow,
     WebhookCursorRow,
@@ -137,7 +137,7 @@ class SqlWebhookRepository:
     ) -> None:
         await self._session.execute(
             insert(WebhookAttemptRow).values(
-                id=ids.new_id("wha"),
+                id=ids.new_id(domain.ATTEMPT_PREFIX),
                 delivery_id=delivery_id,
                 attempt_time=time,
                 http_status=http_status,
@@ -171,6 +171,31 @@ class SqlWebhookRepository:
             statement = statement.where(_of_view(view))
         rows = (await self._session.execute(statement.limit(limit))).scalars().all()
         return await self._views(rows)
+
+    async def list_attempts(
+        self, delivery_id: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Attempt]:
+        # The endpoint's URL comes along in the same statement: shown_error leaves it out of errors.
+        attempt = WebhookAttemptRow
+        ordered = keyset_after(select(attempt), attempt.attempt_time, attempt.id, after)
+        statement = (
+            ordered.add_columns(WebhookEndpointRow.url)
+            .join(WebhookDeliveryRow, WebhookDeliveryRow.id == attempt.delivery_id)
+            .outerjoin(WebhookEndpointRow, WebhookEndpointRow.id == WebhookDeliveryRow.endpoint_id)
+            .where(attempt.delivery_id == delivery_id)
+        )
+        rows = (await self._session.execute(statement.limit(limit))).all()
+        return [
+            Attempt(
+                id=row.id,
+                delivery_id=row.delivery_id,
+                attempt_time=row.attempt_time,
+                response_status_code=row.http_status,
+                error=domain.shown_error(row.error, url or ""),
+                duration_ms=row.duration_ms,
+            )
+            for row, url in rows
+        ]
 
     async def reschedule(self, delivery_id: str, due: datetime) -> None:
         await self._session.execute(

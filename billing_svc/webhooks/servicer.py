@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from billing_svc.webhooks import domain, use_cases
-from billing_svc.webhooks.domain import Delivery, Endpoint
+from billing_svc.webhooks.domain import Attempt, Delivery, Endpoint
 from billing_svc.webhooks.use_cases import WebhookDeps
 from core.errors import InvalidArgument
 from core.principal import caller_for
@@ -63,6 +63,17 @@ def delivery_to_proto(delivery: Delivery) -> webhook_pb2.WebhookDelivery:
         last_attempt_time=_timestamp(delivery.last_attempt_time),
         event_time=_timestamp(delivery.event_time),
         create_time=_timestamp(delivery.create_time),
+    )
+
+
+def attempt_to_proto(attempt: Attempt) -> webhook_pb2.WebhookDeliveryAttempt:
+    return webhook_pb2.WebhookDeliveryAttempt(
+        id=attempt.id,
+        delivery_id=attempt.delivery_id,
+        attempt_time=_timestamp(attempt.attempt_time),
+        response_status_code=attempt.response_status_code,
+        error=attempt.error,
+        duration_ms=attempt.duration_ms,
     )
 
 
@@ -135,6 +146,16 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
         self, request: webhook_pb2.GetWebhookDeliveryRequest, context: grpc.aio.ServicerContext
     ) -> webhook_pb2.WebhookDelivery:
         return delivery_to_proto(await use_cases.get_delivery(self._deps, request.id))
+
+    async def ListWebhookDeliveryAttempts(
+        self, request: webhook_pb2.ListWebhookDeliveryAttemptsRequest, context: grpc.aio.ServicerContext
+    ) -> webhook_pb2.ListWebhookDeliveryAttemptsResponse:
+        attempts, token = await use_cases.list_attempts(
+            self._deps, request.delivery_id, size=request.page_size, page_token=request.page_token
+        )
+        return webhook_pb2.ListWebhookDeliveryAttemptsResponse(
+            attempts=[attempt_to_proto(a) for a in attempts], next_page_token=token
+        )
 
     async def RedeliverWebhook(
         self, request: webhook_pb2.RedeliverWebhookRequest, context: grpc.aio.ServicerContext

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from billing_svc.webhooks import domain, targets
 from billing_svc.webhooks.domain import (
+    Attempt,
     Delivery,
     Endpoint,
     delivery_from_dict,
@@ -184,6 +185,20 @@ async def get_delivery(deps: WebhookDeps, delivery_id: str) -> Delivery:
     if found is None:
         raise delivery_not_found(delivery_id)
     return found
+
+
+async def list_attempts(
+    deps: WebhookDeps, delivery_id: str, *, size: int, page_token: str
+) -> tuple[list[Attempt], str]:
+    """A delivery's attempts by (attempt_time, id), oldest first: what its attempt_count counts."""
+    query = {"list": "webhook_attempts", "delivery_id": delivery_id}
+    page = deps.page_tokens.keyset_page(size, page_token, query)
+    async with deps.new_uow() as uow:
+        known = 0 < len(delivery_id) <= ids.MAX_LENGTH
+        if not known or await uow.webhooks.delivery(delivery_id) is None:
+            raise delivery_not_found(delivery_id)
+        rows = await uow.webhooks.list_attempts(delivery_id, after=page.after, limit=page.fetch_limit)
+    return page.slice(rows, key=lambda attempt: (attempt.attempt_time, attempt.id))
 
 
 async def redeliver(deps: WebhookDeps, caller: Caller, delivery_id: str) -> Delivery:

@@ -18,4 +18,5 @@ WEBHOOK_FIELDS: dict[str, JSON] = {
     f"{_PKG}.ListWebhookDeliveriesRequest.endpoint_id": _ENDPOINT_ID,
     f"{_PKG}.GetWebhookDeliveryRequest.id": _DELIVERY_ID,
     f"{_PKG}.RedeliverWebhookRequest.delivery_id": _DELIVERY_ID,
+    f"{_PKG}.ListWebhookDeliveryAttemptsRequest.delivery_id": _DELIVERY_ID,
 }

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pypdf
 import pytest
+from google.protobuf import timestamp_pb2
 from google.type import decimal_pb2
 
 from app.server import App
@@ -22,11 +23,12 @@ from billing_svc.subscriptions.use_cases import create_subscription
 from billing_svc.subscriptions.work import WithoutInvoices
 from core.principal import SYSTEM, Role
 from tally.billing.v1 import invoice_pb2 as pb
-from tally.billing.v1 import invoice_pb2_grpc
+from tally.billing.v1 import invoice_pb2_grpc, test_clock_pb2_grpc
+from tally.billing.v1 import test_clock_pb2 as tpb
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
 from tests.billing_support import new_account, new_plan
-from tests.integration.clock_support import ts
+from tests.integration.clock_support import T0, at, new_clock, ts
 from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, details, failing, mint, reason
 
@@ -288,3 +290,158 @@ async def test_an_invoice_renders_as_html_and_pdf_over_grpc_and_rest(
         async with http.get("/v1/invoices/inv_nope:render", headers=headers) as got:
             assert got.status == 404 and got.headers["Content-Type"].startswith("application/json")
             assert (await got.json())["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def history(account_id: str, **filters: object) -> pb.ListInvoicesRequest:
+    return pb.ListInvoicesRequest(account_id=account_id, **filters)  # type: ignore[arg-type]
+
+
+async def test_the_billing_history_filters_by_status_subscription_and_creation_time(
+    app: App, channel: grpc.aio.Channel
+) -> None:
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+    clocks = test_clock_pb2_grpc.TestClockServiceStub(channel)
+    clock = await clocks.CreateTestClock(tpb.CreateTestClockRequest(test_clock=new_clock(frozen_time=T0)))
+    account, other = await new_account(channel, 30), await new_account(channel, 31)
+    await clocks.AttachAccount(tpb.AttachAccountRequest(id=clock.id, account_id=account.id))
+    basic, extra = await new_plan(channel, "basic", base_minor=1000), await new_plan(channel, "extra")
+    hour = [T0 + timedelta(hours=n) for n in range(5)]
+
+    async def move_to(n: int) -> None:
+        await clocks.AdvanceTestClock(tpb.AdvanceTestClockRequest(id=clock.id, frozen_time=ts(hour[n])))
+
+    async def subscribe(plan_id: str) -> spb.Subscription:
+        new = spb.Subscription(account_id=account.id, plan_id=plan_id)
+        return await subs.CreateSubscription(spb.CreateSubscriptionRequest(subscription=new))
+
+    # The history, an hour apart on the account's clock: two sign-up invoices, two one-offs, a draft.
+    sub_a = await subscribe(basic.id)
+    await move_to(1)
+    one = await invoices.CreateInvoice(one_off(account.id, line("One", "1"), finalize=True))
+    await move_to(2)
+    sub_b = await subscribe(extra.id)
+    await move_to(3)
+    draft = await invoices.CreateInvoice(one_off(account.id, line("Draft", "1")))
+    await move_to(4)
+    four = await invoices.CreateInvoice(one_off(account.id, line("Four", "1"), finalize=True))
+    await invoices.CreateInvoice(one_off(other.id, line("Another account's", "1"), finalize=True))
+    everything = (await invoices.ListInvoices(history(account.id))).invoices
+    assert [at(inv.create_time) for inv in everything] == hour[::-1]  # newest first
+    of_a, of_b = (next(inv for inv in everything if inv.subscription_id == s.id) for s in (sub_a, sub_b))
+    assert at(of_a.create_time) == hour[0] and at(of_b.create_time) == hour[2]
+    assert at(one.create_time) == hour[1] and at(draft.create_time) == hour[3]
+
+    async def ids_of(**filters: object) -> list[str]:
+        return [inv.id for inv in (await invoices.ListInvoices(history(account.id, **filters))).invoices]
+
+    # [start, end): the start is in, the end is out.
+    assert await ids_of(create_time_start=ts(hour[1]), create_time_end=ts(hour[4])) == [
+        draft.id,
+        of_b.id,
+        one.id,
+    ]
+    assert await ids_of(create_time_start=ts(hour[3])) == [four.id, draft.id]
+    assert await ids_of(create_time_end=ts(hour[1])) == [of_a.id]
+    assert await ids_of(create_time_start=ts(hour[4] + timedelta(microseconds=1))) == []
+    # Combined with the other filters: every one given must match.
+    assert await ids_of(subscription_id=sub_a.id) == [of_a.id]
+    assert await ids_of(subscription_id=sub_b.id, create_time_start=ts(hour[1])) == [of_b.id]
+    assert await ids_of(subscription_id=sub_a.id, create_time_start=ts(hour[1])) == []
+    assert await ids_of(subscription_id="sub_nope") == []
+    assert await ids_of(statuses=[Status.STATUS_DRAFT, Status.STATUS_VOID], create_time_end=ts(hour[4])) == [
+        draft.id
+    ]
+    assert (
+        await ids_of(statuses=[Status.STATUS_DRAFT], subscription_id=sub_b.id, create_time_start=ts(hour[1]))
+        == []
+    )
+
+    # Pages of a ranged listing; a token is refused with any filter changed, and kept without.
+    ranged = {"create_time_start": ts(hour[1]), "create_time_end": ts(hour[4])}
+    first = await invoices.ListInvoices(history(account.id, page_size=2, **ranged))
+    rest = await invoices.ListInvoices(
+        history(account.id, page_size=2, page_token=first.next_page_token, **ranged)
+    )
+    assert [inv.id for inv in (*first.invoices, *rest.invoices)] == [draft.id, of_b.id, one.id]
+    assert rest.next_page_token == ""
+    changed: list[dict[str, object]] = [
+        {"create_time_start": ts(hour[1])},
+        {"create_time_end": ts(hour[4])},
+        {**ranged, "create_time_end": ts(hour[3])},
+        {**ranged, "subscription_id": sub_b.id},
+        {**ranged, "statuses": [Status.STATUS_OPEN]},
+    ]
+    for filters in changed:
+        error = await failing(
+            invoices.ListInvoices(
+                history(account.id, page_size=2, page_token=first.next_page_token, **filters)
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, filters
+        assert "page_token" in details(error).violations, filters
+    unranged = await invoices.ListInvoices(history(account.id, page_size=2))
+    error = await failing(
+        invoices.ListInvoices(history(account.id, page_token=unranged.next_page_token, **ranged))
+    )
+    assert "page_token" in details(error).violations
+
+    # Over REST: the same filters as query parameters, RFC 3339 times.
+    async with Gateway(app) as http:
+        headers = {"Authorization": f"Bearer {mint(app)}"}
+        query = [
+            ("statuses", "STATUS_OPEN"),
+            ("statuses", "STATUS_DRAFT"),
+            ("createTimeStart", hour[1].isoformat()),
+            ("createTimeEnd", hour[4].isoformat()),
+        ]
+        async with http.get(f"/v1/accounts/{account.id}/invoices", params=query, headers=headers) as got:
+            assert got.status == 200, await got.text()
+            assert [inv["id"] for inv in (await got.json())["invoices"]] == [draft.id, of_b.id, one.id]
+        query = [("subscriptionId", sub_b.id), ("create_time_end", hour[2].isoformat())]
+        async with http.get(f"/v1/accounts/{account.id}/invoices", params=query, headers=headers) as got:
+            assert got.status == 200 and "invoices" not in await got.json()  # B's invoice is at hour 2
+        query = [("createTimeStart", hour[2].isoformat()), ("createTimeEnd", hour[2].isoformat())]
+        async with http.get(f"/v1/accounts/{account.id}/invoices", params=query, headers=headers) as got:
+            assert got.status == 400 and "create_time_end" in await got.text()
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"create_time_start": ts(EPOCH), "create_time_end": ts(EPOCH)}, "create_time_end"),
+        ({"create_time_start": ts(FAR), "create_time_end": ts(EPOCH)}, "create_time_end"),
+        ({"create_time_start": timestamp_pb2.Timestamp(seconds=-(10**12))}, "create_time_start"),
+        ({"create_time_end": timestamp_pb2.Timestamp(seconds=1, nanos=-1)}, "create_time_end"),
+    ],
+)
+async def test_a_bad_creation_range_is_refused_naming_the_field(
+    channel: grpc.aio.Channel, filters: dict[str, object], field: str
+) -> None:
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    account = await new_account(channel, 32)
+    error = await failing(invoices.ListInvoices(history(account.id, **filters)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(details(error).violations) == [field], details(error).violations
+
+
+async def test_a_customers_filtered_history_is_its_own(app: App, channel: grpc.aio.Channel) -> None:
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    mine, theirs = await new_account(channel, 33), await new_account(channel, 34)
+    own = await invoices.CreateInvoice(one_off(mine.id, line("Mine", "1"), finalize=True))
+    await invoices.CreateInvoice(one_off(theirs.id, line("Theirs", "1"), finalize=True))
+    ranged = {"create_time_start": ts(EPOCH), "create_time_end": ts(FAR), "statuses": [Status.STATUS_OPEN]}
+    customer_token = mint(app, Role.CUSTOMER, account_id=mine.id)
+    async with channel_as(app, customer_token) as customer_channel:
+        customer = invoice_pb2_grpc.InvoiceServiceStub(customer_channel)
+        listed = await customer.ListInvoices(history(mine.id, **ranged))
+        assert [inv.id for inv in listed.invoices] == [own.id]
+        error = await failing(customer.ListInvoices(history(theirs.id, **ranged)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    async with Gateway(app) as http:
+        headers = {"Authorization": f"Bearer {customer_token}"}
+        query = {"createTimeStart": EPOCH.isoformat(), "createTimeEnd": FAR.isoformat()}
+        async with http.get(f"/v1/accounts/{mine.id}/invoices", params=query, headers=headers) as got:
+            assert [inv["id"] for inv in (await got.json())["invoices"]] == [own.id]
+        async with http.get(f"/v1/accounts/{theirs.id}/invoices", params=query, headers=headers) as got:
+            assert got.status == 404

@@ -26,6 +26,7 @@ from core.sealing import Sealer
 from core.settings import Settings
 from tally.billing.v1 import webhook_pb2
 from tally.billing.v1.webhook_pb2_grpc import WebhookServiceStub
+from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, eventually, failing, mint, serving
 from tests.webhook_receiver import Receiver, receiving
 
@@ -428,3 +429,75 @@ async def test_a_delivery_of_a_disabled_endpoint_is_not_redelivered(
             hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id="whd_nope"))
         )
         assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+def attempts_of(
+    delivery_id: str, page_size: int = 0, page_token: str = ""
+) -> webhook_pb2.ListWebhookDeliveryAttemptsRequest:
+    return webhook_pb2.ListWebhookDeliveryAttemptsRequest(
+        delivery_id=delivery_id, page_size=page_size, page_token=page_token
+    )
+
+
+async def test_a_deliverys_attempts_are_listed_oldest_first_by_page(
+    settings: Settings, receiver: Receiver
+) -> None:
+    receiver.fail_first = 3  # in_a's first two POSTs fail and in_b's first; then all are answered 204
+    async with served_hooks(settings, receiver) as (app, hooks, endpoint_id):
+        await emit_served(app, "in_a", "in_b")
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        clock = FrozenClock(start)
+        work = served_deliverer(app, clock)
+        await work.fan_out()
+        made = (await hooks.ListWebhookDeliveries(listing(endpoint_id))).webhook_deliveries
+        first, second = sorted(made, key=lambda d: d.resource_id)  # in_a's, in_b's
+        assert list((await hooks.ListWebhookDeliveryAttempts(attempts_of(first.id))).attempts) == []
+        assert await work.run_pass() == 0
+        clock.advance(timedelta(minutes=1))  # past the first retry's 5 s
+        assert await work.run_pass() == 1  # in_a fails again, in_b is delivered
+        clock.advance(timedelta(hours=1))  # past in_a's second retry's 5 min
+        assert await work.run_pass() == 1
+
+        listed = await hooks.ListWebhookDeliveryAttempts(attempts_of(first.id))
+        got = [(a.response_status_code, a.attempt_time.ToDatetime(tzinfo=UTC)) for a in listed.attempts]
+        moved = start + timedelta(minutes=1)
+        assert got == [(503, start), (503, moved), (204, moved + timedelta(hours=1))]
+        assert [a.error for a in listed.attempts] == ["Service Unavailable", "Service Unavailable", ""]
+        assert all(a.delivery_id == first.id and a.id.startswith("wha_") for a in listed.attempts)
+        assert all(a.duration_ms >= 0 for a in listed.attempts) and listed.next_page_token == ""
+        # The delivery sums up the same attempts.
+        done = await hooks.GetWebhookDelivery(webhook_pb2.GetWebhookDeliveryRequest(id=first.id))
+        assert (done.status, done.attempt_count) == (Status.STATUS_SUCCEEDED, len(listed.attempts))
+        assert done.last_attempt_time == listed.attempts[-1].attempt_time
+        other = (await hooks.ListWebhookDeliveryAttempts(attempts_of(second.id))).attempts
+        assert [(a.response_status_code, a.attempt_time.ToDatetime(tzinfo=UTC)) for a in other] == [
+            (503, start),
+            (204, moved),
+        ]
+
+        # By page; a token is for its own delivery's attempts.
+        page = await hooks.ListWebhookDeliveryAttempts(attempts_of(first.id, page_size=2))
+        rest = await hooks.ListWebhookDeliveryAttempts(attempts_of(first.id, 2, page.next_page_token))
+        assert [*page.attempts, *rest.attempts] == list(listed.attempts)
+        assert len(page.attempts) == 2 and rest.next_page_token == ""
+        error = await failing(
+            hooks.ListWebhookDeliveryAttempts(attempts_of(second.id, 2, page.next_page_token))
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for unknown in ("whd_nope", ""):
+            missing = await failing(hooks.ListWebhookDeliveryAttempts(attempts_of(unknown)))
+            assert missing.code() == grpc.StatusCode.NOT_FOUND, unknown
+
+        # Over REST, by the route the proto binds.
+        async with Gateway(app) as http:
+            headers = {"Authorization": f"Bearer {mint(app)}"}
+            path = f"/v1/webhookDeliveries/{first.id}/attempts"
+            async with http.get(path, params={"pageSize": "2"}, headers=headers) as answer:
+                body = await answer.json()
+                assert answer.status == 200, body
+                assert [a["responseStatusCode"] for a in body["attempts"]] == [503, 503]
+                token = body["nextPageToken"]
+            async with http.get(path, params={"pageToken": token}, headers=headers) as answer:
+                assert [a["id"] for a in (await answer.json())["attempts"]] == [listed.attempts[2].id]
+            async with http.get("/v1/webhookDeliveries/whd_nope/attempts", headers=headers) as answer:
+                assert answer.status == 404

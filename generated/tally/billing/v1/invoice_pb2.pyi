@@ -548,6 +548,8 @@ class ListInvoicesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_START_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_END_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     page_size: _builtins.int
@@ -564,6 +566,25 @@ class ListInvoicesRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___Invoice.Status.ValueType]:
         """Only invoices with one of these statuses."""
 
+    @_builtins.property
+    def create_time_start(self) -> _timestamp_pb2.Timestamp:
+        """Only invoices created at or after this time: with `create_time_end`, a
+        half-open range [create_time_start, create_time_end) of `create_time`.
+        The range is on the creation time rather than on the billed period
+        because every invoice has one (a one-off invoice has no period), it
+        never changes, and it is the order of the listing, so a range is one
+        stretch of the history; Stripe's list of invoices filters on `created`
+        likewise. `create_time` is the account's billing time (its test clock's,
+        when it has one). Unset: from the first invoice.
+        """
+
+    @_builtins.property
+    def create_time_end(self) -> _timestamp_pb2.Timestamp:
+        """Only invoices created before this time (exclusive). Must be after
+        `create_time_start` when both are set (INVALID_ARGUMENT naming
+        `create_time_end` otherwise). Unset: to the newest invoice.
+        """
+
     def __init__(
         self,
         *,
@@ -572,10 +593,12 @@ class ListInvoicesRequest(_message.Message):
         page_token: _builtins.str = ...,
         statuses: _abc.Iterable[Global___Invoice.Status.ValueType] | None = ...,
         subscription_id: _builtins.str = ...,
+        create_time_start: _timestamp_pb2.Timestamp | None = ...,
+        create_time_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_end", b"create_time_end", "create_time_start", b"create_time_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time_end", b"create_time_end", "create_time_start", b"create_time_start", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

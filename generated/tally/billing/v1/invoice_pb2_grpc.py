@@ -174,7 +174,9 @@ class InvoiceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListInvoices(self, request, context):
-        """Lists an account's invoices, newest first: its billing history.
+        """Lists an account's invoices, newest first: its billing history,
+        optionally of some statuses, of one subscription and created in a time
+        range (all the filters given must match).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

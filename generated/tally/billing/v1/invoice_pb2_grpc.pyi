@@ -73,7 +73,10 @@ class InvoiceServiceStub:
     GetInvoice: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.GetInvoiceRequest, _invoice_pb2.Invoice]
     """Returns one invoice. Customers see only their own account's."""
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.ListInvoicesRequest, _invoice_pb2.ListInvoicesResponse]
-    """Lists an account's invoices, newest first: its billing history."""
+    """Lists an account's invoices, newest first: its billing history,
+    optionally of some statuses, of one subscription and created in a time
+    range (all the filters given must match).
+    """
     AddInvoiceLine: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.AddInvoiceLineRequest, _invoice_pb2.Invoice]
     """Adds a one-off line to a draft invoice."""
     RemoveInvoiceLine: _grpc.UnaryUnaryMultiCallable[_invoice_pb2.RemoveInvoiceLineRequest, _invoice_pb2.Invoice]
@@ -180,7 +183,10 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     GetInvoice: _aio.UnaryUnaryMultiCallable[_invoice_pb2.GetInvoiceRequest, _invoice_pb2.Invoice]  # type: ignore[assignment]
     """Returns one invoice. Customers see only their own account's."""
     ListInvoices: _aio.UnaryUnaryMultiCallable[_invoice_pb2.ListInvoicesRequest, _invoice_pb2.ListInvoicesResponse]  # type: ignore[assignment]
-    """Lists an account's invoices, newest first: its billing history."""
+    """Lists an account's invoices, newest first: its billing history,
+    optionally of some statuses, of one subscription and created in a time
+    range (all the filters given must match).
+    """
     AddInvoiceLine: _aio.UnaryUnaryMultiCallable[_invoice_pb2.AddInvoiceLineRequest, _invoice_pb2.Invoice]  # type: ignore[assignment]
     """Adds a one-off line to a draft invoice."""
     RemoveInvoiceLine: _aio.UnaryUnaryMultiCallable[_invoice_pb2.RemoveInvoiceLineRequest, _invoice_pb2.Invoice]  # type: ignore[assignment]
@@ -302,7 +308,10 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _invoice_pb2.ListInvoicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_invoice_pb2.ListInvoicesResponse, _abc.Awaitable[_invoice_pb2.ListInvoicesResponse]]:
-        """Lists an account's invoices, newest first: its billing history."""
+        """Lists an account's invoices, newest first: its billing history,
+        optionally of some statuses, of one subscription and created in a time
+        range (all the filters given must match).
+        """
 
     @_abc_1.abstractmethod
     def AddInvoiceLine(

@@ -434,6 +434,114 @@ class GetWebhookDeliveryRequest(_message.Message):
 Global___GetWebhookDeliveryRequest: _TypeAlias = GetWebhookDeliveryRequest  # noqa: Y015
 
 @_typing.final
+class WebhookDeliveryAttempt(_message.Message):
+    """One attempt to send a delivery: one POST to the endpoint, or one refused
+    before it was sent (a target that resolves to a private address).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    RESPONSE_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned identifier, for example `wha_3f9kq0c2m8w1x7tz5v4b6n2h0d`."""
+    delivery_id: _builtins.str
+    """The delivery attempted."""
+    response_status_code: _builtins.int
+    """The HTTP status of the endpoint's answer; 0 when there was none
+    (refused target, connection error, timeout).
+    """
+    error: _builtins.str
+    """What went wrong, shortened, without the endpoint's URL; empty when the
+    endpoint answered 2xx.
+    """
+    duration_ms: _builtins.int
+    """How long the attempt took, in milliseconds."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt was made."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        delivery_id: _builtins.str = ...,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        response_status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time", "delivery_id", b"delivery_id", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "response_status_code", b"response_status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDeliveryAttempt: _TypeAlias = WebhookDeliveryAttempt  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveryAttemptsRequest(_message.Message):
+    """Request for ListWebhookDeliveryAttempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The delivery id."""
+    page_size: _builtins.int
+    """Maximum number of attempts to return: 50 when unset or 0, at most 1000."""
+    page_token: _builtins.str
+    """`next_page_token` from the previous response, to fetch the next page."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveryAttemptsRequest: _TypeAlias = ListWebhookDeliveryAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveryAttemptsResponse(_message.Message):
+    """Response for ListWebhookDeliveryAttempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDeliveryAttempt]:
+        """The attempts on this page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[Global___WebhookDeliveryAttempt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveryAttemptsResponse: _TypeAlias = ListWebhookDeliveryAttemptsResponse  # noqa: Y015
+
+@_typing.final
 class RedeliverWebhookRequest(_message.Message):
     """Request for RedeliverWebhook."""
 

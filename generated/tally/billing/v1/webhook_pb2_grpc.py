@@ -73,6 +73,11 @@ class WebhookServiceStub:
                 request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.SerializeToString,
                 response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveryAttempts = channel.unary_unary(
+                '/tally.billing.v1.WebhookService/ListWebhookDeliveryAttempts',
+                request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsRequest.SerializeToString,
+                response_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsResponse.FromString,
+                _registered_method=True)
         self.RedeliverWebhook = channel.unary_unary(
                 '/tally.billing.v1.WebhookService/RedeliverWebhook',
                 request_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.RedeliverWebhookRequest.SerializeToString,
@@ -137,6 +142,15 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveryAttempts(self, request, context):
+        """Lists a delivery's attempts, oldest first: when each was made, the
+        HTTP status it got, what went wrong and how long it took. A delivery's
+        `attempt_count` and `last_*` fields sum up the same attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RedeliverWebhook(self, request, context):
         """Sends a delivery again: it becomes due now, whatever its status (a
         failed one, its schedule spent, gets one fresh attempt). The delivery
@@ -184,6 +198,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.GetWebhookDelivery,
                     request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.FromString,
                     response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.SerializeToString,
+            ),
+            'ListWebhookDeliveryAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveryAttempts,
+                    request_deserializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsRequest.FromString,
+                    response_serializer=tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsResponse.SerializeToString,
             ),
             'RedeliverWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.RedeliverWebhook,
@@ -384,6 +403,33 @@ class WebhookService:
             '/tally.billing.v1.WebhookService/GetWebhookDelivery',
             tally_dot_billing_dot_v1_dot_webhook__pb2.GetWebhookDeliveryRequest.SerializeToString,
             tally_dot_billing_dot_v1_dot_webhook__pb2.WebhookDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveryAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.billing.v1.WebhookService/ListWebhookDeliveryAttempts',
+            tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsRequest.SerializeToString,
+            tally_dot_billing_dot_v1_dot_webhook__pb2.ListWebhookDeliveryAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

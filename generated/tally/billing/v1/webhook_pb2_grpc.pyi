@@ -53,6 +53,11 @@ class WebhookServiceStub:
     """Lists an endpoint's deliveries, oldest first, optionally of one status."""
     GetWebhookDelivery: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.GetWebhookDeliveryRequest, _webhook_pb2.WebhookDelivery]
     """Returns one delivery."""
+    ListWebhookDeliveryAttempts: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveryAttemptsRequest, _webhook_pb2.ListWebhookDeliveryAttemptsResponse]
+    """Lists a delivery's attempts, oldest first: when each was made, the
+    HTTP status it got, what went wrong and how long it took. A delivery's
+    `attempt_count` and `last_*` fields sum up the same attempts.
+    """
     RedeliverWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.RedeliverWebhookRequest, _webhook_pb2.WebhookDelivery]
     """Sends a delivery again: it becomes due now, whatever its status (a
     failed one, its schedule spent, gets one fresh attempt). The delivery
@@ -85,6 +90,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Lists an endpoint's deliveries, oldest first, optionally of one status."""
     GetWebhookDelivery: _aio.UnaryUnaryMultiCallable[_webhook_pb2.GetWebhookDeliveryRequest, _webhook_pb2.WebhookDelivery]  # type: ignore[assignment]
     """Returns one delivery."""
+    ListWebhookDeliveryAttempts: _aio.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveryAttemptsRequest, _webhook_pb2.ListWebhookDeliveryAttemptsResponse]  # type: ignore[assignment]
+    """Lists a delivery's attempts, oldest first: when each was made, the
+    HTTP status it got, what went wrong and how long it took. A delivery's
+    `attempt_count` and `last_*` fields sum up the same attempts.
+    """
     RedeliverWebhook: _aio.UnaryUnaryMultiCallable[_webhook_pb2.RedeliverWebhookRequest, _webhook_pb2.WebhookDelivery]  # type: ignore[assignment]
     """Sends a delivery again: it becomes due now, whatever its status (a
     failed one, its schedule spent, gets one fresh attempt). The delivery
@@ -156,6 +166,17 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_pb2.WebhookDelivery, _abc.Awaitable[_webhook_pb2.WebhookDelivery]]:
         """Returns one delivery."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveryAttempts(
+        self,
+        request: _webhook_pb2.ListWebhookDeliveryAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_pb2.ListWebhookDeliveryAttemptsResponse, _abc.Awaitable[_webhook_pb2.ListWebhookDeliveryAttemptsResponse]]:
+        """Lists a delivery's attempts, oldest first: when each was made, the
+        HTTP status it got, what went wrong and how long it took. A delivery's
+        `attempt_count` and `last_*` fields sum up the same attempts.
+        """
 
     @_abc_1.abstractmethod
     def RedeliverWebhook(
