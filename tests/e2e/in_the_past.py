@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -21,10 +22,11 @@ from tests.support import channel_as, cheap_passwords, mint
 
 @asynccontextmanager
 async def channel_in_the_past(
-    data_dir: Path, days: int, *, database_url: str | None = None
+    data_dir: Path, days: int, *, database_url: str | None = None, **settings: Any
 ) -> AsyncIterator[grpc.aio.Channel]:
     """An admin's channel to a server on `data_dir` (or `database_url`, migrated already) whose
-    clock is `days` before now; the server is stopped on the way out."""
+    clock is `days` before now, with any other `settings` given; the server is stopped on the way
+    out."""
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -37,6 +39,7 @@ async def channel_in_the_past(
         payment_reconciler=False,
         webhook_delivery=False,
         webhook_allow_private_targets=True,
+        **settings,
     )
     app = await build(
         settings, clock=FrozenClock(datetime.now(UTC) - timedelta(days=days)), passwords=cheap_passwords()
