@@ -192,6 +192,12 @@ async def test_a_running_worker_sends_webhooks_and_a_stopped_delivery_sends_none
         for number in ("INV-000001", "INV-000002", "INV-000003"):
             assert ("invoice.finalized", number) in events, events
         assert sorted(kind for kind, _ in events) == ["invoice.created"] * 3 + ["invoice.finalized"] * 3
+        # In order per invoice, the first invoice's events included: its created one was answered
+        # 503 and sent again on its schedule, and its finalized one waited behind it.
+        per_invoice: dict[object, list[str]] = {}
+        for _, message in hook.got:
+            per_invoice.setdefault(message["data"]["id"], []).append(str(message["type"]))  # type: ignore[index]
+        assert list(per_invoice.values()) == [["invoice.created", "invoice.finalized"]] * 3, per_invoice
         assert "webhook delivery" in stderr and "started" in stderr
 
 
