@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cache
+from itertools import islice
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -148,14 +149,7 @@ def _clean_map(field: FieldDescriptor, entries: Any) -> bool:
 
 def text_violations(request: Message) -> list[FieldViolation]:
     """The request's strings that break the text policy, at most MAX_VIOLATIONS of them."""
-    if _clean(request):
-        return []
-    found: list[FieldViolation] = []
-    for violation in _walk(request, ""):
-        found.append(violation)
-        if len(found) == MAX_VIOLATIONS:
-            break
-    return found
+    return [] if _clean(request) else list(islice(_walk(request, ""), MAX_VIOLATIONS))
 
 
 def check_text(request: Message) -> None:

@@ -123,16 +123,32 @@ class FakeMonotonic:
         self.now += seconds
 
 
+async def check_invoice_totals(app: App) -> None:
+    """The invariant over every invoice a test stored: its total is the sum of its line rows. Run as
+    a server a test used stops (`serving`, the `app` fixture, the scenarios' `simulated`), unless the
+    test failed already."""
+    from billing_svc.invoices.repository import count_mismatched_credit_notes, count_mismatched_totals
+
+    async with app.engine.connect() as connection:
+        mismatched = (await connection.execute(count_mismatched_totals())).scalar_one()
+        credit_notes = (await connection.execute(count_mismatched_credit_notes())).scalar_one()
+    assert mismatched == 0, f"{mismatched} stored invoice(s) whose total is not the sum of their lines"
+    # Credit notes: total = the sum of their lines = pre + post payment parts; an invoice's credited
+    # amounts are the sums of its credit notes' parts and never exceed its total.
+    assert credit_notes == 0, f"{credit_notes} credit note(s) or credited invoice(s) that do not add up"
+
+
 @asynccontextmanager
 async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterator[App]:
     """The real server for `settings` (cheap password hashing, on `clock` if given), started, and
-    stopped on the way out."""
+    stopped on the way out, after `check_invoice_totals` when the body ended without an error."""
     from app.server import build
 
     app = await build(settings, clock=clock, passwords=cheap_passwords())
     await app.start()
     try:
         yield app
+        await check_invoice_totals(app)
     finally:
         await app.stop(grace=0)
 

@@ -538,7 +538,7 @@ class SqlCreditNoteRepository:
 
 def count_mismatched_totals() -> Any:
     """A statement counting invoices whose stored total is not the sum of their line rows (the
-    invariant tests/conftest.py checks after every test on PostgreSQL and SQLite)."""
+    invariant tests/support.py `check_invoice_totals` checks after every test on PostgreSQL and SQLite)."""
     sums = (
         select(InvoiceLineRow.invoice_id, func.sum(InvoiceLineRow.amount_minor).label("amount"))
         .group_by(InvoiceLineRow.invoice_id)
@@ -558,7 +558,7 @@ def count_mismatched_totals() -> Any:
 def count_mismatched_credit_notes() -> Any:
     """A statement counting credit notes whose stored total is not the sum of their line rows or
     not the sum of its two parts, and invoices whose credited amounts are not the sum of their credit
-    notes' parts or exceed their total (the invariant tests/conftest.py checks after every test)."""
+    notes' parts or exceed their total (the invariant tests/support.py checks after every test)."""
     sums = (
         select(CreditNoteLineRow.credit_note_id, func.sum(CreditNoteLineRow.amount_minor).label("amount"))
         .group_by(CreditNoteLineRow.credit_note_id)

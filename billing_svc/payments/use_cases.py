@@ -11,13 +11,12 @@ until the reconciler settles it by a lookup.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from billing_svc.invoices import domain as invoices
 from billing_svc.invoices import use_cases as invoice_use_cases
 from billing_svc.payments import domain, refunds
-from billing_svc.payments.card_numbers import contains_card_number
 from billing_svc.payments.collect import CollectInvoice, PaymentDeps, collect, drive, reload, start
 from billing_svc.payments.domain import Payment, PaymentSettings, PaymentStatus
 from billing_svc.payments.ports import PaymentsUnitOfWork
@@ -63,13 +62,6 @@ class PaymentPage:
 SETTINGS_FIELDS = ("gateway", "default_payment_method")
 
 
-def refuse_card_numbers(violations: Violations, fields: Mapping[str, str]) -> None:
-    """A card number in any of these fields is a violation naming the field, never echoing it."""
-    for name, value in fields.items():
-        if value and contains_card_number(value):
-            violations.add(name, "must not contain a card number: pass a payment gateway token")
-
-
 def _check_create(command: CreatePayment) -> None:
     violations = Violations()
     if not command.account_id and not command.invoice_id:
@@ -84,19 +76,15 @@ def _check_create(command: CreatePayment) -> None:
         violations.add("payment_method", f"must be at most {domain.MAX_PAYMENT_METHOD} characters")
     if len(command.metadata) > domain.MAX_METADATA:
         violations.add("metadata", f"must have at most {domain.MAX_METADATA} entries")
-    fields = {"payment_method": command.payment_method, "description": command.description}
+    # A card number in the payment method, the description or the metadata was refused before the use
+    # case ran: the fields carry `refuse_card_numbers` (core/card_policy.py).
     for key, value in command.metadata:
-        if contains_card_number(key):
-            violations.add("metadata", "keys must not contain a card number")
-        else:
-            fields[f"metadata['{key[: domain.MAX_METADATA_KEY]}']"] = value
         if len(key) > domain.MAX_METADATA_KEY or len(value) > domain.MAX_METADATA_VALUE:
             violations.add(
                 "metadata",
                 f"keys must be at most {domain.MAX_METADATA_KEY} characters, values "
                 f"{domain.MAX_METADATA_VALUE}",
             )
-    refuse_card_numbers(violations, fields)
     violations.raise_if_any()
 
 
@@ -170,10 +158,8 @@ async def create_payment(deps: PaymentDeps, caller: Caller, command: CreatePayme
 
 
 async def pay_invoice(deps: PaymentDeps, caller: Caller, invoice_id: str, payment_method: str) -> None:
-    """PayInvoice through the gateway: collect what remains (the caller reads the invoice after)."""
-    violations = Violations()
-    refuse_card_numbers(violations, {"payment_method": payment_method})
-    violations.raise_if_any()
+    """PayInvoice through the gateway: collect what remains (the caller reads the invoice after). A card
+    number as the payment method was refused before the use case ran (core/card_policy.py)."""
     await collect(deps, caller, invoice_id, payment_method)
 
 
@@ -230,7 +216,6 @@ async def refund_payment(deps: PaymentDeps, caller: Caller, command: RefundPayme
         violations.add("amount.amount_minor", "must be greater than 0")
     if len(command.reason) > domain.MAX_REASON:
         violations.add("reason", f"must be at most {domain.MAX_REASON} characters")
-    refuse_card_numbers(violations, {"reason": command.reason})
     violations.raise_if_any()
 
     async def intent(uow: PaymentsUnitOfWork) -> Payment:
@@ -269,7 +254,6 @@ async def update_payment_settings(
         violations.add(
             "settings.default_payment_method", f"must be at most {domain.MAX_PAYMENT_METHOD} characters"
         )
-    refuse_card_numbers(violations, {"settings.default_payment_method": command.default_payment_method})
     violations.raise_if_any()
     if "gateway" in command.fields and command.gateway:
         deps.gateways.choose(command.gateway, "")  # FAILED_PRECONDITION when it is not configured here

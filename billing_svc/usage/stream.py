@@ -14,7 +14,8 @@ While the reader waits, gRPC's flow control stops the producer, so the server ne
 than `max_unacknowledged` events of one stream that it has not acknowledged.
 
 Every event meets the text policy that interceptors/validation.py applies to unary requests
-(core.text_policy): an event with a bad string is refused alone, naming the field.
+(core.text_policy) and the card-number policy (core.card_policy): an event with a bad string is
+refused alone, naming the field.
 
 Event ids: an event with its own id keeps it. On a stream whose first message names a
 `producer_id`, an event without an id gets `<producer_id>:<sequence>`, so a producer that lost
@@ -38,6 +39,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 
 from billing_svc.usage.domain import Outcome, RecordResult, UsageInput
 from billing_svc.usage.usage_proto import add_result, input_from_proto
+from core.card_policy import card_violations
 from core.errors import InvalidArgument
 from core.text_policy import text_violations
 from tally.billing.v1 import usage_pb2
@@ -205,10 +207,12 @@ class UsageStream:
                     )
                 )
             self._previous = batch.last = record.sequence
-            # The text policy the interceptor applies to unary requests, event by event here.
+            # The text and card-number policies the interceptor applies to unary requests, event by
+            # event here.
             violations = text_violations(record.request)
-            if violations:
-                error = InvalidArgument(violations, reason="INVALID_TEXT")
+            cards = card_violations(record.request) if not violations else []
+            if violations or cards:
+                error = InvalidArgument(violations or cards, reason="INVALID_TEXT" if violations else None)
                 batch.refused[record.sequence] = RecordResult(Outcome.FAILED, error=error)
                 continue
             request = record.request

@@ -2,17 +2,20 @@
 (SqlInvoiceRepository.number_invoice: on PostgreSQL one statement that spells the number in SQL,
 on SQLite the sequence's upsert and an UPDATE). Both must spell it as
 billing_svc.invoices.domain.number_text does, past six digits too, and give the number back when
-the transaction rolls back."""
+the transaction rolls back. And the repository's other database rule: one cycle invoice per
+subscription and period start (`cycle_key`, unique)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.exc import NoResultFound
+from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_svc.invoices.cycle_use_cases import cycle_key
 from billing_svc.invoices.domain import Invoice, InvoiceReason, InvoiceStatus, number_text
 from billing_svc.invoices.repository import SqlInvoiceRepository
 from billing_svc.invoices.tables import InvoiceNumberSequenceRow, InvoiceRow
@@ -95,3 +98,29 @@ async def test_numbering_a_missing_invoice_fails(engine: AsyncEngine) -> None:
         # PostgreSQL's statement returns no row (NoResultFound); SQLite's UPDATE matches none.
         with pytest.raises((NoResultFound, LookupError)):
             await SqlInvoiceRepository(session).number_invoice("inv_missing", PREFIX)
+
+
+async def test_a_second_cycle_invoice_for_one_subscription_period_is_refused_by_the_database(
+    engine: AsyncEngine,
+) -> None:
+    """`cycle_key` is unique: whatever the worker's check saw, the database stores one invoice per
+    subscription per period start (two workers racing past the check included)."""
+    sessions = db.session_factory(engine)
+    first, later = cycle_key("sub_cycle", T0), cycle_key("sub_cycle", T0 + timedelta(days=31))
+
+    async def add(invoice_id: str, key: str) -> None:
+        cycle = replace(_unnumbered(invoice_id), subscription_id="sub_cycle", status=InvoiceStatus.DRAFT)
+        async with sessions() as session, session.begin():
+            await SqlInvoiceRepository(session).add(cycle, cycle_key=key)
+
+    await add("inv_cycle_1", first)
+    with pytest.raises(IntegrityError):
+        await add("inv_cycle_2", first)
+    await add("inv_cycle_3", later)  # the next period of the same subscription is another key
+    async with sessions() as session:
+        stored = await session.execute(
+            select(InvoiceRow.id, InvoiceRow.cycle_key)
+            .where(InvoiceRow.id.like("inv_cycle_%"))
+            .order_by(InvoiceRow.id)
+        )
+        assert [tuple(row) for row in stored] == [("inv_cycle_1", first), ("inv_cycle_3", later)]

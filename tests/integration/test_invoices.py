@@ -27,7 +27,7 @@ from tally.billing.v1 import invoice_pb2_grpc, test_clock_pb2_grpc
 from tally.billing.v1 import test_clock_pb2 as tpb
 from tally.subscription.v1 import subscription_pb2 as spb
 from tally.subscription.v1 import subscription_pb2_grpc
-from tests.billing_support import new_account, new_plan
+from tests.billing_support import new_account, new_plan, per_seat
 from tests.integration.clock_support import T0, at, new_clock, ts
 from tests.integration.test_gateway import Gateway
 from tests.support import channel_as, details, failing, mint, reason
@@ -110,6 +110,36 @@ async def test_a_period_invoice_takes_the_pending_items_once(app: App, channel: 
     assert [ln.id for ln in edited.lines] == [setup.id] and edited.total.amount_minor == 15001
     back = await subs.ListPendingInvoiceItems(spb.ListPendingInvoiceItemsRequest(account_id=account.id))
     assert [item.id for item in back.items] == [pending.items[0].id]
+
+
+async def test_the_sign_up_invoice_bills_seats_on_a_seats_line(channel: grpc.aio.Channel) -> None:
+    """A per-seat price times the subscription's quantity is a KIND_SEATS line of its own, beside the
+    base fee, with the quantity, the unit price and the amount as stored."""
+    invoices = invoice_pb2_grpc.InvoiceServiceStub(channel)
+    subs = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+    account = await new_account(channel, 31)
+    plan = await new_plan(channel, "seated", base_minor=2000, seat_price=per_seat("12.50"))
+    subscription = await subs.CreateSubscription(
+        spb.CreateSubscriptionRequest(
+            subscription=spb.Subscription(account_id=account.id, plan_id=plan.id, quantity=3)
+        )
+    )
+    listed = await invoices.ListInvoices(
+        pb.ListInvoicesRequest(account_id=account.id, subscription_id=subscription.id)
+    )
+    [signup] = listed.invoices
+    stored = await invoices.GetInvoice(pb.GetInvoiceRequest(id=signup.id))
+    by_kind = {ln.kind: ln for ln in stored.lines}
+    assert sorted(by_kind) == [pb.InvoiceLine.KIND_SUBSCRIPTION_FEE, pb.InvoiceLine.KIND_SEATS]
+    seats = by_kind[pb.InvoiceLine.KIND_SEATS]
+    assert (seats.quantity.value, seats.unit_price.value, seats.amount.amount_minor) == ("3", "12.50", 3750)
+    assert seats.subscription_id == subscription.id
+    assert (seats.period_start, seats.period_end) == (
+        subscription.current_period_start,
+        subscription.current_period_end,
+    )
+    assert by_kind[pb.InvoiceLine.KIND_SUBSCRIPTION_FEE].amount.amount_minor == 2000
+    assert stored.total.amount_minor == 5750
 
 
 async def test_finalizing_numbers_without_gaps_and_freezes(channel: grpc.aio.Channel) -> None:

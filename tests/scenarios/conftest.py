@@ -27,7 +27,7 @@ from billing_svc.usage.tables import UsageEventIdRow, UsageHourlyRow, UsageRecor
 from core.clock import FrozenClock
 from core.settings import Settings
 from tests.integration.sandbox_support import sandbox_process
-from tests.support import cheap_passwords, mint
+from tests.support import cheap_passwords, check_invoice_totals, mint
 
 # A Monday at 09:00 UTC, with microseconds, so that times survive every round trip exactly.
 DAY_0 = datetime(2027, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
@@ -110,8 +110,9 @@ async def charges_executed(sandbox_url: str) -> int:
 async def simulated(
     settings: Settings, overrides: Mapping[str, object] | None = None
 ) -> AsyncIterator[Simulation]:
-    """The app on a FrozenClock at DAY_0 with `overrides` (app.server.build's), started; stopped after.
-    Usage upkeep is off (see `without_usage_upkeep`)."""
+    """The app on a FrozenClock at DAY_0 with `overrides` (app.server.build's), started; stopped after,
+    its invoices checked first (`check_invoice_totals`) when the scenario passed. Usage upkeep is off
+    (see `without_usage_upkeep`)."""
     settings = without_usage_upkeep(settings)
     clock = FrozenClock(DAY_0)
     app = await build(settings, clock=clock, passwords=cheap_passwords(), overrides=overrides)
@@ -121,6 +122,7 @@ async def simulated(
             f"127.0.0.1:{app.port}", interceptors=[FreshAdminToken(app)]
         ) as channel:
             yield Simulation(app, clock, channel)
+        await check_invoice_totals(app)
     finally:
         await app.stop(grace=0)
 

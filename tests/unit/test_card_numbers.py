@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing_svc.payments.card_numbers import contains_card_number, luhn_valid
+from core.card_numbers import contains_card_number, luhn_valid
 from core.ids import new_id, new_ordered_id
 
 

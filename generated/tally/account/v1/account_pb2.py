@@ -28,9 +28,10 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import postal_address_pb2 as google_dot_type_dot_postal__address__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/account/v1/account.proto\x12\x10tally.account.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a google/type/postal_address.proto\x1a\x1dtally/options/v1/access.proto\"\xe4\x04\n\x07\x41\x63\x63ount\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05phone\x18\x04 \x01(\t\x12\x33\n\x0f\x62illing_address\x18\x05 \x01(\x0b\x32\x1a.google.type.PostalAddress\x12\x1b\n\rcurrency_code\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x06status\x18\x07 \x01(\x0e\x32 .tally.account.v1.Account.Status\x12\x39\n\x08metadata\x18\x08 \x03(\x0b\x32\'.tally.account.v1.Account.MetadataEntry\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12\x19\n\x11\x62illing_time_zone\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ACTIVE\x10\x01\x12\x14\n\x10STATUS_SUSPENDED\x10\x02\"\\\n\x14\x43reateAccountRequest\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.tally.account.v1.AccountB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x11GetAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cshow_deleted\x18\x02 \x01(\x08\"b\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x04 \x01(\x08\"\\\n\x14ListAccountsResponse\x12+\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x19.tally.account.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8d\x01\n\x14UpdateAccountRequest\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.tally.account.v1.AccountB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x14\x44\x65leteAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x16UndeleteAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xe3\x06\n\x0e\x41\x63\x63ountService\x12\x85\x01\n\rCreateAccount\x12&.tally.account.v1.CreateAccountRequest\x1a\x19.tally.account.v1.Account\"1\x92\x82\x19\x10\x12\x0e\x61\x63\x63ounts:write\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/accounts:\x07\x61\x63\x63ount\x12\x80\x01\n\nGetAccount\x12#.tally.account.v1.GetAccountRequest\x1a\x19.tally.account.v1.Account\"2\x92\x82\x19\x15\x12\raccounts:read\x18\x01\"\x02id\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/accounts/{id}\x12\x88\x01\n\x0cListAccounts\x12%.tally.account.v1.ListAccountsRequest\x1a&.tally.account.v1.ListAccountsResponse\")\x92\x82\x19\x11\x12\raccounts:read\x18\x02\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/accounts\x12\xa0\x01\n\rUpdateAccount\x12&.tally.account.v1.UpdateAccountRequest\x1a\x19.tally.account.v1.Account\"L\x92\x82\x19\x1e\x12\x0e\x61\x63\x63ounts:write\x18\x01\"\naccount.id\x82\xd3\xe4\x93\x02$2\x19/v1/accounts/{account.id}:\x07\x61\x63\x63ount\x12\x82\x01\n\rDeleteAccount\x12&.tally.account.v1.DeleteAccountRequest\x1a\x19.tally.account.v1.Account\".\x92\x82\x19\x11\x12\x0f\x61\x63\x63ounts:delete\x82\xd3\xe4\x93\x02\x13*\x11/v1/accounts/{id}\x12\x92\x01\n\x0fUndeleteAccount\x12(.tally.account.v1.UndeleteAccountRequest\x1a\x19.tally.account.v1.Account\":\x92\x82\x19\x11\x12\x0f\x61\x63\x63ounts:delete\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/accounts/{id}:undelete:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/account/v1/account.proto\x12\x10tally.account.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a google/type/postal_address.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\"\xf2\x04\n\x07\x41\x63\x63ount\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\x9a\x82\x19\x02\x18\x01\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05phone\x18\x04 \x01(\t\x12\x33\n\x0f\x62illing_address\x18\x05 \x01(\x0b\x32\x1a.google.type.PostalAddress\x12\x1b\n\rcurrency_code\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x06status\x18\x07 \x01(\x0e\x32 .tally.account.v1.Account.Status\x12\x41\n\x08metadata\x18\x08 \x03(\x0b\x32\'.tally.account.v1.Account.MetadataEntryB\x06\x9a\x82\x19\x02\x18\x01\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12\x19\n\x11\x62illing_time_zone\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ACTIVE\x10\x01\x12\x14\n\x10STATUS_SUSPENDED\x10\x02\"\\\n\x14\x43reateAccountRequest\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.tally.account.v1.AccountB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x11GetAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cshow_deleted\x18\x02 \x01(\x08\"b\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x04 \x01(\x08\"\\\n\x14ListAccountsResponse\x12+\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x19.tally.account.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8d\x01\n\x14UpdateAccountRequest\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.tally.account.v1.AccountB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x14\x44\x65leteAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x16UndeleteAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xe3\x06\n\x0e\x41\x63\x63ountService\x12\x85\x01\n\rCreateAccount\x12&.tally.account.v1.CreateAccountRequest\x1a\x19.tally.account.v1.Account\"1\x92\x82\x19\x10\x12\x0e\x61\x63\x63ounts:write\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/accounts:\x07\x61\x63\x63ount\x12\x80\x01\n\nGetAccount\x12#.tally.account.v1.GetAccountRequest\x1a\x19.tally.account.v1.Account\"2\x92\x82\x19\x15\x12\raccounts:read\x18\x01\"\x02id\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/accounts/{id}\x12\x88\x01\n\x0cListAccounts\x12%.tally.account.v1.ListAccountsRequest\x1a&.tally.account.v1.ListAccountsResponse\")\x92\x82\x19\x11\x12\raccounts:read\x18\x02\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/accounts\x12\xa0\x01\n\rUpdateAccount\x12&.tally.account.v1.UpdateAccountRequest\x1a\x19.tally.account.v1.Account\"L\x92\x82\x19\x1e\x12\x0e\x61\x63\x63ounts:write\x18\x01\"\naccount.id\x82\xd3\xe4\x93\x02$2\x19/v1/accounts/{account.id}:\x07\x61\x63\x63ount\x12\x82\x01\n\rDeleteAccount\x12&.tally.account.v1.DeleteAccountRequest\x1a\x19.tally.account.v1.Account\".\x92\x82\x19\x11\x12\x0f\x61\x63\x63ounts:delete\x82\xd3\xe4\x93\x02\x13*\x11/v1/accounts/{id}\x12\x92\x01\n\x0fUndeleteAccount\x12(.tally.account.v1.UndeleteAccountRequest\x1a\x19.tally.account.v1.Account\":\x92\x82\x19\x11\x12\x0f\x61\x63\x63ounts:delete\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/accounts/{id}:undelete:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCOUNT'].fields_by_name['id']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_ACCOUNT'].fields_by_name['display_name']._loaded_options = None
-  _globals['_ACCOUNT'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_ACCOUNT'].fields_by_name['display_name']._serialized_options = b'\342A\001\002\232\202\031\002\030\001'
   _globals['_ACCOUNT'].fields_by_name['email']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['email']._serialized_options = b'\342A\001\002'
   _globals['_ACCOUNT'].fields_by_name['currency_code']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['currency_code']._serialized_options = b'\342A\001\002'
+  _globals['_ACCOUNT'].fields_by_name['metadata']._loaded_options = None
+  _globals['_ACCOUNT'].fields_by_name['metadata']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_ACCOUNT'].fields_by_name['create_time']._loaded_options = None
   _globals['_ACCOUNT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_ACCOUNT'].fields_by_name['update_time']._loaded_options = None
@@ -75,26 +78,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCOUNTSERVICE'].methods_by_name['DeleteAccount']._serialized_options = b'\222\202\031\021\022\017accounts:delete\202\323\344\223\002\023*\021/v1/accounts/{id}'
   _globals['_ACCOUNTSERVICE'].methods_by_name['UndeleteAccount']._loaded_options = None
   _globals['_ACCOUNTSERVICE'].methods_by_name['UndeleteAccount']._serialized_options = b'\222\202\031\021\022\017accounts:delete\202\323\344\223\002\037\"\032/v1/accounts/{id}:undelete:\001*'
-  _globals['_ACCOUNT']._serialized_start=248
-  _globals['_ACCOUNT']._serialized_end=860
-  _globals['_ACCOUNT_METADATAENTRY']._serialized_start=738
-  _globals['_ACCOUNT_METADATAENTRY']._serialized_end=785
-  _globals['_ACCOUNT_STATUS']._serialized_start=787
-  _globals['_ACCOUNT_STATUS']._serialized_end=860
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=862
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=954
-  _globals['_GETACCOUNTREQUEST']._serialized_start=956
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1015
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1017
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1115
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1117
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1209
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=1212
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1353
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1355
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1429
-  _globals['_UNDELETEACCOUNTREQUEST']._serialized_start=1431
-  _globals['_UNDELETEACCOUNTREQUEST']._serialized_end=1493
-  _globals['_ACCOUNTSERVICE']._serialized_start=1496
-  _globals['_ACCOUNTSERVICE']._serialized_end=2363
+  _globals['_ACCOUNT']._serialized_start=277
+  _globals['_ACCOUNT']._serialized_end=903
+  _globals['_ACCOUNT_METADATAENTRY']._serialized_start=781
+  _globals['_ACCOUNT_METADATAENTRY']._serialized_end=828
+  _globals['_ACCOUNT_STATUS']._serialized_start=830
+  _globals['_ACCOUNT_STATUS']._serialized_end=903
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=905
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=997
+  _globals['_GETACCOUNTREQUEST']._serialized_start=999
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1058
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1060
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1158
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1160
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1252
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=1255
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1396
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1398
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1472
+  _globals['_UNDELETEACCOUNTREQUEST']._serialized_start=1474
+  _globals['_UNDELETEACCOUNTREQUEST']._serialized_end=1536
+  _globals['_ACCOUNTSERVICE']._serialized_start=1539
+  _globals['_ACCOUNTSERVICE']._serialized_end=2406
 # @@protoc_insertion_point(module_scope)

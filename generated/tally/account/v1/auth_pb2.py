@@ -26,9 +26,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btally/account/v1/auth.proto\x12\x10tally.account.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\"\xa1\x02\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x04role\x18\x03 \x01(\x0e\x32\x1b.tally.account.v1.User.RoleB\x04\xe2\x41\x01\x02\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_CUSTOMER\x10\x02\"\xc2\x01\n\x0eServiceAccount\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x8f\x01\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x03\x12\r\n\x05scope\x18\x06 \x01(\t\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\",\n\rLogoutRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x10\n\x0eLogoutResponse\"`\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"k\n\x11\x43reateUserRequest\x12*\n\x04user\x18\x01 \x01(\x0b\x32\x16.tally.account.v1.UserB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x0eGetUserRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"r\n\x1b\x43reateServiceAccountRequest\x12?\n\x0fservice_account\x18\x01 \x01(\x0b\x32 .tally.account.v1.ServiceAccountB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"p\n\x1c\x43reateServiceAccountResponse\x12\x39\n\x0fservice_account\x18\x01 \x01(\x0b\x32 .tally.account.v1.ServiceAccount\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"Y\n\x1aListServiceAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"r\n\x1bListServiceAccountsResponse\x12:\n\x10service_accounts\x18\x01 \x03(\x0b\x32 .tally.account.v1.ServiceAccount\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x1b\x44\x65leteServiceAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xf4\t\n\x0b\x41uthService\x12o\n\x05Login\x12\x1e.tally.account.v1.LoginRequest\x1a\x1f.tally.account.v1.TokenResponse\"%\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12\x7f\n\x0cRefreshToken\x12%.tally.account.v1.RefreshTokenRequest\x1a\x1f.tally.account.v1.TokenResponse\"\'\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12s\n\x06Logout\x12\x1f.tally.account.v1.LogoutRequest\x1a .tally.account.v1.LogoutResponse\"&\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12\x87\x01\n\x11IssueServiceToken\x12*.tally.account.v1.IssueServiceTokenRequest\x1a\x1f.tally.account.v1.TokenResponse\"%\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:token:\x01*\x12p\n\nCreateUser\x12#.tally.account.v1.CreateUserRequest\x1a\x16.tally.account.v1.User\"%\x92\x82\x19\r\x12\x0busers:write\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12k\n\x07GetUser\x12 .tally.account.v1.GetUserRequest\x1a\x16.tally.account.v1.User\"&\x92\x82\x19\x0c\x12\nusers:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/users/{id}\x12\xbf\x01\n\x14\x43reateServiceAccount\x12-.tally.account.v1.CreateServiceAccountRequest\x1a..tally.account.v1.CreateServiceAccountResponse\"H\x92\x82\x19\x18\x12\x16service_accounts:write\x82\xd3\xe4\x93\x02&\"\x13/v1/serviceAccounts:\x0fservice_account\x12\xaa\x01\n\x13ListServiceAccounts\x12,.tally.account.v1.ListServiceAccountsRequest\x1a-.tally.account.v1.ListServiceAccountsResponse\"6\x92\x82\x19\x17\x12\x15service_accounts:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/serviceAccounts\x12\xa5\x01\n\x14\x44\x65leteServiceAccount\x12-.tally.account.v1.DeleteServiceAccountRequest\x1a .tally.account.v1.ServiceAccount\"<\x92\x82\x19\x18\x12\x16service_accounts:write\x82\xd3\xe4\x93\x02\x1a*\x18/v1/serviceAccounts/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btally/account/v1/auth.proto\x12\x10tally.account.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\"\xa1\x02\n\x04User\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x04role\x18\x03 \x01(\x0e\x32\x1b.tally.account.v1.User.RoleB\x04\xe2\x41\x01\x02\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_CUSTOMER\x10\x02\"\xc8\x01\n\x0eServiceAccount\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x0c\x64isplay_name\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\x9a\x82\x19\x02\x18\x01\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x8f\x01\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x1a\n\x12refresh_expires_in\x18\x05 \x01(\x03\x12\r\n\x05scope\x18\x06 \x01(\t\";\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x13RefreshTokenRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\",\n\rLogoutRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x10\n\x0eLogoutResponse\"`\n\x18IssueServiceTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rclient_secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"k\n\x11\x43reateUserRequest\x12*\n\x04user\x18\x01 \x01(\x0b\x32\x16.tally.account.v1.UserB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\"\n\x0eGetUserRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"r\n\x1b\x43reateServiceAccountRequest\x12?\n\x0fservice_account\x18\x01 \x01(\x0b\x32 .tally.account.v1.ServiceAccountB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"p\n\x1c\x43reateServiceAccountResponse\x12\x39\n\x0fservice_account\x18\x01 \x01(\x0b\x32 .tally.account.v1.ServiceAccount\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"Y\n\x1aListServiceAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"r\n\x1bListServiceAccountsResponse\x12:\n\x10service_accounts\x18\x01 \x03(\x0b\x32 .tally.account.v1.ServiceAccount\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x1b\x44\x65leteServiceAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xf4\t\n\x0b\x41uthService\x12o\n\x05Login\x12\x1e.tally.account.v1.LoginRequest\x1a\x1f.tally.account.v1.TokenResponse\"%\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12\x7f\n\x0cRefreshToken\x12%.tally.account.v1.RefreshTokenRequest\x1a\x1f.tally.account.v1.TokenResponse\"\'\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12s\n\x06Logout\x12\x1f.tally.account.v1.LogoutRequest\x1a .tally.account.v1.LogoutResponse\"&\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12\x87\x01\n\x11IssueServiceToken\x12*.tally.account.v1.IssueServiceTokenRequest\x1a\x1f.tally.account.v1.TokenResponse\"%\x92\x82\x19\x08\x08\x01*\x04\x61uth\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:token:\x01*\x12p\n\nCreateUser\x12#.tally.account.v1.CreateUserRequest\x1a\x16.tally.account.v1.User\"%\x92\x82\x19\r\x12\x0busers:write\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12k\n\x07GetUser\x12 .tally.account.v1.GetUserRequest\x1a\x16.tally.account.v1.User\"&\x92\x82\x19\x0c\x12\nusers:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/users/{id}\x12\xbf\x01\n\x14\x43reateServiceAccount\x12-.tally.account.v1.CreateServiceAccountRequest\x1a..tally.account.v1.CreateServiceAccountResponse\"H\x92\x82\x19\x18\x12\x16service_accounts:write\x82\xd3\xe4\x93\x02&\"\x13/v1/serviceAccounts:\x0fservice_account\x12\xaa\x01\n\x13ListServiceAccounts\x12,.tally.account.v1.ListServiceAccountsRequest\x1a-.tally.account.v1.ListServiceAccountsResponse\"6\x92\x82\x19\x17\x12\x15service_accounts:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/serviceAccounts\x12\xa5\x01\n\x14\x44\x65leteServiceAccount\x12-.tally.account.v1.DeleteServiceAccountRequest\x1a .tally.account.v1.ServiceAccount\"<\x92\x82\x19\x18\x12\x16service_accounts:write\x82\xd3\xe4\x93\x02\x1a*\x18/v1/serviceAccounts/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,7 +49,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEACCOUNT'].fields_by_name['id']._loaded_options = None
   _globals['_SERVICEACCOUNT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_SERVICEACCOUNT'].fields_by_name['display_name']._loaded_options = None
-  _globals['_SERVICEACCOUNT'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_SERVICEACCOUNT'].fields_by_name['display_name']._serialized_options = b'\342A\001\002\232\202\031\002\030\001'
   _globals['_SERVICEACCOUNT'].fields_by_name['scopes']._loaded_options = None
   _globals['_SERVICEACCOUNT'].fields_by_name['scopes']._serialized_options = b'\342A\001\002'
   _globals['_SERVICEACCOUNT'].fields_by_name['create_time']._loaded_options = None
@@ -95,38 +96,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['ListServiceAccounts']._serialized_options = b'\222\202\031\027\022\025service_accounts:read\202\323\344\223\002\025\022\023/v1/serviceAccounts'
   _globals['_AUTHSERVICE'].methods_by_name['DeleteServiceAccount']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['DeleteServiceAccount']._serialized_options = b'\222\202\031\030\022\026service_accounts:write\202\323\344\223\002\032*\030/v1/serviceAccounts/{id}'
-  _globals['_USER']._serialized_start=177
-  _globals['_USER']._serialized_end=466
-  _globals['_USER_ROLE']._serialized_start=403
-  _globals['_USER_ROLE']._serialized_end=466
-  _globals['_SERVICEACCOUNT']._serialized_start=469
-  _globals['_SERVICEACCOUNT']._serialized_end=663
-  _globals['_TOKENRESPONSE']._serialized_start=666
-  _globals['_TOKENRESPONSE']._serialized_end=809
-  _globals['_LOGINREQUEST']._serialized_start=811
-  _globals['_LOGINREQUEST']._serialized_end=870
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=872
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=922
-  _globals['_LOGOUTREQUEST']._serialized_start=924
-  _globals['_LOGOUTREQUEST']._serialized_end=968
-  _globals['_LOGOUTRESPONSE']._serialized_start=970
-  _globals['_LOGOUTRESPONSE']._serialized_end=986
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=988
-  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1084
-  _globals['_CREATEUSERREQUEST']._serialized_start=1086
-  _globals['_CREATEUSERREQUEST']._serialized_end=1193
-  _globals['_GETUSERREQUEST']._serialized_start=1195
-  _globals['_GETUSERREQUEST']._serialized_end=1229
-  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_start=1231
-  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_end=1345
-  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_start=1347
-  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_end=1459
-  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_start=1461
-  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_end=1550
-  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_start=1552
-  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_end=1666
-  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_start=1668
-  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_end=1735
-  _globals['_AUTHSERVICE']._serialized_start=1738
-  _globals['_AUTHSERVICE']._serialized_end=3006
+  _globals['_USER']._serialized_start=206
+  _globals['_USER']._serialized_end=495
+  _globals['_USER_ROLE']._serialized_start=432
+  _globals['_USER_ROLE']._serialized_end=495
+  _globals['_SERVICEACCOUNT']._serialized_start=498
+  _globals['_SERVICEACCOUNT']._serialized_end=698
+  _globals['_TOKENRESPONSE']._serialized_start=701
+  _globals['_TOKENRESPONSE']._serialized_end=844
+  _globals['_LOGINREQUEST']._serialized_start=846
+  _globals['_LOGINREQUEST']._serialized_end=905
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=907
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=957
+  _globals['_LOGOUTREQUEST']._serialized_start=959
+  _globals['_LOGOUTREQUEST']._serialized_end=1003
+  _globals['_LOGOUTRESPONSE']._serialized_start=1005
+  _globals['_LOGOUTRESPONSE']._serialized_end=1021
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_start=1023
+  _globals['_ISSUESERVICETOKENREQUEST']._serialized_end=1119
+  _globals['_CREATEUSERREQUEST']._serialized_start=1121
+  _globals['_CREATEUSERREQUEST']._serialized_end=1228
+  _globals['_GETUSERREQUEST']._serialized_start=1230
+  _globals['_GETUSERREQUEST']._serialized_end=1264
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_start=1266
+  _globals['_CREATESERVICEACCOUNTREQUEST']._serialized_end=1380
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_start=1382
+  _globals['_CREATESERVICEACCOUNTRESPONSE']._serialized_end=1494
+  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_start=1496
+  _globals['_LISTSERVICEACCOUNTSREQUEST']._serialized_end=1585
+  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_start=1587
+  _globals['_LISTSERVICEACCOUNTSRESPONSE']._serialized_end=1701
+  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_start=1703
+  _globals['_DELETESERVICEACCOUNTREQUEST']._serialized_end=1770
+  _globals['_AUTHSERVICE']._serialized_start=1773
+  _globals['_AUTHSERVICE']._serialized_end=3041
 # @@protoc_insertion_point(module_scope)

@@ -27,9 +27,10 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctally/billing/v1/meter.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\"\xad\x04\n\x05Meter\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x04\x63ode\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nunit_label\x18\x04 \x01(\t\x12?\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32#.tally.billing.v1.Meter.AggregationB\x05\xe2\x41\x02\x02\x05\x12\x16\n\x08property\x18\x06 \x01(\tB\x04\xe2\x41\x01\x05\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x61rchive_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t\"\xbf\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x01\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x1c\n\x18\x41GGREGATION_UNIQUE_COUNT\x10\x04\x12\x16\n\x12\x41GGREGATION_LATEST\x10\x05\x12\x1c\n\x18\x41GGREGATION_WEIGHTED_SUM\x10\x06\"V\n\x12\x43reateMeterRequest\x12,\n\x05meter\x18\x01 \x01(\x0b\x32\x17.tally.billing.v1.MeterB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"#\n\x0fGetMeterRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x11ListMetersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rshow_archived\x18\x03 \x01(\x08\"V\n\x12ListMetersResponse\x12\'\n\x06meters\x18\x01 \x03(\x0b\x32\x17.tally.billing.v1.Meter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x12UpdateMeterRequest\x12,\n\x05meter\x18\x01 \x01(\x0b\x32\x17.tally.billing.v1.MeterB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x13\x41rchiveMeterRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\x8c\x05\n\x0cMeterService\x12z\n\x0b\x43reateMeter\x12$.tally.billing.v1.CreateMeterRequest\x1a\x17.tally.billing.v1.Meter\",\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x13\"\n/v1/meters:\x05meter\x12q\n\x08GetMeter\x12!.tally.billing.v1.GetMeterRequest\x1a\x17.tally.billing.v1.Meter\")\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/meters/{id}\x12}\n\nListMeters\x12#.tally.billing.v1.ListMetersRequest\x1a$.tally.billing.v1.ListMetersResponse\"$\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/meters\x12\x85\x01\n\x0bUpdateMeter\x12$.tally.billing.v1.UpdateMeterRequest\x1a\x17.tally.billing.v1.Meter\"7\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1e\x32\x15/v1/meters/{meter.id}:\x05meter\x12\x85\x01\n\x0c\x41rchiveMeter\x12%.tally.billing.v1.ArchiveMeterRequest\x1a\x17.tally.billing.v1.Meter\"5\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/meters/{id}:archive:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctally/billing/v1/meter.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\"\xbb\x04\n\x05Meter\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x04\x63ode\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12 \n\x0c\x64isplay_name\x18\x03 \x01(\tB\n\xe2\x41\x01\x02\x9a\x82\x19\x02\x18\x01\x12\x1a\n\nunit_label\x18\x04 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12?\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32#.tally.billing.v1.Meter.AggregationB\x05\xe2\x41\x02\x02\x05\x12\x16\n\x08property\x18\x06 \x01(\tB\x04\xe2\x41\x01\x05\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x61rchive_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t\"\xbf\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x01\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x1c\n\x18\x41GGREGATION_UNIQUE_COUNT\x10\x04\x12\x16\n\x12\x41GGREGATION_LATEST\x10\x05\x12\x1c\n\x18\x41GGREGATION_WEIGHTED_SUM\x10\x06\"V\n\x12\x43reateMeterRequest\x12,\n\x05meter\x18\x01 \x01(\x0b\x32\x17.tally.billing.v1.MeterB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"#\n\x0fGetMeterRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x11ListMetersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rshow_archived\x18\x03 \x01(\x08\"V\n\x12ListMetersResponse\x12\'\n\x06meters\x18\x01 \x03(\x0b\x32\x17.tally.billing.v1.Meter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x12UpdateMeterRequest\x12,\n\x05meter\x18\x01 \x01(\x0b\x32\x17.tally.billing.v1.MeterB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x13\x41rchiveMeterRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\x8c\x05\n\x0cMeterService\x12z\n\x0b\x43reateMeter\x12$.tally.billing.v1.CreateMeterRequest\x1a\x17.tally.billing.v1.Meter\",\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x13\"\n/v1/meters:\x05meter\x12q\n\x08GetMeter\x12!.tally.billing.v1.GetMeterRequest\x1a\x17.tally.billing.v1.Meter\")\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/meters/{id}\x12}\n\nListMeters\x12#.tally.billing.v1.ListMetersRequest\x1a$.tally.billing.v1.ListMetersResponse\"$\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/meters\x12\x85\x01\n\x0bUpdateMeter\x12$.tally.billing.v1.UpdateMeterRequest\x1a\x17.tally.billing.v1.Meter\"7\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1e\x32\x15/v1/meters/{meter.id}:\x05meter\x12\x85\x01\n\x0c\x41rchiveMeter\x12%.tally.billing.v1.ArchiveMeterRequest\x1a\x17.tally.billing.v1.Meter\"5\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/meters/{id}:archive:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METER'].fields_by_name['code']._loaded_options = None
   _globals['_METER'].fields_by_name['code']._serialized_options = b'\342A\002\002\005'
   _globals['_METER'].fields_by_name['display_name']._loaded_options = None
-  _globals['_METER'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_METER'].fields_by_name['display_name']._serialized_options = b'\342A\001\002\232\202\031\002\030\001'
+  _globals['_METER'].fields_by_name['unit_label']._loaded_options = None
+  _globals['_METER'].fields_by_name['unit_label']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_METER'].fields_by_name['aggregation']._loaded_options = None
   _globals['_METER'].fields_by_name['aggregation']._serialized_options = b'\342A\002\002\005'
   _globals['_METER'].fields_by_name['property']._loaded_options = None
@@ -70,22 +73,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METERSERVICE'].methods_by_name['UpdateMeter']._serialized_options = b'\222\202\031\017\022\rcatalog:write\202\323\344\223\002\0362\025/v1/meters/{meter.id}:\005meter'
   _globals['_METERSERVICE'].methods_by_name['ArchiveMeter']._loaded_options = None
   _globals['_METERSERVICE'].methods_by_name['ArchiveMeter']._serialized_options = b'\222\202\031\017\022\rcatalog:write\202\323\344\223\002\034\"\027/v1/meters/{id}:archive:\001*'
-  _globals['_METER']._serialized_start=212
-  _globals['_METER']._serialized_end=769
-  _globals['_METER_AGGREGATION']._serialized_start=578
-  _globals['_METER_AGGREGATION']._serialized_end=769
-  _globals['_CREATEMETERREQUEST']._serialized_start=771
-  _globals['_CREATEMETERREQUEST']._serialized_end=857
-  _globals['_GETMETERREQUEST']._serialized_start=859
-  _globals['_GETMETERREQUEST']._serialized_end=894
-  _globals['_LISTMETERSREQUEST']._serialized_start=896
-  _globals['_LISTMETERSREQUEST']._serialized_end=977
-  _globals['_LISTMETERSRESPONSE']._serialized_start=979
-  _globals['_LISTMETERSRESPONSE']._serialized_end=1065
-  _globals['_UPDATEMETERREQUEST']._serialized_start=1068
-  _globals['_UPDATEMETERREQUEST']._serialized_end=1203
-  _globals['_ARCHIVEMETERREQUEST']._serialized_start=1205
-  _globals['_ARCHIVEMETERREQUEST']._serialized_end=1264
-  _globals['_METERSERVICE']._serialized_start=1267
-  _globals['_METERSERVICE']._serialized_end=1919
+  _globals['_METER']._serialized_start=241
+  _globals['_METER']._serialized_end=812
+  _globals['_METER_AGGREGATION']._serialized_start=621
+  _globals['_METER_AGGREGATION']._serialized_end=812
+  _globals['_CREATEMETERREQUEST']._serialized_start=814
+  _globals['_CREATEMETERREQUEST']._serialized_end=900
+  _globals['_GETMETERREQUEST']._serialized_start=902
+  _globals['_GETMETERREQUEST']._serialized_end=937
+  _globals['_LISTMETERSREQUEST']._serialized_start=939
+  _globals['_LISTMETERSREQUEST']._serialized_end=1020
+  _globals['_LISTMETERSRESPONSE']._serialized_start=1022
+  _globals['_LISTMETERSRESPONSE']._serialized_end=1108
+  _globals['_UPDATEMETERREQUEST']._serialized_start=1111
+  _globals['_UPDATEMETERREQUEST']._serialized_end=1246
+  _globals['_ARCHIVEMETERREQUEST']._serialized_start=1248
+  _globals['_ARCHIVEMETERREQUEST']._serialized_end=1307
+  _globals['_METERSERVICE']._serialized_start=1310
+  _globals['_METERSERVICE']._serialized_end=1962
 # @@protoc_insertion_point(module_scope)

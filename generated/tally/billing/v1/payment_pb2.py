@@ -28,10 +28,11 @@ from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 from tally.type.v1 import money_pb2 as tally_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/billing/v1/payment.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\x1a\x19tally/type/v1/money.proto\"-\n\x1aReceiveStripeEventResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"\xb2\x05\n\x07Payment\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\naccount_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ninvoice_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x33\n\x0f\x61mount_refunded\x18\x05 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x36\n\x06status\x18\x06 \x01(\x0e\x32 .tally.billing.v1.Payment.StatusB\x04\xe2\x41\x01\x03\x12\x15\n\x07gateway\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0epayment_method\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x66\x61ilure_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32 .tally.billing.v1.PaymentAttemptB\x04\xe2\x41\x01\x03\x12\x36\n\x07refunds\x18\x0c \x03(\x0b\x32\x1f.tally.billing.v1.PaymentRefundB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\xa1\x03\n\x0ePaymentAttempt\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12=\n\x06status\x18\x02 \x01(\x0e\x32\'.tally.billing.v1.PaymentAttempt.StatusB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64\x65\x63line_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x66inish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9c\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10STATUS_IN_FLIGHT\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x13\n\x0fSTATUS_DECLINED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x05\x12\x12\n\x0eSTATUS_PENDING\x10\x06\"\xd5\x02\n\rPaymentRefund\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x03 \x01(\x0e\x32&.tally.billing.v1.PaymentRefund.StatusB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x63redit_note_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\x93\x01\n\x0fPaymentSettings\x12\x18\n\naccount_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07gateway\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_payment_method\x18\x03 \x01(\t\x12\x35\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9e\x02\n\x14\x43reatePaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x46\n\x08metadata\x18\x06 \x03(\x0b\x32\x34.tally.billing.v1.CreatePaymentRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x11GetPaymentRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x98\x01\n\x13ListPaymentsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12\x32\n\x08statuses\x18\x03 \x03(\x0e\x32 .tally.billing.v1.Payment.Status\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.tally.billing.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x14RefundPaymentRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"5\n\x19GetPaymentSettingsRequest\x12\x18\n\naccount_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9e\x01\n\x1cUpdatePaymentSettingsRequest\x12\x39\n\x08settings\x18\x01 \x01(\x0b\x32!.tally.billing.v1.PaymentSettingsB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\x9c\x07\n\x0ePaymentService\x12\x7f\n\rCreatePayment\x12&.tally.billing.v1.CreatePaymentRequest\x1a\x19.tally.billing.v1.Payment\"+\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/payments:\x01*\x12|\n\nGetPayment\x12#.tally.billing.v1.GetPaymentRequest\x1a\x19.tally.billing.v1.Payment\".\x92\x82\x19\x11\x12\rpayments:read\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/payments/{id}\x12\x88\x01\n\x0cListPayments\x12%.tally.billing.v1.ListPaymentsRequest\x1a&.tally.billing.v1.ListPaymentsResponse\")\x92\x82\x19\x11\x12\rpayments:read\x18\x02\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x8b\x01\n\rRefundPayment\x12&.tally.billing.v1.RefundPaymentRequest\x1a\x19.tally.billing.v1.Payment\"7\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/payments/{id}:refund:\x01*\x12\xaa\x01\n\x12GetPaymentSettings\x12+.tally.billing.v1.GetPaymentSettingsRequest\x1a!.tally.billing.v1.PaymentSettings\"D\x92\x82\x19\x0f\x12\rpayments:read\x82\xd3\xe4\x93\x02+\x12)/v1/accounts/{account_id}/paymentSettings\x12\xc4\x01\n\x15UpdatePaymentSettings\x12..tally.billing.v1.UpdatePaymentSettingsRequest\x1a!.tally.billing.v1.PaymentSettings\"X\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02>22/v1/accounts/{settings.account_id}/paymentSettings:\x08settings2\xab\x01\n\x13GatewayEventService\x12\x93\x01\n\x12ReceiveStripeEvent\x12\x14.google.api.HttpBody\x1a,.tally.billing.v1.ReceiveStripeEventResponse\"9\x92\x82\x19\x12\x08\x01*\x0egateway_events\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/gatewayEvents/stripe:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etally/billing/v1/payment.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\x1a\x19tally/type/v1/money.proto\"-\n\x1aReceiveStripeEventResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"\xb2\x05\n\x07Payment\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\naccount_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ninvoice_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x33\n\x0f\x61mount_refunded\x18\x05 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x36\n\x06status\x18\x06 \x01(\x0e\x32 .tally.billing.v1.Payment.StatusB\x04\xe2\x41\x01\x03\x12\x15\n\x07gateway\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0epayment_method\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x66\x61ilure_message\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x38\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32 .tally.billing.v1.PaymentAttemptB\x04\xe2\x41\x01\x03\x12\x36\n\x07refunds\x18\x0c \x03(\x0b\x32\x1f.tally.billing.v1.PaymentRefundB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\xa1\x03\n\x0ePaymentAttempt\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12=\n\x06status\x18\x02 \x01(\x0e\x32\'.tally.billing.v1.PaymentAttempt.StatusB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64\x65\x63line_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x66inish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9c\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10STATUS_IN_FLIGHT\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x13\n\x0fSTATUS_DECLINED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\x12\x12\n\x0eSTATUS_UNKNOWN\x10\x05\x12\x12\n\x0eSTATUS_PENDING\x10\x06\"\xd5\x02\n\rPaymentRefund\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12*\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.tally.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x03 \x01(\x0e\x32&.tally.billing.v1.PaymentRefund.StatusB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x63redit_note_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_SUCCEEDED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\x9b\x01\n\x0fPaymentSettings\x12\x18\n\naccount_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07gateway\x18\x02 \x01(\t\x12&\n\x16\x64\x65\x66\x61ult_payment_method\x18\x03 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x35\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb6\x02\n\x14\x43reatePaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x1e\n\x0epayment_method\x18\x04 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x1b\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12N\n\x08metadata\x18\x06 \x03(\x0b\x32\x34.tally.billing.v1.CreatePaymentRequest.MetadataEntryB\x06\x9a\x82\x19\x02\x18\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x11GetPaymentRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x98\x01\n\x13ListPaymentsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ninvoice_id\x18\x02 \x01(\t\x12\x32\n\x08statuses\x18\x03 \x03(\x0e\x32 .tally.billing.v1.Payment.Status\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.tally.billing.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"z\n\x14RefundPaymentRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x16\n\x06reason\x18\x03 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"5\n\x19GetPaymentSettingsRequest\x12\x18\n\naccount_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9e\x01\n\x1cUpdatePaymentSettingsRequest\x12\x39\n\x08settings\x18\x01 \x01(\x0b\x32!.tally.billing.v1.PaymentSettingsB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\x9c\x07\n\x0ePaymentService\x12\x7f\n\rCreatePayment\x12&.tally.billing.v1.CreatePaymentRequest\x1a\x19.tally.billing.v1.Payment\"+\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/payments:\x01*\x12|\n\nGetPayment\x12#.tally.billing.v1.GetPaymentRequest\x1a\x19.tally.billing.v1.Payment\".\x92\x82\x19\x11\x12\rpayments:read\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/payments/{id}\x12\x88\x01\n\x0cListPayments\x12%.tally.billing.v1.ListPaymentsRequest\x1a&.tally.billing.v1.ListPaymentsResponse\")\x92\x82\x19\x11\x12\rpayments:read\x18\x02\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x8b\x01\n\rRefundPayment\x12&.tally.billing.v1.RefundPaymentRequest\x1a\x19.tally.billing.v1.Payment\"7\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/payments/{id}:refund:\x01*\x12\xaa\x01\n\x12GetPaymentSettings\x12+.tally.billing.v1.GetPaymentSettingsRequest\x1a!.tally.billing.v1.PaymentSettings\"D\x92\x82\x19\x0f\x12\rpayments:read\x82\xd3\xe4\x93\x02+\x12)/v1/accounts/{account_id}/paymentSettings\x12\xc4\x01\n\x15UpdatePaymentSettings\x12..tally.billing.v1.UpdatePaymentSettingsRequest\x1a!.tally.billing.v1.PaymentSettings\"X\x92\x82\x19\x10\x12\x0epayments:write\x82\xd3\xe4\x93\x02>22/v1/accounts/{settings.account_id}/paymentSettings:\x08settings2\xab\x01\n\x13GatewayEventService\x12\x93\x01\n\x12ReceiveStripeEvent\x12\x14.google.api.HttpBody\x1a,.tally.billing.v1.ReceiveStripeEventResponse\"9\x92\x82\x19\x12\x08\x01*\x0egateway_events\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/gatewayEvents/stripe:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -94,14 +95,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTREFUND'].fields_by_name['credit_note_id']._serialized_options = b'\342A\001\003'
   _globals['_PAYMENTSETTINGS'].fields_by_name['account_id']._loaded_options = None
   _globals['_PAYMENTSETTINGS'].fields_by_name['account_id']._serialized_options = b'\342A\001\003'
+  _globals['_PAYMENTSETTINGS'].fields_by_name['default_payment_method']._loaded_options = None
+  _globals['_PAYMENTSETTINGS'].fields_by_name['default_payment_method']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_PAYMENTSETTINGS'].fields_by_name['update_time']._loaded_options = None
   _globals['_PAYMENTSETTINGS'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['payment_method']._loaded_options = None
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['payment_method']._serialized_options = b'\232\202\031\002\030\001'
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['description']._loaded_options = None
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['description']._serialized_options = b'\232\202\031\002\030\001'
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['metadata']._loaded_options = None
+  _globals['_CREATEPAYMENTREQUEST'].fields_by_name['metadata']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_GETPAYMENTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETPAYMENTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REFUNDPAYMENTREQUEST'].fields_by_name['reason']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_GETPAYMENTSETTINGSREQUEST'].fields_by_name['account_id']._loaded_options = None
   _globals['_GETPAYMENTSETTINGSREQUEST'].fields_by_name['account_id']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEPAYMENTSETTINGSREQUEST'].fields_by_name['settings']._loaded_options = None
@@ -120,40 +131,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE'].methods_by_name['UpdatePaymentSettings']._serialized_options = b'\222\202\031\020\022\016payments:write\202\323\344\223\002>22/v1/accounts/{settings.account_id}/paymentSettings:\010settings'
   _globals['_GATEWAYEVENTSERVICE'].methods_by_name['ReceiveStripeEvent']._loaded_options = None
   _globals['_GATEWAYEVENTSERVICE'].methods_by_name['ReceiveStripeEvent']._serialized_options = b'\222\202\031\022\010\001*\016gateway_events\202\323\344\223\002\035\"\030/v1/gatewayEvents/stripe:\001*'
-  _globals['_RECEIVESTRIPEEVENTRESPONSE']._serialized_start=267
-  _globals['_RECEIVESTRIPEEVENTRESPONSE']._serialized_end=312
-  _globals['_PAYMENT']._serialized_start=315
-  _globals['_PAYMENT']._serialized_end=1005
-  _globals['_PAYMENT_STATUS']._serialized_start=912
-  _globals['_PAYMENT_STATUS']._serialized_end=1005
-  _globals['_PAYMENTATTEMPT']._serialized_start=1008
-  _globals['_PAYMENTATTEMPT']._serialized_end=1425
-  _globals['_PAYMENTATTEMPT_STATUS']._serialized_start=1269
-  _globals['_PAYMENTATTEMPT_STATUS']._serialized_end=1425
-  _globals['_PAYMENTREFUND']._serialized_start=1428
-  _globals['_PAYMENTREFUND']._serialized_end=1769
-  _globals['_PAYMENTREFUND_STATUS']._serialized_start=912
-  _globals['_PAYMENTREFUND_STATUS']._serialized_end=1005
-  _globals['_PAYMENTSETTINGS']._serialized_start=1772
-  _globals['_PAYMENTSETTINGS']._serialized_end=1919
-  _globals['_CREATEPAYMENTREQUEST']._serialized_start=1922
-  _globals['_CREATEPAYMENTREQUEST']._serialized_end=2208
-  _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._serialized_start=2161
-  _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._serialized_end=2208
-  _globals['_GETPAYMENTREQUEST']._serialized_start=2210
-  _globals['_GETPAYMENTREQUEST']._serialized_end=2247
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=2250
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=2402
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=2404
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=2496
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=2498
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=2612
-  _globals['_GETPAYMENTSETTINGSREQUEST']._serialized_start=2614
-  _globals['_GETPAYMENTSETTINGSREQUEST']._serialized_end=2667
-  _globals['_UPDATEPAYMENTSETTINGSREQUEST']._serialized_start=2670
-  _globals['_UPDATEPAYMENTSETTINGSREQUEST']._serialized_end=2828
-  _globals['_PAYMENTSERVICE']._serialized_start=2831
-  _globals['_PAYMENTSERVICE']._serialized_end=3755
-  _globals['_GATEWAYEVENTSERVICE']._serialized_start=3758
-  _globals['_GATEWAYEVENTSERVICE']._serialized_end=3929
+  _globals['_RECEIVESTRIPEEVENTRESPONSE']._serialized_start=296
+  _globals['_RECEIVESTRIPEEVENTRESPONSE']._serialized_end=341
+  _globals['_PAYMENT']._serialized_start=344
+  _globals['_PAYMENT']._serialized_end=1034
+  _globals['_PAYMENT_STATUS']._serialized_start=941
+  _globals['_PAYMENT_STATUS']._serialized_end=1034
+  _globals['_PAYMENTATTEMPT']._serialized_start=1037
+  _globals['_PAYMENTATTEMPT']._serialized_end=1454
+  _globals['_PAYMENTATTEMPT_STATUS']._serialized_start=1298
+  _globals['_PAYMENTATTEMPT_STATUS']._serialized_end=1454
+  _globals['_PAYMENTREFUND']._serialized_start=1457
+  _globals['_PAYMENTREFUND']._serialized_end=1798
+  _globals['_PAYMENTREFUND_STATUS']._serialized_start=941
+  _globals['_PAYMENTREFUND_STATUS']._serialized_end=1034
+  _globals['_PAYMENTSETTINGS']._serialized_start=1801
+  _globals['_PAYMENTSETTINGS']._serialized_end=1956
+  _globals['_CREATEPAYMENTREQUEST']._serialized_start=1959
+  _globals['_CREATEPAYMENTREQUEST']._serialized_end=2269
+  _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._serialized_start=2222
+  _globals['_CREATEPAYMENTREQUEST_METADATAENTRY']._serialized_end=2269
+  _globals['_GETPAYMENTREQUEST']._serialized_start=2271
+  _globals['_GETPAYMENTREQUEST']._serialized_end=2308
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=2311
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=2463
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=2465
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=2557
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=2559
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=2681
+  _globals['_GETPAYMENTSETTINGSREQUEST']._serialized_start=2683
+  _globals['_GETPAYMENTSETTINGSREQUEST']._serialized_end=2736
+  _globals['_UPDATEPAYMENTSETTINGSREQUEST']._serialized_start=2739
+  _globals['_UPDATEPAYMENTSETTINGSREQUEST']._serialized_end=2897
+  _globals['_PAYMENTSERVICE']._serialized_start=2900
+  _globals['_PAYMENTSERVICE']._serialized_end=3824
+  _globals['_GATEWAYEVENTSERVICE']._serialized_start=3827
+  _globals['_GATEWAYEVENTSERVICE']._serialized_end=3998
 # @@protoc_insertion_point(module_scope)

@@ -26,9 +26,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tally/billing/v1/test_clock.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\"\xf3\x01\n\tTestClock\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x35\n\x0b\x66rozen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x61\x63\x63ount_ids\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb2\x02\n\x0b\x42illingWork\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".tally.billing.v1.BillingWork.Kind\x12,\n\x08\x64ue_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x04 \x01(\t\x12 \n\x18pending_invoice_item_ids\x18\x05 \x03(\t\"t\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_TRIAL_END\x10\x01\x12\x10\n\x0cKIND_RENEWAL\x10\x02\x12\x19\n\x15KIND_SCHEDULED_CHANGE\x10\x03\x12\x15\n\x11KIND_CANCELLATION\x10\x04\"c\n\x16\x43reateTestClockRequest\x12\x35\n\ntest_clock\x18\x01 \x01(\x0b\x32\x1b.tally.billing.v1.TestClockB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\'\n\x13GetTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x15ListTestClocksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x16ListTestClocksResponse\x12\x30\n\x0btest_clocks\x18\x01 \x03(\x0b\x32\x1b.tally.billing.v1.TestClock\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x16\x44\x65leteTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\".\n\x17\x44\x65leteTestClockResponse\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\"V\n\x14\x41ttachAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\naccount_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"v\n\x17\x41\x64vanceTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x66rozen_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"x\n\x18\x41\x64vanceTestClockResponse\x12/\n\ntest_clock\x18\x01 \x01(\x0b\x32\x1b.tally.billing.v1.TestClock\x12+\n\x04work\x18\x02 \x03(\x0b\x32\x1d.tally.billing.v1.BillingWork2\xa2\x07\n\x10TestClockService\x12\x92\x01\n\x0f\x43reateTestClock\x12(.tally.billing.v1.CreateTestClockRequest\x1a\x1b.tally.billing.v1.TestClock\"8\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02\x1c\"\x0e/v1/testClocks:\ntest_clock\x12\x84\x01\n\x0cGetTestClock\x12%.tally.billing.v1.GetTestClockRequest\x1a\x1b.tally.billing.v1.TestClock\"0\x92\x82\x19\x11\x12\x0ftestclocks:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/testClocks/{id}\x12\x90\x01\n\x0eListTestClocks\x12\'.tally.billing.v1.ListTestClocksRequest\x1a(.tally.billing.v1.ListTestClocksResponse\"+\x92\x82\x19\x11\x12\x0ftestclocks:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/testClocks\x12\x99\x01\n\x0f\x44\x65leteTestClock\x12(.tally.billing.v1.DeleteTestClockRequest\x1a).tally.billing.v1.DeleteTestClockResponse\"1\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02\x15*\x13/v1/testClocks/{id}\x12\x98\x01\n\rAttachAccount\x12&.tally.billing.v1.AttachAccountRequest\x1a\x1b.tally.billing.v1.TestClock\"B\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02&\"!/v1/testClocks/{id}:attachAccount:\x01*\x12\xa7\x01\n\x10\x41\x64vanceTestClock\x12).tally.billing.v1.AdvanceTestClockRequest\x1a*.tally.billing.v1.AdvanceTestClockResponse\"<\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02 \"\x1b/v1/testClocks/{id}:advance:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tally/billing/v1/test_clock.proto\x12\x10tally.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\"\xfb\x01\n\tTestClock\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x35\n\x0b\x66rozen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x61\x63\x63ount_ids\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb2\x02\n\x0b\x42illingWork\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".tally.billing.v1.BillingWork.Kind\x12,\n\x08\x64ue_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x04 \x01(\t\x12 \n\x18pending_invoice_item_ids\x18\x05 \x03(\t\"t\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_TRIAL_END\x10\x01\x12\x10\n\x0cKIND_RENEWAL\x10\x02\x12\x19\n\x15KIND_SCHEDULED_CHANGE\x10\x03\x12\x15\n\x11KIND_CANCELLATION\x10\x04\"c\n\x16\x43reateTestClockRequest\x12\x35\n\ntest_clock\x18\x01 \x01(\x0b\x32\x1b.tally.billing.v1.TestClockB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\'\n\x13GetTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x15ListTestClocksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x16ListTestClocksResponse\x12\x30\n\x0btest_clocks\x18\x01 \x03(\x0b\x32\x1b.tally.billing.v1.TestClock\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x16\x44\x65leteTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\".\n\x17\x44\x65leteTestClockResponse\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\"V\n\x14\x41ttachAccountRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\naccount_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"v\n\x17\x41\x64vanceTestClockRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x66rozen_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"x\n\x18\x41\x64vanceTestClockResponse\x12/\n\ntest_clock\x18\x01 \x01(\x0b\x32\x1b.tally.billing.v1.TestClock\x12+\n\x04work\x18\x02 \x03(\x0b\x32\x1d.tally.billing.v1.BillingWork2\xa2\x07\n\x10TestClockService\x12\x92\x01\n\x0f\x43reateTestClock\x12(.tally.billing.v1.CreateTestClockRequest\x1a\x1b.tally.billing.v1.TestClock\"8\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02\x1c\"\x0e/v1/testClocks:\ntest_clock\x12\x84\x01\n\x0cGetTestClock\x12%.tally.billing.v1.GetTestClockRequest\x1a\x1b.tally.billing.v1.TestClock\"0\x92\x82\x19\x11\x12\x0ftestclocks:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/testClocks/{id}\x12\x90\x01\n\x0eListTestClocks\x12\'.tally.billing.v1.ListTestClocksRequest\x1a(.tally.billing.v1.ListTestClocksResponse\"+\x92\x82\x19\x11\x12\x0ftestclocks:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/testClocks\x12\x99\x01\n\x0f\x44\x65leteTestClock\x12(.tally.billing.v1.DeleteTestClockRequest\x1a).tally.billing.v1.DeleteTestClockResponse\"1\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02\x15*\x13/v1/testClocks/{id}\x12\x98\x01\n\rAttachAccount\x12&.tally.billing.v1.AttachAccountRequest\x1a\x1b.tally.billing.v1.TestClock\"B\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02&\"!/v1/testClocks/{id}:attachAccount:\x01*\x12\xa7\x01\n\x10\x41\x64vanceTestClock\x12).tally.billing.v1.AdvanceTestClockRequest\x1a*.tally.billing.v1.AdvanceTestClockResponse\"<\x92\x82\x19\x12\x12\x10testclocks:write\x82\xd3\xe4\x93\x02 \"\x1b/v1/testClocks/{id}:advance:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TESTCLOCK'].fields_by_name['id']._loaded_options = None
   _globals['_TESTCLOCK'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_TESTCLOCK'].fields_by_name['display_name']._loaded_options = None
+  _globals['_TESTCLOCK'].fields_by_name['display_name']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_TESTCLOCK'].fields_by_name['frozen_time']._loaded_options = None
   _globals['_TESTCLOCK'].fields_by_name['frozen_time']._serialized_options = b'\342A\001\002'
   _globals['_TESTCLOCK'].fields_by_name['account_ids']._loaded_options = None
@@ -71,30 +74,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TESTCLOCKSERVICE'].methods_by_name['AttachAccount']._serialized_options = b'\222\202\031\022\022\020testclocks:write\202\323\344\223\002&\"!/v1/testClocks/{id}:attachAccount:\001*'
   _globals['_TESTCLOCKSERVICE'].methods_by_name['AdvanceTestClock']._loaded_options = None
   _globals['_TESTCLOCKSERVICE'].methods_by_name['AdvanceTestClock']._serialized_options = b'\222\202\031\022\022\020testclocks:write\202\323\344\223\002 \"\033/v1/testClocks/{id}:advance:\001*'
-  _globals['_TESTCLOCK']._serialized_start=183
-  _globals['_TESTCLOCK']._serialized_end=426
-  _globals['_BILLINGWORK']._serialized_start=429
-  _globals['_BILLINGWORK']._serialized_end=735
-  _globals['_BILLINGWORK_KIND']._serialized_start=619
-  _globals['_BILLINGWORK_KIND']._serialized_end=735
-  _globals['_CREATETESTCLOCKREQUEST']._serialized_start=737
-  _globals['_CREATETESTCLOCKREQUEST']._serialized_end=836
-  _globals['_GETTESTCLOCKREQUEST']._serialized_start=838
-  _globals['_GETTESTCLOCKREQUEST']._serialized_end=877
-  _globals['_LISTTESTCLOCKSREQUEST']._serialized_start=879
-  _globals['_LISTTESTCLOCKSREQUEST']._serialized_end=941
-  _globals['_LISTTESTCLOCKSRESPONSE']._serialized_start=943
-  _globals['_LISTTESTCLOCKSRESPONSE']._serialized_end=1042
-  _globals['_DELETETESTCLOCKREQUEST']._serialized_start=1044
-  _globals['_DELETETESTCLOCKREQUEST']._serialized_end=1106
-  _globals['_DELETETESTCLOCKRESPONSE']._serialized_start=1108
-  _globals['_DELETETESTCLOCKRESPONSE']._serialized_end=1154
-  _globals['_ATTACHACCOUNTREQUEST']._serialized_start=1156
-  _globals['_ATTACHACCOUNTREQUEST']._serialized_end=1242
-  _globals['_ADVANCETESTCLOCKREQUEST']._serialized_start=1244
-  _globals['_ADVANCETESTCLOCKREQUEST']._serialized_end=1362
-  _globals['_ADVANCETESTCLOCKRESPONSE']._serialized_start=1364
-  _globals['_ADVANCETESTCLOCKRESPONSE']._serialized_end=1484
-  _globals['_TESTCLOCKSERVICE']._serialized_start=1487
-  _globals['_TESTCLOCKSERVICE']._serialized_end=2417
+  _globals['_TESTCLOCK']._serialized_start=212
+  _globals['_TESTCLOCK']._serialized_end=463
+  _globals['_BILLINGWORK']._serialized_start=466
+  _globals['_BILLINGWORK']._serialized_end=772
+  _globals['_BILLINGWORK_KIND']._serialized_start=656
+  _globals['_BILLINGWORK_KIND']._serialized_end=772
+  _globals['_CREATETESTCLOCKREQUEST']._serialized_start=774
+  _globals['_CREATETESTCLOCKREQUEST']._serialized_end=873
+  _globals['_GETTESTCLOCKREQUEST']._serialized_start=875
+  _globals['_GETTESTCLOCKREQUEST']._serialized_end=914
+  _globals['_LISTTESTCLOCKSREQUEST']._serialized_start=916
+  _globals['_LISTTESTCLOCKSREQUEST']._serialized_end=978
+  _globals['_LISTTESTCLOCKSRESPONSE']._serialized_start=980
+  _globals['_LISTTESTCLOCKSRESPONSE']._serialized_end=1079
+  _globals['_DELETETESTCLOCKREQUEST']._serialized_start=1081
+  _globals['_DELETETESTCLOCKREQUEST']._serialized_end=1143
+  _globals['_DELETETESTCLOCKRESPONSE']._serialized_start=1145
+  _globals['_DELETETESTCLOCKRESPONSE']._serialized_end=1191
+  _globals['_ATTACHACCOUNTREQUEST']._serialized_start=1193
+  _globals['_ATTACHACCOUNTREQUEST']._serialized_end=1279
+  _globals['_ADVANCETESTCLOCKREQUEST']._serialized_start=1281
+  _globals['_ADVANCETESTCLOCKREQUEST']._serialized_end=1399
+  _globals['_ADVANCETESTCLOCKRESPONSE']._serialized_start=1401
+  _globals['_ADVANCETESTCLOCKRESPONSE']._serialized_end=1521
+  _globals['_TESTCLOCKSERVICE']._serialized_start=1524
+  _globals['_TESTCLOCKSERVICE']._serialized_end=2454
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btally/options/v1/text.proto\x12\x10tally.options.v1\x1a google/protobuf/descriptor.proto\"5\n\x08TextRule\x12\x15\n\rallow_control\x18\x01 \x01(\x08\x12\x12\n\nmax_length\x18\x02 \x01(\r:I\n\x04text\x12\x1d.google.protobuf.FieldOptions\x18\xa3\x90\x03 \x01(\x0b\x32\x1a.tally.options.v1.TextRuleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btally/options/v1/text.proto\x12\x10tally.options.v1\x1a google/protobuf/descriptor.proto\"R\n\x08TextRule\x12\x15\n\rallow_control\x18\x01 \x01(\x08\x12\x12\n\nmax_length\x18\x02 \x01(\r\x12\x1b\n\x13refuse_card_numbers\x18\x03 \x01(\x08:I\n\x04text\x12\x1d.google.protobuf.FieldOptions\x18\xa3\x90\x03 \x01(\x0b\x32\x1a.tally.options.v1.TextRuleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tally.options.v1.text_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TEXTRULE']._serialized_start=83
-  _globals['_TEXTRULE']._serialized_end=136
+  _globals['_TEXTRULE']._serialized_end=165
 # @@protoc_insertion_point(module_scope)

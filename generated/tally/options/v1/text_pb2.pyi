@@ -29,12 +29,15 @@ class TextRule(_message.Message):
     Rules that depend on what a field means (an email's shape, a display name's
     invisible characters, lengths that follow a database column) live in the
     service's domain code; this option covers what holds for the field as text.
+    A string field is checked for card numbers only when its rule says so
+    (`refuse_card_numbers`, below).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ALLOW_CONTROL_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    REFUSE_CARD_NUMBERS_FIELD_NUMBER: _builtins.int
     allow_control: _builtins.bool
     """Allows control characters such as TAB and LF. NUL is refused even then:
     no database stores it in text.
@@ -43,15 +46,27 @@ class TextRule(_message.Message):
     """The longest value accepted, in characters; 0 means no limit here (the
     domain may still set one).
     """
+    refuse_card_numbers: _builtins.bool
+    """Refuses a payment card number in the field (13 to 19 digits, alone or in
+    groups split by one space or dash, passing the Luhn check; digits glued to
+    a letter or `_` are part of a word and never count), naming the field and
+    never echoing the number. Only gateway tokens are stored. Set it on text a
+    person writes (names, descriptions, memos, reasons, metadata) and on fields
+    holding a gateway token; on a map field it covers keys and values. Never on
+    identifiers, keys, tokens of our own, codes, emails or decimals: a numeric
+    id of 16 digits passes the Luhn check one time in ten. Which fields carry
+    it is reviewed by tests/unit/test_card_policy.py.
+    """
     def __init__(
         self,
         *,
         allow_control: _builtins.bool = ...,
         max_length: _builtins.int = ...,
+        refuse_card_numbers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_control", b"allow_control", "max_length", b"max_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_control", b"allow_control", "max_length", b"max_length", "refuse_card_numbers", b"refuse_card_numbers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

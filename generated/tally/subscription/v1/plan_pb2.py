@@ -28,10 +28,11 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import decimal_pb2 as google_dot_type_dot_decimal__pb2
 from tally.options.v1 import access_pb2 as tally_dot_options_dot_v1_dot_access__pb2
+from tally.options.v1 import text_pb2 as tally_dot_options_dot_v1_dot_text__pb2
 from tally.type.v1 import money_pb2 as tally_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tally/subscription/v1/plan.proto\x12\x15tally.subscription.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19google/type/decimal.proto\x1a\x1dtally/options/v1/access.proto\x1a\x19tally/type/v1/money.proto\"\xbb\x01\n\x0f\x42illingInterval\x12?\n\x04unit\x18\x01 \x01(\x0e\x32+.tally.subscription.v1.BillingInterval.UnitB\x04\xe2\x41\x01\x02\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"X\n\x04Unit\x12\x14\n\x10UNIT_UNSPECIFIED\x10\x00\x12\x0c\n\x08UNIT_DAY\x10\x01\x12\r\n\tUNIT_WEEK\x10\x02\x12\x0e\n\nUNIT_MONTH\x10\x03\x12\r\n\tUNIT_YEAR\x10\x04\"\x83\x01\n\x04Tier\x12#\n\x05up_to\x18\x01 \x01(\x0b\x32\x14.google.type.Decimal\x12.\n\nunit_price\x18\x02 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12&\n\x08\x66lat_fee\x18\x03 \x01(\x0b\x32\x14.google.type.Decimal\">\n\x0cPerUnitPrice\x12.\n\nunit_price\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\"?\n\x0bTieredPrice\x12\x30\n\x05tiers\x18\x01 \x03(\x0b\x32\x1b.tally.subscription.v1.TierB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x0cPackagePrice\x12(\n\x04size\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12)\n\x05price\x18\x02 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12(\n\nfree_units\x18\x03 \x01(\x0b\x32\x14.google.type.Decimal\"\xfe\x01\n\x0fPercentagePrice\x12(\n\x04rate\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12\'\n\tfixed_fee\x18\x02 \x01(\x0b\x32\x14.google.type.Decimal\x12\x13\n\x0b\x66ree_events\x18\x03 \x01(\x03\x12)\n\x0b\x66ree_amount\x18\x04 \x01(\x0b\x32\x14.google.type.Decimal\x12+\n\rmin_per_event\x18\x05 \x01(\x0b\x32\x14.google.type.Decimal\x12+\n\rmax_per_event\x18\x06 \x01(\x0b\x32\x14.google.type.Decimal\"\xae\x02\n\x05Price\x12\x37\n\x08per_unit\x18\x01 \x01(\x0b\x32#.tally.subscription.v1.PerUnitPriceH\x00\x12\x37\n\tgraduated\x18\x02 \x01(\x0b\x32\".tally.subscription.v1.TieredPriceH\x00\x12\x34\n\x06volume\x18\x03 \x01(\x0b\x32\".tally.subscription.v1.TieredPriceH\x00\x12\x36\n\x07package\x18\x04 \x01(\x0b\x32#.tally.subscription.v1.PackagePriceH\x00\x12<\n\npercentage\x18\x05 \x01(\x0b\x32&.tally.subscription.v1.PercentagePriceH\x00\x42\x07\n\x05model\"S\n\tSeatPrice\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x31\n\x05price\x18\x02 \x01(\x0b\x32\x1c.tally.subscription.v1.PriceB\x04\xe2\x41\x01\x02\"o\n\rMeteredCharge\x12\x16\n\x08meter_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x31\n\x05price\x18\x03 \x01(\x0b\x32\x1c.tally.subscription.v1.PriceB\x04\xe2\x41\x01\x02\"`\n\x07\x46\x65\x61ture\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\x07\x65nabled\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05limit\x18\x04 \x01(\x03H\x00\x42\x07\n\x05value\"\xe6\x05\n\x04Plan\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x04\x63ode\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1c\n\rcurrency_code\x18\x06 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x46\n\x10\x62illing_interval\x18\x07 \x01(\x0b\x32&.tally.subscription.v1.BillingIntervalB\x04\xe2\x41\x01\x02\x12\x12\n\ntrial_days\x18\x08 \x01(\x05\x12&\n\x08\x62\x61se_fee\x18\t \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x34\n\nseat_price\x18\n \x01(\x0b\x32 .tally.subscription.v1.SeatPrice\x12=\n\x0fmetered_charges\x18\x0b \x03(\x0b\x32$.tally.subscription.v1.MeteredCharge\x12+\n\rminimum_spend\x18\x0c \x01(\x0b\x32\x14.tally.type.v1.Money\x12+\n\rmaximum_spend\x18\r \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x30\n\x08\x66\x65\x61tures\x18\x0e \x03(\x0b\x32\x1e.tally.subscription.v1.Feature\x12\x18\n\x10requires_payment\x18\x0f \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x61rchive_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x13 \x01(\t\"X\n\x11\x43reatePlanRequest\x12/\n\x04plan\x18\x01 \x01(\x0b\x32\x1b.tally.subscription.v1.PlanB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"3\n\x0eGetPlanRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\x05\"P\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rshow_archived\x18\x03 \x01(\x08\"X\n\x11ListPlansResponse\x12*\n\x05plans\x18\x01 \x03(\x0b\x32\x1b.tally.subscription.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x11UpdatePlanRequest\x12/\n\x04plan\x18\x01 \x01(\x0b\x32\x1b.tally.subscription.v1.PlanB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\":\n\x12\x41rchivePlanRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xa7\x05\n\x0bPlanService\x12\x7f\n\nCreatePlan\x12(.tally.subscription.v1.CreatePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"*\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x11\"\t/v1/plans:\x04plan\x12w\n\x07GetPlan\x12%.tally.subscription.v1.GetPlanRequest\x1a\x1b.tally.subscription.v1.Plan\"(\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/plans/{id}\x12\x83\x01\n\tListPlans\x12\'.tally.subscription.v1.ListPlansRequest\x1a(.tally.subscription.v1.ListPlansResponse\"#\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/plans\x12\x89\x01\n\nUpdatePlan\x12(.tally.subscription.v1.UpdatePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"4\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/plans/{plan.id}:\x04plan\x12\x8b\x01\n\x0b\x41rchivePlan\x12).tally.subscription.v1.ArchivePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"4\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/plans/{id}:archive:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tally/subscription/v1/plan.proto\x12\x15tally.subscription.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19google/type/decimal.proto\x1a\x1dtally/options/v1/access.proto\x1a\x1btally/options/v1/text.proto\x1a\x19tally/type/v1/money.proto\"\xbb\x01\n\x0f\x42illingInterval\x12?\n\x04unit\x18\x01 \x01(\x0e\x32+.tally.subscription.v1.BillingInterval.UnitB\x04\xe2\x41\x01\x02\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"X\n\x04Unit\x12\x14\n\x10UNIT_UNSPECIFIED\x10\x00\x12\x0c\n\x08UNIT_DAY\x10\x01\x12\r\n\tUNIT_WEEK\x10\x02\x12\x0e\n\nUNIT_MONTH\x10\x03\x12\r\n\tUNIT_YEAR\x10\x04\"\x83\x01\n\x04Tier\x12#\n\x05up_to\x18\x01 \x01(\x0b\x32\x14.google.type.Decimal\x12.\n\nunit_price\x18\x02 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12&\n\x08\x66lat_fee\x18\x03 \x01(\x0b\x32\x14.google.type.Decimal\">\n\x0cPerUnitPrice\x12.\n\nunit_price\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\"?\n\x0bTieredPrice\x12\x30\n\x05tiers\x18\x01 \x03(\x0b\x32\x1b.tally.subscription.v1.TierB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x0cPackagePrice\x12(\n\x04size\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12)\n\x05price\x18\x02 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12(\n\nfree_units\x18\x03 \x01(\x0b\x32\x14.google.type.Decimal\"\xfe\x01\n\x0fPercentagePrice\x12(\n\x04rate\x18\x01 \x01(\x0b\x32\x14.google.type.DecimalB\x04\xe2\x41\x01\x02\x12\'\n\tfixed_fee\x18\x02 \x01(\x0b\x32\x14.google.type.Decimal\x12\x13\n\x0b\x66ree_events\x18\x03 \x01(\x03\x12)\n\x0b\x66ree_amount\x18\x04 \x01(\x0b\x32\x14.google.type.Decimal\x12+\n\rmin_per_event\x18\x05 \x01(\x0b\x32\x14.google.type.Decimal\x12+\n\rmax_per_event\x18\x06 \x01(\x0b\x32\x14.google.type.Decimal\"\xae\x02\n\x05Price\x12\x37\n\x08per_unit\x18\x01 \x01(\x0b\x32#.tally.subscription.v1.PerUnitPriceH\x00\x12\x37\n\tgraduated\x18\x02 \x01(\x0b\x32\".tally.subscription.v1.TieredPriceH\x00\x12\x34\n\x06volume\x18\x03 \x01(\x0b\x32\".tally.subscription.v1.TieredPriceH\x00\x12\x36\n\x07package\x18\x04 \x01(\x0b\x32#.tally.subscription.v1.PackagePriceH\x00\x12<\n\npercentage\x18\x05 \x01(\x0b\x32&.tally.subscription.v1.PercentagePriceH\x00\x42\x07\n\x05model\"[\n\tSeatPrice\x12\x1b\n\x0b\x64\x65scription\x18\x01 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x31\n\x05price\x18\x02 \x01(\x0b\x32\x1c.tally.subscription.v1.PriceB\x04\xe2\x41\x01\x02\"w\n\rMeteredCharge\x12\x16\n\x08meter_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x31\n\x05price\x18\x03 \x01(\x0b\x32\x1c.tally.subscription.v1.PriceB\x04\xe2\x41\x01\x02\"h\n\x07\x46\x65\x61ture\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x11\n\x07\x65nabled\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05limit\x18\x04 \x01(\x03H\x00\x42\x07\n\x05value\"\xf4\x05\n\x04Plan\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x04\x63ode\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12 \n\x0c\x64isplay_name\x18\x04 \x01(\tB\n\xe2\x41\x01\x02\x9a\x82\x19\x02\x18\x01\x12\x1b\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x06\x9a\x82\x19\x02\x18\x01\x12\x1c\n\rcurrency_code\x18\x06 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x46\n\x10\x62illing_interval\x18\x07 \x01(\x0b\x32&.tally.subscription.v1.BillingIntervalB\x04\xe2\x41\x01\x02\x12\x12\n\ntrial_days\x18\x08 \x01(\x05\x12&\n\x08\x62\x61se_fee\x18\t \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x34\n\nseat_price\x18\n \x01(\x0b\x32 .tally.subscription.v1.SeatPrice\x12=\n\x0fmetered_charges\x18\x0b \x03(\x0b\x32$.tally.subscription.v1.MeteredCharge\x12+\n\rminimum_spend\x18\x0c \x01(\x0b\x32\x14.tally.type.v1.Money\x12+\n\rmaximum_spend\x18\r \x01(\x0b\x32\x14.tally.type.v1.Money\x12\x30\n\x08\x66\x65\x61tures\x18\x0e \x03(\x0b\x32\x1e.tally.subscription.v1.Feature\x12\x18\n\x10requires_payment\x18\x0f \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x61rchive_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x13 \x01(\t\"X\n\x11\x43reatePlanRequest\x12/\n\x04plan\x18\x01 \x01(\x0b\x32\x1b.tally.subscription.v1.PlanB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"3\n\x0eGetPlanRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\x05\"P\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rshow_archived\x18\x03 \x01(\x08\"X\n\x11ListPlansResponse\x12*\n\x05plans\x18\x01 \x03(\x0b\x32\x1b.tally.subscription.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x11UpdatePlanRequest\x12/\n\x04plan\x18\x01 \x01(\x0b\x32\x1b.tally.subscription.v1.PlanB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\":\n\x12\x41rchivePlanRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xa7\x05\n\x0bPlanService\x12\x7f\n\nCreatePlan\x12(.tally.subscription.v1.CreatePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"*\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x11\"\t/v1/plans:\x04plan\x12w\n\x07GetPlan\x12%.tally.subscription.v1.GetPlanRequest\x1a\x1b.tally.subscription.v1.Plan\"(\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/plans/{id}\x12\x83\x01\n\tListPlans\x12\'.tally.subscription.v1.ListPlansRequest\x1a(.tally.subscription.v1.ListPlansResponse\"#\x92\x82\x19\x0e\x12\x0c\x63\x61talog:read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/plans\x12\x89\x01\n\nUpdatePlan\x12(.tally.subscription.v1.UpdatePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"4\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/plans/{plan.id}:\x04plan\x12\x8b\x01\n\x0b\x41rchivePlan\x12).tally.subscription.v1.ArchivePlanRequest\x1a\x1b.tally.subscription.v1.Plan\"4\x92\x82\x19\x0f\x12\rcatalog:write\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/plans/{id}:archive:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,14 +53,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PACKAGEPRICE'].fields_by_name['price']._serialized_options = b'\342A\001\002'
   _globals['_PERCENTAGEPRICE'].fields_by_name['rate']._loaded_options = None
   _globals['_PERCENTAGEPRICE'].fields_by_name['rate']._serialized_options = b'\342A\001\002'
+  _globals['_SEATPRICE'].fields_by_name['description']._loaded_options = None
+  _globals['_SEATPRICE'].fields_by_name['description']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_SEATPRICE'].fields_by_name['price']._loaded_options = None
   _globals['_SEATPRICE'].fields_by_name['price']._serialized_options = b'\342A\001\002'
   _globals['_METEREDCHARGE'].fields_by_name['meter_id']._loaded_options = None
   _globals['_METEREDCHARGE'].fields_by_name['meter_id']._serialized_options = b'\342A\001\002'
+  _globals['_METEREDCHARGE'].fields_by_name['description']._loaded_options = None
+  _globals['_METEREDCHARGE'].fields_by_name['description']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_METEREDCHARGE'].fields_by_name['price']._loaded_options = None
   _globals['_METEREDCHARGE'].fields_by_name['price']._serialized_options = b'\342A\001\002'
   _globals['_FEATURE'].fields_by_name['code']._loaded_options = None
   _globals['_FEATURE'].fields_by_name['code']._serialized_options = b'\342A\001\002'
+  _globals['_FEATURE'].fields_by_name['display_name']._loaded_options = None
+  _globals['_FEATURE'].fields_by_name['display_name']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_PLAN'].fields_by_name['id']._loaded_options = None
   _globals['_PLAN'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_PLAN'].fields_by_name['version']._loaded_options = None
@@ -67,7 +74,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLAN'].fields_by_name['code']._loaded_options = None
   _globals['_PLAN'].fields_by_name['code']._serialized_options = b'\342A\002\002\005'
   _globals['_PLAN'].fields_by_name['display_name']._loaded_options = None
-  _globals['_PLAN'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_PLAN'].fields_by_name['display_name']._serialized_options = b'\342A\001\002\232\202\031\002\030\001'
+  _globals['_PLAN'].fields_by_name['description']._loaded_options = None
+  _globals['_PLAN'].fields_by_name['description']._serialized_options = b'\232\202\031\002\030\001'
   _globals['_PLAN'].fields_by_name['currency_code']._loaded_options = None
   _globals['_PLAN'].fields_by_name['currency_code']._serialized_options = b'\342A\002\002\005'
   _globals['_PLAN'].fields_by_name['billing_interval']._loaded_options = None
@@ -96,42 +105,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANSERVICE'].methods_by_name['UpdatePlan']._serialized_options = b'\222\202\031\017\022\rcatalog:write\202\323\344\223\002\0332\023/v1/plans/{plan.id}:\004plan'
   _globals['_PLANSERVICE'].methods_by_name['ArchivePlan']._loaded_options = None
   _globals['_PLANSERVICE'].methods_by_name['ArchivePlan']._serialized_options = b'\222\202\031\017\022\rcatalog:write\202\323\344\223\002\033\"\026/v1/plans/{id}:archive:\001*'
-  _globals['_BILLINGINTERVAL']._serialized_start=275
-  _globals['_BILLINGINTERVAL']._serialized_end=462
-  _globals['_BILLINGINTERVAL_UNIT']._serialized_start=374
-  _globals['_BILLINGINTERVAL_UNIT']._serialized_end=462
-  _globals['_TIER']._serialized_start=465
-  _globals['_TIER']._serialized_end=596
-  _globals['_PERUNITPRICE']._serialized_start=598
-  _globals['_PERUNITPRICE']._serialized_end=660
-  _globals['_TIEREDPRICE']._serialized_start=662
-  _globals['_TIEREDPRICE']._serialized_end=725
-  _globals['_PACKAGEPRICE']._serialized_start=728
-  _globals['_PACKAGEPRICE']._serialized_end=869
-  _globals['_PERCENTAGEPRICE']._serialized_start=872
-  _globals['_PERCENTAGEPRICE']._serialized_end=1126
-  _globals['_PRICE']._serialized_start=1129
-  _globals['_PRICE']._serialized_end=1431
-  _globals['_SEATPRICE']._serialized_start=1433
-  _globals['_SEATPRICE']._serialized_end=1516
-  _globals['_METEREDCHARGE']._serialized_start=1518
-  _globals['_METEREDCHARGE']._serialized_end=1629
-  _globals['_FEATURE']._serialized_start=1631
-  _globals['_FEATURE']._serialized_end=1727
-  _globals['_PLAN']._serialized_start=1730
-  _globals['_PLAN']._serialized_end=2472
-  _globals['_CREATEPLANREQUEST']._serialized_start=2474
-  _globals['_CREATEPLANREQUEST']._serialized_end=2562
-  _globals['_GETPLANREQUEST']._serialized_start=2564
-  _globals['_GETPLANREQUEST']._serialized_end=2615
-  _globals['_LISTPLANSREQUEST']._serialized_start=2617
-  _globals['_LISTPLANSREQUEST']._serialized_end=2697
-  _globals['_LISTPLANSRESPONSE']._serialized_start=2699
-  _globals['_LISTPLANSRESPONSE']._serialized_end=2787
-  _globals['_UPDATEPLANREQUEST']._serialized_start=2790
-  _globals['_UPDATEPLANREQUEST']._serialized_end=2927
-  _globals['_ARCHIVEPLANREQUEST']._serialized_start=2929
-  _globals['_ARCHIVEPLANREQUEST']._serialized_end=2987
-  _globals['_PLANSERVICE']._serialized_start=2990
-  _globals['_PLANSERVICE']._serialized_end=3669
+  _globals['_BILLINGINTERVAL']._serialized_start=304
+  _globals['_BILLINGINTERVAL']._serialized_end=491
+  _globals['_BILLINGINTERVAL_UNIT']._serialized_start=403
+  _globals['_BILLINGINTERVAL_UNIT']._serialized_end=491
+  _globals['_TIER']._serialized_start=494
+  _globals['_TIER']._serialized_end=625
+  _globals['_PERUNITPRICE']._serialized_start=627
+  _globals['_PERUNITPRICE']._serialized_end=689
+  _globals['_TIEREDPRICE']._serialized_start=691
+  _globals['_TIEREDPRICE']._serialized_end=754
+  _globals['_PACKAGEPRICE']._serialized_start=757
+  _globals['_PACKAGEPRICE']._serialized_end=898
+  _globals['_PERCENTAGEPRICE']._serialized_start=901
+  _globals['_PERCENTAGEPRICE']._serialized_end=1155
+  _globals['_PRICE']._serialized_start=1158
+  _globals['_PRICE']._serialized_end=1460
+  _globals['_SEATPRICE']._serialized_start=1462
+  _globals['_SEATPRICE']._serialized_end=1553
+  _globals['_METEREDCHARGE']._serialized_start=1555
+  _globals['_METEREDCHARGE']._serialized_end=1674
+  _globals['_FEATURE']._serialized_start=1676
+  _globals['_FEATURE']._serialized_end=1780
+  _globals['_PLAN']._serialized_start=1783
+  _globals['_PLAN']._serialized_end=2539
+  _globals['_CREATEPLANREQUEST']._serialized_start=2541
+  _globals['_CREATEPLANREQUEST']._serialized_end=2629
+  _globals['_GETPLANREQUEST']._serialized_start=2631
+  _globals['_GETPLANREQUEST']._serialized_end=2682
+  _globals['_LISTPLANSREQUEST']._serialized_start=2684
+  _globals['_LISTPLANSREQUEST']._serialized_end=2764
+  _globals['_LISTPLANSRESPONSE']._serialized_start=2766
+  _globals['_LISTPLANSRESPONSE']._serialized_end=2854
+  _globals['_UPDATEPLANREQUEST']._serialized_start=2857
+  _globals['_UPDATEPLANREQUEST']._serialized_end=2994
+  _globals['_ARCHIVEPLANREQUEST']._serialized_start=2996
+  _globals['_ARCHIVEPLANREQUEST']._serialized_end=3054
+  _globals['_PLANSERVICE']._serialized_start=3057
+  _globals['_PLANSERVICE']._serialized_end=3736
 # @@protoc_insertion_point(module_scope)
