@@ -22,11 +22,11 @@ from tests.support import channel_as, cheap_passwords, mint
 
 @asynccontextmanager
 async def channel_in_the_past(
-    data_dir: Path, days: int, *, database_url: str | None = None, **settings: Any
+    data_dir: Path, days: int, *, database_url: str | None = None, **overrides: Any
 ) -> AsyncIterator[grpc.aio.Channel]:
     """An admin's channel to a server on `data_dir` (or `database_url`, migrated already) whose
-    clock is `days` before now, with any other `settings` given; the server is stopped on the way
-    out."""
+    clock is `days` before now, with the settings in `overrides` besides; the server is stopped
+    on the way out."""
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -39,7 +39,7 @@ async def channel_in_the_past(
         payment_reconciler=False,
         webhook_delivery=False,
         webhook_allow_private_targets=True,
-        **settings,
+        **overrides,
     )
     app = await build(
         settings, clock=FrozenClock(datetime.now(UTC) - timedelta(days=days)), passwords=cheap_passwords()
