@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import signal
 import sqlite3
 import sys
 from collections.abc import Coroutine, Iterator
@@ -248,8 +249,8 @@ async def _worker(settings: Settings, once: bool) -> None:
             for what, job, interval in started:
                 if job is not None:
                     log.info("%s %s started (a pass every %g s)", what, job.worker, interval)
-                    jobs.append(job.run())
-            await asyncio.gather(*jobs)
+                    jobs.append(asyncio.create_task(job.run(), name=what))
+            await _until_stopped(jobs)
             return
         if reconciler is not None:
             log.info("payment reconciler --once: %s", (await reconciler.one_pass()).summary())
@@ -269,6 +270,30 @@ async def _worker(settings: Settings, once: bool) -> None:
         if http is not None:
             await http.stop()
         await components.close()
+
+
+async def _until_stopped(jobs: list[asyncio.Task[None]]) -> None:
+    """Run the jobs until SIGTERM or SIGINT, then cancel them and return (exit 0). A pass cut short
+    rolls its open transaction back; the claims it held come back to every worker when their
+    leases end. A job that ends by itself (it raised) stops the others and is raised."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait(), name="stop signal")
+    try:
+        done, _ = await asyncio.wait([*jobs, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (*jobs, stopping):
+            task.cancel()
+        await asyncio.gather(*jobs, stopping, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    for task in done - {stopping}:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    log.info("tally worker stopped by a signal; claims of a cut pass return when their leases end")
 
 
 class Progress:

@@ -188,6 +188,9 @@ async def test_a_running_worker_sends_webhooks_and_a_stopped_delivery_sends_none
             # later), and the other event of its invoice waits behind it, in order.
             await eventually(all_arrived, within=30, what="the running worker delivers all six events")
         stderr = log.read_text()
+        # SIGTERM stops it cleanly: the jobs cancelled, exit 0, a last line saying so.
+        assert worker.returncode == 0, stderr
+        assert "tally worker stopped by a signal" in stderr
         events = _invoice_events(hook)
         for number in ("INV-000001", "INV-000002", "INV-000003"):
             assert ("invoice.finalized", number) in events, events
