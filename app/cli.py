@@ -9,10 +9,10 @@ import logging
 import signal
 import sqlite3
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from google.rpc import code_pb2
@@ -245,12 +245,11 @@ async def _worker(settings: Settings, once: bool) -> None:
                 ("payment reconciler", reconciler, settings.payment_reconciler_interval_seconds),
                 ("webhook delivery", webhooks, settings.webhook_delivery_interval_seconds),
             )
-            jobs = []
+            running = [(what, job) for what, job, _ in started if job is not None]
             for what, job, interval in started:
                 if job is not None:
                     log.info("%s %s started (a pass every %g s)", what, job.worker, interval)
-                    jobs.append(asyncio.create_task(job.run(), name=what))
-            await _until_stopped(jobs)
+            await _until_stopped(running, grace=settings.shutdown_grace_seconds)
             return
         if reconciler is not None:
             log.info("payment reconciler --once: %s", (await reconciler.one_pass()).summary())
@@ -272,28 +271,41 @@ async def _worker(settings: Settings, once: bool) -> None:
         await components.close()
 
 
-async def _until_stopped(jobs: list[asyncio.Task[None]]) -> None:
-    """Run the jobs until SIGTERM or SIGINT, then cancel them and return (exit 0). A pass cut short
-    rolls its open transaction back; the claims it held come back to every worker when their
-    leases end. A job that ends by itself (it raised) stops the others and is raised."""
+class _Job(Protocol):
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def _until_stopped(jobs: Sequence[tuple[str, _Job]], *, grace: float) -> None:
+    """Run the jobs until SIGTERM or SIGINT, then stop them and return (exit 0). Each finishes the
+    pass in hand (a batch of renewals, of charges, of sends), up to `grace` seconds
+    (TALLY_SHUTDOWN_GRACE_SECONDS); one still running then is cancelled, its open transaction
+    rolled back and its claims left to come back when their leases end. A job that ends by itself
+    (it raised) stops the others and is raised."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tasks = {asyncio.create_task(job.run(), name=what): job for what, job in jobs}
     stopping = asyncio.create_task(stop.wait(), name="stop signal")
     try:
-        done, _ = await asyncio.wait([*jobs, stopping], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for job in tasks.values():
+            job.stop()
+        _, late = await asyncio.wait(tasks, timeout=grace)
     finally:
-        for task in (*jobs, stopping):
+        for task in (*tasks, stopping):
             task.cancel()
-        await asyncio.gather(*jobs, stopping, return_exceptions=True)
+        await asyncio.gather(*tasks, stopping, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     for task in done - {stopping}:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             raise error
-    log.info("tally worker stopped by a signal; claims of a cut pass return when their leases end")
+    cut = f"; {', '.join(task.get_name() for task in late)} cut short after {grace:g} s" if late else ""
+    log.info("tally worker stopped by a signal%s", cut)
 
 
 class Progress:

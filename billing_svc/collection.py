@@ -472,7 +472,7 @@ class CollectionWorker(ClaimLoop):
         for _ in range(max_passes):
             report = await self.one_pass()
             total.merge(report)
-            if report.claimed < self._batch:
+            if report.claimed < self._batch or self.stopping:
                 break
         return total
 

@@ -173,7 +173,7 @@ class BillingWorker(ClaimLoop):
         while True:
             report = await self.one_pass()
             total.add(report)
-            if report.idle(self._batch):
+            if report.idle(self._batch) or self.stopping:
                 break
         if total.claimed or total.drafts:
             log.info("billing pass: %s", total.summary())

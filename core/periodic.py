@@ -7,11 +7,14 @@ finished ones, failed ones included, so tests wait for a pass instead of sleepin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 
 class PeriodicPasses:
-    """Subclasses do one pass in `run_pass`; `run` repeats it until cancelled."""
+    """Subclasses do one pass in `run_pass`; `run` repeats it until cancelled, or until `stop()`,
+    which lets the pass in hand finish (a pass that loops over batches looks at `stopping` between
+    them) instead of cutting it inside a transaction."""
 
     def __init__(self, interval_seconds: float, *, what: str, log: logging.Logger):
         if interval_seconds <= 0:
@@ -21,12 +24,21 @@ class PeriodicPasses:
         self._log = log
         self.passes = 0
         self._passed = asyncio.Condition()
+        self._stop = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """End `run` after the pass in hand (at once if it is between passes)."""
+        self._stop.set()
 
     async def run_pass(self) -> None:
         raise NotImplementedError
 
     async def run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.run_pass()
             except Exception as exc:
@@ -34,7 +46,8 @@ class PeriodicPasses:
             async with self._passed:
                 self.passes += 1
                 self._passed.notify_all()
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval)
 
     async def wait_for_passes(self, count: int) -> None:
         """Return once `count` passes have finished, failed ones included."""

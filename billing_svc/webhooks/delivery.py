@@ -11,6 +11,7 @@ longer holds the later ones back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -89,6 +90,7 @@ class WebhookDeliverer:
         self._on_outcome = on_outcome  # metrics, once per attempt recorded: "succeeded", "retried", "failed"
         self._on_backlog = on_backlog  # metrics: deliveries due at the start of each pass
         self.worker = new_worker_id("webhooks")
+        self._stop = asyncio.Event()
 
     async def fan_out(self) -> FanOut:
         async with UnitOfWork(self._sessions) as uow:
@@ -136,13 +138,18 @@ class WebhookDeliverer:
         connector = aiohttp.TCPConnector(resolver=targets.PublicOnlyResolver())
         return aiohttp.ClientSession(timeout=self._timeout, connector=connector)
 
+    def stop(self) -> None:
+        """End `run` after the pass in hand (its sends recorded), as PeriodicPasses.stop."""
+        self._stop.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.run_pass()
             except Exception as exc:
                 log.warning("webhook delivery pass failed: %s", exc)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval)
 
     async def _deliver(self, http: aiohttp.ClientSession, delivery: Any) -> int:
         async with UnitOfWork(self._sessions) as uow:
