@@ -34,7 +34,8 @@ class PeriodicPasses:
         """End `run` after the pass in hand (at once if it is between passes)."""
         self._stop.set()
 
-    async def run_pass(self) -> None:
+    async def run_pass(self) -> object:
+        """One pass; what it returns is the subclass's (run ignores it)."""
         raise NotImplementedError
 
     async def run(self) -> None:

@@ -10,8 +10,6 @@ longer holds the later ones back.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -32,6 +30,7 @@ from core.claims import WorkQueue, new_worker_id
 from core.clock import Clock
 from core.db import UnitOfWork
 from core.errors import InvalidArgument
+from core.periodic import PeriodicPasses
 from core.sealing import Sealer
 
 log = logging.getLogger("tally.webhooks")
@@ -66,7 +65,9 @@ class DeliveryReport:
         )
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(PeriodicPasses):
+    """A periodic job (core.periodic: `run` until cancelled or `stop()`), one `run_pass` an interval."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -80,17 +81,16 @@ class WebhookDeliverer:
         on_outcome: Callable[[str], None] = lambda outcome: None,
         on_backlog: Callable[[int], None] | None = None,
     ):
+        super().__init__(interval_seconds, what="webhook delivery pass", log=log)
         self._sessions = sessions
         self._clock = clock
         self._sealer = sealer
-        self._interval = interval_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._batch = batch
         self._allow_private = allow_private_targets
         self._on_outcome = on_outcome  # metrics, once per attempt recorded: "succeeded", "retried", "failed"
         self._on_backlog = on_backlog  # metrics: deliveries due at the start of each pass
         self.worker = new_worker_id("webhooks")
-        self._stop = asyncio.Event()
 
     async def fan_out(self) -> FanOut:
         async with UnitOfWork(self._sessions) as uow:
@@ -137,19 +137,6 @@ class WebhookDeliverer:
             return aiohttp.ClientSession(timeout=self._timeout)
         connector = aiohttp.TCPConnector(resolver=targets.PublicOnlyResolver())
         return aiohttp.ClientSession(timeout=self._timeout, connector=connector)
-
-    def stop(self) -> None:
-        """End `run` after the pass in hand (its sends recorded), as PeriodicPasses.stop."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.run_pass()
-            except Exception as exc:
-                log.warning("webhook delivery pass failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
 
     async def _deliver(self, http: aiohttp.ClientSession, delivery: Any) -> int:
         async with UnitOfWork(self._sessions) as uow:
